@@ -1,0 +1,1 @@
+"""fedp13n.algorithms."""

@@ -1,0 +1,1 @@
+"""The ``fedp13n`` command line."""

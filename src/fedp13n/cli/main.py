@@ -1,0 +1,37 @@
+"""Entry point of the ``fedp13n`` command: one sub-application per concern."""
+
+from __future__ import annotations
+
+import typer
+
+from fedp13n import __version__
+from fedp13n.cli import data_cmd
+
+app = typer.Typer(
+    name="fedp13n",
+    help="Federated personalization: FedAvg global models, per-client personalization "
+    "evaluation, reports.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_cmd.app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fedp13n {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """fedp13n command line."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

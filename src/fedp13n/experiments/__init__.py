@@ -1,0 +1,1 @@
+"""Experiments: whole runs from a config (the EMNIST-62 personalization experiment)."""

@@ -1,0 +1,57 @@
+"""The layout of a run directory: what ``fedp13n run`` writes and ``fedp13n report`` reads.
+
+One place for the file names and table columns so the writer and the readers cannot
+drift apart. Everything is plain text (TOML, CSV, JSON) except the weights, which are
+torch tensors saved so that they load with ``torch.load(weights_only=True)`` (no
+arbitrary unpickling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG = "config.toml"  # the resolved configuration of the run
+FEDAVG_METRICS = "fedavg_metrics.csv"  # one row per FedAvg round
+GLOBAL_WEIGHTS = "global_weights.pt"  # final global model state_dict
+CHECKPOINTS = "checkpoints"  # checkpoints/round_000010.pt ...
+PERSONALIZATION = "personalization.json"  # full nested result (see below)
+PER_CLIENT = "per_client.csv"  # one row per client x strategy x evaluation epoch
+SUMMARY = "summary.json"  # headline numbers, per strategy/epoch statistics
+REPORT = "report.html"  # written by fedp13n report
+
+#: Columns of FEDAVG_METRICS. ``eval_loss``/``eval_accuracy`` (global model on held-out
+#: data) are empty in rounds where they were not measured.
+FEDAVG_COLUMNS = (
+    "round",
+    "loss",
+    "accuracy",
+    "num_examples",
+    "num_clients",
+    "num_skipped_clients",
+    "seconds",
+    "examples_per_second",
+    "eval_loss",
+    "eval_accuracy",
+)
+
+#: Columns of PER_CLIENT. ``epoch`` is the key of the strategy's metrics ("epoch_1", ...);
+#: ``baseline_*`` are the global model's numbers on the same client's test data.
+PER_CLIENT_COLUMNS = (
+    "client_id",
+    "num_train_examples",
+    "num_test_examples",
+    "strategy",
+    "epoch",
+    "loss",
+    "accuracy",
+    "baseline_loss",
+    "baseline_accuracy",
+)
+
+# PERSONALIZATION holds {"client_ids": [...], "baseline_metrics": {...},
+# "<strategy>": {"epoch_1": {"loss": [...], "accuracy": [...], "num_test_examples": [...]},
+#                ..., "num_train_examples": [...]}}: every leaf a list, position i = client i.
+
+
+def checkpoint_path(run_dir: Path, round_num: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"round_{round_num:06d}.pt"
