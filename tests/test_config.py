@@ -1,0 +1,78 @@
+import pytest
+
+from fedp13n.experiments.config import ConfigError, ExperimentConfig, StrategyConfig, resolve_split
+
+
+def test_defaults_are_tffs_example():
+    c = ExperimentConfig()
+    c.validate()
+    assert (c.dataset, c.rounds, c.clients_per_round, c.local_epochs, c.batch_size) == (
+        "emnist",
+        5,
+        10,
+        10,
+        20,
+    )
+    assert (c.client_learning_rate, c.server_learning_rate, c.server_momentum) == (0.02, 1.0, 0.9)
+    assert [
+        (s.name, s.optimizer, s.learning_rate, s.epochs, s.batch_size) for s in c.strategies
+    ] == [("sgd", "sgd", 0.02, 3, 20), ("adam", "adam", 0.002, 3, 20)]
+    assert c.num_eval_clients == 50 and c.split_seed == 42
+
+
+def test_toml_roundtrip(tmp_path):
+    c = ExperimentConfig(
+        dataset="synthetic", rounds=7, strategies=[StrategyConfig("fast", "sgd", 0.1, epochs=2)]
+    )
+    p = tmp_path / "c.toml"
+    p.write_text(c.to_toml())
+    assert ExperimentConfig.from_toml(p) == c
+
+
+def test_toml_errors_name_the_key(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("rounds = 3\nroundz = 4\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['roundz'\]"):
+        ExperimentConfig.from_toml(p)
+    p.write_text("rounds = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        ExperimentConfig.from_toml(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        ExperimentConfig.from_toml(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(rounds=-1), "rounds must be a non-negative integer"),
+        (dict(clients_per_round=0), "clients_per_round must be a positive integer"),
+        (dict(dataset="mnist"), "dataset 'mnist' is not one of"),
+        (dict(server_momentum=1.0), r"server_momentum must be in \[0, 1\)"),
+        (dict(strategies=[StrategyConfig("baseline_metrics")]), "reserved"),
+        (dict(strategies=[StrategyConfig("a"), StrategyConfig("a")]), "unique"),
+        (dict(strategies=[StrategyConfig("a", "rmsprop")]), "optimizer 'rmsprop'"),
+        (dict(dataset="leaf"), "needs data_dir"),
+    ],
+)
+def test_invalid_values(change, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig(**change).validate()
+
+
+def test_strategy_cli_form():
+    assert StrategyConfig.parse("adam:0.002") == StrategyConfig("adam", "adam", 0.002)
+    assert StrategyConfig.parse("fast=sgd:0.1") == StrategyConfig("fast", "sgd", 0.1)
+    with pytest.raises(ConfigError, match="expected"):
+        StrategyConfig.parse("sgd")
+    with pytest.raises(ConfigError, match="not a number"):
+        StrategyConfig.parse("sgd:fast")
+
+
+def test_split_sizes():
+    assert resolve_split(ExperimentConfig(), 3400) == (2500, 900)
+    # the 286-writer sample keeps TFF's proportions: round(286 * 2500 / 3400) = 210
+    assert resolve_split(ExperimentConfig(), 286) == (210, 76)
+    assert resolve_split(ExperimentConfig(num_train_clients=220), 286) == (220, 66)
+    assert resolve_split(ExperimentConfig(num_p13n_clients=50), 286) == (236, 50)
+    with pytest.raises(ConfigError, match="has 286 clients"):
+        resolve_split(ExperimentConfig(num_train_clients=2500, num_p13n_clients=900), 286)
