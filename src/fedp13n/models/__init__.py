@@ -1,1 +1,19 @@
-"""fedp13n.models."""
+"""Models: the EMNIST CNNs of TFF's examples (conv-dropout, McMahan et al. 2017's CNN)."""
+
+from fedp13n.models.emnist import (
+    MODELS,
+    EmnistConvDropout,
+    FedAvgCNN,
+    emnist_conv_dropout,
+    fedavg_cnn,
+    get_model_fn,
+)
+
+__all__ = [
+    "MODELS",
+    "EmnistConvDropout",
+    "FedAvgCNN",
+    "emnist_conv_dropout",
+    "fedavg_cnn",
+    "get_model_fn",
+]

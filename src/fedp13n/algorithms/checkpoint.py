@@ -1,0 +1,110 @@
+"""Checkpoints of the FedAvg server state, for long runs that must survive interruption.
+
+A checkpoint holds the whole :class:`~fedp13n.algorithms.fed_avg.ServerState`: round
+number, global weights and server optimizer state (e.g. momentum). Because every random
+choice of a round derives from (seed, round, client id), nothing else is needed: resuming
+from the checkpoint of round r with the same configuration gives bit-for-bit the weights
+of an uninterrupted run.
+
+Safety: the file holds only tensors, numbers, strings, lists and dicts, and is read with
+``torch.load(weights_only=True)``, so loading a checkpoint never runs arbitrary code.
+Writes go to a temporary file in the same directory, flushed to disk, then renamed over
+the target, so a crash mid-write never leaves a truncated checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from fedp13n.algorithms.fed_avg import ServerState
+from fedp13n.experiments import run_dir
+
+FORMAT = "fedp13n.fedavg.ServerState"
+VERSION = 1
+_ROUND_FILE = re.compile(r"^round_(\d+)\.pt$")
+
+
+def save_checkpoint(path: str | os.PathLike, state: ServerState) -> Path:
+    """Write ``state`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "round_num": int(state.round_num),
+        "model": dict(state.model),
+        "optimizer_state": state.optimizer_state,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> ServerState:
+    """Read a checkpoint written by :func:`save_checkpoint` (no arbitrary unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise ValueError(
+            f"{path} is not a readable fedp13n checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Delete it and resume from an "
+            "earlier checkpoint."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a fedp13n FedAvg checkpoint.")
+    if payload.get("version") != VERSION:
+        raise ValueError(
+            f"{path} has checkpoint version {payload.get('version')}; this fedp13n reads "
+            f"version {VERSION}."
+        )
+    return ServerState(
+        round_num=int(payload["round_num"]),
+        model=dict(payload["model"]),
+        optimizer_state=payload["optimizer_state"],
+    )
+
+
+def checkpoint_rounds(directory: str | os.PathLike) -> list[int]:
+    """Rounds with a checkpoint in a run directory, ascending."""
+    folder = Path(directory) / run_dir.CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    rounds = (_ROUND_FILE.match(p.name) for p in folder.iterdir())
+    return sorted(int(m.group(1)) for m in rounds if m)
+
+
+def save_run_checkpoint(directory: str | os.PathLike, state: ServerState) -> Path:
+    """Save ``state`` as ``checkpoints/round_NNNNNN.pt`` in a run directory."""
+    return save_checkpoint(run_dir.checkpoint_path(Path(directory), state.round_num), state)
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The checkpoint of the highest round in a run directory, or ``None`` if there is none."""
+    rounds = checkpoint_rounds(directory)
+    return run_dir.checkpoint_path(Path(directory), rounds[-1]) if rounds else None
+
+
+def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` most recent checkpoints of a run; returns the deleted."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 (the checkpoint to resume from), got {keep}.")
+    doomed = [run_dir.checkpoint_path(Path(directory), r) for r in checkpoint_rounds(directory)]
+    doomed = doomed[:-keep]
+    for p in doomed:
+        p.unlink()
+    return doomed

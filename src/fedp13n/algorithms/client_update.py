@@ -1,0 +1,182 @@
+"""The client side of Federated Averaging (McMahan et al. 2017): local SGD from the
+broadcast global weights, returning the model delta.
+
+This module is pure client work: :class:`ClientWork` is a picklable callable that an
+:class:`~fedp13n.execution.Executor` applies to :class:`ClientTask` objects, in this or
+another process. Its result depends only on (global weights, client data, settings,
+seed, round, client key), never on which worker runs it or in what order, which is what
+makes FedAvg bit-for-bit reproducible across executors.
+
+Randomness: dropout uses the torch generator seeded with
+``derive_seed(seed, "fedavg", round, client_key)``; the example order of each epoch is a
+permutation drawn from ``derive_rng(seed, "fedavg-shuffle", round, client_key)`` (one
+generator per client and round, one permutation per epoch). The caller's global torch
+random state is left untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fedp13n.data.client_data import ClientDataset
+from fedp13n.execution.base import SharedRef
+from fedp13n.utils.seeding import derive_rng, derive_seed
+
+ModelFn = Callable[[], nn.Module]
+OptimizerFn = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of examples whose arg-max logit is the label (the batch mean)."""
+    return (outputs.argmax(dim=-1) == targets).double().mean()
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the parameters FedAvg trains (``requires_grad``), in module order."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def buffer_names(model: nn.Module) -> list[str]:
+    """State-dict entries that are buffers (e.g. BatchNorm statistics), in module order."""
+    params = {n for n, _ in model.named_parameters()}
+    return [n for n in model.state_dict() if n not in params]
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """One client's work in one round: small and cheap to pickle.
+
+    ``data`` is either the client's :class:`ClientDataset` itself or a shared reference to
+    a :class:`~fedp13n.data.ClientData`, in which case ``client_key`` is the client id to
+    look up in it. ``client_key`` also keys the client's random streams.
+    """
+
+    weights: SharedRef
+    data: ClientDataset | SharedRef
+    client_key: int | str
+    round_num: int
+
+
+@dataclass
+class ClientOutput:
+    """What a client sends back. ``delta`` (trainable parameters) is initial - trained, TFF's
+    sign convention, so that the server can apply it as a gradient; ``buffers`` are the
+    trained values of the model's buffers. Both are ``None`` for a non-finite update."""
+
+    delta: dict[str, torch.Tensor] | None
+    buffers: dict[str, torch.Tensor] | None
+    num_examples: int  # size of the client's dataset: its weight in the average
+    num_trained: int  # examples processed over all epochs (for metrics)
+    loss_sum: float  # sum over processed examples of the loss
+    metric_sum: float  # sum over processed examples of the metric
+    finite: bool
+
+
+# One model per worker process and ClientWork, reused across tasks and rounds: building a
+# model costs more than loading weights into it. Keyed by ClientWork.token, which survives
+# pickling; bounded so that old processes' models do not accumulate.
+_MODEL_CACHE: OrderedDict[str, nn.Module] = OrderedDict()
+_MODEL_CACHE_SIZE = 4
+
+
+def _cached_model(token: str, model_fn: ModelFn) -> nn.Module:
+    model = _MODEL_CACHE.get(token)
+    if model is None:
+        model = model_fn()
+        _MODEL_CACHE[token] = model
+        while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+            _MODEL_CACHE.popitem(last=False)
+    else:
+        _MODEL_CACHE.move_to_end(token)
+    return model
+
+
+@dataclass
+class ClientWork:
+    """Local training with fixed settings; call it on a :class:`ClientTask`.
+
+    ``loss_fn`` and ``metric_fn`` map ``(outputs, targets)`` to the batch *mean* (as torch's
+    losses do by default); sums over examples are formed by multiplying by the batch size,
+    so metrics are example-weighted whatever the batch sizes.
+    """
+
+    model_fn: ModelFn
+    optimizer_fn: OptimizerFn
+    loss_fn: LossFn
+    metric_fn: MetricFn
+    epochs: int
+    batch_size: int
+    shuffle: bool
+    seed: int
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __call__(self, task: ClientTask) -> ClientOutput:
+        if isinstance(task.data, ClientDataset):
+            dataset = task.data
+        else:
+            dataset = task.data.get().create_dataset(task.client_key)
+        with torch.random.fork_rng(devices=[]):
+            # Build (or reuse) the model *before* seeding: building draws random numbers,
+            # and only the first task of a worker builds it.
+            model = _cached_model(self.token, self.model_fn)
+            torch.manual_seed(derive_seed(self.seed, "fedavg", task.round_num, task.client_key))
+            return self._train(model, task.weights.get(), dataset, task)
+
+    def _train(
+        self,
+        model: nn.Module,
+        weights: dict[str, torch.Tensor],
+        dataset: ClientDataset,
+        task: ClientTask,
+    ) -> ClientOutput:
+        model.load_state_dict(weights)
+        model.train()
+        names = trainable_names(model)
+        params = dict(model.named_parameters())
+        trainable = [params[n] for n in names]
+        optimizer = self.optimizer_fn(trainable)
+        rng = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
+        loss_sum = 0.0
+        metric_sum = 0.0
+        num_trained = 0
+        for _ in range(self.epochs):
+            for x, y in dataset.batches(self.batch_size, shuffle=self.shuffle, generator=rng):
+                optimizer.zero_grad(set_to_none=True)
+                outputs = model(x)
+                loss = self.loss_fn(outputs, y)
+                loss.backward()
+                optimizer.step()
+                n = len(y)
+                with torch.no_grad():
+                    loss_sum += float(loss) * n
+                    metric_sum += float(self.metric_fn(outputs, y)) * n
+                num_trained += n
+        with torch.no_grad():
+            delta = {n: (weights[n] - params[n]).detach().clone() for n in names}
+            state = model.state_dict()
+            buffers = {n: state[n].detach().clone() for n in buffer_names(model)}
+            finite = math.isfinite(loss_sum) and all(
+                bool(torch.isfinite(t).all())
+                for t in (*delta.values(), *buffers.values())
+                if t.is_floating_point()
+            )
+        if not finite:
+            delta = buffers = None
+        return ClientOutput(
+            delta=delta,
+            buffers=buffers,
+            num_examples=len(dataset),
+            num_trained=num_trained,
+            loss_sum=loss_sum,
+            metric_sum=metric_sum,
+            finite=finite,
+        )

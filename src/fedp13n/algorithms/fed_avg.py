@@ -1,0 +1,396 @@
+"""Weighted Federated Averaging (McMahan et al. 2017, "Communication-Efficient Learning of
+Deep Networks from Decentralized Data"), with TFF's ``build_weighted_fed_avg`` semantics
+and vocabulary.
+
+A round: the server broadcasts the global weights; each client starts from them, trains
+locally (:mod:`fedp13n.algorithms.client_update`) and returns its delta
+``initial - trained``; the server averages the deltas weighted by each client's number of
+training examples and applies its optimizer to that average as a *pseudo-gradient*
+(``weights -= lr * avg_delta`` for SGD), so server SGD with lr 1.0 and no momentum is
+plain weighted averaging, and momentum / Adam give FedAvgM / FedAdam (Reddi et al. 2020).
+
+Choices worth knowing:
+
+* Clients whose update (or training loss) is not finite are left out of the average and
+  counted in ``RoundMetrics.num_skipped_clients``. Clients with no examples take part
+  with weight 0. When no client contributes, the weights and the server optimizer state
+  are left unchanged (no optimizer step, so momentum does not move them either).
+* Buffers (non-trainable state such as BatchNorm running statistics) do not go through
+  the server optimizer. With ``buffer_aggregation="average"`` (default) each buffer becomes
+  the example-weighted average of the clients' trained buffers (integer buffers such as
+  ``num_batches_tracked`` rounded to nearest); ``"keep"`` leaves them at their global
+  value, which is exactly TFF (its server only updates trainable weights). Parameters
+  with ``requires_grad=False`` are never changed.
+* Aggregation runs in float64 in the fixed order of the clients given to ``next``, then
+  casts, so results do not depend on the executor or number of workers.
+* Rounds are numbered from 1: ``state.round_num`` counts completed rounds and ``next``
+  runs round ``state.round_num + 1``; its random streams are keyed by that number.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedp13n.algorithms.client_update import (
+    ClientOutput,
+    ClientTask,
+    ClientWork,
+    LossFn,
+    MetricFn,
+    ModelFn,
+    OptimizerFn,
+    accuracy,
+    buffer_names,
+    trainable_names,
+)
+from fedp13n.data.client_data import ClientData, ClientDataset
+from fedp13n.execution.base import Executor, SharedRef
+from fedp13n.execution.in_process import InProcessExecutor
+from fedp13n.utils.seeding import derive_rng, derive_seed
+
+#: Client optimizer of TFF's personalization experiment: SGD, learning rate 0.02.
+DEFAULT_CLIENT_OPTIMIZER = functools.partial(torch.optim.SGD, lr=0.02)
+#: Server optimizer of TFF's personalization experiment: SGD, lr 1.0, momentum 0.9.
+DEFAULT_SERVER_OPTIMIZER = functools.partial(torch.optim.SGD, lr=1.0, momentum=0.9)
+
+
+@dataclass
+class ServerState:
+    """Everything a FedAvg run carries from round to round (and into a checkpoint).
+
+    ``model`` is the global model's state dict (parameters and buffers, loadable into
+    ``model_fn()``); ``optimizer_state`` the server optimizer's ``state_dict()`` (plain
+    tensors, numbers, lists and dicts).
+    """
+
+    round_num: int
+    model: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """Training metrics of one round, example-weighted over the contributing clients.
+
+    ``num_examples`` counts examples processed (over all local epochs); ``num_clients``
+    the clients whose update entered the average, ``num_skipped_clients`` those left out
+    because it was not finite; ``seconds`` the wall time of the whole round.
+    """
+
+    round_num: int
+    loss: float
+    accuracy: float
+    num_examples: int
+    num_clients: int
+    num_skipped_clients: int
+    seconds: float
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.num_examples / self.seconds if self.seconds > 0 else math.nan
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "round": self.round_num,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "num_examples": self.num_examples,
+            "num_clients": self.num_clients,
+            "num_skipped_clients": self.num_skipped_clients,
+            "seconds": self.seconds,
+            "examples_per_second": self.examples_per_second,
+        }
+
+
+@dataclass(frozen=True)
+class ClientSelection:
+    """Clients of a shared :class:`ClientData`, named by id.
+
+    Passing this to :meth:`WeightedFedAvg.next` (instead of a list of datasets) publishes
+    the ClientData to the executor once for the whole run; tasks then carry only a
+    reference and a client id. Random streams are keyed by client id.
+    """
+
+    client_data: ClientData
+    client_ids: Sequence[str]
+
+
+def sample_clients(
+    client_ids: Sequence[str], num_clients: int, *, seed: int, round_num: int
+) -> list[str]:
+    """Draw ``num_clients`` distinct clients for a round, uniformly without replacement.
+
+    Determined by (seed, round_num) only, so a resumed run samples the same clients.
+    """
+    if not 1 <= num_clients <= len(client_ids):
+        raise ValueError(
+            f"cannot sample {num_clients} clients per round from {len(client_ids)} clients; "
+            f"choose a number between 1 and {len(client_ids)}."
+        )
+    rng = derive_rng(seed, "fedavg-sample", round_num)
+    picked = rng.choice(len(client_ids), size=num_clients, replace=False)
+    return [client_ids[i] for i in picked]
+
+
+def _clone_tree(obj: Any) -> Any:
+    """Deep copy of nested dicts/lists/tuples with tensors cloned (no shared storage)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone_tree(v) for v in obj)
+    return obj
+
+
+class WeightedFedAvg:
+    """The learning process returned by :func:`build_weighted_fed_avg`.
+
+    Stateless apart from caches: all training state lives in the :class:`ServerState`
+    values passed in and returned, so ``next`` on the same state gives the same result.
+    """
+
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        client_optimizer_fn: OptimizerFn,
+        server_optimizer_fn: OptimizerFn,
+        *,
+        loss_fn: LossFn,
+        metrics_fn: MetricFn,
+        client_epochs: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        executor: Executor | None,
+        buffer_aggregation: Literal["average", "keep"],
+    ) -> None:
+        self.model_fn = model_fn
+        self.server_optimizer_fn = server_optimizer_fn
+        self.seed = seed
+        self.executor = executor if executor is not None else InProcessExecutor()
+        self.buffer_aggregation = buffer_aggregation
+        self.client_work = ClientWork(
+            model_fn=model_fn,
+            optimizer_fn=client_optimizer_fn,
+            loss_fn=loss_fn,
+            metric_fn=metrics_fn,
+            epochs=client_epochs,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        self._server_model: nn.Module | None = None
+        self._shared_data: weakref.WeakKeyDictionary[ClientData, SharedRef] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- the TFF-style API -------------------------------------------------------------------
+    def initialize(self) -> ServerState:
+        """Round-0 state: ``model_fn()``'s initial weights under ``derive_seed(seed, "init")``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, "init"))
+            model = self.model_fn()
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        optimizer = self.server_optimizer_fn(self._trainable(model))
+        return ServerState(0, weights, _clone_tree(optimizer.state_dict()))
+
+    def get_model_weights(self, state: ServerState) -> dict[str, torch.Tensor]:
+        """The global model's state dict (a copy), loadable into ``model_fn()``."""
+        return {k: v.detach().clone() for k, v in state.model.items()}
+
+    def next(
+        self, state: ServerState, client_datasets: Sequence[ClientDataset] | ClientSelection
+    ) -> tuple[ServerState, RoundMetrics]:
+        """Run one round with these clients; returns the new state and the round's metrics."""
+        start = time.perf_counter()
+        round_num = state.round_num + 1
+        model = self._load_server_model(state)  # checks the state fits model_fn first
+        weights_ref = self.executor.share(self.get_model_weights(state))
+        tasks = self._tasks(client_datasets, weights_ref, round_num)
+        outputs: list[ClientOutput] = self.executor.map(self.client_work, tasks)
+
+        optimizer = self.server_optimizer_fn(self._trainable(model))
+        try:
+            optimizer.load_state_dict(_clone_tree(state.optimizer_state))
+        except (ValueError, KeyError) as e:
+            raise ValueError(
+                f"the state's server optimizer state does not fit server_optimizer_fn's "
+                f"optimizer ({e}); resume with the optimizer settings the run started with."
+            ) from None
+        contributing = [o for o in outputs if o.finite]
+        total = sum(o.num_examples for o in contributing)
+        if total > 0:
+            self._apply(model, optimizer, contributing, total)
+        new_state = ServerState(
+            round_num,
+            {k: v.detach().clone() for k, v in model.state_dict().items()},
+            _clone_tree(optimizer.state_dict()),
+        )
+        trained = sum(o.num_trained for o in contributing)
+        metrics = RoundMetrics(
+            round_num=round_num,
+            loss=sum(o.loss_sum for o in contributing) / trained if trained else math.nan,
+            accuracy=sum(o.metric_sum for o in contributing) / trained if trained else math.nan,
+            num_examples=trained,
+            num_clients=len(contributing),
+            num_skipped_clients=len(outputs) - len(contributing),
+            seconds=time.perf_counter() - start,
+        )
+        return new_state, metrics
+
+    # -- internals ----------------------------------------------------------------------------
+    @staticmethod
+    def _trainable(model: nn.Module) -> list[nn.Parameter]:
+        params = dict(model.named_parameters())
+        return [params[n] for n in trainable_names(model)]
+
+    def _tasks(
+        self,
+        client_datasets: Sequence[ClientDataset] | ClientSelection,
+        weights_ref: SharedRef,
+        round_num: int,
+    ) -> list[ClientTask]:
+        if isinstance(client_datasets, ClientSelection):
+            cd = client_datasets.client_data
+            missing = [c for c in client_datasets.client_ids if c not in cd]
+            if missing:
+                raise KeyError(
+                    f"{len(missing)} selected client ids are not in the ClientData "
+                    f"(e.g. {missing[:3]}); select from client_data.client_ids."
+                )
+            ref = self._shared_data.get(cd)
+            if ref is None:
+                ref = self._shared_data[cd] = self.executor.share(cd)
+            ids = [str(c) for c in client_datasets.client_ids]
+            return [ClientTask(weights_ref, ref, c, round_num) for c in ids]
+        if isinstance(client_datasets, (ClientData, ClientDataset)) or not isinstance(
+            client_datasets, Sequence
+        ):
+            raise TypeError(
+                "client_datasets must be a sequence of ClientDataset or a "
+                f"ClientSelection(client_data, client_ids), got {type(client_datasets).__name__}."
+            )
+        for i, d in enumerate(client_datasets):
+            if not isinstance(d, ClientDataset):
+                raise TypeError(
+                    f"client_datasets[{i}] is a {type(d).__name__}, not a ClientDataset; "
+                    "build one with ClientDataset.from_arrays(x, y)."
+                )
+        return [ClientTask(weights_ref, d, i, round_num) for i, d in enumerate(client_datasets)]
+
+    def _load_server_model(self, state: ServerState) -> nn.Module:
+        if self._server_model is None:
+            with torch.random.fork_rng(devices=[]):
+                self._server_model = self.model_fn()
+        model = self._server_model
+        try:
+            model.load_state_dict(state.model)
+        except RuntimeError as e:
+            raise ValueError(
+                "the state's model weights do not fit model_fn()'s model; was the state "
+                f"made with another model? ({str(e).splitlines()[0]})"
+            ) from None
+        return model
+
+    def _apply(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        outputs: list[ClientOutput],
+        total: int,
+    ) -> None:
+        params = dict(model.named_parameters())
+        for name in trainable_names(model):
+            p = params[name]
+            p.grad = _weighted_mean([o.delta[name] for o in outputs], outputs, total).to(p.dtype)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if self.buffer_aggregation == "keep":
+            return
+        state = model.state_dict()
+        with torch.no_grad():
+            for name in buffer_names(model):
+                buf = state[name]
+                mean = _weighted_mean([o.buffers[name] for o in outputs], outputs, total)
+                if not buf.is_floating_point():
+                    mean = torch.round(mean)
+                buf.copy_(mean.to(buf.dtype))
+
+
+def _weighted_mean(
+    values: list[torch.Tensor], outputs: list[ClientOutput], total: int
+) -> torch.Tensor:
+    """sum_k n_k * v_k / sum_k n_k in float64, in client order (deterministic)."""
+    acc = torch.zeros(values[0].shape, dtype=torch.float64)
+    for v, o in zip(values, outputs, strict=True):
+        if o.num_examples:
+            acc += o.num_examples * v.to(torch.float64)
+    return acc / total
+
+
+def build_weighted_fed_avg(
+    model_fn: ModelFn,
+    client_optimizer_fn: OptimizerFn = DEFAULT_CLIENT_OPTIMIZER,
+    server_optimizer_fn: OptimizerFn = DEFAULT_SERVER_OPTIMIZER,
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    metrics_fn: MetricFn = accuracy,
+    client_epochs: int = 1,
+    batch_size: int = 20,
+    shuffle: bool = True,
+    seed: int = 0,
+    executor: Executor | None = None,
+    buffer_aggregation: Literal["average", "keep"] = "average",
+) -> WeightedFedAvg:
+    """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
+
+    ``model_fn()`` builds any ``torch.nn.Module``; optimizer functions take an iterable of
+    parameters and return a ``torch.optim.Optimizer`` (e.g. ``lambda p: torch.optim.SGD(p,
+    lr=0.1)``). The defaults are those of TFF's EMNIST personalization experiment: client
+    SGD lr 0.02, server SGD lr 1.0 with momentum 0.9, one local epoch, batches of 20.
+    ``loss_fn``/``metrics_fn`` map ``(outputs, targets)`` to a batch mean. Client work runs
+    on ``executor`` (in this process by default); everything it sends to other processes
+    (model_fn, optimizer and loss functions) must be picklable with cloudpickle.
+    """
+    for name, fn in (
+        ("model_fn", model_fn),
+        ("client_optimizer_fn", client_optimizer_fn),
+        ("server_optimizer_fn", server_optimizer_fn),
+        ("loss_fn", loss_fn),
+        ("metrics_fn", metrics_fn),
+    ):
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}.")
+    for name, value in (("client_epochs", client_epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if buffer_aggregation not in ("average", "keep"):
+        raise ValueError(
+            f"buffer_aggregation must be 'average' or 'keep', got {buffer_aggregation!r}."
+        )
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(f"executor must be a fedp13n Executor, got {type(executor).__name__}.")
+    return WeightedFedAvg(
+        model_fn,
+        client_optimizer_fn,
+        server_optimizer_fn,
+        loss_fn=loss_fn,
+        metrics_fn=metrics_fn,
+        client_epochs=client_epochs,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=int(seed),
+        executor=executor,
+        buffer_aggregation=buffer_aggregation,
+    )

@@ -1,0 +1,100 @@
+"""The two EMNIST CNNs of TFF's examples, in PyTorch.
+
+* :func:`emnist_conv_dropout`: TFF's ``create_conv_dropout_model``, the model of the
+  personalization experiment (Jiang et al. 2019, "Improving Federated Learning
+  Personalization via Model Agnostic Meta Learning") and of Reddi et al. 2020.
+  1,206,590 parameters for 62 classes.
+* :func:`fedavg_cnn`: TFF's ``create_original_fedavg_cnn_model``, the CNN of McMahan et
+  al. 2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data".
+  1,663,370 parameters for 10 classes (as in the paper), 1,690,046 for 62.
+
+Layers, shapes and parameter counts match the Keras originals. Two deliberate
+differences: PyTorch's default initialisation is used (Keras uses Glorot-uniform), and
+flattening is channels-first (C, H, W), so Keras weights would need the dense kernel's
+rows permuted to be imported. Both models take ``(B, 28, 28)`` images (the layout the
+EMNIST data has) or ``(B, 1, 28, 28)`` and return logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _as_nchw(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 3:
+        return x.unsqueeze(1)
+    if x.dim() == 4 and x.shape[1] == 1:
+        return x
+    raise ValueError(
+        f"EMNIST models expect images of shape (B, 28, 28) or (B, 1, 28, 28), got {tuple(x.shape)}."
+    )
+
+
+class EmnistConvDropout(nn.Module):
+    """Conv 32 3x3 relu, Conv 64 3x3 relu, MaxPool 2, Dropout .25, Dense 128 relu,
+    Dropout .5, Dense ``num_classes`` (valid padding, as Keras' default)."""
+
+    def __init__(self, num_classes: int = 62) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
+        self.dropout1 = nn.Dropout(0.25)
+        self.fc1 = nn.Linear(12 * 12 * 64, 128)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(_as_nchw(x)))
+        x = F.relu(self.conv2(x))
+        x = self.dropout1(F.max_pool2d(x, 2))
+        x = self.dropout2(F.relu(self.fc1(torch.flatten(x, 1))))
+        return self.fc2(x)
+
+
+class FedAvgCNN(nn.Module):
+    """McMahan et al. 2017: Conv 32 5x5 'same' relu, MaxPool 2, Conv 64 5x5 'same' relu,
+    MaxPool 2, Dense 512 relu, Dense ``num_classes``."""
+
+    def __init__(self, num_classes: int = 62) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=5, padding=2)
+        self.fc1 = nn.Linear(7 * 7 * 64, 512)
+        self.fc2 = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(_as_nchw(x))), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+def _check_classes(num_classes: int) -> None:
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+
+
+def emnist_conv_dropout(num_classes: int = 62) -> EmnistConvDropout:
+    """TFF's ``create_conv_dropout_model`` (62 classes = EMNIST-62, 10 = digits only)."""
+    _check_classes(num_classes)
+    return EmnistConvDropout(num_classes)
+
+
+def fedavg_cnn(num_classes: int = 62) -> FedAvgCNN:
+    """TFF's ``create_original_fedavg_cnn_model``: the CNN of McMahan et al. 2017."""
+    _check_classes(num_classes)
+    return FedAvgCNN(num_classes)
+
+
+#: Model names usable in configuration files and on the command line.
+MODELS = {"emnist_conv_dropout": emnist_conv_dropout, "fedavg_cnn": fedavg_cnn}
+
+
+def get_model_fn(name: str):
+    """The model builder registered under ``name`` (see :data:`MODELS`)."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}.") from None
