@@ -1,0 +1,310 @@
+"""Personalization evaluation: TFF's ``build_personalization_eval`` on fedp13n executors.
+
+Reproduces the evaluation of Jiang et al. 2019, "Improving Federated Learning
+Personalization via Model Agnostic Meta Learning" (TFF's
+``learning/personalization_eval.py``): every client evaluates the global model on its test
+data (``baseline_metrics``), then lets every personalization strategy fine-tune a copy of
+the global model on its train data and report metrics; the metrics of at most
+``max_num_samples`` clients, sampled without replacement, are collected with one list per
+metric, position ``i`` = the same client in every list.
+
+Differences from TFF, each for a reason:
+
+* the sample is drawn with reservoir sampling from ``derive_rng(seed, "p13n-sample")``
+  *before* any work, so only the sampled clients are evaluated and the same seed gives
+  the same sample; sampled clients keep their input order;
+* the result also carries the sampled clients' ids and the seed
+  (:class:`~fedp13n.personalization.result.PersonalizationResult`);
+* clients run as tasks of an :class:`~fedp13n.execution.Executor` (in parallel); every
+  strategy of every client starts from a fresh ``model_fn()`` loaded with the global
+  weights, a freshly built strategy and torch's RNG seeded from
+  ``(seed, "p13n", client_id, strategy name)``, so no optimizer state, batch-norm buffer or
+  random stream leaks between strategies or clients, and the numbers are bit-identical
+  whatever the executor and the number of workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedp13n.data.client_data import ClientDataset
+from fedp13n.execution.base import Executor, SharedRef
+from fedp13n.execution.in_process import InProcessExecutor
+from fedp13n.personalization.inputs import check_client_input
+from fedp13n.personalization.result import (
+    BASELINE_KEY,
+    META_KEYS,
+    PersonalizationResult,
+    scalar_tree,
+    stack_trees,
+)
+from fedp13n.utils.seeding import derive_rng, derive_seed
+
+ModelFn = Callable[[], nn.Module]
+
+
+def build_personalization_eval(
+    model_fn: ModelFn,
+    personalize_fn_dict: Mapping[str, Callable[[], Callable[..., Mapping[str, Any]]]],
+    baseline_evaluate_fn: Callable[[nn.Module, ClientDataset], Mapping[str, Any]],
+    max_num_samples: int = 100,
+    *,
+    seed: int | None = None,
+    executor: Executor | None = None,
+) -> Callable[[Mapping[str, torch.Tensor], Iterable[Mapping[str, Any]]], PersonalizationResult]:
+    """Build ``personalization_eval(model_weights, client_inputs) -> PersonalizationResult``.
+
+    Args:
+        model_fn: no-argument builder of a fresh ``nn.Module`` (called in the workers, so
+            it must be picklable with cloudpickle; lambdas and partials are fine).
+        personalize_fn_dict: strategy name -> no-argument builder of a strategy
+            ``personalize_fn(model, train_data, test_data, context=None)`` that trains
+            ``model`` (already holding the global weights) and returns a possibly nested
+            mapping of scalar metrics (e.g. :func:`build_personalize_fn`).
+        baseline_evaluate_fn: ``(model, test_data) -> metrics`` for the global model
+            (e.g. :func:`evaluate_fn`); the model is in eval mode.
+        max_num_samples: the most clients whose metrics are collected; all of them when
+            there are fewer.
+        seed: what the sample and the per-client randomness derive from; ``None`` draws a
+            fresh one at every call, recorded in the result's ``seed``.
+        executor: where client work runs; ``None`` runs it in this process.
+
+    The returned function takes ``model_weights`` (a ``state_dict`` of ``model_fn()``,
+    e.g. FedAvg's ``get_model_weights``) and ``client_inputs``, an iterable of mappings
+    with ``train_data`` and ``test_data`` (unbatched: a ``ClientDataset`` or an ``(x, y)``
+    tuple), optionally ``context`` (handed to the strategies) and ``client_id`` (default:
+    the input's position). It returns an ``OrderedDict`` with ``baseline_metrics`` and
+    one key per strategy, every leaf a list with one scalar per sampled client, plus
+    ``client_ids`` and ``seed`` attributes (see ``PersonalizationResult``).
+
+    Raises:
+        TypeError: a non-callable ``model_fn``, ``baseline_evaluate_fn``, strategy builder
+            or built strategy; a non-mapping ``personalize_fn_dict``; a non-int
+            ``max_num_samples`` or ``seed``.
+        ValueError: a strategy named ``baseline_metrics`` (or ``client_ids``/``seed``,
+            which the JSON form uses); ``max_num_samples`` < 1.
+    """
+    if not callable(model_fn):
+        raise TypeError(
+            f"model_fn must be a no-argument callable returning an nn.Module, got {model_fn!r}."
+        )
+    if not callable(baseline_evaluate_fn):
+        raise TypeError(
+            f"baseline_evaluate_fn must be a callable (model, dataset) -> metrics, got "
+            f"{baseline_evaluate_fn!r} (e.g. fedp13n.personalization.evaluate_fn)."
+        )
+    strategies = _check_strategies(personalize_fn_dict)
+    if not isinstance(max_num_samples, numbers.Integral) or isinstance(max_num_samples, bool):
+        raise TypeError(f"max_num_samples must be an int, got {max_num_samples!r}.")
+    if max_num_samples < 1:
+        raise ValueError(f"max_num_samples must be a positive integer, got {max_num_samples}.")
+    max_num_samples = int(max_num_samples)
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)):
+        raise TypeError(f"seed must be an int or None, got {seed!r}.")
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(
+            f"executor must be a fedp13n Executor (or None for in-process), got {executor!r}."
+        )
+    job = _ClientJob(model_fn, baseline_evaluate_fn, tuple(strategies.items()))
+
+    def personalization_eval(
+        model_weights: Mapping[str, torch.Tensor], client_inputs: Iterable[Mapping[str, Any]]
+    ) -> PersonalizationResult:
+        weights = _check_weights(model_fn, model_weights)
+        inputs = _check_client_inputs(client_inputs)
+        run_seed = secrets.randbits(63) if seed is None else int(seed)
+        chosen = reservoir_sample(len(inputs), max_num_samples, derive_rng(run_seed, "p13n-sample"))
+        ex = executor if executor is not None else InProcessExecutor()
+        ref = ex.share(weights)
+        tasks = [
+            _ClientTask(
+                weights=ref,
+                seed=run_seed,
+                client_id=inputs[i]["client_id"],
+                train_data=inputs[i]["train_data"],
+                test_data=inputs[i]["test_data"],
+                context=inputs[i]["context"],
+            )
+            for i in chosen
+        ]
+        outputs = ex.map(functools.partial(_evaluate_client, job), tasks)
+        ids = [t.client_id for t in tasks]
+        result = PersonalizationResult(client_ids=ids, seed=run_seed)
+        for key in (BASELINE_KEY, *strategies):
+            where = "baseline_evaluate_fn" if key == BASELINE_KEY else f"strategy {key!r}"
+            result[key] = stack_trees([o[key] for o in outputs], ids, where)
+        return result
+
+    return personalization_eval
+
+
+def reservoir_sample(num_items: int, k: int, rng: np.random.Generator) -> list[int]:
+    """``min(k, num_items)`` distinct positions of ``range(num_items)``, sorted, uniformly.
+
+    Vitter's Algorithm R: item ``i >= k`` replaces a random reservoir slot with
+    probability ``k / (i + 1)``, which leaves every ``k``-subset equally likely. One pass,
+    ``O(k)`` memory: the streaming sampler TFF's ``federated_sample`` uses.
+    """
+    reservoir = list(range(min(k, num_items)))
+    for i in range(k, num_items):
+        j = int(rng.integers(0, i + 1))
+        if j < k:
+            reservoir[j] = i
+    return sorted(reservoir)
+
+
+# -- client work (runs in the executor's workers) ---------------------------------------------
+@dataclass(frozen=True)
+class _ClientJob:
+    """What every client task shares: travels with the function, not with each task."""
+
+    model_fn: ModelFn
+    baseline_evaluate_fn: Callable[..., Mapping[str, Any]]
+    strategies: tuple[tuple[str, Callable[[], Callable[..., Any]]], ...]
+
+
+@dataclass(frozen=True)
+class _ClientTask:
+    weights: SharedRef
+    seed: int
+    client_id: str
+    train_data: ClientDataset
+    test_data: ClientDataset
+    context: Any
+
+
+def _evaluate_client(job: _ClientJob, task: _ClientTask) -> OrderedDict[str, Any]:
+    """Baseline then every strategy on one client, each from fresh global weights."""
+    weights = task.weights.get()
+    out: OrderedDict[str, Any] = OrderedDict()
+    # fork_rng: seeding here must not disturb the caller's RNG (in-process executor).
+    with torch.random.fork_rng(devices=[]):
+        step = "baseline_evaluate_fn"
+        try:
+            torch.manual_seed(derive_seed(task.seed, "p13n", task.client_id, BASELINE_KEY))
+            model = _fresh_model(job.model_fn, weights)
+            model.eval()
+            metrics = job.baseline_evaluate_fn(model, task.test_data)
+            out[BASELINE_KEY] = scalar_tree(_as_metrics(metrics, step), step)
+            for name, builder in job.strategies:
+                step = f"strategy {name!r}"
+                torch.manual_seed(derive_seed(task.seed, "p13n", task.client_id, name))
+                model = _fresh_model(job.model_fn, weights)
+                personalize_fn = builder()
+                metrics = personalize_fn(model, task.train_data, task.test_data, task.context)
+                out[name] = scalar_tree(_as_metrics(metrics, step), step)
+        except Exception as e:
+            e.add_note(f"(fedp13n: in {step} on client {task.client_id!r})")
+            raise
+    return out
+
+
+def _fresh_model(model_fn: ModelFn, weights: Mapping[str, torch.Tensor]) -> nn.Module:
+    model = model_fn()
+    model.load_state_dict(weights)
+    return model
+
+
+def _as_metrics(metrics: Any, step: str) -> Mapping[str, Any]:
+    if not isinstance(metrics, Mapping):
+        raise TypeError(
+            f"{step} returned a {type(metrics).__name__}; it must return a mapping "
+            "(possibly nested) of metric name -> scalar."
+        )
+    return metrics
+
+
+# -- argument checks --------------------------------------------------------------------------
+def _check_strategies(personalize_fn_dict: Any) -> OrderedDict[str, Callable[[], Any]]:
+    if not isinstance(personalize_fn_dict, Mapping):
+        raise TypeError(
+            f"personalize_fn_dict must be a mapping strategy name -> no-argument strategy "
+            f"builder, got {type(personalize_fn_dict).__name__}."
+        )
+    strategies: OrderedDict[str, Callable[[], Any]] = OrderedDict()
+    for name, builder in personalize_fn_dict.items():
+        if not isinstance(name, str):
+            raise TypeError(f"strategy names must be strings, got {name!r}.")
+        if name == BASELINE_KEY or name in META_KEYS:
+            raise ValueError(
+                f"{name!r} cannot be a strategy name: the result uses it for "
+                f"{'the global model' if name == BASELINE_KEY else 'its metadata'}; rename it."
+            )
+        if not callable(builder):
+            raise TypeError(
+                f"personalize_fn_dict[{name!r}] must be a no-argument callable that builds the "
+                f"strategy, got a {type(builder).__name__} (TFF's convention: pass the builder, "
+                "e.g. functools.partial(build_personalize_fn, ...), not a built strategy's result)."
+            )
+        built = builder()  # built once here so a bad configuration fails now, not in a worker
+        if not callable(built):
+            raise TypeError(
+                f"personalize_fn_dict[{name!r}]() returned a {type(built).__name__}; the builder "
+                "must return a callable personalize_fn(model, train_data, test_data, context)."
+            )
+        strategies[name] = builder
+    return strategies
+
+
+def _check_weights(model_fn: ModelFn, weights: Any) -> OrderedDict[str, torch.Tensor]:
+    if not isinstance(weights, Mapping):
+        raise TypeError(
+            f"model_weights must be a state_dict (mapping name -> tensor), got "
+            f"{type(weights).__name__}; pass model.state_dict() or FedAvg's get_model_weights()."
+        )
+    with torch.random.fork_rng(devices=[]):  # building a model draws its random init
+        model = model_fn()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model_fn() must return a torch nn.Module, got {type(model).__name__}.")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"model_weights do not fit model_fn(): missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}; pass the state_dict of the model model_fn builds."
+        )
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for k, ref in expected.items():
+        v = weights[k]
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"model_weights[{k!r}] is a {type(v).__name__}, not a torch.Tensor.")
+        if v.shape != ref.shape:
+            raise ValueError(
+                f"model_weights[{k!r}] has shape {tuple(v.shape)} but model_fn()'s has "
+                f"{tuple(ref.shape)}."
+            )
+        out[k] = v.detach().cpu().clone()
+    return out
+
+
+def _check_client_inputs(client_inputs: Any) -> list[dict[str, Any]]:
+    if isinstance(client_inputs, Mapping | str | bytes) or not isinstance(client_inputs, Iterable):
+        raise TypeError(
+            f"client_inputs must be a list of per-client mappings (train_data, test_data), "
+            f"got a {type(client_inputs).__name__}."
+        )
+    inputs = [check_client_input(ci, i) for i, ci in enumerate(client_inputs)]
+    if not inputs:
+        raise ValueError(
+            "client_inputs is empty: personalization evaluation needs at least one client."
+        )
+    seen: dict[str, int] = {}
+    for i, ci in enumerate(inputs):
+        if ci["client_id"] in seen:
+            raise ValueError(
+                f"client id {ci['client_id']!r} appears twice (inputs {seen[ci['client_id']]} "
+                f"and {i}); client ids must be unique so results can be joined by id."
+            )
+        seen[ci["client_id"]] = i
+    return inputs
