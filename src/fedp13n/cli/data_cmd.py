@@ -1,0 +1,128 @@
+"""``fedp13n data``: inspect (``info``) and fetch (``download``) federated datasets.
+
+User errors (missing files, bad data, failed downloads, unknown names) print one line and
+exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedp13n.data.datasets import DATASET_NAMES, load_dataset
+from fedp13n.data.stats import QUANTILES, summarize
+from fedp13n.data.validate import LABEL_CHARS, NUM_CLASSES, NUM_DIGIT_CLASSES, DataError
+
+app = typer.Typer(
+    help="Federated datasets: inspect and download.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+_DATASET = typer.Option(
+    "emnist", "--dataset", "-d", help=f"Dataset name: {', '.join(DATASET_NAMES)}."
+)
+_DATA_DIR = typer.Option(
+    None,
+    "--data-dir",
+    help="Directory with already-downloaded files (TFF h5 files, LEAF train/ and test/, "
+    "or emnist_all.sqlite).",
+)
+_CACHE_DIR = typer.Option(
+    None, "--cache-dir", help="Cache root (default $FEDP13N_CACHE or ~/.cache/fedp13n)."
+)
+_URL = typer.Option(None, "--url", help="Download from this URL instead of TFF's.")
+_ONLY_DIGITS = typer.Option(False, "--only-digits", help="The 10-class digits-only variant.")
+_NUM_CLIENTS = typer.Option(
+    None, "--num-clients", help="Keep a seeded random subset of this many clients."
+)
+_SEED = typer.Option(0, "--seed", help="Seed of the client subset / synthetic data.")
+
+
+def _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console):
+    try:
+        return load_dataset(
+            dataset,
+            data_dir=data_dir,
+            cache_dir=cache_dir,
+            url=url,
+            only_digits=only_digits,
+            num_clients=num_clients,
+            seed=seed,
+            progress=console.is_terminal,
+        )
+    except DataError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def info(
+    dataset: str = _DATASET,
+    data_dir: Path | None = _DATA_DIR,
+    cache_dir: Path | None = _CACHE_DIR,
+    url: str | None = _URL,
+    only_digits: bool = _ONLY_DIGITS,
+    num_clients: int | None = _NUM_CLIENTS,
+    seed: int = _SEED,
+) -> None:
+    """Print clients, examples, per-client sizes and the class histogram of a dataset."""
+    console = Console()
+    train, test = _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console)
+    num_classes = NUM_DIGIT_CLASSES if only_digits else NUM_CLASSES
+    s = summarize(train, test, num_classes)
+
+    overview = Table(title=f"Dataset {dataset}" + (" (digits only)" if only_digits else ""))
+    overview.add_column("")
+    overview.add_column("value", justify="right")
+    overview.add_row("clients", f"{s.num_clients:,}")
+    overview.add_row("train examples", f"{s.train_examples:,}")
+    overview.add_row("test examples", f"{s.test_examples:,}")
+    overview.add_row("pixels stored as", s.pixel_dtype)
+    if train.path is not None:
+        overview.add_row("cache", str(train.path.parent))
+    console.print(overview)
+
+    sizes = Table(title="Examples per client")
+    sizes.add_column("split")
+    for q in QUANTILES:
+        sizes.add_column(
+            {0.0: "min", 0.5: "median", 1.0: "max"}.get(q, f"p{q * 100:g}"), justify="right"
+        )
+    sizes.add_column("mean", justify="right")
+    for name, qs, mean in (
+        ("train", s.train_size_quantiles, s.train_mean_size),
+        ("test", s.test_size_quantiles, s.test_mean_size),
+    ):
+        sizes.add_row(name, *(f"{v:g}" for v in qs), f"{mean:.1f}")
+    console.print(sizes)
+
+    hist = Table(title="Class histogram")
+    for col in ("label", "char", "train", "test", "% of train"):
+        hist.add_column(col, justify="right")
+    total = max(s.train_examples, 1)
+    for label, (a, b) in enumerate(zip(s.train_class_counts, s.test_class_counts, strict=True)):
+        char = LABEL_CHARS[label] if label < len(LABEL_CHARS) else "?"
+        hist.add_row(str(label), char, f"{a:,}", f"{b:,}", f"{100 * a / total:.2f}")
+    console.print(hist)
+
+
+@app.command()
+def download(
+    dataset: str = _DATASET,
+    data_dir: Path | None = _DATA_DIR,
+    cache_dir: Path | None = _CACHE_DIR,
+    url: str | None = _URL,
+    only_digits: bool = _ONLY_DIGITS,
+) -> None:
+    """Download (or convert from --data-dir) a dataset into the local cache."""
+    console = Console()
+    train, test = _load(dataset, data_dir, cache_dir, url, only_digits, None, 0, console)
+    where = train.path.parent if train.path is not None else "(not cached: generated)"
+    console.print(
+        f"{dataset}: {len(train):,} clients, {train.num_examples:,} train and "
+        f"{test.num_examples:,} test examples, cached in {where}"
+    )

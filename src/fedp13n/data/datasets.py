@@ -1,0 +1,316 @@
+"""One entry point for every dataset: :func:`load_dataset` returns ``(train, test)``.
+
+Sources of federated EMNIST (the data of Jiang et al. 2019, "Improving Federated Learning
+Personalization via Model Agnostic Meta Learning", as distributed by TFF):
+
+- ``"emnist"``: TFF's h5 files, from ``--data-dir`` or downloaded as
+  ``fed_emnist.tar.bz2`` (``fed_emnist_digitsonly.tar.bz2`` with ``only_digits``);
+- ``"emnist-sqlite"``: TFF's current ``emnist_all.sqlite.lzma``;
+- ``"leaf"``: LEAF's FEMNIST JSON shards in ``--data-dir`` (``train/``, ``test/``);
+- ``"synthetic"``: small generated data for tests and demos.
+
+The first load converts to the local cache (:mod:`fedp13n.data.cache`); later loads
+read the cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from fedp13n.data.cache import cached, resolve_cache_dir, source_key
+from fedp13n.data.client_data import ClientData
+from fedp13n.data.download import (
+    decompress_lzma,
+    download_file,
+    remove_tree,
+    safe_extract_tar,
+)
+from fedp13n.data.h5 import H5_PREFIX, h5_file_names, load_h5_dir
+from fedp13n.data.leaf import load_leaf_dir
+from fedp13n.data.sqlite import load_sqlite
+from fedp13n.data.validate import DataError, DataNotFoundError, check_counts
+from fedp13n.utils.seeding import derive_rng
+
+DATASET_NAMES = ("emnist", "emnist-sqlite", "leaf", "synthetic")
+TFF_BUCKET = "https://storage.googleapis.com/tff-datasets-public/"
+
+
+@dataclass(frozen=True)
+class Published:
+    """What TFF publishes for one variant: where, its SHA-256, and its sizes."""
+
+    url: str
+    sha256: str | None
+    counts: tuple[int, int, int]  # (clients, train examples, test examples)
+
+
+#: TFF's h5 archives (hashes from TFF's former ``emnist.load_data``).
+EMNIST_H5 = {
+    False: Published(
+        TFF_BUCKET + "fed_emnist.tar.bz2",
+        "fe1ed5a502cea3a952eb105920bff8cffb32836b5173cb18a57a32c3606f3ea0",
+        (3400, 671_585, 77_483),
+    ),
+    True: Published(
+        TFF_BUCKET + "fed_emnist_digitsonly.tar.bz2",
+        "55333deb8546765427c385710ca5e7301e16f4ed8b60c1dc5ae224b42bd5b14b",
+        (3383, 341_873, 40_832),
+    ),
+}
+#: TFF's current SQLite distribution (both variants in one file).
+EMNIST_SQLITE_URL = TFF_BUCKET + "emnist_all.sqlite.lzma"
+SQLITE_NAME = "emnist_all.sqlite"
+
+Counts = tuple[int, int, int] | None | Literal["published"]
+
+
+def _variant(only_digits: bool) -> str:
+    return "10" if only_digits else "62"
+
+
+def _published_counts(expected: Counts, only_digits: bool) -> tuple[int, int, int] | None:
+    return EMNIST_H5[only_digits].counts if expected == "published" else expected
+
+
+def fetch_emnist_h5(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    only_digits: bool = False,
+    url: str | None = None,
+    sha256: str | None | Literal["published"] = "published",
+    expected_counts: Counts = "published",
+    progress: bool = True,
+    mmap: bool = False,
+) -> tuple[ClientData, ClientData]:
+    """TFF's h5 EMNIST from the cache, downloading and converting it on first use.
+
+    Steps on a cache miss: download the archive (unless already in ``<cache>/downloads``),
+    extract it safely into a temporary directory, load and validate both h5 files, check
+    the client and example counts (``expected_counts``; the published ones by default,
+    None to skip), write the cache, delete the extracted files. The SHA-256 is checked
+    only for TFF's own URL (``sha256="published"``) or when given.
+    """
+    root = resolve_cache_dir(cache_dir)
+    pub = EMNIST_H5[only_digits]
+    if sha256 == "published":
+        sha256 = pub.sha256 if url is None else None
+    url = url or pub.url
+    counts = _published_counts(expected_counts, only_digits)
+    archive = root / "downloads" / f"{H5_PREFIX[only_digits]}.tar.bz2"
+
+    def build() -> tuple[ClientData, ClientData]:
+        if not archive.is_file():
+            download_file(url, archive, sha256=sha256, progress=progress)
+        tmp = root / f".extract-{H5_PREFIX[only_digits]}-{os.getpid()}"
+        remove_tree(tmp)
+        try:
+            try:
+                safe_extract_tar(archive, tmp)
+            except DataError:
+                archive.unlink(missing_ok=True)  # never keep a bad archive around
+                raise
+            found = {p.name: p for p in tmp.rglob("*.h5")}
+            names = h5_file_names(only_digits)
+            missing = [n for n in names if n not in found]
+            if missing:
+                archive.unlink(missing_ok=True)
+                raise DataNotFoundError(
+                    f"{url}: the archive has no {', '.join(missing)} (found "
+                    f"{sorted(found) or 'no h5 files'}). Check --url; the bad archive was "
+                    "deleted."
+                )
+            train, test = load_h5_dir(found[names[0]].parent, only_digits=only_digits)
+            try:
+                check_counts(train, test, counts, source=url)
+            except DataError:
+                archive.unlink(missing_ok=True)
+                raise
+            return train, test
+        finally:
+            remove_tree(tmp)
+
+    return cached(
+        root,
+        f"emnist-{_variant(only_digits)}",
+        build,
+        mmap=mmap,
+        source={"dataset": "emnist", "url": url, "only_digits": only_digits},
+    )
+
+
+def fetch_emnist_sqlite(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    only_digits: bool = False,
+    url: str | None = None,
+    expected_counts: Counts = "published",
+    progress: bool = True,
+    mmap: bool = False,
+) -> tuple[ClientData, ClientData]:
+    """TFF's ``emnist_all.sqlite`` EMNIST from the cache, converting it on first use.
+
+    With ``data_dir``, read ``emnist_all.sqlite`` (or ``.sqlite.lzma``) found there;
+    otherwise download ``url`` (TFF's by default) into ``<cache>/downloads``.
+    """
+    root = resolve_cache_dir(cache_dir)
+    counts = _published_counts(expected_counts, only_digits)
+    if data_dir is not None:
+        d = Path(data_dir)
+        candidates = [d / SQLITE_NAME, d / (SQLITE_NAME + ".lzma")]
+        src = next((p for p in candidates if p.is_file()), None)
+        if src is None:
+            raise DataNotFoundError(
+                f"{d}: no {SQLITE_NAME} or {SQLITE_NAME}.lzma; --data-dir must hold TFF's "
+                "SQLite EMNIST file."
+            )
+        key = source_key(f"sqlite-{_variant(only_digits)}", [src])
+    else:
+        src = root / "downloads" / (SQLITE_NAME + ".lzma")
+        key = f"emnist-sqlite-{_variant(only_digits)}"
+        url = url or EMNIST_SQLITE_URL
+
+    def build() -> tuple[ClientData, ClientData]:
+        if data_dir is None and not src.is_file():
+            download_file(url, src, progress=progress)
+        db, tmp_db = src, None
+        if src.suffix == ".lzma":
+            tmp_db = root / f".{SQLITE_NAME}.{os.getpid()}"
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                db = decompress_lzma(src, tmp_db, progress=progress)
+            except DataError:
+                if data_dir is None:
+                    src.unlink(missing_ok=True)
+                raise
+        try:
+            train, test = load_sqlite(db, only_digits=only_digits)
+            check_counts(train, test, counts, source=str(src))
+            return train, test
+        finally:
+            if tmp_db is not None:
+                tmp_db.unlink(missing_ok=True)
+
+    return cached(
+        root,
+        key,
+        build,
+        mmap=mmap,
+        source={"dataset": "emnist-sqlite", "from": str(src), "only_digits": only_digits},
+    )
+
+
+def select_clients(
+    train: ClientData, test: ClientData, num_clients: int | None, seed: int
+) -> tuple[ClientData, ClientData]:
+    """Keep ``num_clients`` clients drawn without replacement (derived from ``seed``).
+
+    The kept clients stay in dataset order, so the result does not depend on how the
+    draw is implemented beyond the chosen set.
+    """
+    if num_clients is None or num_clients == len(train):
+        return train, test
+    if not 1 <= num_clients <= len(train):
+        raise DataError(
+            f"num_clients={num_clients}, but the dataset has {len(train)} clients: choose "
+            f"1..{len(train)} (or leave it unset for all)."
+        )
+    rng = derive_rng(seed, "select_clients")
+    keep = np.sort(rng.choice(len(train), size=num_clients, replace=False))
+    ids = [train.client_ids[i] for i in keep]
+    return train.subset(ids), test.subset(ids)
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    url: str | None = None,
+    only_digits: bool = False,
+    num_clients: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    mmap: bool = False,
+) -> tuple[ClientData, ClientData]:
+    """Load a federated dataset as ``(train, test)`` ClientData with the same client ids.
+
+    ``num_clients`` keeps a seeded random subset of the clients (for real data) or sets
+    how many clients to generate (``"synthetic"``). ``mmap`` memory-maps the cache.
+    Unknown names and bad or missing data raise :class:`DataError` with what to do.
+    """
+    if name not in DATASET_NAMES:
+        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}.")
+    if name == "synthetic":
+        try:
+            from fedp13n.data.synthetic import make_synthetic_emnist
+        except ImportError as e:
+            raise DataError(f"the synthetic dataset is not available ({e}).") from None
+        kwargs: dict = {} if num_clients is None else {"num_clients": num_clients}
+        if only_digits:
+            kwargs["num_classes"] = 10
+        try:
+            return make_synthetic_emnist(**kwargs, seed=seed)
+        except ValueError as e:
+            raise DataError(f"synthetic dataset: {e}") from None
+    root = resolve_cache_dir(cache_dir)
+    if name == "emnist":
+        if data_dir is None:
+            train, test = fetch_emnist_h5(
+                root, only_digits=only_digits, url=url, progress=progress, mmap=mmap
+            )
+        else:
+            d = Path(data_dir)
+            files = [d / n for n in h5_file_names(only_digits)]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise DataNotFoundError(
+                    f"missing {', '.join(missing)}: --data-dir must hold TFF's "
+                    f"{' and '.join(h5_file_names(only_digits))}."
+                )
+            train, test = cached(
+                root,
+                source_key(f"h5-{_variant(only_digits)}", files),
+                lambda: load_h5_dir(d, only_digits=only_digits),
+                mmap=mmap,
+                source={"dataset": "emnist", "data_dir": str(d.resolve())},
+            )
+    elif name == "emnist-sqlite":
+        train, test = fetch_emnist_sqlite(
+            root,
+            data_dir=data_dir,
+            only_digits=only_digits,
+            url=url,
+            progress=progress,
+            mmap=mmap,
+        )
+    else:  # leaf
+        if data_dir is None:
+            raise DataError(
+                "the 'leaf' dataset needs --data-dir: a LEAF FEMNIST directory with train/ "
+                "and test/ JSON shards."
+            )
+        if only_digits:
+            raise DataError(
+                "--only-digits is not available for 'leaf' (LEAF's FEMNIST is 62-class); "
+                "use 'emnist' or 'emnist-sqlite'."
+            )
+        d = Path(data_dir)
+        shards = sorted(d.glob("train/*.json")) + sorted(d.glob("test/*.json"))
+        if not shards:
+            # Let the loader produce its precise error (missing directories or shards).
+            train, test = load_leaf_dir(d)
+        else:
+            train, test = cached(
+                root,
+                source_key("leaf", shards),
+                lambda: load_leaf_dir(d),
+                mmap=mmap,
+                source={"dataset": "leaf", "data_dir": str(d.resolve())},
+            )
+    return select_clients(train, test, num_clients, seed)

@@ -1,0 +1,108 @@
+"""Read LEAF's FEMNIST JSON shards (Caldas et al. 2018, "LEAF: A Benchmark for Federated
+Settings").
+
+A LEAF data directory has ``train/*.json`` and ``test/*.json``; each file holds
+``users`` (writer ids), ``num_samples`` and ``user_data[user] = {"x": [[784 floats]],
+"y": [ints]}``. Pixels follow the same convention as TFF (1.0 background, [0, 1]), so the
+result is interchangeable with :mod:`fedp13n.data.h5`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fedp13n.data.client_data import ClientData
+from fedp13n.data.validate import (
+    NUM_CLASSES,
+    DataFormatError,
+    DataNotFoundError,
+    PixelAccumulator,
+    align_train_test,
+    check_client,
+)
+
+
+def _read_shard(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataFormatError(f"{path}: not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise DataFormatError(f"{path}: expected a JSON object with 'users' and 'user_data'.")
+    for key in ("users", "user_data"):
+        if key not in data:
+            raise DataFormatError(f"{path}: missing key {key!r} (LEAF layout).")
+    return data
+
+
+def load_leaf_split(split_dir: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> ClientData:
+    """Load every ``*.json`` shard of one LEAF split directory (files in name order)."""
+    split_dir = Path(split_dir)
+    files = sorted(split_dir.glob("*.json"))
+    if not files:
+        raise DataNotFoundError(f"{split_dir}: no *.json LEAF shards found.")
+    acc = PixelAccumulator()
+    for path in files:
+        data = _read_shard(path)
+        users, user_data = data["users"], data["user_data"]
+        num_samples = data.get("num_samples")
+        if num_samples is not None and len(num_samples) != len(users):
+            raise DataFormatError(
+                f"{path}: {len(users)} users but {len(num_samples)} num_samples entries."
+            )
+        for i, user in enumerate(users):
+            cid = str(user)
+            if cid not in user_data:
+                raise DataFormatError(
+                    f"{path}: client {cid!r}: listed in 'users' but has no entry in 'user_data'."
+                )
+            entry = user_data[cid]
+            if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
+                raise DataFormatError(f"{path}: client {cid!r}: user_data needs 'x' and 'y'.")
+            try:
+                x = np.asarray(entry["x"], dtype=np.float32)
+                y = np.asarray(entry["y"])
+            except (ValueError, TypeError) as e:
+                raise DataFormatError(
+                    f"{path}: client {cid!r}: 'x' is not a list of equal-length pixel lists ({e})."
+                ) from None
+            if x.ndim != 2 or x.shape[1] != 784:
+                if x.size == 0 and len(y) == 0:
+                    x = x.reshape(0, 784)
+                else:
+                    raise DataFormatError(
+                        f"{path}: client {cid!r}: 'x' has shape {x.shape}, expected "
+                        "(n, 784) flattened 28x28 images."
+                    )
+            if y.size == 0:
+                y = y.astype(np.int64)
+            x = x.reshape(-1, 28, 28)
+            check_client(x, y, source=str(path), client_id=cid, num_classes=num_classes)
+            if num_samples is not None and int(num_samples[i]) != len(y):
+                raise DataFormatError(
+                    f"{path}: client {cid!r}: num_samples says {num_samples[i]} but it has "
+                    f"{len(y)} examples."
+                )
+            acc.add(cid, x, y, source=str(path))
+    return acc.build(source=str(split_dir))
+
+
+def load_leaf_dir(
+    data_dir: str | os.PathLike, *, num_classes: int = NUM_CLASSES, policy: str = "error"
+) -> tuple[ClientData, ClientData]:
+    """Load a LEAF FEMNIST directory with ``train/`` and ``test/`` subdirectories."""
+    data_dir = Path(data_dir)
+    for sub in ("train", "test"):
+        if not (data_dir / sub).is_dir():
+            raise DataNotFoundError(
+                f"{data_dir / sub}: not a directory; a LEAF data directory needs train/ and "
+                "test/ with the *.json shards (LEAF's data/femnist/data)."
+            )
+    train = load_leaf_split(data_dir / "train", num_classes=num_classes)
+    test = load_leaf_split(data_dir / "test", num_classes=num_classes)
+    return align_train_test(train, test, source=str(data_dir), policy=policy)

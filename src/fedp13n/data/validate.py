@@ -1,0 +1,207 @@
+"""Checks shared by every federated EMNIST loader, and the errors they raise.
+
+Federated EMNIST (Caldas et al. 2018, "LEAF: A Benchmark for Federated Settings"; TFF's
+``tff.simulation.datasets.emnist``) uses one convention everywhere: 28x28 pixels in
+[0, 1] with 1.0 the background, labels 0-9 digits, 10-35 'A'-'Z', 36-61 'a'-'z'.
+Every loader funnels each client through :func:`check_client` so that a bad file fails
+at load time with an error naming the file, the client and the problem, rather than as a
+shape error deep inside training.
+
+Pixels are stored as ``uint8`` only when that is lossless (:func:`compact_pixels`): the
+real data's float32 pixels are exactly ``float32(k / 255)``, which ``UINT8_TO_UNIT``
+reproduces bit for bit, so the model sees the very numbers TFF feeds it.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable
+
+import numpy as np
+
+from fedp13n.data.client_data import UINT8_TO_UNIT, ClientData
+
+#: Number of classes of federated EMNIST-62 and of its digits-only variant.
+NUM_CLASSES = 62
+NUM_DIGIT_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+
+#: The character each EMNIST-62 label stands for.
+LABEL_CHARS = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+
+class DataError(ValueError):
+    """A user-facing data problem (bad file, missing data, failed download).
+
+    The message says what is wrong and what to do; the CLI prints it on one line.
+    """
+
+
+class DataFormatError(DataError):
+    """A data file does not have the expected layout, shapes, dtypes or values."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """Expected data files are missing."""
+
+
+def label_char(label: int) -> str:
+    """The character an EMNIST-62 label stands for (``11 -> 'B'``, ``37 -> 'b'``)."""
+    if not 0 <= label < NUM_CLASSES:
+        raise ValueError(f"EMNIST labels are 0..{NUM_CLASSES - 1}, got {label}.")
+    return LABEL_CHARS[label]
+
+
+def check_client(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    source: str,
+    client_id: str,
+    num_classes: int = NUM_CLASSES,
+) -> None:
+    """Validate one client's pixels ``x`` (n, 28, 28) and integer labels ``y`` (n,).
+
+    Raises :class:`DataFormatError` naming ``source`` (a file) and ``client_id``.
+    """
+    where = f"{source}: client {client_id!r}"
+    if x.ndim != 3 or tuple(x.shape[1:]) != IMAGE_SHAPE:
+        raise DataFormatError(f"{where}: pixels have shape {tuple(x.shape)}, expected (n, 28, 28).")
+    if not (np.issubdtype(x.dtype, np.floating) or x.dtype == np.uint8):
+        raise DataFormatError(
+            f"{where}: pixels have dtype {x.dtype}, expected float32 in [0, 1] (or uint8)."
+        )
+    if y.ndim != 1:
+        raise DataFormatError(f"{where}: labels have shape {tuple(y.shape)}, expected (n,).")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataFormatError(f"{where}: labels have dtype {y.dtype}, expected integers.")
+    if len(x) != len(y):
+        raise DataFormatError(f"{where}: {len(x)} images but {len(y)} labels.")
+    if len(y) == 0:
+        raise DataFormatError(
+            f"{where}: has no examples. Every client needs at least one example; "
+            "remove the client from the file."
+        )
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise DataFormatError(
+            f"{where}: label {bad} is outside 0..{num_classes - 1} ({num_classes}-class EMNIST)."
+        )
+    # NaN fails both comparisons, so it is reported too.
+    if np.issubdtype(x.dtype, np.floating) and not (np.all(x >= 0.0) and np.all(x <= 1.0)):
+        raise DataFormatError(
+            f"{where}: pixel values outside [0, 1] (min {np.nanmin(x)}, max "
+            f"{np.nanmax(x)}, or NaN); TFF's convention is [0, 1] with 1.0 background."
+        )
+
+
+def to_uint8_if_exact(x: np.ndarray) -> np.ndarray | None:
+    """``x`` as uint8 pixels k if every value is exactly ``float32(k / 255)``, else None."""
+    if x.dtype == np.uint8:
+        return x
+    xf = np.asarray(x, dtype=np.float32)
+    u = np.rint(xf * np.float32(255.0)).clip(0, 255).astype(np.uint8)
+    if np.array_equal(UINT8_TO_UNIT[u], xf):
+        return u
+    return None
+
+
+class PixelAccumulator:
+    """Collect clients' pixels compactly: uint8 while lossless, float32 once it is not.
+
+    Why a class: the decision is global (one dtype for the whole ClientData) but is only
+    known after seeing every client; this keeps uint8 (4x smaller) until a client breaks
+    the k/255 pattern, then widens what was collected (exactly, through the lookup table).
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.xs: list[np.ndarray] = []
+        self.ys: list[np.ndarray] = []
+        self._uint8 = True
+        self._seen: dict[str, str] = {}
+
+    def add(self, client_id: str, x: np.ndarray, y: np.ndarray, *, source: str) -> None:
+        """Append one (already validated) client; duplicate ids are an error."""
+        if client_id in self._seen:
+            raise DataFormatError(
+                f"duplicate client id {client_id!r}: in {self._seen[client_id]} and in "
+                f"{source}. Each client must appear once per split; remove one copy."
+            )
+        self._seen[client_id] = source
+        if self._uint8:
+            u = to_uint8_if_exact(x)
+            if u is None:
+                self._uint8 = False
+                self.xs = [UINT8_TO_UNIT[a] for a in self.xs]
+                self.xs.append(np.asarray(x, dtype=np.float32))
+            else:
+                self.xs.append(u)
+        else:
+            self.xs.append(np.asarray(x, dtype=np.float32))
+        self.ids.append(client_id)
+        self.ys.append(np.asarray(y).astype(np.int16))
+
+    def build(self, *, source: str) -> ClientData:
+        """The collected clients as one contiguous ClientData."""
+        if not self.ids:
+            raise DataFormatError(f"{source}: contains no clients.")
+        return ClientData.from_clients(zip(self.ids, self.xs, self.ys, strict=True))
+
+
+def align_train_test(
+    train: ClientData, test: ClientData, *, source: str, policy: str = "error"
+) -> tuple[ClientData, ClientData]:
+    """Make ``test`` list the same clients as ``train``, in the same order.
+
+    TFF's split gives every writer both a train and a test part, so by default
+    (``policy="error"``) a client present in only one split is an error naming it;
+    ``policy="intersect"`` keeps the clients present in both instead.
+    """
+    if policy not in ("error", "intersect"):
+        raise ValueError(f"policy must be 'error' or 'intersect', got {policy!r}.")
+    if train.client_ids == test.client_ids:
+        return train, test
+    tr, te = set(train.client_ids), set(test.client_ids)
+    only_train, only_test = sorted(tr - te), sorted(te - tr)
+    if (only_train or only_test) and policy == "error":
+        parts = []
+        if only_train:
+            parts.append(f"{len(only_train)} only in train (e.g. {_few(only_train)})")
+        if only_test:
+            parts.append(f"{len(only_test)} only in test (e.g. {_few(only_test)})")
+        raise DataFormatError(
+            f"{source}: every client must have both a train and a test part, but "
+            f"{' and '.join(parts)}. Fix the files, or keep only the common clients "
+            "(policy='intersect')."
+        )
+    common = [c for c in train.client_ids if c in te]
+    if not common:
+        raise DataFormatError(f"{source}: train and test have no client in common.")
+    train = train if len(common) == len(train) else train.subset(common)
+    return train, test.subset(common)
+
+
+def _few(ids: Iterable[str], k: int = 3) -> list[str]:
+    return list(ids)[:k]
+
+
+def check_counts(
+    train: ClientData,
+    test: ClientData,
+    expected: tuple[int, int, int] | None,
+    *,
+    source: str,
+) -> None:
+    """Integrity check against the published (clients, train examples, test examples)."""
+    if expected is None:
+        return
+    got = (len(train), train.num_examples, test.num_examples)
+    if got != tuple(expected):
+        raise DataFormatError(
+            f"{source}: expected {expected[0]} clients, {expected[1]} train and "
+            f"{expected[2]} test examples, found {got[0]}, {got[1]} and {got[2]}. "
+            "The download is incomplete or not the expected data set: delete it and "
+            "download again."
+        )
