@@ -256,6 +256,16 @@ def test_same_seed_same_weights_whatever_the_executor_and_task_order():
     assert not torch.equal(a["fc1.weight"], c["fc1.weight"])
 
 
+@pytest.mark.slow
+def test_same_weights_with_two_worker_processes():
+    pool = pytest.importorskip("fedp13n.execution.process_pool")
+    a = _run_dropout(5, InProcessExecutor())
+    with pool.LocalProcessExecutor(num_workers=2) as executor:
+        b = _run_dropout(5, executor)
+    for name in a:
+        assert torch.equal(a[name], b[name])
+
+
 def test_next_is_pure_and_leaves_the_callers_random_state_alone():
     data = [ClientDataset(x, y) for c, x, y in make_clients() if c != "bad"]
     process = build_weighted_fed_avg(DropoutNet, batch_size=4, seed=2)

@@ -70,7 +70,8 @@ class ServerState:
 
     ``model`` is the global model's state dict (parameters and buffers, loadable into
     ``model_fn()``); ``optimizer_state`` the server optimizer's ``state_dict()`` (plain
-    tensors, numbers, lists and dicts).
+    tensors, numbers, lists and dicts). As in torch, that includes the hyperparameters
+    (learning rate, momentum): a resumed run keeps those it started with.
     """
 
     round_num: int
@@ -216,10 +217,6 @@ class WeightedFedAvg:
         start = time.perf_counter()
         round_num = state.round_num + 1
         model = self._load_server_model(state)  # checks the state fits model_fn first
-        weights_ref = self.executor.share(self.get_model_weights(state))
-        tasks = self._tasks(client_datasets, weights_ref, round_num)
-        outputs: list[ClientOutput] = self.executor.map(self.client_work, tasks)
-
         optimizer = self.server_optimizer_fn(self._trainable(model))
         try:
             optimizer.load_state_dict(_clone_tree(state.optimizer_state))
@@ -228,6 +225,10 @@ class WeightedFedAvg:
                 f"the state's server optimizer state does not fit server_optimizer_fn's "
                 f"optimizer ({e}); resume with the optimizer settings the run started with."
             ) from None
+        weights_ref = self.executor.share(self.get_model_weights(state))
+        tasks = self._tasks(client_datasets, weights_ref, round_num)
+        outputs: list[ClientOutput] = self.executor.map(self.client_work, tasks)
+
         contributing = [o for o in outputs if o.finite]
         total = sum(o.num_examples for o in contributing)
         if total > 0:
