@@ -25,6 +25,7 @@ import numpy as np
 from fedp13n.data.cache import cached, resolve_cache_dir, source_key
 from fedp13n.data.client_data import ClientData
 from fedp13n.data.download import (
+    DownloadError,
     decompress_lzma,
     download_file,
     remove_tree,
@@ -111,9 +112,12 @@ def fetch_emnist_h5(
         try:
             try:
                 safe_extract_tar(archive, tmp)
-            except DataError:
+            except DataError as e:
                 archive.unlink(missing_ok=True)  # never keep a bad archive around
-                raise
+                raise DownloadError(
+                    f"{e} The archive was deleted: run the command again to download it "
+                    "afresh, or check --url."
+                ) from None
             found = {p.name: p for p in tmp.rglob("*.h5")}
             names = h5_file_names(only_digits)
             missing = [n for n in names if n not in found]
@@ -155,11 +159,12 @@ def fetch_emnist_sqlite(
 ) -> tuple[ClientData, ClientData]:
     """TFF's ``emnist_all.sqlite`` EMNIST from the cache, converting it on first use.
 
-    With ``data_dir``, read ``emnist_all.sqlite`` (or ``.sqlite.lzma``) found there;
-    otherwise download ``url`` (TFF's by default) into ``<cache>/downloads``.
+    With ``data_dir``, read ``emnist_all.sqlite`` (or ``.sqlite.lzma``) found there (a
+    local file may be a subset: no count check); otherwise download ``url`` (TFF's by
+    default) into ``<cache>/downloads`` and check ``expected_counts``.
     """
     root = resolve_cache_dir(cache_dir)
-    counts = _published_counts(expected_counts, only_digits)
+    counts = _published_counts(expected_counts, only_digits) if data_dir is None else None
     if data_dir is not None:
         d = Path(data_dir)
         candidates = [d / SQLITE_NAME, d / (SQLITE_NAME + ".lzma")]
@@ -190,7 +195,12 @@ def fetch_emnist_sqlite(
                 raise
         try:
             train, test = load_sqlite(db, only_digits=only_digits)
-            check_counts(train, test, counts, source=str(src))
+            try:
+                check_counts(train, test, counts, source=str(src))
+            except DataError:
+                if data_dir is None:
+                    src.unlink(missing_ok=True)  # a wrong download: fetch afresh next time
+                raise
             return train, test
         finally:
             if tmp_db is not None:

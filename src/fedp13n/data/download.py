@@ -104,7 +104,10 @@ def download_file(
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         if isinstance(e, DownloadError):
             raise
-        reason = getattr(e, "reason", None) or repr(e)
+        if isinstance(e, urllib.error.HTTPError):
+            reason = f"HTTP {e.code} {e.reason}"
+        else:
+            reason = getattr(e, "reason", None) or repr(e)
         raise DownloadError(
             f"download of {url} failed or was interrupted after {received} bytes ({reason}). "
             "Nothing was cached; check the network or the URL (--url) and run the "
@@ -146,14 +149,10 @@ def safe_extract_tar(archive: str | os.PathLike, target_dir: str | os.PathLike) 
                 _check_member(m, root)
             tar.extractall(root, members=members, filter="data")
     except DownloadError as e:
-        raise DownloadError(
-            f"{archive} is unsafe: {e}. It was not extracted; delete it and check the URL."
-        ) from None
+        raise DownloadError(f"{archive} is unsafe: {e}; nothing was extracted.") from None
     except (tarfile.TarError, EOFError, OSError, lzma.LZMAError) as e:
-        raise DownloadError(
-            f"{archive} is corrupt or not a tar archive ({e}). Delete it and download "
-            "again (fedp13n data download)."
-        ) from None
+        detail = " ".join(str(e).split())
+        raise DownloadError(f"{archive} is corrupt or not a tar archive ({detail}).") from None
     return [root / m.name for m in members if m.isfile()]
 
 
