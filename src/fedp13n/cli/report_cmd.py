@@ -1,0 +1,74 @@
+"""``fedp13n report RUN_DIR`` and ``fedp13n compare RUN_DIR RUN_DIR...``.
+
+User errors (missing directory, not a run directory, unreadable file) print one line
+and exit with code 2, like the other commands; no traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fedp13n.reporting.summary import ReportError
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by 'fedp13n run'."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Folder for report.html and the PNGs [default: RUN_DIR]."
+    ),
+    summary: bool = typer.Option(True, help="Also print the summary table."),
+    open_browser: bool = typer.Option(
+        False, "--open/--no-open", help="Open the report in the default browser."
+    ),
+) -> None:
+    """Write a self-contained HTML report (images embedded) and its PNGs for one run."""
+    from fedp13n.reporting.report import write_report
+    from fedp13n.reporting.summary import print_run_summary
+
+    try:
+        path = write_report(run_dir, output)
+        if summary:
+            print_run_summary(run_dir)
+    except (ReportError, OSError) as e:
+        _fail(str(e))
+    typer.echo(f"report: {path}")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+
+
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories."),
+    output: Path = typer.Option(
+        Path("comparison"), "--output", "-o", help="Folder for comparison.html and the PNGs."
+    ),
+    open_browser: bool = typer.Option(
+        False, "--open/--no-open", help="Open the comparison in the default browser."
+    ),
+) -> None:
+    """Put several runs side by side: headline numbers, config differences, plots."""
+    from fedp13n.reporting.compare import write_comparison
+
+    try:
+        path = write_comparison(run_dirs, output)
+    except (ReportError, OSError) as e:
+        _fail(str(e))
+    typer.echo(f"comparison: {path}")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``report`` and ``compare`` commands to ``app``."""
+    app.command("report")(report)
+    app.command("compare")(compare)

@@ -1,0 +1,239 @@
+"""``fedp13n compare``: several run directories side by side.
+
+For comparing strategies, learning rates, numbers of local epochs...: a table of the
+headline numbers of every run with the configuration keys that differ between the runs,
+and plots of mean accuracy by fine-tuning epoch (per strategy, one curve per run), the
+baseline against the best personalized accuracy per run, and the FedAvg curves overlaid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedp13n import __version__
+from fedp13n.experiments import run_dir as rd
+from fedp13n.reporting import html, plots
+from fedp13n.reporting.summary import (
+    ReportError,
+    Summary,
+    check_run_dir,
+    epoch_number,
+    read_config,
+    read_fedavg_metrics,
+    read_per_client,
+    summarize,
+)
+
+COMPARISON = "comparison.html"
+SECTIONS = ("runs", "details", "by-epoch", "best", "fedavg", "configs")
+PNG_FILES = {
+    "by-epoch": "compare_accuracy_by_epoch.png",
+    "best": "compare_baseline_vs_best.png",
+    "fedavg": "compare_fedavg_curves.png",
+}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    label: str
+    path: Path
+    summary: Summary
+    config_text: str
+    config: dict[str, Any]
+    fedavg: dict | None
+
+
+def run_labels(paths: Sequence[Path]) -> list[str]:
+    """Short unique labels: the folder names, with parents added where names repeat."""
+    labels = [p.name or str(p) for p in paths]
+    if len(set(labels)) < len(labels):
+        labels = [f"{p.parent.name}/{p.name}" for p in paths]
+    if len(set(labels)) < len(labels):
+        labels = [f"{i + 1}: {label}" for i, label in enumerate(labels)]
+    return labels
+
+
+def flatten_config(config: dict[str, Any]) -> dict[str, str]:
+    """Config as key -> display string; strategies become ``strategies.<name>``."""
+    out = {}
+    for key, value in config.items():
+        if key == "strategies" and isinstance(value, list):
+            for s in value:
+                desc = ", ".join(f"{k} {v}" for k, v in s.items() if k != "name")
+                out[f"strategies.{s.get('name', '?')}"] = desc
+        else:
+            out[key] = str(value)
+    return out
+
+
+def config_differences(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """Keys (flattened) whose value is not the same in every config (absent counts)."""
+    flat = [flatten_config(c) for c in configs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    return [k for k in keys if len({f.get(k, "(default)") for f in flat}) > 1]
+
+
+def load_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
+    paths = [check_run_dir(p) for p in run_dirs]
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise ReportError("the same run directory is given twice; compare distinct runs.")
+    runs = []
+    for label, p in zip(run_labels(paths), paths, strict=True):
+        text, cfg = read_config(p)
+        fed_path = p / rd.FEDAVG_METRICS
+        fedavg = read_fedavg_metrics(fed_path) if fed_path.exists() else None
+        summary = summarize(read_per_client(p / rd.PER_CLIENT))
+        runs.append(RunInfo(label, p, summary, text, cfg, fedavg))
+    return runs
+
+
+def _f(x: float | None, signed: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.4f}" if signed else f"{x:.4f}"
+
+
+def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
+    """One row per run: differing config keys, then the headline numbers."""
+    diffs = config_differences([r.config for r in runs])
+    rows = []
+    for r in runs:
+        flat = flatten_config(r.config)
+        s = r.summary
+        b = s.baseline
+        row = {"run": r.label}
+        row.update({k: flat.get(k, "(default)") for k in diffs})
+        row["clients"] = str(s.num_clients)
+        row["baseline mean [95% CI]"] = f"{_f(b.mean)} [{_f(b.ci_low)}, {_f(b.ci_high)}]"
+        for name in ("sgd", "adam"):
+            v = s.headline.get(f"{name}_epoch_1_accuracy")
+            row[f"{name} epoch 1"] = _f(v)
+        best = s.best()
+        if best is not None:
+            row["best"] = best.label
+            row["best mean [95% CI]"] = f"{_f(best.mean)} [{_f(best.ci_low)}, {_f(best.ci_high)}]"
+            row["best gain"] = _f(best.mean_gain, signed=True)
+            row["improved / hurt"] = f"{best.improved:.0%} / {best.hurt:.0%}"
+        rows.append(row)
+    return rows
+
+
+def detail_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
+    rows = []
+    for r in runs:
+        for st in r.summary.rows:
+            rows.append(
+                {
+                    "run": r.label,
+                    "strategy": st.strategy,
+                    "epoch": str(epoch_number(st.epoch)),
+                    "mean": _f(st.mean),
+                    "95% CI": f"[{_f(st.ci_low)}, {_f(st.ci_high)}]",
+                    "median": _f(st.median),
+                    "mean gain": _f(st.mean_gain, signed=True),
+                    "improved": f"{st.improved:.1%}",
+                    "hurt": f"{st.hurt:.1%}",
+                }
+            )
+    return rows
+
+
+def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> Path:
+    """Write ``comparison.html`` and its PNGs into ``output_dir``; return the HTML path."""
+    if len(run_dirs) < 2:
+        raise ReportError("compare needs at least two run directories.")
+    runs = load_runs(run_dirs)
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"output {out} exists and is not a directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    colors = plots.strategy_colors([r.label for r in runs])
+
+    panels: dict[str, dict[str, tuple]] = {}
+    for r in runs:
+        for strategy, curve in plots.epoch_curves(r.summary).items():
+            panels.setdefault(strategy, {})[r.label] = curve
+    figures = {"by-epoch": plots.accuracy_by_epoch_panels(panels, colors)}
+    bars = []
+    for r in runs:
+        b, best = r.summary.baseline, r.summary.best()
+        if best is not None:
+            bars.append(
+                (
+                    r.label,
+                    b.mean,
+                    b.ci_low,
+                    b.ci_high,
+                    best.mean,
+                    best.ci_low,
+                    best.ci_high,
+                    f"{best.strategy}, epoch {epoch_number(best.epoch)}",
+                )
+            )
+    if bars:
+        figures["best"] = plots.headline_bars(bars)
+    fed = {r.label: r.fedavg for r in runs if r.fedavg is not None and len(r.fedavg["round"])}
+    if fed:
+        figures["fedavg"] = plots.fedavg_curves(fed, colors)
+    pngs = {k: plots.save_png(fig, out / PNG_FILES[k]) for k, fig in figures.items()}
+
+    def img(key: str, alt: str, caption: str) -> str:
+        if key not in pngs:
+            return f"<p>Not available: {html.esc(caption)}</p>"
+        return html.image(pngs[key], alt, PNG_FILES[key], caption)
+
+    configs = "".join(
+        f"<h3>{html.esc(r.label)}</h3><p><code>{html.esc(r.path.resolve())}</code></p>"
+        f"<pre>{html.esc(r.config_text or '(no config.toml)')}</pre>"
+        for r in runs
+    )
+    sections = [
+        html.Section(
+            "runs",
+            "Runs side by side",
+            html.table(
+                headline_table(runs),
+                caption="Columns between 'run' and 'clients': configuration keys that differ "
+                "between the runs. Means are over clients; 95% CI: percentile bootstrap over "
+                "clients. Best = the strategy/epoch with the highest mean accuracy; improved / "
+                "hurt versus the global model on the same client.",
+            ),
+        ),
+        html.Section("details", "Every strategy and epoch", html.table(detail_table(runs))),
+        html.Section(
+            "by-epoch",
+            "Accuracy by fine-tuning epoch",
+            img(
+                "by-epoch",
+                "Mean accuracy by epoch per run and strategy",
+                "One panel per strategy, one curve per run; epoch 0 is the run's global model.",
+            ),
+        ),
+        html.Section(
+            "best",
+            "Baseline vs best personalized",
+            img(
+                "best",
+                "Baseline and best personalized accuracy per run",
+                "Grey: the global model; blue: the best strategy/epoch of the run (labelled).",
+            ),
+        ),
+        html.Section(
+            "fedavg",
+            "FedAvg training",
+            img("fedavg", "FedAvg curves of every run", "FedAvg loss and accuracy per round."),
+        ),
+        html.Section("configs", "Configurations", configs),
+    ]
+    doc = html.page(
+        f"Comparison of {len(runs)} runs",
+        f"{', '.join(r.label for r in runs)} — fedp13n {__version__}",
+        sections,
+    )
+    path = out / COMPARISON
+    path.write_text(doc, encoding="utf-8")
+    return path

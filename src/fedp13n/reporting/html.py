@@ -1,0 +1,98 @@
+"""A self-contained HTML page: inline CSS, PNGs embedded as base64 data URIs.
+
+Why self-contained: a report is mailed, attached to an issue or opened on a laptop
+without the run directory or a network; one file must carry everything. No JavaScript,
+no external fonts or stylesheets.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
+       color: #1a1a1a; background: #fff; line-height: 1.45; }
+main { max-width: 1150px; margin: 0 auto; padding: 1.5rem 2rem 3rem; }
+h1 { font-size: 1.6rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.2rem; border-bottom: 1px solid #ddd; padding-bottom: 0.25rem; margin-top: 2rem; }
+p.sub { color: #555; margin-top: 0; }
+nav ul { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: 0.4rem 1rem; }
+nav a { color: #0072B2; text-decoration: none; }
+figure { margin: 1rem 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9rem; }
+table { border-collapse: collapse; font-size: 0.88rem; margin: 0.5rem 0; }
+th, td { border-bottom: 1px solid #e3e3e3; padding: 0.3rem 0.6rem; text-align: right;
+         white-space: nowrap; }
+th { background: #f4f4f4; }
+td:first-child, th:first-child { text-align: left; }
+caption { caption-side: bottom; text-align: left; color: #555; font-size: 0.85rem;
+          padding-top: 0.3rem; }
+pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem; }
+.headline { display: flex; gap: 1rem; flex-wrap: wrap; }
+.headline div { border: 1px solid #ddd; border-radius: 6px; padding: 0.5rem 1rem; }
+.headline b { display: block; font-size: 1.3rem; }
+"""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One ``<section id=...>`` of the page (also listed in the table of contents)."""
+
+    id: str
+    title: str
+    body: str  # HTML
+
+
+def esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def image(png: bytes, alt: str, filename: str | None = None, caption: str | None = None) -> str:
+    """An ``<img>`` with the PNG inline (``data:image/png;base64``) in a ``<figure>``."""
+    data = base64.b64encode(png).decode("ascii")
+    cap = esc(caption or "")
+    if filename:
+        cap += f' <span class="file">(also saved as <code>{esc(filename)}</code>)</span>'
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+        f"<figcaption>{cap}</figcaption></figure>"
+    )
+
+
+def table(rows: Sequence[Mapping[str, object]], caption: str | None = None) -> str:
+    """An HTML table from dicts that share their keys (the header)."""
+    if not rows:
+        return "<p>(no rows)</p>"
+    cols = list(rows[0])
+    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows
+    )
+    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def headline(items: Sequence[tuple[str, str]]) -> str:
+    """Big numbers in boxes: (label, value)."""
+    boxes = "".join(f"<div>{esc(label)}<b>{esc(value)}</b></div>" for label, value in items)
+    return f'<div class="headline">{boxes}</div>'
+
+
+def page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
+    """The whole document."""
+    toc = "".join(f'<li><a href="#{esc(s.id)}">{esc(s.title)}</a></li>' for s in sections)
+    body = "\n".join(
+        f'<section id="{esc(s.id)}"><h2>{esc(s.title)}</h2>\n{s.body}\n</section>' for s in sections
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style></head>\n"
+        f'<body><main><h1>{esc(title)}</h1><p class="sub">{esc(subtitle)}</p>\n'
+        f"<nav><ul>{toc}</ul></nav>\n{body}\n</main></body></html>\n"
+    )

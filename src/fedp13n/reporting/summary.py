@@ -1,0 +1,471 @@
+"""Summary statistics of a personalization run: who gains, who loses, by how much.
+
+Personalization (Jiang et al. 2019, "Improving Federated Learning Personalization via
+Model Agnostic Meta Learning"; TFF's ``build_personalization_eval``) is judged by the
+distribution of per-client accuracies, not one mean. For the global model
+(``baseline_metrics``) and for every strategy and fine-tuning epoch this module gives:
+
+* ``n`` clients, the mean and the median accuracy (every client counts once: the
+  distribution over clients is the object of study, so no weighting by test size);
+* a 95% confidence interval for the mean: a **percentile bootstrap over clients**
+  (2,000 resamples, seed derived from the strategy and the epoch, so every number is
+  reproducible and does not depend on which other rows were summarized). The same
+  interval is used everywhere (printed summary, report, ``summary.json``);
+* paired with the baseline on the same client: the fractions of clients improved,
+  unchanged (``|difference| <= 1e-9``) and hurt, and the mean gain with its own
+  bootstrap interval.
+
+It also gives TFF's three headline numbers (mean baseline accuracy, ``sgd`` and ``adam``
+after one epoch). Pure numpy: the tables are small (clients x strategies x epochs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedp13n.experiments import run_dir as rd
+from fedp13n.utils.seeding import derive_rng
+
+#: Absolute accuracy difference below which a client counts as "unchanged".
+UNCHANGED_TOL = 1e-9
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+BASELINE = "baseline"
+
+
+class ReportError(ValueError):
+    """A run directory or one of its files cannot be read; the message names the fix."""
+
+
+# -- reading ----------------------------------------------------------------------------------
+def epoch_number(epoch: str) -> int:
+    """``"epoch_3" -> 3``: the number of fine-tuning epochs an evaluation key stands for."""
+    m = re.search(r"(\d+)$", epoch)
+    if not m:
+        raise ReportError(f"epoch key {epoch!r} does not end in a number (expected 'epoch_1').")
+    return int(m.group(1))
+
+
+@dataclass(frozen=True)
+class PerClientTable:
+    """The rows of ``per_client.csv`` as column arrays (one row per client x strategy x epoch)."""
+
+    client_id: np.ndarray  # str
+    num_train_examples: np.ndarray  # int64
+    num_test_examples: np.ndarray  # int64
+    strategy: np.ndarray  # str
+    epoch: np.ndarray  # str
+    loss: np.ndarray  # float64
+    accuracy: np.ndarray  # float64
+    baseline_loss: np.ndarray  # float64
+    baseline_accuracy: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.client_id)
+
+    def strategies(self) -> list[str]:
+        """Strategy names in order of first appearance (the order of ``personalize_fn_dict``)."""
+        return list(dict.fromkeys(self.strategy.tolist()))
+
+    def epochs(self, strategy: str) -> list[str]:
+        """The epoch keys of ``strategy`` sorted by number (``epoch_2`` before ``epoch_10``)."""
+        keys = set(self.epoch[self.strategy == strategy].tolist())
+        return sorted(keys, key=epoch_number)
+
+    def select(self, strategy: str, epoch: str) -> PerClientTable:
+        mask = (self.strategy == strategy) & (self.epoch == epoch)
+        return PerClientTable(**{k: v[mask] for k, v in asdict_shallow(self).items()})
+
+    def baseline(self) -> PerClientTable:
+        """One row per client (its first row): the global model's numbers are per client."""
+        _, first = np.unique(self.client_id, return_index=True)
+        idx = np.sort(first)
+        return PerClientTable(**{k: v[idx] for k, v in asdict_shallow(self).items()})
+
+
+def asdict_shallow(t: PerClientTable) -> dict[str, np.ndarray]:
+    return {k: getattr(t, k) for k in t.__dataclass_fields__}
+
+
+def _float(text: str) -> float:
+    return float(text) if text.strip() not in ("", "None") else math.nan
+
+
+def read_per_client(path: str | Path) -> PerClientTable:
+    """Read ``per_client.csv`` (columns ``run_dir.PER_CLIENT_COLUMNS``)."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in rd.PER_CLIENT_COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise ReportError(
+                    f"{path}: missing column(s) {missing}; expected {list(rd.PER_CLIENT_COLUMNS)}."
+                )
+            rows = list(reader)
+    except FileNotFoundError:
+        raise ReportError(
+            f"{path} does not exist: is {path.parent} the output of a finished 'fedp13n run'?"
+        ) from None
+    if not rows:
+        raise ReportError(f"{path} has no rows: the run evaluated no personalization client.")
+    cols: dict[str, list] = {c: [] for c in rd.PER_CLIENT_COLUMNS}
+    for line, row in enumerate(rows, start=2):
+        try:
+            for c in ("client_id", "strategy", "epoch"):
+                cols[c].append(row[c])
+            for c in ("num_train_examples", "num_test_examples"):
+                cols[c].append(int(float(row[c])))
+            for c in ("loss", "accuracy", "baseline_loss", "baseline_accuracy"):
+                cols[c].append(_float(row[c]))
+        except (TypeError, ValueError):
+            raise ReportError(f"{path}, line {line}: a value is not a number: {row}") from None
+    for e in set(cols["epoch"]):
+        epoch_number(e)
+    str_cols = ("client_id", "strategy", "epoch")
+    int_cols = ("num_train_examples", "num_test_examples")
+    return PerClientTable(
+        **{
+            c: np.array(v, dtype=object if c in str_cols else np.int64 if c in int_cols else float)
+            for c, v in cols.items()
+        }
+    )
+
+
+def read_fedavg_metrics(path: str | Path) -> dict[str, np.ndarray]:
+    """``fedavg_metrics.csv`` as float column arrays; empty cells (not measured) are NaN."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            for c in ("round", "loss", "accuracy"):
+                if c not in fields:
+                    raise ReportError(f"{path}: missing column {c!r}.")
+            rows = list(reader)
+    except FileNotFoundError:
+        raise ReportError(f"{path} does not exist: is {path.parent} a run directory?") from None
+    out = {}
+    for c in fields:
+        try:
+            out[c] = np.array([_float(r[c]) for r in rows], dtype=float)
+        except ValueError:
+            raise ReportError(f"{path}: column {c!r} holds a value that is not a number.") from None
+    return out
+
+
+def read_config(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
+    """The run's ``config.toml``: its text (shown verbatim) and parsed form ({} if absent)."""
+    path = Path(run_dir) / rd.CONFIG
+    if not path.exists():
+        return "", {}
+    text = path.read_text()
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ReportError(f"{path} is not valid TOML: {e}") from None
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, or a ReportError saying what is wrong with it."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ReportError(f"run directory {run_dir} does not exist.")
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir} is not a directory; pass the folder 'fedp13n run' wrote.")
+    if not (run_dir / rd.PER_CLIENT).exists():
+        raise ReportError(
+            f"{run_dir} is not a finished run directory: {rd.PER_CLIENT} is missing "
+            "(run 'fedp13n run', or '--resume' an interrupted run)."
+        )
+    return run_dir
+
+
+# -- statistics -------------------------------------------------------------------------------
+def bootstrap_mean_ci(
+    values: np.ndarray,
+    *,
+    key: Sequence[object] = (),
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval for the mean of ``values`` (resampling clients).
+
+    The generator derives from ``(seed, "bootstrap", *key)`` so the interval of one
+    strategy/epoch is the same whatever else is summarized. NaN for no values; a single
+    value (or all equal) gives a zero-width interval.
+    """
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    rng = derive_rng(seed, "bootstrap", *key)
+    idx = rng.integers(0, n, size=(resamples, n))
+    means = values[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Statistics of one row of the summary (the baseline, or one strategy at one epoch)."""
+
+    strategy: str  # BASELINE for the global model
+    epoch: str | None  # None for the baseline
+    n: int
+    mean: float
+    median: float
+    ci_low: float
+    ci_high: float
+    std: float
+    # versus the baseline on the same clients (None for the baseline row)
+    improved: float | None = None
+    unchanged: float | None = None
+    hurt: float | None = None
+    mean_gain: float | None = None
+    gain_ci_low: float | None = None
+    gain_ci_high: float | None = None
+
+    @property
+    def label(self) -> str:
+        return BASELINE if self.epoch is None else f"{self.strategy} {self.epoch}"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The baseline, every (strategy, epoch) in order, and TFF's headline numbers."""
+
+    num_clients: int
+    baseline: Stats
+    rows: tuple[Stats, ...]
+    headline: dict[str, float]
+
+    def row(self, strategy: str, epoch: str) -> Stats:
+        for r in self.rows:
+            if r.strategy == strategy and r.epoch == epoch:
+                return r
+        raise KeyError((strategy, epoch))
+
+    def strategies(self) -> list[str]:
+        return list(dict.fromkeys(r.strategy for r in self.rows))
+
+    def best(self) -> Stats | None:
+        """The strategy/epoch with the highest mean accuracy."""
+        return max(self.rows, key=lambda r: r.mean, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        strategies: dict[str, dict[str, Any]] = {}
+        for r in self.rows:
+            strategies.setdefault(r.strategy, {})[r.epoch] = _clean(asdict(r))
+        return {
+            "num_clients": self.num_clients,
+            "headline": self.headline,
+            "baseline": _clean(asdict(self.baseline)),
+            "strategies": strategies,
+            "confidence_interval": {
+                "method": "percentile bootstrap over clients (mean of per-client accuracy)",
+                "confidence": CONFIDENCE,
+                "resamples": BOOTSTRAP_RESAMPLES,
+                "seed": BOOTSTRAP_SEED,
+            },
+            "unchanged_tolerance": UNCHANGED_TOL,
+        }
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: non-finite floats become null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _stats(strategy: str, epoch: str | None, acc: np.ndarray, base: np.ndarray | None) -> Stats:
+    ok = np.isfinite(acc) if base is None else np.isfinite(acc) & np.isfinite(base)
+    acc = acc[ok]
+    n = len(acc)
+    key = (strategy,) if epoch is None else (strategy, epoch)
+    lo, hi = bootstrap_mean_ci(acc, key=key)
+    nan = math.nan
+    kw: dict[str, Any] = {}
+    if base is not None:
+        diff = acc - base[ok]
+        kw = dict(
+            improved=float(np.mean(diff > UNCHANGED_TOL)) if n else nan,
+            unchanged=float(np.mean(np.abs(diff) <= UNCHANGED_TOL)) if n else nan,
+            hurt=float(np.mean(diff < -UNCHANGED_TOL)) if n else nan,
+            mean_gain=float(diff.mean()) if n else nan,
+        )
+        kw["gain_ci_low"], kw["gain_ci_high"] = bootstrap_mean_ci(diff, key=(*key, "gain"))
+    return Stats(
+        strategy=strategy,
+        epoch=epoch,
+        n=n,
+        mean=float(acc.mean()) if n else nan,
+        median=float(np.median(acc)) if n else nan,
+        ci_low=lo,
+        ci_high=hi,
+        std=float(acc.std(ddof=1)) if n > 1 else nan,
+        **kw,
+    )
+
+
+def summarize(table: PerClientTable) -> Summary:
+    """Statistics of the baseline and of every strategy/epoch of ``table``."""
+    base = table.baseline()
+    rows = []
+    for s in table.strategies():
+        for e in table.epochs(s):
+            t = table.select(s, e)
+            rows.append(_stats(s, e, t.accuracy, t.baseline_accuracy))
+    baseline = _stats(BASELINE, None, base.baseline_accuracy, None)
+    summary = Summary(len(base), baseline, tuple(rows), {})
+    return Summary(summary.num_clients, baseline, summary.rows, headline_numbers(summary))
+
+
+def headline_numbers(summary: Summary) -> dict[str, float]:
+    """TFF's example prints three numbers: mean baseline accuracy, sgd and adam at epoch 1."""
+    out = {"baseline_accuracy": summary.baseline.mean}
+    for name in ("sgd", "adam"):
+        for r in summary.rows:
+            if r.strategy == name and r.epoch is not None and epoch_number(r.epoch) == 1:
+                out[f"{name}_epoch_1_accuracy"] = r.mean
+    return out
+
+
+def summarize_run(run_dir: str | Path) -> Summary:
+    run_dir = check_run_dir(run_dir)
+    return summarize(read_per_client(run_dir / rd.PER_CLIENT))
+
+
+def write_summary_json(run_dir: str | Path, summary: Summary | None = None) -> Path:
+    """Write ``summary.json`` (headline numbers and every statistic) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    summary = summary or summarize_run(run_dir)
+    path = run_dir / rd.SUMMARY
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+# -- presentation -------------------------------------------------------------------------------
+def _pct(x: float | None, decimals: int = 1) -> str:
+    return "" if x is None or not math.isfinite(x) else f"{100 * x:.{decimals}f}%"
+
+
+def _num(x: float | None, signed: bool = False, digits: int = 4) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def table_rows(summary: Summary, compact: bool = False) -> list[dict[str, str]]:
+    """The summary as display strings, one dict per row (shared by the CLI and the HTML).
+
+    ``compact`` (for an 80-column terminal): 3 decimals, whole percentages, no median.
+    """
+    d, p = (3, 0) if compact else (4, 1)
+    out = []
+    for r in (summary.baseline, *summary.rows):
+        row = {
+            "strategy": r.strategy,
+            "epoch": "" if r.epoch is None else str(epoch_number(r.epoch)),
+            "clients": str(r.n),
+            "mean": _num(r.mean, digits=d),
+            "95% CI": f"{_num(r.ci_low, digits=d)}-{_num(r.ci_high, digits=d)}"
+            if compact
+            else f"[{_num(r.ci_low, digits=d)}, {_num(r.ci_high, digits=d)}]",
+            "median": _num(r.median, digits=d),
+            "mean gain": "" if r.mean_gain is None else _num(r.mean_gain, True, d),
+            "improved": _pct(r.improved, p),
+            "unchanged": _pct(r.unchanged, p),
+            "hurt": _pct(r.hurt, p),
+        }
+        if compact:
+            row = {
+                "strategy": row["strategy"],
+                "ep": row["epoch"],
+                "n": row["clients"],
+                "mean": row["mean"],
+                "95% CI": row["95% CI"],
+                "gain": row["mean gain"],
+                "improved": row["improved"],
+                "same": row["unchanged"],
+                "hurt": row["hurt"],
+            }
+        out.append(row)
+    return out
+
+
+def headline_lines(summary: Summary) -> list[tuple[str, float]]:
+    """TFF's three numbers as (label, value)."""
+    h = summary.headline
+    out = [("mean baseline accuracy", h["baseline_accuracy"])]
+    for name in ("sgd", "adam"):
+        key = f"{name}_epoch_1_accuracy"
+        if key in h:
+            out.append((f"mean accuracy, {name} after 1 epoch", h[key]))
+    return out
+
+
+def format_headline(summary: Summary) -> str:
+    """TFF's three numbers, one line each, values aligned."""
+    lines = headline_lines(summary)
+    width = max(len(label) for label, _ in lines) + 2
+    return "\n".join(f"{label + ':':<{width}}{_num(v)}" for label, v in lines)
+
+
+def format_summary(summary: Summary) -> str:
+    """A plain-text table (logs, files); the CLI prints :func:`rich_table` instead."""
+    rows = table_rows(summary)
+    cols = list(rows[0])
+    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(width[c]) for c in cols)]
+    lines += ["  ".join(r[c].ljust(width[c]) for c in cols) for r in rows]
+    note = (
+        f"{summary.num_clients} clients; 95% CI: percentile bootstrap over clients "
+        f"({BOOTSTRAP_RESAMPLES} resamples); improved/hurt versus the baseline on the same client."
+    )
+    return "\n".join([*lines, note, format_headline(summary)])
+
+
+def rich_table(summary: Summary, title: str | None = None):
+    """The summary as a compact ``rich.table.Table`` (fits 80 columns for short names)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=title or f"Personalization accuracy over {summary.num_clients} clients",
+        caption="95% CI: percentile bootstrap over clients. improved/same/hurt: versus the "
+        "global model (baseline) on the same client.",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    rows = table_rows(summary, compact=True)
+    for c in rows[0]:
+        table.add_column(c, justify="left" if c == "strategy" else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(*r.values())
+    return table
+
+
+def print_run_summary(run_dir: str | Path, console=None) -> Summary:
+    """Print the summary table and TFF's headline numbers of a run (``fedp13n run``'s end)."""
+    from rich.console import Console
+
+    console = console or Console()
+    summary = summarize_run(run_dir)
+    console.print(rich_table(summary))
+    console.print(format_headline(summary), highlight=False)
+    return summary

@@ -1,0 +1,367 @@
+"""Reports: summary statistics against plain loops, the HTML page, its images, compare, CLI."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from fedp13n.experiments import run_dir as rd
+from fedp13n.reporting import summary as sm
+from fedp13n.reporting.compare import write_comparison
+from fedp13n.reporting.report import PNG_FILES, SECTIONS, write_report
+
+
+def make_run_dir(
+    path: Path,
+    *,
+    seed: int = 0,
+    num_clients: int = 30,
+    strategies: dict[str, float] | None = None,
+    epochs: int = 3,
+    rounds: int = 5,
+    client_lr: float = 0.02,
+) -> Path:
+    """A run directory in the documented format from a seeded fake experiment.
+
+    Accuracies are counts of correct test examples / test size (as a real run's are), so
+    some clients are exactly unchanged. ``strategies``: name -> mean gain per epoch.
+    """
+    strategies = strategies or {"sgd": 0.05, "adam": 0.03}
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    strat_toml = "".join(
+        f'\n[[strategies]]\nname = "{s}"\noptimizer = "{s if s in ("sgd", "adam") else "sgd"}"\n'
+        f"learning_rate = 0.02\nepochs = {epochs}\n"
+        for s in strategies
+    )
+    (path / rd.CONFIG).write_text(
+        f'dataset = "synthetic"\nrounds = {rounds}\nclient_learning_rate = {client_lr}\n'
+        f"seed = {seed}\n{strat_toml}"
+    )
+    with (path / rd.FEDAVG_METRICS).open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rd.FEDAVG_COLUMNS)
+        w.writeheader()
+        for r in range(1, rounds + 1):
+            measured = r % 2 == 0 or r == rounds
+            w.writerow(
+                {
+                    "round": r,
+                    "loss": 3.5 / r + rng.uniform(0, 0.1),
+                    "accuracy": 0.2 + 0.1 * r + rng.uniform(0, 0.02),
+                    "num_examples": 2000,
+                    "num_clients": 10,
+                    "num_skipped_clients": 0,
+                    "seconds": 1.5,
+                    "examples_per_second": 1333.3,
+                    "eval_loss": 3.0 / r if measured else "",
+                    "eval_accuracy": 0.15 + 0.1 * r if measured else "",
+                }
+            )
+    ids = [f"f{i:04d}_{i % 7:02d}" for i in range(num_clients)]
+    n_train = rng.integers(40, 400, size=num_clients)
+    n_test = rng.integers(5, 40, size=num_clients)
+    base_correct = rng.binomial(n_test, rng.uniform(0.3, 0.8, size=num_clients))
+    rows = []
+    for s, gain in strategies.items():
+        for e in range(1, epochs + 1):
+            delta = rng.binomial(3, 0.5, size=num_clients) - 1 + np.round(gain * e * n_test)
+            delta[::6] = 0  # some clients exactly unchanged
+            correct = np.clip(base_correct + delta.astype(int), 0, n_test)
+            for i, cid in enumerate(ids):
+                rows.append(
+                    {
+                        "client_id": cid,
+                        "num_train_examples": int(n_train[i]),
+                        "num_test_examples": int(n_test[i]),
+                        "strategy": s,
+                        "epoch": f"epoch_{e}",
+                        "loss": float(rng.uniform(0.5, 2.0)),
+                        "accuracy": correct[i] / n_test[i],
+                        "baseline_loss": 1.5,
+                        "baseline_accuracy": base_correct[i] / n_test[i],
+                    }
+                )
+    with (path / rd.PER_CLIENT).open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+# -- an independent, plain computation from the CSV ---------------------------------------------
+def plain_stats(run_dir: Path) -> tuple[dict, dict]:
+    """(baseline per client, {(strategy, epoch): list of (accuracy, baseline)}) by hand."""
+    baseline: dict[str, float] = {}
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    with (run_dir / rd.PER_CLIENT).open() as f:
+        for row in csv.DictReader(f):
+            baseline[row["client_id"]] = float(row["baseline_accuracy"])
+            groups.setdefault((row["strategy"], row["epoch"]), []).append(
+                (float(row["accuracy"]), float(row["baseline_accuracy"]))
+            )
+    return baseline, groups
+
+
+def median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+@pytest.fixture
+def run1(tmp_path: Path) -> Path:
+    return make_run_dir(tmp_path / "run1")
+
+
+def test_summary_equals_plain_computation(run1: Path) -> None:
+    s = sm.summarize_run(run1)
+    baseline, groups = plain_stats(run1)
+    assert s.num_clients == 30 == s.baseline.n
+    assert s.baseline.mean == pytest.approx(sum(baseline.values()) / len(baseline), abs=1e-12)
+    assert s.baseline.median == pytest.approx(median(list(baseline.values())), abs=1e-12)
+    assert [(r.strategy, r.epoch) for r in s.rows] == [
+        (st, f"epoch_{e}") for st in ("sgd", "adam") for e in (1, 2, 3)
+    ]
+    for (strategy, epoch), pairs in groups.items():
+        r = s.row(strategy, epoch)
+        acc = [a for a, _ in pairs]
+        diffs = [a - b for a, b in pairs]
+        assert r.n == len(pairs) == 30
+        assert r.mean == pytest.approx(sum(acc) / len(acc), abs=1e-12)
+        assert r.median == pytest.approx(median(acc), abs=1e-12)
+        assert r.mean_gain == pytest.approx(sum(diffs) / len(diffs), abs=1e-12)
+        assert r.improved == sum(d > 1e-9 for d in diffs) / 30
+        assert r.unchanged == sum(abs(d) <= 1e-9 for d in diffs) / 30
+        assert r.hurt == sum(d < -1e-9 for d in diffs) / 30
+        assert r.improved + r.unchanged + r.hurt == pytest.approx(1.0)
+    # the fake makes every 6th client exactly unchanged: at least 5 of 30
+    assert all(r.unchanged >= 5 / 30 for r in s.rows)
+    assert s.headline == {
+        "baseline_accuracy": s.baseline.mean,
+        "sgd_epoch_1_accuracy": s.row("sgd", "epoch_1").mean,
+        "adam_epoch_1_accuracy": s.row("adam", "epoch_1").mean,
+    }
+
+
+def test_fractions_with_hand_made_differences(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path / "r", num_clients=4, strategies={"sgd": 0.0}, epochs=1)
+    rows = list(csv.DictReader((run / rd.PER_CLIENT).open()))
+    base = [0.5, 0.5, 0.5, 0.5]
+    acc = [0.6, 0.5, 0.4, 0.5 + 1e-12]  # improved, unchanged, hurt, unchanged (tolerance)
+    for row, b, a in zip(rows, base, acc, strict=True):
+        row["baseline_accuracy"], row["accuracy"] = b, a
+    with (run / rd.PER_CLIENT).open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    r = sm.summarize_run(run).row("sgd", "epoch_1")
+    assert (r.improved, r.unchanged, r.hurt) == (0.25, 0.5, 0.25)
+    assert r.mean == pytest.approx(0.5)
+    assert r.mean_gain == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bootstrap_ci_is_reproducible_and_has_the_textbook_width() -> None:
+    values = np.random.default_rng(1).uniform(0, 1, size=400)
+    lo, hi = sm.bootstrap_mean_ci(values, key=("x",))
+    assert lo < values.mean() < hi
+    assert (lo, hi) == sm.bootstrap_mean_ci(values, key=("x",))  # same seed, same interval
+    assert (lo, hi) != sm.bootstrap_mean_ci(values, key=("y",))
+    # the normal approximation: half-width 1.96 * sd / sqrt(n), within 10%
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
+    assert sm.bootstrap_mean_ci(np.full(5, 0.3), key=()) == pytest.approx((0.3, 0.3))
+    assert all(np.isnan(sm.bootstrap_mean_ci(np.array([]))))
+
+
+def test_summary_ci_contains_mean_and_epochs_sort_numerically(run1: Path) -> None:
+    s = sm.summarize_run(run1)
+    for r in (s.baseline, *s.rows):
+        assert r.ci_low <= r.mean <= r.ci_high
+        assert r.ci_low < r.ci_high
+    assert sm.summarize_run(run1) == s
+    assert sorted(["epoch_10", "epoch_2", "epoch_1"], key=sm.epoch_number) == [
+        "epoch_1",
+        "epoch_2",
+        "epoch_10",
+    ]
+
+
+def test_format_summary_and_headline(run1: Path) -> None:
+    s = sm.summarize_run(run1)
+    text = sm.format_summary(s)
+    assert f"{s.baseline.mean:.4f}" in text
+    assert f"{s.row('adam', 'epoch_3').mean:.4f}" in text
+    head = sm.format_headline(s).splitlines()
+    assert len(head) == 3
+    assert head[1].startswith("mean accuracy, sgd after 1 epoch:")
+    assert head[1].endswith(f"{s.headline['sgd_epoch_1_accuracy']:.4f}")
+
+
+# -- the report ---------------------------------------------------------------------------------
+def embedded_images(doc: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', doc)]
+
+
+def assert_not_blank(png: bytes) -> None:
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int64)
+    assert img.shape[0] > 200 and img.shape[1] > 200
+    assert img.std() > 5  # not blank
+    packed = (img[..., 0] << 16) | (img[..., 1] << 8) | img[..., 2]
+    assert len(np.unique(packed)) > 20  # not a single colour, not two
+
+
+def test_report_has_every_section_and_real_images(run1: Path) -> None:
+    path = write_report(run1)
+    assert path == run1 / rd.REPORT
+    doc = path.read_text()
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in doc
+    images = embedded_images(doc)
+    assert len(images) == len(PNG_FILES) == 5
+    for png, name in zip(images, PNG_FILES.values(), strict=True):
+        assert (run1 / name).read_bytes() == png  # the same PNG is written beside the page
+        assert_not_blank(png)
+    assert "http://" not in doc and "https://" not in doc  # self-contained
+    assert "client_learning_rate = 0.02" in doc  # the config is shown
+    # the summary table shows the directly computed numbers
+    _, groups = plain_stats(run1)
+    acc = [a for a, _ in groups[("sgd", "epoch_2")]]
+    assert f"<td>{sum(acc) / len(acc):.4f}</td>" in doc
+    saved = json.loads((run1 / rd.SUMMARY).read_text())
+    assert saved["strategies"]["adam"]["epoch_1"]["mean"] == pytest.approx(
+        sum(a for a, _ in groups[("adam", "epoch_1")]) / 30
+    )
+    assert saved["headline"]["baseline_accuracy"] == pytest.approx(
+        sm.summarize_run(run1).baseline.mean
+    )
+
+
+def test_report_to_other_folder_and_without_fedavg_metrics(run1: Path, tmp_path: Path) -> None:
+    (run1 / rd.FEDAVG_METRICS).unlink()
+    path = write_report(run1, tmp_path / "out")
+    assert path == tmp_path / "out" / rd.REPORT
+    doc = path.read_text()
+    assert '<section id="fedavg">' in doc and "Not available" in doc
+    assert len(embedded_images(doc)) == 4
+    assert not (run1 / rd.REPORT).exists()
+
+
+def test_report_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(sm.ReportError, match="does not exist"):
+        write_report(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(sm.ReportError, match="per_client.csv is missing"):
+        write_report(tmp_path / "empty")
+    run = make_run_dir(tmp_path / "bad")
+    (run / rd.PER_CLIENT).write_text("client_id,accuracy\nf1,0.5\n")
+    with pytest.raises(sm.ReportError, match="missing column"):
+        write_report(run)
+
+
+# -- compare ------------------------------------------------------------------------------------
+def test_compare_two_runs(tmp_path: Path) -> None:
+    a = make_run_dir(tmp_path / "a" / "run")
+    b = make_run_dir(
+        tmp_path / "b" / "run", seed=1, client_lr=0.05, strategies={"sgd": 0.08, "fast": 0.1}
+    )
+    path = write_comparison([a, b], tmp_path / "cmp")
+    doc = path.read_text()
+    for sid in ("runs", "details", "by-epoch", "best", "fedavg", "configs"):
+        assert f'<section id="{sid}">' in doc
+    # same folder names: labels get the parent; differing config keys become columns
+    assert "<td>a/run</td>" in doc and "<td>b/run</td>" in doc
+    assert "<th>client_learning_rate</th>" in doc and "<th>strategies.fast</th>" in doc
+    assert "<th>rounds</th>" not in doc  # the same in both runs
+    sb = sm.summarize_run(b)
+    assert f"{sb.row('fast', 'epoch_3').mean:.4f}" in doc
+    images = embedded_images(doc)
+    assert len(images) == 3
+    for png in images:
+        assert_not_blank(png)
+    with pytest.raises(sm.ReportError, match="at least two"):
+        write_comparison([a], tmp_path / "cmp2")
+    with pytest.raises(sm.ReportError, match="twice"):
+        write_comparison([a, a], tmp_path / "cmp2")
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+@pytest.fixture
+def cli() -> typer.Typer:
+    from fedp13n.cli import report_cmd
+
+    app = typer.Typer()
+    report_cmd.register(app)
+    return app
+
+
+def test_cli_report_and_compare(cli: typer.Typer, tmp_path: Path) -> None:
+    a = make_run_dir(tmp_path / "a")
+    b = make_run_dir(tmp_path / "b", seed=3)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["report", str(a), "--output", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert f"report: {tmp_path / 'rep' / rd.REPORT}" in res.output
+    assert "mean baseline accuracy:" in res.output
+    res = runner.invoke(cli, ["compare", str(a), str(b), "-o", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cmp" / "comparison.html").exists()
+
+
+def test_cli_user_errors_exit_2_with_one_line(cli: typer.Typer, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    a = make_run_dir(tmp_path / "a")
+    runner = CliRunner()
+    for args, message in (
+        (["report", str(tmp_path / "missing")], "does not exist"),
+        (["report", str(tmp_path / "empty")], "not a finished run directory"),
+        (["compare", str(a)], "at least two"),
+        (["compare", str(a), str(tmp_path / "empty")], "not a finished run directory"),
+    ):
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output
+        assert "Traceback" not in res.output
+        assert len(res.output.strip().splitlines()) == 1
+
+
+# -- a real browser ------------------------------------------------------------------------------
+def test_report_loads_in_headless_chromium(run1: Path, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    path = write_report(run1)
+    res = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            path.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    dom = res.stdout
+    for sid in SECTIONS:
+        assert f'id="{sid}"' in dom
+    assert dom.count("data:image/png;base64,") == 5
