@@ -172,6 +172,23 @@ def test_fractions_with_hand_made_differences(tmp_path: Path) -> None:
     assert r.mean_gain == pytest.approx(0.0, abs=1e-12)
 
 
+def test_clients_without_a_number_are_left_out_and_counted(run1: Path) -> None:
+    rows = list(csv.DictReader((run1 / rd.PER_CLIENT).open()))
+    rows[0]["accuracy"] = "nan"  # sgd epoch_1 of the first client: no test examples
+    with (run1 / rd.PER_CLIENT).open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    s = sm.summarize_run(run1)
+    r = s.row("sgd", "epoch_1")
+    kept = [float(x["accuracy"]) for x in rows[1:30]]
+    assert all(x["strategy"] == "sgd" and x["epoch"] == "epoch_1" for x in rows[:30])
+    assert r.n == 29
+    assert r.mean == pytest.approx(sum(kept) / 29, abs=1e-12)
+    assert s.row("sgd", "epoch_2").n == 30 and s.baseline.n == 30
+    assert np.isfinite([r.ci_low, r.ci_high]).all()
+
+
 def test_bootstrap_ci_is_reproducible_and_has_the_textbook_width() -> None:
     values = np.random.default_rng(1).uniform(0, 1, size=400)
     lo, hi = sm.bootstrap_mean_ci(values, key=("x",))

@@ -263,8 +263,10 @@ class Summary:
         return list(dict.fromkeys(r.strategy for r in self.rows))
 
     def best(self) -> Stats | None:
-        """The strategy/epoch with the highest mean accuracy."""
-        return max(self.rows, key=lambda r: r.mean, default=None)
+        """The strategy/epoch with the highest mean accuracy (None if no row has one)."""
+        return max(
+            (r for r in self.rows if math.isfinite(r.mean)), key=lambda r: r.mean, default=None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         strategies: dict[str, dict[str, Any]] = {}
