@@ -125,8 +125,8 @@ def test_glyphs_are_recognizable_and_personalization_helps(data):
         pred = _nearest_centroid(l_sums + 2.0 * g_means, l_counts + 2.0 * (g_counts > 0), xt)
         personal_acc.append(np.mean(pred == yt))
     chance = 1 / 62
-    assert correct / seen > 10 * chance  # measured about 0.39
-    assert np.mean(personal_acc) > np.mean(global_acc) + 0.15  # measured about 0.74 vs 0.39
+    assert correct / seen > 10 * chance  # measured 0.41 (seed 3)
+    assert np.mean(personal_acc) > np.mean(global_acc) + 0.15  # measured 0.72 vs 0.41
     assert np.mean(np.array(personal_acc) > np.array(global_acc)) > 0.7
 
 

@@ -259,7 +259,7 @@ def _bilinear(fields: np.ndarray, which: np.ndarray, qx: np.ndarray, qy: np.ndar
 def glyph_bank() -> np.ndarray:
     """The blurred ink fields of every character in every font: ``(fonts, 62, 56, 56)``.
 
-    Rendered once per process (about a tenth of a second) and read-only afterwards.
+    Rendered once per process (about 0.2 s) and read-only afterwards.
     Capitals are scaled to the same height in every font and all characters share a
     baseline, so sizes and vertical positions are comparable across fonts.
     """
