@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from fedp13n import __version__
-from fedp13n.cli import data_cmd
+from fedp13n.cli import data_cmd, report_cmd, run_cmd
 
 app = typer.Typer(
     name="fedp13n",
@@ -16,6 +16,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cmd.app, name="data")
+run_cmd.register(app)
+report_cmd.register(app)
 
 
 def _version(value: bool) -> None:

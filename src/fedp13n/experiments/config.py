@@ -51,8 +51,11 @@ class StrategyConfig:
             raise ConfigError(
                 f"strategy name {self.name!r} must be letters, digits, '_' or '-' (e.g. 'sgd')."
             )
-        if self.name == "baseline_metrics":
-            raise ConfigError("'baseline_metrics' is reserved for the global model's metrics.")
+        if self.name in ("baseline_metrics", "client_ids", "seed"):
+            raise ConfigError(
+                f"strategy name {self.name!r} is reserved (the personalization result uses it); "
+                "choose another name."
+            )
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"strategy {self.name!r}: optimizer {self.optimizer!r} is not one of {OPTIMIZERS}."
