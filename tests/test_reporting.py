@@ -255,7 +255,7 @@ def test_report_has_every_section_and_real_images(run1: Path) -> None:
     # the summary table shows the directly computed numbers
     _, groups = plain_stats(run1)
     acc = [a for a, _ in groups[("sgd", "epoch_2")]]
-    assert f"<td>{sum(acc) / len(acc):.4f}</td>" in doc
+    assert f'<td class="num">{sum(acc) / len(acc):.4f}</td>' in doc
     saved = json.loads((run1 / rd.SUMMARY).read_text())
     assert saved["strategies"]["adam"]["epoch_1"]["mean"] == pytest.approx(
         sum(a for a, _ in groups[("adam", "epoch_1")]) / 30
@@ -299,8 +299,10 @@ def test_compare_two_runs(tmp_path: Path) -> None:
         assert f'<section id="{sid}">' in doc
     # same folder names: labels get the parent; differing config keys become columns
     assert "<td>a/run</td>" in doc and "<td>b/run</td>" in doc
-    assert "<th>client_learning_rate</th>" in doc and "<th>strategies.fast</th>" in doc
-    assert "<th>rounds</th>" not in doc  # the same in both runs
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", doc)
+    assert "client_learning_rate" in headers and "strategies.fast" in headers
+    assert "rounds" not in headers  # the same in both runs
+    assert "<td>(absent)</td>" in doc  # run a has no strategy 'fast'
     sb = sm.summarize_run(b)
     assert f"{sb.row('fast', 'epoch_3').mean:.4f}" in doc
     images = embedded_images(doc)

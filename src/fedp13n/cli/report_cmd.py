@@ -21,7 +21,7 @@ def _fail(message: str) -> None:
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by 'fedp13n run'."),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Folder for report.html and the PNGs [default: RUN_DIR]."
+        None, "--output", "-o", help="Folder for report.html and the PNGs (default: RUN_DIR)."
     ),
     summary: bool = typer.Option(True, help="Also print the summary table."),
     open_browser: bool = typer.Option(

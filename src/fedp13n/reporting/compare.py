@@ -74,7 +74,12 @@ def config_differences(configs: Sequence[dict[str, Any]]) -> list[str]:
     """Keys (flattened) whose value is not the same in every config (absent counts)."""
     flat = [flatten_config(c) for c in configs]
     keys = list(dict.fromkeys(k for f in flat for k in f))
-    return [k for k in keys if len({f.get(k, "(default)") for f in flat}) > 1]
+    return [k for k in keys if len({_get(f, k) for f in flat}) > 1]
+
+
+def _get(flat: dict[str, str], key: str) -> str:
+    """A flattened value; an absent strategy is absent, any other absent key is the default."""
+    return flat.get(key, "(absent)" if key.startswith("strategies.") else "(default)")
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
@@ -97,16 +102,23 @@ def _f(x: float | None, signed: bool = False) -> str:
     return f"{x:+.4f}" if signed else f"{x:.4f}"
 
 
-def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
-    """One row per run: differing config keys, then the headline numbers."""
+def differences_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
+    """One row per run: the configuration keys whose values differ between the runs."""
     diffs = config_differences([r.config for r in runs])
     rows = []
     for r in runs:
         flat = flatten_config(r.config)
+        rows.append({"run": r.label, **{k: _get(flat, k) for k in diffs}})
+    return rows if diffs else []
+
+
+def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
+    """One row per run: TFF's headline numbers and the best strategy/epoch."""
+    rows = []
+    for r in runs:
         s = r.summary
         b = s.baseline
         row = {"run": r.label}
-        row.update({k: flat.get(k, "(default)") for k in diffs})
         row["clients"] = str(s.num_clients)
         row["baseline mean [95% CI]"] = f"{_f(b.mean)} [{_f(b.ci_low)}, {_f(b.ci_high)}]"
         for name in ("sgd", "adam"):
@@ -197,10 +209,19 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
             "Runs side by side",
             html.table(
                 headline_table(runs),
-                caption="Columns between 'run' and 'clients': configuration keys that differ "
-                "between the runs. Means are over clients; 95% CI: percentile bootstrap over "
-                "clients. Best = the strategy/epoch with the highest mean accuracy; improved / "
-                "hurt versus the global model on the same client.",
+                caption="Means are over clients; 95% CI: percentile bootstrap over clients. "
+                "Best = the strategy/epoch with the highest mean accuracy; improved / hurt "
+                "versus the global model on the same client.",
+            )
+            + "<h3>Configuration differences</h3>"
+            + (
+                html.table(
+                    differences_table(runs),
+                    caption="Keys whose values differ between the runs; (default): not set in that "
+                    "run's config, (absent): the run has no such strategy.",
+                )
+                if differences_table(runs)
+                else "<p>The runs have the same configuration.</p>"
             ),
         ),
         html.Section("details", "Every strategy and epoch", html.table(detail_table(runs))),

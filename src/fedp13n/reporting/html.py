@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,10 +26,10 @@ figure { margin: 1rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9rem; }
 table { border-collapse: collapse; font-size: 0.88rem; margin: 0.5rem 0; }
-th, td { border-bottom: 1px solid #e3e3e3; padding: 0.3rem 0.6rem; text-align: right;
-         white-space: nowrap; }
+.table-wrap { overflow-x: auto; }
+th, td { border-bottom: 1px solid #e3e3e3; padding: 0.3rem 0.6rem; text-align: left; }
 th { background: #f4f4f4; }
-td:first-child, th:first-child { text-align: left; }
+.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 caption { caption-side: bottom; text-align: left; color: #555; font-size: 0.85rem;
           padding-top: 0.3rem; }
 pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem; }
@@ -63,17 +64,34 @@ def image(png: bytes, alt: str, filename: str | None = None, caption: str | None
     )
 
 
+_NUMERIC = re.compile(r"^[\[\]+\-0-9.,% /na]*$")
+
+
+def _is_numeric(text: str) -> bool:
+    """Numbers, percentages and intervals are right-aligned; words are left-aligned."""
+    return bool(text) and any(ch.isdigit() for ch in text) and bool(_NUMERIC.match(text))
+
+
 def table(rows: Sequence[Mapping[str, object]], caption: str | None = None) -> str:
-    """An HTML table from dicts that share their keys (the header)."""
+    """An HTML table from dicts that share their keys (the header), in a scrolling box."""
     if not rows:
         return "<p>(no rows)</p>"
     cols = list(rows[0])
-    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+    numeric = {c: all(_is_numeric(str(r.get(c, ""))) or not r.get(c) for r in rows) for c in cols}
+
+    def cls(c: str) -> str:
+        return ' class="num"' if numeric[c] else ""
+
+    head = "".join(f"<th{cls(c)}>{esc(c)}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{esc(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td{cls(c)}>{esc(r.get(c, ''))}</td>" for c in cols) + "</tr>"
+        for r in rows
     )
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def headline(items: Sequence[tuple[str, str]]) -> str:
