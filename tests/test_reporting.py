@@ -155,6 +155,45 @@ def test_summary_equals_plain_computation(run1: Path) -> None:
     }
 
 
+def test_summary_of_the_experiment_rows_equals_the_nested_result(tmp_path: Path) -> None:
+    """The experiment's per_client.csv (from the TFF-style nested result) reads back right."""
+    from fedp13n.experiments.p13n_experiment import per_client_rows
+
+    ids = ["a", "b", "c"]
+    nested = {
+        "client_ids": ids,
+        "baseline_metrics": {"loss": [1.0, 2.0, 3.0], "accuracy": [0.5, 0.25, 0.75]},
+        "sgd": {
+            "epoch_1": {
+                "loss": [1, 1, 1],
+                "accuracy": [0.75, 0.25, 0.5],
+                "num_test_examples": [4] * 3,
+            },
+            "epoch_2": {
+                "loss": [1, 1, 1],
+                "accuracy": [1.0, 0.5, 0.75],
+                "num_test_examples": [4] * 3,
+            },
+            "num_train_examples": [10, 20, 30],
+        },
+    }
+    rows = per_client_rows(nested, {"a": 10, "b": 20, "c": 30})
+    run = tmp_path / "run"
+    run.mkdir()
+    with (run / rd.PER_CLIENT).open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    s = sm.summarize_run(run)
+    assert s.baseline.mean == pytest.approx(0.5) and s.baseline.median == 0.5
+    e1, e2 = s.row("sgd", "epoch_1"), s.row("sgd", "epoch_2")
+    assert e1.mean == pytest.approx(0.5) and e2.mean == pytest.approx(0.75)
+    assert (e1.improved, e1.unchanged, e1.hurt) == (1 / 3, 1 / 3, 1 / 3)
+    assert (e2.improved, e2.unchanged, e2.hurt) == (2 / 3, 1 / 3, 0.0)
+    assert e2.mean_gain == pytest.approx(0.25)
+    assert s.headline == {"baseline_accuracy": s.baseline.mean, "sgd_epoch_1_accuracy": e1.mean}
+
+
 def test_fractions_with_hand_made_differences(tmp_path: Path) -> None:
     run = make_run_dir(tmp_path / "r", num_clients=4, strategies={"sgd": 0.0}, epochs=1)
     rows = list(csv.DictReader((run / rd.PER_CLIENT).open()))

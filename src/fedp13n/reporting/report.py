@@ -160,8 +160,8 @@ def write_report(run_dir: str | Path, output_dir: str | Path | None = None) -> P
             img(
                 "gain-vs-size",
                 "Accuracy gain vs number of training examples",
-                "Gain over the global model at each strategy's last epoch; diamonds: mean gain "
-                "of each quarter of the clients by training-set size.",
+                "Gain over the global model at each strategy's last epoch; diamonds (with 20 or "
+                "more clients): mean gain of each quarter of the clients by training-set size.",
             ),
         ),
         html.Section(
