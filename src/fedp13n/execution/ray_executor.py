@@ -1,0 +1,257 @@
+"""Run client work on a Ray cluster (``pip install 'fedp13n[ray]'``).
+
+For users who outgrow one machine: the same pure client functions the other executors
+run become Ray tasks that each claim ``threads_per_worker`` CPUs and run torch with that
+many threads, so results are bit-for-bit those of the in-process and local-process
+executors for the same seed.
+
+Data does not travel with every task: :meth:`RayExecutor.share` puts an object into the
+Ray object store once (numpy arrays are then read zero-copy by every worker on a node),
+and each worker process deserializes it once and keeps it while it is in use. A
+:class:`~fedp13n.data.client_data.ClientData` loaded from a cache directory can instead
+be shared by its path (``share_paths=True``) when every node can read that path (a
+shared file system): workers memory-map it and nothing goes through the object store.
+
+Pointing at a real cluster: start Ray on the nodes (``ray start --head`` on one,
+``ray start --address=<head>:6379`` on the others), install fedp13n (and the same torch)
+on every node or pass ``runtime_env``, then use ``address="auto"`` on a node of the
+cluster or ``address="ray://<head>:10001"`` from outside (Ray Client).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fedp13n.data.client_data import ClientData
+from fedp13n.execution.base import ClientWorkError, Executor, R, SharedRef, T
+from fedp13n.execution.process_pool import ClientDataPathRef
+
+#: Deserialized shared objects and functions kept per Ray worker process (LRU).
+_CACHE_SIZE = 8
+_WORKER_CACHE: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(
+            "the Ray executor needs the optional dependency ray: pip install 'fedp13n[ray]' "
+            "(or choose executor 'processes' / 'in-process')."
+        ) from None
+    return ray
+
+
+def _cached_get(object_ref: Any) -> Any:
+    """``ray.get`` once per worker process and object; the most recent objects are kept."""
+    key = object_ref.hex()
+    try:
+        _WORKER_CACHE.move_to_end(key)
+        return _WORKER_CACHE[key]
+    except KeyError:
+        pass
+    value = _import_ray().get(object_ref)
+    _WORKER_CACHE[key] = value
+    while len(_WORKER_CACHE) > _CACHE_SIZE:
+        _WORKER_CACHE.popitem(last=False)
+    return value
+
+
+class RayRef(SharedRef[Any]):
+    """An object in the Ray object store; resolved once per worker process."""
+
+    def __init__(self, object_ref: Any, local: Any = None) -> None:
+        self.object_ref = object_ref
+        self._local = local
+        self._has_local = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"object_ref": self.object_ref}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.object_ref = state["object_ref"]
+        self._local = None
+        self._has_local = False
+
+    def get(self) -> Any:
+        if self._has_local:
+            return self._local
+        return _cached_get(self.object_ref)
+
+    def __repr__(self) -> str:
+        return f"RayRef({self.object_ref.hex()})"
+
+
+def _run_chunk(fn_holder: list[Any], start: int, tasks: list[Any], threads: int) -> tuple:
+    """The Ray task: run ``fn`` on a chunk of tasks with ``threads`` torch threads.
+
+    ``fn_holder`` wraps the function's object ref in a list so Ray passes the ref itself
+    and the worker can cache the deserialized function across chunks. (``fn`` is put
+    with Ray's own serializer, not pre-pickled with cloudpickle: object refs captured by
+    ``fn``, e.g. shared refs in a closure, would otherwise lose their owner and hang.)
+    """
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    index = start
+    try:
+        fn = _cached_get(fn_holder[0])
+        results = []
+        for index, task in enumerate(tasks, start):  # noqa: B007 (index is reported on error)
+            results.append(fn(task))
+        return ("ok", results)
+    except Exception as exc:
+        return (
+            "err",
+            index,
+            f"{type(exc).__name__}: {exc}",
+            "".join(traceback.format_exception(exc)),
+        )
+
+
+class RayExecutor(Executor):
+    """Client work as Ray tasks, each with ``threads_per_worker`` CPUs and torch threads.
+
+    Args:
+        address: ``None`` starts a local Ray instance (or uses the one this process already
+            initialized); ``"auto"`` joins the cluster this machine belongs to;
+            ``"ray://<head>:10001"`` connects through Ray Client.
+        num_workers: tasks in flight at once, used to size chunks; default: the cluster's
+            CPUs divided by ``threads_per_worker``. When this executor starts a local
+            instance it also limits that instance to ``num_workers * threads_per_worker`` CPUs.
+        threads_per_worker: CPUs each task claims and torch threads it uses.
+        runtime_env: Ray runtime environment (e.g. ``{"pip": ["fedp13n"]}``) for nodes that
+            lack fedp13n.
+        init_kwargs: more keyword arguments for ``ray.init``.
+        share_paths: share a :class:`ClientData` that has a cache ``path`` by that path
+            (workers memory-map it) instead of through the object store; only when every
+            node can read the path.
+        max_retries: times Ray re-runs a task whose worker died (safe: tasks are pure).
+        chunk_size: tasks per Ray task; default about 4 chunks per worker.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_workers: int | None = None,
+        threads_per_worker: int = 1,
+        runtime_env: dict[str, Any] | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        *,
+        share_paths: bool = False,
+        max_retries: int = 3,
+        chunk_size: int | None = None,
+    ) -> None:
+        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+            raise ValueError(
+                f"threads_per_worker must be a positive integer, got {threads_per_worker!r}."
+            )
+        if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+            raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}.")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+        ray = _import_ray()
+        self._ray = ray
+        self._owns_ray = False
+        if not ray.is_initialized():
+            kwargs = dict(init_kwargs or {})
+            if runtime_env is not None:
+                kwargs["runtime_env"] = runtime_env
+            if address is None:
+                kwargs.setdefault("include_dashboard", False)
+                if num_workers is not None:
+                    kwargs.setdefault("num_cpus", num_workers * threads_per_worker)
+            try:
+                ray.init(address=address, **kwargs)
+            except ConnectionError as exc:
+                raise ConnectionError(
+                    f"could not connect to a Ray cluster at {address!r}: {exc}. Start one "
+                    "with 'ray start --head' (address='auto' on its nodes, "
+                    "'ray://<head>:10001' from elsewhere) or pass address=None for a "
+                    "local instance."
+                ) from exc
+            self._owns_ray = True
+        if num_workers is None:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            num_workers = max(1, cpus // threads_per_worker)
+        self._num_workers = num_workers
+        self.threads_per_worker = threads_per_worker
+        self.share_paths = share_paths
+        self.chunk_size = chunk_size
+        self._remote = ray.remote(num_cpus=threads_per_worker, max_retries=max_retries)(_run_chunk)
+        self._closed = False
+
+    @property
+    def num_workers(self) -> int:
+        return self._num_workers
+
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
+        if self._closed:
+            raise RuntimeError("this RayExecutor is closed; create a new one.")
+        tasks = list(tasks)
+        if not tasks:
+            return []
+        ray = self._ray
+        try:
+            fn_ref = ray.put(fn)  # Ray's serializer: object refs inside fn stay valid
+        except Exception as exc:
+            raise TypeError(
+                f"cannot send {fn!r} to Ray workers: it does not pickle ({exc})."
+            ) from exc
+        size = self.chunk_size or max(1, -(-len(tasks) // (4 * self.num_workers)))
+        starts = list(range(0, len(tasks), size))
+        refs = [
+            self._remote.remote([fn_ref], s, tasks[s : s + size], self.threads_per_worker)
+            for s in starts
+        ]
+        results: list[Any] = []
+        for i, (start, ref) in enumerate(zip(starts, refs, strict=True)):
+            count = min(size, len(tasks) - start)
+            try:
+                out = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                self._cancel(refs[i + 1 :])
+                span = str(start) if count == 1 else f"{start}-{start + count - 1}"
+                raise ClientWorkError(
+                    f"Ray could not run tasks {span}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if out[0] == "err":
+                self._cancel(refs[i + 1 :])
+                _, index, summary, tb = out
+                raise ClientWorkError(
+                    f"task {index} failed in a Ray worker: {summary}\n\nWorker traceback:\n{tb}"
+                )
+            results.extend(out[1])
+        return results
+
+    def share(self, obj: T) -> SharedRef[T]:
+        """Put ``obj`` in the object store once (or share a cached ClientData by path)."""
+        if self._closed:
+            raise RuntimeError("this RayExecutor is closed; create a new one.")
+        if self.share_paths and isinstance(obj, ClientData) and obj.path is not None:
+            return ClientDataPathRef(obj.path, local=obj)  # type: ignore[return-value]
+        return RayRef(self._ray.put(obj), local=obj)
+
+    def close(self) -> None:
+        """Shut Ray down only if this executor started it; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+
+    def _cancel(self, refs: list[Any]) -> None:
+        for ref in refs:
+            with contextlib.suppress(Exception):  # finished or not cancellable: fine
+                self._ray.cancel(ref)
+
+    def __repr__(self) -> str:
+        return (
+            f"RayExecutor(num_workers={self.num_workers}, "
+            f"threads_per_worker={self.threads_per_worker})"
+        )

@@ -1,0 +1,288 @@
+"""Executors: task order, errors, shared objects, and bit-identical numbers everywhere."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedp13n.data.client_data import ClientData
+from fedp13n.execution import (
+    ClientWorkError,
+    InProcessExecutor,
+    LocalProcessExecutor,
+    make_executor,
+)
+from fedp13n.execution import factory as factory_module
+from fedp13n.utils.seeding import derive_rng, derive_seed
+
+# Ray workers cannot import this test module: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def procs2():
+    with LocalProcessExecutor(num_workers=2) as ex:
+        yield ex
+
+
+@pytest.fixture(scope="module")
+def procs1():
+    with LocalProcessExecutor(num_workers=1) as ex:
+        yield ex
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    ray = pytest.importorskip("ray")
+    from fedp13n.execution.ray_executor import RayExecutor
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's own cloudpickle
+    ray.init(num_cpus=2, include_dashboard=False, address="local", log_to_driver=False)
+    try:
+        with RayExecutor() as ex:
+            yield ex
+    finally:
+        ray.shutdown()
+
+
+def _small_client_data() -> ClientData:
+    rng = np.random.default_rng(0)
+    sizes = {"a": 5, "b": 3, "c": 7}
+    return ClientData.from_clients(
+        (c, rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), np.arange(n) % 62)
+        for c, n in sizes.items()
+    )
+
+
+# -- a small deterministic training step (conv net with dropout, torch RNG, shuffling) ------
+class TinyCNN(nn.Module):
+    """The layers of TFF's conv-dropout EMNIST model, much narrower."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3)
+        self.conv2 = nn.Conv2d(4, 8, 3)
+        self.drop1 = nn.Dropout(0.25)
+        self.fc1 = nn.Linear(8 * 12 * 12, 16)
+        self.drop2 = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(16, 62)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x.unsqueeze(1)))))
+        x = self.drop1(torch.max_pool2d(x, 2)).flatten(1)
+        return self.fc2(self.drop2(torch.relu(self.fc1(x))))
+
+
+def initial_weights() -> dict[str, torch.Tensor]:
+    torch.manual_seed(derive_seed(7, "init"))
+    return TinyCNN().state_dict()
+
+
+def train_client(task) -> dict[str, torch.Tensor]:
+    """3 SGD steps on one client, randomness derived from (seed, round, client)."""
+    weights_ref, data_ref, client_id = task
+    model = TinyCNN()
+    model.load_state_dict(weights_ref.get())
+    data = data_ref.get().create_dataset(client_id)
+    torch.manual_seed(derive_seed(7, "dropout", 1, client_id))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = data.batches(2, shuffle=True, generator=derive_rng(7, "shuffle", 1, client_id))
+    for _, (x, y) in zip(range(3), batches, strict=False):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.state_dict()
+
+
+def _train_all(ex) -> list[dict[str, torch.Tensor]]:
+    cd = _small_client_data()
+    w_ref, d_ref = ex.share(initial_weights()), ex.share(cd)
+    return ex.map(train_client, [(w_ref, d_ref, c) for c in ("c", "a", "b", "a")])
+
+
+def _assert_same(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for wa, wb in zip(a, b, strict=True):
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), k
+
+
+def test_training_is_bit_identical_in_process_and_in_one_or_two_worker_processes(procs1, procs2):
+    reference = _train_all(InProcessExecutor(threads_per_worker=1))
+    # The check can fail: clients differ from each other and from the start, the repeated
+    # client is identical to itself.
+    init = initial_weights()
+    assert not torch.equal(reference[0]["fc1.weight"], init["fc1.weight"])
+    assert not torch.equal(reference[0]["fc1.weight"], reference[1]["fc1.weight"])
+    _assert_same([reference[1]], [reference[3]])
+    _assert_same(reference, _train_all(procs1))
+    _assert_same(reference, _train_all(procs2))
+
+
+@pytest.mark.ray
+def test_training_is_bit_identical_on_ray(ray_executor):
+    reference = _train_all(InProcessExecutor(threads_per_worker=1))
+    _assert_same(reference, _train_all(ray_executor))
+
+
+# -- order, closures, errors -------------------------------------------------------------------
+def test_results_come_back_in_task_order_from_both_workers(procs2):
+    k = 3  # captured by the lambda: closures travel with cloudpickle
+    out = procs2.map(lambda i: (i * k, os.getpid()), range(23))
+    assert [v for v, _ in out] == [3 * i for i in range(23)]
+    assert len({pid for _, pid in out}) == 2
+    assert os.getpid() not in {pid for _, pid in out}
+    assert procs2.map(lambda i: i, []) == []
+
+
+def test_chunk_size_one_keeps_order():
+    with LocalProcessExecutor(num_workers=1, chunk_size=1) as ex:
+        assert ex.map(lambda s: s.upper(), ["x", "y", "z"]) == ["X", "Y", "Z"]
+
+
+def _fails_on_seven(i: int) -> int:
+    return 1 // (i - 7)
+
+
+def test_a_failing_task_is_named_with_its_index_and_the_worker_traceback(procs2):
+    with pytest.raises(ClientWorkError, match=r"task 7 failed .*ZeroDivisionError") as info:
+        procs2.map(_fails_on_seven, range(10))
+    assert "_fails_on_seven" in str(info.value)  # the worker's traceback text
+    assert procs2.map(lambda i: i + 1, range(4)) == [1, 2, 3, 4]  # still usable
+
+
+def test_a_dead_worker_gives_a_clear_error_and_is_replaced(procs2):
+    def die_on_four(i: int) -> int:
+        if i == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return i
+
+    with pytest.raises(ClientWorkError, match=r"killed by signal SIGKILL.*out-of-memory") as info:
+        procs2.map(die_on_four, range(8))
+    assert "4" in str(info.value).split("tasks")[1]
+    assert procs2.map(lambda i: -i, range(5)) == [0, -1, -2, -3, -4]
+    assert procs2.num_workers == 2
+
+
+def test_unpicklable_function_is_a_clear_error(procs1):
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="does not pickle"):
+        procs1.map(lambda i: lock.locked(), [1])
+
+
+# -- shared objects ----------------------------------------------------------------------------
+def test_client_data_with_a_path_is_shared_by_path_and_memory_mapped(procs2, tmp_path):
+    cd = ClientData.load(_small_client_data().save(tmp_path / "cache"))  # in RAM here
+    ref = procs2.share(cd)
+    assert len(pickle.dumps(ref)) < 1024
+    assert ref.get() is cd  # the driver keeps its own object
+
+    def look(client_id):
+        d = ref.get()
+        return isinstance(d.x, np.memmap), int(d.create_dataset(client_id).x.sum(dtype=np.int64))
+
+    out = procs2.map(look, list(cd.client_ids))
+    expected = [
+        int(cd.x[lo:hi].sum(dtype=np.int64))
+        for lo, hi in zip(cd.offsets[:-1], cd.offsets[1:], strict=True)
+    ]
+    assert out == [(True, s) for s in expected]
+
+
+def test_client_data_without_a_path_is_saved_once_and_memory_mapped(tmp_path):
+    cd = _small_client_data()
+    ex = LocalProcessExecutor(num_workers=1)
+    try:
+        ref = ex.share(cd)
+        assert len(pickle.dumps(ref)) < 1024
+        out = ex.map(lambda c: (isinstance(ref.get().x, np.memmap), ref.get().size(c)), ["b", "c"])
+        assert out == [(True, 3), (True, 7)]
+        shared_dir = Path(ref.path).parent
+        assert shared_dir.is_dir()
+    finally:
+        ex.close()
+    assert not shared_dir.exists()  # temp files go with the executor
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.map(abs, [1])
+
+
+def _use_weights(task):
+    ref, i = task
+    w = ref.get()
+    return os.getpid(), id(w), float(w["w"][i] + w["b"][0])
+
+
+def test_generic_object_is_read_once_per_worker_and_dropped_with_its_ref(procs2):
+    weights = {"w": np.arange(6.0), "b": np.ones(2)}
+    ref = procs2.share(weights)
+    assert len(pickle.dumps(ref)) < 1024
+    tasks = [(ref, i) for i in range(6)]
+    first, second = procs2.map(_use_weights, tasks), procs2.map(_use_weights, tasks)
+    assert [v for _, _, v in first] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    ids_by_pid: dict[int, set[int]] = {}
+    for pid, obj_id, _ in first + second:
+        ids_by_pid.setdefault(pid, set()).add(obj_id)
+    assert all(len(ids) == 1 for ids in ids_by_pid.values())  # unpickled once per worker
+    file = Path(ref.file)
+    assert file.is_file()
+    del ref, tasks
+    gc.collect()
+    assert not file.exists()
+
+
+@pytest.mark.ray
+def test_ray_order_errors_and_shared_objects(ray_executor):
+    k = 5
+    assert ray_executor.map(lambda i: i * k, range(9)) == [5 * i for i in range(9)]
+    with pytest.raises(ClientWorkError, match=r"task 7 failed .*ZeroDivisionError"):
+        ray_executor.map(_fails_on_seven, range(9))
+    cd = _small_client_data()
+    data_ref, obj_ref = ray_executor.share(cd), ray_executor.share({"k": 10})
+    assert len(cloudpickle.dumps(obj_ref)) < 1024
+    out = ray_executor.map(lambda c: data_ref.get().size(c) * obj_ref.get()["k"], ["a", "c"])
+    assert out == [50, 70]
+
+
+# -- factory -----------------------------------------------------------------------------------
+def test_make_executor_checks_its_arguments():
+    with pytest.raises(ValueError, match="unknown executor 'threads'.*in-process"):
+        make_executor("threads")
+    with pytest.raises(ValueError, match="num_workers must be a positive integer"):
+        make_executor("processes", num_workers=0)
+    with pytest.raises(ValueError, match="threads_per_worker"):
+        make_executor("in-process", threads_per_worker=0)
+    with pytest.raises(ValueError, match="one task at a time"):
+        make_executor("in-process", num_workers=2)
+    with pytest.raises(ValueError, match="only applies to executor 'ray'"):
+        make_executor("processes", ray_address="auto")
+    ex = make_executor("in-process", threads_per_worker=2)
+    assert isinstance(ex, InProcessExecutor) and ex.threads_per_worker == 2
+
+
+@pytest.mark.parametrize(
+    ("cores", "threads", "expected"),
+    [(1, 1, None), (2, 1, 2), (16, 1, 16), (16, 4, 4), (2, 2, None)],
+)
+def test_auto_uses_one_single_thread_worker_per_core(monkeypatch, cores, threads, expected):
+    built = []
+    monkeypatch.setattr(factory_module, "usable_cores", lambda: cores)
+    monkeypatch.setattr(
+        factory_module, "LocalProcessExecutor", lambda n, t: built.append((n, t)) or "pool"
+    )
+    ex = make_executor("auto", threads_per_worker=threads)
+    if expected is None:
+        assert isinstance(ex, InProcessExecutor) and built == []
+    else:
+        assert ex == "pool" and built == [(expected, threads)]
