@@ -1,0 +1,85 @@
+"""Fast layers for CPU training of small models.
+
+:class:`FastDropout` is inverted dropout (Srivastava et al. 2014, "Dropout: A Simple Way to
+Prevent Neural Networks from Overfitting"), the same function as ``torch.nn.Dropout``:
+each value is kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``, else zeroed.
+
+Why a second dropout: on a CPU, ``F.dropout`` draws one float per value
+(``bernoulli_``), which for the 20 x 9216 activations of the EMNIST conv-dropout model
+costs about as much as a dense layer (1.3 ms per batch of 20). Here one 64-bit random word
+gives 7 random *bytes*, and a value is dropped when its byte is below ``p * 256``. For
+every ``p`` that is a multiple of 1/256 (the model's 0.25 and 0.5 included) that is an
+exact Bernoulli(``1 - p``) keep decision, not an approximation; other values of ``p`` fall
+back to ``F.dropout``. The bytes come from torch's global generator, so
+``torch.manual_seed`` fixes the masks exactly as it fixes ``F.dropout``'s, although the two
+draw different masks from the same seed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Random bytes used per 64-bit word: ``random_()`` on int64 draws from [0, 2**63), so the
+#: most significant byte has one bit fewer and is left out.
+_BYTES_PER_WORD = 7
+_LOW_BYTES = slice(0, 7) if sys.byteorder == "little" else slice(1, 8)
+
+
+def _check_p(p: float) -> float:
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be between 0 and 1, got {p}.")
+    return p
+
+
+def random_bytes(n: int) -> torch.Tensor:
+    """``n`` independent uniform random bytes (uint8) from torch's global CPU generator."""
+    words = torch.empty((n + _BYTES_PER_WORD - 1) // _BYTES_PER_WORD, dtype=torch.int64)
+    words.random_()
+    return words.view(torch.uint8).view(-1, 8)[:, _LOW_BYTES].reshape(-1)[:n]
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
+    """Boolean mask, True with probability exactly ``1 - p`` (``p * 256`` must be an integer)."""
+    threshold = round(p * 256)
+    if threshold != p * 256:
+        raise ValueError(f"keep_mask needs p to be a multiple of 1/256, got {p}.")
+    n = 1
+    for s in shape:
+        n *= s
+    return (random_bytes(n) >= threshold).view(shape)
+
+
+def fast_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+    """Inverted dropout, like ``F.dropout(x, p, training)`` but with cheap byte masks.
+
+    Exact for ``p`` a multiple of 1/256; any other ``p`` uses ``F.dropout`` itself.
+    """
+    p = _check_p(p)
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    if round(p * 256) != p * 256:
+        return F.dropout(x, p, training=True)
+    # The scale is folded into the mask so that forward and backward are one multiply each.
+    scale = keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * scale
+
+
+class FastDropout(nn.Module):
+    """Drop-in replacement for ``nn.Dropout(p)`` (see :func:`fast_dropout`)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = _check_p(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
