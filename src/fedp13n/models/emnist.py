@@ -47,6 +47,12 @@ def _as_nhwc(x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _channels_last(model: nn.Module) -> None:
+    """Store convolution kernels channels-last: with a 1-channel input the layout of the
+    input alone is ambiguous, and oneDNN follows the kernels' layout."""
+    model.to(memory_format=torch.channels_last)
+
+
 class EmnistConvDropout(nn.Module):
     """Conv 32 3x3 relu, Conv 64 3x3 relu, MaxPool 2, Dropout .25, Dense 128 relu,
     Dropout .5, Dense ``num_classes`` (valid padding, as Keras' default)."""
@@ -59,6 +65,7 @@ class EmnistConvDropout(nn.Module):
         self.fc1 = nn.Linear(12 * 12 * 64, 128)
         self.dropout2 = FastDropout(0.5)
         self.fc2 = nn.Linear(128, num_classes)
+        _channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(_as_nhwc(x)))
@@ -78,6 +85,7 @@ class FedAvgCNN(nn.Module):
         self.conv2 = nn.Conv2d(32, 64, kernel_size=5, padding=2)
         self.fc1 = nn.Linear(7 * 7 * 64, 512)
         self.fc2 = nn.Linear(512, num_classes)
+        _channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(F.max_pool2d(self.conv1(_as_nhwc(x)), 2))
