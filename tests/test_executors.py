@@ -147,9 +147,15 @@ def test_results_come_back_in_task_order_from_both_workers(procs2):
     assert procs2.map(lambda i: i, []) == []
 
 
-def test_chunk_size_one_keeps_order():
-    with LocalProcessExecutor(num_workers=1, chunk_size=1) as ex:
-        assert ex.map(lambda s: s.upper(), ["x", "y", "z"]) == ["X", "Y", "Z"]
+def test_chunk_size_one_keeps_order(procs1, monkeypatch):
+    monkeypatch.setattr(procs1, "chunk_size", 1)
+    assert procs1.map(lambda s: s.upper(), ["x", "y", "z"]) == ["X", "Y", "Z"]
+
+
+def test_default_chunks_are_small_for_few_tasks_and_bounded_for_many():
+    from fedp13n.execution.process_pool import default_chunk_size
+
+    assert [default_chunk_size(n, 2) for n in (1, 10, 16, 17, 100, 10_000)] == [1, 1, 1, 2, 7, 16]
 
 
 def _fails_on_seven(i: int) -> int:

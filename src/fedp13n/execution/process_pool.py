@@ -47,8 +47,12 @@ import cloudpickle
 from fedp13n.data.client_data import ClientData
 from fedp13n.execution.base import ClientWorkError, Executor, R, SharedRef, T
 
-#: Chunks in flight per worker: one running, one queued, so a worker never waits for the driver.
-_IN_FLIGHT_PER_WORKER = 2
+#: Chunks sent to a worker and not answered yet. One: a chunk is committed to a worker only
+#: when it is free, which balances clients of very different sizes (a worker idles only for
+#: one message round trip, milliseconds against the tens of milliseconds or more of a client).
+_IN_FLIGHT_PER_WORKER = 1
+#: Chunks are at most this many tasks, so that the last chunks leave little imbalance.
+_MAX_CHUNK = 16
 
 #: Objects resolved by shared refs in this process, by token (filled in worker processes).
 _WORKER_CACHE: dict[str, Any] = {}
@@ -180,6 +184,32 @@ def _error_reply(map_id: int, index: int, exc: BaseException) -> bytes:
 # ----------------------------------------------------------------------------------------
 # Driver side
 # ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start workers without re-running the user's ``__main__`` in them.
+
+    Under "spawn"/"forkserver", multiprocessing re-imports the main script in every child so
+    that functions defined there can be unpickled; a script without the
+    ``if __name__ == "__main__":`` guard would then start the experiment again in each worker.
+    Our workers never need ``__main__`` (cloudpickle ships such functions by value), so the
+    main module's path and spec are hidden while a worker starts.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 class _Worker:
     def __init__(self, ctx: Any, threads: int, slot: int) -> None:
         parent, child = ctx.Pipe(duplex=True)
@@ -189,7 +219,8 @@ class _Worker:
             name=f"fedp13n-worker-{slot}",
             daemon=True,
         )
-        self.process.start()
+        with _main_module_hidden():
+            self.process.start()
         child.close()
         self.conn: mpc.Connection = parent
         #: (map_id, start, count) of the chunks sent and not answered yet, in order.
@@ -225,8 +256,7 @@ class LocalProcessExecutor(Executor):
         threads_per_worker: torch threads per worker (1 keeps results identical to
             ``InProcessExecutor(threads_per_worker=1)``).
         start_method: ``"spawn"`` (default, portable) or ``"forkserver"``; never ``"fork"``.
-        chunk_size: tasks per message; default: about 4 chunks per worker, which balances
-            uneven client sizes while keeping messages few.
+        chunk_size: tasks per message; default :func:`default_chunk_size`.
     """
 
     def __init__(
@@ -285,7 +315,7 @@ class LocalProcessExecutor(Executor):
         self._replace_dead_workers()
         self._map_id += 1
         map_id = self._map_id
-        size = self.chunk_size or max(1, -(-len(tasks) // (4 * self.num_workers)))
+        size = self.chunk_size or default_chunk_size(len(tasks), self.num_workers)
         pending = collections.deque(
             (start, tasks[start : start + size]) for start in range(0, len(tasks), size)
         )
@@ -455,6 +485,12 @@ def _release(file: str, token: str, forget: list[str], lock: threading.Lock) -> 
         os.unlink(file)
     with lock:
         forget.append(token)
+
+
+def default_chunk_size(num_tasks: int, num_workers: int) -> int:
+    """About 8 chunks per worker, at most ``_MAX_CHUNK`` tasks each: few messages for many
+    small tasks, fine-grained hand-out (good balance) for the few heavy tasks of a round."""
+    return max(1, min(_MAX_CHUNK, -(-num_tasks // (8 * num_workers))))
 
 
 def usable_cores() -> int:

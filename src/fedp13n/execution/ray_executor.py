@@ -28,7 +28,7 @@ from typing import Any
 
 from fedp13n.data.client_data import ClientData
 from fedp13n.execution.base import ClientWorkError, Executor, R, SharedRef, T
-from fedp13n.execution.process_pool import ClientDataPathRef
+from fedp13n.execution.process_pool import ClientDataPathRef, default_chunk_size
 
 #: Deserialized shared objects and functions kept per Ray worker process (LRU).
 _CACHE_SIZE = 8
@@ -132,7 +132,7 @@ class RayExecutor(Executor):
             (workers memory-map it) instead of through the object store; only when every
             node can read the path.
         max_retries: times Ray re-runs a task whose worker died (safe: tasks are pure).
-        chunk_size: tasks per Ray task; default about 4 chunks per worker.
+        chunk_size: tasks per Ray task; default ``process_pool.default_chunk_size``.
     """
 
     def __init__(
@@ -203,7 +203,7 @@ class RayExecutor(Executor):
             raise TypeError(
                 f"cannot send {fn!r} to Ray workers: it does not pickle ({exc})."
             ) from exc
-        size = self.chunk_size or max(1, -(-len(tasks) // (4 * self.num_workers)))
+        size = self.chunk_size or default_chunk_size(len(tasks), self.num_workers)
         starts = list(range(0, len(tasks), size))
         refs = [
             self._remote.remote([fn_ref], s, tasks[s : s + size], self.threads_per_worker)
