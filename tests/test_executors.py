@@ -8,6 +8,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cloudpickle
@@ -167,6 +168,20 @@ def test_a_failing_task_is_named_with_its_index_and_the_worker_traceback(procs2)
         procs2.map(_fails_on_seven, range(10))
     assert "_fails_on_seven" in str(info.value)  # the worker's traceback text
     assert procs2.map(lambda i: i + 1, range(4)) == [1, 2, 3, 4]  # still usable
+
+
+def _fail_fast_or_answer_big(i: int) -> bytes:
+    if i == 0:
+        raise ValueError("client 0 is broken")
+    time.sleep(0.3)
+    return b"x" * (4 << 20)  # larger than a pipe's buffer
+
+
+def test_a_map_after_a_failure_is_not_blocked_by_late_large_answers(procs2):
+    with pytest.raises(ClientWorkError, match="task 0 failed .*client 0 is broken"):
+        procs2.map(_fail_fast_or_answer_big, [0, 1])
+    big = b"y" * (4 << 20)  # the next function is large too: both sides would block
+    assert procs2.map(lambda i: len(big) + i, [0, 1, 2]) == [4 << 20, (4 << 20) + 1, (4 << 20) + 2]
 
 
 def test_a_dead_worker_gives_a_clear_error_and_is_replaced(procs2):

@@ -173,7 +173,10 @@ def _worker_main(conn: mpc.Connection, threads: int) -> None:
                 reply = cloudpickle.dumps(("ok", map_id, start, results), protocol=5)
             except BaseException as exc:  # report everything, the driver decides
                 reply = _error_reply(map_id, index, exc)
-            conn.send_bytes(reply)
+            try:
+                conn.send_bytes(reply)
+            except OSError:
+                return  # the driver went away
 
 
 def _error_reply(map_id: int, index: int, exc: BaseException) -> bytes:
@@ -312,7 +315,7 @@ class LocalProcessExecutor(Executor):
                 f"cannot send {fn!r} to worker processes: it does not pickle ({exc}). Use a "
                 "function (or closure) over picklable values, or InProcessExecutor."
             ) from exc
-        self._replace_dead_workers()
+        self._settle_workers()
         self._map_id += 1
         map_id = self._map_id
         size = self.chunk_size or default_chunk_size(len(tasks), self.num_workers)
@@ -436,11 +439,28 @@ class LocalProcessExecutor(Executor):
             self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._tmpdir)
         return self._tmpdir
 
-    def _replace_dead_workers(self) -> None:
-        """Replace workers that died between maps (nothing of theirs was lost)."""
+    def _settle_workers(self) -> None:
+        """Before a map: collect (and drop) the late answers of a map that failed, and
+        replace workers that died since.
+
+        Why wait for late answers: a worker blocked sending a large result would never
+        read a large message sent to it meanwhile, and both processes would wait forever.
+        """
         for slot, w in enumerate(self._workers):
-            if not w.process.is_alive():
+            alive = True
+            while w.in_flight and alive:
+                ready = mpc.wait([w.conn, w.process.sentinel])
+                if w.conn in ready:
+                    try:
+                        w.conn.recv_bytes()
+                        w.in_flight.popleft()
+                        continue
+                    except (EOFError, OSError):
+                        alive = False
+                alive = alive and w.conn.poll()
+            if not alive or not w.process.is_alive():
                 w.conn.close()
+                w.process.join(timeout=5)
                 self._workers[slot] = _Worker(self._ctx, self.threads_per_worker, slot)
 
     def _worker_died(self, w: _Worker, map_id: int, fn_blob: bytes) -> _Worker:
