@@ -319,14 +319,15 @@ def run_experiment(
     train_sizes = {c: train.size(c) for c in result_json["client_ids"]}
     rows = per_client_rows(result_json, train_sizes)
     _write_csv(run_dir / rd.PER_CLIENT, rd.PER_CLIENT_COLUMNS, rows)
-    from fedp13n.reporting import write_summary_json
+    from fedp13n.reporting import summarize_run, write_summary_json
 
-    write_summary_json(run_dir)
+    summary = summarize_run(run_dir)
+    write_summary_json(run_dir, summary)
     log(
         f"personalization took {p13n_seconds:.1f} s "
         f"({len(result_json['client_ids']) / max(p13n_seconds, 1e-9):.2f} clients/s)"
     )
-    return ExperimentResult(run_dir, config, metrics_csv.rows, result)
+    return ExperimentResult(run_dir, config, metrics_csv.rows, result, summary.to_dict())
 
 
 def _concat(cd: ClientData) -> ClientDataset:
