@@ -307,3 +307,26 @@ def test_auto_uses_one_single_thread_worker_per_core(monkeypatch, cores, threads
         assert isinstance(ex, InProcessExecutor) and built == []
     else:
         assert ex == "pool" and built == [(expected, threads)]
+
+
+def test_an_executor_dropped_without_close_stops_its_workers_and_removes_its_files():
+    ex = LocalProcessExecutor(num_workers=1)
+    ref = ex.share([1, 2, 3])
+    shared_dir = Path(ref.file).parent
+    process = ex._workers[0].process
+    assert ex.map(lambda i: i, [5]) == [5]
+    del ex, ref
+    gc.collect()
+    process.join(timeout=10)
+    assert not process.is_alive()
+    assert not shared_dir.exists()
+
+
+def test_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
+    from fedp13n.execution.ray_executor import RayExecutor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes "import ray" fail
+    with pytest.raises(ImportError, match=r"pip install 'fedp13n\[ray\]'"):
+        RayExecutor()
+    with pytest.raises(ImportError, match=r"pip install 'fedp13n\[ray\]'"):
+        make_executor("ray")
