@@ -276,6 +276,16 @@ def test_ray_order_errors_and_shared_objects(ray_executor):
     assert out == [50, 70]
 
 
+@pytest.mark.ray
+def test_ray_worker_death_is_a_clear_error(ray_executor):
+    from fedp13n.execution.ray_executor import RayExecutor
+
+    with RayExecutor(max_retries=0) as ex:  # joins the running instance, no retry
+        with pytest.raises(ClientWorkError, match=r"tasks 2: WorkerCrashedError"):
+            ex.map(lambda i: os._exit(1) if i == 2 else i, range(4))
+        assert ex.map(lambda i: -i, range(3)) == [0, -1, -2]
+
+
 # -- factory -----------------------------------------------------------------------------------
 def test_make_executor_checks_its_arguments():
     with pytest.raises(ValueError, match="unknown executor 'threads'.*in-process"):
