@@ -11,12 +11,13 @@ process).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -275,6 +276,8 @@ def run_experiment(
                 if last or (config.checkpoint_every and round_num % config.checkpoint_every == 0):
                     save_checkpoint(rd.checkpoint_path(run_dir, round_num), state)
                 bar.advance(row)
+                if not progress:  # logs and pipes get one line per round instead of a bar
+                    log(f"round {round_num}/{config.rounds}: {_round_info(row)}")
 
         weights = process.get_model_weights(state)
         torch.save(weights, run_dir / rd.GLOBAL_WEIGHTS)
@@ -311,7 +314,8 @@ def run_experiment(
             seed=config.seed,
             executor=executor,
         )
-        result = p13n_eval(weights, client_inputs)
+        with _status(progress, f"personalizing {len(client_inputs)} clients"):
+            result = p13n_eval(weights, client_inputs)
         p13n_seconds = time.perf_counter() - t1
 
     result_json = result.to_dict()
@@ -332,6 +336,28 @@ def run_experiment(
 
 def _concat(cd: ClientData) -> ClientDataset:
     return ClientDataset(cd.x, cd.y)
+
+
+def _round_info(row: Mapping[str, Any]) -> str:
+    info = (
+        f"loss {float(row['loss']):.3f} acc {float(row['accuracy']):.3f} "
+        f"{float(row['examples_per_second']):.0f} ex/s"
+    )
+    if row.get("eval_accuracy") not in (None, ""):
+        info += f", global test acc {float(row['eval_accuracy']):.3f}"
+    return info
+
+
+@contextlib.contextmanager
+def _status(enabled: bool, message: str) -> Iterator[None]:
+    """A spinner with elapsed time while a long step without rounds runs."""
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
 
 
 class _progress:
@@ -366,11 +392,7 @@ class _progress:
 
     def advance(self, row: Mapping[str, Any]) -> None:
         if self.enabled:
-            info = (
-                f"loss {float(row['loss']):.3f} acc {float(row['accuracy']):.3f} "
-                f"{float(row['examples_per_second']):.0f} ex/s"
-            )
-            self._p.update(self._task, advance=1, info=info)
+            self._p.update(self._task, advance=1, info=_round_info(row))
 
     def __exit__(self, *exc) -> None:
         if self.enabled:
