@@ -83,3 +83,21 @@ def test_one_fedavg_round_on_real_emnist_writers():
     assert 0.0 <= m.accuracy < 0.2
     w = process.get_model_weights(state)
     assert all(np.isfinite(v.numpy()).all() for v in w.values())
+
+
+@pytest.mark.parametrize("builder", [emnist_conv_dropout, fedavg_cnn])
+def test_keras_glorot_uniform_initialisation(builder):
+    # Keras: kernels U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), biases zero.
+    torch.manual_seed(0)
+    model = builder(num_classes=62)
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            continue
+        w = module.weight.detach()
+        receptive = w[0, 0].numel() if w.dim() == 4 else 1
+        fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        assert torch.count_nonzero(module.bias) == 0, name
+        assert w.abs().max() <= limit, name
+        # uniform on [-a, a] has standard deviation a / sqrt(3)
+        assert w.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.1), name

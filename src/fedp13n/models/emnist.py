@@ -8,10 +8,13 @@
   al. 2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data".
   1,663,370 parameters for 10 classes (as in the paper), 1,690,046 for 62.
 
-Layers, shapes and parameter counts match the Keras originals. Three deliberate
-differences: PyTorch's default initialisation is used (Keras uses Glorot-uniform), and
-flattening is channels-first (C, H, W), so Keras weights would need the dense kernel's
-rows permuted to be imported; and the conv-dropout model's dropout draws its masks with
+Layers, shapes, parameter counts and initialisation (Keras' Glorot-uniform kernels and
+zero biases, not PyTorch's smaller default) match the Keras originals. The initialisation
+matters: with PyTorch's default the conv-dropout model sat about twice as long on the
+initial loss plateau on real EMNIST writers (centralised SGD 0.02, batch 20: test accuracy
+0.25 vs 0.42 after 600 steps). Two deliberate differences: flattening is channels-first
+(C, H, W), so Keras weights would need the dense kernel's rows permuted to be imported;
+and the conv-dropout model's dropout draws its masks with
 :class:`~fedp13n.models.layers.FastDropout` (the same inverted dropout, cheaper masks).
 Both models take ``(B, 28, 28)`` images (the layout the
 EMNIST data has) or ``(B, 1, 28, 28)`` and return logits.
@@ -47,6 +50,14 @@ def _as_nhwc(x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _keras_init(model: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases: Keras' defaults for Conv2D and Dense."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _channels_last(model: nn.Module) -> None:
     """Store convolution kernels channels-last: with a 1-channel input the layout of the
     input alone is ambiguous, and oneDNN follows the kernels' layout."""
@@ -65,6 +76,7 @@ class EmnistConvDropout(nn.Module):
         self.fc1 = nn.Linear(12 * 12 * 64, 128)
         self.dropout2 = FastDropout(0.5)
         self.fc2 = nn.Linear(128, num_classes)
+        _keras_init(self)
         _channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +97,7 @@ class FedAvgCNN(nn.Module):
         self.conv2 = nn.Conv2d(32, 64, kernel_size=5, padding=2)
         self.fc1 = nn.Linear(7 * 7 * 64, 512)
         self.fc2 = nn.Linear(512, num_classes)
+        _keras_init(self)
         _channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
