@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/fedp13n data info --dataset synthetic
+	$(BIN)/fedp13n run --dataset synthetic
 
 test: setup
 	$(BIN)/python -m pytest -q
