@@ -85,7 +85,12 @@ def test_run_synthetic_writes_everything_and_personalization_helps(tmp_path):
 def test_existing_run_dir_needs_resume(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "something").write_text("x")
+    (out / "config.toml").write_text("")  # a run that failed before training: reusable
+    res = CliRunner().invoke(
+        app, ["run", "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(out)]
+    )
+    assert res.exit_code == 2 and "fed_emnist_train.h5" in res.output
+    (out / rd.FEDAVG_METRICS).write_text("round\n")
     res = CliRunner().invoke(app, ["run", *SMALL, "--output-dir", str(out)])
     assert res.exit_code == 2
     assert "--resume" in res.output

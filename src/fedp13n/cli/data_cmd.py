@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedp13n.cli.errors import fail
 from fedp13n.data.datasets import DATASET_NAMES, load_dataset
 from fedp13n.data.stats import QUANTILES, summarize
 from fedp13n.data.validate import LABEL_CHARS, NUM_CLASSES, NUM_DIGIT_CLASSES, DataError
@@ -55,8 +56,7 @@ def _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, con
             progress=console.is_terminal,
         )
     except DataError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
 
 
 @app.command()

@@ -10,12 +10,8 @@ from pathlib import Path
 
 import typer
 
+from fedp13n.cli.errors import fail
 from fedp13n.reporting.summary import ReportError
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(2)
 
 
 def report(
@@ -37,7 +33,7 @@ def report(
         if summary:
             print_run_summary(run_dir)
     except (ReportError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"report: {path}")
     if open_browser:
         import webbrowser
@@ -60,7 +56,7 @@ def compare(
     try:
         path = write_comparison(run_dirs, output)
     except (ReportError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"comparison: {path}")
     if open_browser:
         import webbrowser

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from fedp13n.cli.errors import fail
+from fedp13n.data.validate import DataError
 from fedp13n.experiments.config import ConfigError, ExperimentConfig, StrategyConfig
 
 _P = "Personalization"
@@ -126,18 +128,18 @@ def run(
         config = config.replace(strategies=strategies)
         config.validate()
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
 
     if resume and output_dir is None:
-        _fail("--resume needs --output-dir: the run directory to continue.")
+        fail("--resume needs --output-dir: the run directory to continue.")
     run_dir = output_dir or default_run_dir("runs", config.dataset)
     typer.echo(f"run directory: {run_dir}")
     try:
         result = run_experiment(
             config, run_dir, resume=resume, progress=progress and sys.stderr.isatty()
         )
-    except (ConfigError, FileExistsError, FileNotFoundError) as e:
-        _fail(str(e))
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
+        fail(str(e))
     _print_summary(result.run_dir)
     if report:
         from fedp13n.reporting import write_report
@@ -151,11 +153,6 @@ def _print_summary(run_dir: Path) -> None:
     from fedp13n.reporting.summary import print_run_summary
 
     print_run_summary(run_dir)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(2)
 
 
 def register(app: typer.Typer) -> None:

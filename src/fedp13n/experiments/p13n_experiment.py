@@ -197,7 +197,8 @@ def run_experiment(
 
     config.validate()
     run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    results = (rd.FEDAVG_METRICS, rd.CHECKPOINTS, rd.GLOBAL_WEIGHTS, rd.PERSONALIZATION)
+    if not resume and any((run_dir / name).exists() for name in results):
         raise FileExistsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another "
             "--output-dir."

@@ -110,32 +110,16 @@ def fedavg_curves(
         prefix = "" if single else f"{label}: "
         ax_loss.plot(r, m["loss"], color=c, marker="o", ms=3, label=f"{prefix}training loss")
         ax_acc.plot(r, m["accuracy"], color=c, marker="o", ms=3, label=f"{prefix}training")
-        ev_acc = m.get("eval_accuracy")
-        if ev_acc is not None and np.isfinite(ev_acc).any():
-            ok = np.isfinite(ev_acc)
-            ax_acc.plot(
-                r[ok],
-                ev_acc[ok],
-                color=c,
-                ls="--",
-                marker="s",
-                ms=6,
-                mfc="white",
-                label=f"{prefix}global test",
-            )
-        ev_loss = m.get("eval_loss")
-        if ev_loss is not None and np.isfinite(ev_loss).any():
-            ok = np.isfinite(ev_loss)
-            ax_loss.plot(
-                r[ok],
-                ev_loss[ok],
-                color=c,
-                ls="--",
-                marker="s",
-                ms=6,
-                mfc="white",
-                label=f"{prefix}global test loss",
-            )
+        # The global model on held-out data, only in the rounds where it was measured.
+        for ax, key, what in ((ax_acc, "eval_accuracy", ""), (ax_loss, "eval_loss", " loss")):
+            values = m.get(key)
+            if values is None or not np.isfinite(values).any():
+                continue
+            ok = np.isfinite(values)
+            ax.plot(
+                r[ok], values[ok], color=c, ls="--", marker="s", ms=6, mfc="white",
+                label=f"{prefix}global test{what}",
+            )  # fmt: skip
     _style(ax_loss, "FedAvg loss per round", "round", "loss (cross-entropy, nats)")
     _style(ax_acc, "FedAvg accuracy per round", "round", "accuracy (fraction correct)")
     for ax in (ax_loss, ax_acc):
