@@ -47,6 +47,7 @@ from fedp13n.data.client_data import UINT8_TO_UNIT
 from fedp13n.data.datasets import load_dataset
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.models import emnist_conv_dropout
+from fedp13n.models.layers import FastDropout
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared/data/femnist_sample"
@@ -146,6 +147,73 @@ class ReferenceConvDropout(nn.Module):
         x = self.dropout1(F.max_pool2d(F.relu(self.conv2(x)), 2))
         x = self.dropout2(F.relu(self.fc1(torch.flatten(x, 1))))
         return self.fc2(x)
+
+
+class AblationConvDropout(ReferenceConvDropout):
+    """The reference model with each of fedp13n's speed changes switchable (for --ablation)."""
+
+    def __init__(self, pool_first: bool, fast_dropout: bool, channels_last: bool) -> None:
+        super().__init__()
+        self.pool_first, self.channels_last = pool_first, channels_last
+        if fast_dropout:
+            self.dropout1, self.dropout2 = FastDropout(0.25), FastDropout(0.5)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = F.relu(self.conv1(x))
+        x = self.conv2(x)
+        x = F.relu(F.max_pool2d(x, 2)) if self.pool_first else F.max_pool2d(F.relu(x), 2)
+        x = self.dropout1(x.contiguous())
+        x = self.dropout2(F.relu(self.fc1(torch.flatten(x, 1))))
+        return self.fc2(x)
+
+
+ABLATION = {
+    "reference (Keras order, nn.Dropout, NCHW)": (False, False, False),
+    "+ max-pool before ReLU": (True, False, False),
+    "+ FastDropout": (True, True, False),
+    "+ channels-last (= fedp13n's model)": (True, True, True),
+    "channels-last only": (False, False, True),
+    "FastDropout only": (False, True, False),
+}
+
+
+def ablation(steps: int, batch: int, repeat: int) -> None:
+    """ms per training step (1 thread) of the reference model with each change added."""
+    torch.set_num_threads(1)
+    x, y = torch.rand(batch, 28, 28), torch.randint(0, 62, (batch,))
+    steppers = {}
+    for name, flags in ABLATION.items():
+        torch.manual_seed(0)
+        model = AblationConvDropout(*flags).train()
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+
+        def step(model=model, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        for _ in range(10):
+            step()
+        steppers[name] = step
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    for _ in range(repeat):
+        for name, step in steppers.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            times[name].append((time.perf_counter() - t) / steps * 1e3)
+    ref = min(times[next(iter(times))])
+    print(f"\nAblation: batch {batch}, 1 thread, best of {repeat} x {steps} steps (interleaved)")
+    for name, v in times.items():
+        print(
+            f"  {name:44s} {min(v):7.2f} ms/step (median {statistics.median(v):6.2f})  "
+            f"{batch / min(v) * 1e3:5.0f} ex/s  x{ref / min(v):.2f}"
+        )
 
 
 MODEL_FNS: dict[str, Callable[[], nn.Module]] = {
@@ -362,7 +430,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--profile", type=int, metavar="STEPS", help="profile STEPS training steps and exit"
     )
+    ap.add_argument(
+        "--ablation", type=int, metavar="STEPS", help="time each model change (STEPS per rep)"
+    )
     args = ap.parse_args(argv)
+    if args.ablation:
+        print_machine()
+        ablation(args.ablation, args.batch_size, args.repeat)
+        return
     if args.profile:
         print_machine()
         profile_step(args.profile, args.batch_size)
