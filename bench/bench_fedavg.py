@@ -420,6 +420,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="time only the methods whose name contains this text (repeatable), e.g. "
+        "--only '1 thread' for the in-process vs bare-loop comparison",
+    )
     ap.add_argument("--workers", type=int, default=2, help="processes for the multi-core runs")
     ap.add_argument("--data-dir", default=str(SAMPLE))
     ap.add_argument(
@@ -507,7 +514,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for fn in build_methods(1).values():  # warm-up: processes, caches, oneDNN kernels
             fn()
-        rates = time_methods(build_methods(args.epochs), args.repeat)
+        methods = build_methods(args.epochs)
+        if args.only:
+            methods = {k: v for k, v in methods.items() if any(o in k for o in args.only)}
+        rates = time_methods(methods, args.repeat)
     finally:
         pool.close()
         pool.join()
@@ -531,6 +541,16 @@ def main(argv: list[str] | None = None) -> None:
             f"  {name:50s} {best[name]:8.0f} ({statistics.median(v):6.0f}) {g:8.1f} "
             f"{100 * g / peak:6.1f}%"
         )
+    if args.only:  # a subset of the methods: the ratios below need all of them
+        names = [k for k in best if "1 thread" in k]
+        if len(names) >= 3:
+            bare1, inproc1 = best[names[1]], best[names[2]]
+            med = {k: statistics.median(v) for k, v in rates.items()}
+            print(
+                f"\n  in-process / bare loop (1 thread, same model): best x{inproc1 / bare1:.3f}, "
+                f"median x{med[names[2]] / med[names[1]]:.3f} (goal >= x0.95)"
+            )
+        return
     (ref1, bare1, inproc1, _, _, bare_multi, multi_rate) = list(best.values())[:7]
     print(
         f"\n  in-process executor / bare loop (1 thread, same model): x{inproc1 / bare1:.3f} "
