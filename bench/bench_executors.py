@@ -24,68 +24,31 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fedavg import SAMPLE, print_machine  # noqa: E402
 
 from fedp13n.algorithms import ClientSelection, build_weighted_fed_avg, sample_clients
 from fedp13n.data.client_data import ClientData
+from fedp13n.data.datasets import load_dataset
 from fedp13n.execution import Executor, InProcessExecutor, LocalProcessExecutor
-from fedp13n.execution.process_pool import usable_cores
 from fedp13n.models.emnist import emnist_conv_dropout
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared/data/femnist_sample"
 SEED = 0
 
 
 def load_clients(num_clients: int) -> tuple[ClientData, str]:
-    """The first ``num_clients`` writers of the sample's train split (pixels as uint8)."""
-    h5 = SAMPLE / "fed_emnist_train.h5"
-    if h5.is_file():
-        import h5py
-
-        with h5py.File(h5, "r") as f:
-            ids = sorted(f["examples"])[:num_clients]
-            clients = [
-                (
-                    c,
-                    np.rint(f["examples"][c]["pixels"][()] * 255).astype(np.uint8),
-                    f["examples"][c]["label"][()],
-                )
-                for c in ids
-            ]
-        return ClientData.from_clients(clients), f"femnist_sample ({h5})"
-    rng = np.random.default_rng(SEED)
-    clients = [
-        (
-            f"synthetic_{i:04d}",
-            rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8),
-            rng.integers(0, 62, size=n).astype(np.int32),
-        )
-        for i, n in enumerate(rng.integers(60, 220, size=num_clients))
-    ]
-    return ClientData.from_clients(clients), "random pixels (femnist_sample not found)"
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}; {os.cpu_count()} logical cores, {usable_cores()} usable; "
-        f"{platform.system()} {platform.release()}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, numpy {np.__version__}"
-    )
+    """The first ``num_clients`` writers of the sample's train split (synthetic if absent)."""
+    if (SAMPLE / "fed_emnist_train.h5").is_file():
+        train, _ = load_dataset("emnist", data_dir=SAMPLE, progress=False)
+        return train.subset(sorted(train.client_ids)[:num_clients]), f"femnist_sample ({SAMPLE})"
+    train, _ = load_dataset("synthetic", num_clients=num_clients, seed=SEED, progress=False)
+    return train, "synthetic writers (femnist_sample not found)"
 
 
 def load_average() -> str:
@@ -125,7 +88,8 @@ def main() -> None:
     args = parser.parse_args()
 
     data, source = load_clients(args.clients)
-    print(f"machine: {machine()}")
+    print("machine:")
+    print_machine()
     print(f"data: {source}: {len(data)} clients, {data.num_examples} examples")
     print(
         f"work: conv-dropout CNN, {args.clients_per_round} clients/round, batch "

@@ -182,6 +182,18 @@ ABLATION = {
 }
 
 
+def _sgd_stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One SGD training step of ``model`` on a fixed batch (for per-step timings)."""
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
 def ablation(steps: int, batch: int, repeat: int) -> None:
     """ms per training step (1 thread) of the reference model with each change added."""
     torch.set_num_threads(1)
@@ -189,14 +201,7 @@ def ablation(steps: int, batch: int, repeat: int) -> None:
     steppers = {}
     for name, flags in ABLATION.items():
         torch.manual_seed(0)
-        model = AblationConvDropout(*flags).train()
-        opt = torch.optim.SGD(model.parameters(), lr=LR)
-
-        def step(model=model, opt=opt) -> None:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
+        step = _sgd_stepper(AblationConvDropout(*flags).train(), x, y)
         for _ in range(10):
             step()
         steppers[name] = step
@@ -351,13 +356,7 @@ def profile_step(steps: int, batch: int) -> None:
     for name, model_fn in MODEL_FNS.items():
         torch.manual_seed(0)
         model = model_fn().train()
-        opt = torch.optim.SGD(model.parameters(), lr=LR)
-
-        def step(model=model, opt=opt) -> None:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
+        step = _sgd_stepper(model, x, y)
         for _ in range(20):
             step()
         t = time.perf_counter()
