@@ -140,19 +140,15 @@ def run(
         )
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
         fail(str(e))
-    _print_summary(result.run_dir)
+    from fedp13n.reporting.summary import print_run_summary
+
+    print_run_summary(result.run_dir)
     if report:
         from fedp13n.reporting import write_report
 
         path = write_report(result.run_dir)
         typer.echo(f"report: {path}")
     typer.echo(f"results: {result.run_dir}")
-
-
-def _print_summary(run_dir: Path) -> None:
-    from fedp13n.reporting.summary import print_run_summary
-
-    print_run_summary(run_dir)
 
 
 def register(app: typer.Typer) -> None:

@@ -250,14 +250,14 @@ def run_experiment(
         metrics_csv = _MetricsCsv(run_dir / rd.FEDAVG_METRICS, keep_until_round=state.round_num)
 
         global_eval_ids = train_ids[: config.num_global_eval_clients]
-        global_eval_data = _concat(test.subset(global_eval_ids))
+        held_out = test.subset(global_eval_ids)
+        global_eval_data = ClientDataset(held_out.x, held_out.y)
 
         def global_eval(weights) -> dict[str, float]:
             model = model_fn()
             model.load_state_dict(weights)
             return dict(evaluate_fn(model, global_eval_data))
 
-        selection_data = train
         with _progress(progress, total=config.rounds, done=state.round_num) as bar:
             while state.round_num < config.rounds:
                 round_num = state.round_num + 1
@@ -267,7 +267,7 @@ def run_experiment(
                     seed=config.seed,
                     round_num=round_num,
                 )
-                state, m = process.next(state, ClientSelection(selection_data, ids))
+                state, m = process.next(state, ClientSelection(train, ids))
                 row = m.as_dict()
                 last = round_num == config.rounds
                 if last or (config.eval_every and round_num % config.eval_every == 0):
@@ -333,10 +333,6 @@ def run_experiment(
         f"({len(result_json['client_ids']) / max(p13n_seconds, 1e-9):.2f} clients/s)"
     )
     return ExperimentResult(run_dir, config, metrics_csv.rows, result, summary.to_dict())
-
-
-def _concat(cd: ClientData) -> ClientDataset:
-    return ClientDataset(cd.x, cd.y)
 
 
 def _round_info(row: Mapping[str, Any]) -> str:
