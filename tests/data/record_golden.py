@@ -1,0 +1,99 @@
+"""Record the numbers of a small fixed-seed ``fedp13n run --dataset synthetic``.
+
+``tests/test_golden_run.py`` compares every later version against the values this
+script wrote *before* the design refactor (issue 9), so a refactor that changes a single
+bit of the training, the personalization or the files fails the test. Rerun it only for a
+deliberate change of the numbers, and say so in the commit:
+
+    .venv/bin/python tests/data/record_golden.py > tests/data/golden_synthetic.json
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+#: The run: small enough for a unit test (a few seconds in-process), every stage exercised.
+ARGS = [
+    "run",
+    "--dataset", "synthetic",
+    "--synthetic-clients", "16",
+    "--num-train-clients", "10",
+    "--num-p13n-clients", "6",
+    "--rounds", "3",
+    "--clients-per-round", "3",
+    "--local-epochs", "1",
+    "--eval-every", "2",
+    "--num-eval-clients", "4",
+    "--p13n-epochs", "2",
+    "--executor", "in-process",
+    "--no-report",
+    "--no-progress",
+]  # fmt: skip
+
+#: Columns of fedavg_metrics.csv that do not depend on the machine's speed.
+FEDAVG_KEYS = (
+    "round",
+    "loss",
+    "accuracy",
+    "num_examples",
+    "num_clients",
+    "num_skipped_clients",
+    "eval_loss",
+    "eval_accuracy",
+)
+
+
+def weights_digest(path: Path) -> str:
+    import torch
+
+    weights = torch.load(path, weights_only=True)
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_values(run_dir: Path) -> dict:
+    with (run_dir / "fedavg_metrics.csv").open(newline="") as f:
+        fedavg = [{k: r[k] for k in FEDAVG_KEYS} for r in csv.DictReader(f)]
+    per_client = (run_dir / "per_client.csv").read_text()
+    return {
+        "fedavg_metrics": fedavg,
+        "per_client_sha256": hashlib.sha256(per_client.encode()).hexdigest(),
+        "per_client_head": per_client.splitlines()[:3],
+        "global_weights_sha256": weights_digest(run_dir / "global_weights.pt"),
+    }
+
+
+#: Settings that only a config file reached before the refactor.
+CONFIG_TOML = "num_global_eval_clients = 5\n"
+
+
+def run_golden(extra_args: list[str], run_dir: Path) -> dict:
+    from typer.testing import CliRunner
+
+    from fedp13n.cli.main import app
+
+    run_dir.mkdir(parents=True)
+    config = run_dir.parent / "golden.toml"
+    config.write_text(CONFIG_TOML)
+    args = [*ARGS, "--config", str(config), *extra_args, "--output-dir", str(run_dir)]
+    res = CliRunner().invoke(app, args)
+    if res.exit_code != 0:
+        raise RuntimeError(f"golden run failed ({res.exit_code}): {res.output}")
+    return run_values(run_dir)
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as d:
+        values = run_golden(sys.argv[1:], Path(d) / "run")
+    json.dump({"args": ARGS, **values}, sys.stdout, indent=1)
+    print()
