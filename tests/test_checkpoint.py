@@ -12,12 +12,11 @@ from fedp13n.algorithms import (
     build_weighted_fed_avg,
     latest_checkpoint,
     load_checkpoint,
-    prune_checkpoints,
     sample_clients,
     save_checkpoint,
-    save_run_checkpoint,
 )
 from fedp13n.data import ClientData
+from fedp13n.rundir.layout import checkpoint_path
 
 SEED = 9
 
@@ -68,7 +67,7 @@ def test_resume_from_checkpoint_gives_bit_identical_weights(tmp_path):
 
     p1 = new_process()
     half = run_rounds(p1, p1.initialize(), cd, 2)
-    path = save_run_checkpoint(tmp_path, half)
+    path = save_checkpoint(checkpoint_path(tmp_path, half.round_num), half)
     assert path == tmp_path / "checkpoints" / "round_000002.pt"
     del p1, half
     p2 = new_process()  # as a fresh process would after a crash
@@ -133,19 +132,14 @@ def test_bad_files_get_clear_errors(tmp_path):
         load_checkpoint(truncated)
 
 
-def test_latest_and_prune(tmp_path):
+def test_latest_checkpoint_is_the_highest_round(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     p = new_process()
     state = p.initialize()
-    for r in (5, 10, 15):
+    for r in (5, 15, 10):
         state.round_num = r
-        save_run_checkpoint(tmp_path, state)
+        save_checkpoint(checkpoint_path(tmp_path, r), state)
+    (tmp_path / "checkpoints" / "notes.txt").write_text("not a checkpoint")
     assert latest_checkpoint(tmp_path).name == "round_000015.pt"
-    deleted = prune_checkpoints(tmp_path, keep=2)
-    assert [d.name for d in deleted] == ["round_000005.pt"]
-    assert sorted(f.name for f in (tmp_path / "checkpoints").iterdir()) == [
-        "round_000010.pt",
-        "round_000015.pt",
-    ]
-    with pytest.raises(ValueError, match="keep"):
-        prune_checkpoints(tmp_path, keep=0)
+    assert load_checkpoint(latest_checkpoint(tmp_path)).round_num == 15
+    assert not [f for f in (tmp_path / "checkpoints").iterdir() if ".tmp" in f.name]

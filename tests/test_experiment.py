@@ -17,9 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from fedp13n.cli.main import app
-from fedp13n.experiments import run_dir as rd
 from fedp13n.experiments.config import ExperimentConfig
 from fedp13n.experiments.p13n_experiment import run_experiment
+from fedp13n.rundir import layout as rd
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/femnist_sample"
 

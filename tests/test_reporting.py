@@ -17,10 +17,10 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from fedp13n.experiments import run_dir as rd
 from fedp13n.reporting import summary as sm
 from fedp13n.reporting.compare import write_comparison
 from fedp13n.reporting.report import PNG_FILES, SECTIONS, write_report
+from fedp13n.rundir import layout as rd
 
 
 def make_run_dir(

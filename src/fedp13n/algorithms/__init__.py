@@ -3,9 +3,7 @@
 from fedp13n.algorithms.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
-    prune_checkpoints,
     save_checkpoint,
-    save_run_checkpoint,
 )
 from fedp13n.algorithms.client_update import ClientOutput, ClientTask, ClientWork, accuracy
 from fedp13n.algorithms.fed_avg import (
@@ -33,8 +31,6 @@ __all__ = [
     "build_weighted_fed_avg",
     "latest_checkpoint",
     "load_checkpoint",
-    "prune_checkpoints",
     "sample_clients",
     "save_checkpoint",
-    "save_run_checkpoint",
 ]

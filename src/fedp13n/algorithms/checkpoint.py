@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from fedp13n.algorithms.fed_avg import ServerState
-from fedp13n.experiments import run_dir
+from fedp13n.rundir import layout as run_dir
+from fedp13n.utils.fs import atomic_writer
 
 FORMAT = "fedp13n.fedavg.ServerState"
 VERSION = 1
@@ -39,16 +40,8 @@ def save_checkpoint(path: str | os.PathLike, state: ServerState) -> Path:
         "model": dict(state.model),
         "optimizer_state": state.optimizer_state,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_writer(path, "wb") as f:
+        torch.save(payload, f)
     return path
 
 
@@ -88,23 +81,7 @@ def checkpoint_rounds(directory: str | os.PathLike) -> list[int]:
     return sorted(int(m.group(1)) for m in rounds if m)
 
 
-def save_run_checkpoint(directory: str | os.PathLike, state: ServerState) -> Path:
-    """Save ``state`` as ``checkpoints/round_NNNNNN.pt`` in a run directory."""
-    return save_checkpoint(run_dir.checkpoint_path(Path(directory), state.round_num), state)
-
-
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """The checkpoint of the highest round in a run directory, or ``None`` if there is none."""
     rounds = checkpoint_rounds(directory)
     return run_dir.checkpoint_path(Path(directory), rounds[-1]) if rounds else None
-
-
-def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` most recent checkpoints of a run; returns the deleted."""
-    if keep < 1:
-        raise ValueError(f"keep must be at least 1 (the checkpoint to resume from), got {keep}.")
-    doomed = [run_dir.checkpoint_path(Path(directory), r) for r in checkpoint_rounds(directory)]
-    doomed = doomed[:-keep]
-    for p in doomed:
-        p.unlink()
-    return doomed

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from fedp13n.data import ClientData, ClientDataset
-from fedp13n.experiments import run_dir as rd
 from fedp13n.experiments.config import ExperimentConfig, StrategyConfig, resolve_split
+from fedp13n.rundir import layout as rd
 from fedp13n.utils.seeding import derive_rng
 
 Log = Callable[[str], None]

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from fedp13n import __version__
-from fedp13n.experiments import run_dir as rd
 from fedp13n.reporting import html, plots
 from fedp13n.reporting.summary import (
     ReportError,
@@ -27,6 +26,7 @@ from fedp13n.reporting.summary import (
     read_per_client,
     summarize,
 )
+from fedp13n.rundir import layout as rd
 
 COMPARISON = "comparison.html"
 SECTIONS = ("runs", "details", "by-epoch", "best", "fedavg", "configs")

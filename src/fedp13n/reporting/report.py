@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedp13n import __version__
-from fedp13n.experiments import run_dir as rd
 from fedp13n.reporting import html, plots
 from fedp13n.reporting.summary import (
     BOOTSTRAP_RESAMPLES,
@@ -26,6 +25,7 @@ from fedp13n.reporting.summary import (
     table_rows,
     write_summary_json,
 )
+from fedp13n.rundir import layout as rd
 
 #: Section ids of the report, in page order (tests and links rely on them).
 SECTIONS = (

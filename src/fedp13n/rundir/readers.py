@@ -1,0 +1,166 @@
+"""Readers of a run directory's files (the layout is :mod:`fedp13n.rundir.layout`).
+
+Below both the experiment that writes a run and the reports that read it: numpy and the
+standard library only, so reading a run never imports torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedp13n.rundir import layout as rd
+
+
+class ReportError(ValueError):
+    """A run directory or one of its files cannot be read; the message names the fix."""
+
+
+def epoch_number(epoch: str) -> int:
+    """``"epoch_3" -> 3``: the number of fine-tuning epochs an evaluation key stands for."""
+    m = re.search(r"(\d+)$", epoch)
+    if not m:
+        raise ReportError(f"epoch key {epoch!r} does not end in a number (expected 'epoch_1').")
+    return int(m.group(1))
+
+
+@dataclass(frozen=True)
+class PerClientTable:
+    """The rows of ``per_client.csv`` as column arrays (one row per client x strategy x epoch)."""
+
+    client_id: np.ndarray  # str
+    num_train_examples: np.ndarray  # int64
+    num_test_examples: np.ndarray  # int64
+    strategy: np.ndarray  # str
+    epoch: np.ndarray  # str
+    loss: np.ndarray  # float64
+    accuracy: np.ndarray  # float64
+    baseline_loss: np.ndarray  # float64
+    baseline_accuracy: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.client_id)
+
+    def strategies(self) -> list[str]:
+        """Strategy names in order of first appearance (the order of ``personalize_fn_dict``)."""
+        return list(dict.fromkeys(self.strategy.tolist()))
+
+    def epochs(self, strategy: str) -> list[str]:
+        """The epoch keys of ``strategy`` sorted by number (``epoch_2`` before ``epoch_10``)."""
+        keys = set(self.epoch[self.strategy == strategy].tolist())
+        return sorted(keys, key=epoch_number)
+
+    def select(self, strategy: str, epoch: str) -> PerClientTable:
+        mask = (self.strategy == strategy) & (self.epoch == epoch)
+        return PerClientTable(**{k: v[mask] for k, v in asdict_shallow(self).items()})
+
+    def baseline(self) -> PerClientTable:
+        """One row per client (its first row): the global model's numbers are per client."""
+        _, first = np.unique(self.client_id, return_index=True)
+        idx = np.sort(first)
+        return PerClientTable(**{k: v[idx] for k, v in asdict_shallow(self).items()})
+
+
+def asdict_shallow(t: PerClientTable) -> dict[str, np.ndarray]:
+    return {k: getattr(t, k) for k in t.__dataclass_fields__}
+
+
+def _float(text: str) -> float:
+    return float(text) if text.strip() not in ("", "None") else math.nan
+
+
+def read_per_client(path: str | Path) -> PerClientTable:
+    """Read ``per_client.csv`` (columns ``run_dir.PER_CLIENT_COLUMNS``)."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in rd.PER_CLIENT_COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise ReportError(
+                    f"{path}: missing column(s) {missing}; expected {list(rd.PER_CLIENT_COLUMNS)}."
+                )
+            rows = list(reader)
+    except FileNotFoundError:
+        raise ReportError(
+            f"{path} does not exist: is {path.parent} the output of a finished 'fedp13n run'?"
+        ) from None
+    if not rows:
+        raise ReportError(f"{path} has no rows: the run evaluated no personalization client.")
+    cols: dict[str, list] = {c: [] for c in rd.PER_CLIENT_COLUMNS}
+    for line, row in enumerate(rows, start=2):
+        try:
+            for c in ("client_id", "strategy", "epoch"):
+                cols[c].append(row[c])
+            for c in ("num_train_examples", "num_test_examples"):
+                cols[c].append(int(float(row[c])))
+            for c in ("loss", "accuracy", "baseline_loss", "baseline_accuracy"):
+                cols[c].append(_float(row[c]))
+        except (TypeError, ValueError):
+            raise ReportError(f"{path}, line {line}: a value is not a number: {row}") from None
+    for e in set(cols["epoch"]):
+        epoch_number(e)
+    str_cols = ("client_id", "strategy", "epoch")
+    int_cols = ("num_train_examples", "num_test_examples")
+    return PerClientTable(
+        **{
+            c: np.array(v, dtype=object if c in str_cols else np.int64 if c in int_cols else float)
+            for c, v in cols.items()
+        }
+    )
+
+
+def read_fedavg_metrics(path: str | Path) -> dict[str, np.ndarray]:
+    """``fedavg_metrics.csv`` as float column arrays; empty cells (not measured) are NaN."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            for c in ("round", "loss", "accuracy"):
+                if c not in fields:
+                    raise ReportError(f"{path}: missing column {c!r}.")
+            rows = list(reader)
+    except FileNotFoundError:
+        raise ReportError(f"{path} does not exist: is {path.parent} a run directory?") from None
+    out = {}
+    for c in fields:
+        try:
+            out[c] = np.array([_float(r[c]) for r in rows], dtype=float)
+        except ValueError:
+            raise ReportError(f"{path}: column {c!r} holds a value that is not a number.") from None
+    return out
+
+
+def read_config(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
+    """The run's ``config.toml``: its text (shown verbatim) and parsed form ({} if absent)."""
+    path = Path(run_dir) / rd.CONFIG
+    if not path.exists():
+        return "", {}
+    text = path.read_text()
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ReportError(f"{path} is not valid TOML: {e}") from None
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, or a ReportError saying what is wrong with it."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ReportError(f"run directory {run_dir} does not exist.")
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir} is not a directory; pass the folder 'fedp13n run' wrote.")
+    if not (run_dir / rd.PER_CLIENT).exists():
+        raise ReportError(
+            f"{run_dir} is not a finished run directory: {rd.PER_CLIENT} is missing "
+            "(run 'fedp13n run', or '--resume' an interrupted run)."
+        )
+    return run_dir
