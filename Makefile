@@ -22,6 +22,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/run_all.py

@@ -42,7 +42,32 @@ _EXPORTS = {
     "evaluate_fn": "fedp13n.personalization.p13n_utils",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "ClientData",
+    "ClientDataset",
+    "ClientSelection",
+    "Executor",
+    "InProcessExecutor",
+    "PersonalizationResult",
+    "RoundMetrics",
+    "ServerState",
+    "WeightedFedAvg",
+    "__version__",
+    "build_evaluate_fn",
+    "build_personalization_eval",
+    "build_personalize_fn",
+    "build_weighted_fed_avg",
+    "emnist_conv_dropout",
+    "evaluate_fn",
+    "fedavg_cnn",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_dataset",
+    "make_synthetic_emnist",
+    "sample_clients",
+    "save_checkpoint",
+    "split_clients",
+]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
