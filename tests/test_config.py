@@ -15,8 +15,11 @@ def test_defaults_are_tffs_example():
     )
     assert (c.client_learning_rate, c.server_learning_rate, c.server_momentum) == (0.02, 1.0, 0.9)
     assert [
-        (s.name, s.optimizer, s.learning_rate, s.epochs, s.batch_size) for s in c.strategies
+        (s.name, s.optimizer, s.learning_rate, c.strategy_epochs(s), c.strategy_batch_size(s))
+        for s in c.strategies
     ] == [("sgd", "sgd", 0.02, 3, 20), ("adam", "adam", 0.002, 3, 20)]
+    [stage] = c.resolved_stages()
+    assert (stage.server_optimizer, stage.client_optimizer, stage.local_steps) == ("sgd", "sgd", None)
     assert c.num_eval_clients == 50 and c.split_seed == 42
 
 
@@ -47,7 +50,12 @@ def test_toml_errors_name_the_key(tmp_path):
         (dict(rounds=-1), "rounds must be a non-negative integer"),
         (dict(clients_per_round=0), "clients_per_round must be a positive integer"),
         (dict(dataset="mnist"), "dataset 'mnist' is not one of"),
-        (dict(server_momentum=1.0), r"server_momentum must be in \[0, 1\)"),
+        (dict(server_momentum=1.0), r"server_momentum must be a number in \[0, 1\)"),
+        (dict(client_learning_rate=float("inf")), "client_learning_rate must be a finite"),
+        (dict(seed="1"), "seed must be an integer, got str '1'"),
+        (dict(only_digits="no"), "only_digits must be true or false"),
+        (dict(stages=[{"roundz": 3}]), r"stages\[0\]: unknown key\(s\) \['roundz'\]"),
+        (dict(stages=[{"server_optimizer": "rmsprop"}]), "stage 'stage1' server_optimizer"),
         (dict(strategies=[StrategyConfig("baseline_metrics")]), "reserved"),
         (dict(strategies=[StrategyConfig("a"), StrategyConfig("a")]), "unique"),
         (dict(strategies=[StrategyConfig("a", "rmsprop")]), "optimizer 'rmsprop'"),

@@ -60,7 +60,8 @@ def test_dropout_is_active_only_in_training_mode():
 
 def test_model_registry():
     assert get_model_fn("fedavg_cnn") is fedavg_cnn
-    with pytest.raises(ValueError, match="emnist_conv_dropout"):
+    assert get_model_fn("conv_dropout") is emnist_conv_dropout
+    with pytest.raises(ValueError, match="'conv_dropout', 'fedavg_cnn'"):
         get_model_fn("resnet")
     with pytest.raises(ValueError, match="num_classes"):
         emnist_conv_dropout(1)

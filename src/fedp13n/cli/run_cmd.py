@@ -1,154 +1,191 @@
 """``fedp13n run``: the personalization experiment from one command.
 
-Precedence of settings: built-in defaults (TFF's example) < ``--config FILE`` (TOML) <
-command-line options. The resolved configuration is saved in the run directory.
+The options are generated from the fields of
+:class:`~fedp13n.experiments.config.ExperimentConfig` (name, type, help, choices,
+default): a setting is defined once, there. Precedence: built-in defaults (TFF's
+example) < ``--config FILE`` (TOML) < command-line options. The resolved configuration
+is saved in the run directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from fedp13n.cli.errors import fail
-from fedp13n.data.validate import DataError
-from fedp13n.experiments.config import ConfigError, ExperimentConfig, StrategyConfig
+from fedp13n.experiments.config import (
+    PANELS,
+    ConfigError,
+    ExperimentConfig,
+    StageConfig,
+    StrategyConfig,
+    base_type,
+    field_flag,
+)
 
-_P = "Personalization"
-_F = "FedAvg"
-_D = "Data"
-_X = "Execution"
+_RUN = "Run"
 
 
-def run(
-    config_file: Path | None = typer.Option(
-        None, "--config", help="TOML file with experiment settings (options override it)."
+def _flag(default: bool, decl: str, help_text: str) -> Any:
+    shown = decl.split("/")[0 if default else -1].lstrip("-") if "/" in decl else None
+    return typer.Option(
+        default,
+        decl,
+        help=help_text + (f"  \\[default: {shown}]" if shown else ""),
+        show_default=False,
+        metavar="",
+        rich_help_panel=_RUN,
+    )
+
+
+#: Options of the command itself (not settings of the experiment).
+_RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "config_file": (
+        Path | None,
+        typer.Option(
+            None,
+            "--config",
+            help="TOML file with experiment settings (options override it).",
+            rich_help_panel=_RUN,
+        ),
     ),
-    dataset: str | None = typer.Option(
-        None, help="emnist | emnist-sqlite | leaf | synthetic [default: emnist]", rich_help_panel=_D
+    "output_dir": (
+        Path | None,
+        typer.Option(
+            None,
+            "--output-dir",
+            help="Run directory.  \\[default: a new folder under runs/]",
+            show_default=False,
+            rich_help_panel=_RUN,
+        ),
     ),
-    data_dir: Path | None = typer.Option(
-        None, help="Folder with TFF h5 files (or LEAF train/ test/).", rich_help_panel=_D
-    ),
-    cache_dir: Path | None = typer.Option(None, help="Dataset cache folder.", rich_help_panel=_D),
-    only_digits: bool | None = typer.Option(
-        None, "--only-digits/--all-classes", help="EMNIST-10 instead of 62.", rich_help_panel=_D
-    ),
-    synthetic_clients: int | None = typer.Option(
-        None, help="Writers of the synthetic dataset [default: 160].", rich_help_panel=_D
-    ),
-    num_train_clients: int | None = typer.Option(
-        None,
-        help="FedAvg clients [default: 2500 of 3400, same share of fewer].",
-        rich_help_panel=_D,
-    ),
-    num_p13n_clients: int | None = typer.Option(
-        None, help="Personalization clients [default: the rest].", rich_help_panel=_D
-    ),
-    split_seed: int | None = typer.Option(None, help="Client split seed [42].", rich_help_panel=_D),
-    model: str | None = typer.Option(
-        None, help="conv_dropout | fedavg_cnn [conv_dropout].", rich_help_panel=_F
-    ),
-    rounds: int | None = typer.Option(None, help="FedAvg rounds [5].", rich_help_panel=_F),
-    clients_per_round: int | None = typer.Option(None, help="[10]", rich_help_panel=_F),
-    client_lr: float | None = typer.Option(None, help="Client SGD lr [0.02].", rich_help_panel=_F),
-    server_lr: float | None = typer.Option(None, help="Server SGD lr [1.0].", rich_help_panel=_F),
-    server_momentum: float | None = typer.Option(None, help="[0.9]", rich_help_panel=_F),
-    local_epochs: int | None = typer.Option(None, help="[10]", rich_help_panel=_F),
-    batch_size: int | None = typer.Option(None, help="[20]", rich_help_panel=_F),
-    eval_every: int | None = typer.Option(
-        None, help="Global test accuracy every N rounds [0 = at the end].", rich_help_panel=_F
-    ),
-    checkpoint_every: int | None = typer.Option(None, help="[10]", rich_help_panel=_F),
-    strategy: list[str] | None = typer.Option(
-        None,
-        help="[NAME=]OPTIMIZER:LR, repeatable [sgd:0.02 adam:0.002].",
-        rich_help_panel=_P,
-    ),
-    p13n_epochs: int | None = typer.Option(
-        None, help="Fine-tuning epochs [3].", rich_help_panel=_P
-    ),
-    p13n_batch_size: int | None = typer.Option(None, help="[20]", rich_help_panel=_P),
-    num_eval_clients: int | None = typer.Option(
-        None, help="Personalization clients evaluated [50].", rich_help_panel=_P
-    ),
-    max_num_samples: int | None = typer.Option(None, help="[100]", rich_help_panel=_P),
-    seed: int | None = typer.Option(None, help="Experiment seed [0].", rich_help_panel=_X),
-    executor: str | None = typer.Option(
-        None, help="auto | in-process | processes | ray [auto].", rich_help_panel=_X
-    ),
-    workers: int | None = typer.Option(None, help="Worker processes.", rich_help_panel=_X),
-    ray_address: str | None = typer.Option(
-        None, help="Ray cluster address ('auto', 'ray://host:10001').", rich_help_panel=_X
-    ),
-    output_dir: Path | None = typer.Option(None, help="Run directory [a new folder under runs/]."),
-    resume: bool = typer.Option(False, help="Continue the run in --output-dir."),
-    report: bool = typer.Option(True, help="Write the HTML report at the end."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
-) -> None:
+    "resume": (bool, _flag(False, "--resume", "Continue the run in --output-dir.")),
+    "report": (bool, _flag(True, "--report/--no-report", "Write the HTML report at the end.")),
+    "progress": (bool, _flag(True, "--progress/--no-progress", "Show progress bars.")),
+    "print_config": (
+        bool,
+        _flag(False, "--print-config", "Print the resolved configuration as TOML and exit."),
+    ),  # fmt: skip
+}
+
+
+def config_options() -> list[tuple[dataclasses.Field, str, Any, Any]]:
+    """(field, parameter name, annotation, typer.Option) for every CLI-reachable setting."""
+    out = []
+    for f in dataclasses.fields(ExperimentConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        meta = f.metadata
+        tp = base_type(f)
+        help_text = meta["help"]
+        if meta.get("choices"):
+            help_text += f" One of: {', '.join(meta['choices'])}."
+        if meta.get("default_text"):
+            help_text += f"  \\[default: {meta['default_text']}]"
+        elif f.default is not dataclasses.MISSING and f.default is not None:
+            shown = str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
+            help_text += f"  \\[default: {shown}]"
+        flag = field_flag(f)
+        if tp is bool:
+            decls = [f"{flag}/{meta['negative_flag']}"] if meta.get("negative_flag") else [flag]
+            annotation: Any = bool | None
+        elif tp is list or getattr(tp, "__origin__", None) is list:
+            decls, annotation = [flag], list[str] | None
+        else:
+            decls, annotation = [flag], tp | None
+        option = typer.Option(
+            None,
+            *decls,
+            help=help_text,
+            show_default=False,
+            rich_help_panel=meta["panel"],
+            metavar="" if tp is bool else _metavar(tp, f.name),
+        )
+        out.append((f, f.name, annotation, option))
+    return sorted(out, key=lambda o: PANELS.index(o[0].metadata["panel"]))
+
+
+def _metavar(tp: Any, name: str) -> str:
+    if name == "strategies":
+        return "[NAME=]OPT:LR"
+    if name == "stages":
+        return "[NAME:]KEY=VALUE,..."
+    return {int: "INT", float: "FLOAT"}.get(tp, "TEXT")
+
+
+def resolve_config(config_file: Path | None, options: dict[str, Any]) -> ExperimentConfig:
+    """Defaults < TOML file < options given on the command line (those not None)."""
+    config = ExperimentConfig.from_toml(config_file) if config_file else ExperimentConfig()
+    changes = {k: v for k, v in options.items() if v is not None}
+    if "strategies" in changes:
+        changes["strategies"] = [StrategyConfig.parse(s) for s in changes["strategies"]]
+    if "stages" in changes:
+        changes["stages"] = [StageConfig.parse(s, config) for s in changes["stages"]]
+    for key in ("data_dir", "cache_dir", "tensorboard"):
+        if key in changes:
+            changes[key] = str(changes[key])
+    config = config.replace(**changes)
+    config.validate()
+    return config
+
+
+def run(**kwargs: Any) -> None:
     """Train a global model with FedAvg, then evaluate personalization strategies."""
+    from fedp13n.data.validate import DataError
     from fedp13n.experiments.p13n_experiment import default_run_dir, run_experiment
 
+    run_args = {k: kwargs.pop(k) for k in _RUN_OPTIONS}
     try:
-        config = ExperimentConfig.from_toml(config_file) if config_file else ExperimentConfig()
-        overrides = {
-            "dataset": dataset,
-            "data_dir": str(data_dir) if data_dir else None,
-            "cache_dir": str(cache_dir) if cache_dir else None,
-            "only_digits": only_digits,
-            "synthetic_clients": synthetic_clients,
-            "num_train_clients": num_train_clients,
-            "num_p13n_clients": num_p13n_clients,
-            "split_seed": split_seed,
-            "model": model,
-            "rounds": rounds,
-            "clients_per_round": clients_per_round,
-            "client_learning_rate": client_lr,
-            "server_learning_rate": server_lr,
-            "server_momentum": server_momentum,
-            "local_epochs": local_epochs,
-            "batch_size": batch_size,
-            "eval_every": eval_every,
-            "checkpoint_every": checkpoint_every,
-            "num_eval_clients": num_eval_clients,
-            "max_num_samples": max_num_samples,
-            "seed": seed,
-            "executor": executor,
-            "workers": workers,
-            "ray_address": ray_address,
-        }
-        config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
-        strategies = [StrategyConfig.parse(s) for s in strategy] if strategy else config.strategies
-        for s in strategies:
-            if p13n_epochs is not None:
-                s.epochs = p13n_epochs
-            if p13n_batch_size is not None:
-                s.batch_size = p13n_batch_size
-        config = config.replace(strategies=strategies)
-        config.validate()
+        config = resolve_config(run_args["config_file"], kwargs)
     except ConfigError as e:
         fail(str(e))
-
-    if resume and output_dir is None:
+    if run_args["print_config"]:
+        typer.echo(config.to_toml(), nl=False)
+        return
+    output_dir = run_args["output_dir"]
+    if run_args["resume"] and output_dir is None:
         fail("--resume needs --output-dir: the run directory to continue.")
     run_dir = output_dir or default_run_dir("runs", config.dataset)
     typer.echo(f"run directory: {run_dir}")
     try:
         result = run_experiment(
-            config, run_dir, resume=resume, progress=progress and sys.stderr.isatty()
+            config,
+            run_dir,
+            resume=run_args["resume"],
+            progress=run_args["progress"] and sys.stderr.isatty(),
         )
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError, ImportError) as e:
         fail(str(e))
     from fedp13n.reporting.summary import print_run_summary
 
-    print_run_summary(result.run_dir)
-    if report:
+    print_run_summary(result.run_dir, summary=result.summary)
+    if run_args["report"]:
         from fedp13n.reporting import write_report
 
-        path = write_report(result.run_dir)
+        path = write_report(result.run_dir, summary=result.summary)
         typer.echo(f"report: {path}")
     typer.echo(f"results: {result.run_dir}")
+
+
+def _signature() -> inspect.Signature:
+    params = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
+        for name, (ann, opt) in _RUN_OPTIONS.items()
+    ]
+    params += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
+        for _, name, ann, opt in config_options()
+    ]
+    return inspect.Signature(params)
+
+
+run.__signature__ = _signature()  # type: ignore[attr-defined]
+run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}
 
 
 def register(app: typer.Typer) -> None:

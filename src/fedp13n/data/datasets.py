@@ -33,11 +33,11 @@ from fedp13n.data.download import (
 )
 from fedp13n.data.h5 import H5_PREFIX, h5_file_names, load_h5_dir
 from fedp13n.data.leaf import load_leaf_dir
+from fedp13n.data.names import DATASET_NAMES
 from fedp13n.data.sqlite import load_sqlite
 from fedp13n.data.validate import DataError, DataNotFoundError, check_counts
 from fedp13n.utils.seeding import derive_rng
 
-DATASET_NAMES = ("emnist", "emnist-sqlite", "leaf", "synthetic")
 TFF_BUCKET = "https://storage.googleapis.com/tff-datasets-public/"
 
 

@@ -31,6 +31,37 @@ TFF_NUM_PERSONALIZATION = 900
 TFF_SPLIT_SEED = 42
 
 
+def split_sizes(
+    num_clients: int, num_train: int | None = None, num_personalization: int | None = None
+) -> tuple[int, int]:
+    """Split sizes for ``num_clients`` clients; unset sizes follow TFF.
+
+    Both unset: TFF's 2,500 / 900 when there are at least 3,400 clients, else the same
+    proportions (the 286-writer sample splits 210 / 76). One unset: the rest of the
+    clients. Sizes that do not fit are a ``ValueError`` naming both numbers and sizes that
+    fit.
+    """
+    total = TFF_NUM_TRAIN + TFF_NUM_PERSONALIZATION
+    if num_train is None and num_personalization is None:
+        if num_clients >= total:
+            return TFF_NUM_TRAIN, TFF_NUM_PERSONALIZATION
+        num_train = max(1, round(num_clients * TFF_NUM_TRAIN / total))
+        num_personalization = num_clients - num_train
+    elif num_train is None:
+        num_train = num_clients - num_personalization
+    elif num_personalization is None:
+        num_personalization = num_clients - num_train
+    if num_train < 1 or num_personalization < 1 or num_train + num_personalization > num_clients:
+        suggested = max(1, round(num_clients * TFF_NUM_TRAIN / total))
+        raise ValueError(
+            f"the dataset has {num_clients} clients, which cannot be split into {num_train} "
+            f"training and {num_personalization} personalization clients; choose sizes that "
+            f"add up to at most {num_clients} (e.g. num_train={suggested} and "
+            f"num_personalization={num_clients - suggested}, TFF's 2500:900 proportions)."
+        )
+    return num_train, num_personalization
+
+
 def split_clients(
     client_ids: Iterable[str],
     num_train: int = TFF_NUM_TRAIN,

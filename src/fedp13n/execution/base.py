@@ -19,6 +19,9 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+#: The executors :func:`fedp13n.execution.factory.make_executor` builds, by name.
+EXECUTOR_KINDS = ("auto", "in-process", "processes", "ray")
+
 T = TypeVar("T")
 R = TypeVar("R")
 

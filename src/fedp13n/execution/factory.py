@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from fedp13n.execution.base import Executor
+from fedp13n.execution.base import EXECUTOR_KINDS, Executor
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.execution.process_pool import LocalProcessExecutor, usable_cores
-
-EXECUTOR_KINDS = ("auto", "in-process", "processes", "ray")
 
 
 def make_executor(

@@ -1,4 +1,8 @@
-"""The configuration of a personalization experiment, with TFF's example as the defaults.
+"""The configuration of a personalization experiment: every setting defined once, here.
+
+Each field below carries its default, type, help text and choices; the command-line
+options of ``fedp13n run``, the TOML keys, ``--help`` and ``fedp13n run --print-config``
+are all generated from these fields, so adding a setting means adding one field.
 
 Defaults reproduce TFF's ``emnist_p13n_main.py`` (Jiang et al. 2019 setup): EMNIST-62,
 clients shuffled with seed 42 and split 2,500 / 900, weighted FedAvg (client SGD 0.02,
@@ -6,63 +10,226 @@ server SGD 1.0 momentum 0.9, 10 local epochs, batch 20, 10 clients per round, 5 
 then ``sgd`` (lr 0.02) and ``adam`` (lr 0.002) fine-tuning, batch 20, 3 epochs, evaluated
 every epoch, on 50 sampled personalization clients.
 
-A config can come from a TOML file (same keys as the fields below, strategies as an
-array of tables) and be overridden from the command line; the resolved config is saved
-with the results so every run can be repeated.
+Training is a list of **stages** run one after another, each a FedAvg-style process with
+its own local work and server optimizer (e.g. FedAvg with server momentum, then a
+Reptile stage of K local steps with server Adam: Personalized FedAvg). Without
+``[[stages]]`` the top-level training settings form the single stage; with them, every
+key a stage leaves out takes the top-level value.
+
+Precedence: these defaults < ``--config FILE`` (TOML) < command-line options. The
+resolved configuration is saved with the results, so every run can be repeated.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import tomli_w
 
-DATASETS = ("emnist", "emnist-sqlite", "leaf", "synthetic")
-MODELS = ("conv_dropout", "fedavg_cnn")
-OPTIMIZERS = ("sgd", "adam")
-EXECUTORS = ("auto", "in-process", "processes", "ray")
-
-#: TFF's split of the full data: 2,500 training and 900 personalization clients of 3,400.
-FULL_TRAIN_CLIENTS = 2500
-FULL_P13N_CLIENTS = 900
+from fedp13n.algorithms.optimizers import OPTIMIZERS
+from fedp13n.data.names import DATASET_NAMES
+from fedp13n.data.pipeline import PIPELINES
+from fedp13n.data.split import split_sizes
+from fedp13n.execution.base import EXECUTOR_KINDS
+from fedp13n.models.registry import MODEL_NAMES
+from fedp13n.personalization.result import RESERVED_KEYS
+from fedp13n.utils.checks import (
+    check_fraction,
+    check_non_negative_int,
+    check_positive_int,
+    check_positive_number,
+)
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key and the fix."""
 
 
+# -- how a field describes itself ---------------------------------------------------------------
+PANELS = ("Data", "Training", "Personalization", "Execution")
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    panel: str,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+    negative_flag: str | None = None,
+    default_text: str | None = None,
+    default_factory: Any = dataclasses.MISSING,
+    cli: bool = True,
+) -> Any:
+    """A config field with its help, CLI panel and choices (what the CLI is generated from).
+
+    ``flag`` overrides the option name (default ``--`` + the key with dashes);
+    ``default_text`` is what ``--help`` shows as the default when it is not a plain value.
+    """
+    assert panel in PANELS, panel
+    meta = {
+        "help": help,
+        "panel": panel,
+        "choices": choices,
+        "flag": flag,
+        "negative_flag": negative_flag,
+        "default_text": default_text,
+        "cli": cli,
+    }
+    return field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def field_flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def base_type(f: dataclasses.Field) -> Any:
+    """``int`` for ``int | None`` and so on (fields hold one plain type, optionally None)."""
+    tp = f.type
+    if isinstance(tp, str):  # postponed annotations: evaluate in this module
+        tp = eval(tp, globals())  # noqa: S307 (our own annotations, never user input)
+    if get_origin(tp) is not None and type(None) in get_args(tp):
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    return tp
+
+
+# -- training: one stage's settings -------------------------------------------------------------
+@dataclass
+class TrainingSettings:
+    """What one training stage does each round. The top level of a config holds these as
+    the defaults of every stage."""
+
+    rounds: int = setting(5, help="FedAvg rounds (of each stage).", panel="Training")
+    clients_per_round: int = setting(10, help="Clients sampled per round.", panel="Training")
+    local_epochs: int = setting(10, help="Local epochs per client and round.", panel="Training")
+    local_steps: int | None = setting(
+        None,
+        help="At most this many local steps (batches) per round (Reptile's K); "
+        "unset = all the steps of local_epochs.",
+        panel="Training",
+        default_text="all",
+    )
+    batch_size: int = setting(20, help="Local batch size.", panel="Training")
+    client_pipeline: str = setting(
+        "epochs",
+        help="How local batches are cut: 'epochs' (per-epoch shuffled passes).",
+        panel="Training",
+        choices=PIPELINES,
+    )
+    client_optimizer: str = setting(
+        "sgd", help="Client optimizer.", panel="Training", choices=OPTIMIZERS
+    )
+    client_learning_rate: float = setting(
+        0.02, help="Client learning rate.", panel="Training", flag="--client-lr"
+    )
+    client_momentum: float = setting(0.0, help="Client SGD momentum.", panel="Training")
+    server_optimizer: str = setting(
+        "sgd", help="Server optimizer (applied to the averaged delta).", panel="Training",
+        choices=OPTIMIZERS,
+    )  # fmt: skip
+    server_learning_rate: float = setting(
+        1.0, help="Server learning rate.", panel="Training", flag="--server-lr"
+    )
+    server_momentum: float = setting(0.9, help="Server SGD momentum.", panel="Training")
+    server_beta1: float = setting(0.9, help="Server Adam beta1.", panel="Training")
+    server_beta2: float = setting(0.999, help="Server Adam beta2.", panel="Training")
+    server_epsilon: float = setting(1e-8, help="Server Adam epsilon.", panel="Training")
+
+    def validate_training(self, where: str) -> None:
+        check_non_negative_int(f"{where}rounds", self.rounds, ConfigError)
+        for key in ("clients_per_round", "local_epochs", "batch_size"):
+            check_positive_int(f"{where}{key}", getattr(self, key), ConfigError)
+        if self.local_steps is not None:
+            check_positive_int(f"{where}local_steps", self.local_steps, ConfigError)
+        for key, choices in (
+            ("client_pipeline", PIPELINES),
+            ("client_optimizer", OPTIMIZERS),
+            ("server_optimizer", OPTIMIZERS),
+        ):
+            _check_choice(f"{where}{key}", getattr(self, key), choices)
+        for key in ("client_learning_rate", "server_learning_rate", "server_epsilon"):
+            check_positive_number(f"{where}{key}", getattr(self, key), ConfigError)
+        for key in ("client_momentum", "server_momentum", "server_beta1", "server_beta2"):
+            check_fraction(f"{where}{key}", getattr(self, key), error=ConfigError)
+
+
+TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingSettings))
+
+
+@dataclass
+class StageConfig(TrainingSettings):
+    """One training stage: a name and the training settings it runs with."""
+
+    name: str = "fedavg"
+
+    @classmethod
+    def parse(cls, spec: str, defaults: TrainingSettings) -> dict[str, Any]:
+        """The CLI form ``[NAME:]KEY=VALUE,KEY=VALUE`` (e.g. ``reptile:rounds=20,local_steps=10,
+        server_optimizer=adam,server_learning_rate=0.01``) as a stage table."""
+        name, sep, rest = spec.partition(":")
+        if not sep or "=" in name:
+            name, rest = "", spec
+        table: dict[str, Any] = {"name": name} if name else {}
+        types = {f.name: base_type(f) for f in dataclasses.fields(cls)}
+        for item in filter(None, (s.strip() for s in rest.split(","))):
+            key, eq, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not eq or key not in types:
+                raise ConfigError(
+                    f"--stage {spec!r}: {item!r} is not KEY=VALUE with KEY one of {sorted(types)}."
+                )
+            table[key] = _parse_value(f"--stage {key}", text.strip(), types[key])
+        return table
+
+
+def _default_strategies() -> list[StrategyConfig]:
+    return [StrategyConfig("sgd", "sgd", 0.02), StrategyConfig("adam", "adam", 0.002)]
+
+
 @dataclass
 class StrategyConfig:
-    """One fine-tuning strategy: ``name`` is the key in ``personalize_fn_dict``."""
+    """One fine-tuning strategy: ``name`` is its key in ``personalize_fn_dict``.
+
+    ``epochs`` / ``batch_size`` left unset take the experiment's ``p13n_epochs`` /
+    ``p13n_batch_size``.
+    """
 
     name: str
     optimizer: str = "sgd"
     learning_rate: float = 0.02
-    batch_size: int = 20
-    epochs: int = 3
+    batch_size: int | None = None
+    epochs: int | None = None
     epochs_per_eval: int = 1
 
     def validate(self) -> None:
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+        if (
+            not isinstance(self.name, str)
+            or not self.name
+            or not self.name.replace("_", "").replace("-", "").isalnum()
+        ):
             raise ConfigError(
                 f"strategy name {self.name!r} must be letters, digits, '_' or '-' (e.g. 'sgd')."
             )
-        if self.name in ("baseline_metrics", "client_ids", "seed"):
+        if self.name in RESERVED_KEYS:
             raise ConfigError(
                 f"strategy name {self.name!r} is reserved (the personalization result uses it); "
                 "choose another name."
             )
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"strategy {self.name!r}: optimizer {self.optimizer!r} is not one of {OPTIMIZERS}."
-            )
-        _positive(f"strategy {self.name!r} learning_rate", self.learning_rate)
-        for key in ("batch_size", "epochs", "epochs_per_eval"):
-            _positive_int(f"strategy {self.name!r} {key}", getattr(self, key))
+        _check_choice(f"strategy {self.name!r} optimizer", self.optimizer, OPTIMIZERS)
+        check_positive_number(
+            f"strategy {self.name!r} learning_rate", self.learning_rate, ConfigError
+        )
+        for key in ("batch_size", "epochs"):
+            if getattr(self, key) is not None:
+                check_positive_int(f"strategy {self.name!r} {key}", getattr(self, key), ConfigError)
+        check_positive_int(
+            f"strategy {self.name!r} epochs_per_eval", self.epochs_per_eval, ConfigError
+        )
 
     @classmethod
     def parse(cls, spec: str) -> StrategyConfig:
@@ -82,78 +249,144 @@ class StrategyConfig:
         return cls(name=name or opt, optimizer=opt, learning_rate=rate)
 
 
-def _default_strategies() -> list[StrategyConfig]:
-    return [
-        StrategyConfig("sgd", "sgd", 0.02),
-        StrategyConfig("adam", "adam", 0.002),
-    ]
-
-
+# -- the experiment -------------------------------------------------------------------------------
 @dataclass
-class ExperimentConfig:
-    # -- data ---------------------------------------------------------------------------
-    dataset: str = "emnist"
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    only_digits: bool = False
-    #: Number of writers of the synthetic dataset (ignored for real data).
-    synthetic_clients: int = 160
-    #: Client split; None = TFF's 2,500 / 900 on the full data, the same proportions on less.
-    num_train_clients: int | None = None
-    num_p13n_clients: int | None = None
-    split_seed: int = 42
-    # -- model and FedAvg -------------------------------------------------------------------
-    model: str = "conv_dropout"
-    rounds: int = 5
-    clients_per_round: int = 10
-    client_learning_rate: float = 0.02
-    server_learning_rate: float = 1.0
-    server_momentum: float = 0.9
-    local_epochs: int = 10
-    batch_size: int = 20
-    #: Measure the global model on held-out data every N rounds (0 = only at the end).
-    eval_every: int = 0
-    #: Training clients whose test data measure the global model.
-    num_global_eval_clients: int = 100
-    checkpoint_every: int = 10
+class ExperimentConfig(TrainingSettings):
+    # -- data ---------------------------------------------------------------------------------
+    dataset: str = setting("emnist", help="Data source.", panel="Data", choices=DATASET_NAMES)
+    data_dir: str | None = setting(
+        None,
+        help="Folder with TFF's h5 files (or LEAF's train/ and test/).",
+        panel="Data",
+        default_text="download",
+    )
+    cache_dir: str | None = setting(
+        None, help="Dataset cache folder.", panel="Data", default_text="$FEDP13N_CACHE"
+    )
+    only_digits: bool = setting(
+        False, help="EMNIST-10 instead of 62.", panel="Data", negative_flag="--all-classes"
+    )
+    synthetic_clients: int = setting(
+        160, help="Writers of the synthetic dataset (dataset 'synthetic' only).", panel="Data"
+    )
+    num_train_clients: int | None = setting(
+        None,
+        help="FedAvg clients.",
+        panel="Data",
+        default_text="2500 of 3400, the same share of fewer",
+    )
+    num_p13n_clients: int | None = setting(
+        None, help="Personalization clients.", panel="Data", default_text="the rest"
+    )
+    split_seed: int = setting(42, help="Seed of the client split (TFF's 42).", panel="Data")
+    # -- model and training (the TrainingSettings fields above, then) ----------------------------
+    model: str = setting(
+        "conv_dropout", help="Model architecture.", panel="Training", choices=MODEL_NAMES
+    )
+    stages: list[dict] = setting(
+        help="Training stages, each [NAME:]KEY=VALUE,... of the training settings (repeatable; "
+        "unset keys take the top-level values).",
+        panel="Training",
+        default_factory=list,
+        flag="--stage",
+        default_text="one stage of the settings above",
+    )
+    eval_every: int = setting(
+        0,
+        help="Measure the global model on held-out data every N rounds (0 = only at the end).",
+        panel="Training",
+    )
+    num_global_eval_clients: int = setting(
+        100, help="Training clients whose test data measure the global model.", panel="Training"
+    )
+    checkpoint_every: int = setting(10, help="Checkpoint every N rounds.", panel="Training")
     # -- personalization ----------------------------------------------------------------------
-    strategies: list[StrategyConfig] = field(default_factory=_default_strategies)
-    num_eval_clients: int = 50
-    max_num_samples: int = 100
+    strategies: list[StrategyConfig] = setting(
+        help="Fine-tuning strategies, [NAME=]OPTIMIZER:LR (repeatable).",
+        panel="Personalization",
+        default_factory=_default_strategies,
+        flag="--strategy",
+        default_text="sgd:0.02 adam:0.002",
+    )
+    p13n_epochs: int = setting(
+        3, help="Fine-tuning epochs of strategies that set none.", panel="Personalization"
+    )
+    p13n_batch_size: int = setting(
+        20, help="Fine-tuning batch size of strategies that set none.", panel="Personalization"
+    )
+    num_eval_clients: int = setting(
+        50, help="Personalization clients evaluated (sampled once).", panel="Personalization"
+    )
     # -- execution ------------------------------------------------------------------------------
-    seed: int = 0
-    executor: str = "auto"
-    workers: int | None = None
-    ray_address: str | None = None
+    seed: int = setting(0, help="Experiment seed.", panel="Execution")
+    executor: str = setting(
+        "auto", help="Where client work runs.", panel="Execution", choices=EXECUTOR_KINDS
+    )
+    workers: int | None = setting(
+        None, help="Worker processes.", panel="Execution", default_text="one per core"
+    )
+    ray_address: str | None = setting(
+        None,
+        help="Ray cluster address ('auto', 'ray://host:10001').",
+        panel="Execution",
+        default_text="a local Ray",
+    )
+    tensorboard: str | None = setting(
+        None,
+        help="Also log rounds and results to TensorBoard event files in this folder.",
+        panel="Execution",
+        default_text="off",
+    )
+
+    # -- stages ---------------------------------------------------------------------------------
+    def resolved_stages(self) -> list[StageConfig]:
+        """The training stages, each with every setting filled in from the top level."""
+        top = {k: getattr(self, k) for k in TRAINING_KEYS}
+        if not self.stages:
+            return [StageConfig(**top)]
+        out = []
+        for i, table in enumerate(self.stages):
+            unknown = sorted(set(table) - {*TRAINING_KEYS, "name"})
+            if unknown:
+                raise ConfigError(
+                    f"stages[{i}]: unknown key(s) {unknown}; a stage takes 'name' and "
+                    f"{list(TRAINING_KEYS)}."
+                )
+            out.append(StageConfig(**{**top, "name": f"stage{i + 1}", **table}))
+        return out
+
+    @property
+    def total_rounds(self) -> int:
+        return sum(s.rounds for s in self.resolved_stages())
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"dataset {self.dataset!r} is not one of {DATASETS}.")
+        for f in dataclasses.fields(self):
+            _check_type(f, getattr(self, f.name))
+        _check_choice("dataset", self.dataset, DATASET_NAMES)
         if self.dataset == "leaf" and not self.data_dir:
             raise ConfigError("dataset 'leaf' needs data_dir (a folder with train/ and test/).")
-        if self.model not in MODELS:
-            raise ConfigError(f"model {self.model!r} is not one of {MODELS}.")
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"executor {self.executor!r} is not one of {EXECUTORS}.")
-        for key in ("rounds", "eval_every", "checkpoint_every"):
-            _non_negative_int(key, getattr(self, key))
+        _check_choice("model", self.model, MODEL_NAMES)
+        _check_choice("executor", self.executor, EXECUTOR_KINDS)
+        self.validate_training("")
+        stages = self.resolved_stages()
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stage names must be unique, got {names}.")
+        for s in stages:
+            s.validate_training(f"stage {s.name!r} " if self.stages else "")
+        for key in ("eval_every", "checkpoint_every"):
+            check_non_negative_int(key, getattr(self, key), ConfigError)
         for key in (
-            "clients_per_round",
-            "local_epochs",
-            "batch_size",
             "num_eval_clients",
-            "max_num_samples",
             "synthetic_clients",
             "num_global_eval_clients",
+            "p13n_epochs",
+            "p13n_batch_size",
         ):
-            _positive_int(key, getattr(self, key))
+            check_positive_int(key, getattr(self, key), ConfigError)
         for key in ("num_train_clients", "num_p13n_clients", "workers"):
             if getattr(self, key) is not None:
-                _positive_int(key, getattr(self, key))
-        _positive("client_learning_rate", self.client_learning_rate)
-        _positive("server_learning_rate", self.server_learning_rate)
-        if not 0.0 <= self.server_momentum < 1.0:
-            raise ConfigError(f"server_momentum must be in [0, 1), got {self.server_momentum}.")
+                check_positive_int(key, getattr(self, key), ConfigError)
         if not self.strategies:
             raise ConfigError("at least one personalization strategy is needed.")
         names = [s.name for s in self.strategies]
@@ -162,11 +395,18 @@ class ExperimentConfig:
         for s in self.strategies:
             s.validate()
 
-    # -- (de)serialization ----------------------------------------------------------------------
+    def strategy_epochs(self, s: StrategyConfig) -> int:
+        return s.epochs if s.epochs is not None else self.p13n_epochs
+
+    def strategy_batch_size(self, s: StrategyConfig) -> int:
+        return s.batch_size if s.batch_size is not None else self.p13n_batch_size
+
+    # -- (de)serialization ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["strategies"] = [{k: v for k, v in s.items() if v is not None} for s in d["strategies"]]
         # TOML has no null: leave unset optional values out (they mean "default").
-        return {k: v for k, v in d.items() if v is not None}
+        return {k: v for k, v in d.items() if v is not None and v != []}
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -176,24 +416,28 @@ class ExperimentConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
+            hint = (
+                " ('max_num_samples' is now 'num_eval_clients': the clients are sampled once)"
+                if "max_num_samples" in unknown
+                else ""
+            )
             raise ConfigError(
-                f"{source}: unknown key(s) {unknown}; valid keys are {sorted(known)}."
+                f"{source}: unknown key(s) {unknown}{hint}; valid keys are {sorted(known)}."
             )
         data = dict(data)
         if "strategies" in data:
-            strategies = []
-            for i, s in enumerate(data["strategies"]):
-                if not isinstance(s, dict) or "name" not in s:
-                    raise ConfigError(
-                        f"{source}: strategies[{i}] must be a table with at least 'name' "
-                        "(e.g. [[strategies]] name = 'sgd' optimizer = 'sgd' learning_rate = 0.02)."
-                    )
-                try:
-                    strategies.append(StrategyConfig(**s))
-                except TypeError as e:
-                    raise ConfigError(f"{source}: strategies[{i}]: {e}") from None
-            data["strategies"] = strategies
-        return cls(**data)
+            data["strategies"] = _strategies_from_toml(data["strategies"], source)
+        if "stages" in data:
+            stages = data["stages"]
+            if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+                raise ConfigError(
+                    f"{source}: stages must be an array of tables ([[stages]] name = 'fedavg' "
+                    "rounds = 50 ...)."
+                )
+        config = cls(**data)
+        for f in dataclasses.fields(config):
+            _check_type(f, getattr(config, f.name), source)
+        return config
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
@@ -202,6 +446,10 @@ class ExperimentConfig:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist.") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory, not a TOML file.") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not text (not UTF-8).") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         return cls.from_dict(data, source=str(path))
@@ -210,44 +458,87 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _strategies_from_toml(items: Any, source: str) -> list[StrategyConfig]:
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: strategies must be an array of tables ([[strategies]]).")
+    out = []
+    for i, s in enumerate(items):
+        if not isinstance(s, dict) or "name" not in s:
+            raise ConfigError(
+                f"{source}: strategies[{i}] must be a table with at least 'name' "
+                "(e.g. [[strategies]] name = 'sgd' optimizer = 'sgd' learning_rate = 0.02)."
+            )
+        known = {f.name for f in dataclasses.fields(StrategyConfig)}
+        unknown = sorted(set(s) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: strategies[{i}]: unknown key(s) {unknown}; valid keys are "
+                f"{sorted(known)}."
+            )
+        strategy = StrategyConfig(**s)
+        for f in dataclasses.fields(strategy):
+            _check_type(f, getattr(strategy, f.name), f"{source}: strategies[{i}]")
+        out.append(strategy)
+    return out
+
+
 def resolve_split(config: ExperimentConfig, num_clients: int) -> tuple[int, int]:
-    """Split sizes for a dataset of ``num_clients`` clients.
-
-    Explicit sizes are used as given (too large is an error naming both numbers). Unset
-    sizes keep TFF's 2,500 / 900 when the data has all 3,400 clients, else the same
-    proportions (so the 286-writer sample splits 210 / 76).
-    """
-    n_train, n_p13n = config.num_train_clients, config.num_p13n_clients
-    total = FULL_TRAIN_CLIENTS + FULL_P13N_CLIENTS
-    if n_train is None and n_p13n is None:
-        if num_clients >= total:
-            n_train, n_p13n = FULL_TRAIN_CLIENTS, FULL_P13N_CLIENTS
-        else:
-            n_train = max(1, round(num_clients * FULL_TRAIN_CLIENTS / total))
-            n_p13n = num_clients - n_train
-    elif n_train is None:
-        n_train = num_clients - n_p13n
-    elif n_p13n is None:
-        n_p13n = num_clients - n_train
-    if n_train < 1 or n_p13n < 1 or n_train + n_p13n > num_clients:
+    """FedAvg / personalization split sizes for a dataset of ``num_clients`` clients
+    (:func:`fedp13n.data.split.split_sizes`), with config errors naming the keys."""
+    try:
+        return split_sizes(num_clients, config.num_train_clients, config.num_p13n_clients)
+    except ValueError as e:
         raise ConfigError(
-            f"the dataset has {num_clients} clients, which cannot be split into "
-            f"{n_train} training and {n_p13n} personalization clients; choose sizes that add up "
-            f"to at most {num_clients} (e.g. --num-train-clients {round(num_clients * 0.735)})."
+            str(e)
+            .replace("num_train=", "--num-train-clients ")
+            .replace("num_personalization=", "--num-p13n-clients ")
+        ) from None
+
+
+# -- value checks ---------------------------------------------------------------------------
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} {value!r} is not one of {choices}.")
+
+
+def _check_type(f: dataclasses.Field, value: Any, source: str = "config") -> None:
+    """Refuse a value of the wrong type (a string seed, a boolean given as "no")."""
+    if value is None:
+        if f.default is None:
+            return
+        raise ConfigError(f"{source}: {f.name} cannot be empty.")
+    tp = base_type(f)
+    if tp is list or get_origin(tp) is list:
+        ok = isinstance(value, list)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{source}: {f.name} must be a finite number, got {value!r}.")
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is bool:
+        ok = isinstance(value, bool)
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        raise ConfigError(
+            f"{source}: {f.name} must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+            + (" (write true or false, unquoted)." if tp is bool else ".")
         )
-    return n_train, n_p13n
 
 
-def _positive_int(key: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}.")
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, "a list"
+    )
 
 
-def _non_negative_int(key: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{key} must be a non-negative integer, got {value!r}.")
-
-
-def _positive(key: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ConfigError(f"{key} must be a positive number, got {value!r}.")
+def _parse_value(key: str, text: str, tp: type) -> Any:
+    try:
+        if tp is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        return tp(text)
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not {_type_name(tp)}.") from None

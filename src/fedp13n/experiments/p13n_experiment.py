@@ -1,18 +1,25 @@
-"""The personalization experiment end to end: data -> FedAvg -> personalization -> files.
+"""The personalization experiment end to end: data -> training stages -> personalization -> files.
 
 This is TFF's ``emnist_p13n_main.py`` (Jiang et al. 2019, "Improving Federated Learning
-Personalization via Model Agnostic Meta Learning") as a resumable run: every FedAvg round
-is appended to ``fedavg_metrics.csv`` as soon as it ends, the server state is
-checkpointed every ``checkpoint_every`` rounds, and ``resume=True`` continues from the
-last checkpoint with exactly the numbers an uninterrupted run would give (every random
-choice derives from the seed, the round and the client id, never from the history of the
-process).
+Personalization via Model Agnostic Meta Learning") as a resumable run of named steps:
+
+1. :func:`prepare_data`: load the dataset and split the clients (TFF's split);
+2. :func:`train_global_model`: the training stages, each a FedAvg-style process run by
+   the shared round loop (:func:`fedp13n.algorithms.loop.run_rounds`) with callbacks
+   that append every round to ``fedavg_metrics.csv``, checkpoint the server state and
+   measure the global model;
+3. :func:`evaluate_personalization`: TFF's ``build_personalization_eval`` on sampled
+   personalization clients;
+4. :func:`write_results`: ``personalization.json``, ``per_client.csv``, ``summary.json``.
+
+``resume=True`` continues from the last checkpoint with exactly the numbers an
+uninterrupted run would give (every random choice derives from the seed, the round and
+the client id, never from the history of the process), across stage boundaries too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import json
 import time
@@ -23,11 +30,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from fedp13n.data import ClientData, ClientDataset
-from fedp13n.experiments.config import ExperimentConfig, StrategyConfig, resolve_split
+from fedp13n.experiments.callbacks import (
+    Checkpointer,
+    GlobalEvaluation,
+    LogLines,
+    MetricsCsv,
+    ProgressBar,
+    TensorBoardLogger,
+)
+from fedp13n.experiments.config import ExperimentConfig, StageConfig, resolve_split
 from fedp13n.rundir import layout as rd
+from fedp13n.utils.fs import atomic_write, atomic_writer
 from fedp13n.utils.seeding import derive_rng
 
 Log = Callable[[str], None]
@@ -41,7 +54,18 @@ class ExperimentResult:
     config: ExperimentConfig
     round_metrics: list[dict[str, Any]]
     personalization: OrderedDict
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: Any = None  # fedp13n.reporting.Summary, computed once
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentData:
+    """The loaded federated data and the client split."""
+
+    train: Any  # ClientData
+    test: Any  # ClientData
+    train_ids: list[str]
+    p13n_ids: list[str]
 
 
 def default_run_dir(root: str | Path = "runs", dataset: str = "run") -> Path:
@@ -56,26 +80,16 @@ def default_run_dir(root: str | Path = "runs", dataset: str = "run") -> Path:
 
 
 # -- building blocks ---------------------------------------------------------------------------
-def model_fn_for(config: ExperimentConfig) -> Callable[[], torch.nn.Module]:
+def model_fn_for(config: ExperimentConfig) -> Callable[[], Any]:
     """A picklable no-argument model builder (workers rebuild the model from it)."""
-    from fedp13n.models import emnist_conv_dropout, fedavg_cnn
+    from fedp13n.models.registry import model_fn_for as registry_model_fn
 
-    num_classes = 10 if config.only_digits else 62
-    builder = {"conv_dropout": emnist_conv_dropout, "fedavg_cnn": fedavg_cnn}[config.model]
-    return functools.partial(builder, num_classes=num_classes)
+    return registry_model_fn(config.model, 10 if config.only_digits else 62)
 
 
-def optimizer_fn(name: str, learning_rate: float, momentum: float = 0.0):
-    """A picklable ``params -> torch.optim.Optimizer``."""
-    if name == "sgd":
-        return functools.partial(torch.optim.SGD, lr=learning_rate, momentum=momentum)
-    if name == "adam":
-        return functools.partial(torch.optim.Adam, lr=learning_rate)
-    raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'.")
-
-
-def personalize_fn_dict_for(strategies: list[StrategyConfig]) -> OrderedDict:
+def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
     """TFF's ``personalize_fn_dict``: strategy name -> no-argument strategy builder."""
+    from fedp13n.algorithms.optimizers import make_optimizer_fn
     from fedp13n.personalization import build_personalize_fn
 
     return OrderedDict(
@@ -83,20 +97,57 @@ def personalize_fn_dict_for(strategies: list[StrategyConfig]) -> OrderedDict:
             s.name,
             functools.partial(
                 build_personalize_fn,
-                optimizer_fn=optimizer_fn(s.optimizer, s.learning_rate),
-                batch_size=s.batch_size,
-                num_epochs=s.epochs,
+                optimizer_fn=make_optimizer_fn(s.optimizer, s.learning_rate),
+                batch_size=config.strategy_batch_size(s),
+                num_epochs=config.strategy_epochs(s),
                 num_epochs_per_eval=s.epochs_per_eval,
             ),
         )
-        for s in strategies
+        for s in config.strategies
     )
 
 
-def load_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[ClientData, ClientData]:
-    from fedp13n.data.datasets import load_dataset
+def build_stage_process(config: ExperimentConfig, stage: StageConfig, executor: Any) -> Any:
+    """The training process of one stage (weighted FedAvg with the stage's optimizers)."""
+    from fedp13n.algorithms import build_weighted_fed_avg
+    from fedp13n.algorithms.optimizers import make_optimizer_fn
 
-    return load_dataset(
+    client = make_optimizer_fn(
+        stage.client_optimizer, stage.client_learning_rate, momentum=stage.client_momentum
+    )
+    server = make_optimizer_fn(
+        stage.server_optimizer,
+        stage.server_learning_rate,
+        momentum=stage.server_momentum,
+        beta1=stage.server_beta1,
+        beta2=stage.server_beta2,
+        epsilon=stage.server_epsilon,
+    )
+    extra: dict[str, Any] = {}
+    if stage.client_pipeline != "epochs":
+        extra["client_pipeline"] = stage.client_pipeline
+    if stage.local_steps is not None:
+        extra["max_steps"] = stage.local_steps
+    return build_weighted_fed_avg(
+        model_fn_for(config),
+        client_optimizer_fn=client,
+        server_optimizer_fn=server,
+        client_epochs=stage.local_epochs,
+        batch_size=stage.batch_size,
+        seed=config.seed,
+        executor=executor,
+        **extra,
+    )
+
+
+# -- the steps ------------------------------------------------------------------------------------
+def prepare_data(config: ExperimentConfig, log: Log, *, progress: bool = True) -> ExperimentData:
+    """Load the dataset and split its clients into FedAvg and personalization clients."""
+    from fedp13n.data.datasets import load_dataset
+    from fedp13n.data.split import split_clients
+
+    t0 = time.perf_counter()
+    train, test = load_dataset(
         config.dataset,
         data_dir=config.data_dir,
         cache_dir=config.cache_dir,
@@ -105,29 +156,172 @@ def load_data(config: ExperimentConfig, *, progress: bool = True) -> tuple[Clien
         seed=config.seed,
         progress=progress,
     )
+    n_train, n_p13n = resolve_split(config, len(train))
+    train_ids, p13n_ids = split_clients(
+        list(train.client_ids), n_train, n_p13n, seed=config.split_seed
+    )
+    log(
+        f"data: {config.dataset}, {len(train)} clients, {train.num_examples} train / "
+        f"{test.num_examples} test examples; split {len(train_ids)} FedAvg / "
+        f"{len(p13n_ids)} personalization clients ({time.perf_counter() - t0:.1f} s)"
+    )
+    return ExperimentData(train, test, train_ids, p13n_ids)
 
 
-# -- files ---------------------------------------------------------------------------------------
-class _MetricsCsv:
-    """Append-only per-round CSV, flushed every row (nothing lost on a crash)."""
+def stage_bounds(stages: list[StageConfig]) -> list[tuple[StageConfig, int, int]]:
+    """Each stage with its first round - 1 and its last round, counted over all stages."""
+    out, start = [], 0
+    for s in stages:
+        out.append((s, start, start + s.rounds))
+        start += s.rounds
+    return out
 
-    def __init__(self, path: Path, keep_until_round: int) -> None:
-        self.path = path
-        rows = []
-        if path.exists():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["round"]) <= keep_until_round]
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=rd.FEDAVG_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-        self.rows = rows
 
-    def append(self, row: Mapping[str, Any]) -> None:
-        clean = {k: ("" if row.get(k) is None else row.get(k)) for k in rd.FEDAVG_COLUMNS}
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=rd.FEDAVG_COLUMNS).writerow(clean)
-        self.rows.append(clean)
+def train_global_model(
+    config: ExperimentConfig,
+    data: ExperimentData,
+    run_dir: Path,
+    executor: Any,
+    *,
+    resume: bool,
+    progress: bool,
+    log: Log,
+    tensorboard: TensorBoardLogger | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run every training stage (resuming from the last checkpoint); the final global
+    weights and all rounds' rows."""
+    from fedp13n.algorithms import (
+        ClientSelection,
+        latest_checkpoint,
+        load_checkpoint,
+        sample_clients,
+    )
+    from fedp13n.algorithms.loop import fresh_server_state, run_rounds
+
+    bounds = stage_bounds(config.resolved_stages())
+    total = bounds[-1][2]
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    state = load_checkpoint(ckpt) if ckpt is not None else None
+    if state is not None:
+        log(f"resumed from {ckpt} (round {state.round_num})")
+    done = state.round_num if state is not None else 0
+    metrics_csv = MetricsCsv(run_dir / rd.FEDAVG_METRICS, keep_until_round=done)
+    global_eval = GlobalEvaluation(
+        functools.partial(_evaluate_global, config, data), config.eval_every, total
+    )
+    callbacks = [
+        global_eval,
+        metrics_csv,
+        Checkpointer(run_dir, config.checkpoint_every, {end for _, _, end in bounds}),
+    ]
+    if tensorboard is not None:
+        callbacks.append(tensorboard)
+    bar = ProgressBar(total) if progress else None
+    callbacks.append(bar if bar is not None else LogLines(log, total))
+
+    def select(stage: StageConfig, round_num: int) -> Any:
+        ids = sample_clients(
+            data.train_ids,
+            min(stage.clients_per_round, len(data.train_ids)),
+            seed=config.seed,
+            round_num=round_num,
+        )
+        return ClientSelection(data.train, ids)
+
+    process = None
+    try:
+        for stage, start, end in bounds:
+            if done >= end:
+                continue
+            process = build_stage_process(config, stage, executor)
+            if state is None:
+                state = process.initialize()
+            elif state.round_num == start:  # entering the stage: a fresh server optimizer
+                state = fresh_server_state(process, state.model, start)
+            if len(bounds) > 1:
+                log(f"stage {stage.name!r}: rounds {start + 1}-{end}")
+            if bar is not None:
+                bar.start(state.round_num, stage.name)
+            state = run_rounds(
+                process, state, end, functools.partial(select, stage), callbacks
+            ).state
+            done = state.round_num
+    finally:
+        if bar is not None:
+            bar.close()
+    if process is None:  # no round to run: zero rounds, or all done before a resume
+        process = build_stage_process(config, bounds[-1][0], executor)
+        state = state if state is not None else process.initialize()
+    weights = process.get_model_weights(state)
+    final = metrics_csv.rows[-1] if metrics_csv.rows else {}
+    if final.get("eval_accuracy") not in (None, ""):
+        log(
+            f"global model after {total} rounds: accuracy {float(final['eval_accuracy']):.4f} "
+            f"on the test data of {min(config.num_global_eval_clients, len(data.train_ids))} "
+            "training clients"
+        )
+    return weights, metrics_csv.rows
+
+
+def _evaluate_global(
+    config: ExperimentConfig, data: ExperimentData, weights: Mapping[str, Any]
+) -> dict[str, float]:
+    """The global model on the test data of the first ``num_global_eval_clients``
+    training clients, as one dataset."""
+    from fedp13n.data import ClientDataset
+    from fedp13n.personalization import evaluate_fn
+
+    held_out = data.test.subset(data.train_ids[: config.num_global_eval_clients])
+    model = model_fn_for(config)()
+    model.load_state_dict(weights)
+    return dict(evaluate_fn(model, ClientDataset(held_out.x, held_out.y)))
+
+
+def evaluate_personalization(
+    config: ExperimentConfig,
+    data: ExperimentData,
+    weights: Mapping[str, Any],
+    executor: Any,
+    *,
+    progress: bool,
+    log: Log,
+) -> Any:
+    """TFF's personalization evaluation of ``weights`` on ``num_eval_clients`` sampled
+    personalization clients (sampled once, here)."""
+    from fedp13n.personalization import build_personalization_eval, evaluate_fn
+
+    rng = derive_rng(config.seed, "p13n-eval-clients")
+    n = min(config.num_eval_clients, len(data.p13n_ids))
+    eval_ids = [data.p13n_ids[i] for i in rng.choice(len(data.p13n_ids), size=n, replace=False)]
+    client_inputs = [
+        OrderedDict(
+            client_id=c,
+            train_data=data.train.create_dataset(c),
+            test_data=data.test.create_dataset(c),
+        )
+        for c in eval_ids
+    ]
+    log(
+        f"personalization: {len(eval_ids)} clients, strategies "
+        + ", ".join(f"{s.name} ({s.optimizer} lr {s.learning_rate})" for s in config.strategies)
+    )
+    t0 = time.perf_counter()
+    p13n_eval = build_personalization_eval(
+        model_fn_for(config),
+        personalize_fn_dict_for(config),
+        evaluate_fn,
+        max_num_samples=max(1, len(client_inputs)),  # already sampled: keep them all
+        seed=config.seed,
+        executor=executor,
+    )
+    with _status(progress, f"personalizing {len(client_inputs)} clients"):
+        result = p13n_eval(weights, client_inputs)
+    seconds = time.perf_counter() - t0
+    log(
+        f"personalization took {seconds:.1f} s "
+        f"({len(client_inputs) / max(seconds, 1e-9):.2f} clients/s)"
+    )
+    return result
 
 
 def per_client_rows(result: Mapping[str, Any], train_sizes: Mapping[str, int]) -> list[dict]:
@@ -158,19 +352,22 @@ def per_client_rows(result: Mapping[str, Any], train_sizes: Mapping[str, int]) -
     return rows
 
 
-def _write_csv(path: Path, columns, rows) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
+def write_results(run_dir: Path, result: Any, data: ExperimentData) -> Any:
+    """``personalization.json``, ``per_client.csv`` and ``summary.json``; the Summary."""
+    import csv
+
+    from fedp13n.reporting import summarize_run, write_summary_json
+
+    result_json = result.to_dict()
+    atomic_write(run_dir / rd.PERSONALIZATION, json.dumps(result_json, indent=1))
+    train_sizes = {c: data.train.size(c) for c in result_json["client_ids"]}
+    with atomic_writer(run_dir / rd.PER_CLIENT, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
         w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+        w.writerows(per_client_rows(result_json, train_sizes))
+    summary = summarize_run(run_dir)
+    write_summary_json(run_dir, summary)
+    return summary
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -183,20 +380,43 @@ def run_experiment(
     log: Log = print,
 ) -> ExperimentResult:
     """Run (or resume) the whole experiment into ``run_dir``; see the module docstring."""
-    from fedp13n.algorithms import (
-        ClientSelection,
-        build_weighted_fed_avg,
-        latest_checkpoint,
-        load_checkpoint,
-        sample_clients,
-        save_checkpoint,
-    )
-    from fedp13n.data.split import split_clients
     from fedp13n.execution.factory import make_executor
-    from fedp13n.personalization import build_personalization_eval, evaluate_fn
 
     config.validate()
     run_dir = Path(run_dir)
+    config = _open_run_dir(config, run_dir, resume=resume, log=log)
+    data = prepare_data(config, log, progress=progress)
+    tensorboard = TensorBoardLogger(config.tensorboard) if config.tensorboard else None
+    executor = make_executor(
+        config.executor, num_workers=config.workers, ray_address=config.ray_address
+    )
+    try:
+        with executor:
+            log(f"executor: {executor!r}")
+            weights, rows = train_global_model(
+                config, data, run_dir, executor,
+                resume=resume, progress=progress, log=log, tensorboard=tensorboard,
+            )  # fmt: skip
+            import torch
+
+            with atomic_writer(run_dir / rd.GLOBAL_WEIGHTS, "wb") as f:
+                torch.save(weights, f)
+            result = evaluate_personalization(
+                config, data, weights, executor, progress=progress, log=log
+            )
+        summary = write_results(run_dir, result, data)
+        if tensorboard is not None:
+            tensorboard.log_headline(summary.headline, config.total_rounds)
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+    return ExperimentResult(run_dir, config, rows, result, summary)
+
+
+def _open_run_dir(
+    config: ExperimentConfig, run_dir: Path, *, resume: bool, log: Log
+) -> ExperimentConfig:
+    """Create (or reopen, with ``resume``) the run directory; the config to run with."""
     results = (rd.FEDAVG_METRICS, rd.CHECKPOINTS, rd.GLOBAL_WEIGHTS, rd.PERSONALIZATION)
     if not resume and any((run_dir / name).exists() for name in results):
         raise FileExistsError(
@@ -209,140 +429,8 @@ def run_experiment(
         if saved != config:
             log(f"resuming with the configuration saved in {run_dir / rd.CONFIG}")
             config = saved
-    _write_text(run_dir / rd.CONFIG, config.to_toml())
-
-    t0 = time.perf_counter()
-    train, test = load_data(config, progress=progress)
-    n_train, n_p13n = resolve_split(config, len(train))
-    train_ids, p13n_ids = split_clients(
-        list(train.client_ids), n_train, n_p13n, seed=config.split_seed
-    )
-    log(
-        f"data: {config.dataset}, {len(train)} clients, {train.num_examples} train / "
-        f"{test.num_examples} test examples; split {len(train_ids)} FedAvg / "
-        f"{len(p13n_ids)} personalization clients ({time.perf_counter() - t0:.1f} s)"
-    )
-
-    model_fn = model_fn_for(config)
-    executor = make_executor(
-        config.executor, num_workers=config.workers, ray_address=config.ray_address
-    )
-    with executor:
-        log(f"executor: {executor!r}")
-        process = build_weighted_fed_avg(
-            model_fn,
-            client_optimizer_fn=optimizer_fn("sgd", config.client_learning_rate),
-            server_optimizer_fn=optimizer_fn(
-                "sgd", config.server_learning_rate, config.server_momentum
-            ),
-            client_epochs=config.local_epochs,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            executor=executor,
-        )
-
-        ckpt = latest_checkpoint(run_dir) if resume else None
-        if ckpt is not None:
-            state = load_checkpoint(ckpt)
-            log(f"resumed from {ckpt} (round {state.round_num})")
-        else:
-            state = process.initialize()
-        metrics_csv = _MetricsCsv(run_dir / rd.FEDAVG_METRICS, keep_until_round=state.round_num)
-
-        global_eval_ids = train_ids[: config.num_global_eval_clients]
-        held_out = test.subset(global_eval_ids)
-        global_eval_data = ClientDataset(held_out.x, held_out.y)
-
-        def global_eval(weights) -> dict[str, float]:
-            model = model_fn()
-            model.load_state_dict(weights)
-            return dict(evaluate_fn(model, global_eval_data))
-
-        with _progress(progress, total=config.rounds, done=state.round_num) as bar:
-            while state.round_num < config.rounds:
-                round_num = state.round_num + 1
-                ids = sample_clients(
-                    train_ids,
-                    min(config.clients_per_round, len(train_ids)),
-                    seed=config.seed,
-                    round_num=round_num,
-                )
-                state, m = process.next(state, ClientSelection(train, ids))
-                row = m.as_dict()
-                last = round_num == config.rounds
-                if last or (config.eval_every and round_num % config.eval_every == 0):
-                    ev = global_eval(process.get_model_weights(state))
-                    row["eval_loss"], row["eval_accuracy"] = ev["loss"], ev["accuracy"]
-                metrics_csv.append(row)
-                if last or (config.checkpoint_every and round_num % config.checkpoint_every == 0):
-                    save_checkpoint(rd.checkpoint_path(run_dir, round_num), state)
-                bar.advance(row)
-                if not progress:  # logs and pipes get one line per round instead of a bar
-                    log(f"round {round_num}/{config.rounds}: {_round_info(row)}")
-
-        weights = process.get_model_weights(state)
-        torch.save(weights, run_dir / rd.GLOBAL_WEIGHTS)
-        final = metrics_csv.rows[-1] if metrics_csv.rows else {}
-        if final.get("eval_accuracy") not in (None, ""):
-            log(
-                f"global model after {config.rounds} rounds: accuracy "
-                f"{float(final['eval_accuracy']):.4f} on the test data of "
-                f"{len(global_eval_ids)} training clients"
-            )
-
-        # -- personalization -------------------------------------------------------------------
-        rng = derive_rng(config.seed, "p13n-eval-clients")
-        chosen = rng.choice(
-            len(p13n_ids), size=min(config.num_eval_clients, len(p13n_ids)), replace=False
-        )
-        eval_ids = [p13n_ids[i] for i in chosen]
-        client_inputs = [
-            OrderedDict(
-                client_id=c, train_data=train.create_dataset(c), test_data=test.create_dataset(c)
-            )
-            for c in eval_ids
-        ]
-        log(
-            f"personalization: {len(eval_ids)} clients, strategies "
-            + ", ".join(f"{s.name} ({s.optimizer} lr {s.learning_rate})" for s in config.strategies)
-        )
-        t1 = time.perf_counter()
-        p13n_eval = build_personalization_eval(
-            model_fn,
-            personalize_fn_dict_for(config.strategies),
-            evaluate_fn,
-            max_num_samples=config.max_num_samples,
-            seed=config.seed,
-            executor=executor,
-        )
-        with _status(progress, f"personalizing {len(client_inputs)} clients"):
-            result = p13n_eval(weights, client_inputs)
-        p13n_seconds = time.perf_counter() - t1
-
-    result_json = result.to_dict()
-    _write_text(run_dir / rd.PERSONALIZATION, json.dumps(result_json, indent=1))
-    train_sizes = {c: train.size(c) for c in result_json["client_ids"]}
-    rows = per_client_rows(result_json, train_sizes)
-    _write_csv(run_dir / rd.PER_CLIENT, rd.PER_CLIENT_COLUMNS, rows)
-    from fedp13n.reporting import summarize_run, write_summary_json
-
-    summary = summarize_run(run_dir)
-    write_summary_json(run_dir, summary)
-    log(
-        f"personalization took {p13n_seconds:.1f} s "
-        f"({len(result_json['client_ids']) / max(p13n_seconds, 1e-9):.2f} clients/s)"
-    )
-    return ExperimentResult(run_dir, config, metrics_csv.rows, result, summary.to_dict())
-
-
-def _round_info(row: Mapping[str, Any]) -> str:
-    info = (
-        f"loss {float(row['loss']):.3f} acc {float(row['accuracy']):.3f} "
-        f"{float(row['examples_per_second']):.0f} ex/s"
-    )
-    if row.get("eval_accuracy") not in (None, ""):
-        info += f", global test acc {float(row['eval_accuracy']):.3f}"
-    return info
+    atomic_write(run_dir / rd.CONFIG, config.to_toml())
+    return config
 
 
 @contextlib.contextmanager
@@ -355,42 +443,3 @@ def _status(enabled: bool, message: str) -> Iterator[None]:
 
     with Console(stderr=True).status(message):
         yield
-
-
-class _progress:
-    """A rich progress bar over FedAvg rounds showing loss, accuracy and examples/s."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.enabled, self.total, self.done = enabled, total, done
-
-    def __enter__(self) -> _progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._p = Progress(
-                TextColumn("FedAvg"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._p.__enter__()
-            self._task = self._p.add_task("rounds", total=self.total, completed=self.done, info="")
-        return self
-
-    def advance(self, row: Mapping[str, Any]) -> None:
-        if self.enabled:
-            self._p.update(self._task, advance=1, info=_round_info(row))
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._p.__exit__(*exc)

@@ -24,6 +24,8 @@ import torch
 BASELINE_KEY = "baseline_metrics"
 #: Keys that :meth:`PersonalizationResult.to_dict` adds next to the metrics.
 META_KEYS = ("client_ids", "seed")
+#: Names no strategy may have.
+RESERVED_KEYS = (BASELINE_KEY, *META_KEYS)
 
 
 class PersonalizationResult(OrderedDict):

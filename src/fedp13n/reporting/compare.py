@@ -21,12 +21,14 @@ from fedp13n.reporting.summary import (
     Summary,
     check_run_dir,
     epoch_number,
+    headline_strategies,
     read_config,
     read_fedavg_metrics,
     read_per_client,
     summarize,
 )
 from fedp13n.rundir import layout as rd
+from fedp13n.utils.fs import atomic_write
 
 COMPARISON = "comparison.html"
 SECTIONS = ("runs", "details", "by-epoch", "best", "fedavg", "configs")
@@ -121,7 +123,7 @@ def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
         row = {"run": r.label}
         row["clients"] = str(s.num_clients)
         row["baseline mean [95% CI]"] = f"{_f(b.mean)} [{_f(b.ci_low)}, {_f(b.ci_high)}]"
-        for name in ("sgd", "adam"):
+        for name in headline_strategies(s):
             v = s.headline.get(f"{name}_epoch_1_accuracy")
             row[f"{name} epoch 1"] = _f(v)
         best = s.best()
@@ -256,5 +258,5 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
         sections,
     )
     path = out / COMPARISON
-    path.write_text(doc, encoding="utf-8")
+    atomic_write(path, doc)
     return path

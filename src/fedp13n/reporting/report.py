@@ -18,6 +18,7 @@ from fedp13n.reporting.summary import (
     ReportError,
     Summary,
     check_run_dir,
+    headline_strategies,
     read_config,
     read_fedavg_metrics,
     read_per_client,
@@ -26,6 +27,7 @@ from fedp13n.reporting.summary import (
     write_summary_json,
 )
 from fedp13n.rundir import layout as rd
+from fedp13n.utils.fs import atomic_write
 
 #: Section ids of the report, in page order (tests and links rely on them).
 SECTIONS = (
@@ -51,7 +53,7 @@ def headline_items(summary: Summary) -> list[tuple[str, str]]:
     h = summary.headline
     items = [("clients evaluated", str(summary.num_clients))]
     items.append(("mean baseline accuracy", f"{h['baseline_accuracy']:.4f}"))
-    for name in ("sgd", "adam"):
+    for name in headline_strategies(summary):
         if f"{name}_epoch_1_accuracy" in h:
             items.append((f"{name}, 1 epoch", f"{h[f'{name}_epoch_1_accuracy']:.4f}"))
     best = summary.best()
@@ -60,11 +62,14 @@ def headline_items(summary: Summary) -> list[tuple[str, str]]:
     return items
 
 
-def write_report(run_dir: str | Path, output_dir: str | Path | None = None) -> Path:
+def write_report(
+    run_dir: str | Path, output_dir: str | Path | None = None, *, summary: Summary | None = None
+) -> Path:
     """Write ``report.html``, its PNGs and ``summary.json`` to ``output_dir`` (default: the run).
 
-    Returns the path of the HTML file. Raises :class:`ReportError` for a missing or
-    incomplete run directory.
+    ``summary``: the run's summary when the caller already computed it (``fedp13n run``
+    does, and has written ``summary.json`` into the run). Returns the path of the HTML
+    file. Raises :class:`ReportError` for a missing or incomplete run directory.
     """
     run_dir = check_run_dir(run_dir)
     out = Path(output_dir) if output_dir is not None else run_dir
@@ -73,8 +78,9 @@ def write_report(run_dir: str | Path, output_dir: str | Path | None = None) -> P
     out.mkdir(parents=True, exist_ok=True)
 
     table = read_per_client(run_dir / rd.PER_CLIENT)
-    summary = summarize(table)
-    write_summary_json(out, summary)
+    if summary is None or out != run_dir:
+        summary = summary or summarize(table)
+        write_summary_json(out, summary)
     config_text, _ = read_config(run_dir)
     colors = plots.strategy_colors(table.strategies())
 
@@ -179,5 +185,5 @@ def write_report(run_dir: str | Path, output_dir: str | Path | None = None) -> P
         sections,
     )
     path = out / rd.REPORT
-    path.write_text(doc, encoding="utf-8")
+    atomic_write(path, doc)
     return path

@@ -41,6 +41,7 @@ from fedp13n.rundir.readers import (  # noqa: F401  (re-exported: the reporting 
     read_fedavg_metrics,
     read_per_client,
 )
+from fedp13n.utils.fs import atomic_write
 from fedp13n.utils.seeding import derive_rng
 
 #: Absolute accuracy difference below which a client counts as "unchanged".
@@ -195,9 +196,10 @@ def summarize(table: PerClientTable) -> Summary:
 
 
 def headline_numbers(summary: Summary) -> dict[str, float]:
-    """TFF's example prints three numbers: mean baseline accuracy, sgd and adam at epoch 1."""
+    """TFF's example prints the mean baseline accuracy and each strategy's (``sgd``,
+    ``adam``) mean accuracy after one epoch; so does fedp13n, for every strategy."""
     out = {"baseline_accuracy": summary.baseline.mean}
-    for name in ("sgd", "adam"):
+    for name in headline_strategies(summary):
         for r in summary.rows:
             if r.strategy == name and r.epoch is not None and epoch_number(r.epoch) == 1:
                 out[f"{name}_epoch_1_accuracy"] = r.mean
@@ -213,11 +215,7 @@ def write_summary_json(run_dir: str | Path, summary: Summary | None = None) -> P
     """Write ``summary.json`` (headline numbers and every statistic) into ``run_dir``."""
     run_dir = Path(run_dir)
     summary = summary or summarize_run(run_dir)
-    path = run_dir / rd.SUMMARY
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write(run_dir / rd.SUMMARY, json.dumps(summary.to_dict(), indent=1) + "\n")
 
 
 # -- presentation -------------------------------------------------------------------------------
@@ -269,11 +267,16 @@ def table_rows(summary: Summary, compact: bool = False) -> list[dict[str, str]]:
     return out
 
 
+def headline_strategies(summary: Summary) -> list[str]:
+    """The strategies of a summary, in order (the headline reports each after 1 epoch)."""
+    return list(dict.fromkeys(r.strategy for r in summary.rows))
+
+
 def headline_lines(summary: Summary) -> list[tuple[str, float]]:
-    """TFF's three numbers as (label, value)."""
+    """TFF's headline numbers as (label, value)."""
     h = summary.headline
     out = [("mean baseline accuracy", h["baseline_accuracy"])]
-    for name in ("sgd", "adam"):
+    for name in headline_strategies(summary):
         key = f"{name}_epoch_1_accuracy"
         if key in h:
             out.append((f"mean accuracy, {name} after 1 epoch", h[key]))
@@ -321,12 +324,13 @@ def rich_table(summary: Summary, title: str | None = None):
     return table
 
 
-def print_run_summary(run_dir: str | Path, console=None) -> Summary:
-    """Print the summary table and TFF's headline numbers of a run (``fedp13n run``'s end)."""
+def print_run_summary(run_dir: str | Path, console=None, summary: Summary | None = None) -> Summary:
+    """Print the summary table and TFF's headline numbers of a run (``fedp13n run``'s end);
+    ``summary``, when given, is the run's already computed summary."""
     from rich.console import Console
 
     console = console or Console()
-    summary = summarize_run(run_dir)
+    summary = summary or summarize_run(run_dir)
     console.print(rich_table(summary))
     console.print(format_headline(summary), highlight=False)
     return summary

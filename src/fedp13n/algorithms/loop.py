@@ -1,0 +1,73 @@
+"""The round loop, shared by every training process, with callbacks for everything else.
+
+A *process* is what an algorithm builder returns (:func:`build_weighted_fed_avg` today):
+``initialize() -> state``, ``next(state, clients) -> (state, metrics)`` and
+``get_model_weights(state)``, with ``state.round_num`` counting finished rounds. The
+loop runs rounds until a target round and hands each round's result to callbacks, in
+the manner of Keras / Lightning callbacks or Flower's strategy loop: logging, CSV rows,
+checkpoints, global evaluation and progress bars are callbacks, never loop code.
+
+A callback may add entries to the round's ``row`` (e.g. a global evaluation adds
+``eval_accuracy``); callbacks run in list order, so put those before the ones that
+record the row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Callback:
+    """Hooks of :func:`run_rounds`; override the ones you need (each does nothing)."""
+
+    def on_train_begin(self, process: Any, state: Any) -> None:
+        """Before the first round this call runs (``state.round_num`` rounds are done)."""
+
+    def on_round_end(self, process: Any, state: Any, row: dict[str, Any]) -> None:
+        """After round ``state.round_num``; ``row`` is its metrics (``RoundMetrics.as_dict()``)."""
+
+    def on_train_end(self, process: Any, state: Any) -> None:
+        """After the last round of this call."""
+
+
+@dataclass
+class TrainingResult:
+    """The final state and the rows of the rounds run by this call."""
+
+    state: Any
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_rounds(
+    process: Any,
+    state: Any,
+    until_round: int,
+    select_clients: Callable[[int], Any],
+    callbacks: Sequence[Callback] = (),
+) -> TrainingResult:
+    """Run rounds ``state.round_num + 1 .. until_round``; ``select_clients(round_num)`` gives
+    each round's clients (what ``process.next`` takes)."""
+    for cb in callbacks:
+        cb.on_train_begin(process, state)
+    result = TrainingResult(state)
+    while state.round_num < until_round:
+        state, metrics = process.next(state, select_clients(state.round_num + 1))
+        row = metrics.as_dict()
+        for cb in callbacks:
+            cb.on_round_end(process, state, row)
+        result.rows.append(row)
+    result.state = state
+    for cb in callbacks:
+        cb.on_train_end(process, state)
+    return result
+
+
+def fresh_server_state(process: Any, weights: dict[str, Any], round_num: int) -> Any:
+    """A state holding ``weights`` after ``round_num`` rounds with a new server optimizer:
+    how a training stage starts from the weights the previous stage left."""
+    state = process.initialize()
+    model = {k: v.detach().clone() for k, v in weights.items()}
+    return dataclasses.replace(state, round_num=round_num, model=model)

@@ -1,0 +1,39 @@
+"""Optimizers by name, for configurations: ``make_optimizer_fn("adam", 0.01, betas=...)``.
+
+The library API takes any ``params -> torch.optim.Optimizer`` callable; configurations
+(TOML, the CLI) name one of :data:`OPTIMIZERS` with its hyperparameters instead, and this
+module turns that into a picklable ``functools.partial`` (worker processes rebuild it).
+
+* ``"sgd"``: ``torch.optim.SGD(lr, momentum)`` (momentum 0 is plain SGD; with a server
+  learning rate of 1.0 and momentum 0.9 it is TFF's FedAvgM server);
+* ``"adam"``: ``torch.optim.Adam(lr, betas=(beta1, beta2), eps)`` with torch's defaults
+  (0.9, 0.999, 1e-8): the server optimizer of Reptile / FedAdam stages.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer_fn(
+    name: str,
+    learning_rate: float,
+    *,
+    momentum: float = 0.0,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    epsilon: float = 1e-8,
+) -> Any:
+    """A picklable ``params -> torch.optim.Optimizer`` for optimizer ``name``."""
+    import torch
+
+    if name == "sgd":
+        return functools.partial(torch.optim.SGD, lr=learning_rate, momentum=momentum)
+    if name == "adam":
+        return functools.partial(
+            torch.optim.Adam, lr=learning_rate, betas=(beta1, beta2), eps=epsilon
+        )
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")

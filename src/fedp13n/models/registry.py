@@ -1,0 +1,34 @@
+"""Models by name: what configs and the CLI call ``model`` (torch is imported on use).
+
+Each name maps to the builder ``(num_classes) -> nn.Module`` that
+:func:`get_model_fn` returns; :func:`model_fn_for` gives the picklable no-argument
+``model_fn`` the algorithms want.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+#: Model name -> "module:builder".
+MODELS = {
+    "conv_dropout": "fedp13n.models.emnist:emnist_conv_dropout",
+    "fedavg_cnn": "fedp13n.models.emnist:fedavg_cnn",
+}
+MODEL_NAMES = tuple(MODELS)
+
+
+def get_model_fn(name: str) -> Callable[..., Any]:
+    """The builder registered under ``name`` (see :data:`MODELS`)."""
+    try:
+        module, attr = MODELS[name].split(":")
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}.") from None
+    return getattr(importlib.import_module(module), attr)
+
+
+def model_fn_for(name: str, num_classes: int) -> Callable[[], Any]:
+    """A picklable no-argument ``model_fn`` building model ``name`` for ``num_classes``."""
+    return functools.partial(get_model_fn(name), num_classes=num_classes)
