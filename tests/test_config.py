@@ -19,7 +19,11 @@ def test_defaults_are_tffs_example():
         for s in c.strategies
     ] == [("sgd", "sgd", 0.02, 3, 20), ("adam", "adam", 0.002, 3, 20)]
     [stage] = c.resolved_stages()
-    assert (stage.server_optimizer, stage.client_optimizer, stage.local_steps) == ("sgd", "sgd", None)
+    assert (stage.server_optimizer, stage.client_optimizer, stage.local_steps) == (
+        "sgd",
+        "sgd",
+        None,
+    )
     assert c.num_eval_clients == 50 and c.split_seed == 42
 
 
