@@ -43,6 +43,7 @@ CHANGED = {
     "eval_every": (3, "3"),
     "num_global_eval_clients": (12, "12"),
     "checkpoint_every": (2, "2"),
+    "keep_checkpoints": (0, "0"),
     "strategies": (
         [{"name": "fast", "optimizer": "sgd", "learning_rate": 0.1, "epochs_per_eval": 1}],
         "fast=sgd:0.1",

@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class TrainingError(RuntimeError):
+    """Training cannot learn (every client skipped, non-finite weights); the message says
+    what happened and what to change."""
+
+
 class Callback:
     """Hooks of :func:`run_rounds`; override the ones you need (each does nothing)."""
 
@@ -31,6 +36,30 @@ class Callback:
 
     def on_train_end(self, process: Any, state: Any) -> None:
         """After the last round of this call."""
+
+
+class LearningGuard(Callback):
+    """Stop a run that cannot learn instead of reporting numbers of an unchanged or
+    non-finite model: a round where every client's update was skipped as non-finite, or
+    global weights that are no longer finite."""
+
+    def on_round_end(self, process: Any, state: Any, row: dict[str, Any]) -> None:
+        import torch
+
+        r = state.round_num
+        if row["num_clients"] == 0 and row["num_skipped_clients"] > 0:
+            raise TrainingError(
+                f"round {r}: the update of every client ({row['num_skipped_clients']}) was "
+                "not finite, so the model cannot learn; lower the client learning rate "
+                "(or check the data)."
+            )
+        bad = [k for k, v in state.model.items() if v.is_floating_point() and
+               not bool(torch.isfinite(v).all())]  # fmt: skip
+        if bad:
+            raise TrainingError(
+                f"round {r}: the global weights {bad[:3]} are no longer finite; lower the "
+                "server learning rate."
+            )
 
 
 @dataclass

@@ -118,9 +118,15 @@ def _metavar(tp: Any, name: str) -> str:
     return {int: "INT", float: "FLOAT"}.get(tp, "TEXT")
 
 
-def resolve_config(config_file: Path | None, options: dict[str, Any]) -> ExperimentConfig:
-    """Defaults < TOML file < options given on the command line (those not None)."""
-    config = ExperimentConfig.from_toml(config_file) if config_file else ExperimentConfig()
+def resolve_config(
+    config_file: Path | None, options: dict[str, Any], base: ExperimentConfig | None = None
+) -> ExperimentConfig:
+    """Defaults (or ``base``: a resumed run's saved config) < TOML file < options given on
+    the command line (those not None)."""
+    if config_file:
+        config = ExperimentConfig.from_toml(config_file)
+    else:
+        config = base if base is not None else ExperimentConfig()
     changes = {k: v for k, v in options.items() if v is not None}
     if "strategies" in changes:
         changes["strategies"] = [StrategyConfig.parse(s) for s in changes["strategies"]]
@@ -136,20 +142,30 @@ def resolve_config(config_file: Path | None, options: dict[str, Any]) -> Experim
 
 def run(**kwargs: Any) -> None:
     """Train a global model with FedAvg, then evaluate personalization strategies."""
+    from fedp13n.algorithms.loop import TrainingError
     from fedp13n.data.validate import DataError
     from fedp13n.experiments.p13n_experiment import default_run_dir, run_experiment
+    from fedp13n.rundir import layout as rd
 
     run_args = {k: kwargs.pop(k) for k in _RUN_OPTIONS}
+    output_dir = run_args["output_dir"]
+    if run_args["resume"] and output_dir is None:
+        fail("--resume needs --output-dir: the run directory to continue.")
     try:
-        config = resolve_config(run_args["config_file"], kwargs)
+        saved = None
+        if run_args["resume"]:
+            if not (output_dir / rd.CONFIG).is_file():
+                fail(
+                    f"nothing to resume in {output_dir}: it has no {rd.CONFIG}; drop --resume "
+                    "to start a new run there."
+                )
+            saved = ExperimentConfig.from_toml(output_dir / rd.CONFIG)
+        config = resolve_config(run_args["config_file"], kwargs, base=saved)
     except ConfigError as e:
         fail(str(e))
     if run_args["print_config"]:
         typer.echo(config.to_toml(), nl=False)
         return
-    output_dir = run_args["output_dir"]
-    if run_args["resume"] and output_dir is None:
-        fail("--resume needs --output-dir: the run directory to continue.")
     run_dir = output_dir or default_run_dir("runs", config.dataset)
     typer.echo(f"run directory: {run_dir}")
     try:
@@ -159,7 +175,14 @@ def run(**kwargs: Any) -> None:
             resume=run_args["resume"],
             progress=run_args["progress"] and sys.stderr.isatty(),
         )
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError, ImportError) as e:
+    except (
+        ConfigError,
+        DataError,
+        FileExistsError,
+        FileNotFoundError,
+        ImportError,
+        TrainingError,
+    ) as e:
         fail(str(e))
     from fedp13n.reporting.summary import print_run_summary
 

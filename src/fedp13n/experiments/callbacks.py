@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedp13n.algorithms.checkpoint import save_checkpoint
+from fedp13n.algorithms.checkpoint import checkpoint_rounds, save_checkpoint
 from fedp13n.algorithms.loop import Callback
 from fedp13n.rundir import layout as rd
 
@@ -69,15 +69,19 @@ class MetricsCsv(Callback):
 
 
 class Checkpointer(Callback):
-    """Save the server state every ``every`` rounds and at each of ``rounds`` (stage ends)."""
+    """Save the server state every ``every`` rounds and at each of ``rounds`` (stage ends),
+    then delete all but the ``keep`` newest checkpoints (``keep=0``: keep all)."""
 
-    def __init__(self, run_dir: Path, every: int, rounds: set[int]) -> None:
-        self.run_dir, self.every, self.rounds = run_dir, every, rounds
+    def __init__(self, run_dir: Path, every: int, rounds: set[int], keep: int = 0) -> None:
+        self.run_dir, self.every, self.rounds, self.keep = run_dir, every, rounds, keep
 
     def on_round_end(self, process, state, row) -> None:
         r = state.round_num
         if r in self.rounds or (self.every and r % self.every == 0):
             save_checkpoint(rd.checkpoint_path(self.run_dir, r), state)
+            if self.keep:
+                for old in checkpoint_rounds(self.run_dir)[: -self.keep]:
+                    rd.checkpoint_path(self.run_dir, old).unlink(missing_ok=True)
 
 
 class LogLines(Callback):

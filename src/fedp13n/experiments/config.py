@@ -299,7 +299,14 @@ class ExperimentConfig(TrainingSettings):
     num_global_eval_clients: int = setting(
         100, help="Training clients whose test data measure the global model.", panel="Training"
     )
-    checkpoint_every: int = setting(10, help="Checkpoint every N rounds.", panel="Training")
+    checkpoint_every: int = setting(
+        1,
+        help="Checkpoint the server state every N rounds (and at the end of every stage).",
+        panel="Training",
+    )
+    keep_checkpoints: int = setting(
+        2, help="Checkpoints kept (older ones are deleted; 0 = keep all).", panel="Training"
+    )
     # -- personalization ----------------------------------------------------------------------
     strategies: list[StrategyConfig] = setting(
         help="Fine-tuning strategies, [NAME=]OPTIMIZER:LR (repeatable).",
@@ -374,7 +381,7 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(f"stage names must be unique, got {names}.")
         for s in stages:
             s.validate_training(f"stage {s.name!r} " if self.stages else "")
-        for key in ("eval_every", "checkpoint_every"):
+        for key in ("eval_every", "checkpoint_every", "keep_checkpoints"):
             check_non_negative_int(key, getattr(self, key), ConfigError)
         for key in (
             "num_eval_clients",
@@ -394,6 +401,11 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(f"strategy names must be unique, got {names}.")
         for s in self.strategies:
             s.validate()
+
+    def differences(self, other: ExperimentConfig) -> list[str]:
+        """The keys whose values differ between two configs."""
+        a, b = self.to_dict(), other.to_dict()
+        return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
     def strategy_epochs(self, s: StrategyConfig) -> int:
         return s.epochs if s.epochs is not None else self.p13n_epochs

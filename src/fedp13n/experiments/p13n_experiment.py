@@ -38,8 +38,9 @@ from fedp13n.experiments.callbacks import (
     ProgressBar,
     TensorBoardLogger,
 )
-from fedp13n.experiments.config import ExperimentConfig, StageConfig, resolve_split
+from fedp13n.experiments.config import ConfigError, ExperimentConfig, StageConfig, resolve_split
 from fedp13n.rundir import layout as rd
+from fedp13n.rundir.lock import run_dir_lock
 from fedp13n.utils.fs import atomic_write, atomic_writer
 from fedp13n.utils.seeding import derive_rng
 
@@ -196,13 +197,18 @@ def train_global_model(
         load_checkpoint,
         sample_clients,
     )
-    from fedp13n.algorithms.loop import fresh_server_state, run_rounds
+    from fedp13n.algorithms.loop import LearningGuard, fresh_server_state, run_rounds
 
     bounds = stage_bounds(config.resolved_stages())
     total = bounds[-1][2]
     ckpt = latest_checkpoint(run_dir) if resume else None
     state = load_checkpoint(ckpt) if ckpt is not None else None
     if state is not None:
+        if state.round_num > total:
+            raise ConfigError(
+                f"{ckpt} is from round {state.round_num}, beyond the {total} rounds of this "
+                "configuration; resume with at least that many rounds (--rounds)."
+            )
         log(f"resumed from {ckpt} (round {state.round_num})")
     done = state.round_num if state is not None else 0
     metrics_csv = MetricsCsv(run_dir / rd.FEDAVG_METRICS, keep_until_round=done)
@@ -212,19 +218,30 @@ def train_global_model(
     callbacks = [
         global_eval,
         metrics_csv,
-        Checkpointer(run_dir, config.checkpoint_every, {end for _, _, end in bounds}),
+        Checkpointer(
+            run_dir,
+            config.checkpoint_every,
+            {end for _, _, end in bounds},
+            keep=config.keep_checkpoints,
+        ),
+        LearningGuard(),
     ]
     if tensorboard is not None:
         callbacks.append(tensorboard)
     bar = ProgressBar(total) if progress else None
     callbacks.append(bar if bar is not None else LogLines(log, total))
 
+    for stage, _, _ in bounds:
+        if stage.clients_per_round > len(data.train_ids):
+            raise ConfigError(
+                f"clients_per_round is {stage.clients_per_round} but there are only "
+                f"{len(data.train_ids)} FedAvg clients; choose at most {len(data.train_ids)} "
+                "(or more FedAvg clients, --num-train-clients)."
+            )
+
     def select(stage: StageConfig, round_num: int) -> Any:
         ids = sample_clients(
-            data.train_ids,
-            min(stage.clients_per_round, len(data.train_ids)),
-            seed=config.seed,
-            round_num=round_num,
+            data.train_ids, stage.clients_per_round, seed=config.seed, round_num=round_num
         )
         return ClientSelection(data.train, ids)
 
@@ -379,11 +396,31 @@ def run_experiment(
     progress: bool = True,
     log: Log = print,
 ) -> ExperimentResult:
-    """Run (or resume) the whole experiment into ``run_dir``; see the module docstring."""
-    from fedp13n.execution.factory import make_executor
+    """Run (or resume) the whole experiment into ``run_dir``; see the module docstring.
 
+    One run at a time per directory (a lock; a second one is refused). ``resume`` keeps
+    the configuration saved in the run directory: only :data:`RESUMABLE_CHANGES` may
+    differ (say ``rounds`` to extend a finished or interrupted run on purpose).
+    """
     config.validate()
     run_dir = Path(run_dir)
+    if not resume and not run_dir.exists():
+        try:
+            run_dir.mkdir(parents=True)
+        except OSError as e:
+            raise FileExistsError(f"cannot create --output-dir {run_dir}: {e.strerror}.") from None
+    if not run_dir.is_dir():
+        what = "does not exist" if not run_dir.exists() else "is not a directory"
+        raise FileNotFoundError(f"--output-dir {run_dir} {what}.")
+    with run_dir_lock(run_dir):
+        return _run(config, run_dir, resume=resume, progress=progress, log=log)
+
+
+def _run(
+    config: ExperimentConfig, run_dir: Path, *, resume: bool, progress: bool, log: Log
+) -> ExperimentResult:
+    from fedp13n.execution.factory import make_executor
+
     config = _open_run_dir(config, run_dir, resume=resume, log=log)
     data = prepare_data(config, log, progress=progress)
     tensorboard = TensorBoardLogger(config.tensorboard) if config.tensorboard else None
@@ -413,22 +450,42 @@ def run_experiment(
     return ExperimentResult(run_dir, config, rows, result, summary)
 
 
+#: Settings a resumed run may change: they change where and how it runs, not its numbers
+#: (``rounds`` extends the run on purpose).
+RESUMABLE_CHANGES = ("rounds", "executor", "workers", "ray_address", "tensorboard")
+
+
 def _open_run_dir(
     config: ExperimentConfig, run_dir: Path, *, resume: bool, log: Log
 ) -> ExperimentConfig:
     """Create (or reopen, with ``resume``) the run directory; the config to run with."""
     results = (rd.FEDAVG_METRICS, rd.CHECKPOINTS, rd.GLOBAL_WEIGHTS, rd.PERSONALIZATION)
-    if not resume and any((run_dir / name).exists() for name in results):
+    if resume:
+        if not (run_dir / rd.CONFIG).is_file():
+            raise FileNotFoundError(
+                f"nothing to resume in {run_dir}: it has no {rd.CONFIG} (is it the run "
+                "directory of a 'fedp13n run'?); drop --resume to start a new run."
+            )
+        saved = ExperimentConfig.from_toml(run_dir / rd.CONFIG)
+        changed = config.differences(saved)
+        refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if refused:
+            raise ConfigError(
+                f"--resume continues the run saved in {run_dir / rd.CONFIG}, but these "
+                f"settings differ from it: {refused}; drop them (a resumed run may change "
+                f"only {list(RESUMABLE_CHANGES)}) or start a new run in another --output-dir."
+            )
+        for key in changed:
+            log(f"resuming with {key} = {getattr(config, key)!r} (was {getattr(saved, key)!r})")
+    elif any((run_dir / name).exists() for name in results):
         raise FileExistsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another "
             "--output-dir."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume and (run_dir / rd.CONFIG).exists():
-        saved = ExperimentConfig.from_toml(run_dir / rd.CONFIG)
-        if saved != config:
-            log(f"resuming with the configuration saved in {run_dir / rd.CONFIG}")
-            config = saved
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FileExistsError(f"--output-dir {run_dir} is not a directory.") from None
     atomic_write(run_dir / rd.CONFIG, config.to_toml())
     return config
 
