@@ -52,7 +52,9 @@ def head_parameter_names(model: nn.Module, head: str | Sequence[str] | None) -> 
             raise TypeError(f"head names must be strings, got {prefix!r}.")
         match = [n for n in params if prefix == "" or n == prefix or n.startswith(prefix + ".")]
         if not match:
-            modules = [n for n, m in model.named_modules() if n and any(m.parameters())]
+            modules = [
+                n for n, m in model.named_modules() if n and any(True for _ in m.parameters())
+            ]
             raise ValueError(
                 f"head {prefix!r} names no layer of {type(model).__name__}; valid module "
                 f"names: {modules}, parameter names: {params}."
