@@ -160,8 +160,13 @@ def test_head_only_batch_norm_in_the_head_trains_normally():
     run(build_head_only_personalize_fn(sgd(0.5), 4, 1, 1, head="1"), model)
     after, before = model.state_dict(), start.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
-    assert changed == {"1.weight", "1.bias", "1.running_mean", "1.running_var",
-                       "1.num_batches_tracked"}  # fmt: skip
+    assert changed == {
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    }
 
 
 def test_head_only_unknown_layer_lists_the_valid_names():
@@ -283,7 +288,7 @@ def test_interpolation_monitor_accuracy_ties_go_to_the_first_alpha():
     out = run(
         build_interpolation_personalize_fn(
             sgd(1e-9), 3, 1, 1, alphas=(0.5, 0.0, 1.0), monitor="accuracy"
-        ),  # fmt: skip
+        ),
         net(),
     )
     assert out["epoch_1"]["alpha"] == 0.5  # a tiny step changes no prediction: all tie
@@ -338,9 +343,17 @@ def test_early_stopping_picks_the_epoch_of_a_hand_built_validation_curve():
     assert out["selected"]["test"] == out["epoch_2"]
     assert out["selected"]["validation"] == out["validation"]["epoch_2"]
     assert out["num_train_examples"] == 4 * 8 and out["num_holdout_examples"] == 2
-    assert list(out) == ["epoch_1", "epoch_2", "epoch_3", "epoch_4", "validation",
-                         "best_epoch", "selected", "num_train_examples",
-                         "num_holdout_examples"]  # fmt: skip
+    assert list(out) == [
+        "epoch_1",
+        "epoch_2",
+        "epoch_3",
+        "epoch_4",
+        "validation",
+        "best_epoch",
+        "selected",
+        "num_train_examples",
+        "num_holdout_examples",
+    ]
 
 
 def test_early_stopping_can_keep_the_global_model():
@@ -364,9 +377,11 @@ def test_early_stopping_candidates_are_the_evaluation_epochs():
 
 def test_early_stopping_with_one_train_example_trains_all_epochs():
     out = run(
-        build_early_stopping_personalize_fn(sgd(0.25), 1, 3, 1, **MSE), line(), ones([2.0]),
+        build_early_stopping_personalize_fn(sgd(0.25), 1, 3, 1, **MSE),
+        line(),
+        ones([2.0]),
         ones([1.0]),
-    )  # fmt: skip
+    )
     expected = run(
         build_personalize_fn(sgd(0.25), 1, 3, 1, **MSE), line(), ones([2.0]), ones([1.0])
     )

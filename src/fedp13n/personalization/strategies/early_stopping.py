@@ -68,8 +68,9 @@ def build_early_stopping_personalize_fn(
     (``num_holdout_examples`` = 0, validation metrics NaN), training uses all of them and
     ``best_epoch`` is ``num_epochs`` (plain fine-tuning).
     """
-    check_loop_args(optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn,
-                    eval_batch_size)  # fmt: skip
+    check_loop_args(
+        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn, eval_batch_size
+    )
     if not isinstance(include_epoch_0, bool):
         raise TypeError(f"include_epoch_0 must be True or False, got {include_epoch_0!r}.")
     return functools.partial(

@@ -88,8 +88,9 @@ def build_head_only_personalize_fn(
     Same training, evaluation keys, seeding as the stock strategy: ``epoch_<k>`` ->
     :func:`evaluate_fn` on ``test_data``, then ``num_train_examples``.
     """
-    check_loop_args(optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn,
-                    eval_batch_size)  # fmt: skip
+    check_loop_args(
+        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn, eval_batch_size
+    )
     if head is not None and not isinstance(head, str | Sequence):
         raise TypeError(f"head must be a name, a sequence of names or None, got {head!r}.")
     return functools.partial(

@@ -92,8 +92,9 @@ def build_interpolation_personalize_fn(
 
     After the call ``model`` holds the fine-tuned weights (not the mix).
     """
-    check_loop_args(optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn,
-                    eval_batch_size)  # fmt: skip
+    check_loop_args(
+        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn, eval_batch_size
+    )
     if isinstance(alphas, str) or not isinstance(alphas, Sequence) or not alphas:
         raise ValueError(
             f"alphas must be a non-empty sequence of numbers in [0, 1], got {alphas!r}."

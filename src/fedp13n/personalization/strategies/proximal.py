@@ -48,8 +48,9 @@ def build_proximal_personalize_fn(
     (``epoch_<k>`` -> :func:`evaluate_fn` on ``test_data`` with ``loss_fn`` alone, no
     penalty; ``num_train_examples``), as is the seeding.
     """
-    check_loop_args(optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn,
-                    eval_batch_size)  # fmt: skip
+    check_loop_args(
+        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn, eval_batch_size
+    )
     if (
         isinstance(lam, bool)
         or not isinstance(lam, int | float)
