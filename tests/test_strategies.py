@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedp13n.data import ClientDataset
-from fedp13n.models import emnist_conv_dropout
+from fedp13n.models import emnist_conv_dropout, fedavg_cnn
 from fedp13n.personalization import build_personalize_fn, evaluate_fn
 from fedp13n.personalization.strategies import (
     build_early_stopping_personalize_fn,
@@ -147,12 +147,26 @@ def test_head_only_step_equals_a_hand_computed_sgd_step():
 
 def test_head_only_named_layers_and_default_head_of_the_emnist_model():
     assert default_head(emnist_conv_dropout()) == "fc2"
+    assert default_head(fedavg_cnn()) == "fc2"
+    assert default_head(nn.Linear(2, 1)) == ""  # the root owns the parameters
     model, start = net(), net()
     run(build_head_only_personalize_fn(sgd(0.5), 4, 1, 1, head=["0", "4.bias"]), model)
     after, before = model.state_dict(), start.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     # layer 0 trains; batch norm (outside the head) keeps its statistics and affine weights
     assert changed == {"0.weight", "0.bias", "4.bias"}
+
+
+def test_head_only_on_the_emnist_model_trains_only_fc2():
+    torch.manual_seed(0)
+    model = emnist_conv_dropout(num_classes=10)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (6, 28, 28)).astype(np.uint8), np.arange(6)
+    out = run(build_head_only_personalize_fn(sgd(0.1), 3, 1, 1), model, (x, y), (x, y))
+    after = model.state_dict()
+    assert [k for k in after if not torch.equal(after[k], start[k])] == ["fc2.weight", "fc2.bias"]
+    assert out["num_train_examples"] == 6
 
 
 def test_head_only_batch_norm_in_the_head_trains_normally():
@@ -310,6 +324,7 @@ def test_interpolation_with_one_train_example_fine_tunes_on_it_with_the_largest_
     "kwargs, match",
     [
         ({"alphas": ()}, "alphas must be a non-empty"),
+        ({"alphas": "0.5"}, "alphas must be a non-empty"),
         ({"alphas": (0.5, 1.5)}, r"every alpha must be a number in \[0, 1\]"),
         ({"holdout_fraction": 0.0}, "holdout_fraction must be in"),
         ({"holdout_fraction": 1.0}, "holdout_fraction must be a number"),

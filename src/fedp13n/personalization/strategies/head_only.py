@@ -76,14 +76,17 @@ def build_head_only_personalize_fn(
 ) -> PersonalizeFn:
     """:func:`~fedp13n.personalization.build_personalize_fn` restricted to the head.
 
-    ``head``: a module or parameter name, or a sequence of them (see
-    :func:`head_parameter_names`); None = the last module owning parameters
-    (:func:`default_head`). Every other parameter has ``requires_grad`` off during the
-    call (restored afterwards) and is not given to ``optimizer_fn``, so it stays
-    bit-for-bit the global weight (weight decay, momentum cannot touch it). Modules outside
-    the head that hold buffers (batch norm) run in eval mode while training, so their
-    running statistics do not change either (they normalize with the global statistics,
-    as at evaluation). Dropout in the body still runs in train mode (it has no state).
+    ``head``: a module or parameter name (``""`` is the whole model), or a sequence of
+    them (see :func:`head_parameter_names`); None = the last module owning parameters
+    (:func:`default_head`), e.g. ``"fc2"`` for the EMNIST models. A name that matches no
+    parameter raises a ``ValueError`` listing the valid names at the call.
+
+    Every other parameter has ``requires_grad`` off during the call (restored afterwards)
+    and is not given to ``optimizer_fn``, so it stays bit-for-bit the global weight (weight
+    decay, momentum cannot touch it). Modules outside the head that hold buffers (batch
+    norm) run in eval mode while training, so their running statistics do not change
+    either (they normalize with the global statistics, as at evaluation). Dropout in the
+    body still runs in train mode (it has no state).
 
     Same training, evaluation keys, seeding as the stock strategy: ``epoch_<k>`` ->
     :func:`evaluate_fn` on ``test_data``, then ``num_train_examples``.
@@ -91,7 +94,10 @@ def build_head_only_personalize_fn(
     check_loop_args(
         optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn, eval_batch_size
     )
-    if head is not None and not isinstance(head, str | Sequence):
+    if head is not None and (
+        not isinstance(head, str | Sequence)
+        or (not isinstance(head, str) and not all(isinstance(h, str) for h in head))
+    ):
         raise TypeError(f"head must be a name, a sequence of names or None, got {head!r}.")
     return functools.partial(
         _personalize,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -95,11 +95,13 @@ def build_interpolation_personalize_fn(
     check_loop_args(
         optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn, eval_batch_size
     )
-    if isinstance(alphas, str) or not isinstance(alphas, Sequence) or not alphas:
+    if isinstance(alphas, str | bytes) or not isinstance(alphas, Iterable):
         raise ValueError(
             f"alphas must be a non-empty sequence of numbers in [0, 1], got {alphas!r}."
         )
     grid = tuple(check_fraction("every alpha", a, closed_right=True) for a in alphas)
+    if not grid:
+        raise ValueError("alphas must be a non-empty sequence of numbers in [0, 1], got none.")
     return functools.partial(
         _personalize,
         optimizer_fn=optimizer_fn,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections import OrderedDict
 from typing import Any
 
@@ -53,7 +54,7 @@ def build_proximal_personalize_fn(
     )
     if (
         isinstance(lam, bool)
-        or not isinstance(lam, int | float)
+        or not isinstance(lam, numbers.Real)
         or not math.isfinite(lam)
         or lam < 0
     ):
