@@ -1,0 +1,176 @@
+"""Interpolation: mix the fine-tuned and the global model, the mix chosen on held-out data.
+
+APFL-style mixing at evaluation time (Deng et al. 2020, "Adaptive Personalized Federated
+Learning"): the personalized model is ``alpha * w_finetuned + (1 - alpha) * w_global``.
+APFL learns ``alpha`` during training; here, as a post-hoc strategy, it is chosen from a
+grid on a held-out part of the client's *train* data, so the test data is never used to
+choose.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedp13n.personalization.inputs import as_client_dataset
+from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn
+from fedp13n.personalization.strategies._common import (
+    check_holdout_fraction,
+    check_loop_args,
+    check_monitor,
+    fine_tune,
+    generator_from_torch,
+    holdout_split,
+    monitored,
+    pick,
+)
+from fedp13n.utils.checks import check_fraction
+from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
+
+#: 0, 0.1, ..., 1: from the global model to the fine-tuned one.
+DEFAULT_ALPHAS = tuple(i / 10 for i in range(11))
+
+
+def interpolate(
+    finetuned: Mapping[str, torch.Tensor], global_: Mapping[str, torch.Tensor], alpha: float
+) -> OrderedDict[str, torch.Tensor]:
+    """``alpha * finetuned + (1 - alpha) * global_`` for every floating-point entry of the
+    state dicts (parameters and buffers such as batch-norm statistics); other entries
+    (``num_batches_tracked``) are the fine-tuned ones. ``alpha`` 1 and 0 give exactly the
+    fine-tuned and the global tensors."""
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for k, ft in finetuned.items():
+        g = global_[k]
+        if not ft.is_floating_point() or alpha == 1.0:
+            out[k] = ft.detach().clone()
+        elif alpha == 0.0:
+            out[k] = g.detach().clone()
+        else:
+            out[k] = alpha * ft.detach() + (1.0 - alpha) * g.detach()
+    return out
+
+
+def build_interpolation_personalize_fn(
+    optimizer_fn: OptimizerFn,
+    batch_size: int,
+    num_epochs: int,
+    num_epochs_per_eval: int,
+    shuffle: bool = True,
+    *,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    holdout_fraction: float = 0.2,
+    monitor: str = "loss",
+    loss_fn: LossFn = F.cross_entropy,
+    eval_batch_size: int = EVAL_BATCH_SIZE,
+) -> PersonalizeFn:
+    """Fine-tune on part of the train data, report the best mix with the global model.
+
+    At the call, a held-out split of ``train_data`` is drawn (see
+    :func:`~fedp13n.personalization.strategies.holdout_split`: ``round(holdout_fraction *
+    n)`` examples, at least 1 and at most ``n - 1``) from a numpy Generator seeded by one
+    draw of torch's global RNG; then the model fine-tunes on the *rest* exactly as
+    :func:`~fedp13n.personalization.build_personalize_fn` does (its shuffle generator is
+    the next draw). At every evaluation epoch, every ``alpha`` of ``alphas`` is scored on
+    the held-out split (``monitor``: lowest ``loss`` or highest ``accuracy``; ties go to
+    the first in ``alphas``, so with the default ascending grid to the one nearer the
+    global model) and the chosen mix is evaluated on ``test_data``.
+
+    Returns ``epoch_<k>`` -> :func:`evaluate_fn` metrics of the chosen mix on
+    ``test_data`` plus its ``alpha``; ``num_train_examples`` (examples trained on, summed
+    over epochs: the rest only); ``num_holdout_examples``.
+
+    Fallback: with fewer than 2 train examples nothing is held out
+    (``num_holdout_examples`` = 0), the model fine-tunes on all of them and the chosen
+    ``alpha`` is the largest of ``alphas`` (1.0 for the default grid: plain fine-tuning).
+
+    After the call ``model`` holds the fine-tuned weights (not the mix).
+    """
+    check_loop_args(
+        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn, eval_batch_size
+    )
+    if isinstance(alphas, str | bytes) or not isinstance(alphas, Iterable):
+        raise ValueError(
+            f"alphas must be a non-empty sequence of numbers in [0, 1], got {alphas!r}."
+        )
+    grid = tuple(check_fraction("every alpha", a, closed_right=True) for a in alphas)
+    if not grid:
+        raise ValueError("alphas must be a non-empty sequence of numbers in [0, 1], got none.")
+    return functools.partial(
+        _personalize,
+        optimizer_fn=optimizer_fn,
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        num_epochs_per_eval=num_epochs_per_eval,
+        shuffle=shuffle,
+        alphas=grid,
+        holdout_fraction=check_holdout_fraction(holdout_fraction),
+        monitor=check_monitor(monitor),
+        loss_fn=loss_fn,
+        eval_batch_size=eval_batch_size,
+    )
+
+
+def _personalize(
+    model: nn.Module,
+    train_data: Any,
+    test_data: Any,
+    context: Any = None,
+    *,
+    optimizer_fn: OptimizerFn,
+    batch_size: int,
+    num_epochs: int,
+    num_epochs_per_eval: int,
+    shuffle: bool,
+    alphas: tuple[float, ...],
+    holdout_fraction: float,
+    monitor: str,
+    loss_fn: LossFn,
+    eval_batch_size: int,
+) -> OrderedDict[str, Any]:
+    del context
+    full = as_client_dataset(train_data, "train_data")
+    test = as_client_dataset(test_data, "test_data")
+    rest, holdout = holdout_split(full, holdout_fraction, generator_from_torch())
+    global_state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    mixed_model = copy.deepcopy(model)
+    optimizer = optimizer_fn(model.parameters())
+    generator = generator_from_torch() if shuffle else None
+    evaluate = functools.partial(evaluate_fn, loss_fn=loss_fn, batch_size=eval_batch_size)
+    metrics: OrderedDict[str, Any] = OrderedDict()
+
+    def on_eval(epoch: int) -> None:
+        finetuned = model.state_dict()
+        if len(holdout) == 0:
+            alpha = max(alphas)
+        else:
+            scores = []
+            for a in alphas:
+                mixed_model.load_state_dict(interpolate(finetuned, global_state, a))
+                scores.append(monitored(evaluate(mixed_model, holdout), monitor))
+            alpha = alphas[pick(scores, monitor)]
+        mixed_model.load_state_dict(interpolate(finetuned, global_state, alpha))
+        m = evaluate(mixed_model, test)
+        m["alpha"] = alpha
+        metrics[f"epoch_{epoch}"] = m
+
+    seen = fine_tune(
+        model,
+        rest,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        num_epochs_per_eval=num_epochs_per_eval,
+        generator=generator,
+        loss_fn=loss_fn,
+        on_eval=on_eval,
+    )
+    metrics["num_train_examples"] = seen
+    metrics["num_holdout_examples"] = len(holdout)
+    return metrics
