@@ -755,3 +755,43 @@ def test_sha256_of_cache_files_matches_hashlib(tmp_path):
     meta = json.loads((tmp_path / "c/meta.json").read_text())
     for name, digest in meta["sha256"].items():
         assert hashlib.sha256((tmp_path / "c" / name).read_bytes()).hexdigest() == digest
+
+
+def test_disk_full_while_decompressing_keeps_the_download(server, tmp_path, monkeypatch):
+    import lzma
+
+    db = _sqlite_with(tmp_path / "db.sqlite", "c")
+    url, files = server
+    files["/db.lzma"] = lzma.compress(db.read_bytes())
+    root = tmp_path / "cache"
+    train, _ = fetch_emnist_sqlite(root, url=url + "/db.lzma", expected_counts=None, progress=False)
+    shutil.rmtree(train.path.parent)  # only the download is left
+    real_open = open
+
+    def full_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        if "w" in mode:
+            f.write = _enospc
+        return f
+
+    monkeypatch.setattr(download, "open", full_open, raising=False)
+    with pytest.raises(StorageError, match="disk is full.*is fine and was kept"):
+        fetch_emnist_sqlite(root, url=url + "/db.lzma", expected_counts=None, progress=False)
+    assert [p.read_bytes() for p in _downloads(root)] == [files["/db.lzma"]]
+    assert _entries(root) == [] and _leftovers(root) == []
+    assert not list(root.glob("*.sqlite*"))
+
+
+def test_unwritable_cache_dir_simulated(tmp_path, monkeypatch):
+    d = _h5_dir(tmp_path)
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(client_data_mod.np, "save", denied)
+    assert_cli_error(
+        ["download", "--data-dir", str(d), "--cache-dir", str(tmp_path / "c")],
+        "cannot write the cache entry",
+        "permission denied",
+    )
+    assert list((tmp_path / "c").iterdir()) == []
