@@ -795,3 +795,19 @@ def test_unwritable_cache_dir_simulated(tmp_path, monkeypatch):
         "permission denied",
     )
     assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_kept_archive_that_is_not_the_pinned_one_is_fetched_again(server, tmp_path, monkeypatch):
+    url, files = server
+    good = _emnist_archive()
+    files["/fed_emnist.tar.bz2"] = good
+    root = tmp_path / "cache"
+    (root / "downloads").mkdir(parents=True)
+    (root / "downloads" / "fed_emnist.tar.bz2").write_bytes(b"someone else's data")
+    pinned = datasets.Published(
+        url + "/fed_emnist.tar.bz2", hashlib.sha256(good).hexdigest(), COUNTS
+    )
+    monkeypatch.setitem(datasets.EMNIST_H5, False, pinned)
+    train, _ = fetch_emnist_h5(root, progress=False)  # TFF's (here: the pinned) data
+    assert train.path.parent.name == "emnist-62" and len(train) == COUNTS[0]
+    assert (root / "downloads" / "fed_emnist.tar.bz2").read_bytes() == good

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from fedp13n.data.cache import cached, resolve_cache_dir, source_key
-from fedp13n.data.client_data import ClientData
+from fedp13n.data.client_data import ClientData, file_sha256
 from fedp13n.data.download import (
     DownloadError,
     decompress_lzma,
@@ -120,6 +120,8 @@ def fetch_emnist_h5(
     archive = root / "downloads" / f"{H5_PREFIX[only_digits]}{tag}.tar.bz2"
 
     def build() -> tuple[ClientData, ClientData]:
+        if archive.is_file() and sha256 is not None and file_sha256(archive) != sha256.lower():
+            archive.unlink()  # not the pinned data (e.g. kept by an older fedp13n): refetch
         if not archive.is_file():
             download_file(url, archive, sha256=sha256, progress=progress)
         tmp = root / f".extract-{H5_PREFIX[only_digits]}-{os.getpid()}"
