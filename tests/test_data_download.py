@@ -111,6 +111,20 @@ def _emnist_archive() -> bytes:
     return _tar({"fed_emnist_train.h5": _h5_bytes(TRAIN), "fed_emnist_test.h5": _h5_bytes(TEST)})
 
 
+def _downloads(root: Path) -> list[Path]:
+    """The files kept in the cache's downloads/ directory."""
+    return sorted((root / "downloads").glob("*")) if (root / "downloads").is_dir() else []
+
+
+def _entries(root: Path) -> list[str]:
+    """Cache entries (directories other than downloads/ and hidden temporaries)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name != "downloads" and p.name[0] != "."
+    )
+
+
 def _leftovers(root: Path) -> list[str]:
     """Temporary or partial files anywhere under the cache root."""
     return sorted(
@@ -137,13 +151,21 @@ def test_download_and_cache_success(server, tmp_path):
     )
     assert train.client_ids == test.client_ids == ("a", "b", "c")
     assert (len(train), train.num_examples, test.num_examples) == COUNTS
-    assert train.path == root / "emnist-62" / "train"
-    assert (root / "downloads" / "fed_emnist.tar.bz2").read_bytes() == archive
+    # a custom URL is cached under its own key, never under TFF's pinned "emnist-62"
+    assert train.path.parent.name.startswith("emnist-62-url-") and train.path.name == "train"
+    assert [p.read_bytes() for p in _downloads(root)] == [archive]
+    assert _downloads(root)[0].name.startswith("fed_emnist-url-")
     assert _leftovers(root) == []
     assert not list(root.rglob("*.h5"))  # extracted files removed after conversion
-    # later loads come from the cache: the server no longer has the file
+    # later loads from the same URL come from the cache: the server no longer has the file
     files.clear()
-    again, _ = fetch_emnist_h5(root, url=url + "/gone", expected_counts=COUNTS, progress=False)
+    again, _ = fetch_emnist_h5(
+        root,
+        url=url + "/fed_emnist.tar.bz2",
+        sha256=hashlib.sha256(archive).hexdigest(),
+        expected_counts=COUNTS,
+        progress=False,
+    )
     assert np.array_equal(again.x, train.x) and again.client_ids == train.client_ids
 
 
@@ -163,8 +185,8 @@ def test_interrupted_transfer_leaves_nothing(server, tmp_path):
         fetch_emnist_h5(
             root, url=url + "/short/fed_emnist.tar.bz2", expected_counts=COUNTS, progress=False
         )
-    assert not (root / "downloads" / "fed_emnist.tar.bz2").exists()
-    assert not (root / "emnist-62").exists()
+    assert _downloads(root) == []
+    assert _entries(root) == []
     assert _leftovers(root) == []
 
 
@@ -185,8 +207,8 @@ def test_corrupt_archive(server, tmp_path):
     root = tmp_path / "cache"
     with pytest.raises(DownloadError, match="corrupt or not a tar archive.*download it afresh"):
         fetch_emnist_h5(root, url=url + "/bad.tar.bz2", expected_counts=COUNTS, progress=False)
-    assert not (root / "downloads" / "fed_emnist.tar.bz2").exists()  # bad archive deleted
-    assert not (root / "emnist-62").exists() and _leftovers(root) == []
+    assert _downloads(root) == []  # bad archive deleted
+    assert _entries(root) == [] and _leftovers(root) == []
 
 
 def test_archive_escaping_target_is_rejected(server, tmp_path):
@@ -198,8 +220,8 @@ def test_archive_escaping_target_is_rejected(server, tmp_path):
     with pytest.raises(DownloadError, match="unsafe.*outside.*deleted"):
         fetch_emnist_h5(root, url=url + "/evil.tar.bz2", expected_counts=COUNTS, progress=False)
     assert not list(tmp_path.rglob("escaped.h5"))
-    assert not (root / "downloads" / "fed_emnist.tar.bz2").exists()
-    assert not (root / "emnist-62").exists()
+    assert _downloads(root) == []
+    assert _entries(root) == []
 
 
 @pytest.mark.parametrize(
@@ -223,7 +245,7 @@ def test_wrong_counts(server, tmp_path):
     root = tmp_path / "cache"
     with pytest.raises(DataFormatError, match="expected 3400 clients.*found 3, 15 and 4"):
         fetch_emnist_h5(root, url=url + "/fed_emnist.tar.bz2", progress=False)  # published
-    assert not (root / "emnist-62").exists() and _leftovers(root) == []
+    assert _entries(root) == [] and _leftovers(root) == []
     assert not list(root.rglob("*.h5"))
 
 

@@ -6,6 +6,7 @@ exit with code 2, without a traceback.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedp13n.cli.errors import fail
+from fedp13n.data.cache import CacheRebuiltWarning
 from fedp13n.data.datasets import DATASET_NAMES, load_dataset
 from fedp13n.data.stats import QUANTILES, summarize
 from fedp13n.data.validate import LABEL_CHARS, NUM_CLASSES, NUM_DIGIT_CLASSES, DataError
@@ -44,19 +46,27 @@ _SEED = typer.Option(0, "--seed", help="Seed of the client subset / synthetic da
 
 
 def _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console):
-    try:
-        return load_dataset(
-            dataset,
-            data_dir=data_dir,
-            cache_dir=cache_dir,
-            url=url,
-            only_digits=only_digits,
-            num_clients=num_clients,
-            seed=seed,
-            progress=console.is_terminal,
-        )
-    except DataError as e:
-        fail(str(e))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacheRebuiltWarning)
+        try:
+            return load_dataset(
+                dataset,
+                data_dir=data_dir,
+                cache_dir=cache_dir,
+                url=url,
+                only_digits=only_digits,
+                num_clients=num_clients,
+                seed=seed,
+                progress=console.is_terminal,
+            )
+        except DataError as e:
+            fail(" ".join(str(e).split()))
+        finally:
+            for w in caught:  # a rebuilt cache entry: one line, not a warning's traceback
+                if issubclass(w.category, CacheRebuiltWarning):
+                    typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 @app.command()

@@ -4,6 +4,10 @@ Why: parsing h5, JSON or protobuf rows of the full EMNIST-62 takes minutes; the 
 format (:meth:`ClientData.save`, plain ``.npy`` files) loads in about a second and can be
 memory-mapped by worker processes. A cache entry appears only complete: both splits are
 written into a temporary sibling directory which is renamed at the end.
+
+Integrity: every array file and the metadata carry a SHA-256 written with them and checked
+on every load (:meth:`ClientData.load`). :func:`cached` rebuilds a corrupt or stale entry
+from its source, with a :class:`CacheRebuiltWarning` saying so.
 """
 
 from __future__ import annotations
@@ -12,13 +16,20 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fedp13n.data.client_data import ClientData
+from fedp13n.data.resources import storage_error
+from fedp13n.data.validate import CacheCorruptError, CacheStaleError
 
 #: Environment variable overriding the default cache root.
 CACHE_ENV = "FEDP13N_CACHE"
+
+
+class CacheRebuiltWarning(UserWarning):
+    """A cache entry was corrupt or stale and is being rebuilt from its source."""
 
 
 def default_cache_dir() -> Path:
@@ -48,20 +59,21 @@ def source_key(prefix: str, files: Iterable[str | os.PathLike]) -> str:
 def load_cached(
     root: str | os.PathLike, key: str, *, mmap: bool = False
 ) -> tuple[ClientData, ClientData] | None:
-    """The cached ``(train, test)`` under ``root/key``, or None if absent or unreadable."""
+    """The cached ``(train, test)`` under ``root/key``, or None if absent or incomplete.
+
+    A corrupt entry (checksum mismatch) raises :class:`CacheCorruptError`, one of an older
+    format :class:`CacheStaleError`: both tell how to rebuild it.
+    """
     entry = Path(root) / key
     if (
         not (entry / "train" / "meta.json").is_file()
         or not (entry / "test" / "meta.json").is_file()
     ):
         return None
-    try:
-        return (
-            ClientData.load(entry / "train", mmap=mmap),
-            ClientData.load(entry / "test", mmap=mmap),
-        )
-    except (OSError, ValueError, KeyError):
-        return None  # an old format or a damaged entry: rebuilt by the caller
+    return (
+        ClientData.load(entry / "train", mmap=mmap),
+        ClientData.load(entry / "test", mmap=mmap),
+    )
 
 
 def save_cached(
@@ -72,19 +84,30 @@ def save_cached(
     *,
     source: dict | None = None,
 ) -> Path:
-    """Write ``(train, test)`` to ``root/key`` atomically; ``source`` goes to source.json."""
+    """Write ``(train, test)`` to ``root/key`` atomically; ``source`` goes to source.json.
+
+    A full disk, an unwritable root or a root under a regular file raise
+    :class:`StorageError`; nothing partial is left behind.
+    """
     entry = Path(root) / key
-    entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        train.save(tmp / "train")
-        test.save(tmp / "test")
+        train._save_files(tmp / "train")
+        test._save_files(tmp / "test")
         (tmp / "source.json").write_text(json.dumps(source or {}, indent=1))
         if entry.exists():
             shutil.rmtree(entry)
         tmp.rename(entry)
+    except OSError as e:
+        raise storage_error(
+            e,
+            "write the cache entry",
+            entry,
+            f"Nothing was cached: free space, or choose a writable --cache-dir (or ${CACHE_ENV}).",
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return entry
@@ -101,9 +124,16 @@ def cached(
     """Load ``root/key`` from the cache, or ``build()`` it, cache it and load it back.
 
     Loading back means the result is always the cached arrays (``.path`` set), so worker
-    processes can memory-map the same files.
+    processes can memory-map the same files. An entry that fails its checksums, or of an
+    older format, is rebuilt from the source, with a :class:`CacheRebuiltWarning`.
     """
-    hit = load_cached(root, key, mmap=mmap)
+    try:
+        hit = load_cached(root, key, mmap=mmap)
+    except (CacheCorruptError, CacheStaleError) as e:
+        warnings.warn(f"{e} Rebuilding it from the source now.", CacheRebuiltWarning, stacklevel=2)
+        hit = None
+    except OSError:
+        hit = None  # unreadable: rebuilt (writing it says why if that fails too)
     if hit is not None:
         return hit
     train, test = build()

@@ -13,6 +13,7 @@ numbers are bit-for-bit those of the source floats.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,7 +27,67 @@ import torch
 UINT8_TO_UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 _UINT8_TO_UNIT_T = torch.from_numpy(UINT8_TO_UNIT)
 
-CACHE_FORMAT_VERSION = 1
+#: Version 2 added the SHA-256 checksums; older entries are stale and get rebuilt.
+CACHE_FORMAT_VERSION = 2
+#: The array files of a cache directory, each with its checksum in meta.json.
+CACHE_FILES = ("x.npy", "y.npy", "offsets.npy")
+#: Features of shape (n, 28, 28) are EMNIST images; labels of image data are 0..61.
+IMAGE_SHAPE = (28, 28)
+MAX_IMAGE_CLASSES = 62
+
+
+def check_image_examples(x: np.ndarray, y: np.ndarray, *, where: str = "") -> None:
+    """Validate image-shaped data ``x`` (n, 28, 28) and its class labels ``y``.
+
+    EMNIST pixels are ``uint8`` (k means k/255) or floats in [0, 1]; labels are integers
+    in 0..61. Raises ``TypeError`` for a wrong dtype and ``ValueError`` for values out of
+    range, each naming the problem and the fix. Features of any other shape (regression
+    or generic test data) are not checked: only their caller knows what is valid.
+    """
+    if x.ndim != 3 or tuple(x.shape[1:]) != IMAGE_SHAPE:
+        return
+    at = f"{where}: " if where else ""
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(
+            f"{at}image pixels have dtype {x.dtype}; give uint8 (k means k/255) or floats "
+            "in [0, 1] (e.g. x.astype(np.float32) / 255)."
+        )
+    if np.issubdtype(x.dtype, np.floating) and len(x):
+        lo, hi = np.min(x), np.max(x)  # NaN propagates and fails both tests
+        if hi > 1.0:
+            raise ValueError(
+                f"{at}image pixels must be in [0, 1], found values up to {hi}: they look "
+                "like 0..255 intensities, divide them by 255 (or give uint8 pixels)."
+            )
+        if not (lo >= 0.0 and hi <= 1.0):
+            raise ValueError(
+                f"{at}image pixels must be in [0, 1], found min {lo} and max {hi} "
+                "(negative or NaN values)."
+            )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(
+            f"{at}labels of image data have dtype {y.dtype}; class labels must be integers "
+            f"0..{MAX_IMAGE_CLASSES - 1} (e.g. y.astype(np.int64) if they are whole numbers)."
+        )
+    if len(y):
+        lo, hi = int(np.min(y)), int(np.max(y))
+        if lo < 0 or hi >= MAX_IMAGE_CLASSES:
+            raise ValueError(
+                f"{at}label {lo if lo < 0 else hi} is outside 0..{MAX_IMAGE_CLASSES - 1} "
+                "(EMNIST-62 classes)."
+            )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in chunks (about 1.5 GB/s)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _meta_digest(meta: dict) -> str:
+    """SHA-256 of meta.json's content (ids, sizes, file checksums) but this digest."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def features_to_tensor(x: np.ndarray) -> torch.Tensor:
@@ -72,9 +133,14 @@ class ClientDataset:
 
     @classmethod
     def from_arrays(cls, x, y) -> ClientDataset:
-        """Build from array-likes (numpy arrays, torch tensors, lists)."""
+        """Build from array-likes (numpy arrays, torch tensors, lists).
+
+        Image-shaped features (n, 28, 28) are checked as EMNIST pixels and labels
+        (:func:`check_image_examples`); other features are taken as they are.
+        """
         x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        check_image_examples(x, y, where="ClientDataset.from_arrays")
         return cls(x, y)
 
     def batches(
@@ -115,6 +181,8 @@ class ClientData:
     """Ordered client ids and, for each client, its examples, stored contiguously.
 
     ``x[offsets[i]:offsets[i+1]]`` are the features of client ``client_ids[i]``.
+    Image-shaped features (n, 28, 28) must be EMNIST pixels with class labels
+    (:func:`check_image_examples`); features of other shapes are not range-checked.
     """
 
     def __init__(
@@ -125,6 +193,7 @@ class ClientData:
         offsets: np.ndarray,
         *,
         path: Path | None = None,
+        check: bool = True,
     ) -> None:
         ids = tuple(str(c) for c in client_ids)
         offsets = np.asarray(offsets, dtype=np.int64)
@@ -145,6 +214,8 @@ class ClientData:
         if len(set(ids)) != len(ids):
             dup = sorted({c for c in ids if ids.count(c) > 1})[:5]
             raise ValueError(f"duplicate client ids: {dup}. Each client id must appear once.")
+        if check:
+            check_image_examples(x, y, where="ClientData")
         self.client_ids: tuple[str, ...] = ids
         self.x = x
         self.y = y
@@ -159,14 +230,20 @@ class ClientData:
         """Concatenate ``(client_id, x, y)`` triples into one contiguous ClientData."""
         ids, xs, ys = [], [], []
         for cid, x, y in clients:
+            x, y = np.asarray(x), np.asarray(y)
+            check_image_examples(x, y, where=f"ClientData.from_clients: client {cid!r}")
             ids.append(cid)
-            xs.append(np.asarray(x))
-            ys.append(np.asarray(y))
+            xs.append(x)
+            ys.append(y)
         if not ids:
             raise ValueError("ClientData needs at least one client.")
         sizes = np.array([len(y) for y in ys], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        return cls(ids, np.concatenate(xs), np.concatenate(ys), offsets)
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        # Each client was checked; check again only if mixed dtypes were promoted (uint8
+        # pixels 0..255 next to float pixels would become floats 0..255).
+        mixed = len({a.dtype for a in xs}) > 1 or len({a.dtype for a in ys}) > 1
+        return cls(ids, x, y, offsets, check=mixed)
 
     # -- access ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -223,32 +300,66 @@ class ClientData:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the cache format: ``x.npy``, ``y.npy``, ``offsets.npy``, ``meta.json``.
 
-        Written into a temporary sibling directory and renamed when complete, so a crash
-        never leaves a half-written cache behind.
+        ``meta.json`` records the SHA-256 of each array file and of its own content
+        (client ids, sizes), checked by :meth:`load`. Written into a temporary sibling
+        directory and renamed when complete, so a crash or a full disk never leaves a
+        half-written cache behind (a failure raises ``StorageError`` and removes it).
         """
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
+        from fedp13n.data.resources import storage_error
+
+        try:
+            return self._save_files(Path(directory))
+        except OSError as e:
+            raise storage_error(
+                e,
+                "write the ClientData cache",
+                directory,
+                "Nothing was written: free space or choose a writable directory.",
+            ) from None
+
+    def _save_files(self, directory: Path) -> Path:
+        """:meth:`save`, raising the OSError of a failed write (temporary files removed)."""
         tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            _rmtree(tmp)
-        tmp.mkdir()
-        np.save(tmp / "x.npy", np.ascontiguousarray(self.x))
-        np.save(tmp / "y.npy", np.ascontiguousarray(self.y))
-        np.save(tmp / "offsets.npy", self.offsets)
-        meta = {
-            "format_version": CACHE_FORMAT_VERSION,
-            "client_ids": list(self.client_ids),
-            "num_examples": self.num_examples,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        if directory.exists():
-            _rmtree(directory)
-        tmp.rename(directory)
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                _rmtree(tmp)
+            tmp.mkdir()
+            np.save(tmp / "x.npy", np.ascontiguousarray(self.x))
+            np.save(tmp / "y.npy", np.ascontiguousarray(self.y))
+            np.save(tmp / "offsets.npy", self.offsets)
+            meta = {
+                "format_version": CACHE_FORMAT_VERSION,
+                "client_ids": list(self.client_ids),
+                "num_examples": self.num_examples,
+                "sha256": {name: file_sha256(tmp / name) for name in CACHE_FILES},
+            }
+            meta["meta_sha256"] = _meta_digest(meta)
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            if directory.exists():
+                _rmtree(directory)
+            tmp.rename(directory)
+        finally:
+            if tmp.exists():
+                _rmtree(tmp)
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, mmap: bool = False) -> ClientData:
-        """Load the cache format written by :meth:`save` (memory-mapped with ``mmap``)."""
+    def load(
+        cls, directory: str | os.PathLike, *, mmap: bool = False, verify: bool = True
+    ) -> ClientData:
+        """Load the cache format written by :meth:`save` (memory-mapped with ``mmap``).
+
+        With ``verify`` (the default, memory-mapped or not) every file is checked against
+        the SHA-256 recorded at write time, reading it once (about 0.4 s for the full
+        EMNIST-62): a flipped byte, edited ids or changed labels raise
+        ``CacheCorruptError``. ``verify=False`` skips this for files already verified,
+        e.g. by the process that hands them to workers. An entry of an older format
+        raises ``CacheStaleError``. Both are ``DataError``: delete the directory and load
+        the dataset again (``load_dataset`` does so by itself).
+        """
+        from fedp13n.data.validate import CacheCorruptError, CacheStaleError
+
         directory = Path(directory)
         meta_file = directory / "meta.json"
         if not meta_file.is_file():
@@ -256,17 +367,40 @@ class ClientData:
                 f"{directory} is not a fedp13n ClientData cache (no meta.json). "
                 "Delete it and load the dataset again to rebuild the cache."
             )
-        meta = json.loads(meta_file.read_text())
+        rebuild = "delete the directory and load the dataset again to rebuild it."
+
+        def corrupt(problem: str) -> CacheCorruptError:
+            return CacheCorruptError(f"cache entry {directory} is corrupt: {problem}; {rebuild}")
+
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise corrupt(f"meta.json is not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise corrupt("meta.json is not a JSON object")
         if meta.get("format_version") != CACHE_FORMAT_VERSION:
-            raise ValueError(
+            raise CacheStaleError(
                 f"{directory} has cache format {meta.get('format_version')}, this fedp13n "
-                f"reads {CACHE_FORMAT_VERSION}: delete the directory to rebuild it."
+                f"reads {CACHE_FORMAT_VERSION} (with checksums): {rebuild}"
             )
+        sums = meta.get("sha256")
+        if not isinstance(sums, dict) or meta.get("meta_sha256") != _meta_digest(meta):
+            raise corrupt("meta.json (client ids, sizes or checksums) does not match its checksum")
+        if verify:
+            for name in CACHE_FILES:
+                path = directory / name
+                if not path.is_file():
+                    raise corrupt(f"{name} is missing")
+                if file_sha256(path) != sums.get(name):
+                    raise corrupt(f"{name} does not match the SHA-256 recorded when it was written")
         mode = "r" if mmap else None
-        x = np.load(directory / "x.npy", mmap_mode=mode)
-        y = np.load(directory / "y.npy", mmap_mode=mode)
-        offsets = np.load(directory / "offsets.npy")
-        return cls(meta["client_ids"], x, y, offsets, path=directory)
+        try:
+            x = np.load(directory / "x.npy", mmap_mode=mode)
+            y = np.load(directory / "y.npy", mmap_mode=mode)
+            offsets = np.load(directory / "offsets.npy")
+            return cls(meta["client_ids"], x, y, offsets, path=directory)
+        except (ValueError, TypeError, KeyError, EOFError) as e:
+            raise corrupt(f"{e}") from None
 
 
 def _empty_like(cd: ClientData) -> ClientData:

@@ -15,6 +15,7 @@ read the cache.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from fedp13n.data.cache import cached, resolve_cache_dir, source_key
-from fedp13n.data.client_data import ClientData
+from fedp13n.data.client_data import ClientData, file_sha256
 from fedp13n.data.download import (
     DownloadError,
     decompress_lzma,
@@ -34,6 +35,7 @@ from fedp13n.data.download import (
 from fedp13n.data.h5 import H5_PREFIX, h5_file_names, load_h5_dir
 from fedp13n.data.leaf import load_leaf_dir
 from fedp13n.data.names import DATASET_NAMES
+from fedp13n.data.resources import StorageError, storage_error
 from fedp13n.data.sqlite import load_sqlite
 from fedp13n.data.validate import DataError, DataNotFoundError, check_counts
 from fedp13n.utils.seeding import derive_rng
@@ -74,6 +76,18 @@ def _variant(only_digits: bool) -> str:
     return "10" if only_digits else "62"
 
 
+def _url_tag(url: str | None, default_url: str, sha256: str | None = None) -> str:
+    """``""`` for TFF's own URL, else ``"-url-<hash of url and sha256>"``.
+
+    Why: data downloaded from a custom ``--url`` must never be cached (or its archive kept)
+    under the names of TFF's pinned data, or a later default load would return it.
+    """
+    if url is None or url == default_url:
+        return ""
+    h = hashlib.blake2b(f"{url}\0{sha256 or ''}".encode(), digest_size=6).hexdigest()
+    return f"-url-{h}"
+
+
 def _published_counts(expected: Counts, only_digits: bool) -> tuple[int, int, int] | None:
     return EMNIST_H5[only_digits].counts if expected == "published" else expected
 
@@ -100,11 +114,14 @@ def fetch_emnist_h5(
     pub = EMNIST_H5[only_digits]
     if sha256 == "published":
         sha256 = pub.sha256 if url is None else None
+    tag = _url_tag(url, pub.url, sha256)
     url = url or pub.url
     counts = _published_counts(expected_counts, only_digits)
-    archive = root / "downloads" / f"{H5_PREFIX[only_digits]}.tar.bz2"
+    archive = root / "downloads" / f"{H5_PREFIX[only_digits]}{tag}.tar.bz2"
 
     def build() -> tuple[ClientData, ClientData]:
+        if archive.is_file() and sha256 is not None and file_sha256(archive) != sha256.lower():
+            archive.unlink()  # not the pinned data (e.g. kept by an older fedp13n): refetch
         if not archive.is_file():
             download_file(url, archive, sha256=sha256, progress=progress)
         tmp = root / f".extract-{H5_PREFIX[only_digits]}-{os.getpid()}"
@@ -112,6 +129,8 @@ def fetch_emnist_h5(
         try:
             try:
                 safe_extract_tar(archive, tmp)
+            except StorageError:
+                raise  # disk full or not writable: the archive is fine, keep it
             except DataError as e:
                 archive.unlink(missing_ok=True)  # never keep a bad archive around
                 raise DownloadError(
@@ -140,10 +159,10 @@ def fetch_emnist_h5(
 
     return cached(
         root,
-        f"emnist-{_variant(only_digits)}",
+        f"emnist-{_variant(only_digits)}{tag}",
         build,
         mmap=mmap,
-        source={"dataset": "emnist", "url": url, "only_digits": only_digits},
+        source={"dataset": "emnist", "url": url, "sha256": sha256, "only_digits": only_digits},
     )
 
 
@@ -176,8 +195,9 @@ def fetch_emnist_sqlite(
             )
         key = source_key(f"sqlite-{_variant(only_digits)}", [src])
     else:
-        src = root / "downloads" / (SQLITE_NAME + ".lzma")
-        key = f"emnist-sqlite-{_variant(only_digits)}"
+        tag = _url_tag(url, EMNIST_SQLITE_URL)
+        src = root / "downloads" / f"emnist_all{tag}.sqlite.lzma"
+        key = f"emnist-sqlite-{_variant(only_digits)}{tag}"
         url = url or EMNIST_SQLITE_URL
 
     def build() -> tuple[ClientData, ClientData]:
@@ -186,10 +206,15 @@ def fetch_emnist_sqlite(
         db, tmp_db = src, None
         if src.suffix == ".lzma":
             tmp_db = root / f".{SQLITE_NAME}.{os.getpid()}"
-            root.mkdir(parents=True, exist_ok=True)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise storage_error(
+                    e, "create the cache directory", root, "Choose a writable --cache-dir."
+                ) from None
             try:
                 db = decompress_lzma(src, tmp_db, progress=progress)
-            except DataError:
+            except DownloadError:  # corrupt (a full disk is a StorageError: keep src)
                 if data_dir is None:
                     src.unlink(missing_ok=True)
                 raise
@@ -269,6 +294,11 @@ def load_dataset(
         except ValueError as e:
             raise DataError(f"synthetic dataset: {e}") from None
     root = resolve_cache_dir(cache_dir)
+    if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise DataNotFoundError(
+            f"--data-dir {data_dir} is a file; it must be the directory that holds the "
+            "dataset's files."
+        )
     if name == "emnist":
         if data_dir is None:
             train, test = fetch_emnist_h5(

@@ -16,6 +16,7 @@ import lzma
 import os
 import shutil
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -55,39 +56,114 @@ def _progress(description: str, total: int | None, enabled: bool) -> Iterator:
         yield lambda n: bar.update(task, advance=n)
 
 
+#: Environment variables overriding the download limits (seconds, bytes per second).
+TIMEOUT_ENV = "FEDP13N_DOWNLOAD_TIMEOUT"
+MIN_RATE_ENV = "FEDP13N_DOWNLOAD_MIN_RATE"
+DEADLINE_ENV = "FEDP13N_DOWNLOAD_DEADLINE"
+#: Defaults: a read waits at most 60 s; over any 60 s the transfer must average 1 KiB/s;
+#: no overall deadline (a slow but moving transfer of a large archive may take long).
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MIN_RATE = 1024.0
+DEFAULT_STALL_WINDOW = 60.0
+
+
+class _WriteFailed(Exception):
+    """Wraps the OSError of writing the local file (not of the network)."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+
+def _limit(value: float | None, env: str, default: float | None) -> float | None:
+    if value is not None:
+        return value
+    text = os.environ.get(env)
+    if not text:
+        return default
+    try:
+        v = float(text)
+    except ValueError:
+        raise DataError(f"${env}={text!r} is not a number of seconds or bytes/s.") from None
+    return v if v > 0 else None  # 0 switches the rule off
+
+
 def download_file(
     url: str,
     target: str | os.PathLike,
     *,
     sha256: str | None = None,
     progress: bool = True,
-    timeout: float = 60.0,
+    timeout: float | None = None,
+    min_rate: float | None = None,
+    stall_window: float = DEFAULT_STALL_WINDOW,
+    deadline: float | None = None,
 ) -> Path:
     """Download ``url`` to ``target`` atomically; return ``target``.
 
     The bytes go to ``<target>.part`` and are renamed to ``target`` only when the transfer
     is complete (as many bytes as the server announced) and, with ``sha256``, the digest
-    matches. On any failure the partial file is removed and :class:`DownloadError` raised.
+    matches. On any failure the partial file is removed and :class:`DownloadError` raised
+    (:class:`~fedp13n.data.resources.StorageError` when the local disk is full or not
+    writable).
+
+    Three limits keep a dead or trickling server from hanging the caller: ``timeout``
+    seconds without any byte (per read; ``$FEDP13N_DOWNLOAD_TIMEOUT``, default 60),
+    an average below ``min_rate`` bytes/s over any ``stall_window`` seconds
+    (``$FEDP13N_DOWNLOAD_MIN_RATE``, default 1 KiB/s over 60 s), and an overall
+    ``deadline`` in seconds (``$FEDP13N_DOWNLOAD_DEADLINE``, default none).
     """
+    from fedp13n.data.resources import storage_error
+
+    timeout = _limit(timeout, TIMEOUT_ENV, DEFAULT_TIMEOUT)
+    min_rate = _limit(min_rate, MIN_RATE_ENV, DEFAULT_MIN_RATE)
+    deadline = _limit(deadline, DEADLINE_ENV, None)
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
+    hint = "Nothing was kept: free space, or choose a writable --cache-dir."
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = open(part, "wb")  # noqa: SIM115 (closed below)
+    except OSError as e:
+        raise storage_error(e, "write the download", part, hint) from None
     digest = hashlib.sha256()
     received = 0
     done = False
+    started = time.monotonic()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
+        with out, urllib.request.urlopen(url, timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
+            read = getattr(resp, "read1", resp.read)  # read1: whatever has arrived
+            window_start, window_bytes = started, 0
             with _progress(f"Downloading {target.name}", total, progress) as advance:
                 while True:
-                    chunk = resp.read(_CHUNK)
+                    chunk = read(_CHUNK)
                     if not chunk:
                         break
-                    out.write(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as e:
+                        raise _WriteFailed(e) from None
                     digest.update(chunk)
                     received += len(chunk)
                     advance(len(chunk))
+                    now = time.monotonic()
+                    if deadline is not None and now - started > deadline:
+                        raise DownloadError(
+                            f"download of {url} exceeded the deadline of {deadline:g} s "
+                            f"({received} bytes received). Nothing was cached; retry, or "
+                            f"raise ${DEADLINE_ENV}."
+                        )
+                    if min_rate is not None and now - window_start >= stall_window:
+                        rate = (received - window_bytes) / (now - window_start)
+                        if rate < min_rate:
+                            raise DownloadError(
+                                f"download of {url} stalled: {rate:.0f} bytes/s over the "
+                                f"last {now - window_start:.1f} s, below the minimum of "
+                                f"{min_rate:g} bytes/s ({received} bytes received). Nothing "
+                                f"was cached; retry later, or lower ${MIN_RATE_ENV}."
+                            )
+                        window_start, window_bytes = now, received
         if total is not None and received != total:
             raise DownloadError(
                 f"download of {url} was interrupted: got {received} of {total} bytes. "
@@ -99,13 +175,20 @@ def download_file(
                 f"the expected {sha256}. Nothing was cached; run the command again, or pass "
                 "a trusted --url."
             )
-        os.replace(part, target)
+        try:
+            os.replace(part, target)
+        except OSError as e:
+            raise _WriteFailed(e) from None
         done = True
+    except _WriteFailed as w:
+        raise storage_error(w.error, "write the download", part, hint) from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         if isinstance(e, DownloadError):
             raise
         if isinstance(e, urllib.error.HTTPError):
             reason = f"HTTP {e.code} {e.reason}"
+        elif isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+            reason = f"no data for {timeout:g} s; raise ${TIMEOUT_ENV} for a slow network"
         else:
             reason = getattr(e, "reason", None) or repr(e)
         raise DownloadError(
@@ -139,8 +222,17 @@ def safe_extract_tar(archive: str | os.PathLike, target_dir: str | os.PathLike) 
     tarfile's ``"data"`` filter. Raises :class:`DownloadError` for a corrupt or unsafe
     archive.
     """
+    from fedp13n.data.resources import storage_error
+
     archive, root = Path(archive), Path(target_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    hint = (
+        "The archive is fine and was kept; free space (or choose another --cache-dir) and "
+        "run the command again."
+    )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(e, "extract into", root, hint) from None
     root = root.resolve()
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -150,7 +242,12 @@ def safe_extract_tar(archive: str | os.PathLike, target_dir: str | os.PathLike) 
             tar.extractall(root, members=members, filter="data")
     except DownloadError as e:
         raise DownloadError(f"{archive} is unsafe: {e}; nothing was extracted.") from None
-    except (tarfile.TarError, EOFError, OSError, lzma.LZMAError) as e:
+    except OSError as e:
+        if e.errno is not None:  # the file system refused a write, not bad archive data
+            raise storage_error(e, f"extract {archive.name} into", root, hint) from None
+        detail = " ".join(str(e).split())
+        raise DownloadError(f"{archive} is corrupt or not a tar archive ({detail}).") from None
+    except (tarfile.TarError, EOFError, lzma.LZMAError) as e:
         detail = " ".join(str(e).split())
         raise DownloadError(f"{archive} is corrupt or not a tar archive ({detail}).") from None
     return [root / m.name for m in members if m.isfile()]
@@ -159,7 +256,14 @@ def safe_extract_tar(archive: str | os.PathLike, target_dir: str | os.PathLike) 
 def decompress_lzma(
     source: str | os.PathLike, target: str | os.PathLike, *, progress: bool = True
 ) -> Path:
-    """Decompress an ``.lzma``/``.xz`` file to ``target`` (via ``<target>.part``)."""
+    """Decompress an ``.lzma``/``.xz`` file to ``target`` (via ``<target>.part``).
+
+    A corrupt source raises :class:`DownloadError`; a full or unwritable disk
+    :class:`~fedp13n.data.resources.StorageError` (the source is fine). Nothing partial
+    is left either way.
+    """
+    from fedp13n.data.resources import storage_error
+
     source, target = Path(source), Path(target)
     part = target.with_name(target.name + ".part")
     try:
@@ -176,6 +280,13 @@ def decompress_lzma(
                 advance(len(chunk))
     except (lzma.LZMAError, EOFError, OSError) as e:
         part.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise storage_error(
+                e,
+                f"decompress {source.name} to",
+                part,
+                f"{source} is fine and was kept; free space and run the command again.",
+            ) from None
         raise DownloadError(
             f"{source} is corrupt or not LZMA-compressed ({e}). Delete it and download "
             "again (fedp13n data download)."

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from fedp13n.data.client_data import ClientData
+from fedp13n.data.resources import check_memory
 from fedp13n.data.validate import (
     NUM_CLASSES,
     NUM_DIGIT_CLASSES,
@@ -39,6 +40,8 @@ def h5_file_names(only_digits: bool = False) -> tuple[str, str]:
 def load_h5_file(path: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> ClientData:
     """Load one TFF h5 file (all clients, in the file's sorted key order)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataNotFoundError(f"{path}: is a directory; expected an h5 file.")
     if not path.is_file():
         raise DataNotFoundError(f"{path}: no such file.")
     acc = PixelAccumulator()
@@ -46,30 +49,77 @@ def load_h5_file(path: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> 
         f = h5py.File(path, "r")
     except OSError as e:
         raise DataFormatError(f"{path}: not a readable HDF5 file ({e}).") from None
+    # No client can hold more bytes than its compressed bytes inflate to (deflate peaks at
+    # ~1032:1); a dataset declaring more is corrupt or hostile, refused before reading.
+    limit = MAX_INFLATION * path.stat().st_size + (64 << 20)
     with f:
-        if "examples" not in f or not isinstance(f["examples"], h5py.Group):
+        if "examples" not in f or not isinstance(f.get("examples"), h5py.Group):
             raise DataFormatError(
                 f"{path}: no 'examples' group; expected TFF's layout "
                 "examples/<client_id>/{pixels,label}."
             )
         group = f["examples"]
         for cid in group:
-            client = group[cid]
+            client = _member(group, cid, path=path, cid=cid, where=f"examples/{cid}")
             if not isinstance(client, h5py.Group):
                 raise DataFormatError(
                     f"{path}: client {cid!r}: examples/{cid} is not a group with "
                     "'pixels' and 'label'."
                 )
-            for key in ("pixels", "label"):
-                if key not in client or not isinstance(client[key], h5py.Dataset):
-                    raise DataFormatError(
-                        f"{path}: client {cid!r}: missing dataset examples/{cid}/{key}."
-                    )
-            x = np.asarray(client["pixels"][()])
-            y = np.asarray(client["label"][()])
+            x = _read_dataset(client, "pixels", path=path, cid=cid, limit=limit)
+            y = _read_dataset(client, "label", path=path, cid=cid, limit=limit)
             check_client(x, y, source=str(path), client_id=cid, num_classes=num_classes)
             acc.add(cid, x, y, source=str(path))
     return acc.build(source=str(path))
+
+
+#: The most an h5 dataset may inflate relative to the whole file (deflate's bound, ~1032).
+MAX_INFLATION = 1100
+
+
+def _member(group: h5py.Group, name: str, *, path: Path, cid: str, where: str):
+    """``group[name]``, or a DataFormatError naming a dangling soft or external link."""
+    obj = group.get(name)
+    if obj is not None:
+        return obj
+    link = group.get(name, getlink=True)
+    if isinstance(link, h5py.SoftLink):
+        what = f"a soft link to {link.path!r}, which does not exist"
+    elif isinstance(link, h5py.ExternalLink):
+        what = f"an external link to {link.filename}:{link.path}, which cannot be opened"
+    else:
+        what = "missing"
+    raise DataFormatError(f"{path}: client {cid!r}: {where} is {what}.")
+
+
+def _read_dataset(client: h5py.Group, key: str, *, path: Path, cid: str, limit: int):
+    where = f"examples/{cid}/{key}"
+    if key not in client and client.get(key, getlink=True) is None:
+        raise DataFormatError(f"{path}: client {cid!r}: missing dataset {where}.")
+    ds = _member(client, key, path=path, cid=cid, where=where)
+    if not isinstance(ds, h5py.Dataset):
+        raise DataFormatError(f"{path}: client {cid!r}: missing dataset {where}.")
+    nbytes = int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize)
+    if nbytes > limit:
+        raise DataFormatError(
+            f"{path}: client {cid!r}: {where} declares shape {ds.shape} ({nbytes:,} bytes), "
+            f"more than the file could hold ({path.stat().st_size:,} bytes); the file is "
+            "corrupt or not TFF's."
+        )
+    if nbytes > 64 << 20:  # a real client is well under 1 MB: ask the system only then
+        check_memory(
+            nbytes,
+            f"{path}: client {cid!r}: {where}",
+            "Free memory or use a machine with more.",
+            error=DataFormatError,
+        )
+    try:
+        return np.asarray(ds[()])
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise DataFormatError(
+            f"{path}: client {cid!r}: cannot read {where} (corrupt data: {e}). The file "
+            "is damaged: download or copy it again."
+        ) from None
 
 
 def load_h5_pair(

@@ -27,17 +27,49 @@ from fedp13n.data.validate import (
 
 
 def _read_shard(path: Path) -> dict:
+    if path.is_dir():
+        raise DataFormatError(f"{path}: is a directory, expected a LEAF JSON shard file.")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataFormatError(f"{path}: not valid JSON ({e}).") from None
+    except RecursionError:
+        raise DataFormatError(f"{path}: JSON nested too deeply to be a LEAF shard.") from None
+    except OSError as e:
+        from fedp13n.data.resources import os_error_reason
+
+        raise DataNotFoundError(f"{path}: cannot read it: {os_error_reason(e, path)}.") from None
     if not isinstance(data, dict):
         raise DataFormatError(f"{path}: expected a JSON object with 'users' and 'user_data'.")
     for key in ("users", "user_data"):
         if key not in data:
             raise DataFormatError(f"{path}: missing key {key!r} (LEAF layout).")
+    users, user_data, num_samples = data["users"], data["user_data"], data.get("num_samples")
+    if not isinstance(users, list) or not all(
+        isinstance(u, str | int) and not isinstance(u, bool) for u in users
+    ):
+        raise DataFormatError(f"{path}: 'users' must be a list of writer ids (strings).")
+    if not isinstance(user_data, dict):
+        raise DataFormatError(f"{path}: 'user_data' must be an object {{user: {{x, y}}}}.")
+    if num_samples is not None and not (
+        isinstance(num_samples, list)
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in num_samples)
+    ):
+        raise DataFormatError(f"{path}: 'num_samples' must be a list of integers.")
     return data
+
+
+def _as_array(value, dtype, *, path: Path, cid: str, key: str, what: str) -> np.ndarray:
+    """``value`` (a JSON list) as an array, or a DataFormatError naming the problem."""
+    if not isinstance(value, list):
+        raise DataFormatError(
+            f"{path}: client {cid!r}: {key!r} is a {type(value).__name__}, expected {what}."
+        )
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise DataFormatError(f"{path}: client {cid!r}: {key!r} is not {what} ({e}).") from None
 
 
 def load_leaf_split(split_dir: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> ClientData:
@@ -64,13 +96,17 @@ def load_leaf_split(split_dir: str | os.PathLike, *, num_classes: int = NUM_CLAS
             entry = user_data[cid]
             if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
                 raise DataFormatError(f"{path}: client {cid!r}: user_data needs 'x' and 'y'.")
-            try:
-                x = np.asarray(entry["x"], dtype=np.float32)
-                y = np.asarray(entry["y"])
-            except (ValueError, TypeError) as e:
-                raise DataFormatError(
-                    f"{path}: client {cid!r}: 'x' is not a list of equal-length pixel lists ({e})."
-                ) from None
+            x = _as_array(
+                entry["x"],
+                np.float32,
+                path=path,
+                cid=cid,
+                key="x",
+                what="a list of equal-length pixel lists",
+            )
+            y = _as_array(entry["y"], None, path=path, cid=cid, key="y", what="a list of labels")
+            if y.dtype == object:
+                raise DataFormatError(f"{path}: client {cid!r}: 'y' must be a flat list of labels.")
             if x.ndim != 2 or x.shape[1] != 784:
                 if x.size == 0 and len(y) == 0:
                     x = x.reshape(0, 784)

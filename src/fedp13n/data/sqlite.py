@@ -34,15 +34,26 @@ REQUIRED_TABLES = ("examples", "client_metadata")
 REQUIRED_COLUMNS = ("split_name", "client_id", "serialized_example_proto")
 
 
+def sqlite_uri(path: str | os.PathLike, mode: str = "ro") -> str:
+    """A ``file:`` URI for SQLite naming exactly ``path``: ``%``, ``#``, ``?`` and spaces
+    are percent-encoded (``Path.as_uri``), so ``a%41.db`` is not read as ``aA.db``."""
+    return f"{Path(path).resolve().as_uri()}?mode={mode}"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
+    if path.is_dir():
+        raise DataNotFoundError(f"{path}: is a directory; expected TFF's emnist_all.sqlite file.")
     if not path.is_file():
         raise DataNotFoundError(f"{path}: no such file.")
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        con = sqlite3.connect(sqlite_uri(path), uri=True)
+    except sqlite3.Error as e:
+        raise DataFormatError(f"{path}: cannot open the SQLite database ({e}).") from None
     try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as e:
+    except sqlite3.Error as e:
         con.close()
-        raise DataFormatError(f"{path}: not a SQLite database ({e}).") from None
+        raise DataFormatError(f"{path}: not a SQLite database, or unreadable ({e}).") from None
     missing = [t for t in REQUIRED_TABLES if t not in tables]
     if missing:
         con.close()
@@ -61,9 +72,14 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _decode_row(blob: bytes, *, source: str, client_id: str) -> tuple[np.ndarray, int]:
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise DataFormatError(
+            f"{source}: client {client_id!r}: serialized_example_proto holds a "
+            f"{type(blob).__name__}, not the bytes of a serialized tf.train.Example."
+        )
     try:
         feats = parse_example(blob)
-    except ProtoDecodeError as e:
+    except (ProtoDecodeError, ValueError, OverflowError, IndexError) as e:
         raise DataFormatError(
             f"{source}: client {client_id!r}: a row is not a valid tf.train.Example ({e})."
         ) from None
@@ -121,7 +137,7 @@ def load_sqlite_split(
             ys.append(y)
         if current is not None:
             flush()
-    except sqlite3.DatabaseError as e:
+    except sqlite3.Error as e:
         raise DataFormatError(f"{source}: SQLite error while reading ({e}).") from None
     finally:
         con.close()

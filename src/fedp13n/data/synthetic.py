@@ -40,7 +40,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedp13n.data.client_data import ClientData
+from fedp13n.data.resources import check_memory
+from fedp13n.utils.checks import check_positive_int
 from fedp13n.utils.seeding import derive_rng
+
+#: Upper sanity bound on the number of synthetic writers.
+MAX_SYNTHETIC_CLIENTS = 1_000_000
 
 #: The EMNIST-62 alphabet in label order: 0-9 digits, 10-35 'A'-'Z', 36-61 'a'-'z'.
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -149,8 +154,14 @@ def _check_args(
     label_concentration: float,
     variant_probability: float,
 ) -> None:
-    if num_clients < 1:
-        raise ValueError(f"num_clients must be at least 1, got {num_clients}.")
+    check_positive_int("num_clients", num_clients)
+    check_positive_int("min_examples", min_examples)
+    check_positive_int("max_examples", max_examples)
+    if num_clients > MAX_SYNTHETIC_CLIENTS:
+        raise ValueError(
+            f"num_clients={num_clients:,} is more than {MAX_SYNTHETIC_CLIENTS:,}: the synthetic "
+            "dataset is for tests and demos (the real EMNIST-62 has 3,400 writers)."
+        )
     if min_examples < 2:
         raise ValueError(
             f"min_examples must be at least 2 (one train and one test example), got {min_examples}."
@@ -168,6 +179,25 @@ def _check_args(
         raise ValueError(f"label_concentration must be positive, got {label_concentration}.")
     if not 0.0 <= variant_probability <= 1.0:
         raise ValueError(f"variant_probability must be in [0, 1], got {variant_probability}.")
+    needed = synthetic_memory_bytes(num_clients, min_examples, max_examples)
+    check_memory(
+        needed,
+        f"a synthetic dataset of {num_clients:,} clients",
+        "Ask for fewer clients (or fewer examples per client).",
+        error=ValueError,
+    )
+
+
+def synthetic_memory_bytes(num_clients: int, min_examples: int, max_examples: int) -> int:
+    """Peak bytes :func:`make_synthetic_emnist` needs: each example's 784 uint8 pixels and
+    int16 label, twice (the per-client pieces and the concatenated arrays), plus the
+    glyph bank and one client's float32 rendering temporaries."""
+    per_example = SIZE * SIZE + 2
+    mean = (min_examples + max_examples) / 2
+    temporaries = 64 << 20  # glyph bank (~11 MB) and float32 work arrays of one client
+    return int(2 * num_clients * mean * per_example + 24 * max_examples * per_example) + (
+        temporaries
+    )
 
 
 def _sample_style(

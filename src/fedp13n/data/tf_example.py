@@ -37,6 +37,8 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if not b & 0x80:
+            if result >> 64:
+                raise ProtoDecodeError("varint does not fit in 64 bits")
             return result, pos
         shift += 7
         if shift >= 70:
@@ -129,6 +131,8 @@ def parse_example(data: bytes) -> dict[str, np.ndarray | list[bytes]]:
     Float features become float32 arrays, int64 features int64 arrays, bytes features
     lists of bytes. A feature with no kind set decodes as an empty int64 array.
     """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtoDecodeError(f"expected the bytes of a message, got {type(data).__name__}")
     buf = bytes(data)
     out: dict[str, np.ndarray | list[bytes]] = {}
     for field, wire, a, b in _fields(buf, 0, len(buf)):

@@ -45,6 +45,14 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """Expected data files are missing."""
 
 
+class CacheCorruptError(DataError):
+    """A cache entry does not match the checksums recorded when it was written."""
+
+
+class CacheStaleError(DataError):
+    """A cache entry was written by an older cache format."""
+
+
 def label_char(label: int) -> str:
     """The character an EMNIST-62 label stands for (``11 -> 'B'``, ``37 -> 'b'``)."""
     if not 0 <= label < NUM_CLASSES:
@@ -92,7 +100,8 @@ def check_client(
     if np.issubdtype(x.dtype, np.floating) and not (np.all(x >= 0.0) and np.all(x <= 1.0)):
         raise DataFormatError(
             f"{where}: pixel values outside [0, 1] (min {np.nanmin(x)}, max "
-            f"{np.nanmax(x)}, or NaN); TFF's convention is [0, 1] with 1.0 background."
+            f"{np.nanmax(x)}, or NaN); TFF's convention is [0, 1] with 1.0 background"
+            + (": 0..255 intensities must be divided by 255." if np.nanmax(x) > 1 else ".")
         )
 
 
