@@ -88,3 +88,24 @@ def test_split_sizes():
     assert resolve_split(ExperimentConfig(num_p13n_clients=50), 286) == (236, 50)
     with pytest.raises(ConfigError, match="has 286 clients"):
         resolve_split(ExperimentConfig(num_train_clients=2500, num_p13n_clients=900), 286)
+
+
+def test_strategy_kinds_and_their_options_from_toml(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text(
+        '[[strategies]]\nname = "ditto"\nkind = "proximal"\nlam = 0.5\n'
+        '[[strategies]]\nname = "head"\nkind = "head_only"\nhead = "fc2"\nepochs = 2\n'
+    )
+    c = ExperimentConfig.from_toml(p)
+    c.validate()
+    ditto, head = c.strategies
+    assert (ditto.kind, ditto.options) == ("proximal", {"lam": 0.5})
+    assert (head.kind, head.options, c.strategy_epochs(head)) == ("head_only", {"head": "fc2"}, 2)
+    assert c.strategy_builder(ditto).keywords["lam"] == 0.5
+    assert ExperimentConfig.from_toml(p).to_dict()["strategies"][0]["lam"] == 0.5
+    p.write_text('[[strategies]]\nname = "x"\nkind = "proximal"\nlamda = 0.5\n')
+    with pytest.raises(ConfigError, match="strategy 'x': .*lamda"):
+        ExperimentConfig.from_toml(p).validate()
+    p.write_text('[[strategies]]\nname = "x"\nkind = "nosuchmodule:fn"\n')
+    with pytest.raises(ConfigError, match="strategy 'x'"):
+        ExperimentConfig.from_toml(p).validate()

@@ -45,7 +45,15 @@ CHANGED = {
     "checkpoint_every": (2, "2"),
     "keep_checkpoints": (0, "0"),
     "strategies": (
-        [{"name": "fast", "optimizer": "sgd", "learning_rate": 0.1, "epochs_per_eval": 1}],
+        [
+            {
+                "name": "fast",
+                "optimizer": "sgd",
+                "learning_rate": 0.1,
+                "epochs_per_eval": 1,
+                "kind": "finetune",
+            }
+        ],
         "fast=sgd:0.1",
     ),
     "p13n_epochs": (5, "5"),

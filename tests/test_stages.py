@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 from fedp13n.algorithms import ClientSelection, build_weighted_fed_avg, sample_clients
 from fedp13n.algorithms.loop import fresh_server_state, run_rounds
-from fedp13n.algorithms.optimizers import make_optimizer_fn
 from fedp13n.cli.main import app
 from fedp13n.data import load_dataset
 from fedp13n.data.split import split_clients
 from fedp13n.models.registry import model_fn_for
 from fedp13n.rundir import layout as rd
+from fedp13n.utils.optimizers import make_optimizer_fn
 
 TWO_STAGES = """
 dataset = "synthetic"

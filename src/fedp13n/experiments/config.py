@@ -31,7 +31,6 @@ from typing import Any, get_args, get_origin
 
 import tomli_w
 
-from fedp13n.algorithms.optimizers import OPTIMIZERS
 from fedp13n.data.names import DATASET_NAMES
 from fedp13n.data.pipeline import PIPELINES
 from fedp13n.data.split import split_sizes
@@ -44,6 +43,7 @@ from fedp13n.utils.checks import (
     check_positive_int,
     check_positive_number,
 )
+from fedp13n.utils.optimizers import OPTIMIZERS
 
 
 class ConfigError(ValueError):
@@ -193,8 +193,12 @@ def _default_strategies() -> list[StrategyConfig]:
 
 @dataclass
 class StrategyConfig:
-    """One fine-tuning strategy: ``name`` is its key in ``personalize_fn_dict``.
+    """One personalization strategy: ``name`` is its key in ``personalize_fn_dict``.
 
+    ``kind`` is a strategy of :mod:`fedp13n.personalization.registry` (``finetune``,
+    ``head_only``, ``proximal``, ``interpolation``, ``early_stopping``,
+    ``adam_recommended``) or a user's ``"module:function"``; ``options`` holds the kind's
+    own parameters (in TOML: any other key of the table, e.g. ``lam = 0.1``).
     ``epochs`` / ``batch_size`` left unset take the experiment's ``p13n_epochs`` /
     ``p13n_batch_size``.
     """
@@ -205,6 +209,20 @@ class StrategyConfig:
     batch_size: int | None = None
     epochs: int | None = None
     epochs_per_eval: int = 1
+    kind: str = "finetune"
+    options: dict = field(default_factory=dict)
+
+    def builder_params(self, epochs: int, batch_size: int) -> dict[str, Any]:
+        """The keyword parameters of ``build_strategy(kind, ...)``."""
+        params = dict(
+            learning_rate=self.learning_rate,
+            batch_size=batch_size,
+            epochs=epochs,
+            epochs_per_eval=self.epochs_per_eval,
+        )
+        if self.kind != "adam_recommended":
+            params["optimizer"] = self.optimizer
+        return {**params, **self.options}
 
     def validate(self) -> None:
         if (
@@ -401,6 +419,17 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(f"strategy names must be unique, got {names}.")
         for s in self.strategies:
             s.validate()
+            self.strategy_builder(s)  # a bad kind or parameter fails now, naming the strategy
+
+    def strategy_builder(self, s: StrategyConfig) -> Any:
+        """The no-argument builder of strategy ``s`` (a ``personalize_fn_dict`` value)."""
+        from fedp13n.personalization.registry import build_strategy
+
+        params = s.builder_params(self.strategy_epochs(s), self.strategy_batch_size(s))
+        try:
+            return build_strategy(s.kind, **params)
+        except (ValueError, TypeError, ImportError) as e:
+            raise ConfigError(f"strategy {s.name!r}: {e}") from None
 
     def differences(self, other: ExperimentConfig) -> list[str]:
         """The keys whose values differ between two configs."""
@@ -416,7 +445,10 @@ class ExperimentConfig(TrainingSettings):
     # -- (de)serialization ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["strategies"] = [{k: v for k, v in s.items() if v is not None} for s in d["strategies"]]
+        d["strategies"] = [
+            {k: v for k, v in s.items() if v is not None and k != "options"} | s["options"]
+            for s in d["strategies"]
+        ]
         # TOML has no null: leave unset optional values out (they mean "default").
         return {k: v for k, v in d.items() if v is not None and v != []}
 
@@ -480,14 +512,10 @@ def _strategies_from_toml(items: Any, source: str) -> list[StrategyConfig]:
                 f"{source}: strategies[{i}] must be a table with at least 'name' "
                 "(e.g. [[strategies]] name = 'sgd' optimizer = 'sgd' learning_rate = 0.02)."
             )
-        known = {f.name for f in dataclasses.fields(StrategyConfig)}
-        unknown = sorted(set(s) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: strategies[{i}]: unknown key(s) {unknown}; valid keys are "
-                f"{sorted(known)}."
-            )
-        strategy = StrategyConfig(**s)
+        known = {f.name for f in dataclasses.fields(StrategyConfig)} - {"options"}
+        fields = {k: v for k, v in s.items() if k in known}
+        options = {k: v for k, v in s.items() if k not in known}  # the kind's own parameters
+        strategy = StrategyConfig(**fields, options=options)
         for f in dataclasses.fields(strategy):
             _check_type(f, getattr(strategy, f.name), f"{source}: strategies[{i}]")
         out.append(strategy)

@@ -90,28 +90,13 @@ def model_fn_for(config: ExperimentConfig) -> Callable[[], Any]:
 
 def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
     """TFF's ``personalize_fn_dict``: strategy name -> no-argument strategy builder."""
-    from fedp13n.algorithms.optimizers import make_optimizer_fn
-    from fedp13n.personalization import build_personalize_fn
-
-    return OrderedDict(
-        (
-            s.name,
-            functools.partial(
-                build_personalize_fn,
-                optimizer_fn=make_optimizer_fn(s.optimizer, s.learning_rate),
-                batch_size=config.strategy_batch_size(s),
-                num_epochs=config.strategy_epochs(s),
-                num_epochs_per_eval=s.epochs_per_eval,
-            ),
-        )
-        for s in config.strategies
-    )
+    return OrderedDict((s.name, config.strategy_builder(s)) for s in config.strategies)
 
 
 def build_stage_process(config: ExperimentConfig, stage: StageConfig, executor: Any) -> Any:
     """The training process of one stage (weighted FedAvg with the stage's optimizers)."""
     from fedp13n.algorithms import build_weighted_fed_avg
-    from fedp13n.algorithms.optimizers import make_optimizer_fn
+    from fedp13n.utils.optimizers import make_optimizer_fn
 
     client = make_optimizer_fn(
         stage.client_optimizer, stage.client_learning_rate, momentum=stage.client_momentum
@@ -320,7 +305,9 @@ def evaluate_personalization(
     ]
     log(
         f"personalization: {len(eval_ids)} clients, strategies "
-        + ", ".join(f"{s.name} ({s.optimizer} lr {s.learning_rate})" for s in config.strategies)
+        + ", ".join(
+            f"{s.name} ({s.kind}, {s.optimizer} lr {s.learning_rate})" for s in config.strategies
+        )
     )
     t0 = time.perf_counter()
     p13n_eval = build_personalization_eval(

@@ -46,8 +46,6 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-
 from fedp13n.personalization.p13n_utils import build_personalize_fn
 from fedp13n.personalization.strategies import (
     DEFAULT_ALPHAS,
@@ -59,6 +57,7 @@ from fedp13n.personalization.strategies import (
     build_recommended_adam_personalize_fn,
 )
 from fedp13n.utils.checks import check_positive_number
+from fedp13n.utils.optimizers import make_optimizer_fn as optimizer_fn_by_name
 from fedp13n.utils.types import OptimizerFn, PersonalizeFn
 
 StrategyFactory = Callable[..., PersonalizeFn]
@@ -78,13 +77,11 @@ def make_optimizer_fn(
     lr = check_positive_number("learning_rate", lr)
     if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not momentum >= 0:
         raise ValueError(f"momentum must be a number >= 0, got {momentum!r}.")
-    if optimizer == "adam":
-        if momentum:
-            raise ValueError(
-                f"momentum={momentum!r} applies to sgd only; Adam has its own betas (use 0)."
-            )
-        return functools.partial(torch.optim.Adam, lr=lr)
-    return functools.partial(torch.optim.SGD, lr=lr, momentum=float(momentum))
+    if optimizer == "adam" and momentum:
+        raise ValueError(
+            f"momentum={momentum!r} applies to sgd only; Adam has its own betas (use 0)."
+        )
+    return optimizer_fn_by_name(optimizer, lr, momentum=float(momentum))
 
 
 # -- the built-in factories (module level: picklable by reference) ----------------------------
