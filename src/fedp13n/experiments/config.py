@@ -210,7 +210,30 @@ class StrategyConfig:
     epochs: int | None = None
     epochs_per_eval: int = 1
     kind: str = "finetune"
+    #: Parameters to tune on the validation clients: name -> candidate values.
+    tune: dict = field(default_factory=dict)
+    #: Also choose the evaluation epoch on the validation clients (report only that one).
+    select_epoch: bool = False
     options: dict = field(default_factory=dict)
+
+    @property
+    def tuned(self) -> bool:
+        return bool(self.tune) or self.select_epoch
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of the ``tune`` candidates (one empty dict when none)."""
+        import itertools
+
+        keys = list(self.tune)
+        return [dict(zip(keys, values, strict=True)) for values in
+                itertools.product(*(self.tune[k] for k in keys))]  # fmt: skip
+
+    def with_params(self, params: dict[str, Any]) -> StrategyConfig:
+        """This strategy with some parameters (fields or options) set, untuned."""
+        fields = {f.name for f in dataclasses.fields(self)} - {"options", "tune"}
+        changes = {k: v for k, v in params.items() if k in fields}
+        options = {**self.options, **{k: v for k, v in params.items() if k not in fields}}
+        return dataclasses.replace(self, **changes, options=options, tune={}, select_epoch=False)
 
     def builder_params(self, epochs: int, batch_size: int) -> dict[str, Any]:
         """The keyword parameters of ``build_strategy(kind, ...)``."""
@@ -248,6 +271,12 @@ class StrategyConfig:
         check_positive_int(
             f"strategy {self.name!r} epochs_per_eval", self.epochs_per_eval, ConfigError
         )
+        for key, values in self.tune.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(
+                    f"strategy {self.name!r} tune.{key} must be a non-empty list of candidate "
+                    f"values, got {values!r} (e.g. tune = {{ learning_rate = [0.01, 0.02] }})."
+                )
 
     @classmethod
     def parse(cls, spec: str) -> StrategyConfig:
@@ -295,6 +324,12 @@ class ExperimentConfig(TrainingSettings):
     )
     num_p13n_clients: int | None = setting(
         None, help="Personalization clients.", panel="Data", default_text="the rest"
+    )
+    num_val_clients: int = setting(
+        0,
+        help="Validation clients, taken from the personalization clients: tuned strategy "
+        "settings are chosen on them, and they are never reported on.",
+        panel="Data",
     )
     split_seed: int = setting(42, help="Seed of the client split (TFF's 42).", panel="Data")
     # -- model and training (the TrainingSettings fields above, then) ----------------------------
@@ -399,7 +434,7 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(f"stage names must be unique, got {names}.")
         for s in stages:
             s.validate_training(f"stage {s.name!r} " if self.stages else "")
-        for key in ("eval_every", "checkpoint_every", "keep_checkpoints"):
+        for key in ("eval_every", "checkpoint_every", "keep_checkpoints", "num_val_clients"):
             check_non_negative_int(key, getattr(self, key), ConfigError)
         for key in (
             "num_eval_clients",
@@ -419,7 +454,14 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(f"strategy names must be unique, got {names}.")
         for s in self.strategies:
             s.validate()
-            self.strategy_builder(s)  # a bad kind or parameter fails now, naming the strategy
+            for params in s.grid():  # a bad kind or parameter fails now, naming the strategy
+                self.strategy_builder(s.with_params(params))
+        tuned = [s.name for s in self.strategies if s.tuned]
+        if tuned and not self.num_val_clients:
+            raise ConfigError(
+                f"strategies {tuned} tune settings, which must be chosen on validation clients "
+                "that are not reported on: set num_val_clients (e.g. --num-val-clients 20)."
+            )
 
     def strategy_builder(self, s: StrategyConfig) -> Any:
         """The no-argument builder of strategy ``s`` (a ``personalize_fn_dict`` value)."""
@@ -446,7 +488,15 @@ class ExperimentConfig(TrainingSettings):
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["strategies"] = [
-            {k: v for k, v in s.items() if v is not None and k != "options"} | s["options"]
+            {
+                k: v
+                for k, v in s.items()
+                if v is not None
+                and k != "options"
+                and not (k == "tune" and not v)
+                and not (k == "select_epoch" and not v)
+            }
+            | s["options"]
             for s in d["strategies"]
         ]
         # TOML has no null: leave unset optional values out (they mean "default").

@@ -66,7 +66,8 @@ class ExperimentData:
     train: Any  # ClientData
     test: Any  # ClientData
     train_ids: list[str]
-    p13n_ids: list[str]
+    p13n_ids: list[str]  # the clients reported on
+    val_ids: list[str] = field(default_factory=list)  # tuned settings are chosen on these
 
 
 def default_run_dir(root: str | Path = "runs", dataset: str = "run") -> Path:
@@ -146,12 +147,19 @@ def prepare_data(config: ExperimentConfig, log: Log, *, progress: bool = True) -
     train_ids, p13n_ids = split_clients(
         list(train.client_ids), n_train, n_p13n, seed=config.split_seed
     )
+    if config.num_val_clients >= len(p13n_ids):
+        raise ConfigError(
+            f"num_val_clients is {config.num_val_clients} but there are only {len(p13n_ids)} "
+            "personalization clients to take them from; choose fewer."
+        )
+    val_ids, p13n_ids = p13n_ids[: config.num_val_clients], p13n_ids[config.num_val_clients :]
     log(
         f"data: {config.dataset}, {len(train)} clients, {train.num_examples} train / "
         f"{test.num_examples} test examples; split {len(train_ids)} FedAvg / "
-        f"{len(p13n_ids)} personalization clients ({time.perf_counter() - t0:.1f} s)"
+        + (f"{len(val_ids)} validation / " if val_ids else "")
+        + f"{len(p13n_ids)} personalization clients ({time.perf_counter() - t0:.1f} s)"
     )
-    return ExperimentData(train, test, train_ids, p13n_ids)
+    return ExperimentData(train, test, train_ids, p13n_ids, val_ids)
 
 
 def stage_bounds(stages: list[StageConfig]) -> list[tuple[StageConfig, int, int]]:
@@ -279,6 +287,105 @@ def _evaluate_global(
     return dict(evaluate_fn(model, ClientDataset(held_out.x, held_out.y)))
 
 
+def _client_inputs(data: ExperimentData, ids: list[str]) -> list[OrderedDict]:
+    return [
+        OrderedDict(
+            client_id=c,
+            train_data=data.train.create_dataset(c),
+            test_data=data.test.create_dataset(c),
+        )
+        for c in ids
+    ]
+
+
+def _run_eval(
+    config: ExperimentConfig, fn_dict: OrderedDict, weights, inputs, executor, progress, what
+):
+    from fedp13n.personalization import build_personalization_eval, evaluate_fn
+
+    p13n_eval = build_personalization_eval(
+        model_fn_for(config),
+        fn_dict,
+        evaluate_fn,
+        max_num_samples=max(1, len(inputs)),  # already sampled: keep them all
+        seed=config.seed,
+        executor=executor,
+    )
+    with _status(progress, f"personalizing {len(inputs)} {what}"):
+        return p13n_eval(weights, inputs)
+
+
+def mean_accuracy_by_epoch(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``epoch_k`` -> mean accuracy over clients (NaN-free clients) of one strategy's result."""
+    import numpy as np
+
+    out = {}
+    for key, m in metrics.items():
+        if key.startswith("epoch_") and isinstance(m, Mapping) and "accuracy" in m:
+            acc = np.asarray(m["accuracy"], dtype=float)
+            out[key] = float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
+    return out
+
+
+def tune_strategies(
+    config: ExperimentConfig, data: ExperimentData, weights, executor, *, progress, log
+) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """Choose every tuned strategy's settings (and epoch) on the validation clients.
+
+    Each combination of a strategy's ``tune`` candidates runs on every validation client;
+    the one with the highest mean validation accuracy (at its last evaluation, or at the
+    best epoch with ``select_epoch``) wins, ties going to the first. Returns the config
+    with the chosen settings and the record written to ``tuning.json``.
+    """
+    tuned = [s for s in config.strategies if s.tuned]
+    variants: OrderedDict[str, tuple[Any, dict]] = OrderedDict()
+    for s in tuned:
+        for i, params in enumerate(s.grid()):
+            variants[f"{s.name}~{i}"] = (s, params)
+    fn_dict = OrderedDict(
+        (name, config.strategy_builder(s.with_params(params)))
+        for name, (s, params) in variants.items()
+    )
+    log(f"tuning {[s.name for s in tuned]}: {len(variants)} settings on "
+        f"{len(data.val_ids)} validation clients")  # fmt: skip
+    result = _run_eval(
+        config, fn_dict, weights, _client_inputs(data, data.val_ids), executor, progress,
+        "validation clients",
+    )  # fmt: skip
+    record: dict[str, Any] = {"validation_client_ids": list(data.val_ids), "strategies": {}}
+    chosen_strategies = []
+    for s in config.strategies:
+        if not s.tuned:
+            chosen_strategies.append(s)
+            continue
+        candidates = []
+        for name, (owner, params) in variants.items():
+            if owner is not s:
+                continue
+            curve = mean_accuracy_by_epoch(result[name])
+            last = list(curve)[-1]
+            epoch = max(curve, key=lambda e: (curve[e], -list(curve).index(e))) if \
+                s.select_epoch else last  # fmt: skip
+            candidates.append({"params": params, "validation_accuracy": curve, "epoch": epoch})
+        best = max(
+            candidates,
+            key=lambda c: (c["validation_accuracy"][c["epoch"]], -candidates.index(c)),
+        )
+        record["strategies"][s.name] = {
+            "chosen": best["params"],
+            "chosen_epoch": best["epoch"] if s.select_epoch else None,
+            "validation_accuracy": best["validation_accuracy"][best["epoch"]],
+            "candidates": candidates,
+        }
+        chosen_strategies.append(s.with_params(best["params"]))
+        log(
+            f"tuned {s.name!r} on {len(data.val_ids)} validation clients: {best['params']}"
+            + (f", {best['epoch']}" if s.select_epoch else "")
+            + f" (validation accuracy {best['validation_accuracy'][best['epoch']]:.4f})"
+        )
+    return config.replace(strategies=chosen_strategies), record
+
+
 def evaluate_personalization(
     config: ExperimentConfig,
     data: ExperimentData,
@@ -287,22 +394,19 @@ def evaluate_personalization(
     *,
     progress: bool,
     log: Log,
-) -> Any:
+) -> tuple[Any, dict[str, Any] | None]:
     """TFF's personalization evaluation of ``weights`` on ``num_eval_clients`` sampled
-    personalization clients (sampled once, here)."""
-    from fedp13n.personalization import build_personalization_eval, evaluate_fn
-
+    personalization clients (sampled once, here), after tuning any tuned strategy on the
+    validation clients; the result and the tuning record (None without tuning)."""
+    tuning = None
+    if any(s.tuned for s in config.strategies):
+        config, tuning = tune_strategies(
+            config, data, weights, executor, progress=progress, log=log
+        )
     rng = derive_rng(config.seed, "p13n-eval-clients")
     n = min(config.num_eval_clients, len(data.p13n_ids))
     eval_ids = [data.p13n_ids[i] for i in rng.choice(len(data.p13n_ids), size=n, replace=False)]
-    client_inputs = [
-        OrderedDict(
-            client_id=c,
-            train_data=data.train.create_dataset(c),
-            test_data=data.test.create_dataset(c),
-        )
-        for c in eval_ids
-    ]
+    client_inputs = _client_inputs(data, eval_ids)
     log(
         f"personalization: {len(eval_ids)} clients, strategies "
         + ", ".join(
@@ -310,22 +414,16 @@ def evaluate_personalization(
         )
     )
     t0 = time.perf_counter()
-    p13n_eval = build_personalization_eval(
-        model_fn_for(config),
-        personalize_fn_dict_for(config),
-        evaluate_fn,
-        max_num_samples=max(1, len(client_inputs)),  # already sampled: keep them all
-        seed=config.seed,
-        executor=executor,
-    )
-    with _status(progress, f"personalizing {len(client_inputs)} clients"):
-        result = p13n_eval(weights, client_inputs)
+    result = _run_eval(
+        config, personalize_fn_dict_for(config), weights, client_inputs, executor, progress,
+        "clients",
+    )  # fmt: skip
     seconds = time.perf_counter() - t0
     log(
         f"personalization took {seconds:.1f} s "
         f"({len(client_inputs) / max(seconds, 1e-9):.2f} clients/s)"
     )
-    return result
+    return result, tuning
 
 
 def per_client_rows(result: Mapping[str, Any], train_sizes: Mapping[str, int]) -> list[dict]:
@@ -356,13 +454,18 @@ def per_client_rows(result: Mapping[str, Any], train_sizes: Mapping[str, int]) -
     return rows
 
 
-def write_results(run_dir: Path, result: Any, data: ExperimentData) -> Any:
-    """``personalization.json``, ``per_client.csv`` and ``summary.json``; the Summary."""
+def write_results(
+    run_dir: Path, result: Any, data: ExperimentData, tuning: dict[str, Any] | None = None
+) -> Any:
+    """``personalization.json``, ``per_client.csv``, ``tuning.json`` (when strategies were
+    tuned) and ``summary.json``; the Summary."""
     import csv
 
     from fedp13n.reporting import summarize_run, write_summary_json
 
     result_json = result.to_dict()
+    if tuning is not None:
+        atomic_write(run_dir / rd.TUNING, json.dumps(tuning, indent=1))
     atomic_write(run_dir / rd.PERSONALIZATION, json.dumps(result_json, indent=1))
     train_sizes = {c: data.train.size(c) for c in result_json["client_ids"]}
     with atomic_writer(run_dir / rd.PER_CLIENT, "w", newline="") as f:
@@ -410,6 +513,8 @@ def _run(
 
     config = _open_run_dir(config, run_dir, resume=resume, log=log)
     data = prepare_data(config, log, progress=progress)
+    split = {"fedavg": data.train_ids, "validation": data.val_ids, "personalization": data.p13n_ids}
+    atomic_write(run_dir / rd.SPLIT, json.dumps(split, indent=1))
     tensorboard = TensorBoardLogger(config.tensorboard) if config.tensorboard else None
     executor = make_executor(
         config.executor, num_workers=config.workers, ray_address=config.ray_address
@@ -425,10 +530,10 @@ def _run(
 
             with atomic_writer(run_dir / rd.GLOBAL_WEIGHTS, "wb") as f:
                 torch.save(weights, f)
-            result = evaluate_personalization(
+            result, tuning = evaluate_personalization(
                 config, data, weights, executor, progress=progress, log=log
             )
-        summary = write_results(run_dir, result, data)
+        summary = write_results(run_dir, result, data, tuning)
         if tensorboard is not None:
             tensorboard.log_headline(summary.headline, config.total_rounds)
     finally:

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-BASELINE_KEY = "baseline_metrics"
+from fedp13n.rundir.layout import BASELINE_KEY  # noqa: E402  (the run-directory format)
+
 #: Keys that :meth:`PersonalizationResult.to_dict` adds next to the metrics.
 META_KEYS = ("client_ids", "seed")
 #: Names no strategy may have.

@@ -21,6 +21,7 @@ after one epoch). Pure numpy: the tables are small (clients x strategies x epoch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -112,6 +113,10 @@ class Summary:
     baseline: Stats
     rows: tuple[Stats, ...]
     headline: dict[str, float]
+    #: Strategies that choose an epoch per client (early stopping): test accuracy there.
+    selected: tuple[Stats, ...] = ()
+    #: ``tuning.json``: settings chosen on validation clients (None: nothing was tuned).
+    tuning: dict[str, Any] | None = None
 
     def row(self, strategy: str, epoch: str) -> Stats:
         for r in self.rows:
@@ -137,6 +142,8 @@ class Summary:
             "headline": self.headline,
             "baseline": _clean(asdict(self.baseline)),
             "strategies": strategies,
+            "selected": {r.strategy: _clean(asdict(r)) for r in self.selected},
+            "tuning": self.tuning,
             "confidence_interval": {
                 "method": "percentile bootstrap over clients (mean of per-client accuracy)",
                 "confidence": CONFIDENCE,
@@ -206,9 +213,40 @@ def headline_numbers(summary: Summary) -> dict[str, float]:
     return out
 
 
+#: The "epoch" of a per-client chosen epoch (early stopping) in the summary.
+SELECTED = "selected"
+
+
+def selected_stats(result: dict[str, Any]) -> tuple[Stats, ...]:
+    """Test accuracy at each client's chosen epoch, for strategies that choose one (a
+    ``selected`` entry in ``personalization.json``), paired with the baseline."""
+    base = np.asarray(result[rd.BASELINE_KEY]["accuracy"], dtype=float)
+    out = []
+    for name, m in result.items():
+        if isinstance(m, dict) and isinstance(m.get("selected"), dict):
+            test = m["selected"].get("test", {})
+            if "accuracy" in test:
+                acc = np.asarray(test["accuracy"], dtype=float)
+                out.append(_stats(name, SELECTED, acc, base))
+    return tuple(out)
+
+
 def summarize_run(run_dir: str | Path) -> Summary:
     run_dir = check_run_dir(run_dir)
-    return summarize(read_per_client(run_dir / rd.PER_CLIENT))
+    summary = summarize(read_per_client(Path(run_dir) / rd.PER_CLIENT))
+    selected, tuning = (), None
+    p13n = Path(run_dir) / rd.PERSONALIZATION
+    if p13n.is_file():
+        try:
+            selected = selected_stats(json.loads(p13n.read_text()))
+        except (ValueError, KeyError, TypeError):
+            raise ReportError(f"{p13n} is not a personalization result fedp13n wrote.") from None
+    if (Path(run_dir) / rd.TUNING).is_file():
+        try:
+            tuning = json.loads((Path(run_dir) / rd.TUNING).read_text())
+        except ValueError:
+            raise ReportError(f"{Path(run_dir) / rd.TUNING} is not valid JSON.") from None
+    return dataclasses.replace(summary, selected=selected, tuning=tuning)
 
 
 def write_summary_json(run_dir: str | Path, summary: Summary | None = None) -> Path:
@@ -236,10 +274,11 @@ def table_rows(summary: Summary, compact: bool = False) -> list[dict[str, str]]:
     """
     d, p = (3, 0) if compact else (4, 1)
     out = []
-    for r in (summary.baseline, *summary.rows):
+    for r in (summary.baseline, *summary.rows, *summary.selected):
+        epoch = "" if r.epoch is None else r.epoch
         row = {
             "strategy": r.strategy,
-            "epoch": "" if r.epoch is None else str(epoch_number(r.epoch)),
+            "epoch": "sel" if epoch == SELECTED else str(epoch_number(epoch)) if epoch else "",
             "clients": str(r.n),
             "mean": _num(r.mean, digits=d),
             "95% CI": f"{_num(r.ci_low, digits=d)}-{_num(r.ci_high, digits=d)}"
@@ -264,6 +303,20 @@ def table_rows(summary: Summary, compact: bool = False) -> list[dict[str, str]]:
                 "hurt": row["hurt"],
             }
         out.append(row)
+    return out
+
+
+def tuning_lines(summary: Summary) -> list[str]:
+    """Which clients chose which settings (empty when nothing was tuned)."""
+    if not summary.tuning:
+        return []
+    n = len(summary.tuning.get("validation_client_ids", []))
+    out = [f"tuned on {n} validation clients (not among the clients reported above):"]
+    for name, t in summary.tuning.get("strategies", {}).items():
+        epoch = f", reported at {t['chosen_epoch']}" if t.get("chosen_epoch") else ""
+        out.append(
+            f"  {name}: {t['chosen']}{epoch} (validation accuracy {_num(t['validation_accuracy'])})"
+        )
     return out
 
 
@@ -333,4 +386,6 @@ def print_run_summary(run_dir: str | Path, console=None, summary: Summary | None
     summary = summary or summarize_run(run_dir)
     console.print(rich_table(summary))
     console.print(format_headline(summary), highlight=False)
+    for line in tuning_lines(summary):
+        console.print(line, highlight=False)
     return summary

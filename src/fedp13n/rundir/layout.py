@@ -17,6 +17,8 @@ CHECKPOINTS = "checkpoints"  # checkpoints/round_000010.pt ...
 PERSONALIZATION = "personalization.json"  # full nested result (see below)
 PER_CLIENT = "per_client.csv"  # one row per client x strategy x evaluation epoch
 SUMMARY = "summary.json"  # headline numbers, per strategy/epoch statistics
+SPLIT = "split.json"  # the FedAvg / validation / personalization client ids
+TUNING = "tuning.json"  # tuned strategies: candidates, validation accuracy, the choice
 REPORT = "report.html"  # written by fedp13n report
 
 #: Columns of FEDAVG_METRICS. ``eval_loss``/``eval_accuracy`` (global model on held-out
@@ -47,6 +49,9 @@ PER_CLIENT_COLUMNS = (
     "baseline_loss",
     "baseline_accuracy",
 )
+
+#: The key of the global model's metrics in PERSONALIZATION (TFF's name).
+BASELINE_KEY = "baseline_metrics"
 
 # PERSONALIZATION holds {"client_ids": [...], "baseline_metrics": {...},
 # "<strategy>": {"epoch_1": {"loss": [...], "accuracy": [...], "num_test_examples": [...]},
