@@ -77,3 +77,8 @@ class Executor(abc.ABC):
 
 class ClientWorkError(RuntimeError):
     """A task failed; the message names the task and carries the worker's traceback."""
+
+
+class ClientTaskTimeout(ClientWorkError, TimeoutError):
+    """A task ran longer than the executor's ``task_timeout`` (or its worker hung or was
+    stopped); the message names the task."""
