@@ -300,6 +300,48 @@ def test_client_data_without_a_path_is_saved_once_and_memory_mapped(tmp_path):
         ex.map(abs, [1])
 
 
+class _TextFile:
+    """Any class can be shared by path: the share-by-path protocol of execution.sharing."""
+
+    def __init__(self, text: str, path: Path | None = None) -> None:
+        self.text, self.path = text, path
+
+    def to_shared_path(self, scratch: Path | None) -> Path | None:
+        if self.path is None and scratch is not None:
+            scratch.write_text(self.text)
+            self.path = scratch
+        return self.path
+
+    @classmethod
+    def from_shared_path(cls, path: str) -> _TextFile:
+        return cls(Path(path).read_text() + " (opened in a worker)", Path(path))
+
+
+def test_any_object_of_the_share_by_path_protocol_is_shared_by_its_path(procs1):
+    obj = _TextFile("hello")
+    ref = procs1.share(obj)
+    assert ref.get() is obj and Path(ref.path).read_text() == "hello"
+    assert len(pickle.dumps(ref)) < 1024
+    assert procs1.map(lambda _: ref.get().text, [0, 1]) == ["hello (opened in a worker)"] * 2
+
+
+def test_execution_imports_nothing_from_other_fedp13n_layers():
+    import ast
+
+    import fedp13n.execution
+
+    for file in Path(fedp13n.execution.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.startswith("fedp13n"):
+                    assert name.startswith("fedp13n.execution"), (file.name, name)
+
+
 def _use_weights(task):
     ref, i = task
     w = ref.get()
