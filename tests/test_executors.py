@@ -6,7 +6,10 @@ import gc
 import os
 import pickle
 import signal
+import subprocess
 import sys
+import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -19,10 +22,12 @@ from torch import nn
 
 from fedp13n.data.client_data import ClientData
 from fedp13n.execution import (
+    ClientTaskTimeout,
     ClientWorkError,
     InProcessExecutor,
     LocalProcessExecutor,
     make_executor,
+    sharing,
 )
 from fedp13n.execution import factory as factory_module
 from fedp13n.utils.seeding import derive_rng, derive_seed
@@ -184,7 +189,9 @@ def test_a_map_after_a_failure_is_not_blocked_by_late_large_answers(procs2):
     assert procs2.map(lambda i: len(big) + i, [0, 1, 2]) == [4 << 20, (4 << 20) + 1, (4 << 20) + 2]
 
 
-def test_a_dead_worker_gives_a_clear_error_and_is_replaced(procs2):
+def test_a_worker_that_keeps_dying_gives_a_clear_error_after_the_retries(procs2, monkeypatch):
+    monkeypatch.setattr(procs2, "max_retries", 1)
+
     def die_on_four(i: int) -> int:
         if i == 4:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -192,9 +199,63 @@ def test_a_dead_worker_gives_a_clear_error_and_is_replaced(procs2):
 
     with pytest.raises(ClientWorkError, match=r"killed by signal SIGKILL.*out-of-memory") as info:
         procs2.map(die_on_four, range(8))
-    assert "4" in str(info.value).split("tasks")[1]
+    assert "before returning tasks 4 (tried 2 times)" in str(info.value)
     assert procs2.map(lambda i: -i, range(5)) == [0, -1, -2, -3, -4]
     assert procs2.num_workers == 2
+
+
+def _killed_once_then_train(task):
+    """A client's work whose worker is killed -9 the first time it runs client 'b'."""
+    marker, inner = task
+    if inner[2] == "b" and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_client(inner), os.getpid()
+
+
+def test_a_worker_killed_during_a_map_is_replaced_and_the_results_are_unchanged(procs2, tmp_path):
+    reference = _train_all(InProcessExecutor(threads_per_worker=1))
+    cd = _small_client_data()
+    w_ref, d_ref = procs2.share(initial_weights()), procs2.share(cd)
+    marker = str(tmp_path / "killed-once")
+    pids_before = {w.process.pid for w in procs2._workers}
+    tasks = [(marker, (w_ref, d_ref, c)) for c in ("c", "a", "b", "a")]
+    out = procs2.map(_killed_once_then_train, tasks)
+    assert os.path.exists(marker)  # a worker was killed
+    _assert_same(reference, [weights for weights, _ in out])
+    assert {w.process.pid for w in procs2._workers} - pids_before  # one was replaced
+    assert out[2][1] not in pids_before  # client 'b' ran on the replacement
+
+
+def _stop_self_on(task):
+    i, stop_on = task
+    if i == stop_on:
+        os.kill(os.getpid(), signal.SIGSTOP)  # a hung worker: alive, never answers
+    time.sleep(0.2)
+    return i * i
+
+
+def test_a_stopped_worker_times_out_naming_the_task_and_is_replaced():
+    with LocalProcessExecutor(num_workers=2, task_timeout=1.5) as ex:
+        assert ex.map(_stop_self_on, [(i, -1) for i in range(6)]) == [i * i for i in range(6)]
+        pids = {w.process.pid for w in ex._workers}
+        start = time.monotonic()
+        with pytest.raises(ClientTaskTimeout, match=r"^task 3 did not finish within ") as info:
+            ex.map(_stop_self_on, [(i, 3) for i in range(6)])
+        assert time.monotonic() - start < 10
+        assert isinstance(info.value, TimeoutError) and isinstance(info.value, ClientWorkError)
+        assert "task_timeout=1.5 s" in str(info.value) and "stopped" in str(info.value)
+        stopped = (pids - {w.process.pid for w in ex._workers}).pop()  # replaced
+        with pytest.raises(ProcessLookupError):
+            os.kill(stopped, 0)  # killed and reaped
+        assert ex.map(_stop_self_on, [(i, -1) for i in range(4)]) == [0, 1, 4, 9]
+
+
+def test_timeouts_and_retries_are_checked():
+    with pytest.raises(ValueError, match="task_timeout must be positive"):
+        LocalProcessExecutor(1, task_timeout=0)
+    with pytest.raises(ValueError, match="max_retries must be an integer >= 0"):
+        LocalProcessExecutor(1, max_retries=-1)
 
 
 def test_unpicklable_function_is_a_clear_error(procs1):
@@ -237,6 +298,48 @@ def test_client_data_without_a_path_is_saved_once_and_memory_mapped(tmp_path):
     assert not shared_dir.exists()  # temp files go with the executor
     with pytest.raises(RuntimeError, match="closed"):
         ex.map(abs, [1])
+
+
+class _TextFile:
+    """Any class can be shared by path: the share-by-path protocol of execution.sharing."""
+
+    def __init__(self, text: str, path: Path | None = None) -> None:
+        self.text, self.path = text, path
+
+    def to_shared_path(self, scratch: Path | None) -> Path | None:
+        if self.path is None and scratch is not None:
+            scratch.write_text(self.text)
+            self.path = scratch
+        return self.path
+
+    @classmethod
+    def from_shared_path(cls, path: str) -> _TextFile:
+        return cls(Path(path).read_text() + " (opened in a worker)", Path(path))
+
+
+def test_any_object_of_the_share_by_path_protocol_is_shared_by_its_path(procs1):
+    obj = _TextFile("hello")
+    ref = procs1.share(obj)
+    assert ref.get() is obj and Path(ref.path).read_text() == "hello"
+    assert len(pickle.dumps(ref)) < 1024
+    assert procs1.map(lambda _: ref.get().text, [0, 1]) == ["hello (opened in a worker)"] * 2
+
+
+def test_execution_imports_nothing_from_other_fedp13n_layers():
+    import ast
+
+    import fedp13n.execution
+
+    for file in Path(fedp13n.execution.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.startswith("fedp13n"):
+                    assert name.startswith("fedp13n.execution"), (file.name, name)
 
 
 def _use_weights(task):
@@ -287,17 +390,24 @@ def test_ray_worker_death_is_a_clear_error(ray_executor):
 
 
 # -- factory -----------------------------------------------------------------------------------
-def test_make_executor_checks_its_arguments():
-    with pytest.raises(ValueError, match="unknown executor 'threads'.*in-process"):
-        make_executor("threads")
-    with pytest.raises(ValueError, match="num_workers must be a positive integer"):
-        make_executor("processes", num_workers=0)
-    with pytest.raises(ValueError, match="threads_per_worker"):
-        make_executor("in-process", threads_per_worker=0)
-    with pytest.raises(ValueError, match="one task at a time"):
-        make_executor("in-process", num_workers=2)
-    with pytest.raises(ValueError, match="only applies to executor 'ray'"):
-        make_executor("processes", ray_address="auto")
+def test_make_executor_checks_its_arguments_with_one_line_errors_naming_the_fix():
+    cases = [
+        (dict(kind="threads"), "unknown executor 'threads'; choose one of auto, in-process"),
+        (dict(kind="processes", num_workers=0), "num_workers must be a positive integer"),
+        (dict(kind="in-process", threads_per_worker=0), "threads_per_worker must be a positive"),
+        (
+            dict(kind="in-process", num_workers=2),
+            "executor 'in-process' runs one task at a time, so num_workers (--workers) must be "
+            "1, got 2; use executor 'processes' for more workers.",
+        ),
+        (dict(kind="processes", ray_address="auto"), "only applies to executor 'ray'"),
+        (dict(kind="in-process", task_timeout=5), "task_timeout applies to executor 'processes'"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError) as info:
+            make_executor(**kwargs)
+        assert message in str(info.value)
+        assert "\n" not in str(info.value)
     ex = make_executor("in-process", threads_per_worker=2)
     assert isinstance(ex, InProcessExecutor) and ex.threads_per_worker == 2
 
@@ -310,7 +420,7 @@ def test_auto_uses_one_single_thread_worker_per_core(monkeypatch, cores, threads
     built = []
     monkeypatch.setattr(factory_module, "usable_cores", lambda: cores)
     monkeypatch.setattr(
-        factory_module, "LocalProcessExecutor", lambda n, t: built.append((n, t)) or "pool"
+        factory_module, "LocalProcessExecutor", lambda n, t, **kw: built.append((n, t)) or "pool"
     )
     ex = make_executor("auto", threads_per_worker=threads)
     if expected is None:
@@ -336,7 +446,58 @@ def test_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
     from fedp13n.execution.ray_executor import RayExecutor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes "import ray" fail
-    with pytest.raises(ImportError, match=r"pip install 'fedp13n\[ray\]'"):
-        RayExecutor()
-    with pytest.raises(ImportError, match=r"pip install 'fedp13n\[ray\]'"):
-        make_executor("ray")
+    for build in (RayExecutor, lambda: make_executor("ray")):
+        with pytest.raises(ImportError, match=r"pip install 'fedp13n\[ray\]'") as info:
+            build()
+        assert "\n" not in str(info.value)
+
+
+# -- shared-data directories: SIGTERM, SIGKILL, stale ones --------------------------------------
+_SHARE_AND_WAIT = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from fedp13n.data.client_data import ClientData
+    from fedp13n.execution import LocalProcessExecutor
+    ex = LocalProcessExecutor(num_workers=1)
+    cd = ClientData.from_clients([("a", np.zeros((3, 28, 28), np.uint8), np.arange(3))])
+    ref = ex.share(cd)
+    assert ex.map(lambda c: ref.get().size(c), ["a"]) == [3]
+    print(ex._tmpdir, flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def _start_sharing_child(tmp_path) -> tuple[subprocess.Popen, Path]:
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SHARE_AND_WAIT], stdout=subprocess.PIPE, text=True, env=env
+    )
+    shared_dir = Path(child.stdout.readline().strip())
+    assert shared_dir.parent == tmp_path and shared_dir.is_dir()
+    assert shared_dir.name.startswith(f"fedp13n-share-{child.pid}-")
+    assert any(shared_dir.iterdir())  # the saved ClientData
+    return child, shared_dir
+
+
+def test_sigterm_removes_the_shared_directory(tmp_path):
+    child, shared_dir = _start_sharing_child(tmp_path)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM  # a clean exit
+    assert not shared_dir.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_executor_removes_directories_left_by_a_killed_process(tmp_path, monkeypatch):
+    child, shared_dir = _start_sharing_child(tmp_path)
+    child.kill()
+    child.wait(timeout=30)
+    assert shared_dir.is_dir()  # SIGKILL leaves it behind
+    alive = tmp_path / f"fedp13n-share-{os.getppid()}-kept"  # a running process's: kept
+    alive.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    LocalProcessExecutor(num_workers=1).close()
+    assert not shared_dir.exists()
+    assert alive.is_dir()
+    assert sharing.sweep_stale_dirs(tmp_path) == []

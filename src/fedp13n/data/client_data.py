@@ -402,6 +402,18 @@ class ClientData:
         except (ValueError, TypeError, KeyError, EOFError) as e:
             raise corrupt(f"{e}") from None
 
+    # -- sharing with worker processes (fedp13n.execution's share-by-path protocol) --------
+    def to_shared_path(self, scratch: Path | None) -> Path | None:
+        """The cache directory workers memory-map: this data's own, else saved to ``scratch``."""
+        if self.path is not None:
+            return self.path
+        return None if scratch is None else self.save(scratch)
+
+    @classmethod
+    def from_shared_path(cls, path: str | os.PathLike) -> ClientData:
+        """Open a directory from :meth:`to_shared_path` in a worker (memory-mapped)."""
+        return cls.load(path, mmap=True)
+
 
 def _empty_like(cd: ClientData) -> ClientData:
     return ClientData([], cd.x[:0].copy(), cd.y[:0].copy(), np.zeros(1, dtype=np.int64))

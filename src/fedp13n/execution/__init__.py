@@ -6,13 +6,20 @@ without importing ray until one is built).
 
 from typing import Any
 
-from fedp13n.execution.base import ClientWorkError, Executor, LocalRef, SharedRef
+from fedp13n.execution.base import (
+    ClientTaskTimeout,
+    ClientWorkError,
+    Executor,
+    LocalRef,
+    SharedRef,
+)
 from fedp13n.execution.factory import EXECUTOR_KINDS, make_executor
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.execution.process_pool import LocalProcessExecutor
 
 __all__ = [
     "EXECUTOR_KINDS",
+    "ClientTaskTimeout",
     "ClientWorkError",
     "Executor",
     "InProcessExecutor",

@@ -60,8 +60,10 @@ class Executor(abc.ABC):
         """Apply ``fn`` to every task; results in the order of ``tasks``.
 
         ``fn`` and the tasks must be picklable (cloudpickle: lambdas and closures are fine)
-        for backends that run in other processes. An exception in a task is raised here,
-        naming the task's position.
+        for backends that run in other processes. An exception in a task is raised here as
+        :class:`ClientWorkError`, naming the task's position. Backends with worker processes
+        replace a worker that dies and run its tasks again, up to their ``max_retries``
+        (safe: tasks are pure, so the results are those of an uninterrupted run).
         """
 
     def share(self, obj: T) -> SharedRef[T]:
@@ -80,3 +82,8 @@ class Executor(abc.ABC):
 
 class ClientWorkError(RuntimeError):
     """A task failed; the message names the task and carries the worker's traceback."""
+
+
+class ClientTaskTimeout(ClientWorkError, TimeoutError):
+    """A task ran longer than the executor's ``task_timeout`` (or its worker hung or was
+    stopped); the message names the task."""

@@ -12,6 +12,9 @@ def make_executor(
     num_workers: int | None = None,
     threads_per_worker: int = 1,
     ray_address: str | None = None,
+    *,
+    task_timeout: float | None = None,
+    max_retries: int = 3,
 ) -> Executor:
     """Build an executor.
 
@@ -27,7 +30,10 @@ def make_executor(
         ``"ray"``: :class:`~fedp13n.execution.ray_executor.RayExecutor` at ``ray_address``
         (``None``: a local Ray instance; ``"auto"`` or ``"ray://<head>:10001"``: a cluster).
 
-    Every kind gives the same numbers for the same seed and ``threads_per_worker``.
+    ``task_timeout`` (seconds per task, ``"processes"`` only) and ``max_retries`` (re-runs
+    of the tasks of a worker that died; ``"processes"`` and ``"ray"``) are described in
+    :class:`LocalProcessExecutor`. Every kind gives the same numbers for the same seed and
+    ``threads_per_worker``. Invalid combinations raise a one-line ``ValueError`` naming the fix.
     """
     if kind not in EXECUTOR_KINDS:
         raise ValueError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTOR_KINDS)}.")
@@ -43,19 +49,27 @@ def make_executor(
         raise ValueError(
             f"ray_address={ray_address!r} only applies to executor 'ray', not {kind!r}."
         )
+    if task_timeout is not None and kind not in ("auto", "processes"):
+        raise ValueError(
+            f"task_timeout applies to executor 'processes' only, not {kind!r}; choose "
+            "executor 'processes' or drop task_timeout."
+        )
     if kind == "auto":
         workers = num_workers or max(1, usable_cores() // threads_per_worker)
-        kind = "processes" if workers > 1 else "in-process"
+        # a timeout needs a worker process to stop, even on one core
+        kind = "processes" if workers > 1 or task_timeout is not None else "in-process"
         num_workers = workers
     if kind == "in-process":
         if num_workers not in (None, 1):
             raise ValueError(
-                f"executor 'in-process' runs one task at a time; got num_workers={num_workers}. "
-                "Use executor 'processes' for more workers."
+                f"executor 'in-process' runs one task at a time, so num_workers (--workers) "
+                f"must be 1, got {num_workers}; use executor 'processes' for more workers."
             )
         return InProcessExecutor(threads_per_worker=threads_per_worker)
     if kind == "processes":
-        return LocalProcessExecutor(num_workers, threads_per_worker)
+        return LocalProcessExecutor(
+            num_workers, threads_per_worker, task_timeout=task_timeout, max_retries=max_retries
+        )
     from fedp13n.execution.ray_executor import RayExecutor
 
-    return RayExecutor(ray_address, num_workers, threads_per_worker)
+    return RayExecutor(ray_address, num_workers, threads_per_worker, max_retries=max_retries)

@@ -14,129 +14,77 @@ threads, whichever worker picks it up.
 Design:
 
 * Workers start with the ``spawn`` method (``forkserver`` also works): forking a process
-  after torch has started its thread pools can deadlock.
+  after torch has started its thread pools can deadlock. They never re-run the user's
+  ``__main__`` (functions defined there travel by value with cloudpickle).
 * :meth:`LocalProcessExecutor.map` serializes ``fn`` with cloudpickle once per call (so
   lambdas and closures work), sends it to every worker, then hands out chunks of tasks
-  as workers become free; each worker talks to the driver over its own pipe, so a dead
-  worker is noticed through its process sentinel instead of hanging the driver.
-* :meth:`LocalProcessExecutor.share` never pickles big data per task: a
-  :class:`~fedp13n.data.client_data.ClientData` is read by the workers from its cache
-  directory (memory-mapped, so all workers share the page cache), other objects are
-  pickled once into a temporary file that each worker reads once and keeps until the
-  driver drops the reference.
+  (:mod:`~fedp13n.execution.chunks`, the protocol shared with the Ray executor) as workers
+  become free; each worker talks to the driver over its own pipe, so a dead worker is
+  noticed through its process sentinel instead of hanging the driver.
+* Faults: a worker that dies (killed by the OS, a crash in native code) is replaced and the
+  chunk it was running is run again, up to ``max_retries`` times (safe: tasks are pure
+  functions of their inputs, so the numbers are those of an uninterrupted run). With
+  ``task_timeout``, each worker publishes which task it runs since when in shared memory,
+  and a task running longer (a hung or SIGSTOPped worker) ends the map with
+  :class:`~fedp13n.execution.base.ClientTaskTimeout`; its worker is killed and replaced.
+* :meth:`LocalProcessExecutor.share` never pickles big data per task: objects that follow
+  the share-by-path protocol (:mod:`~fedp13n.execution.sharing`; e.g. ``ClientData``) are
+  opened by the workers from a path (memory-mapped, so all workers share the page cache),
+  other objects are pickled once into a temporary file that each worker reads once and
+  keeps until the driver drops the reference.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.connection as mpc
 import os
 import pickle
-import shutil
 import signal
-import tempfile
 import threading
-import traceback
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
-from fedp13n.data.client_data import ClientData
-from fedp13n.execution.base import ClientWorkError, Executor, R, SharedRef, T
+from fedp13n.execution import sharing
+from fedp13n.execution.base import ClientTaskTimeout, ClientWorkError, Executor, R, SharedRef, T
+from fedp13n.execution.chunks import (
+    chunks,
+    default_chunk_size,
+    exit_description,
+    failure,
+    lost_error,
+    results_or_raise,
+    run_chunk,
+    span,
+)
+from fedp13n.execution.sharing import FileRef, PathRef
+
+__all__ = ["LocalProcessExecutor", "default_chunk_size", "usable_cores"]
+
+log = logging.getLogger(__name__)
 
 #: Chunks sent to a worker and not answered yet. One: a chunk is committed to a worker only
 #: when it is free, which balances clients of very different sizes (a worker idles only for
 #: one message round trip, milliseconds against the tens of milliseconds or more of a client).
 _IN_FLIGHT_PER_WORKER = 1
-#: Chunks are at most this many tasks, so that the last chunks leave little imbalance.
-_MAX_CHUNK = 16
 
-#: Objects resolved by shared refs in this process, by token (filled in worker processes).
-_WORKER_CACHE: dict[str, Any] = {}
-
-
-# ----------------------------------------------------------------------------------------
-# Shared references
-# ----------------------------------------------------------------------------------------
-class _LocalPart:
-    """Mixin: the publishing process resolves a ref to the object itself, never pickled."""
-
-    _local: Any
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_local", None)
-        return state
-
-
-class ClientDataPathRef(_LocalPart, SharedRef[ClientData]):
-    """A :class:`ClientData` shared by its cache directory; workers memory-map it once."""
-
-    def __init__(self, path: str | os.PathLike, local: ClientData | None = None) -> None:
-        self.path = str(Path(path).resolve())
-        if local is not None:
-            self._local = local
-
-    def get(self) -> ClientData:
-        local = self.__dict__.get("_local")
-        if local is not None:
-            return local
-        key = "path:" + self.path
-        cached = _WORKER_CACHE.get(key)
-        if cached is None:
-            cached = _WORKER_CACHE[key] = ClientData.load(self.path, mmap=True)
-        return cached
-
-    def __repr__(self) -> str:
-        return f"ClientDataPathRef({self.path!r})"
-
-
-class FileRef(_LocalPart, SharedRef[Any]):
-    """An object pickled once into a file; each worker unpickles it once and keeps it."""
-
-    def __init__(self, token: str, file: str, local: Any = None) -> None:
-        self.token = token
-        self.file = file
-        self._local = local
-        self._has_local = True
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._has_local = False
-
-    def get(self) -> Any:
-        if self._has_local:
-            return self._local
-        try:
-            return _WORKER_CACHE[self.token]
-        except KeyError:
-            pass
-        try:
-            with open(self.file, "rb") as f:
-                obj = pickle.load(f)
-        except FileNotFoundError:
-            raise RuntimeError(
-                f"the shared object {self.token} is gone ({self.file} was removed): the "
-                "executor that shared it was closed or the reference was dropped. Keep the "
-                "executor open and the ref alive while tasks use it."
-            ) from None
-        _WORKER_CACHE[self.token] = obj
-        return obj
-
-    def __repr__(self) -> str:
-        return f"FileRef({self.token})"
+# Slots of a worker's progress array (shared memory, written by the worker).
+_MAP, _TASK, _SINCE = 0, 1, 2
 
 
 # ----------------------------------------------------------------------------------------
 # Worker side
 # ----------------------------------------------------------------------------------------
-def _worker_main(conn: mpc.Connection, threads: int) -> None:
+def _worker_main(conn: mpc.Connection, threads: int, progress: Any) -> None:
     """Loop of one worker process: receive functions and chunks of tasks, send results."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle.
     import torch
@@ -145,8 +93,10 @@ def _worker_main(conn: mpc.Connection, threads: int) -> None:
     with contextlib.suppress(RuntimeError):  # already set: harmless
         torch.set_num_interop_threads(1)
 
-    fns: dict[int, bytes] = {}
+    fn_blob: tuple[int, bytes] | None = None
     loaded: tuple[int, Callable[[Any], Any]] | None = None
+    progress[_TASK] = -1.0
+    progress[_SINCE] = time.monotonic()  # ready
     while True:
         try:
             msg = pickle.loads(conn.recv_bytes())
@@ -156,35 +106,35 @@ def _worker_main(conn: mpc.Connection, threads: int) -> None:
         if kind == "stop":
             return
         if kind == "fn":
-            _, map_id, blob = msg
-            fns.clear()  # only the latest map's function is ever needed
-            fns[map_id] = blob
-            loaded = None
+            fn_blob, loaded = (msg[1], msg[2]), None  # only the latest map's function is needed
         elif kind == "forget":
-            for token in msg[1]:
-                _WORKER_CACHE.pop(token, None)
+            sharing.forget(msg[1])
         elif kind == "tasks":
             _, map_id, start, blob = msg
-            index = start
+
+            def started(index: int, map_id: int = map_id) -> None:
+                progress[_SINCE] = time.monotonic()
+                progress[_TASK] = index
+                progress[_MAP] = map_id
+
+            started(start)
             try:
                 if loaded is None or loaded[0] != map_id:
-                    loaded = (map_id, cloudpickle.loads(fns[map_id]))
+                    assert fn_blob is not None and fn_blob[0] == map_id, "function not sent"
+                    loaded = (map_id, cloudpickle.loads(fn_blob[1]))
                 tasks = cloudpickle.loads(blob)
-                results = []
-                for index, task in enumerate(tasks, start):  # noqa: B007 (index used below)
-                    results.append(loaded[1](task))
-                reply = cloudpickle.dumps(("ok", map_id, start, results), protocol=5)
             except BaseException as exc:  # report everything, the driver decides
-                reply = _error_reply(map_id, index, exc)
+                reply = failure(start, exc)
+            else:
+                reply = run_chunk(loaded[1], start, tasks, before=started)
             try:
-                conn.send_bytes(reply)
+                data = cloudpickle.dumps(("done", map_id, start, reply), protocol=5)
+            except Exception as exc:
+                data = pickle.dumps(("done", map_id, start, failure(start, exc)))
+            try:
+                conn.send_bytes(data)
             except OSError:
                 return  # the driver went away
-
-
-def _error_reply(map_id: int, index: int, exc: BaseException) -> bytes:
-    tb = "".join(traceback.format_exception(exc))
-    return pickle.dumps(("err", map_id, index, f"{type(exc).__name__}: {exc}", tb))
 
 
 # ----------------------------------------------------------------------------------------
@@ -216,12 +166,21 @@ def _main_module_hidden():
         main.__dict__.update(saved)
 
 
+class _Sent(NamedTuple):
+    map_id: int
+    start: int
+    count: int
+    at: float  # time.monotonic() when sent
+
+
 class _Worker:
     def __init__(self, ctx: Any, threads: int, slot: int) -> None:
         parent, child = ctx.Pipe(duplex=True)
+        #: [map id, task index, since (monotonic)]: what the worker runs, written by it.
+        self.progress = ctx.RawArray("d", 3)
         self.process = ctx.Process(
             target=_worker_main,
-            args=(child, threads),
+            args=(child, threads, self.progress),
             name=f"fedp13n-worker-{slot}",
             daemon=True,
         )
@@ -229,18 +188,38 @@ class _Worker:
             self.process.start()
         child.close()
         self.conn: mpc.Connection = parent
-        #: (map_id, start, count) of the chunks sent and not answered yet, in order.
-        self.in_flight: collections.deque[tuple[int, int, int]] = collections.deque()
+        #: Chunks sent and not answered yet, in order.
+        self.in_flight: collections.deque[_Sent] = collections.deque()
 
     def send(self, msg: tuple) -> None:
-        self.conn.send_bytes(pickle.dumps(msg, protocol=5))
+        """Send a message; a worker that died meanwhile is noticed by its sentinel."""
+        with contextlib.suppress(OSError):
+            self.conn.send_bytes(pickle.dumps(msg, protocol=5))
+
+    def running(self) -> tuple[int, float] | None:
+        """(task index, since) of the in-flight chunk's current task; None if not ready."""
+        sent = self.in_flight[0]
+        while True:  # the worker writes three slots: read until two reads agree
+            a, b = self.progress[:], self.progress[:]
+            if a == b:
+                break
+        if a[_SINCE] == 0.0:
+            return None  # still starting (importing torch)
+        if int(a[_MAP]) == sent.map_id and sent.start <= a[_TASK] < sent.start + sent.count:
+            return int(a[_TASK]), a[_SINCE]
+        return sent.start, max(sent.at, a[_SINCE])  # sent, not started yet
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
 
 
 def _shutdown(workers: list[_Worker], tmpdir: str | None) -> None:
     """Stop workers and remove shared files (also run by the finalizer at exit / GC)."""
     for w in workers:
-        with contextlib.suppress(OSError, ValueError):
-            w.send(("stop",))
+        w.send(("stop",))
     for w in workers:
         w.process.join(timeout=5)
         if w.process.is_alive():
@@ -249,7 +228,7 @@ def _shutdown(workers: list[_Worker], tmpdir: str | None) -> None:
         w.conn.close()
     workers.clear()
     if tmpdir is not None:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        sharing.remove_share_dir(tmpdir)
 
 
 class LocalProcessExecutor(Executor):
@@ -263,6 +242,10 @@ class LocalProcessExecutor(Executor):
             ``InProcessExecutor(threads_per_worker=1)``).
         start_method: ``"spawn"`` (default, portable) or ``"forkserver"``; never ``"fork"``.
         chunk_size: tasks per message; default :func:`default_chunk_size`.
+        max_retries: times the tasks of a worker that died are run again (on a replacement
+            worker) before the map fails; 0: fail at once.
+        task_timeout: seconds one task may run (None: no limit); a task running longer,
+            e.g. on a hung or stopped worker, fails the map with :class:`ClientTaskTimeout`.
     """
 
     def __init__(
@@ -272,6 +255,8 @@ class LocalProcessExecutor(Executor):
         *,
         start_method: str = "spawn",
         chunk_size: int | None = None,
+        max_retries: int = 3,
+        task_timeout: float | None = None,
     ) -> None:
         if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
             raise ValueError(
@@ -288,8 +273,17 @@ class LocalProcessExecutor(Executor):
             )
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}.")
+        if task_timeout is not None and not task_timeout > 0:
+            raise ValueError(
+                f"task_timeout must be positive seconds or None, got {task_timeout!r}."
+            )
+        sharing.sweep_stale_dirs()  # left by processes killed outright
         self.threads_per_worker = threads_per_worker
         self.chunk_size = chunk_size
+        self.max_retries = max_retries
+        self.task_timeout = task_timeout
         self._ctx = multiprocessing.get_context(start_method)
         self._workers: list[_Worker] = [
             _Worker(self._ctx, threads_per_worker, i) for i in range(num_workers)
@@ -322,10 +316,9 @@ class LocalProcessExecutor(Executor):
         self._map_id += 1
         map_id = self._map_id
         size = self.chunk_size or default_chunk_size(len(tasks), self.num_workers)
-        pending = collections.deque(
-            (start, tasks[start : start + size]) for start in range(0, len(tasks), size)
-        )
-        n_chunks = len(pending)
+        pending = collections.deque(chunks(len(tasks), size))
+        n_chunks, done = len(pending), 0
+        lost_times: collections.Counter[int] = collections.Counter()  # by chunk start
         results: list[Any] = [None] * len(tasks)
 
         with self._forget_lock:
@@ -338,75 +331,91 @@ class LocalProcessExecutor(Executor):
 
         def feed(w: _Worker) -> None:
             while pending and len(w.in_flight) < _IN_FLIGHT_PER_WORKER:
-                start, chunk = pending.popleft()
+                start, count = pending.popleft()
                 try:
-                    blob = cloudpickle.dumps(chunk, protocol=5)
+                    blob = cloudpickle.dumps(tasks[start : start + count], protocol=5)
                 except Exception as exc:
                     raise TypeError(
-                        f"task {start} (or one of the {len(chunk)} from there) does not "
+                        f"task {start} (or one of the {count} from there) does not "
                         f"pickle: {exc}. Tasks must be picklable; share big objects with "
                         "executor.share() and pass the ref."
                     ) from exc
+                w.in_flight.append(_Sent(map_id, start, count, time.monotonic()))
                 w.send(("tasks", map_id, start, blob))
-                w.in_flight.append((map_id, start, len(chunk)))
+
+        def lost(w: _Worker) -> None:
+            """``w`` died: replace it, and hand its chunks out again (or give up)."""
+            new, code = self._replace(w)
+            new.send(("fn", map_id, fn_blob))
+            gone = [(s.start, s.count) for s in w.in_flight if s.map_id == map_id]
+            how = f"worker process {w.process.pid} {exit_description(code)}"
+            for start, _ in gone:
+                lost_times[start] += 1
+            worst = max((lost_times[s] for s, _ in gone), default=0)
+            if worst > self.max_retries:
+                raise lost_error(gone, how, worst)
+            if gone:
+                log.warning(
+                    "%s before returning tasks %s; running them again on a replacement worker",
+                    how,
+                    ", ".join(span(s, c) for s, c in gone),
+                )
+                pending.extendleft(reversed(gone))
 
         for w in self._workers:
             feed(w)
-        done = 0
         while done < n_chunks:
             by_conn = {w.conn: w for w in self._workers}
             by_sentinel = {w.process.sentinel: w for w in self._workers}
-            ready = mpc.wait([*by_conn, *by_sentinel])
+            ready = mpc.wait([*by_conn, *by_sentinel], timeout=self._wait_timeout())
             # Replies first: a worker may have answered just before it exited.
             for obj in ready:
                 w = by_conn.get(obj)
-                if w is None:
+                if w is None or w not in self._workers:
                     continue
                 try:
                     blob = w.conn.recv_bytes()
                 except (EOFError, OSError):
-                    feed(self._worker_died(w, map_id, fn_blob))
+                    lost(w)
                     continue
-                sent_map, start, count = w.in_flight.popleft()
-                if sent_map != map_id:
+                sent = w.in_flight.popleft()
+                if sent.map_id != map_id:
                     continue  # a late answer to a map that failed earlier
                 try:
-                    msg = pickle.loads(blob)
+                    _, _, start, reply = pickle.loads(blob)
                 except Exception as exc:
                     raise ClientWorkError(
-                        f"the results of tasks {_span(start, count)} could not be unpickled "
-                        f"in the driver: {type(exc).__name__}: {exc}"
+                        f"the results of tasks {span(sent.start, sent.count)} could not be "
+                        f"unpickled in the driver: {type(exc).__name__}: {exc}"
                     ) from exc
-                if msg[0] == "err":
-                    _, _, index, summary, tb = msg
-                    raise ClientWorkError(
-                        f"task {index} failed in worker process {w.process.pid}: {summary}\n\n"
-                        f"Worker traceback:\n{tb}"
-                    )
-                results[start : start + count] = msg[3]
+                where = f"in worker process {w.process.pid}"
+                results[start : start + sent.count] = results_or_raise(reply, where)
                 done += 1
-                feed(w)
             for obj in ready:
                 w = by_sentinel.get(obj)
                 if w is not None and w in self._workers and not w.conn.poll():
-                    feed(self._worker_died(w, map_id, fn_blob))
+                    lost(w)
+            if self.task_timeout is not None:
+                self._check_deadlines(map_id, fn_blob)
+            for w in self._workers:
+                feed(w)
         return results
 
     def share(self, obj: T) -> SharedRef[T]:
         """Publish ``obj`` to the workers without pickling it into every task.
 
-        A :class:`ClientData` loaded from a cache directory (``.path`` set) is shared by
-        that path, and a ClientData without one is first saved to a temporary cache
-        directory: either way, workers memory-map the arrays. Anything else is pickled
-        once into a temporary file. The data must not change while the ref is in use.
+        An object that follows the share-by-path protocol (:mod:`fedp13n.execution.sharing`;
+        a ``ClientData``) is shared by its path, after saving it to a temporary directory if
+        it has none: either way, workers memory-map it. Anything else is pickled once into
+        a temporary file. The data must not change while the ref is in use.
         """
         self._check_open()
-        if isinstance(obj, ClientData):
-            if obj.path is None:
-                path = obj.save(Path(self._temp_dir()) / f"clientdata-{uuid.uuid4().hex}")
-            else:
-                path = obj.path
-            return ClientDataPathRef(path, local=obj)  # type: ignore[return-value]
+        if sharing.shares_by_path(obj):
+            path = obj.to_shared_path(None)  # type: ignore[attr-defined]
+            if path is None:
+                scratch = Path(self._temp_dir()) / f"{type(obj).__name__}-{uuid.uuid4().hex}"
+                path = obj.to_shared_path(scratch)  # type: ignore[attr-defined]
+            return PathRef(type(obj), path, local=obj)
         token = uuid.uuid4().hex
         file = os.path.join(self._temp_dir(), f"{token}.pkl")
         with open(file, "wb") as f:
@@ -436,24 +445,66 @@ class LocalProcessExecutor(Executor):
 
     def _temp_dir(self) -> str:
         if self._tmpdir is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="fedp13n-shared-")
+            self._tmpdir = sharing.make_share_dir()
             # Remove the directory even if close() is never called.
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._tmpdir)
         return self._tmpdir
 
+    def _replace(self, w: _Worker) -> tuple[_Worker, int | None]:
+        """Start a worker in ``w``'s slot; returns it and ``w``'s exit code."""
+        if w.process.is_alive():
+            w.kill()
+        else:
+            w.process.join(timeout=5)
+            w.conn.close()
+        slot = self._workers.index(w)
+        new = self._workers[slot] = _Worker(self._ctx, self.threads_per_worker, slot)
+        return new, w.process.exitcode
+
+    def _wait_timeout(self) -> float | None:
+        """Seconds until the next task deadline (None: no deadline to watch)."""
+        if self.task_timeout is None:
+            return None
+        now, wait = time.monotonic(), self.task_timeout
+        for w in self._workers:
+            if w.in_flight and (running := w.running()) is not None:
+                wait = min(wait, running[1] + self.task_timeout - now)
+        return max(0.01, wait)
+
+    def _check_deadlines(self, map_id: int, fn_blob: bytes) -> None:
+        assert self.task_timeout is not None
+        now = time.monotonic()
+        for w in list(self._workers):
+            if not w.in_flight or w.in_flight[0].map_id != map_id:
+                continue
+            running = w.running()
+            if running is None or now - running[1] <= self.task_timeout:
+                continue
+            task, since = running
+            pid = w.process.pid
+            self._replace(w)[0].send(("fn", map_id, fn_blob))
+            raise ClientTaskTimeout(
+                f"task {task} did not finish within task_timeout={self.task_timeout:g} s "
+                f"(running for {now - since:.1f} s in worker process {pid}): the task hangs "
+                "or its worker was stopped or starved. The worker was killed and replaced; "
+                "raise task_timeout if the task is just slow."
+            )
+
     def _settle_workers(self) -> None:
         """Before a map: collect (and drop) the late answers of a map that failed, and
-        replace workers that died since.
+        replace workers that died since (or hang, with ``task_timeout``).
 
         Why wait for late answers: a worker blocked sending a large result would never
         read a large message sent to it meanwhile, and both processes would wait forever.
         """
-        for slot, w in enumerate(self._workers):
+        for w in list(self._workers):
             alive = True
             while w.in_flight and alive:
-                ready = mpc.wait([w.conn, w.process.sentinel])
-                if w.conn in ready:
+                ready = mpc.wait([w.conn, w.process.sentinel], timeout=self.task_timeout)
+                if not ready:
+                    alive = False  # hung: replaced below
+                elif w.conn in ready:
                     try:
                         w.conn.recv_bytes()
                         w.in_flight.popleft()
@@ -462,44 +513,7 @@ class LocalProcessExecutor(Executor):
                         alive = False
                 alive = alive and w.conn.poll()
             if not alive or not w.process.is_alive():
-                w.conn.close()
-                w.process.join(timeout=5)
-                self._workers[slot] = _Worker(self._ctx, self.threads_per_worker, slot)
-
-    def _worker_died(self, w: _Worker, map_id: int, fn_blob: bytes) -> _Worker:
-        """Replace a dead worker; raise an error naming the tasks of this map it was running.
-
-        Returns the replacement (already holding this map's function) when the dead
-        worker had none of this map's tasks.
-        """
-        w.process.join(timeout=5)
-        code = w.process.exitcode
-        lost = [(s, c) for m, s, c in w.in_flight if m == map_id]
-        slot = self._workers.index(w)
-        w.conn.close()
-        new = self._workers[slot] = _Worker(self._ctx, self.threads_per_worker, slot)
-        if not lost:
-            new.send(("fn", map_id, fn_blob))
-            return new
-        if code is not None and code < 0:
-            try:
-                how = f"was killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-            if code == -signal.SIGKILL:
-                how += " (often the operating system's out-of-memory killer)"
-        else:
-            how = f"exited with code {code}"
-        which = ", ".join(_span(s, c) for s, c in lost)
-        raise ClientWorkError(
-            f"worker process {w.process.pid} {how} before returning tasks {which}. "
-            "A replacement worker was started; if memory ran out, use fewer workers "
-            "(num_workers) or smaller batches."
-        )
-
-
-def _span(start: int, count: int) -> str:
-    return str(start) if count == 1 else f"{start}-{start + count - 1}"
+                self._replace(w)
 
 
 def _release(file: str, token: str, forget: list[str], lock: threading.Lock) -> None:
@@ -508,12 +522,6 @@ def _release(file: str, token: str, forget: list[str], lock: threading.Lock) -> 
         os.unlink(file)
     with lock:
         forget.append(token)
-
-
-def default_chunk_size(num_tasks: int, num_workers: int) -> int:
-    """About 8 chunks per worker, at most ``_MAX_CHUNK`` tasks each: few messages for many
-    small tasks, fine-grained hand-out (good balance) for the few heavy tasks of a round."""
-    return max(1, min(_MAX_CHUNK, -(-num_tasks // (8 * num_workers))))
 
 
 def usable_cores() -> int:

@@ -22,13 +22,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fedp13n.data.client_data import ClientData
+from fedp13n.execution import sharing
 from fedp13n.execution.base import ClientWorkError, Executor, R, SharedRef, T
-from fedp13n.execution.process_pool import ClientDataPathRef, default_chunk_size
+from fedp13n.execution.chunks import (
+    chunks,
+    default_chunk_size,
+    failure,
+    results_or_raise,
+    run_chunk,
+    span,
+)
 
 #: Deserialized shared objects and functions kept per Ray worker process (LRU).
 _CACHE_SIZE = 8
@@ -98,20 +104,11 @@ def _run_chunk(fn_holder: list[Any], start: int, tasks: list[Any], threads: int)
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    index = start
     try:
         fn = _cached_get(fn_holder[0])
-        results = []
-        for index, task in enumerate(tasks, start):  # noqa: B007 (index is reported on error)
-            results.append(fn(task))
-        return ("ok", results)
     except Exception as exc:
-        return (
-            "err",
-            index,
-            f"{type(exc).__name__}: {exc}",
-            "".join(traceback.format_exception(exc)),
-        )
+        return failure(start, exc)
+    return run_chunk(fn, start, tasks)
 
 
 class RayExecutor(Executor):
@@ -128,11 +125,13 @@ class RayExecutor(Executor):
         runtime_env: Ray runtime environment (e.g. ``{"pip": ["fedp13n"]}``) for nodes that
             lack fedp13n.
         init_kwargs: more keyword arguments for ``ray.init``.
-        share_paths: share a :class:`ClientData` that has a cache ``path`` by that path
-            (workers memory-map it) instead of through the object store; only when every
-            node can read the path.
-        max_retries: times Ray re-runs a task whose worker died (safe: tasks are pure).
-        chunk_size: tasks per Ray task; default ``process_pool.default_chunk_size``.
+        share_paths: share an object of the share-by-path protocol
+            (:mod:`fedp13n.execution.sharing`) that already has a path, e.g. a
+            :class:`ClientData` with a cache ``path``, by that path (workers memory-map it)
+            instead of through the object store; only when every node can read the path.
+        max_retries: times Ray re-runs a chunk whose worker died (safe: tasks are pure);
+            the same option and default as :class:`LocalProcessExecutor`.
+        chunk_size: tasks per Ray task; default ``chunks.default_chunk_size``.
     """
 
     def __init__(
@@ -204,37 +203,35 @@ class RayExecutor(Executor):
                 f"cannot send {fn!r} to Ray workers: it does not pickle ({exc})."
             ) from exc
         size = self.chunk_size or default_chunk_size(len(tasks), self.num_workers)
-        starts = list(range(0, len(tasks), size))
+        spans = chunks(len(tasks), size)
         refs = [
-            self._remote.remote([fn_ref], s, tasks[s : s + size], self.threads_per_worker)
-            for s in starts
+            self._remote.remote([fn_ref], s, tasks[s : s + c], self.threads_per_worker)
+            for s, c in spans
         ]
         results: list[Any] = []
-        for i, (start, ref) in enumerate(zip(starts, refs, strict=True)):
-            count = min(size, len(tasks) - start)
+        for i, ((start, count), ref) in enumerate(zip(spans, refs, strict=True)):
             try:
-                out = ray.get(ref)
+                reply = ray.get(ref)
+                results.extend(results_or_raise(reply, "in a Ray worker"))
             except ray.exceptions.RayError as exc:
                 self._cancel(refs[i + 1 :])
-                span = str(start) if count == 1 else f"{start}-{start + count - 1}"
                 raise ClientWorkError(
-                    f"Ray could not run tasks {span}: {type(exc).__name__}: {exc}"
+                    f"Ray could not run tasks {span(start, count)}: {type(exc).__name__}: {exc}"
                 ) from exc
-            if out[0] == "err":
+            except ClientWorkError:
                 self._cancel(refs[i + 1 :])
-                _, index, summary, tb = out
-                raise ClientWorkError(
-                    f"task {index} failed in a Ray worker: {summary}\n\nWorker traceback:\n{tb}"
-                )
-            results.extend(out[1])
+                raise
         return results
 
     def share(self, obj: T) -> SharedRef[T]:
-        """Put ``obj`` in the object store once (or share a cached ClientData by path)."""
+        """Put ``obj`` in the object store once (with ``share_paths``, an object of the
+        share-by-path protocol that has a path, e.g. a cached ClientData, is shared by it)."""
         if self._closed:
             raise RuntimeError("this RayExecutor is closed; create a new one.")
-        if self.share_paths and isinstance(obj, ClientData) and obj.path is not None:
-            return ClientDataPathRef(obj.path, local=obj)  # type: ignore[return-value]
+        if self.share_paths and sharing.shares_by_path(obj):
+            path = obj.to_shared_path(None)  # type: ignore[attr-defined]
+            if path is not None:
+                return sharing.PathRef(type(obj), path, local=obj)
         return RayRef(self._ray.put(obj), local=obj)
 
     def close(self) -> None:
