@@ -64,6 +64,8 @@ CHANGED = {
     "workers": (1, "1"),
     "ray_address": ("auto", "auto"),
     "tensorboard": ("tb", "tb"),
+    "task_timeout": (30.0, "30"),
+    "max_retries": (1, "1"),
 }
 
 

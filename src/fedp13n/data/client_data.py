@@ -411,8 +411,9 @@ class ClientData:
 
     @classmethod
     def from_shared_path(cls, path: str | os.PathLike) -> ClientData:
-        """Open a directory from :meth:`to_shared_path` in a worker (memory-mapped)."""
-        return cls.load(path, mmap=True)
+        """Open a directory from :meth:`to_shared_path` in a worker (memory-mapped). The
+        publishing process verified (or wrote) the files, so workers skip the checksums."""
+        return cls.load(path, mmap=True, verify=False)
 
 
 def _empty_like(cd: ClientData) -> ClientData:

@@ -391,6 +391,18 @@ class ExperimentConfig(TrainingSettings):
         panel="Execution",
         default_text="a local Ray",
     )
+    task_timeout: float | None = setting(
+        None,
+        help="Seconds a client task may run before its worker counts as hung and the run "
+        "stops with an error naming the task.",
+        panel="Execution",
+        default_text="no limit",
+    )
+    max_retries: int = setting(
+        3,
+        help="Times a task whose worker died (killed by the OS) is re-run on a new worker.",
+        panel="Execution",
+    )
     tensorboard: str | None = setting(
         None,
         help="Also log rounds and results to TensorBoard event files in this folder.",
@@ -447,6 +459,19 @@ class ExperimentConfig(TrainingSettings):
         for key in ("num_train_clients", "num_p13n_clients", "workers"):
             if getattr(self, key) is not None:
                 check_positive_int(key, getattr(self, key), ConfigError)
+        check_non_negative_int("max_retries", self.max_retries, ConfigError)
+        if self.task_timeout is not None:
+            check_positive_number("task_timeout", self.task_timeout, ConfigError)
+        if self.executor == "in-process" and self.workers not in (None, 1):
+            raise ConfigError(
+                f"executor 'in-process' runs one task at a time, so workers must be 1, got "
+                f"{self.workers}; use executor 'processes' for more workers."
+            )
+        if self.ray_address is not None and self.executor != "ray":
+            raise ConfigError(
+                f"ray_address only applies to executor 'ray', not {self.executor!r}; add "
+                "--executor ray."
+            )
         if not self.strategies:
             raise ConfigError("at least one personalization strategy is needed.")
         names = [s.name for s in self.strategies]

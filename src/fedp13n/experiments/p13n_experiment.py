@@ -516,9 +516,16 @@ def _run(
     split = {"fedavg": data.train_ids, "validation": data.val_ids, "personalization": data.p13n_ids}
     atomic_write(run_dir / rd.SPLIT, json.dumps(split, indent=1))
     tensorboard = TensorBoardLogger(config.tensorboard) if config.tensorboard else None
-    executor = make_executor(
-        config.executor, num_workers=config.workers, ray_address=config.ray_address
-    )
+    try:
+        executor = make_executor(
+            config.executor,
+            num_workers=config.workers,
+            ray_address=config.ray_address,
+            task_timeout=config.task_timeout,
+            max_retries=config.max_retries,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     try:
         with executor:
             log(f"executor: {executor!r}")
