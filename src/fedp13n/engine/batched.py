@@ -71,6 +71,7 @@ __all__ = [
     "OptimizerSpec",
     "StrategySpec",
     "can_batch",
+    "engine_or_none",
     "fedavg_generators",
     "note_fallback",
     "optimizer_spec",
@@ -277,6 +278,24 @@ def note_fallback(reason: str, log: Callable[[str], None] | None = None) -> None
         log(message)
     else:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def engine_or_none(
+    model_fn: ModelFn,
+    optimizers: Sequence[Any],
+    *,
+    log: Callable[[str], None] | None = None,
+    **engine_kwargs: Any,
+) -> MultiClientEngine | None:
+    """A :class:`MultiClientEngine` for ``model_fn`` when it and every optimizer in
+    ``optimizers`` can be batched; else ``None`` after saying why once
+    (:func:`note_fallback`), and the caller runs its per-client path."""
+    for opt in optimizers or [OptimizerSpec("sgd", 0.0)]:
+        ok, why = can_batch(model_fn, opt)
+        if not ok:
+            note_fallback(why, log)
+            return None
+    return MultiClientEngine(model_fn, **engine_kwargs)
 
 
 # -- client randomness, as the per-client paths draw it ---------------------------------------
