@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -285,3 +286,40 @@ def test_mlp_on_flat_rows_and_sgd_without_shuffle():
     )
     assert max(max_diff(r.delta, g.delta) for r, g in zip(ref, got, strict=True)) < TOL
     assert max(float(t.abs().max()) for t in ref[0].delta.values()) > 1e-2
+
+
+def _fedavg(engine, datasets, weights):
+    return engine.fedavg_clients(
+        weights,
+        datasets,
+        list(range(len(datasets))),
+        optimizer=OptimizerSpec("sgd", 0.5),
+        epochs=1,
+        batch_size=4,
+        shuffle=True,
+        seed=3,
+        round_num=1,
+    )
+
+
+def test_engine_in_bf16_runs_and_stays_close():
+    datasets = make_clients([6, 3])
+    weights = global_weights(small_cnn)
+    fp32 = _fedavg(MultiClientEngine(small_cnn), datasets, weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # emulated bf16 on most CPUs
+        bf16 = _fedavg(MultiClientEngine(small_cnn, precision="bf16"), datasets, weights)
+    for a, b in zip(fp32, bf16, strict=True):
+        assert b.finite and all(t.dtype == torch.float32 for t in b.delta.values())
+        assert max_diff(a.delta, b.delta) < 5e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_engine_on_cuda_matches_cpu():
+    datasets = make_clients([6, 0, 3])
+    weights = global_weights(small_cnn)
+    cpu = _fedavg(MultiClientEngine(small_cnn), datasets, weights)
+    gpu = _fedavg(MultiClientEngine(small_cnn, device="cuda", precision="fp32"), datasets, weights)
+    for a, b in zip(cpu, gpu, strict=True):
+        assert max_diff(a.delta, b.delta) < 1e-4
+        assert abs(a.loss_sum - b.loss_sum) < 1e-4
