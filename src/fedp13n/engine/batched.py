@@ -536,12 +536,14 @@ class _StackedOptimizer:
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor], active: np.ndarray) -> None:
         device = self.params[0].device
+        everyone = bool(active.all())  # the common case: no masking needed
         act = torch.from_numpy(active).to(device)
         self.steps += active
         if self.spec.kind == "sgd":
             for p, g in zip(self.params, grads, strict=True):
-                a = act.view(-1, *([1] * (p.dim() - 1)))
-                p.add_(torch.where(a, g, 0.0), alpha=-self.spec.lr)
+                if not everyone:
+                    g = torch.where(act.view(-1, *([1] * (p.dim() - 1))), g, 0.0)
+                p.add_(g, alpha=-self.spec.lr)  # torch.optim.SGD's update
             return
         b1, b2 = self.spec.betas
         step = np.maximum(self.steps, 1).astype(np.float64)
@@ -556,9 +558,13 @@ class _StackedOptimizer:
             v = torch.addcmul(self.v[i] * b2, g, g, value=1 - b2)
             denom = (v.sqrt() / bc2_sqrt.view(shape)).add_(self.spec.eps)
             new = p + step_size.view(shape) * m / denom  # addcdiv: p + value * m / denom
-            self.m[i] = torch.where(a, m, self.m[i])
-            self.v[i] = torch.where(a, v, self.v[i])
-            p.copy_(torch.where(a, new, p))
+            if everyone:
+                self.m[i], self.v[i] = m, v
+                p.copy_(new)
+            else:
+                self.m[i] = torch.where(a, m, self.m[i])
+                self.v[i] = torch.where(a, v, self.v[i])
+                p.copy_(torch.where(a, new, p))
 
 
 # -- the engine -------------------------------------------------------------------------------
