@@ -36,14 +36,18 @@ def _check_p(p: float) -> float:
     return p
 
 
-def random_bytes(n: int) -> torch.Tensor:
-    """``n`` independent uniform random bytes (uint8) from torch's global CPU generator."""
+def random_bytes(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` independent uniform random bytes (uint8) from ``generator`` (a CPU generator;
+    ``None``: torch's global CPU generator). A ``torch.Generator`` seeded with ``s`` gives
+    the same bytes as the global generator after ``torch.manual_seed(s)``."""
     words = torch.empty((n + _BYTES_PER_WORD - 1) // _BYTES_PER_WORD, dtype=torch.int64)
-    words.random_()
+    words.random_(generator=generator)
     return words.view(torch.uint8).view(-1, 8)[:, _LOW_BYTES].reshape(-1)[:n]
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
+def keep_mask(
+    shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Boolean mask, True with probability exactly ``1 - p`` (``p * 256`` must be an integer)."""
     threshold = round(p * 256)
     if threshold != p * 256:
@@ -51,13 +55,20 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
     n = 1
     for s in shape:
         n *= s
-    return (random_bytes(n) >= threshold).view(shape)
+    return (random_bytes(n, generator) >= threshold).view(shape)
 
 
-def fast_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torch.Tensor:
+def fast_dropout(
+    x: torch.Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Inverted dropout, like ``F.dropout(x, p, training)`` but with cheap byte masks.
 
-    Exact for ``p`` a multiple of 1/256; any other ``p`` uses ``F.dropout`` itself.
+    Exact for ``p`` a multiple of 1/256; any other ``p`` uses ``F.dropout`` itself (which
+    draws from the global generator whatever ``generator`` is). The mask is drawn on the
+    CPU from ``generator`` (``None``: the global one) and moved to ``x``'s device.
     """
     p = _check_p(p)
     if not training or p == 0.0:
@@ -67,19 +78,21 @@ def fast_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torc
     if round(p * 256) != p * 256:
         return F.dropout(x, p, training=True)
     # The scale is folded into the mask so that forward and backward are one multiply each.
-    scale = keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    scale = keep_mask(x.shape, p, generator).to(x.device, x.dtype).mul_(1.0 / (1.0 - p))
     return x * scale
 
 
 class FastDropout(nn.Module):
     """Drop-in replacement for ``nn.Dropout(p)`` (see :func:`fast_dropout`)."""
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.p = _check_p(p)
+        #: Where the masks come from (``None``: torch's global CPU generator).
+        self.generator = generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fast_dropout(x, self.p, self.training)
+        return fast_dropout(x, self.p, self.training, self.generator)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

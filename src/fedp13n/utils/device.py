@@ -1,0 +1,195 @@
+"""Pick the device and the numeric precision a run trains in.
+
+* :func:`resolve_device` turns ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``
+  into a ``torch.device``, refusing one this machine does not have with a one-line
+  ``ValueError`` that says what it has.
+* :func:`resolve_precision` turns ``"fp32"``, ``"bf16"``, ``"tf32"`` (or ``"auto"``) into a
+  :class:`Precision`, a reusable context manager to wrap forward passes in:
+
+  - ``fp32``: nothing changes (the reference numbers);
+  - ``bf16``: ``torch.autocast(device_type, dtype=torch.bfloat16)``: matrix products and
+    convolutions run in bfloat16, the weights (and optimizer state) stay float32 master
+    copies, so only the forward/backward arithmetic is rounded. On a CPU without native
+    bf16 instructions (AVX512-BF16 or AMX) bf16 is emulated and slower than fp32: it is
+    allowed when asked for explicitly, with a one-time warning, and ``"auto"`` never
+    picks it there;
+  - ``tf32``: TensorFloat-32 matrix products and convolutions on CUDA (Ampere or newer);
+    a CUDA setting, refused on other devices. Entering the context sets
+    ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``,
+    leaving it restores them.
+
+* :func:`set_deterministic` asks torch for deterministic kernels (bit-identical reruns on
+  one GPU, at some cost in speed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "tf32")
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+# -- devices ------------------------------------------------------------------------------------
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def available_devices() -> list[str]:
+    """The devices this machine has, e.g. ``["cpu", "cuda:0", "cuda:1"]``."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        out.append("mps")
+    return out
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+    ``"mps"`` as a ``torch.device``; ``ValueError`` for one that is unknown or absent."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(
+            f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}."
+        )
+    name = device.strip().lower()
+    have = ", ".join(available_devices())
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not _mps_available():
+            raise ValueError(f"device 'mps' is not available on this machine; available: {have}.")
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if index and not index.isdigit():
+            raise ValueError(
+                f"invalid device {device!r}: use 'cuda' or 'cuda:N'; available: {have}."
+            )
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} is not available: no CUDA GPU (or a CPU-only torch "
+                f"{torch.__version__}); available: {have}."
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} is not available; available: {have}.")
+        return torch.device(name)
+    raise ValueError(
+        f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' "
+        f"(available: {have})."
+    )
+
+
+# -- precision ----------------------------------------------------------------------------------
+def _read_cpuinfo() -> str:
+    """The text of /proc/cpuinfo, or '' where there is none (tests replace this)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively: Linux /proc/cpuinfo lists the
+    ``avx512_bf16`` or ``amx_bf16`` flag. False elsewhere (not detected)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    for line in _read_cpuinfo().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+@dataclass
+class Precision:
+    """A numeric precision on a device; use it as ``with precision: ...`` around forward
+    (and backward) passes, as often as wanted. ``name`` is ``fp32``, ``bf16`` or ``tf32``."""
+
+    name: str
+    device_type: str
+    _stack: list = field(default_factory=list, repr=False)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.name == "bf16" else None
+
+    def __enter__(self) -> Precision:
+        stack = contextlib.ExitStack()
+        if self.name == "bf16":
+            stack.enter_context(torch.autocast(self.device_type, dtype=torch.bfloat16))
+        elif self.name == "tf32":
+            old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+            def restore() -> None:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            stack.callback(restore)
+        self._stack.append(stack)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.pop().close()
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> Precision:
+    """``"fp32"``, ``"bf16"``, ``"tf32"`` or ``"auto"`` on ``device`` (see the module
+    docstring). ``"auto"`` is fp32 on every device: the reference numbers; faster
+    precisions change results, so they are asked for by name (in particular "auto" never
+    picks bf16 on a CPU that would emulate it). ``ValueError`` for an unknown name or tf32
+    off CUDA; bf16 on a CPU without native bf16 warns once."""
+    dev = device if isinstance(device, torch.device) else torch.device(str(device))
+    kind = dev.type
+    if not isinstance(precision, str) or precision.lower() not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    name = precision.lower()
+    if name == "auto":
+        name = "fp32"
+    if name == "tf32" and kind != "cuda":
+        raise ValueError(
+            f"precision 'tf32' is a CUDA setting (TensorFloat-32 on NVIDIA GPUs), not for "
+            f"device {str(dev)!r}; use 'fp32' or 'bf16' there."
+        )
+    if name == "bf16" and kind == "cpu" and not cpu_has_native_bf16():
+        _warn_once(
+            "bf16-cpu",
+            "precision 'bf16' on this CPU is emulated (no AVX512-BF16/AMX): slower than fp32 "
+            "and less accurate; use it only to test bf16 numerics.",
+        )
+    return Precision(name, kind)
+
+
+# -- determinism --------------------------------------------------------------------------------
+def set_deterministic(enabled: bool = True) -> None:
+    """Deterministic kernels on (or off): ``torch.use_deterministic_algorithms(enabled)``,
+    ``torch.backends.cudnn.benchmark = False`` (on: no autotuning, which may pick different
+    kernels run to run) and ``cudnn.deterministic``. Turning it on also sets
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (unless already set), which cuBLAS needs for
+    reproducible products; cuBLAS reads it when CUDA starts, so call this before the first
+    CUDA operation of the process. CPU kernels of the models here are deterministic already.
+    """
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = bool(enabled)
+    torch.use_deterministic_algorithms(bool(enabled))
