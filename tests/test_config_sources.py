@@ -23,6 +23,7 @@ CHANGED = {
     "num_train_clients": (20, "20"),
     "num_p13n_clients": (7, "7"),
     "split_seed": (5, "5"),
+    "num_val_clients": (3, "3"),
     "rounds": (9, "9"),
     "clients_per_round": (4, "4"),
     "local_epochs": (2, "2"),
@@ -59,6 +60,7 @@ CHANGED = {
     "p13n_epochs": (5, "5"),
     "p13n_batch_size": (10, "10"),
     "num_eval_clients": (8, "8"),
+    "p13n_eval_every": (2, "2"),
     "seed": (3, "3"),
     "executor": ("in-process", "in-process"),
     "workers": (1, "1"),
@@ -67,6 +69,10 @@ CHANGED = {
     "task_timeout": (30.0, "30"),
     "max_retries": (1, "1"),
 }
+
+
+def field_flag_of(name: str) -> str:
+    return field_flag(next(f for f in dataclasses.fields(ExperimentConfig) if f.name == name))
 
 
 def _printed(args: list[str]) -> dict:
@@ -87,9 +93,11 @@ def test_every_setting_from_the_command_line_and_from_toml(field, tmp_path):
     assert getattr(default, field.name) != value or field.name == "client_pipeline"
     flag = field_flag(field)
     args = [flag] if base_type(field) is bool else [flag, text]
+    extra = {"ray_address": {"executor": "ray"}}.get(field.name, {})  # needs its executor
+    args += [a for k, v in extra.items() for a in (field_flag_of(k), v)]
     from_cli = _printed(args)
     toml_file = tmp_path / "c.toml"
-    toml_file.write_text(tomli_w.dumps({field.name: value}))
+    toml_file.write_text(tomli_w.dumps({field.name: value, **extra}))
     from_toml = _printed(["--config", str(toml_file)])
     assert from_cli[field.name] == value
     assert from_toml[field.name] == value

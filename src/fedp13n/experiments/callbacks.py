@@ -27,6 +27,8 @@ def round_info(row: Mapping[str, Any]) -> str:
     )
     if row.get("eval_accuracy") not in (None, ""):
         info += f", global test acc {float(row['eval_accuracy']):.3f}"
+    if row.get("p13n_accuracy") not in (None, ""):
+        info += f", personalized {float(row['p13n_accuracy']):.3f}"
     return info
 
 
@@ -43,6 +45,19 @@ class GlobalEvaluation(Callback):
         if r == self.last_round or (self.every and r % self.every == 0):
             ev = self.evaluate(process.get_model_weights(state))
             row["eval_loss"], row["eval_accuracy"] = ev["loss"], ev["accuracy"]
+
+
+class PersonalizationCurve(Callback):
+    """Every ``every`` rounds and after ``last_round``: the mean personalized accuracy
+    (``p13n_accuracy``) given by ``evaluate(weights)``."""
+
+    def __init__(self, evaluate: Callable[[dict], float], every: int, last_round: int) -> None:
+        self.evaluate, self.every, self.last_round = evaluate, every, last_round
+
+    def on_round_end(self, process, state, row) -> None:
+        r = state.round_num
+        if self.every and (r == self.last_round or r % self.every == 0):
+            row["p13n_accuracy"] = self.evaluate(process.get_model_weights(state))
 
 
 class MetricsCsv(Callback):

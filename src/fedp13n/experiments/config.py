@@ -368,6 +368,12 @@ class ExperimentConfig(TrainingSettings):
         flag="--strategy",
         default_text="sgd:0.02 adam:0.002",
     )
+    p13n_eval_every: int = setting(
+        0,
+        help="Every N rounds, also personalize the global model with the first strategy on "
+        "the evaluation clients (the p13n_accuracy column; rounds to reach a target).",
+        panel="Personalization",
+    )
     p13n_epochs: int = setting(
         3, help="Fine-tuning epochs of strategies that set none.", panel="Personalization"
     )
@@ -446,7 +452,13 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(f"stage names must be unique, got {names}.")
         for s in stages:
             s.validate_training(f"stage {s.name!r} " if self.stages else "")
-        for key in ("eval_every", "checkpoint_every", "keep_checkpoints", "num_val_clients"):
+        for key in (
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "num_val_clients",
+            "p13n_eval_every",
+        ):
             check_non_negative_int(key, getattr(self, key), ConfigError)
         for key in (
             "num_eval_clients",

@@ -35,6 +35,7 @@ from fedp13n.experiments.callbacks import (
     GlobalEvaluation,
     LogLines,
     MetricsCsv,
+    PersonalizationCurve,
     ProgressBar,
     TensorBoardLogger,
 )
@@ -208,8 +209,16 @@ def train_global_model(
     global_eval = GlobalEvaluation(
         functools.partial(_evaluate_global, config, data), config.eval_every, total
     )
-    callbacks = [
-        global_eval,
+    callbacks = [global_eval]
+    if config.p13n_eval_every:
+        callbacks.append(
+            PersonalizationCurve(
+                functools.partial(_personalized_accuracy, config, data, executor),
+                config.p13n_eval_every,
+                total,
+            )
+        )
+    callbacks += [
         metrics_csv,
         Checkpointer(
             run_dir,
@@ -386,6 +395,27 @@ def tune_strategies(
     return config.replace(strategies=chosen_strategies), record
 
 
+def eval_client_ids(config: ExperimentConfig, data: ExperimentData) -> list[str]:
+    """The ``num_eval_clients`` personalization clients reported on (sampled once)."""
+    rng = derive_rng(config.seed, "p13n-eval-clients")
+    n = min(config.num_eval_clients, len(data.p13n_ids))
+    return [data.p13n_ids[i] for i in rng.choice(len(data.p13n_ids), size=n, replace=False)]
+
+
+def _personalized_accuracy(
+    config: ExperimentConfig, data: ExperimentData, executor: Any, weights: Mapping[str, Any]
+) -> float:
+    """Mean accuracy after the first strategy's last evaluation, on the evaluation clients
+    (untuned settings: a curve over rounds, not a result)."""
+    first = config.strategies[0]
+    strategy = first.with_params(first.grid()[0]) if first.tuned else first
+    fn_dict = OrderedDict([(first.name, config.strategy_builder(strategy))])
+    inputs = _client_inputs(data, eval_client_ids(config, data))
+    result = _run_eval(config, fn_dict, weights, inputs, executor, False, "clients")
+    curve = mean_accuracy_by_epoch(result[first.name])
+    return curve[list(curve)[-1]]
+
+
 def evaluate_personalization(
     config: ExperimentConfig,
     data: ExperimentData,
@@ -403,9 +433,7 @@ def evaluate_personalization(
         config, tuning = tune_strategies(
             config, data, weights, executor, progress=progress, log=log
         )
-    rng = derive_rng(config.seed, "p13n-eval-clients")
-    n = min(config.num_eval_clients, len(data.p13n_ids))
-    eval_ids = [data.p13n_ids[i] for i in rng.choice(len(data.p13n_ids), size=n, replace=False)]
+    eval_ids = eval_client_ids(config, data)
     client_inputs = _client_inputs(data, eval_ids)
     log(
         f"personalization: {len(eval_ids)} clients, strategies "

@@ -22,7 +22,8 @@ TUNING = "tuning.json"  # tuned strategies: candidates, validation accuracy, the
 REPORT = "report.html"  # written by fedp13n report
 
 #: Columns of FEDAVG_METRICS. ``eval_loss``/``eval_accuracy`` (global model on held-out
-#: data) are empty in rounds where they were not measured.
+#: data) and ``p13n_accuracy`` (mean accuracy after the first strategy's fine-tuning, on
+#: the evaluation clients, with ``p13n_eval_every``) are empty where not measured.
 FEDAVG_COLUMNS = (
     "round",
     "loss",
@@ -34,6 +35,7 @@ FEDAVG_COLUMNS = (
     "examples_per_second",
     "eval_loss",
     "eval_accuracy",
+    "p13n_accuracy",
 )
 
 #: Columns of PER_CLIENT. ``epoch`` is the key of the strategy's metrics ("epoch_1", ...);
