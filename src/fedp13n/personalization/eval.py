@@ -319,6 +319,12 @@ def _as_metrics(metrics: Any, step: str) -> Mapping[str, Any]:
 # -- argument checks --------------------------------------------------------------------------
 def _build_probe(model_fn: Any) -> nn.Module:
     """``model_fn()`` once, at build time (as TFF), with the caller's RNG untouched."""
+    if isinstance(model_fn, nn.Module):
+        raise TypeError(
+            f"model_fn is a {type(model_fn).__name__} instance; pass a no-argument function "
+            "that builds a fresh model (e.g. a functools.partial of the model's class), since "
+            "every client and strategy starts from a fresh one."
+        )
     if not callable(model_fn):
         raise TypeError(
             f"model_fn must be a no-argument callable returning an nn.Module, got {model_fn!r}."
