@@ -185,7 +185,7 @@ class BatchNormNet(nn.Module):
         return self.fc(self.bn(x))
 
 
-@pytest.mark.parametrize("mode", ["average", "keep"])
+@pytest.mark.parametrize("mode", ["average", "keep", None])
 def test_buffers_are_example_weighted_averages_or_kept(mode):
     rng = np.random.default_rng(1)
     xs = [rng.normal(loc=i, size=(n, D)).astype(np.float32) for i, n in enumerate((6, 10))]
@@ -195,13 +195,17 @@ def test_buffers_are_example_weighted_averages_or_kept(mode):
         lambda p: torch.optim.SGD(p, lr=0.1),
         lambda p: torch.optim.SGD(p, lr=1.0),
         batch_size=100,  # one batch per client
-        buffer_aggregation=mode,
+        **({} if mode is None else {"buffer_aggregation": mode}),
     )
-    state, _ = process.next(process.initialize(), data)
+    initial = process.initialize()
+    state, _ = process.next(initial, data)
     w = process.get_model_weights(state)
-    if mode == "keep":  # TFF: the server never changes non-trainable weights
+    if mode != "average":  # the default, as TFF: the server never changes non-trainable state
         assert torch.equal(w["bn.running_mean"], torch.zeros(D))
+        assert torch.equal(w["bn.running_var"], torch.ones(D))
         assert int(w["bn.num_batches_tracked"]) == 0
+        # ... while the trainable weights did move
+        assert not torch.equal(w["fc.weight"], initial.model["fc.weight"])
         return
     # BatchNorm after one batch from running_mean 0: 0.1 * batch mean; averaged by size.
     expected = (6 * 0.1 * xs[0].mean(0) + 10 * 0.1 * xs[1].mean(0)) / 16
@@ -321,6 +325,23 @@ def test_bad_inputs_get_clear_errors():
         build_weighted_fed_avg(linear_model, batch_size=0)
     with pytest.raises(ValueError, match="buffer_aggregation"):
         build_weighted_fed_avg(linear_model, buffer_aggregation="sum")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"client_pipeline": "keras"}, r"client_pipeline must be one of \('epochs', 'tff'\)"),
+        ({"shuffle_buffer": 0}, "shuffle_buffer must be a positive integer, got 0"),
+        ({"shuffle_buffer": 2.5}, "shuffle_buffer must be a positive integer"),
+        ({"max_steps": 0}, "max_steps .or None for no limit. must be a positive integer"),
+        ({"max_steps": True}, "max_steps"),
+        ({"client_epochs": None}, "give max_steps"),
+        ({"client_epochs": 0}, "client_epochs must be a positive integer"),
+    ],
+)
+def test_bad_pipeline_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_weighted_fed_avg(linear_model, **kwargs)
 
 
 def test_sample_clients_is_keyed_by_seed_and_round():

@@ -60,8 +60,9 @@ def test_evaluate_regression_reports_mse_and_no_accuracy():
         linear((1.0, 2.0)), ds([[1, 0], [0, 1], [1, 1]], [[0], [0], [0]]), loss_fn=F.mse_loss
     )
     # predictions 1, 2, 3 against 0: (1 + 4 + 9) / 3
-    assert list(m) == ["num_test_examples", "loss"]
-    assert m["num_test_examples"] == 3
+    assert list(m) == ["num_test_examples", "loss", "num_examples", "num_batches"]
+    assert m["num_test_examples"] == m["num_examples"] == 3
+    assert m["num_batches"] == 1  # one evaluation batch of 1000
     assert m["loss"] == pytest.approx(14 / 3, rel=1e-6)
 
 
@@ -75,9 +76,17 @@ def test_evaluate_classification_loss_and_accuracy_by_hand():
     m = evaluate_fn(model, ClientDataset(x, y))
     logits = x.astype(np.float64) @ w.T
     ce = np.log(np.exp(logits).sum(1)) - logits[np.arange(4), y]
-    assert list(m) == ["num_test_examples", "loss", "accuracy"]
-    assert m["num_test_examples"] == 4
-    assert m["accuracy"] == 0.75
+    assert list(m) == [
+        "num_test_examples",
+        "loss",
+        "accuracy",
+        "sparse_categorical_accuracy",
+        "num_examples",
+        "num_batches",
+    ]
+    assert m["num_test_examples"] == m["num_examples"] == 4
+    assert m["accuracy"] == m["sparse_categorical_accuracy"] == 0.75
+    assert m["num_batches"] == 1
     assert m["loss"] == pytest.approx(ce.mean(), rel=1e-6)
 
 
@@ -86,8 +95,11 @@ def test_evaluation_batch_size_does_not_change_the_numbers():
     data = ClientDataset(rng.normal(size=(10, 2)).astype(np.float32), rng.integers(0, 3, 10))
     model = nn.Linear(2, 3)
     results = [evaluate_fn(model, data, batch_size=b) for b in (1, 3, 4, 1000)]
+    # TFF's num_batches counter is the one number that depends on the batch size
+    assert [r["num_batches"] for r in results] == [10, 4, 3, 1]
     for r in results[1:]:
-        assert r["num_test_examples"] == 10
+        assert r["num_test_examples"] == r["num_examples"] == 10
+        assert r["sparse_categorical_accuracy"] == results[0]["accuracy"]
         assert r["accuracy"] == results[0]["accuracy"]
         assert r["loss"] == pytest.approx(results[0]["loss"], rel=1e-6)
 
@@ -105,8 +117,9 @@ def test_evaluate_empty_dataset_gives_nan():
     m = evaluate_fn(
         nn.Linear(2, 3), ClientDataset(np.zeros((0, 2), np.float32), np.zeros(0, np.int64))
     )
-    assert m["num_test_examples"] == 0
+    assert m["num_test_examples"] == m["num_examples"] == m["num_batches"] == 0
     assert math.isnan(m["loss"]) and math.isnan(m["accuracy"])
+    assert math.isnan(m["sparse_categorical_accuracy"])
 
 
 def test_build_evaluate_fn_binds_loss_and_accepts_tensor_tuples():

@@ -7,11 +7,17 @@ another process. Its result depends only on (global weights, client data, settin
 seed, round, client key), never on which worker runs it or in what order, which is what
 makes FedAvg bit-for-bit reproducible across executors.
 
+Batches: the local steps are :func:`fedp13n.data.pipeline.batch_plan` of the client's
+examples, with the pipeline, shuffle buffer and step limit of the :class:`ClientWork`
+(``"epochs"``: ``epochs`` shuffled passes; ``"tff"``: TFF's
+``repeat(E).shuffle(buffer).batch(B)``, batches across epoch boundaries; ``max_steps``:
+``.take(K)``).
+
 Randomness: dropout uses the torch generator seeded with
-``derive_seed(seed, "fedavg", round, client_key)``; the example order of each epoch is a
-permutation drawn from ``derive_rng(seed, "fedavg-shuffle", round, client_key)`` (one
-generator per client and round, one permutation per epoch). The caller's global torch
-random state is left untouched.
+``derive_seed(seed, "fedavg", round, client_key)``; the example order is drawn from
+``derive_rng(seed, "fedavg-shuffle", round, client_key)`` (one generator per client and
+round; for ``"epochs"`` one permutation per epoch). The caller's global torch random
+state is left untouched.
 """
 
 from __future__ import annotations
@@ -19,20 +25,16 @@ from __future__ import annotations
 import math
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from fedp13n.data.client_data import ClientDataset
+from fedp13n.data.client_data import ClientDataset, features_to_tensor, labels_to_tensor
+from fedp13n.data.pipeline import DEFAULT_SHUFFLE_BUFFER, batch_plan
 from fedp13n.execution.base import SharedRef
 from fedp13n.utils.seeding import derive_rng, derive_seed
-
-ModelFn = Callable[[], nn.Module]
-OptimizerFn = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from fedp13n.utils.types import LossFn, MetricFn, ModelFn, OptimizerFn
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -74,7 +76,9 @@ class ClientOutput:
 
     delta: dict[str, torch.Tensor] | None
     buffers: dict[str, torch.Tensor] | None
-    num_examples: int  # size of the client's dataset: its weight in the average
+    # the client's weight in the average: its dataset size under the "epochs" pipeline,
+    # the examples it processed under "tff" (TFF's NUM_EXAMPLES client weighting)
+    num_examples: int
     num_trained: int  # examples processed over all epochs (for metrics)
     loss_sum: float  # sum over processed examples of the loss
     metric_sum: float  # sum over processed examples of the metric
@@ -106,17 +110,25 @@ class ClientWork:
 
     ``loss_fn`` and ``metric_fn`` map ``(outputs, targets)`` to the batch *mean* (as torch's
     losses do by default); sums over examples are formed by multiplying by the batch size,
-    so metrics are example-weighted whatever the batch sizes.
+    so metrics are example-weighted whatever the batch sizes. ``pipeline``,
+    ``shuffle_buffer`` and ``max_steps`` choose the local steps (see
+    :func:`~fedp13n.data.pipeline.batch_plan`; ``epochs=None`` needs ``max_steps``). The
+    weight of the client's update (``ClientOutput.num_examples``) is its number of
+    examples under ``"epochs"`` (fedp13n's convention) and the number of examples it
+    processed under ``"tff"`` (TFF's ``ClientWeighting.NUM_EXAMPLES``).
     """
 
     model_fn: ModelFn
     optimizer_fn: OptimizerFn
     loss_fn: LossFn
     metric_fn: MetricFn
-    epochs: int
+    epochs: int | None
     batch_size: int
     shuffle: bool
     seed: int
+    pipeline: str = "epochs"
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    max_steps: int | None = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __call__(self, task: ClientTask) -> ClientOutput:
@@ -148,18 +160,28 @@ class ClientWork:
         loss_sum = 0.0
         metric_sum = 0.0
         num_trained = 0
-        for _ in range(self.epochs):
-            for x, y in dataset.batches(self.batch_size, shuffle=self.shuffle, generator=rng):
-                optimizer.zero_grad(set_to_none=True)
-                outputs = model(x)
-                loss = self.loss_fn(outputs, y)
-                loss.backward()
-                optimizer.step()
-                n = len(y)
-                with torch.no_grad():
-                    loss_sum += float(loss) * n
-                    metric_sum += float(self.metric_fn(outputs, y)) * n
-                num_trained += n
+        plan = batch_plan(
+            len(dataset),
+            self.batch_size,
+            epochs=self.epochs,
+            shuffle=self.shuffle,
+            generator=rng,
+            pipeline=self.pipeline,
+            shuffle_buffer=self.shuffle_buffer,
+            max_steps=self.max_steps,
+        )
+        for idx in plan:
+            x, y = features_to_tensor(dataset.x[idx]), labels_to_tensor(dataset.y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            outputs = model(x)
+            loss = self.loss_fn(outputs, y)
+            loss.backward()
+            optimizer.step()
+            n = len(y)
+            with torch.no_grad():
+                loss_sum += float(loss) * n
+                metric_sum += float(self.metric_fn(outputs, y)) * n
+            num_trained += n
         with torch.no_grad():
             delta = {n: (weights[n] - params[n]).detach().clone() for n in names}
             state = model.state_dict()
@@ -174,7 +196,7 @@ class ClientWork:
         return ClientOutput(
             delta=delta,
             buffers=buffers,
-            num_examples=len(dataset),
+            num_examples=num_trained if self.pipeline == "tff" else len(dataset),
             num_trained=num_trained,
             loss_sum=loss_sum,
             metric_sum=metric_sum,

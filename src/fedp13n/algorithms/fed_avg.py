@@ -16,11 +16,16 @@ Choices worth knowing:
   with weight 0. When no client contributes, the weights and the server optimizer state
   are left unchanged (no optimizer step, so momentum does not move them either).
 * Buffers (non-trainable state such as BatchNorm running statistics) do not go through
-  the server optimizer. With ``buffer_aggregation="average"`` (default) each buffer becomes
-  the example-weighted average of the clients' trained buffers (integer buffers such as
-  ``num_batches_tracked`` rounded to nearest); ``"keep"`` leaves them at their global
-  value, which is exactly TFF (its server only updates trainable weights). Parameters
-  with ``requires_grad=False`` are never changed.
+  the server optimizer. With ``buffer_aggregation="keep"`` (default) they keep the
+  server's value whatever the clients did, which is exactly TFF (its server only updates
+  trainable weights); ``"average"`` makes each buffer the example-weighted average of the
+  clients' trained buffers (integer buffers such as ``num_batches_tracked`` rounded to
+  nearest). Parameters with ``requires_grad=False`` are never changed.
+* The client pipeline: ``client_pipeline="epochs"`` (default) trains ``client_epochs``
+  shuffled passes, ``"tff"`` TFF's ``repeat(E).shuffle(shuffle_buffer).batch(B)`` whose
+  batches run across epoch boundaries; ``max_steps`` caps the local steps (``.take(K)``).
+  Under ``"tff"`` a client's weight is the number of examples it processed (TFF's
+  ``NUM_EXAMPLES`` weighting), under ``"epochs"`` its number of examples.
 * Aggregation runs in float64 in the fixed order of the clients given to ``next``, then
   casts, so results do not depend on the executor or number of workers.
 * Rounds are numbered from 1: ``state.round_num`` counts completed rounds and ``next``
@@ -54,8 +59,10 @@ from fedp13n.algorithms.client_update import (
     trainable_names,
 )
 from fedp13n.data.client_data import ClientData, ClientDataset
+from fedp13n.data.pipeline import DEFAULT_SHUFFLE_BUFFER, PIPELINES
 from fedp13n.execution.base import Executor, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
+from fedp13n.utils.checks import check_positive_int
 from fedp13n.utils.seeding import derive_rng, derive_seed
 
 #: Client optimizer of TFF's personalization experiment: SGD, learning rate 0.02.
@@ -169,12 +176,15 @@ class WeightedFedAvg:
         *,
         loss_fn: LossFn,
         metrics_fn: MetricFn,
-        client_epochs: int,
+        client_epochs: int | None,
         batch_size: int,
         shuffle: bool,
         seed: int,
         executor: Executor | None,
         buffer_aggregation: Literal["average", "keep"],
+        client_pipeline: str = "epochs",
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        max_steps: int | None = None,
     ) -> None:
         self.model_fn = model_fn
         self.server_optimizer_fn = server_optimizer_fn
@@ -190,6 +200,9 @@ class WeightedFedAvg:
             batch_size=batch_size,
             shuffle=shuffle,
             seed=seed,
+            pipeline=client_pipeline,
+            shuffle_buffer=shuffle_buffer,
+            max_steps=max_steps,
         )
         self._server_model: nn.Module | None = None
         self._shared_data: weakref.WeakKeyDictionary[ClientData, SharedRef] = (
@@ -347,12 +360,15 @@ def build_weighted_fed_avg(
     *,
     loss_fn: LossFn = F.cross_entropy,
     metrics_fn: MetricFn = accuracy,
-    client_epochs: int = 1,
+    client_epochs: int | None = 1,
     batch_size: int = 20,
     shuffle: bool = True,
     seed: int = 0,
     executor: Executor | None = None,
-    buffer_aggregation: Literal["average", "keep"] = "average",
+    buffer_aggregation: Literal["average", "keep"] = "keep",
+    client_pipeline: str = "epochs",
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    max_steps: int | None = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -363,6 +379,17 @@ def build_weighted_fed_avg(
     ``loss_fn``/``metrics_fn`` map ``(outputs, targets)`` to a batch mean. Client work runs
     on ``executor`` (in this process by default); everything it sends to other processes
     (model_fn, optimizer and loss functions) must be picklable with cloudpickle.
+
+    ``buffer_aggregation``: ``"keep"`` (default, TFF) leaves buffers at the server's
+    value, ``"average"`` averages the clients' trained buffers (see the module docstring).
+
+    The local steps (:func:`fedp13n.data.pipeline.batch_plan`): ``client_pipeline`` is
+    ``"epochs"`` (default: ``client_epochs`` passes, each a fresh shuffle) or ``"tff"``
+    (TFF's ``dataset.repeat(client_epochs).shuffle(shuffle_buffer).batch(batch_size)``,
+    ``ceil(n * E / B)`` steps); ``shuffle_buffer`` (default 1000, TFF's) is tf.data's
+    shuffle buffer of ``"tff"``; ``max_steps`` (default ``None``: no limit) is
+    ``.take(max_steps)``, at most that many local steps, and with it ``client_epochs=None``
+    repeats the data until ``max_steps`` batches exist (K local steps, not epochs).
     """
     for name, fn in (
         ("model_fn", model_fn),
@@ -373,9 +400,23 @@ def build_weighted_fed_avg(
     ):
         if not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__}.")
-    for name, value in (("client_epochs", client_epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    check_positive_int("batch_size", batch_size)
+    if client_pipeline not in PIPELINES:
+        raise ValueError(
+            f"client_pipeline must be one of {PIPELINES} ('epochs': E shuffled passes; "
+            f"'tff': TFF's repeat(E).shuffle(buffer).batch(B)), got {client_pipeline!r}."
+        )
+    check_positive_int("shuffle_buffer", shuffle_buffer)
+    if max_steps is not None:
+        check_positive_int("max_steps (or None for no limit)", max_steps)
+    if client_epochs is None:
+        if max_steps is None:
+            raise ValueError(
+                "client_epochs=None repeats the client data forever; give max_steps (the "
+                "number of local steps) or a positive number of epochs."
+            )
+    else:
+        check_positive_int("client_epochs", client_epochs)
     if buffer_aggregation not in ("average", "keep"):
         raise ValueError(
             f"buffer_aggregation must be 'average' or 'keep', got {buffer_aggregation!r}."
@@ -394,4 +435,7 @@ def build_weighted_fed_avg(
         seed=int(seed),
         executor=executor,
         buffer_aggregation=buffer_aggregation,
+        client_pipeline=client_pipeline,
+        shuffle_buffer=int(shuffle_buffer),
+        max_steps=None if max_steps is None else int(max_steps),
     )

@@ -19,6 +19,13 @@ and the conv-dropout model's dropout draws its masks with
 Both models take ``(B, 28, 28)`` images (the layout the
 EMNIST data has) or ``(B, 1, 28, 28)`` and return logits.
 
+Both declare what one example looks like, TFF's ``input_spec``
+(:data:`EMNIST_INPUT_SPEC`, an :class:`~fedp13n.models.spec.InputSpec` class attribute):
+``float32`` images of shape ``(28, 28)`` or ``(1, 28, 28)`` (``uint8`` pixels are
+converted to ``float32`` on the way in) and ``int64`` scalar labels (integer labels are
+converted to ``int64``). Personalization evaluation refuses client data that does not
+match, e.g. data that is already batched.
+
 Speed (CPU training with small batches is what federated clients do; measured in
 ``bench/README.md``), without changing what is computed:
 
@@ -37,6 +44,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedp13n.models.layers import FastDropout
+from fedp13n.models.spec import InputSpec
+
+#: One EMNIST example as the models see it: a 28x28 float32 image (optionally with a
+#: channel axis) and an int64 class label.
+EMNIST_INPUT_SPEC = InputSpec(
+    x_shape=(28, 28),
+    y_shape=(),
+    x_dtype=torch.float32,
+    y_dtype=torch.int64,
+    also_x_shapes=((1, 28, 28),),
+)
 
 
 def _as_nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -68,6 +86,8 @@ class EmnistConvDropout(nn.Module):
     """Conv 32 3x3 relu, Conv 64 3x3 relu, MaxPool 2, Dropout .25, Dense 128 relu,
     Dropout .5, Dense ``num_classes`` (valid padding, as Keras' default)."""
 
+    input_spec = EMNIST_INPUT_SPEC
+
     def __init__(self, num_classes: int = 62) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, kernel_size=3)
@@ -90,6 +110,8 @@ class EmnistConvDropout(nn.Module):
 class FedAvgCNN(nn.Module):
     """McMahan et al. 2017: Conv 32 5x5 'same' relu, MaxPool 2, Conv 64 5x5 'same' relu,
     MaxPool 2, Dense 512 relu, Dense ``num_classes``."""
+
+    input_spec = EMNIST_INPUT_SPEC
 
     def __init__(self, num_classes: int = 62) -> None:
         super().__init__()
@@ -122,15 +144,3 @@ def fedavg_cnn(num_classes: int = 62) -> FedAvgCNN:
     """TFF's ``create_original_fedavg_cnn_model``: the CNN of McMahan et al. 2017."""
     _check_classes(num_classes)
     return FedAvgCNN(num_classes)
-
-
-#: Model names usable in configuration files and on the command line.
-MODELS = {"emnist_conv_dropout": emnist_conv_dropout, "fedavg_cnn": fedavg_cnn}
-
-
-def get_model_fn(name: str):
-    """The model builder registered under ``name`` (see :data:`MODELS`)."""
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}.") from None

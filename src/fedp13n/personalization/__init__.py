@@ -3,7 +3,7 @@ strategy (TFF's ``p13n_utils``): Jiang et al. 2019, "Improving Federated Learnin
 Personalization via Model Agnostic Meta Learning"."""
 
 from fedp13n.personalization.eval import build_personalization_eval, reservoir_sample
-from fedp13n.personalization.inputs import as_client_dataset
+from fedp13n.personalization.inputs import as_client_dataset, check_fits_model
 from fedp13n.personalization.p13n_utils import (
     build_evaluate_fn,
     build_personalize_fn,
@@ -17,6 +17,7 @@ __all__ = [
     "build_evaluate_fn",
     "build_personalization_eval",
     "build_personalize_fn",
+    "check_fits_model",
     "evaluate_fn",
     "reservoir_sample",
 ]

@@ -8,7 +8,18 @@ the global model on its train data and report metrics; the metrics of at most
 ``max_num_samples`` clients, sampled without replacement, are collected with one list per
 metric, position ``i`` = the same client in every list.
 
-Differences from TFF, each for a reason:
+As TFF (its ``personalization_eval_test.py``): ``model_fn`` is called while the
+evaluation is built (a ``model_fn`` that does not return an ``nn.Module`` is a
+``TypeError`` at build time); client inputs must have exactly the keys ``train_data`` and
+``test_data`` (plus fedp13n's optional ``context`` and ``client_id``), else ``TypeError``;
+every client's data must fit the model (its declared ``input_spec``, see
+:class:`~fedp13n.models.InputSpec`; without one, a dry forward of one example), else a
+``TypeError`` naming both shapes; strategies may have TFF's current signature
+``personalize_fn(model, train_data, test_data)`` or the older one with ``context``
+(inspected once, at build time); no clients at all give the result structure with empty
+lists (see :func:`build_personalization_eval`).
+
+Differences from TFF, each for a reason (README: "Where fedp13n differs from TFF"):
 
 * the sample is drawn with reservoir sampling from ``derive_rng(seed, "p13n-sample")``
   *before* any work, so only the sampled clients are evaluated and the same seed gives
@@ -20,12 +31,20 @@ Differences from TFF, each for a reason:
   weights, a freshly built strategy and torch's RNG seeded from
   ``(seed, "p13n", client_id, strategy name)``, so no optimizer state, batch-norm buffer or
   random stream leaks between strategies or clients, and the numbers are bit-identical
-  whatever the executor and the number of workers.
+  whatever the executor and the number of workers;
+* for no clients, the structure of the result is what the baseline and every strategy
+  return on an empty client, built from the model's ``input_spec`` (TFF reads it from the
+  static type of its metrics); a model without an ``input_spec`` gives an empty mapping
+  for every key, since the structure (e.g. whether ``accuracy`` is reported) depends on
+  the label dtype, which only a spec or data can tell;
+* a PyTorch module has no input spec of its own: fedp13n's models declare one, a user's
+  model may; without one only what a dry forward of one example shows can be checked.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import numbers
 import secrets
 from collections import OrderedDict
@@ -38,9 +57,10 @@ import torch
 from torch import nn
 
 from fedp13n.data.client_data import ClientDataset
-from fedp13n.execution.base import Executor, SharedRef
+from fedp13n.execution.base import Executor, LocalRef, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
-from fedp13n.personalization.inputs import check_client_input
+from fedp13n.models.spec import InputSpec, input_spec_of
+from fedp13n.personalization.inputs import check_client_input, check_fits_model
 from fedp13n.personalization.result import (
     BASELINE_KEY,
     META_KEYS,
@@ -49,8 +69,7 @@ from fedp13n.personalization.result import (
     stack_trees,
 )
 from fedp13n.utils.seeding import derive_rng, derive_seed
-
-ModelFn = Callable[[], nn.Module]
+from fedp13n.utils.types import ModelFn
 
 
 def build_personalization_eval(
@@ -65,12 +84,17 @@ def build_personalization_eval(
     """Build ``personalization_eval(model_weights, client_inputs) -> PersonalizationResult``.
 
     Args:
-        model_fn: no-argument builder of a fresh ``nn.Module`` (called in the workers, so
-            it must be picklable with cloudpickle; lambdas and partials are fine).
+        model_fn: no-argument builder of a fresh ``nn.Module`` (called once here, as TFF
+            does, and in the workers, so it must be picklable with cloudpickle; lambdas
+            and partials are fine). The model may declare ``input_spec``
+            (:class:`~fedp13n.models.InputSpec`) for the data check.
         personalize_fn_dict: strategy name -> no-argument builder of a strategy
-            ``personalize_fn(model, train_data, test_data, context=None)`` that trains
-            ``model`` (already holding the global weights) and returns a possibly nested
-            mapping of scalar metrics (e.g. :func:`build_personalize_fn`).
+            ``personalize_fn(model, train_data, test_data)`` (TFF's signature since 2023)
+            or ``personalize_fn(model, train_data, test_data, context)`` (the older one,
+            which gets the client input's ``context``), that trains ``model`` (already
+            holding the global weights) and returns a possibly nested mapping of scalar
+            metrics (e.g. :func:`build_personalize_fn`). Each builder is called once here
+            and its strategy's signature inspected.
         baseline_evaluate_fn: ``(model, test_data) -> metrics`` for the global model
             (e.g. :func:`evaluate_fn`); the model is in eval mode.
         max_num_samples: the most clients whose metrics are collected; all of them when
@@ -85,19 +109,27 @@ def build_personalization_eval(
     tuple), optionally ``context`` (handed to the strategies) and ``client_id`` (default:
     the input's position). It returns an ``OrderedDict`` with ``baseline_metrics`` and
     one key per strategy, every leaf a list with one scalar per sampled client, plus
-    ``client_ids`` and ``seed`` attributes (see ``PersonalizationResult``).
+    ``client_ids`` and ``seed`` attributes (see ``PersonalizationResult``). It raises
+    ``TypeError`` for client inputs without exactly the expected keys and for client data
+    that does not fit the model (see the module docstring).
+
+    No clients at all give the result with empty lists, as TFF: every key is present and
+    its structure is what the baseline and the strategy return on an *empty* client (no
+    train and no test example; shapes and dtypes from the model's ``input_spec``), every
+    leaf an empty list, ``client_ids`` empty. A model without an ``input_spec`` gives an
+    empty ``OrderedDict`` for every key instead (without data or spec the label dtype,
+    hence e.g. whether ``accuracy`` exists, is unknown). A strategy that fails on an empty
+    client raises here, as it would on a real client without examples.
 
     Raises:
         TypeError: a non-callable ``model_fn``, ``baseline_evaluate_fn``, strategy builder
-            or built strategy; a non-mapping ``personalize_fn_dict``; a non-int
-            ``max_num_samples`` or ``seed``.
+            or built strategy; a ``model_fn()`` that is not an ``nn.Module``; a strategy
+            that takes neither 3 nor 4 positional arguments; a non-mapping
+            ``personalize_fn_dict``; a non-int ``max_num_samples`` or ``seed``.
         ValueError: a strategy named ``baseline_metrics`` (or ``client_ids``/``seed``,
             which the JSON form uses); ``max_num_samples`` < 1.
     """
-    if not callable(model_fn):
-        raise TypeError(
-            f"model_fn must be a no-argument callable returning an nn.Module, got {model_fn!r}."
-        )
+    probe = _build_probe(model_fn)
     if not callable(baseline_evaluate_fn):
         raise TypeError(
             f"baseline_evaluate_fn must be a callable (model, dataset) -> metrics, got "
@@ -115,14 +147,22 @@ def build_personalization_eval(
         raise TypeError(
             f"executor must be a fedp13n Executor (or None for in-process), got {executor!r}."
         )
-    job = _ClientJob(model_fn, baseline_evaluate_fn, tuple(strategies.items()))
+    job = _ClientJob(
+        model_fn, baseline_evaluate_fn, tuple((k, b, ctx) for k, (b, ctx) in strategies.items())
+    )
 
     def personalization_eval(
         model_weights: Mapping[str, torch.Tensor], client_inputs: Iterable[Mapping[str, Any]]
     ) -> PersonalizationResult:
-        weights = _check_weights(model_fn, model_weights)
+        weights = _check_weights(probe, model_weights)
         inputs = _check_client_inputs(client_inputs)
+        for ci in inputs:
+            where = f"client {ci['client_id']!r}"
+            check_fits_model(probe, ci["train_data"], f"train_data of {where}")
+            check_fits_model(probe, ci["test_data"], f"test_data of {where}")
         run_seed = secrets.randbits(63) if seed is None else int(seed)
+        if not inputs:
+            return _empty_result(job, weights, input_spec_of(probe), run_seed)
         chosen = reservoir_sample(len(inputs), max_num_samples, derive_rng(run_seed, "p13n-sample"))
         ex = executor if executor is not None else InProcessExecutor()
         ref = ex.share(weights)
@@ -170,7 +210,8 @@ class _ClientJob:
 
     model_fn: ModelFn
     baseline_evaluate_fn: Callable[..., Mapping[str, Any]]
-    strategies: tuple[tuple[str, Callable[[], Callable[..., Any]]], ...]
+    #: (name, builder, whether the strategy takes ``context``)
+    strategies: tuple[tuple[str, Callable[[], Callable[..., Any]], bool], ...]
 
 
 @dataclass(frozen=True)
@@ -196,12 +237,15 @@ def _evaluate_client(job: _ClientJob, task: _ClientTask) -> OrderedDict[str, Any
             model.eval()
             metrics = job.baseline_evaluate_fn(model, task.test_data)
             out[BASELINE_KEY] = scalar_tree(_as_metrics(metrics, step), step)
-            for name, builder in job.strategies:
+            for name, builder, takes_context in job.strategies:
                 step = f"strategy {name!r}"
                 torch.manual_seed(derive_seed(task.seed, "p13n", task.client_id, name))
                 model = _fresh_model(job.model_fn, weights)
                 personalize_fn = builder()
-                metrics = personalize_fn(model, task.train_data, task.test_data, task.context)
+                if takes_context:
+                    metrics = personalize_fn(model, task.train_data, task.test_data, task.context)
+                else:
+                    metrics = personalize_fn(model, task.train_data, task.test_data)
                 out[name] = scalar_tree(_as_metrics(metrics, step), step)
         except Exception as e:
             e.add_note(f"(fedp13n: in {step} on client {task.client_id!r})")
@@ -215,6 +259,54 @@ def _fresh_model(model_fn: ModelFn, weights: Mapping[str, torch.Tensor]) -> nn.M
     return model
 
 
+def _empty_result(
+    job: _ClientJob, weights: Mapping[str, torch.Tensor], spec: InputSpec | None, seed: int
+) -> PersonalizationResult:
+    """The result for no clients: every key, the structure of an empty client, leaves []."""
+    result = PersonalizationResult(client_ids=(), seed=seed)
+    keys = (BASELINE_KEY, *(name for name, _, _ in job.strategies))
+    if spec is None:
+        result.update((k, OrderedDict()) for k in keys)
+        return result
+    empty = _empty_dataset(spec)
+    task = _ClientTask(
+        weights=LocalRef(weights),
+        seed=seed,
+        client_id="",
+        train_data=empty,
+        test_data=empty,
+        context=None,
+    )
+    try:
+        out = _evaluate_client(job, task)
+    except Exception as e:
+        e.add_note(
+            "(fedp13n: no client inputs, so the result structure was derived from an empty "
+            "client; this function fails on a client without examples)"
+        )
+        raise
+    result.update((k, _empty_leaves(out[k])) for k in keys)
+    return result
+
+
+def _empty_dataset(spec: InputSpec) -> ClientDataset:
+    """No examples, shaped and typed as the spec says (any-size axes get size 1)."""
+
+    def zeros(shape: tuple[int | None, ...], dtype: torch.dtype | None, default: Any) -> Any:
+        np_dtype = default if dtype is None else torch.empty(0, dtype=dtype).numpy().dtype
+        return np.zeros((0, *(1 if d is None else d for d in shape)), dtype=np_dtype)
+
+    return ClientDataset(
+        zeros(spec.x_shape, spec.x_dtype, np.float32), zeros(spec.y_shape, spec.y_dtype, np.int64)
+    )
+
+
+def _empty_leaves(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return OrderedDict((k, _empty_leaves(v)) for k, v in tree.items())
+    return []
+
+
 def _as_metrics(metrics: Any, step: str) -> Mapping[str, Any]:
     if not isinstance(metrics, Mapping):
         raise TypeError(
@@ -225,13 +317,57 @@ def _as_metrics(metrics: Any, step: str) -> Mapping[str, Any]:
 
 
 # -- argument checks --------------------------------------------------------------------------
-def _check_strategies(personalize_fn_dict: Any) -> OrderedDict[str, Callable[[], Any]]:
+def _build_probe(model_fn: Any) -> nn.Module:
+    """``model_fn()`` once, at build time (as TFF), with the caller's RNG untouched."""
+    if isinstance(model_fn, nn.Module):
+        raise TypeError(
+            f"model_fn is a {type(model_fn).__name__} instance; pass a no-argument function "
+            "that builds a fresh model (e.g. a functools.partial of the model's class), since "
+            "every client and strategy starts from a fresh one."
+        )
+    if not callable(model_fn):
+        raise TypeError(
+            f"model_fn must be a no-argument callable returning an nn.Module, got {model_fn!r}."
+        )
+    with torch.random.fork_rng(devices=[]):  # building a model draws its random init
+        model = model_fn()
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model_fn() returned a {type(model).__name__}, not a torch nn.Module; model_fn "
+            "must build and return a fresh model (e.g. functools.partial(emnist_conv_dropout, "
+            "num_classes=62))."
+        )
+    input_spec_of(model)  # a malformed input_spec fails now
+    return model
+
+
+def _takes_context(fn: Callable[..., Any], name: str) -> bool:
+    """Whether strategy ``fn`` takes ``(model, train, test, context)`` or TFF's 3 arguments."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # not inspectable (e.g. a C callable): the 4-arg form
+        return True
+    for nargs in (4, 3):
+        try:
+            sig.bind(*([None] * nargs))
+        except TypeError:
+            continue
+        return nargs == 4
+    raise TypeError(
+        f"the strategy personalize_fn_dict[{name!r}]() has signature {sig}; it must take "
+        "(model, train_data, test_data) (TFF's) or (model, train_data, test_data, context)."
+    )
+
+
+def _check_strategies(
+    personalize_fn_dict: Any,
+) -> OrderedDict[str, tuple[Callable[[], Any], bool]]:
     if not isinstance(personalize_fn_dict, Mapping):
         raise TypeError(
             f"personalize_fn_dict must be a mapping strategy name -> no-argument strategy "
             f"builder, got {type(personalize_fn_dict).__name__}."
         )
-    strategies: OrderedDict[str, Callable[[], Any]] = OrderedDict()
+    strategies: OrderedDict[str, tuple[Callable[[], Any], bool]] = OrderedDict()
     for name, builder in personalize_fn_dict.items():
         if not isinstance(name, str):
             raise TypeError(f"strategy names must be strings, got {name!r}.")
@@ -250,23 +386,19 @@ def _check_strategies(personalize_fn_dict: Any) -> OrderedDict[str, Callable[[],
         if not callable(built):
             raise TypeError(
                 f"personalize_fn_dict[{name!r}]() returned a {type(built).__name__}; the builder "
-                "must return a callable personalize_fn(model, train_data, test_data, context)."
+                "must return a callable personalize_fn(model, train_data, test_data[, context])."
             )
-        strategies[name] = builder
+        strategies[name] = (builder, _takes_context(built, name))
     return strategies
 
 
-def _check_weights(model_fn: ModelFn, weights: Any) -> OrderedDict[str, torch.Tensor]:
+def _check_weights(probe: nn.Module, weights: Any) -> OrderedDict[str, torch.Tensor]:
     if not isinstance(weights, Mapping):
         raise TypeError(
             f"model_weights must be a state_dict (mapping name -> tensor), got "
             f"{type(weights).__name__}; pass model.state_dict() or FedAvg's get_model_weights()."
         )
-    with torch.random.fork_rng(devices=[]):  # building a model draws its random init
-        model = model_fn()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model_fn() must return a torch nn.Module, got {type(model).__name__}.")
-    expected = model.state_dict()
+    expected = probe.state_dict()
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     if missing or unexpected:
@@ -295,10 +427,6 @@ def _check_client_inputs(client_inputs: Any) -> list[dict[str, Any]]:
             f"got a {type(client_inputs).__name__}."
         )
     inputs = [check_client_input(ci, i) for i, ci in enumerate(client_inputs)]
-    if not inputs:
-        raise ValueError(
-            "client_inputs is empty: personalization evaluation needs at least one client."
-        )
     seen: dict[str, int] = {}
     for i, ci in enumerate(inputs):
         if ci["client_id"] in seen:

@@ -5,6 +5,11 @@ strategy's own choice (one strategy may fine-tune with batch size 5, another wit
 The most common mistake is to pass data that is already batched (a ``DataLoader``, a list
 of ``(x, y)`` batches); it would silently train on the wrong examples, so it is refused
 here with a message that says what to pass instead.
+
+As TFF's type check, a client input must have exactly the expected keys (a missing
+``train_data``/``test_data`` or an unknown key is a ``TypeError``), and every client's
+data must fit the model (:func:`check_fits_model`: against the model's declared
+``input_spec``, or by a dry forward of one example when it declares none).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from fedp13n.data.client_data import ClientDataset
+from fedp13n.data.client_data import ClientDataset, features_to_tensor, labels_to_tensor
+from fedp13n.models.spec import InputSpec, input_spec_of
 
 #: Keys a client input may have. ``train_data``/``test_data`` are required (TFF's names);
 #: ``context`` is handed to every strategy (TFF's optional context); ``client_id`` names
@@ -71,13 +78,13 @@ def check_client_input(client_input: Any, position: int) -> dict[str, Any]:
         )
     missing = [k for k in REQUIRED_KEYS if k not in client_input]
     if missing:
-        raise ValueError(
+        raise TypeError(
             f"{where} has no {' and no '.join(repr(k) for k in missing)}; each client input "
             f"needs 'train_data' and 'test_data' (it has {sorted(map(str, client_input))})."
         )
     unknown = [k for k in client_input if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
     if unknown:
-        raise ValueError(
+        raise TypeError(
             f"{where} has unknown keys {unknown}; allowed are "
             f"{list(REQUIRED_KEYS + OPTIONAL_KEYS)} (put extra information in 'context')."
         )
@@ -89,6 +96,81 @@ def check_client_input(client_input: Any, position: int) -> dict[str, Any]:
     out["client_id"] = str(client_input.get("client_id", position))
     out.setdefault("context", None)
     return out
+
+
+def check_fits_model(model: nn.Module, data: ClientDataset, what: str) -> None:
+    """A ``TypeError`` naming both shapes unless ``data``'s examples fit ``model``.
+
+    With a declared ``model.input_spec`` (:class:`~fedp13n.models.InputSpec`) the
+    per-example shapes and dtypes must match it, as TFF checks a client's unbatched
+    elements against its model's input spec: data with an extra leading axis (already
+    batched) is refused. Without one, what can be checked is: the model must take one
+    example (a dry forward, in eval mode, no gradient, the RNG untouched) and return one
+    output row, and the labels must fit that output: the same per-example shape (a
+    regression target) or, for integer labels, that shape without the class axis
+    (``out[1:] == (C, *y[1:])``), so that no loss is silently broadcast.
+    """
+    x_shape, y_shape = tuple(data.x.shape[1:]), tuple(data.y.shape[1:])
+    x_dtype = features_to_tensor(data.x[:0]).dtype
+    y_dtype = labels_to_tensor(data.y[:0]).dtype
+    shapes = f"x {tuple(data.x.shape)}, y {tuple(data.y.shape)}"
+    spec = input_spec_of(model)
+    if spec is not None:
+        why = spec.x_mismatch(x_shape, x_dtype) or spec.y_mismatch(y_shape, y_dtype)
+        if why:
+            raise TypeError(
+                f"{what} ({shapes}) does not fit the model's input_spec: it has {why}; "
+                f"{_spec_hint(spec)}"
+            )
+        return
+    if len(data) == 0:
+        return
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
+            out = model(features_to_tensor(data.x[:1]))
+        except Exception as e:  # noqa: BLE001 - any failure means the data does not fit
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise TypeError(
+                f"{what} ({shapes}) does not fit the model: a forward pass of one example "
+                f"(features of shape {x_shape}) failed with {type(e).__name__}: {first}; "
+                "pass unbatched examples the model accepts (or declare model.input_spec)."
+            ) from None
+        finally:
+            model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        return  # nothing more to compare labels against
+    out_shape = tuple(out.shape)
+    if not out_shape or out_shape[0] != 1:
+        raise TypeError(
+            f"{what} ({shapes}) does not fit the model: one example (features of shape "
+            f"{x_shape}) gave an output of shape {out_shape}, not one row; is the data "
+            "already batched? Pass one row per example (or declare model.input_spec)."
+        )
+    per_example = out_shape[1:]
+    integer = not y_dtype.is_floating_point
+    if y_shape == per_example or (integer and y_shape == per_example[1:]):
+        return
+    raise TypeError(
+        f"{what} ({shapes}) does not fit the model: labels of shape {y_shape} per example "
+        f"but the model outputs {per_example} per example (features of shape {x_shape}); "
+        "the loss would broadcast the two. Give labels of the output's shape (integer class "
+        "labels: without the class axis), or declare model.input_spec."
+    )
+
+
+def _spec_hint(spec: InputSpec) -> str:
+    x = " or ".join(
+        "(n, " + ", ".join("?" if d is None else str(d) for d in s) + ")"
+        for s in (spec.x_shape, *spec.also_x_shapes)
+    )
+    y = "(n, " + ", ".join("?" if d is None else str(d) for d in spec.y_shape) + ")"
+    x, y = x.replace(", )", ")"), y.replace(", )", ")")
+    return (
+        f"pass unbatched examples: x of shape {x}, y of shape {y} "
+        "(an extra leading axis means the data is already batched)."
+    )
 
 
 def _is_array(a: Any) -> bool:

@@ -8,7 +8,10 @@ Personalization via Model Agnostic Meta Learning". Same semantics:
   ``num_epochs_per_eval`` epochs *and always after the last one* (``epoch_1``, ``epoch_2``,
   ...), then reports ``num_train_examples`` summed over all epochs;
 * evaluation reports ``num_test_examples``, ``loss`` (the average over examples, so the
-  evaluation batch size does not change it) and, for classification, ``accuracy``.
+  evaluation batch size does not change it) and, for classification, ``accuracy``; and,
+  as TFF's ``evaluate_fn`` on a Keras model with ``SparseCategoricalAccuracy``, the same
+  accuracy as ``sparse_categorical_accuracy`` (the name ``emnist_p13n_main.py`` reads),
+  ``num_examples`` and ``num_batches`` (the counters TFF's Keras models report).
 
 Unlike TFF's Keras-bound version, the loss is a parameter, so a regression model with a
 mean-squared-error loss works as well as the EMNIST CNN: ``accuracy`` is reported only
@@ -28,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedp13n.data.client_data import features_to_tensor, labels_to_tensor
+from fedp13n.data.pipeline import batch_plan
 from fedp13n.personalization.inputs import as_client_dataset
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-OptimizerFn = Callable[[Any], torch.optim.Optimizer]
-PersonalizeFn = Callable[..., "OrderedDict[str, Any]"]
+from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
 #: Evaluation batch size: large because it only trades memory for speed (numbers are the
 #: same for any batch size up to float rounding).
@@ -46,7 +48,8 @@ def evaluate_fn(
     loss_fn: LossFn = F.cross_entropy,
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> OrderedDict[str, Any]:
-    """Evaluate ``model`` on an unbatched dataset: ``num_test_examples``, ``loss``, ``accuracy``.
+    """Evaluate ``model`` on an unbatched dataset: ``num_test_examples``, ``loss``, ``accuracy``,
+    ``sparse_categorical_accuracy``, ``num_examples``, ``num_batches``.
 
     ``loss_fn(outputs, targets)`` must return the *mean* over the batch (PyTorch's default
     reduction); ``loss`` is its average over all examples, weighted by batch size, which
@@ -55,6 +58,11 @@ def evaluate_fn(
     outputs have one more dimension (the classes, dimension 1). The model runs in eval
     mode (dropout off, batch-norm running statistics) and gets its previous mode back.
     With no test example, ``loss`` and ``accuracy`` are NaN.
+
+    TFF's names beside fedp13n's: ``sparse_categorical_accuracy`` (classification only)
+    equals ``accuracy``; ``num_examples`` (examples evaluated, equal to
+    ``num_test_examples``) and ``num_batches`` (``ceil(n / batch_size)``: it depends on the
+    evaluation batch size, as TFF's) are the counters of TFF's Keras models.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -81,6 +89,9 @@ def evaluate_fn(
         classification = not np.issubdtype(data.y.dtype, np.floating)
     if classification:
         metrics["accuracy"] = correct / label_count if label_count else math.nan
+        metrics["sparse_categorical_accuracy"] = metrics["accuracy"]
+    metrics["num_examples"] = n
+    metrics["num_batches"] = math.ceil(n / batch_size)
     return metrics
 
 
@@ -105,11 +116,11 @@ def build_personalize_fn(
     """Build TFF's example strategy: fine-tune with ``optimizer_fn``, evaluate periodically.
 
     Returns ``personalize_fn(model, train_data, test_data, context=None)`` (TFF's
-    signature; ``context`` is ignored) that trains ``model`` in place on ``train_data``
-    for ``num_epochs`` epochs of batches of ``batch_size`` and returns an ``OrderedDict``
-    ``epoch_<k>`` -> :func:`evaluate_fn` metrics on ``test_data`` for every ``k``
-    divisible by ``num_epochs_per_eval`` and for ``k = num_epochs``, then
-    ``num_train_examples``: examples seen in training, summed over epochs.
+    signature, with the pre-2023 ``context``, which is ignored) that trains ``model`` in
+    place on ``train_data`` for ``num_epochs`` epochs of batches of ``batch_size`` and
+    returns an ``OrderedDict`` ``epoch_<k>`` -> :func:`evaluate_fn` metrics on
+    ``test_data`` for every ``k`` divisible by ``num_epochs_per_eval`` and for
+    ``k = num_epochs``, then ``num_train_examples``: examples seen in training, summed over epochs.
 
     ``optimizer_fn(params)`` builds a fresh ``torch.optim.Optimizer`` (e.g.
     ``functools.partial(torch.optim.SGD, lr=0.02)``). Unlike TFF, where the optimizer is
@@ -150,7 +161,9 @@ def build_personalize_fn(
         num_train_examples = 0
         for epoch in range(1, num_epochs + 1):
             model.train()
-            for x, y in train.batches(batch_size, shuffle=shuffle, generator=generator):
+            steps = batch_plan(len(train), batch_size, shuffle=shuffle, generator=generator)
+            for idx in steps:
+                x, y = features_to_tensor(train.x[idx]), labels_to_tensor(train.y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x), y)
                 loss.backward()
