@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from fedp13n import __version__
-from fedp13n.cli import data_cmd, report_cmd, run_cmd
+from fedp13n.cli import data_cmd, report_cmd, run_cmd, sweep_cmd
 
 app = typer.Typer(
     name="fedp13n",
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 run_cmd.register(app)
 report_cmd.register(app)
+sweep_cmd.register(app)
 
 
 def _version(value: bool) -> None:

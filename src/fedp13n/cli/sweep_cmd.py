@@ -1,0 +1,55 @@
+"""``fedp13n sweep FILE``: a grid of runs from one TOML file, resumable, ending in Table 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fedp13n.cli.errors import fail
+
+
+def sweep(
+    config_file: Path = typer.Argument(..., help="TOML: experiment settings plus a [sweep] grid."),
+    output_dir: Path = typer.Option(
+        ..., "--output-dir", help="Sweep directory (its runs go to runs/ inside it)."
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the sweep in --output-dir (finished runs are kept).",
+        metavar="",
+    ),
+    parallel: int = typer.Option(
+        1, "--parallel", min=1, help="Runs at a time, each in its own worker process."
+    ),
+) -> None:
+    """Run every combination of the [sweep] grid as a normal run, then tabulate them."""
+    from fedp13n.algorithms.loop import TrainingError
+    from fedp13n.data.validate import DataError
+    from fedp13n.execution.base import ClientWorkError
+    from fedp13n.experiments.config import ConfigError
+    from fedp13n.experiments.sweep import SweepConfig, run_sweep
+    from fedp13n.reporting.summary import ReportError
+
+    try:
+        config = SweepConfig.from_toml(config_file)
+        table = run_sweep(config, output_dir, resume=resume, parallel=parallel, log=typer.echo)
+    except (
+        ConfigError,
+        DataError,
+        FileExistsError,
+        FileNotFoundError,
+        TrainingError,
+        ReportError,
+        ClientWorkError,
+        OSError,
+    ) as e:
+        fail(str(e).splitlines()[0])
+    typer.echo(table.read_text())
+    typer.echo(f"table: {table}")
+    typer.echo(f"comparison: {output_dir / 'comparison.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep)

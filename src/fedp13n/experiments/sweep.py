@@ -1,0 +1,338 @@
+"""A grid of runs from one TOML file: ``fedp13n sweep``.
+
+The file is an experiment config (the keys of ``fedp13n run``) plus a ``[sweep]`` table::
+
+    rounds = 30
+    eval_every = 1
+    p13n_eval_every = 5
+
+    [sweep]
+    grid = { clients_per_round = [5, 20], local_epochs = [2, 5, 10, 20] }
+    rows = "clients_per_round"        # the Table-1 layout (optional)
+    columns = "local_epochs"
+    target_accuracy = 0.8             # "rounds to reach" (optional)
+
+Every combination of the grid's values is one normal run directory,
+``<sweep dir>/runs/<key>=<value>,...``, run one after another or ``parallel`` at a time
+(each run in one worker process, single-threaded: the numbers are those of a sequential
+sweep). A sweep killed at any point resumes with ``--resume``: finished runs (their
+``summary.json`` exists) are not redone, an interrupted run resumes from its last
+checkpoint. At the end: ``sweep.csv`` (one row per run), ``table.md`` (Table 1 of Jiang et
+al. 2019: initial -> personalized accuracy, and rounds to reach the target accuracy for
+both) and ``comparison.html`` (``fedp13n compare`` of all runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedp13n.experiments.config import ConfigError, ExperimentConfig
+from fedp13n.rundir import layout as rd
+from fedp13n.rundir.lock import run_dir_lock
+from fedp13n.utils.fs import atomic_write
+
+SWEEP_FILE = "sweep.toml"
+SWEEP_CSV = "sweep.csv"
+TABLE_MD = "table.md"
+RUNS = "runs"
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SweepConfig:
+    """The base experiment and the grid over its settings."""
+
+    base: ExperimentConfig
+    grid: dict[str, list[Any]]
+    rows: str | None = None
+    columns: str | None = None
+    target_accuracy: float | None = None
+    #: The strategy (and epoch key) the table reports as "personalized"; default: the
+    #: first strategy at its last evaluation (fixed in advance, not the best afterwards).
+    report_strategy: str | None = None
+    report_epoch: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> SweepConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"sweep file {path} does not exist.") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"sweep file {path} is not valid TOML: {e}") from None
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "sweep") -> SweepConfig:
+        data = dict(data)
+        sweep = data.pop("sweep", None)
+        if not isinstance(sweep, dict) or not isinstance(sweep.get("grid"), dict):
+            raise ConfigError(
+                f"{source}: a sweep needs a [sweep] table with a grid, e.g. "
+                "[sweep] grid = { local_epochs = [2, 5] }."
+            )
+        known = {"grid", "rows", "columns", "target_accuracy", "report_strategy", "report_epoch"}
+        unknown = sorted(set(sweep) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: [sweep] has unknown key(s) {unknown}; valid: {sorted(known)}."
+            )
+        base = ExperimentConfig.from_dict(data, source=source)
+        fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
+        grid = sweep["grid"]
+        for key, values in grid.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"{source}: sweep grid key {key!r} is not a setting of 'fedp13n run'."
+                )
+            if not isinstance(values, list) or not values:
+                raise ConfigError(
+                    f"{source}: sweep grid {key!r} must be a non-empty list of values."
+                )
+        for axis in ("rows", "columns"):
+            if sweep.get(axis) is not None and sweep[axis] not in grid:
+                raise ConfigError(f"{source}: [sweep] {axis} = {sweep[axis]!r} is not a grid key.")
+        target = sweep.get("target_accuracy")
+        if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
+            raise ConfigError(f"{source}: target_accuracy must be in (0, 1], got {target!r}.")
+        config = cls(
+            base,
+            grid,
+            sweep.get("rows"),
+            sweep.get("columns"),
+            target,
+            sweep.get("report_strategy"),
+            sweep.get("report_epoch"),
+            raw={**data, "sweep": sweep},
+        )
+        for _, run_config in config.runs():  # every run's config is valid, before any runs
+            try:
+                run_config.validate()
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+        return config
+
+    def runs(self) -> list[tuple[str, ExperimentConfig]]:
+        """(run name, config) for every combination, in grid order."""
+        keys = list(self.grid)
+        out = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            combo = dict(zip(keys, values, strict=True))
+            name = ",".join(f"{k}={_label(v)}" for k, v in combo.items())
+            base = self.base.to_dict() | combo
+            out.append((name, ExperimentConfig.from_dict(base, source=f"sweep run {name}")))
+        return out
+
+
+def _label(value: Any) -> str:
+    return (
+        json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+    )
+
+
+# -- running ------------------------------------------------------------------------------------
+def _run_one(job: tuple[str, ExperimentConfig, str, bool]) -> str:
+    """Run (or resume, or skip if finished) one run of the sweep; returns its state."""
+    from fedp13n.experiments.p13n_experiment import run_experiment
+
+    name, config, run_dir, progress = job
+    path = Path(run_dir)
+    if (path / rd.SUMMARY).is_file():
+        return "done before"
+    resume = (path / rd.CONFIG).is_file()
+    run_experiment(config, path, resume=resume, progress=progress, log=lambda s: None)
+    return "resumed" if resume else "ran"
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    parallel: int = 1,
+    log: Log = print,
+) -> Path:
+    """Run every run of ``sweep`` into ``out_dir``; returns the path of ``table.md``."""
+    out = Path(out_dir)
+    if (out / SWEEP_FILE).exists() and not resume:
+        raise FileExistsError(
+            f"{out} already holds a sweep; pass --resume to continue it or choose another "
+            "--output-dir."
+        )
+    if resume and not (out / SWEEP_FILE).exists():
+        raise FileNotFoundError(f"nothing to resume in {out}: it has no {SWEEP_FILE}.")
+    out.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(out):
+        if resume:
+            saved = SweepConfig.from_toml(out / SWEEP_FILE)
+            if saved.raw != sweep.raw:
+                raise ConfigError(
+                    f"--resume continues the sweep saved in {out / SWEEP_FILE}, but the given "
+                    "file differs from it; resume with the same file or use another --output-dir."
+                )
+        atomic_write(out / SWEEP_FILE, tomli_w.dumps(sweep.raw))
+        runs = sweep.runs()
+        jobs = []
+        for name, config in runs:
+            if parallel > 1:  # one run per worker process, each single-threaded
+                config = config.replace(executor="in-process", workers=None)
+            jobs.append((name, config, str(out / RUNS / name), False))
+        log(
+            f"sweep: {len(jobs)} runs into {out / RUNS}"
+            + (f", {parallel} at a time" if parallel > 1 else "")
+        )
+        if parallel > 1:
+            from fedp13n.execution.factory import make_executor
+
+            with make_executor("processes", num_workers=parallel) as executor:
+                states = executor.map(_run_one, jobs)
+            for (name, *_), state in zip(jobs, states, strict=True):
+                log(f"  {name}: {state}")
+        else:
+            for i, job in enumerate(jobs, 1):
+                log(f"  [{i}/{len(jobs)}] {job[0]} ...")
+                state = _run_one(job)
+                log(f"  [{i}/{len(jobs)}] {job[0]}: {state}")
+        return write_sweep_results(sweep, out)
+
+
+# -- results ------------------------------------------------------------------------------------
+def first_round_reaching(rows: list[dict[str, str]], column: str, target: float) -> int | None:
+    """The first round whose ``column`` is at least ``target`` (None if none is)."""
+    for r in rows:
+        v = r.get(column, "")
+        if v not in ("", None) and float(v) >= target:
+            return int(r["round"])
+    return None
+
+
+def run_row(
+    sweep: SweepConfig, name: str, config: ExperimentConfig, run_dir: Path
+) -> dict[str, Any]:
+    """One run's numbers: initial and personalized accuracy (95% CI, helped / hurt)."""
+    summary = json.loads((run_dir / rd.SUMMARY).read_text())
+    strategy = sweep.report_strategy or config.strategies[0].name
+    epochs = summary["strategies"].get(strategy)
+    if not epochs:
+        raise ConfigError(f"sweep run {name}: no strategy {strategy!r} in its results.")
+    epoch = sweep.report_epoch or sorted(epochs, key=lambda e: int(e.rsplit("_", 1)[-1]))[-1]
+    p, b = epochs[epoch], summary["baseline"]
+    with (run_dir / rd.FEDAVG_METRICS).open(newline="") as f:
+        rounds = list(csv.DictReader(f))
+    row = {"run": name}
+    row |= {k: getattr(config, k) for k in sweep.grid}
+    row |= {
+        "initial": b["mean"],
+        "initial_ci_low": b["ci_low"],
+        "initial_ci_high": b["ci_high"],
+        "personalized": p["mean"],
+        "personalized_ci_low": p["ci_low"],
+        "personalized_ci_high": p["ci_high"],
+        "strategy": strategy,
+        "epoch": epoch,
+        "gain": p.get("mean_gain"),
+        "improved": p.get("improved"),
+        "hurt": p.get("hurt"),
+        "clients": b["n"],
+        "rounds": len(rounds),
+    }
+    if sweep.target_accuracy is not None:
+        row["initial_rounds_to_target"] = first_round_reaching(
+            rounds, "eval_accuracy", sweep.target_accuracy
+        )
+        row["personalized_rounds_to_target"] = first_round_reaching(
+            rounds, "p13n_accuracy", sweep.target_accuracy
+        )
+    return row
+
+
+def _f(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4f}"
+
+
+def table_markdown(sweep: SweepConfig, rows: list[dict[str, Any]]) -> str:
+    """Table 1's shape: rows x columns, each cell "initial -> personalized" (+ rounds)."""
+
+    def cell(r: dict[str, Any]) -> str:
+        text = f"{_f(r['initial'])} -> {_f(r['personalized'])}"
+        if sweep.target_accuracy is not None:
+            a, b = r["initial_rounds_to_target"], r["personalized_rounds_to_target"]
+            text += f" ({'-' if a is None else a} / {'-' if b is None else b})"
+        return text
+
+    lines = []
+    if sweep.rows and sweep.columns:
+        cols = sweep.grid[sweep.columns]
+        lines.append(f"| {sweep.rows} \\ {sweep.columns} | " + " | ".join(map(str, cols)) + " |")
+        lines.append("| --- " * (len(cols) + 1) + "|")
+        for rv in sweep.grid[sweep.rows]:
+            cells = []
+            for cv in cols:
+                match = [r for r in rows if r[sweep.rows] == rv and r[sweep.columns] == cv]
+                cells.append(" / ".join(cell(r) for r in match) or "")
+            lines.append(f"| {rv} | " + " | ".join(cells) + " |")
+    else:
+        lines.append("| run | initial -> personalized |")
+        lines.append("| --- | --- |")
+        lines += [f"| {r['run']} | {cell(r)} |" for r in rows]
+    lines.append("")
+    lines.append(
+        "Mean accuracy over the personalization clients: initial = the global model, "
+        "personalized = strategy "
+        + ", ".join(sorted({f"{r['strategy']} at {r['epoch']}" for r in rows}))
+        + "."
+    )
+    if sweep.target_accuracy is not None:
+        lines.append(
+            f"In brackets: rounds to reach {sweep.target_accuracy} accuracy, initial (global "
+            "model on the training clients' test data) / personalized (p13n_accuracy); '-' = "
+            "not reached."
+        )
+    lines.append("")
+    lines.append("| run | initial [95% CI] | personalized [95% CI] | gain | helped | hurt |")
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {_f(r['initial'])} [{_f(r['initial_ci_low'])}, "
+            f"{_f(r['initial_ci_high'])}] | {_f(r['personalized'])} "
+            f"[{_f(r['personalized_ci_low'])}, {_f(r['personalized_ci_high'])}] | "
+            f"{_f(r['gain'])} | {_pct(r['improved'])} | {_pct(r['hurt'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def write_sweep_results(sweep: SweepConfig, out: Path) -> Path:
+    """``sweep.csv``, ``table.md`` and ``comparison.html`` of a finished sweep."""
+    rows = [run_row(sweep, name, config, out / RUNS / name) for name, config in sweep.runs()]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    atomic_write(out / SWEEP_CSV, buf.getvalue())
+    path = atomic_write(out / TABLE_MD, table_markdown(sweep, rows))
+    if len(rows) > 1:
+        from fedp13n.reporting.compare import write_comparison
+
+        write_comparison([out / RUNS / name for name, _ in sweep.runs()], out)
+    return path
