@@ -1,6 +1,6 @@
 """Source lines of ``src/`` and the longest functions (the design issue's measure).
 
-    python bench/code_stats.py [--top 10]
+python bench/code_stats.py [--top 10]
 """
 
 from __future__ import annotations

@@ -65,6 +65,9 @@ from fedp13n.models.layers import FastDropout, random_bytes
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import ModelFn
 
+#: evaluate_fn's batch size (only its num_batches counter depends on it).
+EVAL_BATCH_SIZE = 1000
+
 __all__ = [
     "ClientResult",
     "MultiClientEngine",
@@ -695,6 +698,10 @@ class MultiClientEngine:
             m: OrderedDict[str, Any] = OrderedDict(num_test_examples=n)
             m["loss"] = float(loss_sum[k]) / n if n else math.nan
             m["accuracy"] = int(correct[k]) / n if n else math.nan
+            # TFF's names, as evaluate_fn reports them (its batch size: EVAL_BATCH_SIZE)
+            m["sparse_categorical_accuracy"] = m["accuracy"]
+            m["num_examples"] = n
+            m["num_batches"] = math.ceil(n / EVAL_BATCH_SIZE)
             out.append(m)
         return out
 
