@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/fedp13n run --dataset synthetic
+	$(BIN)/fedp13n run --config bench/demo.toml
 
 test: setup
 	$(BIN)/python -m pytest -q
