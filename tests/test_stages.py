@@ -75,13 +75,13 @@ def _by_hand(total_rounds_per_stage=(3, 3)):
         model_fn,
         make_optimizer_fn("sgd", 0.02),
         make_optimizer_fn("sgd", 1.0, momentum=0.9),
-        client_epochs=1, batch_size=20, seed=0,
+        client_epochs=1, batch_size=20, seed=0, client_pipeline="tff",
     )  # fmt: skip
     stage2 = build_weighted_fed_avg(
         model_fn,
         make_optimizer_fn("sgd", 0.01),
         torch_adam(0.003),
-        client_epochs=2, batch_size=10, seed=0,
+        client_epochs=2, batch_size=10, seed=0, client_pipeline="tff",
     )  # fmt: skip
 
     def select(r):

@@ -713,14 +713,18 @@ class MultiClientEngine:
         client_keys: Sequence[Any],
         *,
         optimizer: Any,
-        epochs: int,
+        epochs: int | None,
         batch_size: int,
         shuffle: bool,
         seed: int,
         round_num: int,
+        pipeline: str = "epochs",
+        shuffle_buffer: int = 1000,
+        max_steps: int | None = None,
     ) -> list[ClientResult]:
         """Local training of FedAvg's clients from ``weights``, as ``ClientWork`` would do
-        task by task (same seeds from ``seed``, ``round_num`` and each client key)."""
+        task by task (same seeds from ``seed``, ``round_num`` and each client key, the same
+        :func:`~fedp13n.data.pipeline.batch_plan` of ``pipeline`` / ``max_steps``)."""
         spec, why = optimizer_spec(optimizer)
         if spec is None:
             raise ValueError(f"the engine cannot batch this optimizer: {why}.")
@@ -736,7 +740,14 @@ class MultiClientEngine:
                 gens.append(g)
                 plans.append(
                     batch_plan(
-                        len(datasets[i]), batch_size, epochs=epochs, shuffle=shuffle, generator=rng
+                        len(datasets[i]),
+                        batch_size,
+                        epochs=epochs,
+                        shuffle=shuffle,
+                        generator=rng,
+                        pipeline=pipeline,
+                        shuffle_buffer=shuffle_buffer,
+                        max_steps=max_steps,
                     )
                 )
             params = self._stack(weights, K)
@@ -754,6 +765,7 @@ class MultiClientEngine:
                 }
             loss_sums, metric_sums = stats[0].tolist(), stats[1].tolist()
             for j, i in enumerate(group):
+                trained = sum(len(b) for b in plans[j])
                 delta = {n: d[j].clone() for n, d in deltas.items()}
                 finite = math.isfinite(loss_sums[j]) and all(
                     bool(torch.isfinite(t).all()) for t in delta.values()
@@ -761,8 +773,9 @@ class MultiClientEngine:
                 results[i] = ClientResult(
                     delta=delta if finite else None,
                     buffers={} if finite else None,
-                    num_examples=len(datasets[i]),
-                    num_trained=len(datasets[i]) * epochs,
+                    # the weight in the average, as ClientWork gives it
+                    num_examples=trained if pipeline == "tff" else len(datasets[i]),
+                    num_trained=trained,
                     loss_sum=loss_sums[j],
                     metric_sum=metric_sums[j],
                     finite=finite,

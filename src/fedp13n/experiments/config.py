@@ -116,8 +116,9 @@ class TrainingSettings:
     )
     batch_size: int = setting(20, help="Local batch size.", panel="Training")
     client_pipeline: str = setting(
-        "epochs",
-        help="How local batches are cut: 'epochs' (per-epoch shuffled passes).",
+        "tff",
+        help="How local batches are cut: 'tff' (TFF's repeat(E).shuffle(1000).batch(B): "
+        "batches run across epoch boundaries) or 'epochs' (a shuffled pass per epoch).",
         panel="Training",
         choices=PIPELINES,
     )
