@@ -185,8 +185,10 @@ class WeightedFedAvg:
         client_pipeline: str = "epochs",
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         max_steps: int | None = None,
+        engine: Any = None,
     ) -> None:
         self.model_fn = model_fn
+        self.engine = engine
         self.server_optimizer_fn = server_optimizer_fn
         self.seed = seed
         self.executor = executor if executor is not None else InProcessExecutor()
@@ -238,9 +240,12 @@ class WeightedFedAvg:
                 f"the state's server optimizer state does not fit server_optimizer_fn's "
                 f"optimizer ({e}); resume with the optimizer settings the run started with."
             ) from None
-        weights_ref = self.executor.share(self.get_model_weights(state))
-        tasks = self._tasks(client_datasets, weights_ref, round_num)
-        outputs: list[ClientOutput] = self.executor.map(self.client_work, tasks)
+        if self.engine is not None:
+            outputs = self._engine_outputs(client_datasets, state, round_num)
+        else:
+            weights_ref = self.executor.share(self.get_model_weights(state))
+            tasks = self._tasks(client_datasets, weights_ref, round_num)
+            outputs: list[ClientOutput] = self.executor.map(self.client_work, tasks)
 
         contributing = [o for o in outputs if o.finite]
         total = sum(o.num_examples for o in contributing)
@@ -264,6 +269,50 @@ class WeightedFedAvg:
         return new_state, metrics
 
     # -- internals ----------------------------------------------------------------------------
+    def _engine_outputs(
+        self,
+        client_datasets: Sequence[ClientDataset] | ClientSelection,
+        state: ServerState,
+        round_num: int,
+    ) -> list[ClientOutput]:
+        """The round's client work on the multi-client engine: the same numbers as the
+        per-client path (same seeds and batch plans) up to float rounding."""
+        if isinstance(client_datasets, ClientSelection):
+            cd = client_datasets.client_data
+            missing = [c for c in client_datasets.client_ids if c not in cd]
+            if missing:
+                raise KeyError(
+                    f"{len(missing)} selected client ids are not in the ClientData "
+                    f"(e.g. {missing[:3]}); select from client_data.client_ids."
+                )
+            ids = [str(c) for c in client_datasets.client_ids]
+            datasets = [cd.create_dataset(c) for c in ids]
+            keys: list[Any] = ids
+        else:
+            bad = [i for i, d in enumerate(client_datasets) if not isinstance(d, ClientDataset)]
+            if bad or isinstance(client_datasets, (ClientData, ClientDataset)):
+                raise TypeError(
+                    "client_datasets must be a sequence of ClientDataset or a "
+                    "ClientSelection(client_data, client_ids)."
+                )
+            datasets, keys = list(client_datasets), list(range(len(client_datasets)))
+        work = self.client_work
+        results = self.engine.fedavg_clients(
+            self.get_model_weights(state),
+            datasets,
+            keys,
+            optimizer=work.optimizer_fn,
+            epochs=work.epochs,
+            batch_size=work.batch_size,
+            shuffle=work.shuffle,
+            seed=work.seed,
+            round_num=round_num,
+            pipeline=work.pipeline,
+            shuffle_buffer=work.shuffle_buffer,
+            max_steps=work.max_steps,
+        )
+        return [ClientOutput(**vars(r)) for r in results]
+
     @staticmethod
     def _trainable(model: nn.Module) -> list[nn.Parameter]:
         params = dict(model.named_parameters())
@@ -369,8 +418,14 @@ def build_weighted_fed_avg(
     client_pipeline: str = "epochs",
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     max_steps: int | None = None,
+    engine: Any = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
+
+    ``engine``: a :class:`fedp13n.engine.MultiClientEngine` trains the round's clients in
+    lockstep as one batched computation (on its device) instead of one task per client on
+    ``executor``; same numbers up to float rounding. A setting it cannot batch (another
+    loss, optimizer or layer) falls back to the executor, saying why once.
 
     ``model_fn()`` builds any ``torch.nn.Module``; optimizer functions take an iterable of
     parameters and return a ``torch.optim.Optimizer`` (e.g. ``lambda p: torch.optim.SGD(p,
@@ -423,6 +478,8 @@ def build_weighted_fed_avg(
         )
     if executor is not None and not isinstance(executor, Executor):
         raise TypeError(f"executor must be a fedp13n Executor, got {type(executor).__name__}.")
+    if engine is not None:
+        engine = _usable_engine(engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
     return WeightedFedAvg(
         model_fn,
         client_optimizer_fn,
@@ -438,4 +495,23 @@ def build_weighted_fed_avg(
         client_pipeline=client_pipeline,
         shuffle_buffer=int(shuffle_buffer),
         max_steps=None if max_steps is None else int(max_steps),
+        engine=engine,
     )
+
+
+def _usable_engine(engine: Any, model_fn, optimizer_fn, loss_fn, metrics_fn) -> Any:
+    """``engine`` when it can batch this FedAvg's client work, else ``None`` (said once)."""
+    from fedp13n.engine import MultiClientEngine, can_batch, note_fallback
+
+    if not isinstance(engine, MultiClientEngine):
+        raise TypeError(
+            f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
+        )
+    if loss_fn is not F.cross_entropy or metrics_fn is not accuracy:
+        note_fallback("the engine computes cross-entropy and accuracy only")
+        return None
+    ok, why = can_batch(model_fn, optimizer_fn)
+    if not ok:
+        note_fallback(why)
+        return None
+    return engine

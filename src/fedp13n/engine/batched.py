@@ -45,7 +45,6 @@ float32 values of the per-client path).
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import warnings
 from collections import OrderedDict
@@ -339,21 +338,23 @@ class StrategySpec:
 
 
 def strategy_from_builder(name: str, builder: Any) -> tuple[StrategySpec | None, str]:
-    """Read a strategy builder ``functools.partial(build_personalize_fn, optimizer_fn,
-    batch_size=..., num_epochs=..., num_epochs_per_eval=...)`` into a :class:`StrategySpec`,
-    or ``(None, reason)`` for any other builder (it then runs per client)."""
-    if not isinstance(builder, functools.partial) or (
-        getattr(builder.func, "__name__", "") != "build_personalize_fn"
-    ):
-        return None, f"strategy {name!r} is not a partial of build_personalize_fn"
+    """Read a strategy builder whose strategy is TFF's fine-tuning
+    (``build_personalize_fn``, directly or through the strategy registry's ``finetune`` /
+    ``adam_recommended``) into a :class:`StrategySpec`, or ``(None, reason)`` for any other
+    strategy (it then runs per client). The built strategy says what it is: its
+    ``fedp13n_finetune`` attribute holds its settings."""
     try:
-        bound = inspect.signature(builder.func).bind(*builder.args, **builder.keywords)
-    except TypeError as e:
-        return None, f"strategy {name!r}: {e}"
-    bound.apply_defaults()
-    a = bound.arguments
+        with torch.random.fork_rng(devices=[]):
+            built = builder()
+    except Exception as e:  # a broken builder fails in the per-client path, with context
+        return None, f"strategy {name!r} could not be built ({type(e).__name__})"
+    a = getattr(built, "fedp13n_finetune", None)
+    if not isinstance(a, dict):
+        return None, f"strategy {name!r} is not TFF's fine-tuning (build_personalize_fn)"
     if a.get("loss_fn") is not F.cross_entropy:
         return None, f"strategy {name!r} has a loss other than F.cross_entropy"
+    if a.get("eval_batch_size") != EVAL_BATCH_SIZE:
+        return None, f"strategy {name!r} evaluates with another batch size"
     spec, why = optimizer_spec(a["optimizer_fn"])
     if spec is None:
         return None, f"strategy {name!r}: {why}"

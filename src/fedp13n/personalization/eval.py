@@ -43,6 +43,7 @@ Differences from TFF, each for a reason (README: "Where fedp13n differs from TFF
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import numbers
@@ -80,6 +81,7 @@ def build_personalization_eval(
     *,
     seed: int | None = None,
     executor: Executor | None = None,
+    engine: Any = None,
 ) -> Callable[[Mapping[str, torch.Tensor], Iterable[Mapping[str, Any]]], PersonalizationResult]:
     """Build ``personalization_eval(model_weights, client_inputs) -> PersonalizationResult``.
 
@@ -102,6 +104,11 @@ def build_personalization_eval(
         seed: what the sample and the per-client randomness derive from; ``None`` draws a
             fresh one at every call, recorded in the result's ``seed``.
         executor: where client work runs; ``None`` runs it in this process.
+        engine: a :class:`fedp13n.engine.MultiClientEngine`: the baseline and every
+            strategy that is TFF's fine-tuning (``build_personalize_fn``, SGD or Adam) run
+            for all clients at once as one batched computation, the same numbers up to
+            float rounding; other strategies (and a ``baseline_evaluate_fn`` other than
+            :func:`evaluate_fn`) run per client on ``executor``, said once.
 
     The returned function takes ``model_weights`` (a ``state_dict`` of ``model_fn()``,
     e.g. FedAvg's ``get_model_weights``) and ``client_inputs``, an iterable of mappings
@@ -150,6 +157,7 @@ def build_personalization_eval(
     job = _ClientJob(
         model_fn, baseline_evaluate_fn, tuple((k, b, ctx) for k, (b, ctx) in strategies.items())
     )
+    batched = _engine_plan(engine, model_fn, baseline_evaluate_fn, strategies)
 
     def personalization_eval(
         model_weights: Mapping[str, torch.Tensor], client_inputs: Iterable[Mapping[str, Any]]
@@ -177,7 +185,10 @@ def build_personalization_eval(
             )
             for i in chosen
         ]
-        outputs = ex.map(functools.partial(_evaluate_client, job), tasks)
+        if batched is None:
+            outputs = ex.map(functools.partial(_evaluate_client, job), tasks)
+        else:
+            outputs = _evaluate_with_engine(engine, batched, job, weights, tasks, ex, run_seed)
         ids = [t.client_id for t in tasks]
         result = PersonalizationResult(client_ids=ids, seed=run_seed)
         for key in (BASELINE_KEY, *strategies):
@@ -186,6 +197,52 @@ def build_personalization_eval(
         return result
 
     return personalization_eval
+
+
+def _engine_plan(engine, model_fn, baseline_evaluate_fn, strategies) -> list | None:
+    """The engine's strategy specs (None where a strategy runs per client), or None when
+    the engine does not serve this evaluation at all."""
+    if engine is None:
+        return None
+    from fedp13n.engine import MultiClientEngine, note_fallback, strategy_from_builder
+    from fedp13n.personalization.p13n_utils import evaluate_fn
+
+    if not isinstance(engine, MultiClientEngine):
+        raise TypeError(
+            f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
+        )
+    if baseline_evaluate_fn is not evaluate_fn:
+        note_fallback("the baseline_evaluate_fn is not fedp13n's evaluate_fn")
+        return None
+    specs = []
+    for name, (builder, _) in strategies.items():
+        spec, why = strategy_from_builder(name, builder)
+        if spec is None:
+            note_fallback(why)
+        specs.append(spec)
+    return specs
+
+
+def _evaluate_with_engine(engine, specs, job, weights, tasks, executor, run_seed):
+    """Baseline and batchable strategies on the engine, the rest per client; merged in
+    the strategies' order."""
+    clients = [(t.client_id, t.train_data, t.test_data) for t in tasks]
+    batched = engine.personalize(
+        weights, clients, [s for s in specs if s is not None], seed=run_seed, baseline=True
+    )
+    rest = tuple(st for st, spec in zip(job.strategies, specs, strict=True) if spec is None)
+    per_client = None
+    if rest:
+        sub = dataclasses.replace(job, strategies=rest)
+        per_client = executor.map(functools.partial(_evaluate_client, sub), tasks)
+    outputs = []
+    for i, out in enumerate(batched):
+        merged: OrderedDict[str, Any] = OrderedDict()
+        merged[BASELINE_KEY] = out[BASELINE_KEY]
+        for (name, _, _), spec in zip(job.strategies, specs, strict=True):
+            merged[name] = out[name] if spec is not None else per_client[i][name]
+        outputs.append(merged)
+    return outputs
 
 
 def reservoir_sample(num_items: int, k: int, rng: np.random.Generator) -> list[int]:

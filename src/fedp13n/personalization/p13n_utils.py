@@ -176,6 +176,17 @@ def build_personalize_fn(
         metrics["num_train_examples"] = num_train_examples
         return metrics
 
+    # What a batched engine needs to run this strategy for many clients at once
+    # (fedp13n.engine.strategy_from_builder reads it): the settings, nothing else.
+    personalize_fn.fedp13n_finetune = dict(
+        optimizer_fn=optimizer_fn,
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        num_epochs_per_eval=num_epochs_per_eval,
+        shuffle=shuffle,
+        loss_fn=loss_fn,
+        eval_batch_size=eval_batch_size,
+    )
     return personalize_fn
 
 
