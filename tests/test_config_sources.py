@@ -67,6 +67,11 @@ CHANGED = {
     "ray_address": ("auto", "auto"),
     "tensorboard": ("tb", "tb"),
     "task_timeout": (30.0, "30"),
+    "device": ("cpu", "cpu"),
+    "precision": ("bf16", "bf16"),
+    "engine": ("on", "on"),
+    "engine_clients": (8, "8"),
+    "deterministic": (False, None),
     "max_retries": (1, "1"),
 }
 
@@ -92,7 +97,10 @@ def test_every_setting_from_the_command_line_and_from_toml(field, tmp_path):
     default = ExperimentConfig()
     assert getattr(default, field.name) != value
     flag = field_flag(field)
-    args = [flag] if base_type(field) is bool else [flag, text]
+    if base_type(field) is bool:
+        args = [field.metadata["negative_flag"] if value is False else flag]
+    else:
+        args = [flag, text]
     extra = {"ray_address": {"executor": "ray"}}.get(field.name, {})  # needs its executor
     args += [a for k, v in extra.items() for a in (field_flag_of(k), v)]
     from_cli = _printed(args)

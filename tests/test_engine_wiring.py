@@ -88,3 +88,35 @@ def test_personalization_with_the_engine_equals_the_per_client_path():
     tuned = np.asarray(a[("sgd", "epoch_2", "loss")], dtype=float)
     assert np.nanmax(np.abs(base - tuned)) > 1e-3
     assert NUM_CLASSES > 1
+
+
+def test_engine_on_the_command_line_gives_the_per_client_numbers(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedp13n.cli.main import app
+    from fedp13n.rundir import layout as rd
+
+    args = [
+        "run", "--dataset", "synthetic", "--synthetic-clients", "12", "--num-train-clients",
+        "8", "--num-p13n-clients", "4", "--rounds", "2", "--clients-per-round", "3",
+        "--local-epochs", "1", "--num-eval-clients", "3", "--p13n-epochs", "1",
+        "--executor", "in-process", "--no-report", "--no-progress",
+    ]  # fmt: skip
+    outs = []
+    for engine in ("off", "on"):
+        out = tmp_path / engine
+        res = CliRunner().invoke(app, [*args, "--engine", engine, "--output-dir", str(out)])
+        assert res.exit_code == 0, res.output
+        outs.append(out)
+    assert "engine: up to 64 clients at once on cpu" in res.output
+    a = torch.load(outs[0] / rd.GLOBAL_WEIGHTS, weights_only=True)
+    b = torch.load(outs[1] / rd.GLOBAL_WEIGHTS, weights_only=True)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    import json
+
+    pa = json.loads((outs[0] / rd.PERSONALIZATION).read_text())
+    pb = json.loads((outs[1] / rd.PERSONALIZATION).read_text())
+    for strategy in ("sgd", "adam"):
+        la = np.asarray(pa[strategy]["epoch_1"]["loss"], dtype=float)
+        lb = np.asarray(pb[strategy]["epoch_1"]["loss"], dtype=float)
+        assert np.allclose(la, lb, atol=1e-4)

@@ -12,6 +12,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -22,11 +24,14 @@ def _recorder():
     return module
 
 
-def test_synthetic_run_is_bit_identical_to_the_recorded_one(tmp_path):
+@pytest.mark.parametrize(
+    "extra", [[], ["--device", "cpu", "--engine", "off", "--precision", "fp32"]], ids=str
+)
+def test_synthetic_run_is_bit_identical_to_the_recorded_one(tmp_path, extra):
     expected = json.loads((DATA / "golden_synthetic.json").read_text())
     # The experiment's default pipeline is now TFF's (issue 10); the recorded run used the
     # per-epoch one, fedp13n's only pipeline before.
-    got = _recorder().run_golden(["--client-pipeline", "epochs"], tmp_path / "run")
+    got = _recorder().run_golden(["--client-pipeline", "epochs", *extra], tmp_path / "run")
     assert got["fedavg_metrics"] == expected["fedavg_metrics"]
     assert got["per_client_head"] == expected["per_client_head"]
     assert got["per_client_sha256"] == expected["per_client_sha256"]

@@ -129,6 +129,9 @@ class ClientWork:
     pipeline: str = "epochs"
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     max_steps: int | None = None
+    #: Numeric precision of the forward/backward passes (fedp13n.utils.device): "fp32"
+    #: (default, the reference numbers) or "bf16" (autocast, float32 master weights).
+    precision: str = "fp32"
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __call__(self, task: ClientTask) -> ClientOutput:
@@ -141,7 +144,12 @@ class ClientWork:
             # and only the first task of a worker builds it.
             model = _cached_model(self.token, self.model_fn)
             torch.manual_seed(derive_seed(self.seed, "fedavg", task.round_num, task.client_key))
-            return self._train(model, task.weights.get(), dataset, task)
+            if self.precision == "fp32":
+                return self._train(model, task.weights.get(), dataset, task)
+            from fedp13n.utils.device import resolve_precision
+
+            with resolve_precision(self.precision, "cpu"):
+                return self._train(model, task.weights.get(), dataset, task)
 
     def _train(
         self,

@@ -186,6 +186,7 @@ class WeightedFedAvg:
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         max_steps: int | None = None,
         engine: Any = None,
+        precision: str = "fp32",
     ) -> None:
         self.model_fn = model_fn
         self.engine = engine
@@ -205,6 +206,7 @@ class WeightedFedAvg:
             pipeline=client_pipeline,
             shuffle_buffer=shuffle_buffer,
             max_steps=max_steps,
+            precision=precision,
         )
         self._server_model: nn.Module | None = None
         self._shared_data: weakref.WeakKeyDictionary[ClientData, SharedRef] = (
@@ -419,6 +421,7 @@ def build_weighted_fed_avg(
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     max_steps: int | None = None,
     engine: Any = None,
+    precision: str = "fp32",
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -426,6 +429,8 @@ def build_weighted_fed_avg(
     lockstep as one batched computation (on its device) instead of one task per client on
     ``executor``; same numbers up to float rounding. A setting it cannot batch (another
     loss, optimizer or layer) falls back to the executor, saying why once.
+    ``precision``: ``"fp32"`` (default) or ``"bf16"`` (autocast with float32 master
+    weights, for CPUs with native bf16; see :mod:`fedp13n.utils.device`) for client work.
 
     ``model_fn()`` builds any ``torch.nn.Module``; optimizer functions take an iterable of
     parameters and return a ``torch.optim.Optimizer`` (e.g. ``lambda p: torch.optim.SGD(p,
@@ -496,7 +501,17 @@ def build_weighted_fed_avg(
         shuffle_buffer=int(shuffle_buffer),
         max_steps=None if max_steps is None else int(max_steps),
         engine=engine,
+        precision=_check_precision(precision),
     )
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(
+            f"precision must be 'fp32' or 'bf16' for client work on the CPU, got {precision!r} "
+            "(tf32 is a CUDA setting: give it to the engine)."
+        )
+    return precision
 
 
 def _usable_engine(engine: Any, model_fn, optimizer_fn, loss_fn, metrics_fn) -> Any:

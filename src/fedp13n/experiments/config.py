@@ -398,6 +398,35 @@ class ExperimentConfig(TrainingSettings):
         panel="Execution",
         default_text="a local Ray",
     )
+    device: str = setting(
+        "auto",
+        help="Where the batched client work runs: auto (CUDA when present, else CPU), cpu, "
+        "cuda, cuda:N or mps.",
+        panel="Execution",
+    )
+    precision: str = setting(
+        "fp32",
+        help="Numeric precision: fp32 (the reference numbers), bf16 (autocast with float32 "
+        "master weights: GPUs and CPUs with AVX512-BF16/AMX) or tf32 (CUDA only).",
+        panel="Execution",
+        choices=("fp32", "bf16", "tf32"),
+    )
+    engine: str = setting(
+        "auto",
+        help="The multi-client engine (many clients in lockstep as one batched computation): "
+        "auto (on for a CUDA device, off on CPU, where it does not help), on or off.",
+        panel="Execution",
+        choices=("auto", "on", "off"),
+    )
+    engine_clients: int = setting(
+        64, help="Clients the engine trains at once (K).", panel="Execution"
+    )
+    deterministic: bool = setting(
+        True,
+        help="Deterministic GPU kernels (same seed, same numbers run to run); off for speed.",
+        panel="Execution",
+        negative_flag="--nondeterministic",
+    )
     task_timeout: float | None = setting(
         None,
         help="Seconds a client task may run before its worker counts as hung and the run "
@@ -473,6 +502,12 @@ class ExperimentConfig(TrainingSettings):
             if getattr(self, key) is not None:
                 check_positive_int(key, getattr(self, key), ConfigError)
         check_non_negative_int("max_retries", self.max_retries, ConfigError)
+        check_positive_int("engine_clients", self.engine_clients, ConfigError)
+        _check_choice("precision", self.precision, ("fp32", "bf16", "tf32"))
+        _check_choice("engine", self.engine, ("auto", "on", "off"))
+        device = self.device.split(":")[0] if isinstance(self.device, str) else None
+        if device not in ("auto", "cpu", "cuda", "mps"):
+            raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps.")
         if self.task_timeout is not None:
             check_positive_number("task_timeout", self.task_timeout, ConfigError)
         if self.executor == "in-process" and self.workers not in (None, 1):

@@ -71,6 +71,45 @@ class ExperimentData:
     val_ids: list[str] = field(default_factory=list)  # tuned settings are chosen on these
 
 
+@dataclass
+class Compute:
+    """Where and how client work runs: the device, the precision, the multi-client engine
+    (None: one task per client on the executor, on the CPU)."""
+
+    device: Any = "cpu"
+    precision: str = "fp32"  # of the per-client path ("tf32" applies to the engine only)
+    engine: Any = None
+
+
+def resolve_compute(config: ExperimentConfig, log: Log) -> Compute:
+    """The device, precision and engine a config asks for (one-line errors, said once)."""
+    from fedp13n.utils.device import resolve_device, resolve_precision, set_deterministic
+
+    try:
+        device = resolve_device(config.device)
+        precision = resolve_precision(config.precision, device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if device.type == "cuda":
+        set_deterministic(config.deterministic)
+    use_engine = config.engine == "on" or (config.engine == "auto" and device.type != "cpu")
+    engine = None
+    if use_engine:
+        from fedp13n.engine import MultiClientEngine
+
+        engine = MultiClientEngine(
+            model_fn_for(config),
+            device=device,
+            precision=precision,
+            max_clients=config.engine_clients,
+        )
+        log(f"engine: up to {config.engine_clients} clients at once on {device} ({precision.name})")
+    elif device.type != "cpu":
+        log(f"engine off: client work runs per client on the CPU, not on {device}")
+    cpu_precision = precision.name if precision.name in ("fp32", "bf16") else "fp32"
+    return Compute(device, cpu_precision, engine)
+
+
 def default_run_dir(root: str | Path = "runs", dataset: str = "run") -> Path:
     """A new, unique folder under ``root``: ``runs/<dataset>-YYYYmmdd-HHMMSS``."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -95,7 +134,9 @@ def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
     return OrderedDict((s.name, config.strategy_builder(s)) for s in config.strategies)
 
 
-def build_stage_process(config: ExperimentConfig, stage: StageConfig, executor: Any) -> Any:
+def build_stage_process(
+    config: ExperimentConfig, stage: StageConfig, executor: Any, compute: Compute | None = None
+) -> Any:
     """The training process of one stage (weighted FedAvg with the stage's optimizers)."""
     from fedp13n.algorithms import build_weighted_fed_avg
     from fedp13n.utils.optimizers import make_optimizer_fn
@@ -116,6 +157,7 @@ def build_stage_process(config: ExperimentConfig, stage: StageConfig, executor: 
         extra["client_pipeline"] = stage.client_pipeline
     if stage.local_steps is not None:
         extra["max_steps"] = stage.local_steps
+    compute = compute or Compute()
     return build_weighted_fed_avg(
         model_fn_for(config),
         client_optimizer_fn=client,
@@ -124,6 +166,8 @@ def build_stage_process(config: ExperimentConfig, stage: StageConfig, executor: 
         batch_size=stage.batch_size,
         seed=config.seed,
         executor=executor,
+        engine=compute.engine,
+        precision=compute.precision,
         **extra,
     )
 
@@ -182,6 +226,7 @@ def train_global_model(
     progress: bool,
     log: Log,
     tensorboard: TensorBoardLogger | None = None,
+    compute: Compute | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run every training stage (resuming from the last checkpoint); the final global
     weights and all rounds' rows."""
@@ -207,13 +252,13 @@ def train_global_model(
     done = state.round_num if state is not None else 0
     metrics_csv = MetricsCsv(run_dir / rd.FEDAVG_METRICS, keep_until_round=done)
     global_eval = GlobalEvaluation(
-        functools.partial(_evaluate_global, config, data), config.eval_every, total
+        functools.partial(_evaluate_global, config, data, compute), config.eval_every, total
     )
     callbacks = [global_eval]
     if config.p13n_eval_every:
         callbacks.append(
             PersonalizationCurve(
-                functools.partial(_personalized_accuracy, config, data, executor),
+                functools.partial(_personalized_accuracy, config, data, executor, compute),
                 config.p13n_eval_every,
                 total,
             )
@@ -252,7 +297,7 @@ def train_global_model(
         for stage, start, end in bounds:
             if done >= end:
                 continue
-            process = build_stage_process(config, stage, executor)
+            process = build_stage_process(config, stage, executor, compute)
             if state is None:
                 state = process.initialize()
             elif state.round_num == start:  # entering the stage: a fresh server optimizer
@@ -269,7 +314,7 @@ def train_global_model(
         if bar is not None:
             bar.close()
     if process is None:  # no round to run: zero rounds, or all done before a resume
-        process = build_stage_process(config, bounds[-1][0], executor)
+        process = build_stage_process(config, bounds[-1][0], executor, compute)
         state = state if state is not None else process.initialize()
     weights = process.get_model_weights(state)
     final = metrics_csv.rows[-1] if metrics_csv.rows else {}
@@ -283,17 +328,22 @@ def train_global_model(
 
 
 def _evaluate_global(
-    config: ExperimentConfig, data: ExperimentData, weights: Mapping[str, Any]
+    config: ExperimentConfig,
+    data: ExperimentData,
+    compute: Compute | None,
+    weights: Mapping[str, Any],
 ) -> dict[str, float]:
     """The global model on the test data of the first ``num_global_eval_clients``
-    training clients, as one dataset."""
+    training clients, as one dataset (in the run's precision)."""
     from fedp13n.data import ClientDataset
     from fedp13n.personalization import evaluate_fn
+    from fedp13n.utils.device import resolve_precision
 
     held_out = data.test.subset(data.train_ids[: config.num_global_eval_clients])
     model = model_fn_for(config)()
     model.load_state_dict(weights)
-    return dict(evaluate_fn(model, ClientDataset(held_out.x, held_out.y)))
+    with resolve_precision((compute or Compute()).precision, "cpu"):
+        return dict(evaluate_fn(model, ClientDataset(held_out.x, held_out.y)))
 
 
 def _client_inputs(data: ExperimentData, ids: list[str]) -> list[OrderedDict]:
@@ -308,7 +358,14 @@ def _client_inputs(data: ExperimentData, ids: list[str]) -> list[OrderedDict]:
 
 
 def _run_eval(
-    config: ExperimentConfig, fn_dict: OrderedDict, weights, inputs, executor, progress, what
+    config: ExperimentConfig,
+    fn_dict: OrderedDict,
+    weights,
+    inputs,
+    executor,
+    progress,
+    what,
+    compute: Compute | None = None,
 ):
     from fedp13n.personalization import build_personalization_eval, evaluate_fn
 
@@ -319,6 +376,8 @@ def _run_eval(
         max_num_samples=max(1, len(inputs)),  # already sampled: keep them all
         seed=config.seed,
         executor=executor,
+        engine=(compute or Compute()).engine,
+        precision=(compute or Compute()).precision,
     )
     with _status(progress, f"personalizing {len(inputs)} {what}"):
         return p13n_eval(weights, inputs)
@@ -337,7 +396,14 @@ def mean_accuracy_by_epoch(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def tune_strategies(
-    config: ExperimentConfig, data: ExperimentData, weights, executor, *, progress, log
+    config: ExperimentConfig,
+    data: ExperimentData,
+    weights,
+    executor,
+    *,
+    progress,
+    log,
+    compute: Compute | None = None,
 ) -> tuple[ExperimentConfig, dict[str, Any]]:
     """Choose every tuned strategy's settings (and epoch) on the validation clients.
 
@@ -359,7 +425,7 @@ def tune_strategies(
         f"{len(data.val_ids)} validation clients")  # fmt: skip
     result = _run_eval(
         config, fn_dict, weights, _client_inputs(data, data.val_ids), executor, progress,
-        "validation clients",
+        "validation clients", compute,
     )  # fmt: skip
     record: dict[str, Any] = {"validation_client_ids": list(data.val_ids), "strategies": {}}
     chosen_strategies = []
@@ -403,7 +469,11 @@ def eval_client_ids(config: ExperimentConfig, data: ExperimentData) -> list[str]
 
 
 def _personalized_accuracy(
-    config: ExperimentConfig, data: ExperimentData, executor: Any, weights: Mapping[str, Any]
+    config: ExperimentConfig,
+    data: ExperimentData,
+    executor: Any,
+    compute: Compute | None,
+    weights: Mapping[str, Any],
 ) -> float:
     """Mean accuracy after the first strategy's last evaluation, on the evaluation clients
     (untuned settings: a curve over rounds, not a result)."""
@@ -411,7 +481,7 @@ def _personalized_accuracy(
     strategy = first.with_params(first.grid()[0]) if first.tuned else first
     fn_dict = OrderedDict([(first.name, config.strategy_builder(strategy))])
     inputs = _client_inputs(data, eval_client_ids(config, data))
-    result = _run_eval(config, fn_dict, weights, inputs, executor, False, "clients")
+    result = _run_eval(config, fn_dict, weights, inputs, executor, False, "clients", compute)
     curve = mean_accuracy_by_epoch(result[first.name])
     return curve[list(curve)[-1]]
 
@@ -424,6 +494,7 @@ def evaluate_personalization(
     *,
     progress: bool,
     log: Log,
+    compute: Compute | None = None,
 ) -> tuple[Any, dict[str, Any] | None]:
     """TFF's personalization evaluation of ``weights`` on ``num_eval_clients`` sampled
     personalization clients (sampled once, here), after tuning any tuned strategy on the
@@ -431,7 +502,7 @@ def evaluate_personalization(
     tuning = None
     if any(s.tuned for s in config.strategies):
         config, tuning = tune_strategies(
-            config, data, weights, executor, progress=progress, log=log
+            config, data, weights, executor, progress=progress, log=log, compute=compute
         )
     eval_ids = eval_client_ids(config, data)
     client_inputs = _client_inputs(data, eval_ids)
@@ -444,7 +515,7 @@ def evaluate_personalization(
     t0 = time.perf_counter()
     result = _run_eval(
         config, personalize_fn_dict_for(config), weights, client_inputs, executor, progress,
-        "clients",
+        "clients", compute,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     log(
@@ -543,6 +614,7 @@ def _run(
     data = prepare_data(config, log, progress=progress)
     split = {"fedavg": data.train_ids, "validation": data.val_ids, "personalization": data.p13n_ids}
     atomic_write(run_dir / rd.SPLIT, json.dumps(split, indent=1))
+    compute = resolve_compute(config, log)
     tensorboard = TensorBoardLogger(config.tensorboard) if config.tensorboard else None
     try:
         executor = make_executor(
@@ -560,13 +632,14 @@ def _run(
             weights, rows = train_global_model(
                 config, data, run_dir, executor,
                 resume=resume, progress=progress, log=log, tensorboard=tensorboard,
+                compute=compute,
             )  # fmt: skip
             import torch
 
             with atomic_writer(run_dir / rd.GLOBAL_WEIGHTS, "wb") as f:
                 torch.save(weights, f)
             result, tuning = evaluate_personalization(
-                config, data, weights, executor, progress=progress, log=log
+                config, data, weights, executor, progress=progress, log=log, compute=compute
             )
         summary = write_results(run_dir, result, data, tuning)
         if tensorboard is not None:

@@ -82,6 +82,7 @@ def build_personalization_eval(
     seed: int | None = None,
     executor: Executor | None = None,
     engine: Any = None,
+    precision: str = "fp32",
 ) -> Callable[[Mapping[str, torch.Tensor], Iterable[Mapping[str, Any]]], PersonalizationResult]:
     """Build ``personalization_eval(model_weights, client_inputs) -> PersonalizationResult``.
 
@@ -109,6 +110,8 @@ def build_personalization_eval(
             for all clients at once as one batched computation, the same numbers up to
             float rounding; other strategies (and a ``baseline_evaluate_fn`` other than
             :func:`evaluate_fn`) run per client on ``executor``, said once.
+        precision: ``"fp32"`` (default) or ``"bf16"``: autocast (float32 master weights)
+            around each client's baseline and strategies (CPU client work).
 
     The returned function takes ``model_weights`` (a ``state_dict`` of ``model_fn()``,
     e.g. FedAvg's ``get_model_weights``) and ``client_inputs``, an iterable of mappings
@@ -154,8 +157,13 @@ def build_personalization_eval(
         raise TypeError(
             f"executor must be a fedp13n Executor (or None for in-process), got {executor!r}."
         )
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
     job = _ClientJob(
-        model_fn, baseline_evaluate_fn, tuple((k, b, ctx) for k, (b, ctx) in strategies.items())
+        model_fn,
+        baseline_evaluate_fn,
+        tuple((k, b, ctx) for k, (b, ctx) in strategies.items()),
+        precision,
     )
     batched = _engine_plan(engine, model_fn, baseline_evaluate_fn, strategies)
 
@@ -269,6 +277,7 @@ class _ClientJob:
     baseline_evaluate_fn: Callable[..., Mapping[str, Any]]
     #: (name, builder, whether the strategy takes ``context``)
     strategies: tuple[tuple[str, Callable[[], Callable[..., Any]], bool], ...]
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -282,7 +291,17 @@ class _ClientTask:
 
 
 def _evaluate_client(job: _ClientJob, task: _ClientTask) -> OrderedDict[str, Any]:
-    """Baseline then every strategy on one client, each from fresh global weights."""
+    """Baseline then every strategy on one client, each from fresh global weights (under
+    the job's precision)."""
+    if job.precision == "fp32":
+        return _evaluate_client_steps(job, task)
+    from fedp13n.utils.device import resolve_precision
+
+    with resolve_precision(job.precision, "cpu"):
+        return _evaluate_client_steps(job, task)
+
+
+def _evaluate_client_steps(job: _ClientJob, task: _ClientTask) -> OrderedDict[str, Any]:
     weights = task.weights.get()
     out: OrderedDict[str, Any] = OrderedDict()
     # fork_rng: seeding here must not disturb the caller's RNG (in-process executor).
