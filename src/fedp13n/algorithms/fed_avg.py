@@ -218,13 +218,14 @@ class WeightedFedAvg:
         """Round-0 state: ``model_fn()``'s initial weights under ``derive_seed(seed, "init")``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, "init"))
-            model = self.model_fn()
+            model = _check_model(self.model_fn())
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         optimizer = self.server_optimizer_fn(self._trainable(model))
         return ServerState(0, weights, _clone_tree(optimizer.state_dict()))
 
     def get_model_weights(self, state: ServerState) -> dict[str, torch.Tensor]:
         """The global model's state dict (a copy), loadable into ``model_fn()``."""
+        _check_state(state)
         return {k: v.detach().clone() for k, v in state.model.items()}
 
     def next(
@@ -232,6 +233,7 @@ class WeightedFedAvg:
     ) -> tuple[ServerState, RoundMetrics]:
         """Run one round with these clients; returns the new state and the round's metrics."""
         start = time.perf_counter()
+        _check_state(state)
         round_num = state.round_num + 1
         model = self._load_server_model(state)  # checks the state fits model_fn first
         optimizer = self.server_optimizer_fn(self._trainable(model))
@@ -357,7 +359,7 @@ class WeightedFedAvg:
     def _load_server_model(self, state: ServerState) -> nn.Module:
         if self._server_model is None:
             with torch.random.fork_rng(devices=[]):
-                self._server_model = self.model_fn()
+                self._server_model = _check_model(self.model_fn())
         model = self._server_model
         try:
             model.load_state_dict(state.model)
@@ -391,6 +393,24 @@ class WeightedFedAvg:
                 if not buf.is_floating_point():
                     mean = torch.round(mean)
                 buf.copy_(mean.to(buf.dtype))
+
+
+def _check_model(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model_fn() must return a torch nn.Module, got {type(model).__name__}; pass a "
+            "function that builds the model (e.g. functools.partial(emnist_conv_dropout, "
+            "num_classes=62))."
+        )
+    return model
+
+
+def _check_state(state: Any) -> None:
+    if not isinstance(state, ServerState):
+        raise TypeError(
+            f"state must be the ServerState that initialize() or next() returned, got "
+            f"{type(state).__name__}; start with state = process.initialize()."
+        )
 
 
 def _weighted_mean(

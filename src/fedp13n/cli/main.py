@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from fedp13n import __version__
@@ -19,6 +21,14 @@ app.add_typer(data_cmd.app, name="data")
 run_cmd.register(app)
 report_cmd.register(app)
 sweep_cmd.register(app)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach a user as one ``warning:`` line, without source lines."""
+    typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+
+
+warnings.showwarning = _one_line_warning
 
 
 def _version(value: bool) -> None:

@@ -144,6 +144,7 @@ def run(**kwargs: Any) -> None:
     """Train a global model with FedAvg, then evaluate personalization strategies."""
     from fedp13n.algorithms.loop import TrainingError
     from fedp13n.data.validate import DataError
+    from fedp13n.execution.base import ClientWorkError
     from fedp13n.experiments.p13n_experiment import default_run_dir, run_experiment
     from fedp13n.rundir import layout as rd
 
@@ -182,8 +183,14 @@ def run(**kwargs: Any) -> None:
         FileNotFoundError,
         ImportError,
         TrainingError,
+        ClientWorkError,
     ) as e:
+        fail(str(e).splitlines()[0] if isinstance(e, ClientWorkError) else str(e))
+    except ValueError as e:  # e.g. an unreadable checkpoint; fedp13n's own message
         fail(str(e))
+    except OSError as e:  # the run directory on a full disk, unwritable, ...
+        what = e.strerror or str(e)
+        fail(f"cannot write the run directory {run_dir}: {what} ({e.filename or run_dir}).")
     from fedp13n.reporting.summary import print_run_summary
 
     print_run_summary(result.run_dir, summary=result.summary)

@@ -675,6 +675,15 @@ def _open_run_dir(
                 f"settings differ from it: {refused}; drop them (a resumed run may change "
                 f"only {list(RESUMABLE_CHANGES)}) or start a new run in another --output-dir."
             )
+        from fedp13n.algorithms.checkpoint import checkpoint_rounds
+
+        done = max(checkpoint_rounds(run_dir), default=0)
+        if done > config.total_rounds:
+            raise ConfigError(
+                f"{run_dir} has a checkpoint of round {done}, beyond the "
+                f"{config.total_rounds} rounds of this configuration; resume with at least "
+                f"that many rounds (--rounds {done})."
+            )
         for key in changed:
             log(f"resuming with {key} = {getattr(config, key)!r} (was {getattr(saved, key)!r})")
     elif any((run_dir / name).exists() for name in results):
