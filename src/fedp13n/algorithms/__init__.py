@@ -1,29 +1,33 @@
-"""Federated training algorithms: weighted FedAvg (McMahan et al. 2017) and its checkpoints."""
+"""Federated training algorithms: weighted FedAvg (McMahan et al. 2017) and its checkpoints.
 
-from fedp13n.algorithms.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from fedp13n.algorithms.client_update import ClientOutput, ClientTask, ClientWork, accuracy
-from fedp13n.algorithms.fed_avg import (
-    DEFAULT_CLIENT_OPTIMIZER,
-    DEFAULT_SERVER_OPTIMIZER,
-    ClientSelection,
-    RoundMetrics,
-    ServerState,
-    WeightedFedAvg,
-    build_weighted_fed_avg,
-    sample_clients,
-)
+Names are imported on first use (PEP 562): importing the package costs nothing."""
 
+from fedp13n.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "ClientOutput": "fedp13n.algorithms.client_update",
+    "ClientSelection": "fedp13n.algorithms.fed_avg",
+    "ClientTask": "fedp13n.algorithms.client_update",
+    "ClientWork": "fedp13n.algorithms.client_update",
+    "DEFAULT_CLIENT_OPTIMIZER": "fedp13n.algorithms.fed_avg",
+    "DEFAULT_SERVER_OPTIMIZER": "fedp13n.algorithms.fed_avg",
+    "RoundMetrics": "fedp13n.algorithms.fed_avg",
+    "ServerState": "fedp13n.algorithms.fed_avg",
+    "WeightedFedAvg": "fedp13n.algorithms.fed_avg",
+    "accuracy": "fedp13n.algorithms.client_update",
+    "build_weighted_fed_avg": "fedp13n.algorithms.fed_avg",
+    "latest_checkpoint": "fedp13n.algorithms.checkpoint",
+    "load_checkpoint": "fedp13n.algorithms.checkpoint",
+    "sample_clients": "fedp13n.algorithms.fed_avg",
+    "save_checkpoint": "fedp13n.algorithms.checkpoint",
+}
 __all__ = [
-    "DEFAULT_CLIENT_OPTIMIZER",
-    "DEFAULT_SERVER_OPTIMIZER",
     "ClientOutput",
     "ClientSelection",
     "ClientTask",
     "ClientWork",
+    "DEFAULT_CLIENT_OPTIMIZER",
+    "DEFAULT_SERVER_OPTIMIZER",
     "RoundMetrics",
     "ServerState",
     "WeightedFedAvg",
@@ -34,3 +38,4 @@ __all__ = [
     "sample_clients",
     "save_checkpoint",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

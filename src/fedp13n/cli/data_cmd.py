@@ -10,14 +10,9 @@ import warnings
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from fedp13n.cli.errors import fail
-from fedp13n.data.cache import CacheRebuiltWarning
-from fedp13n.data.datasets import DATASET_NAMES, load_dataset
-from fedp13n.data.stats import QUANTILES, summarize
-from fedp13n.data.validate import LABEL_CHARS, NUM_CLASSES, NUM_DIGIT_CLASSES, DataError
+from fedp13n.data.names import DATASET_NAMES
 
 app = typer.Typer(
     help="Federated datasets: inspect and download.",
@@ -46,6 +41,10 @@ _SEED = typer.Option(0, "--seed", help="Seed of the client subset / synthetic da
 
 
 def _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console):
+    from fedp13n.data.cache import CacheRebuiltWarning
+    from fedp13n.data.datasets import load_dataset
+    from fedp13n.data.validate import DataError
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheRebuiltWarning)
         try:
@@ -80,6 +79,12 @@ def info(
     seed: int = _SEED,
 ) -> None:
     """Print clients, examples, per-client sizes and the class histogram of a dataset."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedp13n.data.stats import QUANTILES, summarize
+    from fedp13n.data.validate import LABEL_CHARS, NUM_CLASSES, NUM_DIGIT_CLASSES
+
     console = Console()
     train, test = _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console)
     num_classes = NUM_DIGIT_CLASSES if only_digits else NUM_CLASSES
@@ -129,6 +134,8 @@ def download(
     only_digits: bool = _ONLY_DIGITS,
 ) -> None:
     """Download (or convert from --data-dir) a dataset into the local cache."""
+    from rich.console import Console
+
     console = Console()
     train, test = _load(dataset, data_dir, cache_dir, url, only_digits, None, 0, console)
     where = train.path.parent if train.path is not None else "(not cached: generated)"

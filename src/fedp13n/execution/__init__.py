@@ -2,25 +2,27 @@
 
 ``RayExecutor`` is imported lazily (``from fedp13n.execution import RayExecutor`` works
 without importing ray until one is built).
-"""
 
-from typing import Any
+Names are imported on first use (PEP 562): importing the package costs nothing."""
 
-from fedp13n.execution.base import (
-    ClientTaskTimeout,
-    ClientWorkError,
-    Executor,
-    LocalRef,
-    SharedRef,
-)
-from fedp13n.execution.factory import EXECUTOR_KINDS, make_executor
-from fedp13n.execution.in_process import InProcessExecutor
-from fedp13n.execution.process_pool import LocalProcessExecutor
+from fedp13n.utils.lazy import lazy_exports
 
+_EXPORTS = {
+    "ClientTaskTimeout": "fedp13n.execution.base",
+    "ClientWorkError": "fedp13n.execution.base",
+    "EXECUTOR_KINDS": "fedp13n.execution.base",
+    "Executor": "fedp13n.execution.base",
+    "InProcessExecutor": "fedp13n.execution.in_process",
+    "LocalProcessExecutor": "fedp13n.execution.process_pool",
+    "LocalRef": "fedp13n.execution.base",
+    "RayExecutor": "fedp13n.execution.ray_executor",
+    "SharedRef": "fedp13n.execution.base",
+    "make_executor": "fedp13n.execution.factory",
+}
 __all__ = [
-    "EXECUTOR_KINDS",
     "ClientTaskTimeout",
     "ClientWorkError",
+    "EXECUTOR_KINDS",
     "Executor",
     "InProcessExecutor",
     "LocalProcessExecutor",
@@ -29,11 +31,4 @@ __all__ = [
     "SharedRef",
     "make_executor",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "RayExecutor":
-        from fedp13n.execution.ray_executor import RayExecutor
-
-        return RayExecutor
-    raise AttributeError(f"module 'fedp13n.execution' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

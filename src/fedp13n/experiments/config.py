@@ -36,7 +36,7 @@ from fedp13n.data.pipeline import PIPELINES
 from fedp13n.data.split import split_sizes
 from fedp13n.execution.base import EXECUTOR_KINDS
 from fedp13n.models.registry import MODEL_NAMES
-from fedp13n.personalization.result import RESERVED_KEYS
+from fedp13n.rundir.layout import RESERVED_KEYS
 from fedp13n.utils.checks import (
     check_fraction,
     check_non_negative_int,

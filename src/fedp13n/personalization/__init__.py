@@ -1,16 +1,21 @@
 """Personalization evaluation (TFF's ``build_personalization_eval``) and its example
 strategy (TFF's ``p13n_utils``): Jiang et al. 2019, "Improving Federated Learning
-Personalization via Model Agnostic Meta Learning"."""
+Personalization via Model Agnostic Meta Learning".
 
-from fedp13n.personalization.eval import build_personalization_eval, reservoir_sample
-from fedp13n.personalization.inputs import as_client_dataset, check_fits_model
-from fedp13n.personalization.p13n_utils import (
-    build_evaluate_fn,
-    build_personalize_fn,
-    evaluate_fn,
-)
-from fedp13n.personalization.result import PersonalizationResult
+Names are imported on first use (PEP 562): importing the package costs nothing."""
 
+from fedp13n.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "PersonalizationResult": "fedp13n.personalization.result",
+    "as_client_dataset": "fedp13n.personalization.inputs",
+    "build_evaluate_fn": "fedp13n.personalization.p13n_utils",
+    "build_personalization_eval": "fedp13n.personalization.eval",
+    "build_personalize_fn": "fedp13n.personalization.p13n_utils",
+    "check_fits_model": "fedp13n.personalization.inputs",
+    "evaluate_fn": "fedp13n.personalization.p13n_utils",
+    "reservoir_sample": "fedp13n.personalization.eval",
+}
 __all__ = [
     "PersonalizationResult",
     "as_client_dataset",
@@ -21,3 +26,4 @@ __all__ = [
     "evaluate_fn",
     "reservoir_sample",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

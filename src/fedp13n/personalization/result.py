@@ -21,12 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedp13n.rundir.layout import BASELINE_KEY  # noqa: E402  (the run-directory format)
-
-#: Keys that :meth:`PersonalizationResult.to_dict` adds next to the metrics.
-META_KEYS = ("client_ids", "seed")
-#: Names no strategy may have.
-RESERVED_KEYS = (BASELINE_KEY, *META_KEYS)
+from fedp13n.rundir.layout import (  # noqa: E402  (the run-directory format)
+    BASELINE_KEY,
+    META_KEYS,
+)
 
 
 class PersonalizationResult(OrderedDict):

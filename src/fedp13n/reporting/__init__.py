@@ -1,18 +1,21 @@
-"""Reports of personalization runs: summary statistics, HTML report, comparison of runs."""
+"""Reports of personalization runs: summary statistics, HTML report, comparison of runs.
 
-from fedp13n.reporting.compare import write_comparison
-from fedp13n.reporting.report import write_report
-from fedp13n.reporting.summary import (
-    ReportError,
-    Summary,
-    format_summary,
-    print_run_summary,
-    read_per_client,
-    summarize,
-    summarize_run,
-    write_summary_json,
-)
+Names are imported on first use (PEP 562): importing the package costs nothing."""
 
+from fedp13n.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "ReportError": "fedp13n.reporting.summary",
+    "Summary": "fedp13n.reporting.summary",
+    "format_summary": "fedp13n.reporting.summary",
+    "print_run_summary": "fedp13n.reporting.summary",
+    "read_per_client": "fedp13n.reporting.summary",
+    "summarize": "fedp13n.reporting.summary",
+    "summarize_run": "fedp13n.reporting.summary",
+    "write_comparison": "fedp13n.reporting.compare",
+    "write_report": "fedp13n.reporting.report",
+    "write_summary_json": "fedp13n.reporting.summary",
+}
 __all__ = [
     "ReportError",
     "Summary",
@@ -25,3 +28,4 @@ __all__ = [
     "write_report",
     "write_summary_json",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

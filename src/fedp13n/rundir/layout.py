@@ -54,6 +54,10 @@ PER_CLIENT_COLUMNS = (
 
 #: The key of the global model's metrics in PERSONALIZATION (TFF's name).
 BASELINE_KEY = "baseline_metrics"
+#: Keys PERSONALIZATION holds next to the metrics.
+META_KEYS = ("client_ids", "seed")
+#: Names no strategy may have.
+RESERVED_KEYS = (BASELINE_KEY, *META_KEYS)
 
 # PERSONALIZATION holds {"client_ids": [...], "baseline_metrics": {...},
 # "<strategy>": {"epoch_1": {"loss": [...], "accuracy": [...], "num_test_examples": [...]},
