@@ -129,7 +129,6 @@ def test_leaf_sample_through_load_dataset(tmp_path):
 
 
 def test_synthetic_dispatch():
-    pytest.importorskip("fedp13n.data.synthetic")
     train, test = load_dataset("synthetic", num_clients=3, seed=1)
     assert len(train) == 3 and train.client_ids == test.client_ids
 

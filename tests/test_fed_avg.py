@@ -262,7 +262,8 @@ def test_same_seed_same_weights_whatever_the_executor_and_task_order():
 
 @pytest.mark.slow
 def test_same_weights_with_two_worker_processes():
-    pool = pytest.importorskip("fedp13n.execution.process_pool")
+    from fedp13n.execution import process_pool as pool
+
     a = _run_dropout(5, InProcessExecutor())
     with pool.LocalProcessExecutor(num_workers=2) as executor:
         b = _run_dropout(5, executor)

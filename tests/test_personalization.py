@@ -405,7 +405,8 @@ def _two_worker_processes():
         pass
     else:
         return make_executor("processes", num_workers=2)
-    pool = pytest.importorskip("fedp13n.execution.process_pool", reason="no process executor yet")
+    from fedp13n.execution import process_pool as pool
+
     return pool.LocalProcessExecutor(num_workers=2)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 from fedp13n.data.client_data import ClientDataset, features_to_tensor, labels_to_tensor
 from fedp13n.data.pipeline import DEFAULT_SHUFFLE_BUFFER, batch_plan
 from fedp13n.execution.base import SharedRef
+from fedp13n.utils.lru import LRUCache
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import LossFn, MetricFn, ModelFn, OptimizerFn
 
@@ -88,20 +88,11 @@ class ClientOutput:
 # One model per worker process and ClientWork, reused across tasks and rounds: building a
 # model costs more than loading weights into it. Keyed by ClientWork.token, which survives
 # pickling; bounded so that old processes' models do not accumulate.
-_MODEL_CACHE: OrderedDict[str, nn.Module] = OrderedDict()
-_MODEL_CACHE_SIZE = 4
+_MODEL_CACHE = LRUCache(4)
 
 
 def _cached_model(token: str, model_fn: ModelFn) -> nn.Module:
-    model = _MODEL_CACHE.get(token)
-    if model is None:
-        model = model_fn()
-        _MODEL_CACHE[token] = model
-        while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
-            _MODEL_CACHE.popitem(last=False)
-    else:
-        _MODEL_CACHE.move_to_end(token)
-    return model
+    return _MODEL_CACHE.get(token, model_fn)
 
 
 @dataclass

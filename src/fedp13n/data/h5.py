@@ -127,16 +127,15 @@ def load_h5_pair(
     test_path: str | os.PathLike,
     *,
     num_classes: int = NUM_CLASSES,
-    policy: str = "error",
 ) -> tuple[ClientData, ClientData]:
     """Load a train/test pair of h5 files; both list the same clients in the same order."""
     train = load_h5_file(train_path, num_classes=num_classes)
     test = load_h5_file(test_path, num_classes=num_classes)
-    return align_train_test(train, test, source=f"{train_path} + {test_path}", policy=policy)
+    return align_train_test(train, test, source=f"{train_path} + {test_path}")
 
 
 def load_h5_dir(
-    data_dir: str | os.PathLike, *, only_digits: bool = False, policy: str = "error"
+    data_dir: str | os.PathLike, *, only_digits: bool = False
 ) -> tuple[ClientData, ClientData]:
     """Load ``fed_emnist[_digitsonly]_{train,test}.h5`` from a directory."""
     data_dir = Path(data_dir)
@@ -149,4 +148,4 @@ def load_h5_dir(
             f"{names[1]} (extracted from {H5_PREFIX[only_digits]}.tar.bz2)."
         )
     num_classes = NUM_DIGIT_CLASSES if only_digits else NUM_CLASSES
-    return load_h5_pair(*paths, num_classes=num_classes, policy=policy)
+    return load_h5_pair(*paths, num_classes=num_classes)

@@ -129,7 +129,7 @@ def load_leaf_split(split_dir: str | os.PathLike, *, num_classes: int = NUM_CLAS
 
 
 def load_leaf_dir(
-    data_dir: str | os.PathLike, *, num_classes: int = NUM_CLASSES, policy: str = "error"
+    data_dir: str | os.PathLike, *, num_classes: int = NUM_CLASSES
 ) -> tuple[ClientData, ClientData]:
     """Load a LEAF FEMNIST directory with ``train/`` and ``test/`` subdirectories."""
     data_dir = Path(data_dir)
@@ -141,4 +141,4 @@ def load_leaf_dir(
             )
     train = load_leaf_split(data_dir / "train", num_classes=num_classes)
     test = load_leaf_split(data_dir / "test", num_classes=num_classes)
-    return align_train_test(train, test, source=str(data_dir), policy=policy)
+    return align_train_test(train, test, source=str(data_dir))

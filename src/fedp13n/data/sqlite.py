@@ -150,11 +150,11 @@ def load_sqlite_split(
 
 
 def load_sqlite(
-    path: str | os.PathLike, *, only_digits: bool = False, policy: str = "error"
+    path: str | os.PathLike, *, only_digits: bool = False
 ) -> tuple[ClientData, ClientData]:
     """Load ``(train, test)`` from TFF's ``emnist_all.sqlite``."""
     train_split, test_split = SQLITE_SPLITS[only_digits]
     num_classes = NUM_DIGIT_CLASSES if only_digits else NUM_CLASSES
     train = load_sqlite_split(path, train_split, num_classes=num_classes)
     test = load_sqlite_split(path, test_split, num_classes=num_classes)
-    return align_train_test(train, test, source=str(path), policy=policy)
+    return align_train_test(train, test, source=str(path))

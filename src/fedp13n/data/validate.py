@@ -160,21 +160,18 @@ class PixelAccumulator:
 
 
 def align_train_test(
-    train: ClientData, test: ClientData, *, source: str, policy: str = "error"
+    train: ClientData, test: ClientData, *, source: str
 ) -> tuple[ClientData, ClientData]:
     """Make ``test`` list the same clients as ``train``, in the same order.
 
-    TFF's split gives every writer both a train and a test part, so by default
-    (``policy="error"``) a client present in only one split is an error naming it;
-    ``policy="intersect"`` keeps the clients present in both instead.
+    TFF's split gives every writer both a train and a test part, so a client present in
+    only one split is an error naming it.
     """
-    if policy not in ("error", "intersect"):
-        raise ValueError(f"policy must be 'error' or 'intersect', got {policy!r}.")
     if train.client_ids == test.client_ids:
         return train, test
     tr, te = set(train.client_ids), set(test.client_ids)
     only_train, only_test = sorted(tr - te), sorted(te - tr)
-    if (only_train or only_test) and policy == "error":
+    if only_train or only_test:
         parts = []
         if only_train:
             parts.append(f"{len(only_train)} only in train (e.g. {_few(only_train)})")
@@ -182,8 +179,7 @@ def align_train_test(
             parts.append(f"{len(only_test)} only in test (e.g. {_few(only_test)})")
         raise DataFormatError(
             f"{source}: every client must have both a train and a test part, but "
-            f"{' and '.join(parts)}. Fix the files, or keep only the common clients "
-            "(policy='intersect')."
+            f"{' and '.join(parts)}. Fix the files (each writer needs both parts)."
         )
     common = [c for c in train.client_ids if c in te]
     if not common:

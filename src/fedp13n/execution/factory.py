@@ -21,10 +21,10 @@ def make_executor(
     Kinds:
         ``"auto"``: local worker processes, one per usable core (divided by
         ``threads_per_worker``), when there is more than one core; in-process otherwise.
-        Why processes by default: on a 2-core machine two single-thread workers trained the
-        EMNIST CNN 1.16x faster than one process with two torch threads
-        (``bench/bench_executors.py``), and every task keeps one thread, so the numbers
-        match ``"in-process"`` bit for bit.
+        Why processes by default: single-thread workers train the small EMNIST CNN faster
+        than one process with as many torch threads (measured by
+        ``bench/bench_executors.py``; figures in ``bench/README.md``), and every task keeps
+        one thread, so the numbers match ``"in-process"`` bit for bit.
         ``"in-process"``: sequential, in this process (debugging; exact tracebacks).
         ``"processes"``: :class:`LocalProcessExecutor` with ``num_workers`` workers.
         ``"ray"``: :class:`~fedp13n.execution.ray_executor.RayExecutor` at ``ray_address``

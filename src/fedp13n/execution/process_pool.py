@@ -1,12 +1,11 @@
 """Run client work in persistent local worker processes, one torch thread each.
 
 Why processes with one thread each: client work (a few SGD epochs on small batches) is
-made of many small tensor operations that scale poorly across threads. Training TFF's
-conv-dropout EMNIST CNN (batch 20, 10 clients per round) on a 2-core machine, two
-single-thread workers did 740 examples/s against 637 for one process with two threads
-(1.16x; ``bench/bench_executors.py``, machine shared with other work, load average ~2), and
-multi-threaded torch degrades much more than single-thread workers when cores are
-oversubscribed. Results are bit-for-bit those of
+made of many small tensor operations that scale poorly across threads: single-thread
+workers beat one process with as many threads on TFF's EMNIST CNN
+(``bench/bench_executors.py``; figures in ``bench/README.md``), and multi-threaded torch
+degrades much more than single-thread workers when cores are oversubscribed. Results
+are bit-for-bit those of
 :class:`~fedp13n.execution.in_process.InProcessExecutor` with the same thread count,
 because every task is a pure function and runs the same kernels with the same number of
 threads, whichever worker picks it up.

@@ -20,7 +20,6 @@ cluster or ``address="ray://<head>:10001"`` from outside (Ray Client).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,10 +34,10 @@ from fedp13n.execution.chunks import (
     run_chunk,
     span,
 )
+from fedp13n.utils.lru import LRUCache
 
 #: Deserialized shared objects and functions kept per Ray worker process (LRU).
-_CACHE_SIZE = 8
-_WORKER_CACHE: collections.OrderedDict[str, Any] = collections.OrderedDict()
+_WORKER_CACHE = LRUCache(8)
 
 
 def _import_ray() -> Any:
@@ -54,17 +53,7 @@ def _import_ray() -> Any:
 
 def _cached_get(object_ref: Any) -> Any:
     """``ray.get`` once per worker process and object; the most recent objects are kept."""
-    key = object_ref.hex()
-    try:
-        _WORKER_CACHE.move_to_end(key)
-        return _WORKER_CACHE[key]
-    except KeyError:
-        pass
-    value = _import_ray().get(object_ref)
-    _WORKER_CACHE[key] = value
-    while len(_WORKER_CACHE) > _CACHE_SIZE:
-        _WORKER_CACHE.popitem(last=False)
-    return value
+    return _WORKER_CACHE.get(object_ref.hex(), lambda: _import_ray().get(object_ref))
 
 
 class RayRef(SharedRef[Any]):

@@ -28,7 +28,6 @@ import csv
 import dataclasses
 import itertools
 import json
-import math
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 import tomli_w
 
 from fedp13n.experiments.config import ConfigError, ExperimentConfig
+from fedp13n.reporting.summary import format_number, format_percent
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir.lock import run_dir_lock
 from fedp13n.utils.fs import atomic_write
@@ -260,8 +260,7 @@ def run_row(
     return row
 
 
-def _f(x: Any) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4f}"
+_f = format_number
 
 
 def table_markdown(sweep: SweepConfig, rows: list[dict[str, Any]]) -> str:
@@ -316,7 +315,7 @@ def table_markdown(sweep: SweepConfig, rows: list[dict[str, Any]]) -> str:
 
 
 def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
+    return format_percent(x, 0) or "n/a"
 
 
 def write_sweep_results(sweep: SweepConfig, out: Path) -> Path:

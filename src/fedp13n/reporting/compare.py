@@ -8,7 +8,6 @@ baseline against the best personalized accuracy per run, and the FedAvg curves o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from fedp13n.reporting.summary import (
     Summary,
     check_run_dir,
     epoch_number,
+    format_number,
     headline_strategies,
     read_config,
     read_fedavg_metrics,
@@ -98,10 +98,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
     return runs
 
 
-def _f(x: float | None, signed: bool = False) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    return f"{x:+.4f}" if signed else f"{x:.4f}"
+_f = format_number
 
 
 def differences_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:

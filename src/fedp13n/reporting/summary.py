@@ -257,11 +257,13 @@ def write_summary_json(run_dir: str | Path, summary: Summary | None = None) -> P
 
 
 # -- presentation -------------------------------------------------------------------------------
-def _pct(x: float | None, decimals: int = 1) -> str:
+def format_percent(x: float | None, decimals: int = 1) -> str:
+    """``0.123 -> '12.3%'``; empty for a missing value."""
     return "" if x is None or not math.isfinite(x) else f"{100 * x:.{decimals}f}%"
 
 
-def _num(x: float | None, signed: bool = False, digits: int = 4) -> str:
+def format_number(x: float | None, signed: bool = False, digits: int = 4) -> str:
+    """A value with ``digits`` decimals (signed on request); ``n/a`` when missing."""
     if x is None or not math.isfinite(x):
         return "n/a"
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
@@ -280,15 +282,15 @@ def table_rows(summary: Summary, compact: bool = False) -> list[dict[str, str]]:
             "strategy": r.strategy,
             "epoch": "sel" if epoch == SELECTED else str(epoch_number(epoch)) if epoch else "",
             "clients": str(r.n),
-            "mean": _num(r.mean, digits=d),
-            "95% CI": f"{_num(r.ci_low, digits=d)}-{_num(r.ci_high, digits=d)}"
+            "mean": format_number(r.mean, digits=d),
+            "95% CI": f"{format_number(r.ci_low, digits=d)}-{format_number(r.ci_high, digits=d)}"
             if compact
-            else f"[{_num(r.ci_low, digits=d)}, {_num(r.ci_high, digits=d)}]",
-            "median": _num(r.median, digits=d),
-            "mean gain": "" if r.mean_gain is None else _num(r.mean_gain, True, d),
-            "improved": _pct(r.improved, p),
-            "unchanged": _pct(r.unchanged, p),
-            "hurt": _pct(r.hurt, p),
+            else f"[{format_number(r.ci_low, digits=d)}, {format_number(r.ci_high, digits=d)}]",
+            "median": format_number(r.median, digits=d),
+            "mean gain": "" if r.mean_gain is None else format_number(r.mean_gain, True, d),
+            "improved": format_percent(r.improved, p),
+            "unchanged": format_percent(r.unchanged, p),
+            "hurt": format_percent(r.hurt, p),
         }
         if compact:
             row = {
@@ -315,7 +317,8 @@ def tuning_lines(summary: Summary) -> list[str]:
     for name, t in summary.tuning.get("strategies", {}).items():
         epoch = f", reported at {t['chosen_epoch']}" if t.get("chosen_epoch") else ""
         out.append(
-            f"  {name}: {t['chosen']}{epoch} (validation accuracy {_num(t['validation_accuracy'])})"
+            f"  {name}: {t['chosen']}{epoch} (validation accuracy "
+            f"{format_number(t['validation_accuracy'])})"
         )
     return out
 
@@ -340,7 +343,7 @@ def format_headline(summary: Summary) -> str:
     """TFF's three numbers, one line each, values aligned."""
     lines = headline_lines(summary)
     width = max(len(label) for label, _ in lines) + 2
-    return "\n".join(f"{label + ':':<{width}}{_num(v)}" for label, v in lines)
+    return "\n".join(f"{label + ':':<{width}}{format_number(v)}" for label, v in lines)
 
 
 def format_summary(summary: Summary) -> str:
