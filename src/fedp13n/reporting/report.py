@@ -22,8 +22,9 @@ from fedp13n.reporting.summary import (
     read_config,
     read_fedavg_metrics,
     read_per_client,
-    summarize,
+    summarize_run,
     table_rows,
+    tuning_lines,
     write_summary_json,
 )
 from fedp13n.rundir import layout as rd
@@ -62,6 +63,15 @@ def headline_items(summary: Summary) -> list[tuple[str, str]]:
     return items
 
 
+def _tuning_html(summary: Summary) -> str:
+    """Which clients chose the tuned settings (nothing when nothing was tuned)."""
+    lines = tuning_lines(summary)
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.esc(line.strip())}</li>" for line in lines[1:])
+    return f"<p>{html.esc(lines[0])}</p><ul>{items}</ul>"
+
+
 def write_report(
     run_dir: str | Path, output_dir: str | Path | None = None, *, summary: Summary | None = None
 ) -> Path:
@@ -79,7 +89,7 @@ def write_report(
 
     table = read_per_client(run_dir / rd.PER_CLIENT)
     if summary is None or out != run_dir:
-        summary = summary or summarize(table)
+        summary = summary or summarize_run(run_dir)
         write_summary_json(out, summary)
     config_text, _ = read_config(run_dir)
     colors = plots.strategy_colors(table.strategies())
@@ -107,9 +117,10 @@ def write_report(
             "headline",
             "Headline numbers",
             html.headline(headline_items(summary))
-            + "<p>The three numbers TFF's personalization example prints: the global model's "
-            "mean per-client accuracy, and the mean after one epoch of <code>sgd</code> and "
-            "<code>adam</code> fine-tuning (each client counts once).</p>",
+            + "<p>The numbers TFF's personalization example prints: the global model's "
+            "mean per-client accuracy, and the mean after one epoch of each strategy "
+            "(<code>sgd</code> and <code>adam</code> in TFF's; each client counts once).</p>"
+            + _tuning_html(summary),
         ),
         html.Section(
             "summary",
