@@ -276,11 +276,18 @@ def table_rows(summary: Summary, compact: bool = False) -> list[dict[str, str]]:
     """
     d, p = (3, 0) if compact else (4, 1)
     out = []
+    chosen = {
+        name: t.get("chosen_epoch")
+        for name, t in ((summary.tuning or {}).get("strategies") or {}).items()
+    }
     for r in (summary.baseline, *summary.rows, *summary.selected):
         epoch = "" if r.epoch is None else r.epoch
+        label = "sel" if epoch == SELECTED else str(epoch_number(epoch)) if epoch else ""
+        if epoch and chosen.get(r.strategy) == epoch:
+            label += "*"  # the epoch chosen on the validation clients: the one to report
         row = {
             "strategy": r.strategy,
-            "epoch": "sel" if epoch == SELECTED else str(epoch_number(epoch)) if epoch else "",
+            "epoch": label,
             "clients": str(r.n),
             "mean": format_number(r.mean, digits=d),
             "95% CI": f"{format_number(r.ci_low, digits=d)}-{format_number(r.ci_high, digits=d)}"
@@ -313,7 +320,10 @@ def tuning_lines(summary: Summary) -> list[str]:
     if not summary.tuning:
         return []
     n = len(summary.tuning.get("validation_client_ids", []))
-    out = [f"tuned on {n} validation clients (not among the clients reported above):"]
+    out = [
+        f"tuned on {n} validation clients (not among the clients reported above; "
+        "* marks an epoch chosen there):"
+    ]
     for name, t in summary.tuning.get("strategies", {}).items():
         epoch = f", reported at {t['chosen_epoch']}" if t.get("chosen_epoch") else ""
         out.append(
