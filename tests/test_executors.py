@@ -251,6 +251,19 @@ def test_a_stopped_worker_times_out_naming_the_task_and_is_replaced():
         assert ex.map(_stop_self_on, [(i, -1) for i in range(4)]) == [0, 1, 4, 9]
 
 
+def test_a_stopped_worker_fails_the_map_without_any_timeout_set():
+    """The always-on liveness check: no task_timeout, yet a SIGSTOPped worker holding a
+    task fails the map (after stopped_grace) instead of stalling it forever."""
+    with LocalProcessExecutor(num_workers=2) as ex:
+        assert ex.task_timeout is None
+        ex.stopped_grace = 1.0
+        start = time.monotonic()
+        with pytest.raises(ClientWorkError, match=r"has been stopped \(SIGSTOP"):
+            ex.map(_stop_self_on, [(i, 2) for i in range(6)])
+        assert time.monotonic() - start < 10
+        assert ex.map(_stop_self_on, [(i, -1) for i in range(4)]) == [0, 1, 4, 9]
+
+
 def test_timeouts_and_retries_are_checked():
     with pytest.raises(ValueError, match="task_timeout must be positive"):
         LocalProcessExecutor(1, task_timeout=0)

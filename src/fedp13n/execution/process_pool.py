@@ -165,6 +165,22 @@ def _main_module_hidden():
         main.__dict__.update(saved)
 
 
+#: How often a waiting map checks its workers are alive (seconds), and how long a worker
+#: with tasks may be stopped by the system before the map fails (seconds).
+LIVENESS_INTERVAL = 2.0
+STOPPED_GRACE = 30.0
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether the system has stopped process ``pid`` (state T or t in /proc; Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"T", b"t")
+
+
 class _Sent(NamedTuple):
     map_id: int
     start: int
@@ -283,6 +299,9 @@ class LocalProcessExecutor(Executor):
         self.chunk_size = chunk_size
         self.max_retries = max_retries
         self.task_timeout = task_timeout
+        #: Seconds a worker holding tasks may stay stopped before the map fails.
+        self.stopped_grace = STOPPED_GRACE
+        self._stopped_since: dict[int, float] = {}
         self._ctx = multiprocessing.get_context(start_method)
         self._workers: list[_Worker] = [
             _Worker(self._ctx, threads_per_worker, i) for i in range(num_workers)
@@ -396,6 +415,7 @@ class LocalProcessExecutor(Executor):
                     lost(w)
             if self.task_timeout is not None:
                 self._check_deadlines(map_id, fn_blob)
+            self._check_stopped(map_id, fn_blob)
             for w in self._workers:
                 feed(w)
         return results
@@ -462,14 +482,34 @@ class LocalProcessExecutor(Executor):
         return new, w.process.exitcode
 
     def _wait_timeout(self) -> float | None:
-        """Seconds until the next task deadline (None: no deadline to watch)."""
+        """Seconds until the next task deadline or liveness check."""
         if self.task_timeout is None:
-            return None
-        now, wait = time.monotonic(), self.task_timeout
+            return LIVENESS_INTERVAL
+        now, wait = time.monotonic(), min(self.task_timeout, LIVENESS_INTERVAL)
         for w in self._workers:
             if w.in_flight and (running := w.running()) is not None:
                 wait = min(wait, running[1] + self.task_timeout - now)
         return max(0.01, wait)
+
+    def _check_stopped(self, map_id: int, fn_blob: bytes) -> None:
+        """The liveness check that is always on: a worker with work that the system has
+        stopped (SIGSTOP, a debugger) for more than ``stopped_grace`` seconds fails the map
+        instead of stalling it forever."""
+        now = time.monotonic()
+        for w in list(self._workers):
+            if not w.in_flight or not _is_stopped(w.process.pid):
+                self._stopped_since.pop(w.process.pid, None)
+                continue
+            since = self._stopped_since.setdefault(w.process.pid, now)
+            if now - since > self.stopped_grace:
+                pid = w.process.pid
+                self._stopped_since.pop(pid, None)
+                self._replace(w)[0].send(("fn", map_id, fn_blob))
+                raise ClientWorkError(
+                    f"worker process {pid} has been stopped (SIGSTOP or a debugger) for "
+                    f"{now - since:.0f} s while it held tasks, so the map cannot finish; it was "
+                    "killed and replaced. Rerun (or resume) the run; do not stop workers."
+                )
 
     def _check_deadlines(self, map_id: int, fn_blob: bytes) -> None:
         assert self.task_timeout is not None
