@@ -40,7 +40,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the version.",
+        metavar="",
     ),
 ) -> None:
     """fedp13n command line."""

@@ -10,7 +10,9 @@ from fedp13n.cli.errors import fail
 
 
 def sweep(
-    config_file: Path = typer.Argument(..., help="TOML: experiment settings plus a [sweep] grid."),
+    config_file: Path = typer.Argument(
+        ..., help="TOML: the settings of fedp13n run plus a sweep table with its grid."
+    ),
     output_dir: Path = typer.Option(
         ..., "--output-dir", help="Sweep directory (its runs go to runs/ inside it)."
     ),
@@ -24,7 +26,7 @@ def sweep(
         1, "--parallel", min=1, help="Runs at a time, each in its own worker process."
     ),
 ) -> None:
-    """Run every combination of the [sweep] grid as a normal run, then tabulate them."""
+    """Run every combination of a sweep grid as a normal run, then tabulate them."""
     from fedp13n.algorithms.loop import TrainingError
     from fedp13n.data.validate import DataError
     from fedp13n.execution.base import ClientWorkError
