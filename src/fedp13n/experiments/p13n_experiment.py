@@ -468,6 +468,13 @@ def eval_client_ids(config: ExperimentConfig, data: ExperimentData) -> list[str]
     return [data.p13n_ids[i] for i in rng.choice(len(data.p13n_ids), size=n, replace=False)]
 
 
+def _describe(s: Any) -> str:
+    """``sgd lr 0.02`` for TFF's fine-tuning, ``proximal, sgd lr 0.02`` for another kind."""
+    optimizer = "adam" if s.kind == "adam_recommended" else s.optimizer
+    text = f"{optimizer} lr {s.learning_rate}"
+    return text if s.kind == "finetune" else f"{s.kind}, {text}"
+
+
 def _personalized_accuracy(
     config: ExperimentConfig,
     data: ExperimentData,
@@ -508,9 +515,7 @@ def evaluate_personalization(
     client_inputs = _client_inputs(data, eval_ids)
     log(
         f"personalization: {len(eval_ids)} clients, strategies "
-        + ", ".join(
-            f"{s.name} ({s.kind}, {s.optimizer} lr {s.learning_rate})" for s in config.strategies
-        )
+        + ", ".join(f"{s.name} ({_describe(s)})" for s in config.strategies)
     )
     t0 = time.perf_counter()
     result = _run_eval(
