@@ -135,7 +135,12 @@ class Precision:
     def __enter__(self) -> Precision:
         stack = contextlib.ExitStack()
         if self.name == "bf16":
-            stack.enter_context(torch.autocast(self.device_type, dtype=torch.bfloat16))
+            # No cast cache: a region may span many optimizer steps (a client's whole local
+            # training), and cached bf16 copies of the weights would go stale after the
+            # first step (the model would train on its initial weights).
+            stack.enter_context(
+                torch.autocast(self.device_type, dtype=torch.bfloat16, cache_enabled=False)
+            )
         elif self.name == "tf32":
             old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
 
