@@ -339,6 +339,7 @@ def test_any_object_of_the_share_by_path_protocol_is_shared_by_its_path(procs1):
 
 
 def test_execution_imports_nothing_from_other_fedp13n_layers():
+    """Only itself and the bottom layer (utils): in particular nothing from data."""
     import ast
 
     import fedp13n.execution
@@ -352,7 +353,8 @@ def test_execution_imports_nothing_from_other_fedp13n_layers():
                 names = [node.module]
             for name in names:
                 if name.startswith("fedp13n"):
-                    assert name.startswith("fedp13n.execution"), (file.name, name)
+                    ok = name.startswith(("fedp13n.execution", "fedp13n.utils"))
+                    assert ok, (file.name, name)
 
 
 def _use_weights(task):
