@@ -249,6 +249,7 @@ def run_row(
         "hurt": p.get("hurt"),
         "clients": b["n"],
         "rounds": len(rounds),
+        "fedavg_seconds": round(sum(float(r["seconds"]) for r in rounds), 1),
     }
     if sweep.target_accuracy is not None:
         row["initial_rounds_to_target"] = first_round_reaching(
@@ -282,13 +283,18 @@ def table_markdown(sweep: SweepConfig, rows: list[dict[str, Any]]) -> str:
             cells = []
             for cv in cols:
                 match = [r for r in rows if r[sweep.rows] == rv and r[sweep.columns] == cv]
-                cells.append(" / ".join(cell(r) for r in match) or "")
+                cells.append(" / ".join(cell(r) for r in match) or "not run yet")
             lines.append(f"| {rv} | " + " | ".join(cells) + " |")
     else:
         lines.append("| run | initial -> personalized |")
         lines.append("| --- | --- |")
         lines += [f"| {r['run']} | {cell(r)} |" for r in rows]
     lines.append("")
+    total = len(sweep.runs())
+    if len(rows) < total:
+        lines.append(
+            f"{len(rows)} of {total} runs finished; `fedp13n sweep ... --resume` runs the rest."
+        )
     lines.append(
         "Mean accuracy over the personalization clients: initial = the global model, "
         "personalized = strategy "
@@ -302,14 +308,17 @@ def table_markdown(sweep: SweepConfig, rows: list[dict[str, Any]]) -> str:
             "not reached."
         )
     lines.append("")
-    lines.append("| run | initial [95% CI] | personalized [95% CI] | gain | helped | hurt |")
-    lines.append("| --- | --- | --- | --- | --- | --- |")
+    lines.append(
+        "| run | initial [95% CI] | personalized [95% CI] | gain | helped | hurt | FedAvg s |"
+    )
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         lines.append(
             f"| {r['run']} | {_f(r['initial'])} [{_f(r['initial_ci_low'])}, "
             f"{_f(r['initial_ci_high'])}] | {_f(r['personalized'])} "
             f"[{_f(r['personalized_ci_low'])}, {_f(r['personalized_ci_high'])}] | "
-            f"{_f(r['gain'])} | {_pct(r['improved'])} | {_pct(r['hurt'])} |"
+            f"{_f(r['gain'])} | {_pct(r['improved'])} | {_pct(r['hurt'])} | "
+            f"{r['fedavg_seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -320,7 +329,11 @@ def _pct(x: Any) -> str:
 
 def write_sweep_results(sweep: SweepConfig, out: Path) -> Path:
     """``sweep.csv``, ``table.md`` and ``comparison.html`` of a finished sweep."""
-    rows = [run_row(sweep, name, config, out / RUNS / name) for name, config in sweep.runs()]
+    rows = [
+        run_row(sweep, name, config, out / RUNS / name)
+        for name, config in sweep.runs()
+        if (out / RUNS / name / rd.SUMMARY).is_file()  # an unfinished sweep: what is done
+    ]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     import io
 
@@ -333,5 +346,5 @@ def write_sweep_results(sweep: SweepConfig, out: Path) -> Path:
     if len(rows) > 1:
         from fedp13n.reporting.compare import write_comparison
 
-        write_comparison([out / RUNS / name for name, _ in sweep.runs()], out)
+        write_comparison([out / RUNS / r["run"] for r in rows], out)
     return path
