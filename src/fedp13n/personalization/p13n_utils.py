@@ -33,12 +33,9 @@ from torch import nn
 
 from fedp13n.data.client_data import features_to_tensor, labels_to_tensor
 from fedp13n.data.pipeline import batch_plan
+from fedp13n.engine.batched import EVAL_BATCH_SIZE
 from fedp13n.personalization.inputs import as_client_dataset
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
-
-#: Evaluation batch size: large because it only trades memory for speed (numbers are the
-#: same for any batch size up to float rounding).
-EVAL_BATCH_SIZE = 1000
 
 
 def evaluate_fn(
