@@ -5,7 +5,17 @@ script wrote *before* the design refactor (issue 9), so a refactor that changes 
 bit of the training, the personalization or the files fails the test. Rerun it only for a
 deliberate change of the numbers, and say so in the commit:
 
-    .venv/bin/python tests/data/record_golden.py > tests/data/golden_synthetic.json
+    .venv/bin/python tests/data/record_golden.py --client-pipeline epochs \
+        > tests/data/golden_synthetic_<capability>.json
+
+Bits depend on the CPU's kernels: torch picks its vectorised code by the CPU's
+capability (``torch.backends.cpu.get_cpu_capability()``: AVX2, AVX512, ...), and float
+sums come out differently rounded. So there is one recording per capability
+(``golden_synthetic.json`` is AVX512's, made before the refactor on a Zen 4;
+``golden_synthetic_avx2.json`` AVX2's, made on the code of commit d4ed060, before the
+device work of issue 13), each with its capability, the whole ``per_client.csv`` and
+per-tensor sums of the weights, so that a CPU with no recording of its own is still
+compared, within float tolerance.
 """
 
 from __future__ import annotations
@@ -61,15 +71,35 @@ def weights_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_sums(path: Path) -> dict[str, list[float]]:
+    """Per tensor: the float64 sum and sum of absolute values (for tolerance checks)."""
+    import torch
+
+    weights = torch.load(path, weights_only=True)
+    return {
+        name: [float(t.double().sum()), float(t.double().abs().sum())]
+        for name, t in sorted(weights.items())
+    }
+
+
+def cpu_capability() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def run_values(run_dir: Path) -> dict:
     with (run_dir / "fedavg_metrics.csv").open(newline="") as f:
         fedavg = [{k: r[k] for k in FEDAVG_KEYS} for r in csv.DictReader(f)]
     per_client = (run_dir / "per_client.csv").read_text()
     return {
+        "cpu_capability": cpu_capability(),
         "fedavg_metrics": fedavg,
         "per_client_sha256": hashlib.sha256(per_client.encode()).hexdigest(),
         "per_client_head": per_client.splitlines()[:3],
+        "per_client_csv": per_client,
         "global_weights_sha256": weights_digest(run_dir / "global_weights.pt"),
+        "global_weights_sums": weights_sums(run_dir / "global_weights.pt"),
     }
 
 
