@@ -1,35 +1,45 @@
-"""Benchmark: the multi-client engine (GPU or CPU) against the per-client paths.
+"""Benchmark: fedp13n on a GPU, every way it can use one, against the CPU the same day.
 
-Two workloads on real writers from ``../shared/data/femnist_sample``, the conv-dropout
-model (``emnist_conv_dropout``), batches of 20:
+Two workloads on real writers from ``../shared/data/femnist_sample`` (tiled with new ids
+when more clients are asked for than the sample has), the TFF model
+(``emnist_conv_dropout``), batches of 20, everything through the public API:
 
-* **FedAvg round**: ``--clients`` clients, ``--fedavg-epochs`` local epochs, client SGD
-  lr 0.02; client-examples per second (examples processed over all local epochs / wall
-  time);
-* **personalization evaluation**: ``--p13n-clients`` clients, baseline + the two stock
-  strategies (SGD lr 0.02, Adam lr 0.002; ``--p13n-epochs`` epochs, evaluation after
-  every epoch); clients per second.
+* **FedAvg round** (``build_weighted_fed_avg(...).next``, aggregation included):
+  ``--clients`` clients x ``--fedavg-epochs`` local epochs, client SGD 0.02, server SGD 1.0
+  momentum 0.9, TFF's client pipeline; client-examples per second (examples processed over
+  all local epochs / wall time). The issue's goal: the Table-1 load (20 clients x 5
+  epochs) at >= 100,000 client-examples/s on one H200.
+* **personalization evaluation** (``build_personalization_eval``): ``--p13n-clients``
+  clients, baseline + SGD 0.02 and Adam 0.002 fine-tuning, ``--p13n-epochs`` epochs,
+  evaluation after every epoch; clients per second. The goal: 900 clients in < 30 s.
 
-Methods: the per-client path in this process (``InProcessExecutor(1)``, CPU, 1 thread),
-the per-client path in ``--workers`` processes (``make_executor("processes")``), and the
-engine (:class:`fedp13n.engine.MultiClientEngine`) with K = ``--k`` clients together, on
-``--device`` in ``--precision`` and, beside it, on the CPU (``--cpu-engine``, default on
-when the device is not the CPU anyway). For the engine on a GPU it prints the peak GPU
-memory of each K (``torch.cuda.max_memory_allocated``). The engine's FedAvg number is the
-clients' local training only; the per-client paths' includes the server's aggregation (a
-few ms).
+Methods (``--methods``, comma list; default all that apply):
 
+* ``cpu1``: per-client path in this process on the CPU, 1 thread (TFF's way);
+* ``cpuN``: per-client path in ``--workers`` CPU processes (fedp13n's CPU default);
+* ``dev1``: per-client path in this process on ``--device`` (data resident there);
+* ``devN``: per-client path in N worker processes sharing the GPU
+  (``make_executor(gpus=[i], workers_per_gpu=N)``), N from ``--gpu-workers``;
+* ``engine``: the multi-client engine, K clients in lockstep on ``--device``, K from
+  ``--k``; with ``--cpu-engine`` also on the CPU (does it help there?).
+
+CPU methods run on at most ``--cpu-clients`` of the clients (a rate does not depend on how
+many clients are measured; the whole workload on the CPU would take many minutes).
 Every method runs once to warm up, then ``--repeat`` times; the best run is the estimate,
-the median is printed beside it.
+the median is printed beside it. The GPU model, memory, CUDA/cuDNN/torch versions, the
+CPU, and each in-process method's peak GPU memory are printed. ``--json FILE`` also writes
+every measurement.
 
-Run: ``python bench/bench_gpu.py`` (on a GPU machine; defaults: 64 clients, K 8 ... 256)
-or ``python bench/bench_gpu.py --quick`` (CPU smoke run: 8 clients, one epoch, K 4 and 8).
+Run: ``python bench/bench_gpu.py --device cuda`` (on a GPU machine);
+``python bench/bench_gpu.py --goal`` (the issue's two goal workloads);
+``python bench/bench_gpu.py --quick`` (CPU smoke run of every method, seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
 import sys
 import time
@@ -39,25 +49,23 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fedavg import SAMPLE, make_process_executor, print_machine  # noqa: E402
+from bench_fedavg import SAMPLE, print_machine  # noqa: E402
 
-from fedp13n.algorithms.fed_avg import (  # noqa: E402
-    ClientSelection,
-    build_weighted_fed_avg,
-    sample_clients,
-)
+from fedp13n.algorithms.fed_avg import ClientSelection, build_weighted_fed_avg  # noqa: E402
+from fedp13n.data import ClientData  # noqa: E402
 from fedp13n.data.datasets import load_dataset  # noqa: E402
-from fedp13n.engine import MultiClientEngine, OptimizerSpec, strategy_from_builder  # noqa: E402
+from fedp13n.engine import MultiClientEngine  # noqa: E402
+from fedp13n.execution.factory import make_executor  # noqa: E402
 from fedp13n.execution.in_process import InProcessExecutor  # noqa: E402
 from fedp13n.models import emnist_conv_dropout  # noqa: E402
 from fedp13n.personalization import (  # noqa: E402
-    build_evaluate_fn,
     build_personalization_eval,
     build_personalize_fn,
+    evaluate_fn,
 )
-from fedp13n.utils.device import resolve_device, resolve_precision  # noqa: E402
+from fedp13n.utils.device import resolve_device, resolve_precision, set_deterministic  # noqa: E402
 
-LR = 0.02
+METHODS = ("cpu1", "cpuN", "dev1", "devN", "engine")
 
 
 def print_device(device: torch.device) -> None:
@@ -66,6 +74,7 @@ def print_device(device: torch.device) -> None:
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         print(f"  {'GPU':28s} {p.name}, {p.total_memory / 2**30:.0f} GiB, cc {p.major}.{p.minor}")
+        print(f"  {'GPUs on the machine':28s} {torch.cuda.device_count()}")
         print(f"  {'cuDNN':28s} {torch.backends.cudnn.version()}")
     else:
         print(f"  {'GPU':28s} none used (device {device})")
@@ -83,6 +92,20 @@ def strategies(epochs: int) -> dict:
     }
 
 
+def tiled(data: ClientData, n: int) -> tuple[ClientData, list[str]]:
+    """``n`` clients: the sample's writers, repeated under new ids when n is larger."""
+    ids = list(data.client_ids)
+    if n <= len(ids):
+        return data, ids[:n]
+    clients = []
+    for i in range(n):
+        c = ids[i % len(ids)]
+        d = data.create_dataset(c)
+        clients.append((f"{c}#{i // len(ids)}", d.x, d.y))
+    tiles = ClientData.from_clients(clients)
+    return tiles, list(tiles.client_ids)
+
+
 def timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -96,109 +119,142 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=str(SAMPLE))
-    ap.add_argument("--device", default="auto", help="engine device: auto, cpu, cuda, cuda:N")
-    ap.add_argument("--precision", default="fp32", help="engine precision: fp32, bf16, tf32")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16, tf32 (device methods)")
     ap.add_argument("--clients", type=int, default=64, help="FedAvg round clients")
     ap.add_argument("--fedavg-epochs", type=int, default=1)
     ap.add_argument("--p13n-clients", type=int, default=64)
     ap.add_argument("--p13n-epochs", type=int, default=3)
     ap.add_argument("--k", default="8,16,32,64,128,256", help="engine K values (comma list)")
-    ap.add_argument("--workers", type=int, default=2, help="processes of the per-client path")
+    ap.add_argument("--workers", type=int, default=2, help="CPU processes of cpuN")
+    ap.add_argument("--gpu-workers", default="1,2,4,8", help="processes per GPU for devN")
+    ap.add_argument("--cpu-clients", type=int, default=32, help="clients the CPU methods run")
+    ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--cpu-engine", action=argparse.BooleanOptionalAction, default=None)
-    ap.add_argument("--skip-per-client", action="store_true", help="only the engine")
+    ap.add_argument("--cpu-engine", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument(
+        "--deterministic", action=argparse.BooleanOptionalAction, default=True,
+        help="deterministic GPU kernels (fedp13n's default)",
+    )  # fmt: skip
+    ap.add_argument("--goal", action="store_true", help="the issue's goal workloads")
     ap.add_argument("--quick", action="store_true", help="CPU smoke sizes (seconds)")
+    ap.add_argument("--json", help="also write the measurements to this file")
     args = ap.parse_args(argv)
+    if args.goal:  # Table 1's FedAvg load; 900 personalization clients
+        args.clients, args.fedavg_epochs, args.p13n_clients = 20, 5, 900
     if args.quick:
-        args.clients, args.p13n_clients, args.p13n_epochs, args.repeat = 8, 8, 1, 1
-        args.k = "4,8"
+        args.clients, args.p13n_clients, args.p13n_epochs, args.repeat = 6, 6, 1, 1
+        args.k, args.gpu_workers, args.cpu_clients = "4", "2", 6
     if not Path(args.data_dir).exists():
         sys.exit(f"no data at {args.data_dir}: pass --data-dir with the femnist_sample folder.")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if unknown := set(methods) - set(METHODS):
+        sys.exit(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}.")
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device).name
+    if device.type == "cuda":
+        set_deterministic(args.deterministic)
     ks = [int(k) for k in args.k.split(",")]
-    cpu_engine = args.cpu_engine if args.cpu_engine is not None else device.type != "cpu"
+    gpu_workers = [int(n) for n in args.gpu_workers.split(",")]
     torch.set_num_threads(1)  # per-client paths: 1 thread per process, as the executors do
 
     print("Machine")
     print_machine()
     print_device(device)
     train, test = load_dataset("emnist", data_dir=args.data_dir, progress=False)
-    fed_ids = sample_clients(train.client_ids, args.clients, seed=0, round_num=1)
-    p13n_ids = sample_clients(train.client_ids, args.p13n_clients, seed=1, round_num=1)
-    fed_data = [train.create_dataset(c) for c in fed_ids]
-    fed_examples = sum(len(d) for d in fed_data) * args.fedavg_epochs
+    fed_data, fed_ids = tiled(train, args.clients)
+    p13n_train, p13n_ids = tiled(train, args.p13n_clients)
+    p13n_test, _ = tiled(test, args.p13n_clients)
     inputs = [
-        {"client_id": c, "train_data": train.create_dataset(c), "test_data": test.create_dataset(c)}
+        {"client_id": c, "train_data": p13n_train.create_dataset(c),
+         "test_data": p13n_test.create_dataset(c)}
         for c in p13n_ids
-    ]
+    ]  # fmt: skip
     strats = strategies(args.p13n_epochs)
-    specs = [strategy_from_builder(n, b)[0] for n, b in strats.items()]
     torch.manual_seed(0)
     weights = {k: v.detach().clone() for k, v in emnist_conv_dropout().state_dict().items()}
+
+    def workload(n_fed: int, n_p13n: int) -> tuple[ClientSelection, list, int]:
+        sel = ClientSelection(fed_data, fed_ids[:n_fed])
+        examples = sum(fed_data.size(c) for c in fed_ids[:n_fed]) * args.fedavg_epochs
+        return sel, inputs[:n_p13n], examples
+
     print(
-        f"\nFedAvg round: {args.clients} clients, {fed_examples} client-examples "
-        f"({args.fedavg_epochs} epochs); personalization: {args.p13n_clients} clients, "
-        f"{sum(len(i['train_data']) for i in inputs)} train examples, 2 strategies x "
-        f"{args.p13n_epochs} epochs + baseline; engine on {device}, {precision.name}"
+        f"\nFedAvg round: {args.clients} clients x {args.fedavg_epochs} epochs; "
+        f"personalization: {args.p13n_clients} clients, 2 strategies x {args.p13n_epochs} "
+        f"epochs + baseline; device {device}, {precision}, "
+        f"{'deterministic' if args.deterministic else 'nondeterministic'} kernels; CPU "
+        f"methods on {min(args.cpu_clients, args.clients)} / "
+        f"{min(args.cpu_clients, args.p13n_clients)} clients"
     )
 
-    # name -> (fedavg round fn, p13n fn, device)
-    methods: dict[str, tuple[Callable[[], object], Callable[[], object], torch.device]] = {}
+    # name -> (fedavg fn, p13n fn, FedAvg client-examples, p13n clients, device, executor)
+    runs: dict[str, tuple] = {}
     executors = []
-    if not args.skip_per_client:
-        for label, ex in (
-            ("per-client, in-process 1 thread", InProcessExecutor(1)),
-            (f"per-client, {args.workers} processes", make_process_executor(args.workers)),
-        ):
-            executors.append(ex)
-            fed = build_weighted_fed_avg(emnist_conv_dropout, seed=0, executor=ex)
-            state = fed.initialize()
-            sel = ClientSelection(train, fed_ids)
-            ev = build_personalization_eval(
-                emnist_conv_dropout,
-                strats,
-                build_evaluate_fn(),
-                args.p13n_clients,
-                seed=0,
-                executor=ex,
-            )
-            methods[label] = (
-                functools.partial(fed.next, state, sel),
-                functools.partial(ev, weights, inputs),
-                torch.device("cpu"),
-            )
-    devices = [device] + ([torch.device("cpu")] if cpu_engine and device.type != "cpu" else [])
-    for dev in devices:
-        prec = precision if dev == device else resolve_precision("fp32", dev)
-        for k in ks:
-            eng = MultiClientEngine(emnist_conv_dropout, device=dev, precision=prec, max_clients=k)
-            clients = [(i["client_id"], i["train_data"], i["test_data"]) for i in inputs]
-            methods[f"engine K={k}, {dev.type} {prec.name}"] = (
-                functools.partial(
-                    eng.fedavg_clients,
-                    weights,
-                    fed_data,
-                    fed_ids,
-                    optimizer=OptimizerSpec("sgd", LR),
-                    epochs=args.fedavg_epochs,
-                    batch_size=20,
-                    shuffle=True,
-                    seed=0,
-                    round_num=1,
-                ),
-                functools.partial(eng.personalize, weights, clients, specs, seed=0),
-                dev,
-            )
 
-    seconds: dict[str, list[list[float]]] = {m: [[], []] for m in methods}
+    def add(name, executor, dev_name, engine=None, cpu=False, sync=None):
+        """A method: its FedAvg round and personalization on ``dev_name`` (the per-client
+        path's device) or on ``engine``; ``sync``: the device to wait for when timing."""
+        n_fed = min(args.cpu_clients, args.clients) if cpu else args.clients
+        n_p13n = min(args.cpu_clients, args.p13n_clients) if cpu else args.p13n_clients
+        sel, p_inputs, examples = workload(n_fed, n_p13n)
+        fed = build_weighted_fed_avg(
+            emnist_conv_dropout, client_epochs=args.fedavg_epochs, batch_size=20, seed=0,
+            client_pipeline="tff", executor=executor, engine=engine, device=dev_name,
+            precision=precision if dev_name != "cpu" else "fp32",
+            deterministic=args.deterministic,
+        )  # fmt: skip
+        state = fed.initialize()
+        ev = build_personalization_eval(
+            emnist_conv_dropout, strats, evaluate_fn, len(p_inputs), seed=0,
+            executor=executor, engine=engine, device=dev_name,
+            precision=precision if dev_name != "cpu" else "fp32",
+            deterministic=args.deterministic,
+        )  # fmt: skip
+        runs[name] = (
+            functools.partial(fed.next, state, sel),
+            functools.partial(ev, weights, p_inputs),
+            examples,
+            len(p_inputs),
+            sync or resolve_device(dev_name),
+            executor,
+        )
+
+    on_gpu = device.type != "cpu"
+    gpu_index = [device.index or 0] if device.type == "cuda" else None
+    if "cpu1" in methods:
+        add("per-client, CPU, 1 process", InProcessExecutor(1), "cpu", cpu=True)
+    if "cpuN" in methods:
+        ex = make_executor("processes", num_workers=args.workers)
+        executors.append(ex)
+        add(f"per-client, CPU, {args.workers} processes", ex, "cpu", cpu=True)
+    if "dev1" in methods and on_gpu:
+        add(f"per-client, {device}, 1 process", InProcessExecutor(1), str(device))
+    if "devN" in methods and device.type == "cuda":
+        for n in gpu_workers:
+            ex = make_executor("processes", gpus=gpu_index, workers_per_gpu=n)
+            executors.append(ex)
+            add(f"per-client, {device}, {n} processes", ex, str(device))
+    if "engine" in methods:
+        devs = [device] + ([torch.device("cpu")] if args.cpu_engine and on_gpu else [])
+        for d in devs:
+            prec = precision if d == device else "fp32"
+            for k in ks:
+                eng = MultiClientEngine(
+                    emnist_conv_dropout, device=d, precision=resolve_precision(prec, d),
+                    max_clients=k,
+                )  # fmt: skip
+                add(f"engine K={k}, {d.type} {prec}", InProcessExecutor(1), "cpu", eng, sync=d)
+
+    seconds: dict[str, list[list[float]]] = {m: [[], []] for m in runs}
     memory: dict[str, float] = {}
     try:
-        for fed_fn, p13n_fn, _ in methods.values():  # warm-up
+        for name, (fed_fn, p13n_fn, *_) in runs.items():  # warm-up
+            print(f"  warm-up {name}", flush=True)
             fed_fn()
             p13n_fn()
         for r in range(args.repeat):
-            for name, (fed_fn, p13n_fn, dev) in methods.items():
+            for name, (fed_fn, p13n_fn, _, _, dev, _) in runs.items():
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
                 seconds[name][0].append(timed(fed_fn, dev))
@@ -206,27 +262,38 @@ def main(argv: list[str] | None = None) -> None:
                 if dev.type == "cuda":
                     memory[name] = torch.cuda.max_memory_allocated(dev) / 2**20
                 print(
-                    f"    rep {r + 1}/{args.repeat} {name:40s} fedavg {seconds[name][0][-1]:7.2f} s"
-                    f"   p13n {seconds[name][1][-1]:7.2f} s"
+                    f"    rep {r + 1}/{args.repeat} {name:36s} fedavg {seconds[name][0][-1]:7.2f} s"
+                    f"   p13n {seconds[name][1][-1]:7.2f} s",
+                    flush=True,
                 )
     finally:
         for ex in executors:
             ex.close()
 
     print(f"\nResults (best of {args.repeat}; median in brackets)")
-    print(f"  {'method':40s} {'FedAvg ex/s':>20s} {'p13n clients/s':>20s} {'GPU MiB':>9s}")
+    print(
+        f"  {'method':36s} {'FedAvg client-ex/s':>20s} {'p13n clients/s':>18s} "
+        f"{'GPU MiB':>8s} {'p13n goal s':>11s}"
+    )
     base = None
+    rows = []
     for name, (fed_s, p13n_s) in seconds.items():
-        fed_best, p_best = fed_examples / min(fed_s), args.p13n_clients / min(p13n_s)
-        fed_med = fed_examples / statistics.median(fed_s)
-        p_med = args.p13n_clients / statistics.median(p13n_s)
+        examples, clients = runs[name][2], runs[name][3]
+        fed_best, p_best = examples / min(fed_s), clients / min(p13n_s)
+        fed_med, p_med = examples / statistics.median(fed_s), clients / statistics.median(p13n_s)
         base = base or (fed_best, p_best)
-        mem = f"{memory[name]:9.0f}" if name in memory else f"{'-':>9s}"
+        mem = f"{memory[name]:8.0f}" if name in memory else f"{'-':>8s}"
+        rows.append(dict(method=name, fedavg_examples_per_s=fed_best, p13n_clients_per_s=p_best,
+                         fedavg_seconds=fed_s, p13n_seconds=p13n_s, gpu_mib=memory.get(name),
+                         fedavg_examples=examples, p13n_clients=clients))  # fmt: skip
         print(
-            f"  {name:40s} {fed_best:9.0f} ({fed_med:8.0f}) {p_best:9.2f} ({p_med:8.2f}) {mem}"
-            f"   x{fed_best / base[0]:.2f} / x{p_best / base[1]:.2f}"
+            f"  {name:36s} {fed_best:9.0f} ({fed_med:8.0f}) {p_best:8.2f} ({p_med:7.2f}) {mem}"
+            f" {900 / p_best:11.1f}   x{fed_best / base[0]:.2f} / x{p_best / base[1]:.2f}"
         )
-    print("  (x: ratio to the first method, FedAvg / personalization)")
+    print("  (x: ratio to the first method, FedAvg / personalization; p13n goal s: 900 clients")
+    print("   at that rate; goals on one H200: >= 100,000 client-ex/s, 900 clients < 30 s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": rows}, indent=1))
 
 
 if __name__ == "__main__":

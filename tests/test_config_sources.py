@@ -71,6 +71,7 @@ CHANGED = {
     "precision": ("bf16", "bf16"),
     "engine": ("on", "on"),
     "engine_clients": (8, "8"),
+    "workers_per_gpu": (2, "2"),
     "deterministic": (False, None),
     "max_retries": (1, "1"),
 }

@@ -18,6 +18,16 @@ Randomness: dropout uses the torch generator seeded with
 ``derive_rng(seed, "fedavg-shuffle", round, client_key)`` (one generator per client and
 round; for ``"epochs"`` one permutation per epoch). The caller's global torch random
 state is left untouched.
+
+Devices: ``ClientWork.device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``) is where the
+client trains (:func:`fedp13n.utils.device.work_device`: in a worker process an executor
+pinned to a GPU, any CUDA device means that GPU). The model is built on the CPU (the same
+random initialisation as ever), then moved; the client's examples stay resident on the
+device (a shared ``ClientData`` is copied there once per process, see
+:meth:`~fedp13n.data.ClientData.create_dataset`), so batches are cut on the device;
+dropout masks are drawn on the CPU from the client's generator and moved, so a GPU trains
+on the same masks and example order as the CPU, and the numbers differ by float rounding
+only. The delta and buffers come back on the CPU.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fedp13n.data.client_data import ClientDataset, features_to_tensor, labels_to_tensor
+from fedp13n.data.client_data import ClientDataset
 from fedp13n.data.pipeline import DEFAULT_SHUFFLE_BUFFER, batch_plan
 from fedp13n.execution.base import SharedRef
 from fedp13n.utils.lru import LRUCache
@@ -91,8 +101,19 @@ class ClientOutput:
 _MODEL_CACHE = LRUCache(4)
 
 
-def _cached_model(token: str, model_fn: ModelFn) -> nn.Module:
-    return _MODEL_CACHE.get(token, model_fn)
+def _cached_model(token: str, model_fn: ModelFn, device: torch.device) -> nn.Module:
+    """The worker's model for ``token`` on ``device`` (built on the CPU, then moved)."""
+    if device.type == "cpu":
+        return _MODEL_CACHE.get(token, model_fn)
+    return _MODEL_CACHE.get(f"{token}@{device}", lambda: model_fn().to(device))
+
+
+def _add(total: float | torch.Tensor, value: object, n: int) -> float | torch.Tensor:
+    """``total + value * n`` in float64, without waiting for a device: ``value`` (a batch
+    mean) stays a tensor where it is one (the same IEEE operations as ``float(value) * n``)."""
+    if isinstance(value, torch.Tensor):
+        return total + value.detach().double() * n
+    return total + float(value) * n
 
 
 @dataclass
@@ -121,26 +142,36 @@ class ClientWork:
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     max_steps: int | None = None
     #: Numeric precision of the forward/backward passes (fedp13n.utils.device): "fp32"
-    #: (default, the reference numbers) or "bf16" (autocast, float32 master weights).
+    #: (default, the reference numbers), "bf16" (autocast, float32 master weights) or, on
+    #: CUDA, "tf32".
     precision: str = "fp32"
+    #: Where the client trains (see the module docstring) and, on a GPU, whether with
+    #: deterministic kernels.
+    device: str = "cpu"
+    deterministic: bool = True
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __call__(self, task: ClientTask) -> ClientOutput:
+        device, on_device = torch.device("cpu"), None
+        if self.device != "cpu":
+            from fedp13n.utils.device import work_device
+
+            device = on_device = work_device(self.device, deterministic=self.deterministic)
         if isinstance(task.data, ClientDataset):
-            dataset = task.data
+            dataset = task.data if on_device is None else task.data.to(device)
         else:
-            dataset = task.data.get().create_dataset(task.client_key)
+            dataset = task.data.get().create_dataset(task.client_key, device=on_device)
         with torch.random.fork_rng(devices=[]):
             # Build (or reuse) the model *before* seeding: building draws random numbers,
             # and only the first task of a worker builds it.
-            model = _cached_model(self.token, self.model_fn)
+            model = _cached_model(self.token, self.model_fn, device)
             torch.manual_seed(derive_seed(self.seed, "fedavg", task.round_num, task.client_key))
             if self.precision == "fp32":
-                return self._train(model, task.weights.get(), dataset, task)
+                return self._train(model, task.weights.get(), dataset, task, device)
             from fedp13n.utils.device import resolve_precision
 
-            with resolve_precision(self.precision, "cpu"):
-                return self._train(model, task.weights.get(), dataset, task)
+            with resolve_precision(self.precision, device):
+                return self._train(model, task.weights.get(), dataset, task, device)
 
     def _train(
         self,
@@ -148,6 +179,7 @@ class ClientWork:
         weights: dict[str, torch.Tensor],
         dataset: ClientDataset,
         task: ClientTask,
+        device: torch.device,
     ) -> ClientOutput:
         model.load_state_dict(weights)
         model.train()
@@ -170,7 +202,7 @@ class ClientWork:
             max_steps=self.max_steps,
         )
         for idx in plan:
-            x, y = features_to_tensor(dataset.x[idx]), labels_to_tensor(dataset.y[idx])
+            x, y = dataset.batch(idx, device)
             optimizer.zero_grad(set_to_none=True)
             outputs = model(x)
             loss = self.loss_fn(outputs, y)
@@ -178,13 +210,14 @@ class ClientWork:
             optimizer.step()
             n = len(y)
             with torch.no_grad():
-                loss_sum += float(loss) * n
-                metric_sum += float(self.metric_fn(outputs, y)) * n
+                loss_sum = _add(loss_sum, loss, n)
+                metric_sum = _add(metric_sum, self.metric_fn(outputs, y), n)
             num_trained += n
+        loss_sum, metric_sum = float(loss_sum), float(metric_sum)
         with torch.no_grad():
-            delta = {n: (weights[n] - params[n]).detach().clone() for n in names}
+            delta = {n: (weights[n] - params[n].detach().cpu()).clone() for n in names}
             state = model.state_dict()
-            buffers = {n: state[n].detach().clone() for n in buffer_names(model)}
+            buffers = {n: state[n].detach().cpu().clone() for n in buffer_names(model)}
             finite = math.isfinite(loss_sum) and all(
                 bool(torch.isfinite(t).all())
                 for t in (*delta.values(), *buffers.values())

@@ -63,6 +63,7 @@ from fedp13n.data.pipeline import DEFAULT_SHUFFLE_BUFFER, PIPELINES
 from fedp13n.execution.base import Executor, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.utils.checks import check_positive_int
+from fedp13n.utils.device import check_compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
 
 #: Client optimizer of TFF's personalization experiment: SGD, learning rate 0.02.
@@ -187,6 +188,8 @@ class WeightedFedAvg:
         max_steps: int | None = None,
         engine: Any = None,
         precision: str = "fp32",
+        device: str = "cpu",
+        deterministic: bool = True,
     ) -> None:
         self.model_fn = model_fn
         self.engine = engine
@@ -207,6 +210,8 @@ class WeightedFedAvg:
             shuffle_buffer=shuffle_buffer,
             max_steps=max_steps,
             precision=precision,
+            device=device,
+            deterministic=deterministic,
         )
         self._server_model: nn.Module | None = None
         self._shared_data: weakref.WeakKeyDictionary[ClientData, SharedRef] = (
@@ -442,6 +447,8 @@ def build_weighted_fed_avg(
     max_steps: int | None = None,
     engine: Any = None,
     precision: str = "fp32",
+    device: str = "cpu",
+    deterministic: bool = True,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -449,8 +456,15 @@ def build_weighted_fed_avg(
     lockstep as one batched computation (on its device) instead of one task per client on
     ``executor``; same numbers up to float rounding. A setting it cannot batch (another
     loss, optimizer or layer) falls back to the executor, saying why once.
-    ``precision``: ``"fp32"`` (default) or ``"bf16"`` (autocast with float32 master
-    weights, for CPUs with native bf16; see :mod:`fedp13n.utils.device`) for client work.
+    ``precision``: ``"fp32"`` (default), ``"bf16"`` (autocast with float32 master
+    weights, for GPUs and CPUs with native bf16; see :mod:`fedp13n.utils.device`) or, on
+    CUDA, ``"tf32"``, for client work.
+    ``device``: where the executor's client work trains (``"cpu"``, ``"cuda"``,
+    ``"cuda:N"``, ``"mps"``; see :mod:`fedp13n.algorithms.client_update`): the clients' data
+    stays resident there, and worker processes an executor pinned to GPUs use their own
+    GPU. ``deterministic`` (default True): deterministic GPU kernels, the same numbers run
+    to run (False: faster, not reproducible). The server's aggregation stays on the CPU
+    (float64).
 
     ``model_fn()`` builds any ``torch.nn.Module``; optimizer functions take an iterable of
     parameters and return a ``torch.optim.Optimizer`` (e.g. ``lambda p: torch.optim.SGD(p,
@@ -503,6 +517,7 @@ def build_weighted_fed_avg(
         )
     if executor is not None and not isinstance(executor, Executor):
         raise TypeError(f"executor must be a fedp13n Executor, got {type(executor).__name__}.")
+    device, precision = check_compute(device, precision)
     if engine is not None:
         engine = _usable_engine(engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
     return WeightedFedAvg(
@@ -521,17 +536,10 @@ def build_weighted_fed_avg(
         shuffle_buffer=int(shuffle_buffer),
         max_steps=None if max_steps is None else int(max_steps),
         engine=engine,
-        precision=_check_precision(precision),
+        precision=precision,
+        device=device,
+        deterministic=bool(deterministic),
     )
-
-
-def _check_precision(precision: str) -> str:
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(
-            f"precision must be 'fp32' or 'bf16' for client work on the CPU, got {precision!r} "
-            "(tf32 is a CUDA setting: give it to the engine)."
-        )
-    return precision
 
 
 def _usable_engine(engine: Any, model_fn, optimizer_fn, loss_fn, metrics_fn) -> Any:

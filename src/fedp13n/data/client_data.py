@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -110,16 +110,64 @@ def labels_to_tensor(y: np.ndarray) -> torch.Tensor:
     return t.float() if t.dtype != torch.float32 else t
 
 
+def _lut_on(device: torch.device) -> torch.Tensor:
+    """The uint8 -> k/255 lookup table on ``device`` (one copy per device)."""
+    key = str(device)
+    lut = _LUTS.get(key)
+    if lut is None:
+        lut = _LUTS[key] = _UINT8_TO_UNIT_T.to(device)
+    return lut
+
+
+_LUTS: dict[str, torch.Tensor] = {}
+
+
+def _host_tensor(a: np.ndarray) -> torch.Tensor:
+    """A CPU tensor with ``a``'s values (a copy when ``a`` is read-only, e.g. memory-mapped)."""
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:
+        a = a.copy()
+    return torch.from_numpy(a)
+
+
+def _resident_features(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Features as kept on a device: uint8 pixels stay bytes (converted per batch by the
+    lookup table on the device), anything else as :func:`features_to_tensor` makes it.
+    Copied in blocks of ~64 MiB, so a memory-mapped array is never read whole into RAM."""
+    dtype = torch.uint8 if x.dtype == np.uint8 else features_to_tensor(x[:0]).dtype
+    out = torch.empty(x.shape, dtype=dtype, device=device)
+    row = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * x.itemsize)
+    step = max(1, (64 << 20) // row)
+    for lo in range(0, len(x), step):
+        block = x[lo : lo + step]
+        t = _host_tensor(block) if x.dtype == np.uint8 else features_to_tensor(block)
+        out[lo : lo + step].copy_(t)
+    return out
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
 @dataclass(frozen=True, eq=False)
 class ClientDataset:
     """The unbatched examples of one client: features ``x`` and labels ``y``.
 
     Batching is the consumer's business (TFF's personalization convention): call
-    :meth:`batches` with the batch size and shuffling you want.
+    :meth:`batches` (or :meth:`batch` with the positions of one batch) with the batch size,
+    shuffling and device you want.
+
+    Devices: :meth:`to` gives the same dataset with a copy of its examples kept on a device
+    (``resident``); batches on that device are then cut there, with no copy from the host
+    per batch. Without a resident copy, batches are made on the CPU (and moved when a
+    device is asked for). The values are the same either way: uint8 pixels go through the
+    same lookup table.
     """
 
     x: np.ndarray
     y: np.ndarray
+    #: ``(x, y)`` kept on a device (see :meth:`to`), or None.
+    resident: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
@@ -130,6 +178,10 @@ class ClientDataset:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def __getstate__(self) -> dict:
+        # A device copy never travels: the receiving process makes its own (see :meth:`to`).
+        return {"x": self.x, "y": self.y, "resident": None}
 
     @classmethod
     def from_arrays(cls, x, y) -> ClientDataset:
@@ -143,6 +195,50 @@ class ClientDataset:
         check_image_examples(x, y, where="ClientDataset.from_arrays")
         return cls(x, y)
 
+    # -- devices ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device | None:
+        """The device of the resident copy, or None."""
+        return None if self.resident is None else self.resident[0].device
+
+    def to(self, device: str | torch.device) -> ClientDataset:
+        """This dataset with its examples kept on ``device`` (copied once, now)."""
+        device = torch.device(device)
+        if self.resident is not None and _same_device(self.resident[0].device, device):
+            return self
+        x = _resident_features(self.x, device)
+        y = labels_to_tensor(_host_tensor(self.y).numpy()).to(device)
+        return ClientDataset(self.x, self.y, (x, y))
+
+    def subset(self, index: np.ndarray) -> ClientDataset:
+        """The examples at positions ``index`` (numpy), keeping a resident copy resident."""
+        index = np.asarray(index)
+        resident = None
+        if self.resident is not None:
+            i = torch.as_tensor(index, dtype=torch.long, device=self.resident[0].device)
+            resident = (self.resident[0][i], self.resident[1][i])
+        return ClientDataset(self.x[index], self.y[index], resident)
+
+    def batch(
+        self, index: np.ndarray | slice, device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples at ``index`` as ``(x, y)`` tensors on ``device`` (None: the CPU)."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        if self.resident is not None and _same_device(self.resident[0].device, device):
+            xr, yr = self.resident
+            if not isinstance(index, slice):
+                index = torch.as_tensor(np.asarray(index), dtype=torch.long).to(
+                    device, non_blocking=True
+                )
+            xb, yb = xr[index], yr[index]
+            if xb.dtype == torch.uint8:
+                xb = _lut_on(device)[xb.long()]
+            return xb, yb
+        xb, yb = features_to_tensor(self.x[index]), labels_to_tensor(self.y[index])
+        if device.type != "cpu":
+            xb, yb = xb.to(device), yb.to(device)
+        return xb, yb
+
     def batches(
         self,
         batch_size: int,
@@ -150,8 +246,10 @@ class ClientDataset:
         shuffle: bool = False,
         generator: np.random.Generator | None = None,
         drop_last: bool = False,
+        device: torch.device | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y)`` tensor batches; with ``shuffle`` the order comes from ``generator``."""
+        """Yield ``(x, y)`` tensor batches on ``device`` (None: the CPU); with ``shuffle``
+        the order comes from ``generator``."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
         n = len(self)
@@ -166,15 +264,13 @@ class ClientDataset:
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             if order is None:
-                xb, yb = self.x[start : start + batch_size], self.y[start : start + batch_size]
+                yield self.batch(slice(start, start + batch_size), device)
             else:
-                idx = order[start : start + batch_size]
-                xb, yb = self.x[idx], self.y[idx]
-            yield features_to_tensor(xb), labels_to_tensor(yb)
+                yield self.batch(order[start : start + batch_size], device)
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All examples as one ``(x, y)`` pair of tensors."""
-        return features_to_tensor(self.x), labels_to_tensor(self.y)
+    def tensors(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All examples as one ``(x, y)`` pair of tensors on ``device`` (None: the CPU)."""
+        return self.batch(slice(None), device)
 
 
 class ClientData:
@@ -223,6 +319,8 @@ class ClientData:
         #: Directory the data was loaded from (a cache), if any: workers can map it.
         self.path = path
         self._index = {c: i for i, c in enumerate(ids)}
+        #: Device copies of all examples (see :meth:`on_device`), by device name.
+        self._device_copies: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -248,6 +346,10 @@ class ClientData:
     # -- access ---------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.client_ids)
+
+    def __getstate__(self) -> dict:
+        # Device copies stay in the process that made them (see :meth:`on_device`).
+        return {**self.__dict__, "_device_copies": {}}
 
     def __contains__(self, client_id: object) -> bool:
         return client_id in self._index
@@ -279,11 +381,33 @@ class ClientData:
                 f"(e.g. {list(self.client_ids[:3])})."
             ) from None
 
-    def create_dataset(self, client_id: str) -> ClientDataset:
-        """The examples of one client (views into the contiguous arrays, no copy)."""
+    def create_dataset(
+        self, client_id: str, device: str | torch.device | None = None
+    ) -> ClientDataset:
+        """The examples of one client (views into the contiguous arrays, no copy).
+
+        With a ``device`` the dataset is resident there (:meth:`ClientDataset.to`): the
+        first such call copies *all* clients' examples to the device (uint8 pixels stay
+        bytes: the full EMNIST-62 is ~0.5 GB), and every later call, for any client, slices
+        that copy.
+        """
         i = self._position(client_id)
         lo, hi = self.offsets[i], self.offsets[i + 1]
-        return ClientDataset(self.x[lo:hi], self.y[lo:hi])
+        dataset = ClientDataset(self.x[lo:hi], self.y[lo:hi])
+        if device is None:
+            return dataset
+        x, y = self.on_device(device)
+        return ClientDataset(dataset.x, dataset.y, (x[lo:hi], y[lo:hi]))
+
+    def on_device(self, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """All examples kept on ``device``, copied on the first call (per device)."""
+        key = str(torch.device(device))
+        cached = self._device_copies.get(key)
+        if cached is None:
+            full = ClientDataset(self.x, self.y).to(device)
+            assert full.resident is not None
+            cached = self._device_copies[key] = full.resident
+        return cached
 
     def subset(self, client_ids: Sequence[str]) -> ClientData:
         """A new ClientData with only these clients, in this order (copies the examples)."""

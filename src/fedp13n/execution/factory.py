@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fedp13n.execution.base import EXECUTOR_KINDS, Executor
 from fedp13n.execution.in_process import InProcessExecutor
-from fedp13n.execution.process_pool import LocalProcessExecutor, usable_cores
+from fedp13n.execution.process_pool import LocalProcessExecutor, _check_gpus, usable_cores
 
 
 def make_executor(
@@ -15,6 +17,8 @@ def make_executor(
     *,
     task_timeout: float | None = None,
     max_retries: int = 3,
+    gpus: Sequence[int] | None = None,
+    workers_per_gpu: int = 1,
 ) -> Executor:
     """Build an executor.
 
@@ -34,6 +38,18 @@ def make_executor(
     of the tasks of a worker that died; ``"processes"`` and ``"ray"``) are described in
     :class:`LocalProcessExecutor`. Every kind gives the same numbers for the same seed and
     ``threads_per_worker``. Invalid combinations raise a one-line ``ValueError`` naming the fix.
+
+    GPUs: with ``gpus`` (GPU indices, e.g. ``[0]`` or ``[0, 1]``) client work asking for a
+    CUDA device runs on those GPUs, ``workers_per_gpu`` worker processes sharing each GPU:
+        ``"auto"`` and ``"processes"``: :class:`LocalProcessExecutor` with its workers
+        pinned to ``gpus`` round robin; ``num_workers`` defaults to
+        ``len(gpus) * workers_per_gpu`` (an explicit ``num_workers`` wins). ``"auto"`` uses
+        worker processes even for one worker, since only a process can be pinned.
+        ``"ray"``: each Ray task claims ``1 / workers_per_gpu`` of a GPU; Ray picks the GPUs
+        itself, so ``gpus`` only says "use GPUs" (which and how many are the cluster's).
+        ``"in-process"``: ``gpus`` is ignored; the work runs in this process on the device
+        it asks for.
+    ``workers_per_gpu`` is ignored without ``gpus``.
     """
     if kind not in EXECUTOR_KINDS:
         raise ValueError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTOR_KINDS)}.")
@@ -45,6 +61,17 @@ def make_executor(
         raise ValueError(
             f"num_workers must be a positive integer (or None for automatic), got {num_workers!r}."
         )
+    if gpus is not None:
+        gpus = list(_check_gpus(gpus))
+    if (
+        isinstance(workers_per_gpu, bool)
+        or not isinstance(workers_per_gpu, int)
+        or workers_per_gpu < 1
+    ):
+        raise ValueError(
+            f"workers_per_gpu must be a positive integer (worker processes sharing each GPU), "
+            f"got {workers_per_gpu!r}."
+        )
     if ray_address is not None and kind != "ray":
         raise ValueError(
             f"ray_address={ray_address!r} only applies to executor 'ray', not {kind!r}."
@@ -54,10 +81,13 @@ def make_executor(
             f"task_timeout applies to executor 'processes' only, not {kind!r}; choose "
             "executor 'processes' or drop task_timeout."
         )
+    if gpus and kind in ("auto", "processes") and num_workers is None:
+        num_workers = len(gpus) * workers_per_gpu
     if kind == "auto":
         workers = num_workers or max(1, usable_cores() // threads_per_worker)
-        # a timeout needs a worker process to stop, even on one core
-        kind = "processes" if workers > 1 or task_timeout is not None else "in-process"
+        # a timeout or a GPU pin needs a worker process, even for one worker
+        needs_process = task_timeout is not None or bool(gpus)
+        kind = "processes" if workers > 1 or needs_process else "in-process"
         num_workers = workers
     if kind == "in-process":
         if num_workers not in (None, 1):
@@ -68,8 +98,18 @@ def make_executor(
         return InProcessExecutor(threads_per_worker=threads_per_worker)
     if kind == "processes":
         return LocalProcessExecutor(
-            num_workers, threads_per_worker, task_timeout=task_timeout, max_retries=max_retries
+            num_workers,
+            threads_per_worker,
+            task_timeout=task_timeout,
+            max_retries=max_retries,
+            gpus=gpus,
         )
     from fedp13n.execution.ray_executor import RayExecutor
 
-    return RayExecutor(ray_address, num_workers, threads_per_worker, max_retries=max_retries)
+    return RayExecutor(
+        ray_address,
+        num_workers,
+        threads_per_worker,
+        max_retries=max_retries,
+        gpus_per_task=1 / workers_per_gpu if gpus else 0.0,
+    )

@@ -31,6 +31,14 @@ Design:
   opened by the workers from a path (memory-mapped, so all workers share the page cache),
   other objects are pickled once into a temporary file that each worker reads once and
   keeps until the driver drops the reference.
+* GPUs: with ``gpus``, worker slot ``i`` is pinned to GPU
+  ``gpu_assignment(num_workers, gpus)[i]`` (round robin;
+  :func:`~fedp13n.utils.device.gpu_assignment`): the worker sets ``CUDA_VISIBLE_DEVICES``
+  first thing (:func:`~fedp13n.utils.device.pin_process_to_gpu`), before CUDA starts in
+  it, and client work asking for a CUDA device runs there
+  (:func:`~fedp13n.utils.device.work_device`). Several worker processes can share one GPU
+  (``gpus=[0], num_workers=N``), one or more per GPU on a multi-GPU machine; a replacement
+  worker keeps its slot's GPU.
 """
 
 from __future__ import annotations
@@ -83,9 +91,17 @@ _MAP, _TASK, _SINCE = 0, 1, 2
 # ----------------------------------------------------------------------------------------
 # Worker side
 # ----------------------------------------------------------------------------------------
-def _worker_main(conn: mpc.Connection, threads: int, progress: Any) -> None:
-    """Loop of one worker process: receive functions and chunks of tasks, send results."""
+def _worker_main(conn: mpc.Connection, threads: int, progress: Any, gpu: int | None) -> None:
+    """Loop of one worker process: receive functions and chunks of tasks, send results.
+
+    ``gpu``: the GPU this worker is pinned to (None: not pinned); set before anything can
+    start CUDA in this process.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle.
+    if gpu is not None:  # first thing that imports torch
+        from fedp13n.utils.device import pin_process_to_gpu
+
+        pin_process_to_gpu(gpu)
     import torch
 
     torch.set_num_threads(threads)
@@ -189,13 +205,13 @@ class _Sent(NamedTuple):
 
 
 class _Worker:
-    def __init__(self, ctx: Any, threads: int, slot: int) -> None:
+    def __init__(self, ctx: Any, threads: int, slot: int, gpu: int | None = None) -> None:
         parent, child = ctx.Pipe(duplex=True)
         #: [map id, task index, since (monotonic)]: what the worker runs, written by it.
         self.progress = ctx.RawArray("d", 3)
         self.process = ctx.Process(
             target=_worker_main,
-            args=(child, threads, self.progress),
+            args=(child, threads, self.progress, gpu),
             name=f"fedp13n-worker-{slot}",
             daemon=True,
         )
@@ -231,6 +247,18 @@ class _Worker:
         self.conn.close()
 
 
+def _check_gpus(gpus: Any) -> tuple[int, ...]:
+    """``gpus`` as a tuple of GPU indices, or a one-line ValueError naming the fix."""
+    ok = isinstance(gpus, Sequence) and not isinstance(gpus, (str, bytes)) and len(gpus) > 0
+    ok = ok and all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)
+    if not ok:
+        raise ValueError(
+            f"gpus must be a non-empty list of GPU indices (integers >= 0), e.g. gpus=[0] or "
+            f"gpus=[0, 1], got {gpus!r}; pass gpus=None to run on the CPU."
+        )
+    return tuple(gpus)
+
+
 def _shutdown(workers: list[_Worker], tmpdir: str | None) -> None:
     """Stop workers and remove shared files (also run by the finalizer at exit / GC)."""
     for w in workers:
@@ -261,6 +289,11 @@ class LocalProcessExecutor(Executor):
             worker) before the map fails; 0: fail at once.
         task_timeout: seconds one task may run (None: no limit); a task running longer,
             e.g. on a hung or stopped worker, fails the map with :class:`ClientTaskTimeout`.
+        gpus: GPU indices (as numbered on this machine) to pin the workers to, round robin
+            (``[0, 1]`` and 4 workers: GPUs 0, 1, 0, 1), so that client work asking for a
+            CUDA device runs on its worker's GPU; several workers may share a GPU
+            (``gpus=[0], num_workers=4``). With ``gpus``, ``num_workers`` defaults to
+            ``len(gpus)``. None (default): workers are not pinned.
     """
 
     def __init__(
@@ -272,13 +305,16 @@ class LocalProcessExecutor(Executor):
         chunk_size: int | None = None,
         max_retries: int = 3,
         task_timeout: float | None = None,
+        gpus: Sequence[int] | None = None,
     ) -> None:
+        if gpus is not None:
+            gpus = _check_gpus(gpus)
         if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
             raise ValueError(
                 f"threads_per_worker must be a positive integer, got {threads_per_worker!r}."
             )
         if num_workers is None:
-            num_workers = max(1, usable_cores() // threads_per_worker)
+            num_workers = len(gpus) if gpus else max(1, usable_cores() // threads_per_worker)
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}.")
         if start_method not in ("spawn", "forkserver"):
@@ -299,12 +335,21 @@ class LocalProcessExecutor(Executor):
         self.chunk_size = chunk_size
         self.max_retries = max_retries
         self.task_timeout = task_timeout
+        #: The GPUs the workers are pinned to (None: not pinned).
+        self.gpus: tuple[int, ...] | None = gpus
+        #: The GPU of each worker slot (None: not pinned); a replacement keeps its slot's.
+        self._slot_gpus: list[int | None] = [None] * num_workers
+        if gpus:
+            from fedp13n.utils.device import gpu_assignment  # imports torch: only when needed
+
+            self._slot_gpus = list(gpu_assignment(num_workers, gpus))
         #: Seconds a worker holding tasks may stay stopped before the map fails.
         self.stopped_grace = STOPPED_GRACE
         self._stopped_since: dict[int, float] = {}
         self._ctx = multiprocessing.get_context(start_method)
         self._workers: list[_Worker] = [
-            _Worker(self._ctx, threads_per_worker, i) for i in range(num_workers)
+            _Worker(self._ctx, threads_per_worker, i, self._slot_gpus[i])
+            for i in range(num_workers)
         ]
         self._tmpdir: str | None = None
         self._forget: list[str] = []
@@ -452,9 +497,10 @@ class LocalProcessExecutor(Executor):
         _shutdown(self._workers, self._tmpdir)
 
     def __repr__(self) -> str:
+        gpus = f", gpus={list(self.gpus)}" if self.gpus else ""
         return (
             f"LocalProcessExecutor(num_workers={self.num_workers}, "
-            f"threads_per_worker={self.threads_per_worker})"
+            f"threads_per_worker={self.threads_per_worker}{gpus})"
         )
 
     # -- internals --------------------------------------------------------------------------
@@ -478,7 +524,9 @@ class LocalProcessExecutor(Executor):
             w.process.join(timeout=5)
             w.conn.close()
         slot = self._workers.index(w)
-        new = self._workers[slot] = _Worker(self._ctx, self.threads_per_worker, slot)
+        new = self._workers[slot] = _Worker(
+            self._ctx, self.threads_per_worker, slot, self._slot_gpus[slot]
+        )
         return new, w.process.exitcode
 
     def _wait_timeout(self) -> float | None:

@@ -16,11 +16,21 @@ Pointing at a real cluster: start Ray on the nodes (``ray start --head`` on one,
 ``ray start --address=<head>:6379`` on the others), install fedp13n (and the same torch)
 on every node or pass ``runtime_env``, then use ``address="auto"`` on a node of the
 cluster or ``address="ray://<head>:10001"`` from outside (Ray Client).
+
+GPUs: with ``gpus_per_task`` each task also claims that share of a GPU (``0.25``: four
+tasks share one GPU; ``1``: a GPU each). Ray picks the GPU and sets
+``CUDA_VISIBLE_DEVICES`` for the task, which pins its process to it
+(:func:`~fedp13n.utils.device.pin_process_to_gpu`), so client work asking for a CUDA
+device runs there (:func:`~fedp13n.utils.device.work_device`). Ray runs each GPU task in
+a fresh worker process (its default for tasks that claim GPUs, so that a process never
+keeps a GPU it no longer holds): each chunk pays a process start and CUDA start, so
+prefer few, large chunks (``chunk_size``) when tasks are short.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +45,8 @@ from fedp13n.execution.chunks import (
     span,
 )
 from fedp13n.utils.lru import LRUCache
+
+log = logging.getLogger(__name__)
 
 #: Deserialized shared objects and functions kept per Ray worker process (LRU).
 _WORKER_CACHE = LRUCache(8)
@@ -84,11 +96,18 @@ class RayRef(SharedRef[Any]):
 def _run_chunk(fn_holder: list[Any], start: int, tasks: list[Any], threads: int) -> tuple:
     """The Ray task: run ``fn`` on a chunk of tasks with ``threads`` torch threads.
 
+    A task that claimed GPUs (``gpus_per_task``) pins its process to the GPU Ray chose
+    for it (Ray has set ``CUDA_VISIBLE_DEVICES``), before anything starts CUDA.
+
     ``fn_holder`` wraps the function's object ref in a list so Ray passes the ref itself
     and the worker can cache the deserialized function across chunks. (``fn`` is put
     with Ray's own serializer, not pre-pickled with cloudpickle: object refs captured by
     ``fn``, e.g. shared refs in a closure, would otherwise lose their owner and hang.)
     """
+    if _import_ray().get_gpu_ids():
+        from fedp13n.utils.device import pin_process_to_gpu
+
+        pin_process_to_gpu(None)  # keeps Ray's CUDA_VISIBLE_DEVICES
     import torch
 
     if torch.get_num_threads() != threads:
@@ -121,6 +140,12 @@ class RayExecutor(Executor):
         max_retries: times Ray re-runs a chunk whose worker died (safe: tasks are pure);
             the same option and default as :class:`LocalProcessExecutor`.
         chunk_size: tasks per Ray task; default ``chunks.default_chunk_size``.
+        gpus_per_task: share of a GPU each task claims (Ray's ``num_gpus``): 0 (default) no
+            GPU; ``0.25``: four tasks share a GPU; a value above 1 must be a whole number.
+            Ray picks the GPU of each task and client work asking for a CUDA device runs
+            on it. With GPUs, ``num_workers`` defaults to at most the cluster's GPUs
+            divided by ``gpus_per_task``. A local instance this executor starts detects
+            the machine's GPUs (``init_kwargs={"num_gpus": N}`` overrides it).
     """
 
     def __init__(
@@ -134,7 +159,9 @@ class RayExecutor(Executor):
         share_paths: bool = False,
         max_retries: int = 3,
         chunk_size: int | None = None,
+        gpus_per_task: float = 0.0,
     ) -> None:
+        _check_gpus_per_task(gpus_per_task)
         if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
             raise ValueError(
                 f"threads_per_worker must be a positive integer, got {threads_per_worker!r}."
@@ -164,14 +191,32 @@ class RayExecutor(Executor):
                     "local instance."
                 ) from exc
             self._owns_ray = True
+        resources = ray.cluster_resources()
+        if gpus_per_task > resources.get("GPU", 0):
+            message = (
+                f"gpus_per_task={gpus_per_task:g} but the Ray cluster has "
+                f"{resources.get('GPU', 0):g} GPUs, so no task could ever start; run where "
+                "there are GPUs, give a local instance logical ones with "
+                "init_kwargs={'num_gpus': N}, or use gpus_per_task=0."
+            )
+            if self._owns_ray and address is None:  # a local instance never gets GPUs later
+                ray.shutdown()
+                raise ValueError(message)
+            log.warning(message)  # a cluster may add GPU nodes
         if num_workers is None:
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            num_workers = max(1, cpus // threads_per_worker)
+            num_workers = max(1, int(resources.get("CPU", 1)) // threads_per_worker)
+            if gpus_per_task > 0:
+                # + 1e-4: float rounding (0.3 / 0.1 is 2.999...) must not lose a worker
+                fit = int(resources.get("GPU", 0) / gpus_per_task + 1e-4)
+                num_workers = max(1, min(num_workers, fit))
         self._num_workers = num_workers
         self.threads_per_worker = threads_per_worker
+        self.gpus_per_task = float(gpus_per_task)
         self.share_paths = share_paths
         self.chunk_size = chunk_size
-        self._remote = ray.remote(num_cpus=threads_per_worker, max_retries=max_retries)(_run_chunk)
+        self._remote = ray.remote(
+            num_cpus=threads_per_worker, num_gpus=self.gpus_per_task, max_retries=max_retries
+        )(_run_chunk)
         self._closed = False
 
     @property
@@ -237,7 +282,20 @@ class RayExecutor(Executor):
                 self._ray.cancel(ref)
 
     def __repr__(self) -> str:
+        gpus = f", gpus_per_task={self.gpus_per_task:g}" if self.gpus_per_task > 0 else ""
         return (
             f"RayExecutor(num_workers={self.num_workers}, "
-            f"threads_per_worker={self.threads_per_worker})"
+            f"threads_per_worker={self.threads_per_worker}{gpus})"
+        )
+
+
+def _check_gpus_per_task(gpus_per_task: Any) -> None:
+    """A one-line ValueError naming the fix unless ``gpus_per_task`` is a valid GPU share."""
+    ok = isinstance(gpus_per_task, (int, float)) and not isinstance(gpus_per_task, bool)
+    ok = ok and gpus_per_task >= 0  # also refuses NaN
+    ok = ok and (gpus_per_task <= 1 or float(gpus_per_task).is_integer())
+    if not ok:
+        raise ValueError(
+            f"gpus_per_task must be 0 (no GPU), a share of one GPU in (0, 1] (0.25: four "
+            f"tasks per GPU) or a whole number of GPUs (Ray's rule), got {gpus_per_task!r}."
         )

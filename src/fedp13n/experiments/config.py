@@ -400,8 +400,14 @@ class ExperimentConfig(TrainingSettings):
     )
     device: str = setting(
         "auto",
-        help="Where the batched client work runs: auto (CUDA when present, else CPU), cpu, "
-        "cuda, cuda:N or mps.",
+        help="Where client work, global and personalization evaluation run: auto (CUDA when "
+        "present, else CPU), cpu, cuda (every GPU), cuda:N (GPU N) or mps.",
+        panel="Execution",
+    )
+    workers_per_gpu: int = setting(
+        1,
+        help="Worker processes sharing each GPU, for the per-client path on CUDA (Ray: each "
+        "task claims 1/N of a GPU).",
         panel="Execution",
     )
     precision: str = setting(
@@ -503,6 +509,7 @@ class ExperimentConfig(TrainingSettings):
                 check_positive_int(key, getattr(self, key), ConfigError)
         check_non_negative_int("max_retries", self.max_retries, ConfigError)
         check_positive_int("engine_clients", self.engine_clients, ConfigError)
+        check_positive_int("workers_per_gpu", self.workers_per_gpu, ConfigError)
         _check_choice("precision", self.precision, ("fp32", "bf16", "tf32"))
         _check_choice("engine", self.engine, ("auto", "on", "off"))
         device = self.device.split(":")[0] if isinstance(self.device, str) else None

@@ -73,12 +73,18 @@ class ExperimentData:
 
 @dataclass
 class Compute:
-    """Where and how client work runs: the device, the precision, the multi-client engine
-    (None: one task per client on the executor, on the CPU)."""
+    """Where and how client work runs: the device (of the per-client path, the engine and
+    the evaluations), the precision, the multi-client engine (None: one task per client on
+    the executor), deterministic GPU kernels or not."""
 
     device: Any = "cpu"
-    precision: str = "fp32"  # of the per-client path ("tf32" applies to the engine only)
+    precision: str = "fp32"
     engine: Any = None
+    deterministic: bool = True
+
+    @property
+    def device_name(self) -> str:
+        return str(self.device)
 
 
 def resolve_compute(config: ExperimentConfig, log: Log) -> Compute:
@@ -105,9 +111,15 @@ def resolve_compute(config: ExperimentConfig, log: Log) -> Compute:
         )
         log(f"engine: up to {config.engine_clients} clients at once on {device} ({precision.name})")
     elif device.type != "cpu":
-        log(f"engine off: client work runs per client on the CPU, not on {device}")
-    cpu_precision = precision.name if precision.name in ("fp32", "bf16") else "fp32"
-    return Compute(device, cpu_precision, engine)
+        log(f"engine off: client work runs one client per task on {device} ({precision.name})")
+    return Compute(device, precision.name, engine, bool(config.deterministic))
+
+
+def executor_gpus(compute: Compute) -> list[int] | None:
+    """The GPUs the executor's worker processes are pinned to (None: not on CUDA)."""
+    from fedp13n.utils.device import cuda_indices
+
+    return cuda_indices(compute.device) or None
 
 
 def default_run_dir(root: str | Path = "runs", dataset: str = "run") -> Path:
@@ -168,6 +180,8 @@ def build_stage_process(
         executor=executor,
         engine=compute.engine,
         precision=compute.precision,
+        device=compute.device_name,
+        deterministic=compute.deterministic,
         **extra,
     )
 
@@ -339,11 +353,15 @@ def _evaluate_global(
     from fedp13n.personalization import evaluate_fn
     from fedp13n.utils.device import resolve_precision
 
+    compute = compute or Compute()
     held_out = data.test.subset(data.train_ids[: config.num_global_eval_clients])
+    dataset = ClientDataset(held_out.x, held_out.y)
     model = model_fn_for(config)()
+    if compute.device_name != "cpu":
+        model, dataset = model.to(compute.device), dataset.to(compute.device)
     model.load_state_dict(weights)
-    with resolve_precision((compute or Compute()).precision, "cpu"):
-        return dict(evaluate_fn(model, ClientDataset(held_out.x, held_out.y)))
+    with resolve_precision(compute.precision, compute.device):
+        return dict(evaluate_fn(model, dataset))
 
 
 def _client_inputs(data: ExperimentData, ids: list[str]) -> list[OrderedDict]:
@@ -378,6 +396,8 @@ def _run_eval(
         executor=executor,
         engine=(compute or Compute()).engine,
         precision=(compute or Compute()).precision,
+        device=(compute or Compute()).device_name,
+        deterministic=(compute or Compute()).deterministic,
     )
     with _status(progress, f"personalizing {len(inputs)} {what}"):
         return p13n_eval(weights, inputs)
@@ -628,6 +648,8 @@ def _run(
             ray_address=config.ray_address,
             task_timeout=config.task_timeout,
             max_retries=config.max_retries,
+            gpus=executor_gpus(compute),
+            workers_per_gpu=config.workers_per_gpu,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -657,7 +679,14 @@ def _run(
 
 #: Settings a resumed run may change: they change where and how it runs, not its numbers
 #: (``rounds`` extends the run on purpose).
-RESUMABLE_CHANGES = ("rounds", "executor", "workers", "ray_address", "tensorboard")
+RESUMABLE_CHANGES = (
+    "rounds",
+    "executor",
+    "workers",
+    "workers_per_gpu",
+    "ray_address",
+    "tensorboard",
+)
 
 
 def _open_run_dir(

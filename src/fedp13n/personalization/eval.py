@@ -69,6 +69,7 @@ from fedp13n.personalization.result import (
     scalar_tree,
     stack_trees,
 )
+from fedp13n.utils.device import check_compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import ModelFn
 
@@ -83,6 +84,8 @@ def build_personalization_eval(
     executor: Executor | None = None,
     engine: Any = None,
     precision: str = "fp32",
+    device: str = "cpu",
+    deterministic: bool = True,
 ) -> Callable[[Mapping[str, torch.Tensor], Iterable[Mapping[str, Any]]], PersonalizationResult]:
     """Build ``personalization_eval(model_weights, client_inputs) -> PersonalizationResult``.
 
@@ -110,8 +113,17 @@ def build_personalization_eval(
             for all clients at once as one batched computation, the same numbers up to
             float rounding; other strategies (and a ``baseline_evaluate_fn`` other than
             :func:`evaluate_fn`) run per client on ``executor``, said once.
-        precision: ``"fp32"`` (default) or ``"bf16"``: autocast (float32 master weights)
-            around each client's baseline and strategies (CPU client work).
+        precision: ``"fp32"`` (default), ``"bf16"`` (autocast, float32 master weights)
+            or, on CUDA, ``"tf32"``, around each client's baseline and strategies (the
+            per-client path).
+        device: where the per-client path runs (``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+            ``"mps"``): each sampled client's model is built on the CPU (the same
+            initialisation), moved there, and its train and test data are copied there
+            once; strategies get a model on the device and data resident on it
+            (:meth:`ClientDataset.batch` cuts batches where the model is). Worker processes
+            an executor pinned to GPUs use their own GPU.
+        deterministic: deterministic GPU kernels (default True; False: faster, not
+            reproducible run to run).
 
     The returned function takes ``model_weights`` (a ``state_dict`` of ``model_fn()``,
     e.g. FedAvg's ``get_model_weights``) and ``client_inputs``, an iterable of mappings
@@ -157,13 +169,14 @@ def build_personalization_eval(
         raise TypeError(
             f"executor must be a fedp13n Executor (or None for in-process), got {executor!r}."
         )
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
+    device, precision = check_compute(device, precision)
     job = _ClientJob(
         model_fn,
         baseline_evaluate_fn,
         tuple((k, b, ctx) for k, (b, ctx) in strategies.items()),
         precision,
+        device,
+        bool(deterministic),
     )
     batched = _engine_plan(engine, model_fn, baseline_evaluate_fn, strategies)
 
@@ -278,6 +291,8 @@ class _ClientJob:
     #: (name, builder, whether the strategy takes ``context``)
     strategies: tuple[tuple[str, Callable[[], Callable[..., Any]], bool], ...]
     precision: str = "fp32"
+    device: str = "cpu"
+    deterministic: bool = True
 
 
 @dataclass(frozen=True)
@@ -291,17 +306,27 @@ class _ClientTask:
 
 
 def _evaluate_client(job: _ClientJob, task: _ClientTask) -> OrderedDict[str, Any]:
-    """Baseline then every strategy on one client, each from fresh global weights (under
-    the job's precision)."""
+    """Baseline then every strategy on one client, each from fresh global weights (on the
+    job's device, under its precision)."""
+    device = torch.device("cpu")
+    if job.device != "cpu":
+        from fedp13n.utils.device import work_device
+
+        device = work_device(job.device, deterministic=job.deterministic)
+        task = dataclasses.replace(
+            task, train_data=task.train_data.to(device), test_data=task.test_data.to(device)
+        )
     if job.precision == "fp32":
-        return _evaluate_client_steps(job, task)
+        return _evaluate_client_steps(job, task, device)
     from fedp13n.utils.device import resolve_precision
 
-    with resolve_precision(job.precision, "cpu"):
-        return _evaluate_client_steps(job, task)
+    with resolve_precision(job.precision, device):
+        return _evaluate_client_steps(job, task, device)
 
 
-def _evaluate_client_steps(job: _ClientJob, task: _ClientTask) -> OrderedDict[str, Any]:
+def _evaluate_client_steps(
+    job: _ClientJob, task: _ClientTask, device: torch.device
+) -> OrderedDict[str, Any]:
     weights = task.weights.get()
     out: OrderedDict[str, Any] = OrderedDict()
     # fork_rng: seeding here must not disturb the caller's RNG (in-process executor).
@@ -309,14 +334,14 @@ def _evaluate_client_steps(job: _ClientJob, task: _ClientTask) -> OrderedDict[st
         step = "baseline_evaluate_fn"
         try:
             torch.manual_seed(derive_seed(task.seed, "p13n", task.client_id, BASELINE_KEY))
-            model = _fresh_model(job.model_fn, weights)
+            model = _fresh_model(job.model_fn, weights, device)
             model.eval()
             metrics = job.baseline_evaluate_fn(model, task.test_data)
             out[BASELINE_KEY] = scalar_tree(_as_metrics(metrics, step), step)
             for name, builder, takes_context in job.strategies:
                 step = f"strategy {name!r}"
                 torch.manual_seed(derive_seed(task.seed, "p13n", task.client_id, name))
-                model = _fresh_model(job.model_fn, weights)
+                model = _fresh_model(job.model_fn, weights, device)
                 personalize_fn = builder()
                 if takes_context:
                     metrics = personalize_fn(model, task.train_data, task.test_data, task.context)
@@ -329,8 +354,14 @@ def _evaluate_client_steps(job: _ClientJob, task: _ClientTask) -> OrderedDict[st
     return out
 
 
-def _fresh_model(model_fn: ModelFn, weights: Mapping[str, torch.Tensor]) -> nn.Module:
+def _fresh_model(
+    model_fn: ModelFn, weights: Mapping[str, torch.Tensor], device: torch.device
+) -> nn.Module:
+    """A new model (built on the CPU: the same random draws everywhere) with ``weights``,
+    on ``device``."""
     model = model_fn()
+    if device.type != "cpu":
+        model = model.to(device)
     model.load_state_dict(weights)
     return model
 

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.data.client_data import features_to_tensor, labels_to_tensor
 from fedp13n.data.pipeline import batch_plan
 from fedp13n.engine.batched import EVAL_BATCH_SIZE
 from fedp13n.personalization.inputs import as_client_dataset
+from fedp13n.utils.device import module_device
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
 
@@ -69,7 +69,7 @@ def evaluate_fn(
     loss_sum, correct, label_count, classification = 0.0, 0, 0, None
     try:
         with torch.no_grad():
-            for x, y in data.batches(batch_size):
+            for x, y in data.batches(batch_size, device=module_device(model)):
                 out = model(x)
                 loss_sum += float(loss_fn(out, y)) * len(y)
                 if classification is None:
@@ -156,11 +156,12 @@ def build_personalize_fn(
         generator = _generator_from_torch() if shuffle else None
         metrics: OrderedDict[str, Any] = OrderedDict()
         num_train_examples = 0
+        device = module_device(model)
         for epoch in range(1, num_epochs + 1):
             model.train()
             steps = batch_plan(len(train), batch_size, shuffle=shuffle, generator=generator)
             for idx in steps:
-                x, y = features_to_tensor(train.x[idx]), labels_to_tensor(train.y[idx])
+                x, y = train.batch(idx, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x), y)
                 loss.backward()

@@ -20,11 +20,17 @@
 
 * :func:`set_deterministic` asks torch for deterministic kernels (bit-identical reruns on
   one GPU, at some cost in speed).
+* Placement of client work (:func:`work_device`, :func:`pin_process_to_gpu`,
+  :func:`gpu_assignment`): an executor's worker process may be pinned to one GPU; client
+  work asking for any CUDA device then runs on that GPU, so algorithms never know where
+  they run. A worker is pinned by setting ``CUDA_VISIBLE_DEVICES`` before CUDA starts in
+  it (the GPU is then its ``cuda:0``), as Ray does for tasks that claim ``num_gpus``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import warnings
@@ -198,3 +204,98 @@ def set_deterministic(enabled: bool = True) -> None:
         torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = bool(enabled)
     torch.use_deterministic_algorithms(bool(enabled))
+
+
+# -- placement of client work -------------------------------------------------------------------
+#: The device CUDA client work of this process runs on when an executor pinned the process
+#: to one GPU (None: not pinned).
+_pinned: torch.device | None = None
+#: Whether deterministic kernels were already set up in this process (None: not yet).
+_determinism: bool | None = None
+
+
+def pin_process_to_gpu(index: int | str | None) -> None:
+    """Pin this process to one GPU: client work asking for a CUDA device runs on it.
+
+    ``index`` is the GPU's number among the machine's GPUs: ``CUDA_VISIBLE_DEVICES`` is set
+    to it, so call this before the first CUDA operation of the process (an executor's
+    worker does, first thing). ``None`` keeps ``CUDA_VISIBLE_DEVICES`` as it is (Ray set it
+    for a task that claimed a GPU). Either way the pinned GPU is this process's ``cuda:0``.
+    """
+    global _pinned
+    if index is not None:
+        if isinstance(index, bool) or not str(index).isdigit():
+            raise ValueError(f"a GPU index must be an integer >= 0, got {index!r}.")
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(int(index))
+    _pinned = torch.device("cuda", 0)
+
+
+def pinned_device() -> torch.device | None:
+    """The GPU this process was pinned to (its ``cuda:0``), or None."""
+    return _pinned
+
+
+def gpu_assignment(num_workers: int, gpus: list[int] | tuple[int, ...]) -> list[int]:
+    """The GPU of each of ``num_workers`` worker slots: round robin over ``gpus``
+    (``[0, 1]`` and 4 workers: ``[0, 1, 0, 1]``); a replaced worker keeps its slot's GPU."""
+    if not gpus:
+        raise ValueError("gpu_assignment needs at least one GPU index.")
+    return [gpus[i % len(gpus)] for i in range(num_workers)]
+
+
+def cuda_indices(device: str | torch.device) -> list[int]:
+    """The GPU numbers a device setting spreads worker processes over: ``"cuda"`` (or
+    ``"auto"`` on a CUDA machine): every GPU; ``"cuda:N"``: GPU N alone; else ``[]``."""
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return []
+    if dev.index is not None:
+        return [dev.index]
+    return list(range(torch.cuda.device_count()))
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(name: str) -> torch.device:
+    return resolve_device(name)
+
+
+def work_device(
+    requested: str | torch.device = "cpu", *, deterministic: bool = True
+) -> torch.device:
+    """The device client work asking for ``requested`` runs on in this process.
+
+    ``"cpu"`` is the CPU. A CUDA device (``"cuda"``, ``"cuda:N"``) is the GPU this process
+    was pinned to (:func:`pin_process_to_gpu`) if any, else the device itself (resolved
+    with :func:`resolve_device`). The first CUDA work of a process sets up its kernels'
+    determinism (:func:`set_deterministic` with ``deterministic``): worker processes do not
+    inherit the driver's setting.
+    """
+    global _determinism
+    name = str(requested).strip().lower()
+    if name == "cpu":
+        return torch.device("cpu")
+    if _pinned is not None and (name == "auto" or name.startswith("cuda")):
+        dev = _pinned
+    else:
+        dev = _resolved(name)
+    if dev.type == "cuda" and _determinism is not bool(deterministic):
+        set_deterministic(deterministic)
+        _determinism = bool(deterministic)
+    return dev
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter (or buffer); the CPU for one with neither."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def check_compute(device: str | torch.device, precision: str) -> tuple[str, str]:
+    """Validate a (device, precision) pair given to the library: ``(device, precision)``
+    names as client work takes them (``"auto"`` resolved), or a one-line ``ValueError``
+    (an absent device, tf32 off CUDA, an unknown name)."""
+    dev = resolve_device(device)
+    return str(dev), resolve_precision(precision, dev).name

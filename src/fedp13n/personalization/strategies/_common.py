@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedp13n.data.client_data import ClientDataset, features_to_tensor, labels_to_tensor
+from fedp13n.data.client_data import ClientDataset
 from fedp13n.data.pipeline import batch_plan
 from fedp13n.utils.checks import check_callable, check_fraction, check_positive_int
+from fedp13n.utils.device import module_device
 from fedp13n.utils.types import LossFn
 
 #: What the validation metric of a held-out split may be, and whether larger is better.
@@ -94,7 +95,7 @@ def holdout_split(
 
 
 def subset(data: ClientDataset, index: np.ndarray) -> ClientDataset:
-    return ClientDataset(data.x[index], data.y[index])
+    return data.subset(index)
 
 
 def fine_tune(
@@ -118,6 +119,7 @@ def fine_tune(
     frozen modules back in eval mode). Returns the examples seen, summed over epochs.
     """
     seen = 0
+    device = module_device(model)
     for epoch in range(1, num_epochs + 1):
         model.train()
         if after_train_mode is not None:
@@ -126,7 +128,7 @@ def fine_tune(
             len(train), batch_size, epochs=1, shuffle=generator is not None, generator=generator
         )
         for idx in plan:
-            x, y = features_to_tensor(train.x[idx]), labels_to_tensor(train.y[idx])
+            x, y = train.batch(idx, device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             if penalty is not None:

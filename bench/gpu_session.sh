@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issue 13 in one command, for a lent GPU machine (a few minutes).
+#
+# From the repository root, with the femnist sample copied into a git-ignored folder that
+# travels with the working tree (carry it), e.g.
+#   mkdir -p .data && cp -r ../shared/data/femnist_sample .data/   # here, once
+#   bash bench/gpu_session.sh                                      # there
+# Results (logs and JSON) go to $OUT (the device tool's folder) or runs/gpu-session.
+# Test it on a CPU first: DEVICE=cpu QUICK=1 bash bench/gpu_session.sh
+set -uo pipefail
+OUT=${OUT:-runs/gpu-session}
+DATA=${DATA:-.data/femnist_sample}
+DEVICE=${DEVICE:-cuda}
+PY=${PYTHON:-python3}
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+[ -d "$DATA" ] || DATA=../shared/data/femnist_sample
+quick=()
+[ "${QUICK:-0}" = 1 ] && quick=(--quick)
+
+step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit}s): $*"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  echo "== $name: exit ${PIPESTATUS[0]}"
+}
+
+step machine 30 bash -c "nvidia-smi || true; nproc; $PY -c 'import torch; print(torch.__version__, torch.version.cuda)'"
+# 1. Correctness on the device (CUDA tests skip on a CPU), if pytest is there.
+if $PY -c 'import pytest' 2>/dev/null; then
+  step tests 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_device_path.py \
+    tests/test_device.py tests/test_engine.py tests/test_engine_wiring.py
+fi
+# 2. The issue's goals: Table-1 FedAvg load (20 clients x 5 epochs), 900 personalization
+#    clients; the device methods only (the CPU's rate comes from step 3).
+step goal 300 $PY bench/bench_gpu.py --device "$DEVICE" --goal --methods dev1,devN,engine \
+  --k 20,64,128,256 --gpu-workers 1,4 --repeat 2 --data-dir "$DATA" --json "$OUT/goal.json" "${quick[@]}"
+# 3. Every method side by side, the CPU the same day (CPU methods on 32 clients).
+step compare 300 $PY bench/bench_gpu.py --device "$DEVICE" --workers "$(nproc)" \
+  --gpu-workers 1,2,4,8 --k 8,32,128 --data-dir "$DATA" --json "$OUT/compare.json" "${quick[@]}"
