@@ -21,7 +21,8 @@ Methods (``--methods``, comma list; default all that apply):
 * ``devN``: per-client path in N worker processes sharing the GPU
   (``make_executor(gpus=[i], workers_per_gpu=N)``), N from ``--gpu-workers``;
 * ``engine``: the multi-client engine, K clients in lockstep on ``--device``, K from
-  ``--k``; with ``--cpu-engine`` also on the CPU (does it help there?).
+  ``--k`` (on a GPU the largest K also with its dropout masks drawn inline instead of by
+  threads a few steps ahead); with ``--cpu-engine`` also on the CPU (does it help there?).
 
 CPU methods run on at most ``--cpu-clients`` of the clients (a rate does not depend on how
 many clients are measured; the whole workload on the CPU would take many minutes).
@@ -240,11 +241,16 @@ def main(argv: list[str] | None = None) -> None:
         for d in devs:
             prec = precision if d == device else "fp32"
             for k in ks:
-                eng = MultiClientEngine(
-                    emnist_conv_dropout, device=d, precision=resolve_precision(prec, d),
-                    max_clients=k,
-                )  # fmt: skip
-                add(f"engine K={k}, {d.type} {prec}", InProcessExecutor(1), "cpu", eng, sync=d)
+                # on a GPU, the largest K also with the masks drawn inline (no threads)
+                for threads in [None] + ([0] if d.type == "cuda" and k == max(ks) else []):
+                    eng = MultiClientEngine(
+                        emnist_conv_dropout, device=d, precision=resolve_precision(prec, d),
+                        max_clients=k, mask_threads=threads,
+                    )  # fmt: skip
+                    label = f"engine K={k}, {d.type} {prec}" + (
+                        ", inline masks" if threads == 0 else ""
+                    )
+                    add(label, InProcessExecutor(1), "cpu", eng, sync=d)
 
     seconds: dict[str, list[list[float]]] = {m: [[], []] for m in runs}
     memory: dict[str, float] = {}

@@ -22,7 +22,12 @@ The numbers are those of the one-client-at-a-time path up to float rounding:
 * **Dropout** (:class:`~fedp13n.models.layers.FastDropout`): each client has a
   ``torch.Generator`` seeded as the per-client path seeds torch's global one, and at every
   step its masks are drawn for its real batch size, layer after layer in forward order:
-  the same bytes the per-client path draws.
+  the same bytes the per-client path draws. Drawing them is CPU work (a CPU generator:
+  the per-client path's bytes) that would leave a GPU waiting at large K, so on a GPU a
+  pool of ``mask_threads`` threads draws them a few steps ahead (:class:`_MaskPrefetcher`;
+  clients are split among the threads and each client's generator is used by one thread,
+  step after step, so the bytes are exactly the same) into pinned memory, copied to the
+  device without blocking.
 * **Optimizers** are implemented on the stacked weights with per-client step masks:
   SGD ``p -= lr * g`` and Adam with torch's formula (``torch.optim.Adam``'s single-tensor
   code: ``lerp``/``addcmul`` moments, bias corrections per client step count).
@@ -46,6 +51,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -505,6 +512,12 @@ def _dropout(
     if p == 1.0:
         return h * 0.0
     threshold = round(p * 256)
+    if isinstance(generators, _LayerShapes):  # a dry run on the meta device: record
+        generators.append((layout, tuple(h.shape)))
+        return h
+    if isinstance(generators, _StepMasks):  # drawn ahead (the same bytes)
+        mask = generators.next_mask().view(h.shape)
+        return h * (mask >= threshold).to(h.dtype).mul_(1.0 / (1.0 - p))
     if layout == "img":
         B, KC = h.shape[:2]
         K = len(counts)
@@ -523,6 +536,147 @@ def _dropout(
     # As FastDropout: bool mask -> dtype, times 1 / (1 - p), one multiply.
     scale = (mask.to(h.device) >= threshold).to(h.dtype).mul_(1.0 / (1.0 - p))
     return h * scale
+
+
+# -- dropout masks drawn ahead ------------------------------------------------------------------
+class _LayerShapes(list):
+    """``(layout, shape)`` of every dropout layer's input, in forward order, recorded by a
+    dry run of the batched forward on the meta device."""
+
+
+class _StepMasks:
+    """One step's masks on the device, handed to the dropout layers in forward order."""
+
+    def __init__(self, masks: list[torch.Tensor]) -> None:
+        self._masks = masks
+        self._next = 0
+
+    def next_mask(self) -> torch.Tensor:
+        mask = self._masks[self._next]
+        self._next += 1
+        return mask
+
+
+def default_mask_threads(device: torch.device) -> int:
+    """Threads drawing dropout masks ahead: none on a CPU (its cores compute the steps),
+    on a GPU up to 8, leaving a core to the main thread."""
+    if device.type == "cpu":
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
+class _MaskPrefetcher:
+    """The dropout bytes of every step of a phase, drawn up to ``depth`` steps ahead of the
+    forward passes by ``threads`` threads.
+
+    Clients are split into contiguous ranges, one per thread; a thread draws, step after
+    step, for each of its clients the bytes of every dropout layer in forward order, for
+    the client's real batch size (the rest of the batch is zero, as padding is): exactly
+    the sequence the inline draw takes from that client's generator, which no other
+    thread touches. Buffers are pinned when the device is a GPU, so the copy to the
+    device does not block the main thread.
+    """
+
+    def __init__(
+        self,
+        generators: Sequence[torch.Generator],
+        counts: np.ndarray,
+        layers: Sequence[tuple[str, tuple[int, ...]]],
+        threads: int,
+        device: torch.device,
+        depth: int = 3,
+    ) -> None:
+        self.T, self.K = counts.shape
+        self.counts = counts
+        self.generators = list(generators)
+        self.device = device
+        self.depth = depth
+        self.pin = device.type == "cuda"
+        # per layer: the buffer's shape, with the client at axis 1 (img) or 0 (flat)
+        self.layers = []
+        for layout, shape in layers:
+            if layout == "img":  # h: (B, K*C, H, W) -> mask (B, K, C, H, W)
+                B, KC = shape[:2]
+                self.layers.append(("img", (B, self.K, KC // self.K, *shape[2:])))
+            else:  # h: (K, B, F)
+                self.layers.append(("flat", shape))
+        self._cond = threading.Condition()
+        self._bufs: dict[int, list[torch.Tensor]] = {}
+        self._done: dict[int, int] = {}
+        self._consumed = -1
+        self._error: BaseException | None = None
+        self._stop = False
+        n = max(1, min(threads, self.K))
+        bounds = np.linspace(0, self.K, n + 1).round().astype(int)
+        self._threads = [
+            threading.Thread(target=self._run, args=(int(lo), int(hi)), daemon=True)
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+            if hi > lo
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _buffers(self, t: int) -> list[torch.Tensor]:  # under the lock
+        bufs = self._bufs.get(t)
+        if bufs is None:
+            bufs = self._bufs[t] = [
+                torch.empty(shape, dtype=torch.uint8, pin_memory=self.pin)
+                for _, shape in self.layers
+            ]
+        return bufs
+
+    def _run(self, lo: int, hi: int) -> None:
+        try:
+            for t in range(self.T):
+                with self._cond:
+                    self._cond.wait_for(lambda t=t: self._stop or t - self._consumed <= self.depth)
+                    if self._stop:
+                        return
+                    bufs = self._buffers(t)
+                for k in range(lo, hi):
+                    n = int(self.counts[t, k])
+                    for (layout, shape), buf in zip(self.layers, bufs, strict=True):
+                        rows = buf[:, k] if layout == "img" else buf[k]  # (B, *per)
+                        per = shape[2:]
+                        if n:
+                            drawn = random_bytes(n * math.prod(per), self.generators[k])
+                            rows[:n].copy_(drawn.view(n, *per))
+                        if n < len(rows):
+                            rows[n:].zero_()
+                with self._cond:
+                    self._done[t] = self._done.get(t, 0) + 1
+                    self._cond.notify_all()
+        except BaseException as exc:  # handed to the main thread
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def step(self, t: int) -> _StepMasks:
+        """Step ``t``'s masks on the device (steps are taken in order)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._error is not None or self._done.get(t, 0) == len(self._threads)
+            )
+            if self._error is not None:
+                raise RuntimeError(f"drawing dropout masks failed: {self._error}") from self._error
+            bufs = self._bufs.pop(t)
+            self._done.pop(t)
+            self._consumed = t
+            self._cond.notify_all()
+        if self.device.type != "cpu":
+            bufs = [b.to(self.device, non_blocking=self.pin) for b in bufs]
+        return _StepMasks(bufs)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
 
 
 # -- optimizers on stacked weights --------------------------------------------------------------
@@ -585,6 +739,9 @@ class MultiClientEngine:
         max_clients: the most clients trained together (K); more are run in groups of
             this many, similar sizes together (results do not depend on the grouping).
         eval_examples: examples per evaluation forward, all clients together.
+        mask_threads: threads drawing the dropout masks ahead of the steps (see the module
+            docstring); 0 draws them inline; default :func:`default_mask_threads` (0 on a
+            CPU, up to 8 on a GPU). The numbers do not depend on it.
     """
 
     def __init__(
@@ -595,6 +752,7 @@ class MultiClientEngine:
         precision: Any = None,
         max_clients: int = 64,
         eval_examples: int = 4096,
+        mask_threads: int | None = None,
     ) -> None:
         from fedp13n.utils.device import Precision, resolve_device, resolve_precision
 
@@ -609,6 +767,12 @@ class MultiClientEngine:
             raise ValueError(f"max_clients must be a positive integer, got {max_clients!r}.")
         self.max_clients = max_clients
         self.eval_examples = int(eval_examples)
+        if mask_threads is None:
+            mask_threads = default_mask_threads(self.device)
+        if isinstance(mask_threads, bool) or not isinstance(mask_threads, int) or mask_threads < 0:
+            raise ValueError(f"mask_threads must be an integer >= 0, got {mask_threads!r}.")
+        self.mask_threads = mask_threads
+        self._shapes: dict[tuple, _LayerShapes] = {}
         with torch.random.fork_rng(devices=[]):
             model = model_fn()
         program, why = _check_model(model)
@@ -624,6 +788,26 @@ class MultiClientEngine:
             w = weights[n].detach().to(self.device, torch.float32).contiguous()
             out.append(w.unsqueeze(0).repeat(K, *([1] * w.dim())).requires_grad_(True))
         return out
+
+    def _dropout_shapes(self, x: torch.Tensor) -> _LayerShapes:
+        """The dropout layers' input shapes for a batch shaped as ``x`` (a dry run of the
+        batched forward on the meta device, once per shape)."""
+        key = tuple(x.shape)
+        if key not in self._shapes:
+            shapes = _LayerShapes()
+            with torch.device("meta"), torch.random.fork_rng(devices=[]):
+                model = self.model_fn()  # the parameters' shapes, no memory, no draws
+            K = x.shape[0]
+            stacked = {n: p.unsqueeze(0).expand(K, *p.shape) for n, p in model.named_parameters()}
+            _forward(
+                self.program,
+                stacked,
+                torch.empty(x.shape, device="meta"),
+                counts=np.ones(K, dtype=np.int64),
+                generators=shapes,
+            )
+            self._shapes[key] = shapes
+        return self._shapes[key]
 
     def _groups(self, sizes: Sequence[int]) -> list[list[int]]:
         order = sorted(range(len(sizes)), key=lambda i: sizes[i])
@@ -643,18 +827,48 @@ class MultiClientEngine:
         idx_np, counts = _phase_tensors(plans, data.offsets[:-1], data.pad, batch_size)
         if not len(idx_np):
             return
-        K = len(plans)
         idx = torch.from_numpy(idx_np).to(self.device)
         valid = torch.from_numpy(np.arange(batch_size)[None, None, :] < counts[:, :, None]).to(
             self.device
         )
         n_dev = torch.from_numpy(counts).to(self.device)
         named = dict(zip(self.names, params, strict=True))
-        for t in range(len(idx_np)):
+        prefetch = None
+        if self.mask_threads and any(op.kind == "dropout" for op in self.program):
+            layers = self._dropout_shapes(data.features(idx[0]))
+            if layers:
+                prefetch = _MaskPrefetcher(
+                    generators, counts, layers, self.mask_threads, self.device
+                )
+        phase = (idx, valid, n_dev, counts)
+        try:
+            self._steps(named, params, opt, data, phase, prefetch or generators, batch_size, stats)
+        finally:
+            if prefetch is not None:
+                prefetch.close()
+
+    def _steps(
+        self,
+        named: dict[str, torch.Tensor],
+        params: list[torch.Tensor],
+        opt: _StackedOptimizer,
+        data: _DeviceData,
+        phase: tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray],
+        masks_from: _MaskPrefetcher | Sequence[torch.Generator | None],
+        batch_size: int,
+        stats: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> None:
+        """The steps of a phase: example indices, validity, real batch sizes (device) and
+        counts (host) per step; masks drawn ahead or from the clients' generators."""
+        idx, valid, n_dev, counts = phase
+        K = counts.shape[1]
+        for t in range(len(idx)):
             x = data.features(idx[t])
             y = data.y[idx[t]]
+            ahead = isinstance(masks_from, _MaskPrefetcher)
+            masks = masks_from.step(t) if ahead else masks_from
             with self.precision:
-                logits = _forward(self.program, named, x, counts=counts[t], generators=generators)
+                logits = _forward(self.program, named, x, counts=counts[t], generators=masks)
                 ce = F.cross_entropy(
                     logits.reshape(K * batch_size, -1).float(), y.reshape(-1), reduction="none"
                 ).view(K, batch_size)
