@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedp13n.algorithms.client_update import ClientTask, ClientWork, accuracy
-from fedp13n.data.client_data import ClientDataset
+from fedp13n.data.client_data import ClientData, ClientDataset
 from fedp13n.engine import (
     MultiClientEngine,
     OptimizerSpec,
@@ -389,3 +389,33 @@ def test_mask_threads_setting():
     assert 1 <= default_mask_threads(torch.device("cuda")) <= 8
     with pytest.raises(ValueError, match="mask_threads must be an integer >= 0"):
         MultiClientEngine(small_cnn, mask_threads=-1)
+
+
+def test_the_engine_reads_data_resident_on_its_device_without_a_copy_from_the_host(
+    monkeypatch,
+):
+    """Datasets kept on the engine's device (a ClientData copied there once) are joined
+    there; the numbers are those of host data, bit for bit."""
+    from fedp13n.engine import batched
+
+    joined = []
+    real = batched._DeviceData._from_resident
+
+    def spy(self, datasets, device):
+        joined.append(len(datasets))
+        return real(self, datasets, device)
+
+    monkeypatch.setattr(batched._DeviceData, "_from_resident", spy)
+    datasets = make_clients([13, 0, 5, 9], seed=8)
+    cd = ClientData.from_clients((f"k{i}", d.x, d.y) for i, d in enumerate(datasets))
+    resident = [cd.create_dataset(f"k{i}", device="cpu") for i in range(4)]
+    assert all(d.resident is not None for d in resident)
+    host = _fedavg_with(small_cnn, datasets, 0)
+    assert joined == []
+    kept = _fedavg_with(small_cnn, resident, 0)
+    assert sum(joined) == 4  # every client's data joined on the device
+    for a, b in zip(host, kept, strict=True):
+        assert a.loss_sum == b.loss_sum and all(
+            torch.equal(a.delta[k], b.delta[k]) for k in a.delta
+        )
+    assert host[0].loss_sum > 0

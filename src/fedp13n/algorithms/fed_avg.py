@@ -295,7 +295,9 @@ class WeightedFedAvg:
                     f"(e.g. {missing[:3]}); select from client_data.client_ids."
                 )
             ids = [str(c) for c in client_datasets.client_ids]
-            datasets = [cd.create_dataset(c) for c in ids]
+            # on a GPU the engine's data stays there between rounds (copied once)
+            device = self.engine.device if self.engine.device.type != "cpu" else None
+            datasets = [cd.create_dataset(c, device=device) for c in ids]
             keys: list[Any] = ids
         else:
             bad = [i for i, d in enumerate(client_datasets) if not isinstance(d, ClientDataset)]

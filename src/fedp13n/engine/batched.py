@@ -389,11 +389,20 @@ class ClientResult:
 # -- data on the device -----------------------------------------------------------------------
 class _DeviceData:
     """Several clients' examples concatenated on a device, plus one all-zero padding row
-    (index ``pad``). uint8 features stay bytes and are converted by lookup per batch."""
+    (index ``pad``). uint8 features stay bytes and are converted by lookup per batch.
+    Datasets already resident on the device (:meth:`ClientDataset.to`, e.g. from a
+    ``ClientData`` kept there) are concatenated there: nothing crosses from the host."""
 
     def __init__(self, datasets: Sequence[ClientDataset], device: torch.device) -> None:
         self.sizes = [len(d) for d in datasets]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        if (
+            datasets
+            and all(_resident_on(d, device) for d in datasets)
+            and len({d.resident[0].dtype for d in datasets}) == 1  # type: ignore[index]
+        ):
+            self._from_resident(datasets, device)
+            return
         xs = [np.asarray(d.x) for d in datasets]
         ys = [np.asarray(d.y) for d in datasets]
         row = next((x.shape[1:] for x in xs if len(x)), xs[0].shape[1:])
@@ -411,9 +420,28 @@ class _DeviceData:
         self.y = torch.from_numpy(y).to(device)
         self.lut = torch.from_numpy(UINT8_TO_UNIT).to(device) if self.uint8 else None
 
+    def _from_resident(self, datasets: Sequence[ClientDataset], device: torch.device) -> None:
+        xs = [d.resident[0] for d in datasets]  # type: ignore[index]
+        ys = [d.resident[1] for d in datasets]  # type: ignore[index]
+        if ys[0].is_floating_point():
+            raise ValueError("the engine trains classifiers: labels must be integers")
+        row, dtype = xs[0].shape[1:], xs[0].dtype
+        self.x = torch.cat([*xs, torch.zeros((1, *row), dtype=dtype, device=device)])
+        self.y = torch.cat(
+            [*(y.long() for y in ys), torch.zeros(1, dtype=torch.long, device=device)]
+        )
+        self.pad = len(self.y) - 1
+        self.uint8 = dtype == torch.uint8
+        self.lut = torch.from_numpy(UINT8_TO_UNIT).to(device) if self.uint8 else None
+
     def features(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.x[idx]
         return self.lut[x.long()] if self.uint8 else x
+
+
+def _resident_on(dataset: ClientDataset, device: torch.device) -> bool:
+    d = dataset.device
+    return d is not None and d.type == device.type and (d.index or 0) == (device.index or 0)
 
 
 def _phase_tensors(

@@ -364,12 +364,16 @@ def _evaluate_global(
         return dict(evaluate_fn(model, dataset))
 
 
-def _client_inputs(data: ExperimentData, ids: list[str]) -> list[OrderedDict]:
+def _client_inputs(
+    data: ExperimentData, ids: list[str], compute: Compute | None = None
+) -> list[OrderedDict]:
+    """TFF's client inputs; on a device, resident there (the run's data is copied once)."""
+    device = None if compute is None or compute.device_name == "cpu" else compute.device
     return [
         OrderedDict(
             client_id=c,
-            train_data=data.train.create_dataset(c),
-            test_data=data.test.create_dataset(c),
+            train_data=data.train.create_dataset(c, device=device),
+            test_data=data.test.create_dataset(c, device=device),
         )
         for c in ids
     ]
@@ -444,7 +448,7 @@ def tune_strategies(
     log(f"tuning {[s.name for s in tuned]}: {len(variants)} settings on "
         f"{len(data.val_ids)} validation clients")  # fmt: skip
     result = _run_eval(
-        config, fn_dict, weights, _client_inputs(data, data.val_ids), executor, progress,
+        config, fn_dict, weights, _client_inputs(data, data.val_ids, compute), executor, progress,
         "validation clients", compute,
     )  # fmt: skip
     record: dict[str, Any] = {"validation_client_ids": list(data.val_ids), "strategies": {}}
@@ -507,7 +511,7 @@ def _personalized_accuracy(
     first = config.strategies[0]
     strategy = first.with_params(first.grid()[0]) if first.tuned else first
     fn_dict = OrderedDict([(first.name, config.strategy_builder(strategy))])
-    inputs = _client_inputs(data, eval_client_ids(config, data))
+    inputs = _client_inputs(data, eval_client_ids(config, data), compute)
     result = _run_eval(config, fn_dict, weights, inputs, executor, False, "clients", compute)
     curve = mean_accuracy_by_epoch(result[first.name])
     return curve[list(curve)[-1]]
@@ -532,7 +536,7 @@ def evaluate_personalization(
             config, data, weights, executor, progress=progress, log=log, compute=compute
         )
     eval_ids = eval_client_ids(config, data)
-    client_inputs = _client_inputs(data, eval_ids)
+    client_inputs = _client_inputs(data, eval_ids, compute)
     log(
         f"personalization: {len(eval_ids)} clients, strategies "
         + ", ".join(f"{s.name} ({_describe(s)})" for s in config.strategies)
