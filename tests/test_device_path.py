@@ -251,3 +251,28 @@ def test_worker_processes_sharing_a_gpu_equal_one_process():
 
 def test_num_classes_of_the_test_model():
     assert small_cnn()(torch.zeros(1, 1, 8, 8)).shape == (1, NUM_CLASSES)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the message of a machine without CUDA")
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--device", "cuda"], "error: device 'cuda' is not available: no CUDA GPU"),
+        (["--device", "cuda:x"], "error: invalid device 'cuda:x'"),
+        (["--precision", "tf32", "--device", "cpu"], "error: precision 'tf32' is a CUDA setting"),
+        (["--workers-per-gpu", "0"], "error: workers_per_gpu must be a positive integer"),
+    ],
+)
+def test_the_cli_refuses_a_device_it_lacks_before_any_work(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from fedp13n.cli.main import app
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        app, ["run", "--dataset", "synthetic", *args, "--output-dir", str(out), "--no-progress"]
+    )
+    assert res.exit_code == 2
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()  # refused before a file was written or the data loaded

@@ -87,6 +87,16 @@ class Compute:
         return str(self.device)
 
 
+def _check_device(config: ExperimentConfig) -> None:
+    """A one-line ConfigError for a device this machine lacks or a precision it cannot use."""
+    from fedp13n.utils.device import check_compute
+
+    try:
+        check_compute(config.device, config.precision)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def resolve_compute(config: ExperimentConfig, log: Log) -> Compute:
     """The device, precision and engine a config asks for (one-line errors, said once)."""
     from fedp13n.utils.device import resolve_device, resolve_precision, set_deterministic
@@ -621,6 +631,7 @@ def run_experiment(
     differ (say ``rounds`` to extend a finished or interrupted run on purpose).
     """
     config.validate()
+    _check_device(config)  # before any file is written or data loaded
     run_dir = Path(run_dir)
     if not resume and not run_dir.exists():
         try:
