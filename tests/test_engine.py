@@ -387,7 +387,7 @@ def test_mask_threads_setting():
     from fedp13n.engine.batched import default_mask_threads
 
     assert 1 <= default_mask_threads(torch.device("cuda")) <= 8
-    with pytest.raises(ValueError, match="mask_threads must be an integer >= 0"):
+    with pytest.raises(ValueError, match="mask_threads must be a non-negative integer"):
         MultiClientEngine(small_cnn, mask_threads=-1)
 
 

@@ -91,8 +91,17 @@ class _FakeWorker:
         pass
 
 
+def _four_gpus(monkeypatch):
+    """This machine, as make_executor sees it, has 4 GPUs."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+
 def test_make_executor_pins_process_workers_to_the_gpus(monkeypatch):
     monkeypatch.setattr(process_pool, "_Worker", _FakeWorker)
+    _four_gpus(monkeypatch)
     cases = [
         (dict(kind="auto", gpus=[0], workers_per_gpu=3), [0, 0, 0]),
         (dict(kind="auto", gpus=[1]), [1]),  # one worker: still a process, to pin it
@@ -110,7 +119,21 @@ def test_make_executor_pins_process_workers_to_the_gpus(monkeypatch):
         assert [w.gpu for w in ex._workers] == [0, 1]
 
 
-def test_bad_gpu_settings_are_one_line_errors_naming_the_fix():
+def test_gpus_the_machine_lacks_are_refused(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"gpus=\[0\] but this machine has no CUDA GPU"):
+        make_executor("processes", gpus=[0])
+    _four_gpus(monkeypatch)
+    with pytest.raises(ValueError, match="has 4 GPU.*GPU 7 does not exist"):
+        make_executor("auto", gpus=[1, 7])
+    with pytest.raises(ValueError, match="num_workers=1 is fewer than the 2 GPUs"):
+        make_executor("processes", num_workers=1, gpus=[0, 1])
+
+
+def test_bad_gpu_settings_are_one_line_errors_naming_the_fix(monkeypatch):
+    _four_gpus(monkeypatch)
     cases = [
         (dict(gpus=[]), "gpus must be a non-empty list of GPU indices"),
         (dict(gpus=[-1]), "integers >= 0"),

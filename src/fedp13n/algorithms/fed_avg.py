@@ -34,6 +34,7 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import time
@@ -42,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,11 +60,12 @@ from fedp13n.algorithms.client_update import (
     buffer_names,
     trainable_names,
 )
-from fedp13n.data.client_data import ClientData, ClientDataset
+from fedp13n.data.client_data import ClientData, ClientDataset, features_to_tensor
 from fedp13n.data.pipeline import DEFAULT_SHUFFLE_BUFFER, PIPELINES
 from fedp13n.execution.base import Executor, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
-from fedp13n.utils.checks import check_positive_int
+from fedp13n.models.spec import check_labels_fit, check_model_fn, input_spec_of, num_classes
+from fedp13n.utils.checks import check_bool, check_positive_int, check_seed
 from fedp13n.utils.device import check_compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
 
@@ -133,6 +136,33 @@ class ClientSelection:
     client_data: ClientData
     client_ids: Sequence[str]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.client_data, ClientData):
+            raise TypeError(
+                f"ClientSelection needs a fedp13n.data.ClientData, got "
+                f"{type(self.client_data).__name__}."
+            )
+        ids = check_id_list("ClientSelection client_ids", self.client_ids)
+        twice = [c for c, n in collections.Counter(ids).items() if n > 1]
+        if twice:
+            raise ValueError(
+                f"client id {twice[0]!r} is selected more than once; a client takes part in a "
+                "round once (its random streams are keyed by its id)."
+            )
+
+
+def check_id_list(name: str, ids: Any) -> list[Any]:
+    """``ids`` as a list of client ids; a one-line ``TypeError`` for a single string (which
+    would otherwise be read letter by letter) or a non-sequence."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a list of client ids, got the string {ids!r}; use [{ids!r}]."
+        )
+    try:
+        return list(ids)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of client ids, got {type(ids).__name__}.") from None
+
 
 def sample_clients(
     client_ids: Sequence[str], num_clients: int, *, seed: int, round_num: int
@@ -141,6 +171,9 @@ def sample_clients(
 
     Determined by (seed, round_num) only, so a resumed run samples the same clients.
     """
+    check_id_list("client_ids", client_ids)
+    check_seed(seed)
+    check_positive_int("num_clients", num_clients)
     if not 1 <= num_clients <= len(client_ids):
         raise ValueError(
             f"cannot sample {num_clients} clients per round from {len(client_ids)} clients; "
@@ -214,6 +247,8 @@ class WeightedFedAvg:
             deterministic=deterministic,
         )
         self._server_model: nn.Module | None = None
+        #: The model's classes by per-example feature shape (None: not a classifier).
+        self._classes: dict[tuple, int | None] = {}
         self._shared_data: weakref.WeakKeyDictionary[ClientData, SharedRef] = (
             weakref.WeakKeyDictionary()
         )
@@ -249,11 +284,13 @@ class WeightedFedAvg:
                 f"the state's server optimizer state does not fit server_optimizer_fn's "
                 f"optimizer ({e}); resume with the optimizer settings the run started with."
             ) from None
+        datasets, keys = self._round_clients(client_datasets)
+        self._check_data_fits(model, datasets, keys)
         if self.engine is not None:
-            outputs = self._engine_outputs(client_datasets, state, round_num)
+            outputs = self._engine_outputs(client_datasets, datasets, keys, state, round_num)
         else:
             weights_ref = self.executor.share(self.get_model_weights(state))
-            tasks = self._tasks(client_datasets, weights_ref, round_num)
+            tasks = self._tasks(client_datasets, datasets, keys, weights_ref, round_num)
             outputs: list[ClientOutput] = self.executor.map(self.client_work, tasks)
 
         contributing = [o for o in outputs if o.finite]
@@ -281,32 +318,17 @@ class WeightedFedAvg:
     def _engine_outputs(
         self,
         client_datasets: Sequence[ClientDataset] | ClientSelection,
+        datasets: list[ClientDataset],
+        keys: list[Any],
         state: ServerState,
         round_num: int,
     ) -> list[ClientOutput]:
         """The round's client work on the multi-client engine: the same numbers as the
         per-client path (same seeds and batch plans) up to float rounding."""
-        if isinstance(client_datasets, ClientSelection):
-            cd = client_datasets.client_data
-            missing = [c for c in client_datasets.client_ids if c not in cd]
-            if missing:
-                raise KeyError(
-                    f"{len(missing)} selected client ids are not in the ClientData "
-                    f"(e.g. {missing[:3]}); select from client_data.client_ids."
-                )
-            ids = [str(c) for c in client_datasets.client_ids]
+        if isinstance(client_datasets, ClientSelection) and self.engine.device.type != "cpu":
             # on a GPU the engine's data stays there between rounds (copied once)
-            device = self.engine.device if self.engine.device.type != "cpu" else None
-            datasets = [cd.create_dataset(c, device=device) for c in ids]
-            keys: list[Any] = ids
-        else:
-            bad = [i for i, d in enumerate(client_datasets) if not isinstance(d, ClientDataset)]
-            if bad or isinstance(client_datasets, (ClientData, ClientDataset)):
-                raise TypeError(
-                    "client_datasets must be a sequence of ClientDataset or a "
-                    "ClientSelection(client_data, client_ids)."
-                )
-            datasets, keys = list(client_datasets), list(range(len(client_datasets)))
+            cd = client_datasets.client_data
+            datasets = [cd.create_dataset(c, device=self.engine.device) for c in keys]
         work = self.client_work
         results = self.engine.fedavg_clients(
             self.get_model_weights(state),
@@ -329,12 +351,11 @@ class WeightedFedAvg:
         params = dict(model.named_parameters())
         return [params[n] for n in trainable_names(model)]
 
-    def _tasks(
-        self,
-        client_datasets: Sequence[ClientDataset] | ClientSelection,
-        weights_ref: SharedRef,
-        round_num: int,
-    ) -> list[ClientTask]:
+    def _round_clients(
+        self, client_datasets: Sequence[ClientDataset] | ClientSelection
+    ) -> tuple[list[ClientDataset], list[Any]]:
+        """The round's clients, checked: their datasets (views, no copy) and the keys of
+        their random streams (a selection's ids; a list's positions)."""
         if isinstance(client_datasets, ClientSelection):
             cd = client_datasets.client_data
             missing = [c for c in client_datasets.client_ids if c not in cd]
@@ -343,11 +364,8 @@ class WeightedFedAvg:
                     f"{len(missing)} selected client ids are not in the ClientData "
                     f"(e.g. {missing[:3]}); select from client_data.client_ids."
                 )
-            ref = self._shared_data.get(cd)
-            if ref is None:
-                ref = self._shared_data[cd] = self.executor.share(cd)
             ids = [str(c) for c in client_datasets.client_ids]
-            return [ClientTask(weights_ref, ref, c, round_num) for c in ids]
+            return [cd.create_dataset(c) for c in ids], ids
         if isinstance(client_datasets, (ClientData, ClientDataset)) or not isinstance(
             client_datasets, Sequence
         ):
@@ -361,7 +379,52 @@ class WeightedFedAvg:
                     f"client_datasets[{i}] is a {type(d).__name__}, not a ClientDataset; "
                     "build one with ClientDataset.from_arrays(x, y)."
                 )
-        return [ClientTask(weights_ref, d, i, round_num) for i, d in enumerate(client_datasets)]
+        return list(client_datasets), list(range(len(client_datasets)))
+
+    def _check_data_fits(self, model: nn.Module, datasets: list[ClientDataset], keys: list) -> None:
+        """One-line errors, before any work, for clients whose examples do not fit the
+        model: features against its ``input_spec`` (when it declares one), integer labels
+        against its classes (one dry forward per feature shape)."""
+        spec = input_spec_of(model)
+        for d, key in zip(datasets, keys, strict=True):
+            if not len(d):
+                continue
+            x_shape = tuple(d.x.shape[1:])
+            if spec is not None and (
+                why := spec.x_mismatch(x_shape, features_to_tensor(d.x[:0]).dtype)
+            ):
+                raise TypeError(
+                    f"client {key!r}: its examples do not fit the model's input_spec: {why}."
+                )
+            if not np.issubdtype(d.y.dtype, np.integer):
+                continue
+            if x_shape not in self._classes:
+                self._classes[x_shape] = num_classes(model, features_to_tensor(d.x[:1]))
+            classes = self._classes[x_shape]
+            if classes is not None and d.y.ndim != 1:
+                raise ValueError(
+                    f"client {key!r}: class labels must be 1-D (one integer per example), got "
+                    f"shape {tuple(d.y.shape)}; e.g. y.ravel()."
+                )
+            check_labels_fit(classes, d.y, f"client {key!r}")
+
+    def _tasks(
+        self,
+        client_datasets: Sequence[ClientDataset] | ClientSelection,
+        datasets: list[ClientDataset],
+        keys: list[Any],
+        weights_ref: SharedRef,
+        round_num: int,
+    ) -> list[ClientTask]:
+        if isinstance(client_datasets, ClientSelection):
+            cd = client_datasets.client_data
+            ref = self._shared_data.get(cd)
+            if ref is None:
+                ref = self._shared_data[cd] = self.executor.share(cd)
+            return [ClientTask(weights_ref, ref, c, round_num) for c in keys]
+        return [
+            ClientTask(weights_ref, d, k, round_num) for d, k in zip(datasets, keys, strict=True)
+        ]
 
     def _load_server_model(self, state: ServerState) -> nn.Module:
         if self._server_model is None:
@@ -448,8 +511,8 @@ def build_weighted_fed_avg(
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     max_steps: int | None = None,
     engine: Any = None,
-    precision: str = "fp32",
-    device: str = "cpu",
+    precision: str | None = None,
+    device: str | None = None,
     deterministic: bool = True,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
@@ -458,11 +521,12 @@ def build_weighted_fed_avg(
     lockstep as one batched computation (on its device) instead of one task per client on
     ``executor``; same numbers up to float rounding. A setting it cannot batch (another
     loss, optimizer or layer) falls back to the executor, saying why once.
-    ``precision``: ``"fp32"`` (default), ``"bf16"`` (autocast with float32 master
-    weights, for GPUs and CPUs with native bf16; see :mod:`fedp13n.utils.device`) or, on
-    CUDA, ``"tf32"``, for client work.
-    ``device``: where the executor's client work trains (``"cpu"``, ``"cuda"``,
-    ``"cuda:N"``, ``"mps"``; see :mod:`fedp13n.algorithms.client_update`): the clients' data
+    ``precision``: ``"fp32"`` (default; with an engine, the engine's), ``"bf16"``
+    (autocast with float32 master weights, for GPUs and CPUs with native bf16; see
+    :mod:`fedp13n.utils.device`) or, on CUDA, ``"tf32"``, for client work.
+    ``device``: where the executor's client work trains (``"cpu"``, the default;
+    ``"cuda"``, ``"cuda:N"``, ``"mps"``; with an engine, the engine's device, and another
+    one is a ``ValueError``; see :mod:`fedp13n.algorithms.client_update`): the clients' data
     stays resident there, and worker processes an executor pinned to GPUs use their own
     GPU. ``deterministic`` (default True): deterministic GPU kernels, the same numbers run
     to run (False: faster, not reproducible). The server's aggregation stays on the CPU
@@ -487,6 +551,10 @@ def build_weighted_fed_avg(
     ``.take(max_steps)``, at most that many local steps, and with it ``client_epochs=None``
     repeats the data until ``max_steps`` batches exist (K local steps, not epochs).
     """
+    check_model_fn(model_fn)
+    check_seed(seed)
+    check_bool("shuffle", shuffle)
+    check_bool("deterministic", deterministic)
     for name, fn in (
         ("model_fn", model_fn),
         ("client_optimizer_fn", client_optimizer_fn),
@@ -519,7 +587,15 @@ def build_weighted_fed_avg(
         )
     if executor is not None and not isinstance(executor, Executor):
         raise TypeError(f"executor must be a fedp13n Executor, got {type(executor).__name__}.")
-    device, precision = check_compute(device, precision)
+    if engine is not None:
+        from fedp13n.engine import MultiClientEngine
+
+        if not isinstance(engine, MultiClientEngine):
+            raise TypeError(
+                f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
+            )
+        device, precision = engine.match_compute(device, precision)
+    device, precision = check_compute(device or "cpu", precision or "fp32")
     if engine is not None:
         engine = _usable_engine(engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
     return WeightedFedAvg(

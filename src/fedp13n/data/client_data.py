@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,14 +38,14 @@ MAX_IMAGE_CLASSES = 62
 
 
 def check_image_examples(x: np.ndarray, y: np.ndarray, *, where: str = "") -> None:
-    """Validate image-shaped data ``x`` (n, 28, 28) and its class labels ``y``.
+    """Validate image-shaped data ``x`` (n, 28, 28) or (n, 1, 28, 28) and its class labels ``y``.
 
     EMNIST pixels are ``uint8`` (k means k/255) or floats in [0, 1]; labels are integers
     in 0..61. Raises ``TypeError`` for a wrong dtype and ``ValueError`` for values out of
     range, each naming the problem and the fix. Features of any other shape (regression
     or generic test data) are not checked: only their caller knows what is valid.
     """
-    if x.ndim != 3 or tuple(x.shape[1:]) != IMAGE_SHAPE:
+    if tuple(x.shape[1:]) not in (IMAGE_SHAPE, (1, *IMAGE_SHAPE)):  # (n, 28, 28), (n, 1, 28, 28)
         return
     at = f"{where}: " if where else ""
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
@@ -149,6 +150,50 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
+def as_device(device: str | torch.device) -> torch.device:
+    """A device argument as a ``torch.device``: a ``torch.device`` as it is, a name through
+    :func:`fedp13n.utils.device.resolve_device` (a one-line ``ValueError`` for an unknown
+    or absent device); CUDA with its index (``cuda`` is ``cuda:0``), so that one device
+    has one name."""
+    if not isinstance(device, torch.device):
+        from fedp13n.utils.device import resolve_device
+
+        device = resolve_device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)
+    return device
+
+
+def _positions(index: Any, n: int) -> np.ndarray | slice:
+    """Example positions of a dataset of ``n``: a slice, integer positions (1-D, in
+    0..n-1) or a boolean mask of length ``n``; an ``IndexError`` naming the problem else."""
+    if isinstance(index, slice):
+        return index
+    a = np.asarray(index)
+    if a.dtype == bool:
+        if a.shape != (n,):
+            raise IndexError(
+                f"a boolean mask over a client's examples needs shape ({n},), got {a.shape}."
+            )
+        return np.flatnonzero(a)
+    if a.ndim != 1:
+        raise IndexError(
+            f"example positions must be a 1-D array (or a slice or a boolean mask), got shape "
+            f"{a.shape}."
+        )
+    if a.size == 0:
+        return a.astype(np.int64)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise IndexError(f"example positions must be integers, got dtype {a.dtype}.")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= n:
+        raise IndexError(
+            f"example position {lo if lo < 0 else hi} is out of range for a client with "
+            f"{n} examples (0..{n - 1})."
+        )
+    return a
+
+
 @dataclass(frozen=True, eq=False)
 class ClientDataset:
     """The unbatched examples of one client: features ``x`` and labels ``y``.
@@ -203,7 +248,7 @@ class ClientDataset:
 
     def to(self, device: str | torch.device) -> ClientDataset:
         """This dataset with its examples kept on ``device`` (copied once, now)."""
-        device = torch.device(device)
+        device = as_device(device)
         if self.resident is not None and _same_device(self.resident[0].device, device):
             return self
         x = _resident_features(self.x, device)
@@ -211,8 +256,11 @@ class ClientDataset:
         return ClientDataset(self.x, self.y, (x, y))
 
     def subset(self, index: np.ndarray) -> ClientDataset:
-        """The examples at positions ``index`` (numpy), keeping a resident copy resident."""
-        index = np.asarray(index)
+        """The examples at positions ``index`` (integer positions, a boolean mask or a
+        slice; see :meth:`batch`), keeping a resident copy resident."""
+        index = _positions(index, len(self))
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
         resident = None
         if self.resident is not None:
             i = torch.as_tensor(index, dtype=torch.long, device=self.resident[0].device)
@@ -222,12 +270,18 @@ class ClientDataset:
     def batch(
         self, index: np.ndarray | slice, device: torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The examples at ``index`` as ``(x, y)`` tensors on ``device`` (None: the CPU)."""
-        device = torch.device("cpu") if device is None else torch.device(device)
+        """The examples at ``index`` as ``(x, y)`` tensors on ``device`` (None: the CPU).
+
+        ``index``: a slice, 1-D integer positions in ``0..len(self) - 1`` or a boolean mask
+        of ``len(self)``; anything else (negative or out-of-range positions, floats) is an
+        ``IndexError``.
+        """
+        device = torch.device("cpu") if device is None else as_device(device)
+        index = _positions(index, len(self))
         if self.resident is not None and _same_device(self.resident[0].device, device):
             xr, yr = self.resident
             if not isinstance(index, slice):
-                index = torch.as_tensor(np.asarray(index), dtype=torch.long).to(
+                index = torch.from_numpy(index.astype(np.int64, copy=False)).to(
                     device, non_blocking=True
                 )
             xb, yb = xr[index], yr[index]
@@ -396,12 +450,14 @@ class ClientData:
         dataset = ClientDataset(self.x[lo:hi], self.y[lo:hi])
         if device is None:
             return dataset
+        device = as_device(device)
         x, y = self.on_device(device)
         return ClientDataset(dataset.x, dataset.y, (x[lo:hi], y[lo:hi]))
 
     def on_device(self, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """All examples kept on ``device``, copied on the first call (per device)."""
-        key = str(torch.device(device))
+        device = as_device(device)
+        key = f"{device.type}:{device.index or 0}"
         cached = self._device_copies.get(key)
         if cached is None:
             full = ClientDataset(self.x, self.y).to(device)

@@ -64,10 +64,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.data.client_data import UINT8_TO_UNIT, ClientDataset
+from fedp13n.data.client_data import UINT8_TO_UNIT, ClientDataset, features_to_tensor
 from fedp13n.data.pipeline import batch_plan
 from fedp13n.models.emnist import EmnistConvDropout, FedAvgCNN
 from fedp13n.models.layers import FastDropout, random_bytes
+from fedp13n.utils.checks import check_non_negative_int, check_positive_int
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import ModelFn
 
@@ -405,7 +406,16 @@ class _DeviceData:
             return
         xs = [np.asarray(d.x) for d in datasets]
         ys = [np.asarray(d.y) for d in datasets]
-        row = next((x.shape[1:] for x in xs if len(x)), xs[0].shape[1:])
+        rows = {x.shape[1:] for x in xs if len(x)}
+        if len(rows) > 1:
+            raise ValueError(
+                f"the clients' examples have different shapes {sorted(rows)}; give every "
+                "client features of one shape."
+            )
+        row = next(iter(rows), xs[0].shape[1:])
+        if len({x.dtype for x in xs if len(x)}) > 1:
+            # uint8 pixels (k/255) beside floats: each becomes what a model sees, float32
+            xs = [features_to_tensor(x).float().numpy() for x in xs]
         dtype = next((x.dtype for x in xs if len(x)), xs[0].dtype)
         ydtype = next((y.dtype for y in ys if len(y)), ys[0].dtype)
         if np.issubdtype(ydtype, np.floating):
@@ -781,25 +791,30 @@ class MultiClientEngine:
         max_clients: int = 64,
         eval_examples: int = 4096,
         mask_threads: int | None = None,
+        deterministic: bool = True,
     ) -> None:
-        from fedp13n.utils.device import Precision, resolve_device, resolve_precision
+        from fedp13n.utils.device import Precision, resolve_device, resolve_precision, work_device
 
+        if isinstance(model_fn, nn.Module) or not callable(model_fn):
+            raise TypeError(
+                f"model_fn must be a no-argument function that builds the model (e.g. "
+                f"functools.partial(emnist_conv_dropout, num_classes=62)), got a "
+                f"{type(model_fn).__name__}."
+            )
         self.model_fn = model_fn
         self.device = resolve_device(device)
+        if self.device.type == "cuda":  # the same seed, the same numbers (or not: False)
+            work_device(self.device, deterministic=deterministic)
         if precision is None or isinstance(precision, str):
             precision = resolve_precision(precision or "fp32", self.device)
         if not isinstance(precision, Precision):
             raise TypeError(f"precision must be a Precision or its name, got {precision!r}.")
         self.precision = precision
-        if not isinstance(max_clients, int) or max_clients < 1:
-            raise ValueError(f"max_clients must be a positive integer, got {max_clients!r}.")
-        self.max_clients = max_clients
-        self.eval_examples = int(eval_examples)
+        self.max_clients = check_positive_int("max_clients", max_clients)
+        self.eval_examples = check_positive_int("eval_examples", eval_examples)
         if mask_threads is None:
             mask_threads = default_mask_threads(self.device)
-        if isinstance(mask_threads, bool) or not isinstance(mask_threads, int) or mask_threads < 0:
-            raise ValueError(f"mask_threads must be an integer >= 0, got {mask_threads!r}.")
-        self.mask_threads = mask_threads
+        self.mask_threads = check_non_negative_int("mask_threads", mask_threads)
         self._shapes: dict[tuple, _LayerShapes] = {}
         with torch.random.fork_rng(devices=[]):
             model = model_fn()
@@ -808,6 +823,29 @@ class MultiClientEngine:
             raise ValueError(f"the engine cannot batch this model: {why}.")
         self.program = program
         self.names = [n for n, _ in model.named_parameters()]
+
+    def match_compute(
+        self, device: str | torch.device | None, precision: str | None
+    ) -> tuple[str, str]:
+        """The ``(device, precision)`` of the per-client path beside this engine (for what
+        it cannot batch): the engine's when not given; a ``ValueError`` when given and
+        different (the two paths would compute differently without a word)."""
+        from fedp13n.utils.device import resolve_device
+
+        name = self.precision.name
+        if device is not None:
+            asked = resolve_device(device)
+            if asked.type != self.device.type or (asked.index or 0) != (self.device.index or 0):
+                raise ValueError(
+                    f"device={str(device)!r} but the engine runs on {self.device}; leave device "
+                    "out (it follows the engine) or build the MultiClientEngine on that device."
+                )
+        if precision is not None and precision != name:
+            raise ValueError(
+                f"precision={precision!r} but the engine computes in {name}; leave precision "
+                "out (it follows the engine) or build the MultiClientEngine with that precision."
+            )
+        return str(self.device), name
 
     # -- building blocks --------------------------------------------------------------------
     def _stack(self, weights: Mapping[str, torch.Tensor], K: int) -> list[torch.Tensor]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 from fedp13n.execution.base import EXECUTOR_KINDS, Executor
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.execution.process_pool import LocalProcessExecutor, _check_gpus, usable_cores
+from fedp13n.utils.checks import check_positive_int
 
 
 def make_executor(
@@ -53,25 +55,23 @@ def make_executor(
     """
     if kind not in EXECUTOR_KINDS:
         raise ValueError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTOR_KINDS)}.")
-    if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-        raise ValueError(
-            f"threads_per_worker must be a positive integer, got {threads_per_worker!r}."
-        )
-    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
-        raise ValueError(
-            f"num_workers must be a positive integer (or None for automatic), got {num_workers!r}."
-        )
+    threads_per_worker = check_positive_int("threads_per_worker", threads_per_worker)
+    if num_workers is not None:
+        num_workers = check_positive_int("num_workers", num_workers)
+    workers_per_gpu = check_positive_int("workers_per_gpu", workers_per_gpu)
+    if task_timeout is not None and (
+        isinstance(task_timeout, bool) or not isinstance(task_timeout, numbers.Real)
+    ):
+        raise ValueError(f"task_timeout must be positive seconds or None, got {task_timeout!r}.")
     if gpus is not None:
         gpus = list(_check_gpus(gpus))
-    if (
-        isinstance(workers_per_gpu, bool)
-        or not isinstance(workers_per_gpu, int)
-        or workers_per_gpu < 1
-    ):
-        raise ValueError(
-            f"workers_per_gpu must be a positive integer (worker processes sharing each GPU), "
-            f"got {workers_per_gpu!r}."
-        )
+        if kind in ("auto", "processes"):
+            _check_machine_has(gpus)
+            if num_workers is not None and num_workers < len(gpus):
+                raise ValueError(
+                    f"num_workers={num_workers} is fewer than the {len(gpus)} GPUs {gpus}: some "
+                    f"would stay idle; give at least {len(gpus)} workers or fewer GPUs."
+                )
     if ray_address is not None and kind != "ray":
         raise ValueError(
             f"ray_address={ray_address!r} only applies to executor 'ray', not {kind!r}."
@@ -113,3 +113,21 @@ def make_executor(
         max_retries=max_retries,
         gpus_per_task=1 / workers_per_gpu if gpus else 0.0,
     )
+
+
+def _check_machine_has(gpus: list[int]) -> None:
+    """A one-line ``ValueError`` unless this machine has every GPU in ``gpus`` (a worker
+    pinned to a GPU that is not there would fail at its first CUDA operation)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ValueError(
+            f"gpus={gpus} but this machine has no CUDA GPU; drop gpus to run on the CPU."
+        )
+    missing = [g for g in gpus if g >= count]
+    if missing:
+        raise ValueError(
+            f"gpus={gpus} but this machine has {count} GPU(s), numbered 0..{count - 1}; GPU "
+            f"{missing[0]} does not exist."
+        )

@@ -101,3 +101,51 @@ def _fits(shape: tuple[int, ...], spec: Shape) -> bool:
 def _fmt(shape: Shape) -> str:
     inner = ", ".join("None" if d is None else str(d) for d in shape)
     return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def check_model_fn(model_fn: Any) -> None:
+    """A one-line ``TypeError`` unless ``model_fn`` is a no-argument model builder (a model
+    *instance* is the usual mistake: every client starts from a fresh model)."""
+    if isinstance(model_fn, nn.Module):
+        raise TypeError(
+            f"model_fn is a {type(model_fn).__name__} instance; pass a no-argument function "
+            "that builds a fresh model (e.g. functools.partial(emnist_conv_dropout, "
+            "num_classes=62)), since every client starts from a fresh one."
+        )
+    if not callable(model_fn):
+        raise TypeError(
+            f"model_fn must be a no-argument callable returning an nn.Module, got {model_fn!r}."
+        )
+
+
+def num_classes(model: nn.Module, x_one: torch.Tensor) -> int | None:
+    """The classes of a classifier: the size of the class axis (dim 1) of its output for
+    one example ``x_one`` (a batch of 1); None when the output is not ``(1, C, ...)``.
+    A dry forward in eval mode, without gradient, the RNG untouched."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
+            out = model(x_one)
+        finally:
+            model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != 1:
+        return None
+    return int(out.shape[1])
+
+
+def check_labels_fit(classes: int | None, y: Any, what: str) -> None:
+    """A one-line ``ValueError`` when integer labels ``y`` (numpy) fall outside a
+    classifier's ``classes`` (a label past the output would fail deep inside the loss, and
+    on a GPU stop the process with a device-side assert)."""
+    import numpy as np
+
+    if classes is None or len(y) == 0 or not np.issubdtype(y.dtype, np.integer):
+        return
+    lo, hi = int(np.min(y)), int(np.max(y))
+    if lo < 0 or hi >= classes:
+        raise ValueError(
+            f"{what}: label {lo if lo < 0 else hi} is outside the model's {classes} classes "
+            f"(0..{classes - 1}); build the model with as many classes as the data has "
+            "(e.g. num_classes=62 for EMNIST-62) or relabel the data."
+        )

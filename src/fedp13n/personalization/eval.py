@@ -60,7 +60,7 @@ from torch import nn
 from fedp13n.data.client_data import ClientDataset
 from fedp13n.execution.base import Executor, LocalRef, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
-from fedp13n.models.spec import InputSpec, input_spec_of
+from fedp13n.models.spec import InputSpec, check_model_fn, input_spec_of
 from fedp13n.personalization.inputs import check_client_input, check_fits_model
 from fedp13n.personalization.result import (
     BASELINE_KEY,
@@ -69,6 +69,7 @@ from fedp13n.personalization.result import (
     scalar_tree,
     stack_trees,
 )
+from fedp13n.utils.checks import check_bool
 from fedp13n.utils.device import check_compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import ModelFn
@@ -83,8 +84,8 @@ def build_personalization_eval(
     seed: int | None = None,
     executor: Executor | None = None,
     engine: Any = None,
-    precision: str = "fp32",
-    device: str = "cpu",
+    precision: str | None = None,
+    device: str | None = None,
     deterministic: bool = True,
 ) -> Callable[[Mapping[str, torch.Tensor], Iterable[Mapping[str, Any]]], PersonalizationResult]:
     """Build ``personalization_eval(model_weights, client_inputs) -> PersonalizationResult``.
@@ -113,11 +114,12 @@ def build_personalization_eval(
             for all clients at once as one batched computation, the same numbers up to
             float rounding; other strategies (and a ``baseline_evaluate_fn`` other than
             :func:`evaluate_fn`) run per client on ``executor``, said once.
-        precision: ``"fp32"`` (default), ``"bf16"`` (autocast, float32 master weights)
-            or, on CUDA, ``"tf32"``, around each client's baseline and strategies (the
-            per-client path).
-        device: where the per-client path runs (``"cpu"``, ``"cuda"``, ``"cuda:N"``,
-            ``"mps"``): each sampled client's model is built on the CPU (the same
+        precision: ``"fp32"`` (default; with an engine, the engine's), ``"bf16"``
+            (autocast, float32 master weights) or, on CUDA, ``"tf32"``, around each
+            client's baseline and strategies (the per-client path).
+        device: where the per-client path runs (``"cpu"``, the default; ``"cuda"``,
+            ``"cuda:N"``, ``"mps"``; with an engine, the engine's device, and another one
+            is a ``ValueError``): each sampled client's model is built on the CPU (the same
             initialisation), moved there, and its train and test data are copied there
             once; strategies get a model on the device and data resident on it
             (:meth:`ClientDataset.batch` cuts batches where the model is). Worker processes
@@ -169,7 +171,16 @@ def build_personalization_eval(
         raise TypeError(
             f"executor must be a fedp13n Executor (or None for in-process), got {executor!r}."
         )
-    device, precision = check_compute(device, precision)
+    check_bool("deterministic", deterministic)
+    if engine is not None:
+        from fedp13n.engine import MultiClientEngine
+
+        if not isinstance(engine, MultiClientEngine):
+            raise TypeError(
+                f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
+            )
+        device, precision = engine.match_compute(device, precision)
+    device, precision = check_compute(device or "cpu", precision or "fp32")
     job = _ClientJob(
         model_fn,
         baseline_evaluate_fn,
@@ -426,16 +437,7 @@ def _as_metrics(metrics: Any, step: str) -> Mapping[str, Any]:
 # -- argument checks --------------------------------------------------------------------------
 def _build_probe(model_fn: Any) -> nn.Module:
     """``model_fn()`` once, at build time (as TFF), with the caller's RNG untouched."""
-    if isinstance(model_fn, nn.Module):
-        raise TypeError(
-            f"model_fn is a {type(model_fn).__name__} instance; pass a no-argument function "
-            "that builds a fresh model (e.g. a functools.partial of the model's class), since "
-            "every client and strategy starts from a fresh one."
-        )
-    if not callable(model_fn):
-        raise TypeError(
-            f"model_fn must be a no-argument callable returning an nn.Module, got {model_fn!r}."
-        )
+    check_model_fn(model_fn)
     with torch.random.fork_rng(devices=[]):  # building a model draws its random init
         model = model_fn()
     if not isinstance(model, nn.Module):

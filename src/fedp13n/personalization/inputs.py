@@ -14,6 +14,7 @@ data must fit the model (:func:`check_fits_model`: against the model's declared
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from fedp13n.data.client_data import ClientDataset, features_to_tensor, labels_to_tensor
-from fedp13n.models.spec import InputSpec, input_spec_of
+from fedp13n.models.spec import InputSpec, check_labels_fit, input_spec_of, num_classes
 
 #: Keys a client input may have. ``train_data``/``test_data`` are required (TFF's names);
 #: ``context`` is handed to every strategy (TFF's optional context); ``client_id`` names
@@ -122,6 +123,8 @@ def check_fits_model(model: nn.Module, data: ClientDataset, what: str) -> None:
                 f"{what} ({shapes}) does not fit the model's input_spec: it has {why}; "
                 f"{_spec_hint(spec)}"
             )
+        if len(data) and not y_dtype.is_floating_point:
+            check_labels_fit(_classes(model, data), data.y, what)
         return
     if len(data) == 0:
         return
@@ -150,7 +153,10 @@ def check_fits_model(model: nn.Module, data: ClientDataset, what: str) -> None:
         )
     per_example = out_shape[1:]
     integer = not y_dtype.is_floating_point
-    if y_shape == per_example or (integer and y_shape == per_example[1:]):
+    if y_shape == per_example:
+        return
+    if integer and y_shape == per_example[1:]:
+        check_labels_fit(per_example[0], data.y, what)
         return
     raise TypeError(
         f"{what} ({shapes}) does not fit the model: labels of shape {y_shape} per example "
@@ -158,6 +164,20 @@ def check_fits_model(model: nn.Module, data: ClientDataset, what: str) -> None:
         "the loss would broadcast the two. Give labels of the output's shape (integer class "
         "labels: without the class axis), or declare model.input_spec."
     )
+
+
+#: Classes of the models checked here, by per-example feature shape (one dry forward each).
+_CLASSES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _classes(model: nn.Module, data: ClientDataset) -> int | None:
+    by_shape = _CLASSES.setdefault(model, {})
+    key = tuple(data.x.shape[1:])
+    if key not in by_shape:
+        by_shape[key] = num_classes(model, features_to_tensor(data.x[:1]))
+    return by_shape[key]
 
 
 def _spec_hint(spec: InputSpec) -> str:

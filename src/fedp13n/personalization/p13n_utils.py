@@ -34,6 +34,7 @@ from torch import nn
 from fedp13n.data.pipeline import batch_plan
 from fedp13n.engine.batched import EVAL_BATCH_SIZE
 from fedp13n.personalization.inputs import as_client_dataset
+from fedp13n.utils.checks import check_bool, check_positive_int
 from fedp13n.utils.device import module_device
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
@@ -61,8 +62,7 @@ def evaluate_fn(
     ``num_test_examples``) and ``num_batches`` (``ceil(n / batch_size)``: it depends on the
     evaluation batch size, as TFF's) are the counters of TFF's Keras models.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = check_positive_int("batch_size", batch_size)
     data = as_client_dataset(dataset, "the evaluation dataset")
     was_training = model.training
     model.eval()
@@ -135,14 +135,11 @@ def build_personalize_fn(
             f"optimizer_fn must be a callable params -> torch.optim.Optimizer, got "
             f"{type(optimizer_fn).__name__} (e.g. functools.partial(torch.optim.SGD, lr=0.02))."
         )
-    for name, value in (
-        ("batch_size", batch_size),
-        ("num_epochs", num_epochs),
-        ("num_epochs_per_eval", num_epochs_per_eval),
-        ("eval_batch_size", eval_batch_size),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    batch_size = check_positive_int("batch_size", batch_size)
+    num_epochs = check_positive_int("num_epochs", num_epochs)
+    num_epochs_per_eval = check_positive_int("num_epochs_per_eval", num_epochs_per_eval)
+    eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
+    shuffle = check_bool("shuffle", shuffle)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (outputs, targets) -> loss, got {loss_fn!r}.")
 

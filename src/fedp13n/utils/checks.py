@@ -57,3 +57,19 @@ def check_callable(name: str, value: Any, what: str = "") -> None:
     if not callable(value):
         hint = f" ({what})" if what else ""
         raise TypeError(f"{name} must be callable{hint}, got {type(value).__name__}.")
+
+
+def check_bool(name: str, value: Any, error: type[Exception] = TypeError) -> bool:
+    """``value`` as a bool (True/False or a numpy bool): a string such as ``"no"`` would
+    otherwise count as true."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise error(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_seed(value: Any, name: str = "seed", error: type[Exception] = TypeError) -> int:
+    """``value`` as an int seed (an integer, numpy integers included; not a bool, a float
+    or a string, which would silently become another seed)."""
+    if not _is_int(value):
+        raise error(f"{name} must be an int, got {value!r}.")
+    return int(value)

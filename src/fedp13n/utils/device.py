@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -86,10 +87,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("mps")
     if name == "cuda" or name.startswith("cuda:"):
         index = name.partition(":")[2]
-        if index and not index.isdigit():
+        if name != "cuda" and not re.fullmatch(r"[0-9]+", index):
             raise ValueError(
                 f"invalid device {device!r}: use 'cuda' or 'cuda:N'; available: {have}."
             )
+        name = f"cuda:{int(index)}" if index else "cuda"
         if not torch.cuda.is_available():
             raise ValueError(
                 f"device {device!r} is not available: no CUDA GPU (or a CPU-only torch "
@@ -169,7 +171,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> Pre
     precisions change results, so they are asked for by name (in particular "auto" never
     picks bf16 on a CPU that would emulate it). ``ValueError`` for an unknown name or tf32
     off CUDA; bf16 on a CPU without native bf16 warns once."""
-    dev = device if isinstance(device, torch.device) else torch.device(str(device))
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
     kind = dev.type
     if not isinstance(precision, str) or precision.lower() not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
