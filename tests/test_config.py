@@ -1,6 +1,12 @@
 import pytest
 
-from fedp13n.experiments.config import ConfigError, ExperimentConfig, StrategyConfig, resolve_split
+from fedp13n.experiments.config import (
+    ConfigError,
+    ExperimentConfig,
+    StageConfig,
+    StrategyConfig,
+    resolve_split,
+)
 
 
 def test_defaults_are_tffs_example():
@@ -48,6 +54,19 @@ def test_toml_errors_name_the_key(tmp_path):
         ExperimentConfig.from_toml(tmp_path / "missing.toml")
 
 
+def test_toml_with_a_byte_order_mark(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_bytes(b"\xef\xbb\xbfrounds = 3\n")  # what Windows Notepad writes
+    assert ExperimentConfig.from_toml(p).rounds == 3
+
+
+def test_a_sweep_file_is_not_a_run_config(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text("rounds = 3\n[sweep]\ngrid = { seed = [1, 2] }\n")
+    with pytest.raises(ConfigError, match=r"is a sweep file \(it has a \[sweep\] table\)"):
+        ExperimentConfig.from_toml(p)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -64,11 +83,46 @@ def test_toml_errors_name_the_key(tmp_path):
         (dict(strategies=[StrategyConfig("a"), StrategyConfig("a")]), "unique"),
         (dict(strategies=[StrategyConfig("a", "rmsprop")]), "optimizer 'rmsprop'"),
         (dict(dataset="leaf"), "needs data_dir"),
+        (dict(split_seed=-1), r"split_seed must be an integer in 0\.\.4294967295, got -1"),
+        (dict(split_seed=2**32), r"split_seed must be an integer in 0\.\.4294967295"),
+        (dict(stages=[{"name": "bad name"}]), "stage name 'bad name' must be letters"),
+        (dict(stages=[{"name": ""}]), "stage name is empty"),
+        (dict(stages=[{"name": 3}]), "stage name 3 must be"),
+        (dict(strategies=[StrategyConfig("a b")]), "strategy name 'a b' must be letters"),
+        (dict(strategies=[StrategyConfig("")]), "strategy name is empty"),
+        (dict(dataset="synthetic", synthetic_clients=1), "at least 2.*--synthetic-clients 2"),
+        (dict(dataset="synthetic", synthetic_clients=10, num_p13n_clients=10), "has 10 clients"),
     ],
 )
 def test_invalid_values(change, message):
     with pytest.raises(ConfigError, match=message):
         ExperimentConfig(**change).validate()
+
+
+def test_seed_limits():
+    ExperimentConfig(split_seed=0).validate()
+    ExperimentConfig(split_seed=2**32 - 1).validate()
+    ExperimentConfig(seed=-1).validate()  # derive_seed hashes it: any integer is a seed
+
+
+def test_stage_cli_form():
+    parse = StageConfig.parse
+    assert parse("reptile:rounds=20,local-steps=10", ExperimentConfig()) == {
+        "name": "reptile",
+        "rounds": 20,
+        "local_steps": 10,
+    }
+    assert parse("rounds=2", ExperimentConfig()) == {"rounds": 2}
+    for spec, message in [
+        ("a:rounds=1,rounds=2", "stage 'a' sets rounds twice"),
+        ("rounds=1,rounds=2", "the stage sets rounds twice"),
+        ("", "is empty"),
+        ("a:", "sets nothing"),
+        (":rounds=1", "stage name is empty"),
+        ("bad name:rounds=1", "stage name 'bad name' must be"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse(spec, ExperimentConfig())
 
 
 def test_strategy_cli_form():

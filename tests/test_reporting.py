@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fedp13n.reporting import summary as sm
-from fedp13n.reporting.compare import write_comparison
+from fedp13n.reporting.compare import headline_table, load_runs, write_comparison
 from fedp13n.reporting.report import PNG_FILES, SECTIONS, write_report
 from fedp13n.rundir import layout as rd
 
@@ -306,10 +306,13 @@ def test_report_has_every_section_and_real_images(run1: Path) -> None:
 
 def test_report_to_other_folder_and_without_fedavg_metrics(run1: Path, tmp_path: Path) -> None:
     (run1 / rd.FEDAVG_METRICS).unlink()
-    path = write_report(run1, tmp_path / "out")
+    with pytest.warns(sm.ReportWarning, match="has no fedavg_metrics.csv"):
+        path = write_report(run1, tmp_path / "out")
     assert path == tmp_path / "out" / rd.REPORT
     doc = path.read_text()
-    assert '<section id="fedavg">' in doc and "Not available" in doc
+    fedavg = doc[doc.index('<section id="fedavg">') : doc.index('<section id="distribution">')]
+    assert '<p class="missing"><b>Not available: FedAvg loss and accuracy per round.</b>' in fedavg
+    assert f"{run1} has no fedavg_metrics.csv" in fedavg
     assert len(embedded_images(doc)) == 4
     assert not (run1 / rd.REPORT).exists()
 
@@ -392,6 +395,167 @@ def test_cli_user_errors_exit_2_with_one_line(cli: typer.Typer, tmp_path: Path) 
         assert message in res.output
         assert "Traceback" not in res.output
         assert len(res.output.strip().splitlines()) == 1
+
+
+def test_cli_report_without_fedavg_metrics_warns_in_one_line(
+    cli: typer.Typer, run1: Path, tmp_path: Path
+) -> None:
+    (run1 / rd.FEDAVG_METRICS).unlink()
+    res = CliRunner().invoke(cli, ["report", str(run1), "--no-summary"])
+    assert res.exit_code == 0, res.output
+    warns = [line for line in res.output.splitlines() if line.startswith("warning: ")]
+    assert warns == [
+        f"warning: {run1} has no fedavg_metrics.csv (the log of FedAvg's rounds): the report "
+        f"has no FedAvg training curves; copy the run's fedavg_metrics.csv into {run1} to get "
+        "them."
+    ]
+    assert 'class="missing"' in (run1 / rd.REPORT).read_text()
+    other = make_run_dir(tmp_path / "other", seed=2)
+    res = CliRunner().invoke(cli, ["compare", str(run1), str(other), "-o", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    warns = [line for line in res.output.splitlines() if line.startswith("warning: ")]
+    assert len(warns) == 1 and "in run(s) run1:" in warns[0]
+    doc = (tmp_path / "c" / "comparison.html").read_text()
+    assert "<b>Not available: FedAvg curves of run1.</b>" in doc
+    assert len(embedded_images(doc)) == 3  # the other run's curves are still drawn
+
+
+def _drop_epoch(run: Path, strategy: str, epoch: str) -> None:
+    """A strategy evaluated every 2 epochs: no ``epoch_1`` rows (``epochs_per_eval = 2``)."""
+    with (run / rd.PER_CLIENT).open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if (r["strategy"], r["epoch"]) != (strategy, epoch)]
+    with (run / rd.PER_CLIENT).open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_headline_uses_each_strategys_first_evaluated_epoch(
+    run1: Path, tmp_path: Path, cli: typer.Typer
+) -> None:
+    _drop_epoch(run1, "adam", "epoch_1")  # adam: epoch_2 and epoch_3 only
+    s = sm.summarize_run(run1)
+    adam2 = s.row("adam", "epoch_2").mean
+    assert s.headline == {
+        "baseline_accuracy": s.baseline.mean,
+        "sgd_epoch_1_accuracy": s.row("sgd", "epoch_1").mean,
+        "adam_epoch_2_accuracy": adam2,
+    }
+    head = sm.format_headline(s).splitlines()
+    assert len(head) == 3
+    assert head[2].startswith("mean accuracy, adam after 2 epochs:")
+    assert head[2].endswith(f"{adam2:.4f}")
+    res = CliRunner().invoke(cli, ["report", str(run1), "-o", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert f"mean accuracy, adam after 2 epochs: {adam2:.4f}" in res.output
+    doc = (tmp_path / "rep" / rd.REPORT).read_text()
+    assert f"<div>adam, 2 epochs<b>{adam2:.4f}</b></div>" in doc
+    saved = json.loads((tmp_path / "rep" / rd.SUMMARY).read_text())["headline"]
+    assert saved["adam_epoch_2_accuracy"] == pytest.approx(adam2)
+    # compare: every strategy's headline number is a column, n/a where a run lacks it
+    other = make_run_dir(tmp_path / "other", seed=4, strategies={"sgd": 0.05, "fast": 0.1})
+    runs = load_runs([run1, other])
+    table = headline_table(runs)
+    assert [list(r) for r in table] == [list(table[0])] * 2
+    assert [k for k in table[0] if "epoch" in k] == ["sgd epoch 1", "adam epoch 2", "fast epoch 1"]
+    fast1 = sm.summarize_run(other).row("fast", "epoch_1").mean
+    assert table[0]["adam epoch 2"] == f"{adam2:.4f}" and table[0]["fast epoch 1"] == "n/a"
+    assert table[1]["adam epoch 2"] == "n/a" and table[1]["fast epoch 1"] == f"{fast1:.4f}"
+
+
+def _sweep_dir(path: Path, comparison: bool) -> Path:
+    (path / "runs" / "local_epochs=1").mkdir(parents=True)
+    (path / "sweep.toml").write_text("[sweep]\ngrid = { local_epochs = [1] }\n")
+    (path / "sweep.csv").write_text("run\n")
+    if comparison:
+        (path / "comparison.html").write_text("<html></html>")
+    return path
+
+
+def test_report_and_compare_of_a_sweep_directory_point_to_its_runs(
+    cli: typer.Typer, tmp_path: Path
+) -> None:
+    sweep = _sweep_dir(tmp_path / "sw", comparison=True)
+    a = make_run_dir(tmp_path / "a")
+    with pytest.raises(sm.ReportError, match="is a sweep directory"):
+        write_report(sweep)
+    for args, message in (
+        (
+            ["report", str(sweep)],
+            f"error: {sweep} is a sweep directory: report its runs ({sweep}/runs/<run>) or "
+            f"open {sweep}/comparison.html.",
+        ),
+        (
+            ["compare", str(a), str(sweep)],
+            f"error: {sweep} is a sweep directory: compare its runs ({sweep}/runs/<run>) or "
+            f"open {sweep}/comparison.html.",
+        ),
+    ):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2, res.output
+        assert res.output.strip().splitlines() == [message]
+    # a sweep with fewer than two finished runs has no comparison to open
+    bare = _sweep_dir(tmp_path / "bare", comparison=False)
+    res = CliRunner().invoke(cli, ["report", str(bare)])
+    assert res.exit_code == 2
+    assert (
+        res.output.strip()
+        == f"error: {bare} is a sweep directory: report its runs ({bare}/runs/<run>)."
+    )
+
+
+_HOLD_LOCK = (
+    "import sys\n"
+    "from fedp13n.rundir.lock import run_dir_lock\n"
+    "with run_dir_lock(sys.argv[1]):\n"
+    "    print('locked', flush=True)\n"
+    "    sys.stdin.read()\n"
+)
+
+
+def test_report_of_a_run_still_in_progress_says_so(cli: typer.Typer, tmp_path: Path) -> None:
+    import sys
+
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / rd.CONFIG).write_text('dataset = "synthetic"\n')
+    finished = make_run_dir(tmp_path / "finished")
+    a = make_run_dir(tmp_path / "a", seed=1)
+    holders = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HOLD_LOCK, str(d)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for d in (running, finished)  # a finished run resumed: still being written
+    ]
+    try:
+        for h in holders:
+            assert h.stdout.readline().strip() == "locked"
+        for d, h in zip((running, finished), holders, strict=True):
+            for args, verb in (
+                (["report", str(d)], "report"),
+                (["compare", str(a), str(d)], "compare"),
+            ):
+                res = CliRunner().invoke(cli, args)
+                assert res.exit_code == 2, res.output
+                assert res.output.strip().splitlines() == [
+                    f"error: a run is still writing into {d} (pid {h.pid}); {verb} it when it "
+                    "has finished."
+                ]
+    finally:
+        for h in holders:
+            h.communicate("", timeout=30)
+    # released: the finished run is a run again; the unfinished one is what it is
+    assert sm.check_run_dir(finished) == finished
+    with pytest.raises(sm.ReportError, match="per_client.csv is missing"):
+        sm.check_run_dir(running)
+    # the run's own process holds the lock while it writes its report: not refused
+    from fedp13n.rundir.lock import run_dir_lock
+
+    with run_dir_lock(finished):
+        assert sm.check_run_dir(finished) == finished
 
 
 # -- a real browser ------------------------------------------------------------------------------

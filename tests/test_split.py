@@ -1,9 +1,10 @@
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedp13n.data.split import split_clients
+from fedp13n.data.split import split_clients, split_sizes
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/femnist_sample"
 
@@ -71,3 +72,21 @@ def test_real_sample_splits_220_66():
     assert set(train) | set(p13n) == set(ids)
     expected = np.random.RandomState(42).permutation(sorted(ids))
     assert train[:5] == [str(c) for c in expected[:5]]
+
+
+def test_too_few_clients_for_a_split_name_the_minimum():
+    for n in (0, 1):
+        with pytest.raises(ValueError, match=f"has {n} clients?, too few .* at least 2"):
+            split_sizes(n)
+        with pytest.raises(ValueError, match="at least 2"):
+            split_sizes(n, 1, 1)
+    assert split_sizes(2) == (1, 1)
+
+
+@pytest.mark.parametrize("n", range(2, 41))
+def test_the_suggested_sizes_fit(n):
+    with pytest.raises(ValueError) as e:
+        split_sizes(n, n, None)  # no personalization clients left
+    train, p13n = map(int, re.search(r"num_train=(\d+) and num_personalization=(\d+)",
+                                     str(e.value)).groups())  # fmt: skip
+    assert split_sizes(n, train, p13n) == (train, p13n)

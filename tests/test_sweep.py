@@ -130,3 +130,91 @@ def test_sweep_refuses_bad_grids(tmp_path):
     (tmp_path / "out" / "sweep.toml").write_text("x = 1\n")
     res = CliRunner().invoke(app, ["sweep", str(toml), "--output-dir", str(tmp_path / "out")])
     assert res.exit_code == 2 and "--resume" in res.output
+
+
+def _one_error_line(res) -> str:
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+def test_sweep_refuses_a_repeated_grid_value_before_any_run(tmp_path):
+    toml = tmp_path / "s.toml"
+    toml.write_text(SWEEP.replace("clients_per_round = [2, 4]", "clients_per_round = [2, 4, 2]"))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["sweep", str(toml), "--output-dir", str(out)])
+    assert _one_error_line(res) == (
+        f"error: {toml}: grid 'clients_per_round' repeats 2; give each value once."
+    )
+    assert not out.exists()  # refused before any run
+    with pytest.raises(ConfigError, match="grid 'client_learning_rate' repeats 0.01; give each"):
+        SweepConfig.from_dict({"sweep": {"grid": {"client_learning_rate": [0.01, 0.01]}}})
+    with pytest.raises(ConfigError, match="grid 'client_learning_rate' repeats 0.1;"):
+        SweepConfig.from_dict({"sweep": {"grid": {"client_learning_rate": [0.1, 0.2, 0.1]}}})
+    strategy = {"name": "sgd", "optimizer": "sgd", "learning_rate": 0.02}
+    with pytest.raises(ConfigError, match='repeats \\[{"name":"sgd"'):
+        SweepConfig.from_dict({"sweep": {"grid": {"strategies": [[strategy], [strategy]]}}})
+    # distinct values are fine (1 and 2.0 are two settings)
+    sweep = SweepConfig.from_dict({"sweep": {"grid": {"client_learning_rate": [1, 2.0]}}})
+    assert [name for name, _ in sweep.runs()] == [
+        "client_learning_rate=1",
+        "client_learning_rate=2.0",
+    ]
+
+
+def test_sweep_file_and_output_dir_of_the_wrong_kind(tmp_path):
+    toml = tmp_path / "s.toml"
+    toml.write_text(SWEEP)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    runner = CliRunner()
+    for args, message in (
+        (
+            [str(folder), "--output-dir", str(tmp_path / "o1")],
+            f"error: sweep file {folder} is a directory; give the sweep's TOML file.",
+        ),
+        (
+            [str(toml), "--output-dir", str(afile)],
+            f"error: --output-dir {afile} is a file, not a directory; choose another --output-dir.",
+        ),
+        (
+            [str(toml), "--output-dir", str(afile / "sub")],
+            f"error: --output-dir {afile / 'sub'}: {afile} is a file, not a directory; choose "
+            "another --output-dir.",
+        ),
+        (
+            [str(toml), "--output-dir", str(afile), "--resume"],
+            f"error: --output-dir {afile} is a file, not a directory; choose another --output-dir.",
+        ),
+    ):
+        res = runner.invoke(app, ["sweep", *args])
+        assert _one_error_line(res) == message
+    assert not (tmp_path / "o1").exists() and afile.read_text() == ""
+    # a sweep's output directory given as the sweep file: how to continue it
+    (folder / "sweep.toml").write_text(SWEEP)
+    res = runner.invoke(app, ["sweep", str(folder), "--output-dir", str(tmp_path / "o2")])
+    assert _one_error_line(res) == (
+        f"error: sweep file {folder} is a directory; give the sweep's TOML file (to continue "
+        f"the sweep saved there: fedp13n sweep {folder / 'sweep.toml'} --output-dir {folder} "
+        "--resume)."
+    )
+
+
+def test_sweep_checks_the_reported_strategy_and_epoch_before_any_run():
+    base = {"p13n_epochs": 3, "strategies": [{"name": "sgd", "epochs_per_eval": 2}]}
+    grid = {"grid": {"local_epochs": [1, 2]}}
+    ok = SweepConfig.from_dict({**base, "sweep": {**grid, "report_epoch": "epoch_2"}})
+    assert ok.report_epoch == "epoch_2"
+    with pytest.raises(ConfigError, match="report_strategy 'adam' is not a strategy of run"):
+        SweepConfig.from_dict({**base, "sweep": {**grid, "report_strategy": "adam"}})
+    with pytest.raises(
+        ConfigError,
+        match="report_epoch 'epoch_1' is not evaluated: strategy 'sgd' of run local_epochs=1 "
+        "reports epoch_2, epoch_3; choose one of those",
+    ):
+        SweepConfig.from_dict({**base, "sweep": {**grid, "report_epoch": "epoch_1"}})
+    with pytest.raises(ConfigError, match="report_epoch must be an evaluation key like 'epoch_3'"):
+        SweepConfig.from_dict({**base, "sweep": {**grid, "report_epoch": 3}})

@@ -15,6 +15,7 @@ record the row.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +41,9 @@ class Callback:
 
 class LearningGuard(Callback):
     """Stop a run that cannot learn instead of reporting numbers of an unchanged or
-    non-finite model: a round where every client's update was skipped as non-finite, or
-    global weights that are no longer finite."""
+    non-finite model: a round where every client's update was skipped as non-finite,
+    global weights that are no longer finite, or a global model whose test loss is not
+    (when the round evaluated it)."""
 
     def on_round_end(self, process: Any, state: Any, row: dict[str, Any]) -> None:
         import torch
@@ -59,6 +61,12 @@ class LearningGuard(Callback):
             raise TrainingError(
                 f"round {r}: the global weights {bad[:3]} are no longer finite; lower the "
                 "server learning rate."
+            )
+        eval_loss = row.get("eval_loss")
+        if isinstance(eval_loss, float) and not math.isfinite(eval_loss):
+            raise TrainingError(
+                f"round {r}: the global model's test loss is {eval_loss} (its weights are finite "
+                "but have blown up), so it cannot be evaluated; lower the server learning rate."
             )
 
 

@@ -6,12 +6,32 @@ and exit with code 2, like the other commands; no traceback.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
 from fedp13n.cli.errors import fail
-from fedp13n.reporting.summary import ReportError
+from fedp13n.reporting.summary import ReportError, ReportWarning
+
+
+@contextlib.contextmanager
+def _report_warnings() -> Iterator[None]:
+    """What a written report leaves out (e.g. no FedAvg log): one ``warning:`` line each."""
+    written = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ReportWarning)
+            yield
+            written = True
+    finally:
+        for w in caught:  # no report (an error follows): nothing was left out of it
+            if not issubclass(w.category, ReportWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            elif written:
+                typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
 
 
 def report(
@@ -29,11 +49,12 @@ def report(
     from fedp13n.reporting.summary import print_run_summary
 
     try:
-        path = write_report(run_dir, output)
+        with _report_warnings():
+            path = write_report(run_dir, output)
         if summary:
             print_run_summary(run_dir)
     except (ReportError, OSError) as e:
-        fail(str(e))
+        fail(str(e).splitlines()[0])
     typer.echo(f"report: {path}")
     if open_browser:
         import webbrowser
@@ -54,9 +75,10 @@ def compare(
     from fedp13n.reporting.compare import write_comparison
 
     try:
-        path = write_comparison(run_dirs, output)
+        with _report_warnings():
+            path = write_comparison(run_dirs, output)
     except (ReportError, OSError) as e:
-        fail(str(e))
+        fail(str(e).splitlines()[0])
     typer.echo(f"comparison: {path}")
     if open_browser:
         import webbrowser

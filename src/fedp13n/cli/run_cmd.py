@@ -55,12 +55,13 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
         ),
     ),
     "output_dir": (
-        Path | None,
+        str | None,  # not Path: Path("") is ".", and an empty --output-dir must be refused
         typer.Option(
             None,
             "--output-dir",
             help="Run directory.  \\[default: a new folder under runs/]",
             show_default=False,
+            metavar="PATH",
             rich_help_panel=_RUN,
         ),
     ),
@@ -142,14 +143,19 @@ def resolve_config(
 
 def run(**kwargs: Any) -> None:
     """Train a global model with FedAvg, then evaluate personalization strategies."""
+    run_args = {k: kwargs.pop(k) for k in _RUN_OPTIONS}
+    output_dir = run_args["output_dir"]
+    if output_dir is not None:
+        if not output_dir.strip():
+            fail("--output-dir is empty; give the run directory (e.g. --output-dir runs/exp1).")
+        output_dir = Path(output_dir)
+
     from fedp13n.algorithms.loop import TrainingError
     from fedp13n.data.validate import DataError
     from fedp13n.execution.base import ClientWorkError
     from fedp13n.experiments.p13n_experiment import default_run_dir, run_experiment
     from fedp13n.rundir import layout as rd
 
-    run_args = {k: kwargs.pop(k) for k in _RUN_OPTIONS}
-    output_dir = run_args["output_dir"]
     if run_args["resume"] and output_dir is None:
         fail("--resume needs --output-dir: the run directory to continue.")
     try:

@@ -29,6 +29,8 @@ import numpy as np
 TFF_NUM_TRAIN = 2500
 TFF_NUM_PERSONALIZATION = 900
 TFF_SPLIT_SEED = 42
+#: The fewest clients a split can have: one for FedAvg, one for personalization.
+MIN_CLIENTS = 2
 
 
 def split_sizes(
@@ -39,9 +41,15 @@ def split_sizes(
     Both unset: TFF's 2,500 / 900 when there are at least 3,400 clients, else the same
     proportions (the 286-writer sample splits 210 / 76). One unset: the rest of the
     clients. Sizes that do not fit are a ``ValueError`` naming both numbers and sizes that
-    fit.
+    fit; fewer than :data:`MIN_CLIENTS` clients are a ``ValueError`` naming the minimum.
     """
     total = TFF_NUM_TRAIN + TFF_NUM_PERSONALIZATION
+    if num_clients < MIN_CLIENTS:
+        raise ValueError(
+            f"the dataset has {num_clients} client{'' if num_clients == 1 else 's'}, too few "
+            f"for a split: it needs at least {MIN_CLIENTS} (1 training and 1 personalization "
+            "client)."
+        )
     if num_train is None and num_personalization is None:
         if num_clients >= total:
             return TFF_NUM_TRAIN, TFF_NUM_PERSONALIZATION
@@ -52,7 +60,7 @@ def split_sizes(
     elif num_personalization is None:
         num_personalization = num_clients - num_train
     if num_train < 1 or num_personalization < 1 or num_train + num_personalization > num_clients:
-        suggested = max(1, round(num_clients * TFF_NUM_TRAIN / total))
+        suggested = min(max(1, round(num_clients * TFF_NUM_TRAIN / total)), num_clients - 1)
         raise ValueError(
             f"the dataset has {num_clients} clients, which cannot be split into {num_train} "
             f"training and {num_personalization} personalization clients; choose sizes that "

@@ -33,7 +33,7 @@ import tomli_w
 
 from fedp13n.data.names import DATASET_NAMES
 from fedp13n.data.pipeline import PIPELINES
-from fedp13n.data.split import split_sizes
+from fedp13n.data.split import MIN_CLIENTS, split_sizes
 from fedp13n.execution.base import EXECUTOR_KINDS
 from fedp13n.models.registry import MODEL_NAMES
 from fedp13n.rundir.layout import RESERVED_KEYS
@@ -48,6 +48,10 @@ from fedp13n.utils.optimizers import OPTIMIZERS
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key and the fix."""
+
+
+#: The largest split_seed: the legacy ``numpy.random.RandomState`` of TFF's split takes 32 bits.
+MAX_SPLIT_SEED = 2**32 - 1
 
 
 # -- how a field describes itself ---------------------------------------------------------------
@@ -172,19 +176,34 @@ class StageConfig(TrainingSettings):
     def parse(cls, spec: str, defaults: TrainingSettings) -> dict[str, Any]:
         """The CLI form ``[NAME:]KEY=VALUE,KEY=VALUE`` (e.g. ``reptile:rounds=20,local_steps=10,
         server_optimizer=adam,server_learning_rate=0.01``) as a stage table."""
+        form = "[NAME:]KEY=VALUE,... (e.g. 'reptile:rounds=20,local_steps=10')"
+        if not spec.strip():
+            raise ConfigError(f"--stage {spec!r} is empty; give {form}.")
         name, sep, rest = spec.partition(":")
-        if not sep or "=" in name:
-            name, rest = "", spec
-        table: dict[str, Any] = {"name": name} if name else {}
+        table: dict[str, Any] = {}
+        if sep and "=" not in name:
+            table["name"] = name
+        else:
+            rest = spec
         types = {f.name: base_type(f) for f in dataclasses.fields(cls)}
-        for item in filter(None, (s.strip() for s in rest.split(","))):
+        items = [s for s in (s.strip() for s in rest.split(",")) if s]
+        if not items:
+            raise ConfigError(f"--stage {spec!r} sets nothing; give {form}.")
+        for item in items:
             key, eq, text = item.partition("=")
             key = key.strip().replace("-", "_")
             if not eq or key not in types:
                 raise ConfigError(
                     f"--stage {spec!r}: {item!r} is not KEY=VALUE with KEY one of {sorted(types)}."
                 )
+            if key in table:
+                stage = f"stage {table['name']!r}" if "name" in table else "the stage"
+                raise ConfigError(
+                    f"--stage {spec!r}: {stage} sets {key} twice; give each key once."
+                )
             table[key] = _parse_value(f"--stage {key}", text.strip(), types[key])
+        if "name" in table:
+            check_name("stage", table["name"], "reptile", where=f"--stage {spec!r}: ")
         return table
 
 
@@ -249,14 +268,7 @@ class StrategyConfig:
         return {**params, **self.options}
 
     def validate(self) -> None:
-        if (
-            not isinstance(self.name, str)
-            or not self.name
-            or not self.name.replace("_", "").replace("-", "").isalnum()
-        ):
-            raise ConfigError(
-                f"strategy name {self.name!r} must be letters, digits, '_' or '-' (e.g. 'sgd')."
-            )
+        check_name("strategy", self.name, "sgd")
         if self.name in RESERVED_KEYS:
             raise ConfigError(
                 f"strategy name {self.name!r} is reserved (the personalization result uses it); "
@@ -476,6 +488,10 @@ class ExperimentConfig(TrainingSettings):
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             _check_type(f, getattr(self, f.name))
+        if not 0 <= self.split_seed <= MAX_SPLIT_SEED:  # numpy's RandomState takes no other
+            raise ConfigError(
+                f"split_seed must be an integer in 0..{MAX_SPLIT_SEED}, got {self.split_seed}."
+            )
         _check_choice("dataset", self.dataset, DATASET_NAMES)
         if self.dataset == "leaf" and not self.data_dir:
             raise ConfigError("dataset 'leaf' needs data_dir (a folder with train/ and test/).")
@@ -483,6 +499,8 @@ class ExperimentConfig(TrainingSettings):
         _check_choice("executor", self.executor, EXECUTOR_KINDS)
         self.validate_training("")
         stages = self.resolved_stages()
+        for s in stages:
+            check_name("stage", s.name, "fedavg")
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ConfigError(f"stage names must be unique, got {names}.")
@@ -536,6 +554,14 @@ class ExperimentConfig(TrainingSettings):
             s.validate()
             for params in s.grid():  # a bad kind or parameter fails now, naming the strategy
                 self.strategy_builder(s.with_params(params))
+        if self.dataset == "synthetic":  # its size is known: a split that cannot fit fails now
+            if self.synthetic_clients < MIN_CLIENTS:
+                raise ConfigError(
+                    f"synthetic_clients is {self.synthetic_clients}, too few for a split: it "
+                    f"needs at least {MIN_CLIENTS} (1 training and 1 personalization client); "
+                    f"set --synthetic-clients {MIN_CLIENTS} or more."
+                )
+            resolve_split(self, self.synthetic_clients)
         tuned = [s.name for s in self.strategies if s.tuned]
         if tuned and not self.num_val_clients:
             raise ConfigError(
@@ -617,7 +643,8 @@ class ExperimentConfig(TrainingSettings):
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            # utf-8-sig: a byte-order mark (Windows Notepad writes one) is not part of the TOML
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist.") from None
         except IsADirectoryError:
@@ -626,6 +653,11 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(f"config file {path} is not text (not UTF-8).") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        if isinstance(data.get("sweep"), dict):
+            raise ConfigError(
+                f"{path} is a sweep file (it has a [sweep] table): run it with "
+                f"'fedp13n sweep {path} --output-dir DIR'."
+            )
         return cls.from_dict(data, source=str(path))
 
     def replace(self, **changes: Any) -> ExperimentConfig:
@@ -666,6 +698,17 @@ def resolve_split(config: ExperimentConfig, num_clients: int) -> tuple[int, int]
 
 
 # -- value checks ---------------------------------------------------------------------------
+def check_name(kind: str, name: Any, example: str, where: str = "") -> None:
+    """Strategy and stage names: non-empty, letters, digits, '_' or '-' (names that read
+    the same in results, tables, logs and on the command line)."""
+    if isinstance(name, str) and name and name.replace("_", "").replace("-", "").isalnum():
+        return
+    rule = f"letters, digits, '_' or '-' (e.g. {example!r})"
+    if name == "":
+        raise ConfigError(f"{where}{kind} name is empty; give a name of {rule}.")
+    raise ConfigError(f"{where}{kind} name {name!r} must be {rule}.")
+
+
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} {value!r} is not one of {choices}.")

@@ -20,9 +20,12 @@ the client id, never from the history of the process), across stage boundaries t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
+import math
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +45,7 @@ from fedp13n.experiments.callbacks import (
 from fedp13n.experiments.config import ConfigError, ExperimentConfig, StageConfig, resolve_split
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir.lock import run_dir_lock
-from fedp13n.utils.fs import atomic_write, atomic_writer
+from fedp13n.utils.fs import atomic_write, atomic_writer, remove_stale_temporaries
 from fedp13n.utils.seeding import derive_rng
 
 Log = Callable[[str], None]
@@ -85,6 +88,17 @@ class Compute:
     @property
     def device_name(self) -> str:
         return str(self.device)
+
+
+def _absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
+    """The config with its folders as absolute paths: the saved config.toml (and so
+    ``--resume``) must find the data wherever it is run from."""
+    changes = {
+        key: str(Path(value).expanduser().absolute())
+        for key in ("data_dir", "cache_dir", "tensorboard")
+        if isinstance(value := getattr(config, key), str) and value.strip()
+    }
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def _check_device(config: ExperimentConfig) -> None:
@@ -429,6 +443,31 @@ def mean_accuracy_by_epoch(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def check_strategies_fit_model(config: ExperimentConfig) -> None:
+    """Run every strategy (each tuned candidate too) once on an empty client of the
+    model's input spec, before any training: a setting that only the model can refuse
+    (e.g. head_only's ``head`` naming no layer) fails now, not after the FedAvg rounds.
+    (A model without an input spec is checked when its strategies first run.)"""
+    from fedp13n.personalization import build_personalization_eval, evaluate_fn
+
+    model_fn = model_fn_for(config)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        weights = model_fn().state_dict()
+    for strategy in config.strategies:
+        for params in strategy.grid():
+            builder = config.strategy_builder(strategy.with_params(params))
+            try:
+                build_personalization_eval(model_fn, {"s": builder}, evaluate_fn, seed=0)(
+                    weights, []
+                )
+            except (ValueError, TypeError) as e:
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                tried = f" with {params}" if strategy.tuned else ""
+                raise ConfigError(f"strategy {strategy.name!r}{tried}: {first}") from None
+
+
 def tune_strategies(
     config: ExperimentConfig,
     data: ExperimentData,
@@ -561,7 +600,39 @@ def evaluate_personalization(
         f"personalization took {seconds:.1f} s "
         f"({len(client_inputs) / max(seconds, 1e-9):.2f} clients/s)"
     )
+    for line in diverged_clients(result):
+        warnings.warn(line, RuntimeWarning, stacklevel=2)
     return result, tuning
+
+
+def diverged_clients(result: Mapping[str, Any]) -> list[str]:
+    """One line per strategy (and the baseline) whose test loss is not finite for some
+    clients at some evaluation: their accuracy is what the arg-max of non-finite outputs
+    gives, which is no measurement, so say so rather than average it in silently."""
+    lines = []
+    n = len(result.get(rd.BASELINE_KEY, {}).get("loss", []))
+    for key, tree in result.items():
+        if not isinstance(tree, Mapping):
+            continue
+        evals = {"": tree} if key == rd.BASELINE_KEY else {
+            e: m for e, m in tree.items() if isinstance(m, Mapping) and "loss" in m
+        }  # fmt: skip
+        bad_at = {e: sum(1 for v in m["loss"] if not _finite(v)) for e, m in evals.items()}
+        worst = max(bad_at.values(), default=0)
+        if worst:
+            where = ", ".join(f"{e}: {c}" for e, c in bad_at.items() if c and e)
+            what = "the global model" if key == rd.BASELINE_KEY else f"strategy {key!r}"
+            lines.append(
+                f"{what}: the test loss is not finite for {worst} of {n} clients"
+                + (f" ({where})" if where else "")
+                + "; their accuracy is no measurement (the fine-tuning diverged: lower its "
+                "learning rate)"
+            )
+    return lines
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def per_client_rows(result: Mapping[str, Any], train_sizes: Mapping[str, int]) -> list[dict]:
@@ -632,6 +703,7 @@ def run_experiment(
     """
     config.validate()
     _check_device(config)  # before any file is written or data loaded
+    config = _absolute_paths(config)
     run_dir = Path(run_dir)
     if not resume and not run_dir.exists():
         try:
@@ -655,6 +727,7 @@ def _run(
     split = {"fedavg": data.train_ids, "validation": data.val_ids, "personalization": data.p13n_ids}
     atomic_write(run_dir / rd.SPLIT, json.dumps(split, indent=1))
     compute = resolve_compute(config, log)
+    check_strategies_fit_model(config)
     tensorboard = TensorBoardLogger(config.tensorboard) if config.tensorboard else None
     try:
         executor = make_executor(
@@ -701,6 +774,12 @@ RESUMABLE_CHANGES = (
     "workers_per_gpu",
     "ray_address",
     "tensorboard",
+    # where it computes: another device (or the engine there) changes the numbers by
+    # float rounding only
+    "device",
+    "engine",
+    "engine_clients",
+    "deterministic",
 )
 
 
@@ -715,7 +794,8 @@ def _open_run_dir(
                 f"nothing to resume in {run_dir}: it has no {rd.CONFIG} (is it the run "
                 "directory of a 'fedp13n run'?); drop --resume to start a new run."
             )
-        saved = ExperimentConfig.from_toml(run_dir / rd.CONFIG)
+        # folders compare as absolute paths (runs saved before they were stored so)
+        saved = _absolute_paths(ExperimentConfig.from_toml(run_dir / rd.CONFIG))
         changed = config.differences(saved)
         refused = [k for k in changed if k not in RESUMABLE_CHANGES]
         if refused:
@@ -723,6 +803,12 @@ def _open_run_dir(
                 f"--resume continues the run saved in {run_dir / rd.CONFIG}, but these "
                 f"settings differ from it: {refused}; drop them (a resumed run may change "
                 f"only {list(RESUMABLE_CHANGES)}) or start a new run in another --output-dir."
+            )
+        if "rounds" in changed and config.total_rounds == saved.total_rounds:
+            raise ConfigError(
+                f"--rounds {config.rounds} changes nothing: every stage of this run sets its own "
+                f"rounds ({saved.total_rounds} in all), so a staged run cannot be extended this "
+                "way; start a new run with more rounds in its last stage."
             )
         from fedp13n.algorithms.checkpoint import checkpoint_rounds
 
@@ -744,6 +830,8 @@ def _open_run_dir(
         run_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise FileExistsError(f"--output-dir {run_dir} is not a directory.") from None
+    for folder in (run_dir, run_dir / rd.CHECKPOINTS):  # left by a run killed mid-write
+        remove_stale_temporaries(folder)
     atomic_write(run_dir / rd.CONFIG, config.to_toml())
     return config
 

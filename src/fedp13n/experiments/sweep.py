@@ -28,6 +28,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,13 +40,14 @@ import tomli_w
 from fedp13n.experiments.config import ConfigError, ExperimentConfig
 from fedp13n.reporting.summary import format_number, format_percent
 from fedp13n.rundir import layout as rd
+from fedp13n.rundir import readers
 from fedp13n.rundir.lock import run_dir_lock
 from fedp13n.utils.fs import atomic_write
 
-SWEEP_FILE = "sweep.toml"
-SWEEP_CSV = "sweep.csv"
+SWEEP_FILE = readers.SWEEP_FILE  # the names 'fedp13n report' recognizes a sweep by
+SWEEP_CSV = readers.SWEEP_CSV
 TABLE_MD = "table.md"
-RUNS = "runs"
+RUNS = readers.SWEEP_RUNS
 
 Log = Callable[[str], None]
 
@@ -69,9 +71,24 @@ class SweepConfig:
     def from_toml(cls, path: str | Path) -> SweepConfig:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"sweep file {path} does not exist.") from None
+        except IsADirectoryError:
+            saved = path / SWEEP_FILE
+            raise ConfigError(
+                f"sweep file {path} is a directory; give the sweep's TOML file"
+                + (
+                    f" (to continue the sweep saved there: fedp13n sweep {saved} "
+                    f"--output-dir {path} --resume)."
+                    if saved.is_file()
+                    else "."
+                )
+            ) from None
+        except OSError as e:
+            raise ConfigError(
+                f"sweep file {path} cannot be read: {e.strerror or e}; give a readable TOML file."
+            ) from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"sweep file {path} is not valid TOML: {e}") from None
         return cls.from_dict(data, source=str(path))
@@ -103,6 +120,11 @@ class SweepConfig:
                 raise ConfigError(
                     f"{source}: sweep grid {key!r} must be a non-empty list of values."
                 )
+            repeated = _repeated(values)
+            if repeated is not None:  # two runs would share one run directory
+                raise ConfigError(
+                    f"{source}: grid {key!r} repeats {_label(repeated)}; give each value once."
+                )
         for axis in ("rows", "columns"):
             if sweep.get(axis) is not None and sweep[axis] not in grid:
                 raise ConfigError(f"{source}: [sweep] {axis} = {sweep[axis]!r} is not a grid key.")
@@ -119,12 +141,41 @@ class SweepConfig:
             sweep.get("report_epoch"),
             raw={**data, "sweep": sweep},
         )
-        for _, run_config in config.runs():  # every run's config is valid, before any runs
+        epoch = sweep.get("report_epoch")
+        if epoch is not None and not (
+            isinstance(epoch, str) and re.fullmatch(r"epoch_[1-9][0-9]*", epoch)
+        ):
+            raise ConfigError(
+                f"{source}: report_epoch must be an evaluation key like 'epoch_3', got {epoch!r}."
+            )
+        for name, run_config in config.runs():  # every run's config is valid, before any runs
             try:
                 run_config.validate()
             except ConfigError as e:
                 raise ConfigError(f"{source}: {e}") from None
+            config.check_report_choice(name, run_config, source)
         return config
+
+    def check_report_choice(self, name: str, config: ExperimentConfig, source: str) -> None:
+        """``report_strategy`` / ``report_epoch`` exist in run ``name`` (checked before any
+        run, not after the whole sweep)."""
+        names = [s.name for s in config.strategies]
+        strategy = self.report_strategy or (names[0] if names else None)
+        if strategy not in names:
+            raise ConfigError(
+                f"{source}: report_strategy {strategy!r} is not a strategy of run {name} "
+                f"(its strategies: {', '.join(names) or 'none'}); name one of them."
+            )
+        s = config.strategies[names.index(strategy)]
+        if self.report_epoch is None or s.tuned:  # a tuned strategy's epochs are chosen later
+            return
+        n, every = config.strategy_epochs(s), s.epochs_per_eval
+        evaluated = [f"epoch_{k}" for k in range(1, n + 1) if k % every == 0 or k == n]
+        if self.report_epoch not in evaluated:
+            raise ConfigError(
+                f"{source}: report_epoch {self.report_epoch!r} is not evaluated: strategy "
+                f"{strategy!r} of run {name} reports {', '.join(evaluated)}; choose one of those."
+            )
 
     def runs(self) -> list[tuple[str, ExperimentConfig]]:
         """(run name, config) for every combination, in grid order."""
@@ -138,10 +189,41 @@ class SweepConfig:
         return out
 
 
+def _repeated(values: list[Any]) -> Any:
+    """The first value of ``values`` given before (the same run name or an equal value of
+    the same kind: ``2`` and ``2.0`` are one setting, ``1`` and ``true`` are not); else None."""
+    seen: list[Any] = []
+    labels: set[str] = set()
+    for v in values:
+        if _label(v) in labels or any(
+            v == w and isinstance(v, bool) == isinstance(w, bool) for w in seen
+        ):
+            return v
+        seen.append(v)
+        labels.add(_label(v))
+    return None
+
+
 def _label(value: Any) -> str:
     return (
         json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
     )
+
+
+def check_output_dir(out: Path) -> None:
+    """A ConfigError naming the fix if ``out`` (or a folder above it) is not a directory."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"--output-dir {out} is a file, not a directory; choose another --output-dir."
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"--output-dir {out}: {parent} is a file, not a directory; choose another "
+                    "--output-dir."
+                )
+            break
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -168,6 +250,7 @@ def run_sweep(
 ) -> Path:
     """Run every run of ``sweep`` into ``out_dir``; returns the path of ``table.md``."""
     out = Path(out_dir)
+    check_output_dir(out)
     if (out / SWEEP_FILE).exists() and not resume:
         raise FileExistsError(
             f"{out} already holds a sweep; pass --resume to continue it or choose another "

@@ -8,6 +8,7 @@ baseline against the best personalized accuracy per run, and the FedAvg curves o
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,12 @@ from fedp13n import __version__
 from fedp13n.reporting import html, plots
 from fedp13n.reporting.summary import (
     ReportError,
+    ReportWarning,
     Summary,
     check_run_dir,
     epoch_number,
     format_number,
-    headline_strategies,
+    headline_entries,
     read_config,
     read_fedavg_metrics,
     read_per_client,
@@ -85,7 +87,7 @@ def _get(flat: dict[str, str], key: str) -> str:
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
-    paths = [check_run_dir(p) for p in run_dirs]
+    paths = [check_run_dir(p, command="compare") for p in run_dirs]
     if len({p.resolve() for p in paths}) < len(paths):
         raise ReportError("the same run directory is given twice; compare distinct runs.")
     runs = []
@@ -112,7 +114,16 @@ def differences_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
 
 
 def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
-    """One row per run: TFF's headline numbers and the best strategy/epoch."""
+    """One row per run: TFF's headline numbers and the best strategy/epoch.
+
+    Every row has every column (a strategy, at its first evaluated epoch, that a run lacks
+    is ``n/a`` there): the table's columns are those of its first row.
+    """
+    headline_columns = list(
+        dict.fromkeys(
+            f"{name} epoch {epoch}" for r in runs for name, epoch, _ in headline_entries(r.summary)
+        )
+    )
     rows = []
     for r in runs:
         s = r.summary
@@ -120,9 +131,8 @@ def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
         row = {"run": r.label}
         row["clients"] = str(s.num_clients)
         row["baseline mean [95% CI]"] = f"{_f(b.mean)} [{_f(b.ci_low)}, {_f(b.ci_high)}]"
-        for name in headline_strategies(s):
-            v = s.headline.get(f"{name}_epoch_1_accuracy")
-            row[f"{name} epoch 1"] = _f(v)
+        values = {f"{name} epoch {epoch}": v for name, epoch, v in headline_entries(s)}
+        row |= {c: _f(values.get(c)) for c in headline_columns}
         best = s.best()
         if best is not None:
             row["best"] = best.label
@@ -130,7 +140,8 @@ def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
             row["best gain"] = _f(best.mean_gain, signed=True)
             row["improved / hurt"] = f"{best.improved:.0%} / {best.hurt:.0%}"
         rows.append(row)
-    return rows
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    return [{c: row.get(c, "") for c in columns} for row in rows]
 
 
 def detail_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
@@ -190,6 +201,14 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
     fed = {r.label: r.fedavg for r in runs if r.fedavg is not None and len(r.fedavg["round"])}
     if fed:
         figures["fedavg"] = plots.fedavg_curves(fed, colors)
+    no_fedavg = [r.label for r in runs if r.label not in fed]
+    if no_fedavg:
+        warnings.warn(
+            f"no FedAvg log ({rd.FEDAVG_METRICS}, or no rounds in it) in run(s) "
+            f"{', '.join(no_fedavg)}: the comparison's FedAvg curves leave them out.",
+            ReportWarning,
+            stacklevel=2,
+        )
     pngs = {k: plots.save_png(fig, out / PNG_FILES[k]) for k, fig in figures.items()}
 
     def img(key: str, alt: str, caption: str) -> str:
@@ -245,7 +264,19 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
         html.Section(
             "fedavg",
             "FedAvg training",
-            img("fedavg", "FedAvg curves of every run", "FedAvg loss and accuracy per round."),
+            (
+                html.missing(
+                    f"FedAvg curves of {', '.join(no_fedavg)}",
+                    f"These runs have no {rd.FEDAVG_METRICS} (or no rounds in it).",
+                )
+                if no_fedavg
+                else ""
+            )
+            + (
+                img("fedavg", "FedAvg curves of every run", "FedAvg loss and accuracy per round.")
+                if fed
+                else ""
+            ),
         ),
         html.Section("configs", "Configurations", configs),
     ]

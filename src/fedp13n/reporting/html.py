@@ -36,6 +36,7 @@ pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem
 .headline { display: flex; gap: 1rem; flex-wrap: wrap; }
 .headline div { border: 1px solid #ddd; border-radius: 6px; padding: 0.5rem 1rem; }
 .headline b { display: block; font-size: 1.3rem; }
+p.missing { background: #fff4e5; border-left: 4px solid #E69F00; padding: 0.5rem 0.8rem; }
 """
 
 
@@ -70,6 +71,11 @@ _NUMERIC = re.compile(r"^[\[\]+\-0-9.,% /na]*$")
 def _is_numeric(text: str) -> bool:
     """Numbers, percentages and intervals are right-aligned; words are left-aligned."""
     return bool(text) and any(ch.isdigit() for ch in text) and bool(_NUMERIC.match(text))
+
+
+def missing(what: str, why: str) -> str:
+    """A visible note where a figure or table would be: what is left out, and why."""
+    return f'<p class="missing"><b>Not available: {esc(what)}.</b> {esc(why)}</p>'
 
 
 def table(rows: Sequence[Mapping[str, object]], caption: str | None = None) -> str:

@@ -9,6 +9,7 @@ data a client has. Figures are closed after saving so long sessions do not leak 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from fedp13n import __version__
@@ -16,9 +17,11 @@ from fedp13n.reporting import html, plots
 from fedp13n.reporting.summary import (
     BOOTSTRAP_RESAMPLES,
     ReportError,
+    ReportWarning,
     Summary,
     check_run_dir,
-    headline_strategies,
+    epochs_label,
+    headline_entries,
     read_config,
     read_fedavg_metrics,
     read_per_client,
@@ -54,9 +57,8 @@ def headline_items(summary: Summary) -> list[tuple[str, str]]:
     h = summary.headline
     items = [("clients evaluated", str(summary.num_clients))]
     items.append(("mean baseline accuracy", f"{h['baseline_accuracy']:.4f}"))
-    for name in headline_strategies(summary):
-        if f"{name}_epoch_1_accuracy" in h:
-            items.append((f"{name}, 1 epoch", f"{h[f'{name}_epoch_1_accuracy']:.4f}"))
+    for name, epoch, value in headline_entries(summary):
+        items.append((f"{name}, {epochs_label(epoch)}", f"{value:.4f}"))
     best = summary.best()
     if best is not None:
         items.append((f"best: {best.label}", f"{best.mean:.4f}"))
@@ -95,10 +97,23 @@ def write_report(
     colors = plots.strategy_colors(table.strategies())
 
     figures = {}
+    left_out: dict[str, str] = {}  # figure -> why it is not in the report
     fedavg_path = run_dir / rd.FEDAVG_METRICS
     fedavg = read_fedavg_metrics(fedavg_path) if fedavg_path.exists() else None
     if fedavg is not None and len(fedavg["round"]):
         figures["fedavg"] = plots.fedavg_curves({run_dir.name: fedavg})
+    else:
+        left_out["fedavg"] = (
+            f"{run_dir} has no {rd.FEDAVG_METRICS} (the log of FedAvg's rounds)"
+            if fedavg is None
+            else f"{fedavg_path} has no rounds"
+        )
+        warnings.warn(
+            f"{left_out['fedavg']}: the report has no FedAvg training curves; copy the "
+            f"run's {rd.FEDAVG_METRICS} into {run_dir} to get them.",
+            ReportWarning,
+            stacklevel=2,
+        )
     figures["distribution"] = plots.accuracy_cdf(table, colors)
     figures["scatter"] = plots.baseline_vs_personalized(table, colors)
     figures["by-epoch"] = plots.accuracy_by_epoch(plots.epoch_curves(summary), colors)
@@ -107,6 +122,8 @@ def write_report(
     figures.clear()
 
     def img(key: str, alt: str, caption: str) -> str:
+        if key in left_out:
+            return html.missing(alt, f"{left_out[key]}. The figure would show: {caption}")
         if key not in pngs:
             return f"<p>Not available: {html.esc(caption)}</p>"
         return html.image(pngs[key], alt, PNG_FILES[key], caption)
@@ -119,7 +136,8 @@ def write_report(
             html.headline(headline_items(summary))
             + "<p>The numbers TFF's personalization example prints: the global model's "
             "mean per-client accuracy, and the mean after one epoch of each strategy "
-            "(<code>sgd</code> and <code>adam</code> in TFF's; each client counts once).</p>"
+            "(<code>sgd</code> and <code>adam</code> in TFF's; each client counts once); "
+            "a strategy evaluated only every few epochs at its first evaluation.</p>"
             + _tuning_html(summary),
         ),
         html.Section(

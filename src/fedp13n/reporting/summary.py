@@ -16,7 +16,8 @@ distribution of per-client accuracies, not one mean. For the global model
   bootstrap interval.
 
 It also gives TFF's three headline numbers (mean baseline accuracy, ``sgd`` and ``adam``
-after one epoch). Pure numpy: the tables are small (clients x strategies x epochs).
+after one epoch; a strategy evaluated only every few epochs at its first evaluation).
+Pure numpy: the tables are small (clients x strategies x epochs).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ from fedp13n.rundir.readers import (  # noqa: F401  (re-exported: the reporting 
 )
 from fedp13n.utils.fs import atomic_write
 from fedp13n.utils.seeding import derive_rng
+
+
+class ReportWarning(UserWarning):
+    """A report left something out (e.g. no FedAvg log): the HTML says so, and so does the CLI."""
+
 
 #: Absolute accuracy difference below which a client counts as "unchanged".
 UNCHANGED_TOL = 1e-9
@@ -202,15 +208,48 @@ def summarize(table: PerClientTable) -> Summary:
     return Summary(summary.num_clients, baseline, summary.rows, headline_numbers(summary))
 
 
+def headline_epochs(summary: Summary) -> dict[str, int]:
+    """Each strategy's first evaluated epoch, in strategy order: 1 for a strategy evaluated
+    after every epoch; 2 for one evaluated every 2 epochs (it has no ``epoch_1``)."""
+    out: dict[str, int] = {}
+    for r in summary.rows:
+        if r.epoch is not None:
+            n = epoch_number(r.epoch)
+            out[r.strategy] = min(out.get(r.strategy, n), n)
+    return out
+
+
+def headline_key(strategy: str, epoch: int) -> str:
+    """The key of a strategy's headline number: ``sgd_epoch_1_accuracy``, ``sgd_epoch_2_...``."""
+    return f"{strategy}_epoch_{epoch}_accuracy"
+
+
 def headline_numbers(summary: Summary) -> dict[str, float]:
     """TFF's example prints the mean baseline accuracy and each strategy's (``sgd``,
-    ``adam``) mean accuracy after one epoch; so does fedp13n, for every strategy."""
+    ``adam``) mean accuracy after one epoch; so does fedp13n, for every strategy, at its
+    first evaluated epoch (epoch 1 unless the strategy is evaluated every few epochs: the
+    key names the epoch, so a strategy never drops out of the headline)."""
     out = {"baseline_accuracy": summary.baseline.mean}
-    for name in headline_strategies(summary):
-        for r in summary.rows:
-            if r.strategy == name and r.epoch is not None and epoch_number(r.epoch) == 1:
-                out[f"{name}_epoch_1_accuracy"] = r.mean
+    first = headline_epochs(summary)
+    for r in summary.rows:
+        if r.epoch is not None and epoch_number(r.epoch) == first[r.strategy]:
+            out.setdefault(headline_key(r.strategy, first[r.strategy]), r.mean)
     return out
+
+
+def headline_entries(summary: Summary) -> list[tuple[str, int, float]]:
+    """(strategy, epoch number, mean accuracy) of every strategy in the headline, in order."""
+    h = summary.headline
+    return [
+        (name, epoch, h[headline_key(name, epoch)])
+        for name, epoch in headline_epochs(summary).items()
+        if headline_key(name, epoch) in h
+    ]
+
+
+def epochs_label(epoch: int) -> str:
+    """``1 -> '1 epoch'``, ``3 -> '3 epochs'``."""
+    return f"{epoch} epoch{'s' * (epoch != 1)}"
 
 
 #: The "epoch" of a per-client chosen epoch (early stopping) in the summary.
@@ -334,7 +373,8 @@ def tuning_lines(summary: Summary) -> list[str]:
 
 
 def headline_strategies(summary: Summary) -> list[str]:
-    """The strategies of a summary, in order (the headline reports each after 1 epoch)."""
+    """The strategies of a summary, in order (the headline reports each at its first
+    evaluated epoch: :func:`headline_epochs`)."""
     return list(dict.fromkeys(r.strategy for r in summary.rows))
 
 
@@ -342,10 +382,8 @@ def headline_lines(summary: Summary) -> list[tuple[str, float]]:
     """TFF's headline numbers as (label, value)."""
     h = summary.headline
     out = [("mean baseline accuracy", h["baseline_accuracy"])]
-    for name in headline_strategies(summary):
-        key = f"{name}_epoch_1_accuracy"
-        if key in h:
-            out.append((f"mean accuracy, {name} after 1 epoch", h[key]))
+    for name, epoch, value in headline_entries(summary):
+        out.append((f"mean accuracy, {name} after {epochs_label(epoch)}", value))
     return out
 
 

@@ -7,7 +7,9 @@ standard library only, so reading a run never imports torch.
 from __future__ import annotations
 
 import csv
+import fcntl
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -17,6 +19,13 @@ from typing import Any
 import numpy as np
 
 from fedp13n.rundir import layout as rd
+from fedp13n.rundir.lock import LOCK_FILE
+
+#: What ``fedp13n sweep`` writes into its output directory (next to ``runs/<run>``).
+SWEEP_FILE = "sweep.toml"
+SWEEP_CSV = "sweep.csv"
+SWEEP_RUNS = "runs"
+SWEEP_COMPARISON = "comparison.html"
 
 
 class ReportError(ValueError):
@@ -151,13 +160,63 @@ def read_config(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
         raise ReportError(f"{path} is not valid TOML: {e}") from None
 
 
-def check_run_dir(run_dir: str | Path) -> Path:
-    """``run_dir`` as a Path, or a ReportError saying what is wrong with it."""
+def lock_holder(run_dir: str | Path) -> str | None:
+    """The pid (as written in ``.lock``) of another process writing into ``run_dir``, or None.
+
+    Probes the lock with a shared, non-blocking ``flock`` released at once; this process's
+    own lock (a run writing its report) does not count. Never creates the lock file.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        if owner == str(os.getpid()):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return owner
+        except OSError:  # a file system without flock: nothing to tell
+            return None
+        return None
+    finally:
+        os.close(fd)  # closing the descriptor releases the probe's lock
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    """Whether ``path`` is the output directory of ``fedp13n sweep`` (not a run directory)."""
+    path = Path(path)
+    return (path / SWEEP_FILE).is_file() or (
+        (path / SWEEP_CSV).is_file() and (path / SWEEP_RUNS).is_dir()
+    )
+
+
+def check_run_dir(run_dir: str | Path, command: str = "report") -> Path:
+    """``run_dir`` as a Path, or a ReportError saying what is wrong with it and what to do.
+
+    ``command`` (``report`` or ``compare``) is the verb the advice uses.
+    """
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise ReportError(f"run directory {run_dir} does not exist.")
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir} is not a directory; pass the folder 'fedp13n run' wrote.")
+    if not (run_dir / rd.PER_CLIENT).exists() and is_sweep_dir(run_dir):
+        runs = run_dir / SWEEP_RUNS
+        comparison = run_dir / SWEEP_COMPARISON
+        raise ReportError(
+            f"{run_dir} is a sweep directory: {command} its runs ({runs}/<run>)"
+            + (f" or open {comparison}." if comparison.is_file() else ".")
+        )
+    owner = lock_holder(run_dir)
+    if owner is not None:
+        raise ReportError(
+            f"a run is still writing into {run_dir} (pid {owner}); {command} it when it has "
+            "finished."
+        )
     if not (run_dir / rd.PER_CLIENT).exists():
         raise ReportError(
             f"{run_dir} is not a finished run directory: {rd.PER_CLIENT} is missing "

@@ -41,3 +41,29 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     with atomic_writer(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
     return Path(path)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove what writers killed outright (SIGKILL, power loss) left in ``directory``:
+    :func:`atomic_writer`'s temporary files whose process is gone. Call it only while
+    holding the directory's lock, so no live writer of this program loses its file.
+    Returns the removed paths."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp-*"):
+        pid = tmp.name.rpartition(".tmp-")[2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
