@@ -210,3 +210,23 @@ def test_one_device_copy_whatever_the_devices_name():
     cd = ClientData.from_clients([("a", x, y)])
     assert cd.on_device("cpu")[0] is cd.on_device(torch.device("cpu"))[0]
     assert len(cd._device_copies) == 1
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [({"momentum": float("inf")}, "momentum must be a number in [0, 1)"),
+     ({"momentum": 1.5}, "momentum must be a number in [0, 1)"),
+     ({"learning_rate": float("nan")}, "learning_rate must be a finite positive number")],
+)  # fmt: skip
+def test_optimizer_settings_that_would_train_on_nan(settings, message):
+    from fedp13n.personalization.registry import build_strategy
+    from fedp13n.utils.optimizers import make_optimizer_fn
+
+    with pytest.raises(ValueError) as e:
+        build_strategy("finetune", **settings)
+    one_line(e, message)
+    with pytest.raises(ValueError, match="beta2 must be a number in"):
+        make_optimizer_fn("adam", 0.1, beta2=1.0)
+    with pytest.raises(ValueError, match="learning rate must be a finite number >= 0"):
+        make_optimizer_fn("sgd", float("inf"))
+    make_optimizer_fn("sgd", 0.0)  # a zero learning rate is allowed (nothing moves)

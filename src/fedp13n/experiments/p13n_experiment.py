@@ -136,6 +136,11 @@ def resolve_compute(config: ExperimentConfig, log: Log) -> Compute:
         log(f"engine: up to {config.engine_clients} clients at once on {device} ({precision.name})")
     elif device.type != "cpu":
         log(f"engine off: client work runs one client per task on {device} ({precision.name})")
+    if config.workers_per_gpu != 1 and device.type != "cuda":
+        log(
+            f"workers_per_gpu = {config.workers_per_gpu} applies to CUDA devices only: "
+            f"ignored on {device}"
+        )
     return Compute(device, precision.name, engine, bool(config.deterministic))
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from fedp13n.utils.checks import check_fraction, check_non_negative_number, check_positive_number
+
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -27,8 +29,16 @@ def make_optimizer_fn(
     beta2: float = 0.999,
     epsilon: float = 1e-8,
 ) -> Any:
-    """A picklable ``params -> torch.optim.Optimizer`` for optimizer ``name``."""
+    """A picklable ``params -> torch.optim.Optimizer`` for optimizer ``name``; a one-line
+    ``ValueError`` for a setting that would train on NaN (an infinite learning rate, a
+    momentum or beta outside [0, 1), a non-positive epsilon)."""
     import torch
+
+    check_non_negative_number("learning rate", learning_rate)
+    check_fraction("momentum", momentum)
+    check_fraction("beta1", beta1)
+    check_fraction("beta2", beta2)
+    check_positive_number("epsilon", epsilon)
 
     if name == "sgd":
         return functools.partial(torch.optim.SGD, lr=learning_rate, momentum=momentum)
