@@ -199,18 +199,20 @@ def main(argv: list[str] | None = None) -> None:
         n_fed = min(args.cpu_clients, args.clients) if cpu else args.clients
         n_p13n = min(args.cpu_clients, args.p13n_clients) if cpu else args.p13n_clients
         sel, p_inputs, examples = workload(n_fed, n_p13n)
+        # beside an engine, the per-client path follows the engine's device and precision
+        where = (
+            dict(device=None, precision=None) if engine is not None
+            else dict(device=dev_name, precision=precision if dev_name != "cpu" else "fp32")
+        )  # fmt: skip
         fed = build_weighted_fed_avg(
             emnist_conv_dropout, client_epochs=args.fedavg_epochs, batch_size=20, seed=0,
-            client_pipeline="tff", executor=executor, engine=engine, device=dev_name,
-            precision=precision if dev_name != "cpu" else "fp32",
-            deterministic=args.deterministic,
+            client_pipeline="tff", executor=executor, engine=engine,
+            deterministic=args.deterministic, **where,
         )  # fmt: skip
         state = fed.initialize()
         ev = build_personalization_eval(
             emnist_conv_dropout, strats, evaluate_fn, len(p_inputs), seed=0,
-            executor=executor, engine=engine, device=dev_name,
-            precision=precision if dev_name != "cpu" else "fp32",
-            deterministic=args.deterministic,
+            executor=executor, engine=engine, deterministic=args.deterministic, **where,
         )  # fmt: skip
         runs[name] = (
             functools.partial(fed.next, state, sel),
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
                     label = f"engine K={k}, {d.type} {prec}" + (
                         ", inline masks" if threads == 0 else ""
                     )
-                    add(label, InProcessExecutor(1), "cpu", eng, sync=d)
+                    add(label, InProcessExecutor(1), str(d), eng, sync=d)
 
     seconds: dict[str, list[list[float]]] = {m: [[], []] for m in runs}
     memory: dict[str, float] = {}
@@ -267,9 +269,11 @@ def main(argv: list[str] | None = None) -> None:
                 seconds[name][1].append(timed(p13n_fn, dev))
                 if dev.type == "cuda":
                     memory[name] = torch.cuda.max_memory_allocated(dev) / 2**20
-                print(
-                    f"    rep {r + 1}/{args.repeat} {name:36s} fedavg {seconds[name][0][-1]:7.2f} s"
-                    f"   p13n {seconds[name][1][-1]:7.2f} s",
+                fed_s, p13n_s = seconds[name][0][-1], seconds[name][1][-1]
+                print(  # the rates as they come: a run stopped by a time limit keeps them
+                    f"    rep {r + 1}/{args.repeat} {name:36s} fedavg {fed_s:7.2f} s "
+                    f"({runs[name][2] / fed_s:8.0f} ex/s)   p13n {p13n_s:7.2f} s "
+                    f"({runs[name][3] / p13n_s:6.2f} clients/s)",
                     flush=True,
                 )
     finally:

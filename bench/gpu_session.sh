@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 13 in one command, for a lent GPU machine (a few minutes).
+# Every GPU measurement of issue 13 in one command, for a lent GPU machine: at most
+# 2.5 + 4 + 4 minutes (each step has its own limit), inside a 15-minute lease.
 #
 # From the repository root, with the femnist sample copied into a git-ignored folder that
 # travels with the working tree (carry it), e.g.
@@ -29,13 +30,13 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
 step machine 30 bash -c "nvidia-smi || true; nproc; $PY -c 'import torch; print(torch.__version__, torch.version.cuda)'"
 # 1. Correctness on the device (CUDA tests skip on a CPU), if pytest is there.
 if $PY -c 'import pytest' 2>/dev/null; then
-  step tests 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_device_path.py \
+  step tests 150 $PY -m pytest -q -x -p no:cacheprovider tests/test_device_path.py \
     tests/test_device.py tests/test_engine.py tests/test_engine_wiring.py
 fi
 # 2. The issue's goals: Table-1 FedAvg load (20 clients x 5 epochs), 900 personalization
-#    clients; the device methods only (the CPU's rate comes from step 3).
-step goal 300 $PY bench/bench_gpu.py --device "$DEVICE" --goal --methods dev1,devN,engine \
-  --k 20,64,128,256 --gpu-workers 1,4 --repeat 2 --data-dir "$DATA" --json "$OUT/goal.json" "${quick[@]}"
-# 3. Every method side by side, the CPU the same day (CPU methods on 32 clients).
-step compare 300 $PY bench/bench_gpu.py --device "$DEVICE" --workers "$(nproc)" \
-  --gpu-workers 1,2,4,8 --k 8,32,128 --data-dir "$DATA" --json "$OUT/compare.json" "${quick[@]}"
+#    clients, on the engine (the per-client paths' rates come from step 3).
+step goal 240 $PY bench/bench_gpu.py --device "$DEVICE" --goal --methods engine \
+  --k 20,64,256 --repeat 1 --data-dir "$DATA" --json "$OUT/goal.json" "${quick[@]}"
+# 3. Every method side by side on 64 clients, the CPU the same day (CPU methods on 32).
+step compare 240 $PY bench/bench_gpu.py --device "$DEVICE" --workers "$(nproc)" \
+  --gpu-workers 1,4 --k 8,64 --repeat 1 --data-dir "$DATA" --json "$OUT/compare.json" "${quick[@]}"
