@@ -84,7 +84,12 @@ def test_a_strategy_the_model_refuses_fails_before_training(tmp_path):
     config.write_text('[[strategies]]\nname = "top"\nkind = "head_only"\nhead = "nonexistent"\n')
     out = tmp_path / "run"
     res = _invoke("--rounds", "2", "--config", str(config), "--output-dir", str(out))
-    _error(res, "strategy 'top': head 'nonexistent' names no layer", "conv1")
+    _error(
+        res,
+        "strategy 'top' fails on a one-example client, before training:",
+        "head 'nonexistent' names no layer",
+        "conv1",
+    )
     assert not (out / rd.FEDAVG_METRICS).exists()  # no round was trained
 
 

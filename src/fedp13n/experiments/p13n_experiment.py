@@ -449,28 +449,48 @@ def mean_accuracy_by_epoch(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def check_strategies_fit_model(config: ExperimentConfig) -> None:
-    """Run every strategy (each tuned candidate too) once on an empty client of the
-    model's input spec, before any training: a setting that only the model can refuse
-    (e.g. head_only's ``head`` naming no layer) fails now, not after the FedAvg rounds.
-    (A model without an input spec is checked when its strategies first run.)"""
+    """Run every strategy (each tuned candidate too) once on a one-example client shaped
+    by the model's input spec, before any training: a setting that only the model can
+    refuse (e.g. head_only's ``head`` naming no layer) fails now, as a one-line error
+    naming the strategy, not after the FedAvg rounds. (A model without an input spec is
+    checked when its strategies first run.)"""
+    import numpy as np
+    import torch
+
+    from fedp13n.data import ClientDataset
+    from fedp13n.models.spec import input_spec_of
     from fedp13n.personalization import build_personalization_eval, evaluate_fn
 
     model_fn = model_fn_for(config)
-    import torch
-
     with torch.random.fork_rng(devices=[]):
-        weights = model_fn().state_dict()
+        model = model_fn()
+    spec = input_spec_of(model)
+    if spec is None:
+        return
+
+    def zeros(shape: tuple, dtype: Any, default: Any) -> np.ndarray:
+        np_dtype = default if dtype is None else torch.empty(0, dtype=dtype).numpy().dtype
+        return np.zeros((1, *(1 if d is None else d for d in shape)), dtype=np_dtype)
+
+    one = ClientDataset(
+        zeros(spec.x_shape, spec.x_dtype, np.float32), zeros(spec.y_shape, spec.y_dtype, np.int64)
+    )
+    client = [{"client_id": "dry-run", "train_data": one, "test_data": one}]
+    weights = model.state_dict()
     for strategy in config.strategies:
         for params in strategy.grid():
             builder = config.strategy_builder(strategy.with_params(params))
             try:
                 build_personalization_eval(model_fn, {"s": builder}, evaluate_fn, seed=0)(
-                    weights, []
+                    weights, client
                 )
-            except (ValueError, TypeError) as e:
+            except Exception as e:  # noqa: BLE001 - any failure: the strategy cannot run
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
                 tried = f" with {params}" if strategy.tuned else ""
-                raise ConfigError(f"strategy {strategy.name!r}{tried}: {first}") from None
+                raise ConfigError(
+                    f"strategy {strategy.name!r}{tried} fails on a one-example client, before "
+                    f"training: {first}"
+                ) from None
 
 
 def tune_strategies(
