@@ -116,8 +116,7 @@ def cuda_means_cpu(monkeypatch):
         return torch.device("cpu") if str(requested).startswith("cuda") else real(requested)
 
     monkeypatch.setattr(dev, "work_device", fake)
-    for where in ("fedp13n.algorithms.fed_avg", "fedp13n.personalization.eval"):
-        monkeypatch.setattr(f"{where}.check_compute", lambda d, p: (str(d), p))
+    monkeypatch.setattr(dev, "check_compute", lambda d, p: (str(d), p))
     seen: list[bool] = []
     batch = ClientDataset.batch
 

@@ -66,7 +66,6 @@ from fedp13n.execution.base import Executor, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.models.spec import check_labels_fit, check_model_fn, input_spec_of, num_classes
 from fedp13n.utils.checks import check_bool, check_positive_int, check_seed
-from fedp13n.utils.device import check_compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
 
 #: Client optimizer of TFF's personalization experiment: SGD, learning rate 0.02.
@@ -587,15 +586,9 @@ def build_weighted_fed_avg(
         )
     if executor is not None and not isinstance(executor, Executor):
         raise TypeError(f"executor must be a fedp13n Executor, got {type(executor).__name__}.")
-    if engine is not None:
-        from fedp13n.engine import MultiClientEngine
+    from fedp13n.engine import compute_beside
 
-        if not isinstance(engine, MultiClientEngine):
-            raise TypeError(
-                f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
-            )
-        device, precision = engine.match_compute(device, precision)
-    device, precision = check_compute(device or "cpu", precision or "fp32")
+    device, precision = compute_beside(engine, device, precision)
     if engine is not None:
         engine = _usable_engine(engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
     return WeightedFedAvg(
@@ -622,12 +615,8 @@ def build_weighted_fed_avg(
 
 def _usable_engine(engine: Any, model_fn, optimizer_fn, loss_fn, metrics_fn) -> Any:
     """``engine`` when it can batch this FedAvg's client work, else ``None`` (said once)."""
-    from fedp13n.engine import MultiClientEngine, can_batch, note_fallback
+    from fedp13n.engine import can_batch, note_fallback
 
-    if not isinstance(engine, MultiClientEngine):
-        raise TypeError(
-            f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
-        )
     if loss_fn is not F.cross_entropy or metrics_fn is not accuracy:
         note_fallback("the engine computes cross-entropy and accuracy only")
         return None

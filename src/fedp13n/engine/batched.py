@@ -82,6 +82,7 @@ __all__ = [
     "OptimizerSpec",
     "StrategySpec",
     "can_batch",
+    "compute_beside",
     "engine_or_none",
     "fedavg_generators",
     "note_fallback",
@@ -574,6 +575,23 @@ def _dropout(
     # As FastDropout: bool mask -> dtype, times 1 / (1 - p), one multiply.
     scale = (mask.to(h.device) >= threshold).to(h.dtype).mul_(1.0 / (1.0 - p))
     return h * scale
+
+
+def compute_beside(engine: Any, device: Any, precision: Any) -> tuple[str, str]:
+    """The checked ``(device, precision)`` of a builder's per-client path: with an
+    ``engine`` (which must be a :class:`MultiClientEngine`), the engine's unless given
+    (given and different: a ``ValueError``, see :meth:`MultiClientEngine.match_compute`);
+    without, ``"cpu"`` / ``"fp32"`` unless given. One-line errors for an absent device or
+    a precision it cannot use."""
+    from fedp13n.utils.device import check_compute
+
+    if engine is not None:
+        if not isinstance(engine, MultiClientEngine):
+            raise TypeError(
+                f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
+            )
+        device, precision = engine.match_compute(device, precision)
+    return check_compute(device or "cpu", precision or "fp32")
 
 
 # -- dropout masks drawn ahead ------------------------------------------------------------------

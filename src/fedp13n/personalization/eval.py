@@ -70,7 +70,6 @@ from fedp13n.personalization.result import (
     stack_trees,
 )
 from fedp13n.utils.checks import check_bool
-from fedp13n.utils.device import check_compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import ModelFn
 
@@ -172,15 +171,9 @@ def build_personalization_eval(
             f"executor must be a fedp13n Executor (or None for in-process), got {executor!r}."
         )
     check_bool("deterministic", deterministic)
-    if engine is not None:
-        from fedp13n.engine import MultiClientEngine
+    from fedp13n.engine import compute_beside
 
-        if not isinstance(engine, MultiClientEngine):
-            raise TypeError(
-                f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
-            )
-        device, precision = engine.match_compute(device, precision)
-    device, precision = check_compute(device or "cpu", precision or "fp32")
+    device, precision = compute_beside(engine, device, precision)
     job = _ClientJob(
         model_fn,
         baseline_evaluate_fn,
@@ -236,13 +229,9 @@ def _engine_plan(engine, model_fn, baseline_evaluate_fn, strategies) -> list | N
     the engine does not serve this evaluation at all."""
     if engine is None:
         return None
-    from fedp13n.engine import MultiClientEngine, note_fallback, strategy_from_builder
+    from fedp13n.engine import note_fallback, strategy_from_builder
     from fedp13n.personalization.p13n_utils import evaluate_fn
 
-    if not isinstance(engine, MultiClientEngine):
-        raise TypeError(
-            f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
-        )
     if baseline_evaluate_fn is not evaluate_fn:
         note_fallback("the baseline_evaluate_fn is not fedp13n's evaluate_fn")
         return None
