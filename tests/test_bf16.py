@@ -38,6 +38,7 @@ def test_local_training_in_bf16_follows_fp32():
         work = ClientWork(
             MODEL, functools.partial(torch.optim.SGD, lr=0.1), F.cross_entropy, accuracy,
             epochs=6, batch_size=10, shuffle=True, seed=0, precision=precision,
+            pipeline="epochs",  # the thresholds below were set on per-epoch passes
         )  # fmt: skip
         outs[precision] = work(ClientTask(LocalRef(w), ds, "a", 1))
     fp32, bf16 = outs["fp32"], outs["bf16"]

@@ -143,3 +143,38 @@ def test_latest_checkpoint_is_the_highest_round(tmp_path):
     assert latest_checkpoint(tmp_path).name == "round_000015.pt"
     assert load_checkpoint(latest_checkpoint(tmp_path)).round_num == 15
     assert not [f for f in (tmp_path / "checkpoints").iterdir() if ".tmp" in f.name]
+
+
+def test_a_checkpoint_whose_contents_changed_is_refused_and_an_old_one_still_loads(tmp_path):
+    p = new_process()
+    state = run_rounds(p, p.initialize(), client_data(), 1)
+    path = save_checkpoint(tmp_path / "ck.pt", state)
+    payload = torch.load(path, weights_only=True)
+    assert len(payload["sha256"]) == 64
+    payload["model"]["fc1.weight"][0, 0] += 1e-6  # an edited weight, the old digest kept
+    torch.save(payload, path)
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == (
+        f"{path} fails its integrity check: its contents changed after fedp13n wrote it (a "
+        "corrupted or edited file); delete it to resume from the checkpoint before it (or "
+        "from round 0 if it is the only one)."
+    )
+    del payload["sha256"]  # as written before checkpoints carried a digest: loads unchecked
+    torch.save(payload, path)
+    assert torch.equal(load_checkpoint(path).model["fc1.weight"], payload["model"]["fc1.weight"])
+
+
+def test_an_adam_server_state_given_to_an_sgd_process_is_one_line():
+    adam = build_weighted_fed_avg(
+        SmallNet, server_optimizer_fn=lambda p: torch.optim.Adam(p, lr=0.01), seed=SEED
+    )
+    cd = client_data()
+    state = run_rounds(adam, adam.initialize(), cd, 1)
+    with pytest.raises(ValueError) as e:
+        run_rounds(new_process(), state, cd, 1)
+    assert str(e.value) == (
+        "the state's server optimizer state is from Adam but this process's server optimizer "
+        "is SGD; resume with the server optimizer the run started with (or start from "
+        "process.initialize())."
+    )

@@ -128,8 +128,12 @@ def test_stage_cli_form():
 def test_strategy_cli_form():
     assert StrategyConfig.parse("adam:0.002") == StrategyConfig("adam", "adam", 0.002)
     assert StrategyConfig.parse("fast=sgd:0.1") == StrategyConfig("fast", "sgd", 0.1)
-    with pytest.raises(ConfigError, match="expected"):
-        StrategyConfig.parse("sgd")
+    # the rate may be left out: the optimizer's default (issue 17)
+    assert StrategyConfig.parse("sgd") == StrategyConfig("sgd", "sgd", 0.02)
+    assert StrategyConfig.parse("slow=adam").learning_rate == 0.002
+    for spec in ("", "fast=", ":0.1"):
+        with pytest.raises(ConfigError, match="expected"):
+            StrategyConfig.parse(spec)
     with pytest.raises(ConfigError, match="not a number"):
         StrategyConfig.parse("sgd:fast")
 

@@ -360,6 +360,52 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path, file, damage, what):
     assert _leftovers(cache) == []
 
 
+def test_cache_entry_with_train_and_test_swapped_is_detected_and_rebuilt(tmp_path):
+    """Issue 17: each split verified its own checksums only, so swapped train/ and test/
+    loaded (every client's test examples used for training)."""
+    d = _h5_dir(tmp_path)
+    cache = tmp_path / "cache"
+    train, test = load_dataset("emnist", data_dir=d, cache_dir=cache)
+    entry = train.path.parent
+    y_train, y_test = np.array(train.y), np.array(test.y)
+    (entry / "train").rename(entry / "tmp")
+    (entry / "test").rename(entry / "train")
+    (entry / "tmp").rename(entry / "test")
+    with pytest.raises(CacheCorruptError) as e:
+        load_cached(cache, entry.name)
+    assert str(e.value) == (
+        f"cache entry {entry} is corrupt: train/ and test/ were swapped (each holds the split "
+        "recorded under the other's name in manifest.json); delete the directory and load the "
+        "dataset again to rebuild it."
+    )
+    with pytest.warns(CacheRebuiltWarning, match="swapped.*Rebuilding it from the source"):
+        again_train, again_test = load_dataset("emnist", data_dir=d, cache_dir=cache)
+    assert np.array_equal(again_train.y, y_train) and np.array_equal(again_test.y, y_test)
+    assert load_cached(cache, entry.name) is not None
+    assert _leftovers(cache) == []
+
+
+def test_cache_split_from_another_entry_or_without_manifest(tmp_path):
+    d = _h5_dir(tmp_path)
+    cache = tmp_path / "cache"
+    train, _ = load_dataset("emnist", data_dir=d, cache_dir=cache)
+    entry = train.path.parent
+    (tmp_path / "o").mkdir()
+    other, _ = load_dataset(
+        "emnist", data_dir=_h5_dir(tmp_path / "o", n_clients=2), cache_dir=cache
+    )
+    shutil.rmtree(entry / "test")
+    shutil.copytree(other.path, entry / "test")  # a verified split, but not this entry's test
+    with pytest.raises(CacheCorruptError, match=r"corrupt: test/ is not the test split recorded"):
+        load_cached(cache, entry.name)
+    (entry / "manifest.json").unlink()  # an entry written before the manifest: rebuilt
+    with pytest.raises(CacheStaleError, match="has no manifest.json .*older fedp13n"):
+        load_cached(cache, entry.name)
+    with pytest.warns(CacheRebuiltWarning, match="no manifest.json"):
+        load_dataset("emnist", data_dir=d, cache_dir=cache)
+    assert load_cached(cache, entry.name) is not None
+
+
 def test_old_cache_format_without_checksums_is_rebuilt(tmp_path):
     d = _h5_dir(tmp_path)
     cache = tmp_path / "cache"
@@ -450,7 +496,7 @@ def _leaf(tmp_path: Path) -> Path:
         (lambda d: d["user_data"]["u0"].__setitem__("x", [["a"] * 784]), "'x' is not a list"),
         (lambda d: d["user_data"]["u0"].__setitem__("y", {"a": 1}), "client 'u0'.*'y' is a dict"),
         (lambda d: d["user_data"]["u0"].__setitem__("y", [[1], 2]), "client 'u0'.*'y'"),
-        (lambda d: d["user_data"]["u0"].__setitem__("y", [3.0]), "labels have dtype float64"),
+        (lambda d: d["user_data"]["u0"].__setitem__("y", [3.0]), "label 3.0 .*decimal point"),
         (lambda d: d.__setitem__("users", 5), "'users' must be a list"),
         (lambda d: d.__setitem__("users", "u0"), "'users' must be a list"),
         (lambda d: d.__setitem__("users", [["u0"]]), "'users' must be a list"),
@@ -467,6 +513,35 @@ def test_malformed_leaf_is_one_line_error(tmp_path, edit, match):
     with pytest.raises(DataFormatError, match=match) as e:
         load_leaf_split(path.parent)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "labels, shown, kind",
+    [
+        ([True], "true", "a boolean"),
+        ([3, 5, True], "true", "a boolean"),  # numpy alone would read it as 1
+        ([3, False], "false", "a boolean"),
+        ([2.5], "2.5", "a number with a fraction"),
+        ([1, 7.0], "7.0", "a number with a decimal point"),
+        (["3"], '"3"', "a string"),
+        ([4, None], "null", "null"),
+    ],
+)
+def test_leaf_labels_must_be_json_integers(tmp_path, labels, shown, kind):
+    """Issue 17: a LEAF label `true` was read as class 1."""
+    path = write_leaf(
+        tmp_path / "leaf/train/s.json", {"u0": (np.ones((len(labels), 28, 28)), [0] * len(labels))}
+    )
+    data = json.loads(path.read_text())
+    data["user_data"]["u0"]["y"] = labels
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataFormatError) as e:
+        load_leaf_split(path.parent)
+    position = next(j for j, v in enumerate(labels) if type(v) is not int)
+    assert str(e.value) == (
+        f"{path}: client 'u0': label {shown} (position {position} of 'y') is {kind}, expected "
+        "an integer class id; write the labels as JSON integers (e.g. 3)."
+    )
 
 
 def test_deeply_nested_leaf_json(tmp_path):

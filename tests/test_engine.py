@@ -91,6 +91,7 @@ def test_fedavg_round_matches_client_work(uint8):
         batch_size=4,
         shuffle=True,
         seed=7,
+        pipeline="epochs",  # the oracle: weight = the client's number of examples
     )
     ref = [work(ClientTask(LocalRef(weights), d, i, 3)) for i, d in enumerate(datasets)]
     engine = MultiClientEngine(small_cnn, max_clients=4)  # 5 clients: two groups
@@ -104,6 +105,7 @@ def test_fedavg_round_matches_client_work(uint8):
         shuffle=True,
         seed=7,
         round_num=3,
+        pipeline="epochs",
     )
     worst = 0.0
     for r, g, n in zip(ref, got, SIZES, strict=True):

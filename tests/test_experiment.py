@@ -90,7 +90,7 @@ def test_existing_run_dir_needs_resume(tmp_path):
         app, ["run", "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(out)]
     )
     assert res.exit_code == 2 and "fed_emnist_train.h5" in res.output
-    (out / rd.FEDAVG_METRICS).write_text("round\n")
+    (out / rd.FEDAVG_METRICS).write_text("round\n1\n")  # a finished round: never started over
     res = CliRunner().invoke(app, ["run", *SMALL, "--output-dir", str(out)])
     assert res.exit_code == 2
     assert "--resume" in res.output

@@ -109,6 +109,7 @@ def test_rounds_match_an_independent_weighted_fed_avg_with_server_momentum(form)
         batch_size=settings["bs"],
         seed=settings["seed"],
         executor=InProcessExecutor(),
+        client_pipeline="epochs",  # the reference trains separately shuffled epochs
     )
     if form == "datasets":
         data = [ClientDataset(x, y) for _, x, y in clients]
@@ -343,6 +344,35 @@ def test_bad_inputs_get_clear_errors():
 def test_bad_pipeline_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_weighted_fed_avg(linear_model, **kwargs)
+
+
+def test_the_library_default_client_pipeline_is_tffs_as_the_clis():
+    """Issue 17: the library defaulted to "epochs" where the CLI runs "tff", so the same
+    settings gave different numbers. One default, declared once (data.pipeline)."""
+    import inspect
+
+    from fedp13n.algorithms.client_update import ClientWork
+    from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE
+    from fedp13n.experiments.config import ExperimentConfig
+
+    assert DEFAULT_CLIENT_PIPELINE == "tff"
+    default = inspect.signature(build_weighted_fed_avg).parameters["client_pipeline"].default
+    assert default == "tff" == ExperimentConfig().client_pipeline
+    assert ClientWork.__dataclass_fields__["pipeline"].default == "tff"
+    clients = [ClientDataset(x, y) for c, x, y in make_clients() if c != "bad"]
+
+    def run(**kw):
+        process = build_weighted_fed_avg(linear_model, client_epochs=2, batch_size=3, seed=5, **kw)
+        state, m = process.next(process.initialize(), clients)
+        return process.get_model_weights(state), m
+
+    (w, m), (w_tff, m_tff), (w_ep, _) = (
+        run(),
+        run(client_pipeline="tff"),
+        run(client_pipeline="epochs"),
+    )
+    assert all(torch.equal(w[k], w_tff[k]) for k in w) and m.loss == m_tff.loss
+    assert not torch.equal(w["weight"], w_ep["weight"])
 
 
 def test_sample_clients_is_keyed_by_seed_and_round():

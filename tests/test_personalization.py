@@ -525,6 +525,34 @@ def test_bad_weights_and_bad_metrics():
         )
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_global_weights_are_refused_with_one_line(bad):
+    """Issue 17: NaN global weights reported accuracy 0 and loss NaN without a word."""
+    calls = []
+
+    def strategy():
+        return lambda model, train, test: calls.append(1) or {"n": len(train)}
+
+    def two_layers():
+        return nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Linear(2, 1))
+
+    weights = two_layers().state_dict()
+    weights["2.weight"] = torch.tensor([[0.0, bad]])
+    weights["2.bias"] = torch.tensor([bad])
+    p13n_eval = build_personalization_eval(two_layers, {"s": strategy}, MSE_EVAL, seed=0)
+    for clients in ([CLIENT_A], []):
+        with pytest.raises(ValueError) as info:
+            p13n_eval(weights, clients)
+        assert str(info.value) == (
+            "model_weights['2.weight'] has 1 non-finite value(s) (NaN or infinity): the global "
+            "model diverged or was corrupted; evaluate finite weights (e.g. an earlier round's, "
+            "or retrain with a lower learning rate)."
+        )
+    assert calls == []
+    # integer buffers (num_batches_tracked) and finite weights pass
+    assert p13n_eval(two_layers().state_dict(), [CLIENT_A])["s"]["n"] == [2]
+
+
 # -- real data --------------------------------------------------------------------------------
 def test_real_femnist_clients():
     h5py = pytest.importorskip("h5py")

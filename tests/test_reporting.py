@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +158,7 @@ def test_summary_equals_plain_computation(run1: Path) -> None:
 
 def test_summary_of_the_experiment_rows_equals_the_nested_result(tmp_path: Path) -> None:
     """The experiment's per_client.csv (from the TFF-style nested result) reads back right."""
-    from fedp13n.experiments.p13n_experiment import per_client_rows
+    from fedp13n.reporting.result_report import per_client_rows
 
     ids = ["a", "b", "c"]
     nested = {
@@ -587,3 +588,178 @@ def test_report_loads_in_headless_chromium(run1: Path, tmp_path: Path) -> None:
     for sid in SECTIONS:
         assert f'id="{sid}"' in dom
     assert dom.count("data:image/png;base64,") == 5
+
+
+# -- the "best" strategy: held out or said plainly (issue 17) --------------------------------------
+def _write_tuning(run: Path, validation: dict[str, dict[str, float]], n: int = 4) -> None:
+    record = {
+        "validation_client_ids": [f"v{i}" for i in range(n)],
+        "strategies": {},
+        "validation_accuracy": validation,
+    }
+    (run / rd.TUNING).write_text(json.dumps(record))
+
+
+def _headline_labels(doc: str) -> list[str]:
+    box = doc[doc.index('<div class="headline">') :]
+    return re.findall(r"<div>([^<]*)<b>", box[: box.index("</div></div>") + 12])
+
+
+def test_best_without_validation_clients_is_labelled_not_held_out(run1: Path, tmp_path) -> None:
+    s = sm.summarize_run(run1)
+    highest = max(s.rows, key=lambda r: r.mean)
+    choice = s.best_choice()
+    assert choice.stats == highest and not choice.held_out
+    assert choice.how == "highest on these clients (not a held-out choice)"
+    doc = write_report(run1).read_text()
+    label = f"highest on these clients (not a held-out choice): {highest.strategy}, epoch "
+    assert f"{label}{sm.epoch_number(highest.epoch)}" in _headline_labels(doc)
+    assert "best: " not in doc
+    saved = json.loads((run1 / rd.SUMMARY).read_text())["best"]
+    assert saved["held_out"] is False and saved["how"] == sm.NOT_HELD_OUT
+    # compare names it the same way, per run
+    other = make_run_dir(tmp_path / "run2", seed=1)
+    rows = headline_table(load_runs([run1, other]))
+    assert [r["how best was chosen"] for r in rows] == [sm.NOT_HELD_OUT] * 2
+
+
+def test_best_with_validation_clients_is_chosen_there(run1: Path, tmp_path) -> None:
+    s = sm.summarize_run(run1)
+    highest = max(s.rows, key=lambda r: r.mean)
+    assert (highest.strategy, highest.epoch) != ("adam", "epoch_1")
+    # on the validation clients adam after one epoch is best: that is the choice, reported
+    # with its numbers on the other clients
+    _write_tuning(
+        run1,
+        {
+            "sgd": {"epoch_1": 0.5, "epoch_2": 0.55, "epoch_3": 0.6},
+            "adam": {"epoch_1": 0.7, "epoch_2": 0.6, "epoch_3": 0.58},
+        },
+    )
+    s = sm.summarize_run(run1)
+    choice = s.best_choice()
+    assert choice.held_out and choice.validation_mean == 0.7
+    assert choice.stats == s.row("adam", "epoch_1")
+    assert choice.how == "best, chosen on the 4 validation clients"
+    doc = write_report(run1).read_text()
+    assert "best, chosen on the 4 validation clients: adam, epoch 1" in _headline_labels(doc)
+    assert sm.NOT_HELD_OUT not in doc
+    assert sm.tuning_lines(s) == [
+        "4 validation clients (not among the clients reported above) chose the best strategy "
+        "and epoch."
+    ]
+    other = make_run_dir(tmp_path / "run2", seed=1)
+    rows = headline_table(load_runs([run1, other]))
+    assert [r["best"] for r in rows[:1]] == ["adam, epoch 1"]
+    assert [r["how best was chosen"] for r in rows] == [
+        "best, chosen on the 4 validation clients",
+        sm.NOT_HELD_OUT,
+    ]
+    cmp = write_comparison([run1, other], tmp_path / "cmp").read_text()
+    assert "<td>best, chosen on the 4 validation clients</td>" in cmp
+    assert f"<td>{sm.NOT_HELD_OUT}</td>" in cmp
+
+
+# -- the report's top, small multiples, collapsed config; compare's data-set warning ---------------
+def test_report_top_names_data_rounds_and_clients(run1: Path, tmp_path: Path) -> None:
+    from fedp13n.reporting.report import SYNTHETIC_NOTE, run_facts
+
+    s = sm.summarize_run(run1)
+    assert run_facts(run1, {"dataset": "synthetic", "rounds": 5}, s) == [
+        "Data: synthetic.",
+        "FedAvg: 5 rounds.",
+        "Personalization: 30 clients evaluated.",
+    ]
+    split = {"fedavg": ["a"] * 118, "validation": ["v"] * 4, "personalization": ["p"] * 38}
+    (run1 / rd.SPLIT).write_text(json.dumps(split))
+    config = {
+        "dataset": "emnist",
+        "data_dir": "/data/femnist",
+        "rounds": 50,
+        "clients_per_round": 10,
+    }
+    assert run_facts(run1, config, s) == [
+        "Data: emnist from /data/femnist.",
+        "FedAvg: 50 rounds of 10 clients, drawn from 118 FedAvg clients.",
+        "Personalization: 30 clients evaluated (of 38 personalization clients); 4 validation "
+        "clients held out for choices.",
+    ]
+    staged = {"dataset": "emnist", "rounds": 5, "stages": [{"rounds": 50}, {"name": "b"}]}
+    assert run_facts(run1, staged, s)[1] == (
+        "FedAvg: 55 rounds in 2 stages, drawn from 118 FedAvg clients."
+    )
+    staged["stages"][0]["name"] = "a"
+    assert run_facts(run1, staged, s)[1] == (
+        "FedAvg: 55 rounds in 2 stages (a, b), drawn from 118 FedAvg clients."
+    )
+
+    doc = write_report(run1).read_text()
+    top = doc[: doc.index("<nav>")]  # above the table of contents
+    assert "<li>Data: synthetic.</li>" in top and "<li>FedAvg: 5 rounds" in top
+    assert "<li>Personalization: 30 clients evaluated (of 38 personalization clients)" in top
+    assert f"<b>A demonstration, not a result.</b> {SYNTHETIC_NOTE}" in top
+    # the config, collapsed at the bottom
+    config = doc[doc.index('<section id="config">') :]
+    assert config.index("<details><summary>config.toml") < config.index("client_learning_rate")
+    # real data: no demonstration note
+    (run1 / rd.CONFIG).write_text('dataset = "emnist"\nrounds = 5\n')
+    doc = write_report(run1, tmp_path / "real").read_text()
+    assert "<li>Data: emnist.</li>" in doc and "A demonstration" not in doc
+
+
+def test_report_epoch_panel_is_small_multiples(tmp_path: Path) -> None:
+    from fedp13n.reporting.plots import DPI
+
+    names = ["sgd", "adam", "ditto", "head", "slow", "fast"]
+    run = make_run_dir(tmp_path / "six", strategies=dict.fromkeys(names, 0.02))
+    write_report(run)
+    png = Image.open(io.BytesIO((run / PNG_FILES["by-epoch"]).read_bytes()))
+    assert png.size == (round(3 * 5.0 * DPI), round((2 * 3.9 + 0.5) * DPI))  # 3 x 2 panels
+
+
+def test_compare_warns_when_runs_use_different_data_sets(cli, tmp_path: Path) -> None:
+    a = make_run_dir(tmp_path / "a")
+    b = make_run_dir(tmp_path / "b", seed=1)
+    text = (b / rd.CONFIG).read_text()
+    (b / rd.CONFIG).write_text(text.replace('dataset = "synthetic"', 'dataset = "emnist"'))
+    message = (
+        "the runs use different data sets (a: synthetic; b: emnist): their accuracies are not "
+        "comparable with each other."
+    )
+    with pytest.warns(sm.ReportWarning) as caught:
+        doc = write_comparison([a, b], tmp_path / "cmp").read_text()
+    assert [str(w.message) for w in caught] == [message]
+    assert f'<p class="missing"><b>Different data sets.</b> {message}</p>' in doc
+    res = CliRunner().invoke(cli, ["compare", str(a), str(b), "-o", str(tmp_path / "c2")])
+    assert res.exit_code == 0, res.output
+    assert [x for x in res.output.splitlines() if x.startswith("warning:")] == [
+        f"warning: {message}"
+    ]
+    # the same data set: no warning
+    c = make_run_dir(tmp_path / "c", seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        doc = write_comparison([a, c], tmp_path / "cmp3").read_text()
+    assert "Different data sets" not in doc
+
+
+def test_text_for_people_says_epoch_3(run1: Path) -> None:
+    s = sm.summarize_run(run1)
+    assert s.row("sgd", "epoch_3").label == "sgd, epoch 3"
+    assert sm.epoch_text("epoch_12") == "epoch 12"
+    tuning = {
+        "validation_client_ids": ["v1", "v2"],
+        "strategies": {
+            "sgd": {"chosen": {"learning_rate": 0.1}, "chosen_epoch": "epoch_2",
+                    "validation_accuracy": 0.5},
+        },
+    }  # fmt: skip
+    (run1 / rd.TUNING).write_text(json.dumps(tuning))
+    lines = sm.tuning_lines(sm.summarize_run(run1))
+    assert (
+        lines[1]
+        == "  sgd: {'learning_rate': 0.1}, reported at epoch 2 (validation accuracy 0.5000)"
+    )
+    doc = write_report(run1).read_text()
+    visible = re.sub(r"<pre>.*?</pre>", "", doc, flags=re.S)  # the config keeps its keys
+    assert "epoch_" not in re.sub(r'src="data:[^"]*"', "", visible)

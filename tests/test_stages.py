@@ -155,7 +155,7 @@ def test_tensorboard_event_file_holds_rounds_and_headline(tmp_path):
     ]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    acc = EventAccumulator(str(tb))
+    acc = EventAccumulator(str(tb / "run"))  # one subfolder per run (issue 17)
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/accuracy", "eval/accuracy"} <= tags

@@ -503,14 +503,52 @@ def test_no_clients_without_an_input_spec_give_every_key_an_empty_mapping():
     assert result.client_ids == ()
 
 
-def test_no_clients_and_a_strategy_that_fails_on_an_empty_client():
-    def divides():
-        return lambda model, train, test: {"ratio": len(test) / len(train)}
+def test_no_clients_never_hand_user_code_an_empty_client():
+    """Issue 17: TFF returns the structure with empty lists for no clients even when the
+    user's functions divide by the number of examples; fedp13n derives the structure from a
+    dry run on a one-example client of the input spec, never from an empty one."""
+    seen = []
 
-    p13n_eval = build_personalization_eval(linear_fn, {"d": divides}, MSE_EVAL, seed=0)
-    with pytest.raises(ZeroDivisionError) as info:
+    def per_example_eval(model, data):
+        seen.append(len(data))
+        return {"loss_per_example": 1.0 / len(data), "n": {"examples": len(data)}}
+
+    def divides():
+        def strategy(model, train, test):
+            seen.append((len(train), len(test)))
+            return {"ratio": len(test) / len(train)}
+
+        return strategy
+
+    p13n_eval = build_personalization_eval(linear_fn, {"d": divides}, per_example_eval, seed=0)
+    empty = p13n_eval(ZERO, [])
+    assert empty == {
+        "baseline_metrics": {"loss_per_example": [], "n": {"examples": []}},
+        "d": {"ratio": []},
+    }
+    assert empty.client_ids == () and empty.seed == 0
+    assert 0 not in seen and (0, 0) not in seen
+    assert seen == [1, (1, 1)]
+    # derived once, then kept: a second call runs no user code
+    again = p13n_eval(ZERO, [])
+    assert again == empty and seen == [1, (1, 1)]
+    again["d"]["ratio"].append(1.0)  # the caller owns its copy
+    assert p13n_eval(ZERO, [])["d"]["ratio"] == []
+
+
+def test_no_clients_and_a_strategy_that_fails_on_one_example():
+    def needs_two():
+        def strategy(model, train, test):
+            if len(train) < 2:
+                raise IndexError("needs two examples")
+            return {"x": 1.0}
+
+        return strategy
+
+    p13n_eval = build_personalization_eval(linear_fn, {"d": needs_two}, MSE_EVAL, seed=0)
+    with pytest.raises(IndexError) as info:
         p13n_eval(ZERO, [])
-    assert any("derived from an empty client" in n for n in info.value.__notes__)
+    assert any("derived from a dry run on a one-example client" in n for n in info.value.__notes__)
 
 
 # -- strategy signatures ------------------------------------------------------------------------

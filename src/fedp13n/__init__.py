@@ -40,6 +40,7 @@ _EXPORTS = {
     "build_evaluate_fn": "fedp13n.personalization.p13n_utils",
     "build_personalize_fn": "fedp13n.personalization.p13n_utils",
     "evaluate_fn": "fedp13n.personalization.p13n_utils",
+    "write_personalization_report": "fedp13n.reporting.result_report",
 }
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "sample_clients",
     "save_checkpoint",
     "split_clients",
+    "write_personalization_report",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
@@ -94,3 +96,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
         evaluate_fn,
     )
     from fedp13n.personalization.result import PersonalizationResult
+    from fedp13n.reporting.result_report import write_personalization_report

@@ -1,21 +1,22 @@
 """Record the numbers of a small fixed-seed ``fedp13n run --dataset synthetic``.
 
 ``tests/test_golden_run.py`` compares every later version against the values this
-script wrote *before* the design refactor (issue 9), so a refactor that changes a single
-bit of the training, the personalization or the files fails the test. Rerun it only for a
+script wrote *before* the design refactor (issue 9), so a change of the training, the
+personalization or the files beyond float rounding fails the test. Rerun it only for a
 deliberate change of the numbers, and say so in the commit:
 
     .venv/bin/python tests/data/record_golden.py --client-pipeline epochs \
         > tests/data/golden_synthetic_<capability>.json
 
-Bits depend on the CPU's kernels: torch picks its vectorised code by the CPU's
-capability (``torch.backends.cpu.get_cpu_capability()``: AVX2, AVX512, ...), and float
-sums come out differently rounded. So there is one recording per capability
-(``golden_synthetic.json`` is AVX512's, made before the refactor on a Zen 4;
-``golden_synthetic_avx2.json`` AVX2's, made on the code of commit d4ed060, before the
-device work of issue 13), each with its capability, the whole ``per_client.csv`` and
-per-tensor sums of the weights, so that a CPU with no recording of its own is still
-compared, within float tolerance.
+Bits depend on the machine: torch picks its vectorised CPU kernels by the CPU's capability
+(``torch.backends.cpu.get_cpu_capability()``: AVX2, AVX512, ...) and vendor, and float sums
+come out differently rounded (an Intel and an AMD AVX-512 CPU differ at 1e-8). So the test
+compares a run with the recordings within float tolerance on every CPU, never bit for bit.
+``golden_synthetic.json`` was made before the refactor on an AMD Zen 4 (AVX512);
+``golden_synthetic_avx2.json`` on an AVX2 CPU, on the code of commit d4ed060, before the
+device work of issue 13. Each records its capability, the CPU's name, the whole
+``per_client.csv`` and per-tensor sums of the weights (the first recording predates the
+last three: it has the first lines of ``per_client.csv``).
 """
 
 from __future__ import annotations
@@ -88,12 +89,26 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def cpu_name() -> str:
+    """The CPU's model name where the platform says it (for the record; never compared)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_values(run_dir: Path) -> dict:
     with (run_dir / "fedavg_metrics.csv").open(newline="") as f:
         fedavg = [{k: r[k] for k in FEDAVG_KEYS} for r in csv.DictReader(f)]
     per_client = (run_dir / "per_client.csv").read_text()
     return {
         "cpu_capability": cpu_capability(),
+        "cpu_name": cpu_name(),
         "fedavg_metrics": fedavg,
         "per_client_sha256": hashlib.sha256(per_client.encode()).hexdigest(),
         "per_client_head": per_client.splitlines()[:3],

@@ -10,18 +10,26 @@ Safety: the file holds only tensors, numbers, strings, lists and dicts, and is r
 ``torch.load(weights_only=True)``, so loading a checkpoint never runs arbitrary code.
 Writes go to a temporary file in the same directory, flushed to disk, then renamed over
 the target, so a crash mid-write never leaves a truncated checkpoint.
+
+Integrity: a checkpoint carries the SHA-256 of its contents (every tensor's bytes, every
+number and key, in order), checked on every load: a file whose weights changed after it
+was written (a flipped bit, an edit) is refused with a one-line error naming it, never
+resumed from. Checkpoints written before the digest existed load unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from fedp13n.algorithms.fed_avg import ServerState
 from fedp13n.rundir import layout as run_dir
+from fedp13n.rundir.integrity import writing
 from fedp13n.utils.fs import atomic_writer
 
 FORMAT = "fedp13n.fedavg.ServerState"
@@ -40,9 +48,36 @@ def save_checkpoint(path: str | os.PathLike, state: ServerState) -> Path:
         "model": dict(state.model),
         "optimizer_state": state.optimizer_state,
     }
-    with atomic_writer(path, "wb") as f:
+    payload["sha256"] = content_digest(payload)
+    with writing(path), atomic_writer(path, "wb") as f:  # a full disk: NoSpaceError
         torch.save(payload, f)
     return path
+
+
+def content_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's contents (all but its ``sha256`` entry): keys, numbers,
+    strings and every tensor's dtype, shape and bytes, in order."""
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}:".encode())
+            for k, v in x.items():
+                walk(k)
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)}:".encode())
+            for v in x:
+                walk(v)
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    walk({k: v for k, v in payload.items() if k != "sha256"})
+    return h.hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike) -> ServerState:
@@ -64,6 +99,13 @@ def load_checkpoint(path: str | os.PathLike) -> ServerState:
         raise ValueError(
             f"{path} has checkpoint version {payload.get('version')}; this fedp13n reads "
             f"version {VERSION}."
+        )
+    recorded = payload.get("sha256")  # absent in checkpoints older than the digest
+    if recorded is not None and recorded != content_digest(payload):
+        raise ValueError(
+            f"{path} fails its integrity check: its contents changed after fedp13n wrote it "
+            "(a corrupted or edited file); delete it to resume from the checkpoint before it "
+            "(or from round 0 if it is the only one)."
         )
     return ServerState(
         round_num=int(payload["round_num"]),

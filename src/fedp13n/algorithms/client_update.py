@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from fedp13n.data.client_data import ClientDataset
-from fedp13n.data.pipeline import DEFAULT_SHUFFLE_BUFFER, batch_plan
+from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER, batch_plan
 from fedp13n.execution.base import SharedRef
 from fedp13n.utils.lru import LRUCache
 from fedp13n.utils.seeding import derive_rng, derive_seed
@@ -138,7 +138,7 @@ class ClientWork:
     batch_size: int
     shuffle: bool
     seed: int
-    pipeline: str = "epochs"
+    pipeline: str = DEFAULT_CLIENT_PIPELINE
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     max_steps: int | None = None
     #: Numeric precision of the forward/backward passes (fedp13n.utils.device): "fp32"

@@ -21,9 +21,10 @@ Choices worth knowing:
   trainable weights); ``"average"`` makes each buffer the example-weighted average of the
   clients' trained buffers (integer buffers such as ``num_batches_tracked`` rounded to
   nearest). Parameters with ``requires_grad=False`` are never changed.
-* The client pipeline: ``client_pipeline="epochs"`` (default) trains ``client_epochs``
-  shuffled passes, ``"tff"`` TFF's ``repeat(E).shuffle(shuffle_buffer).batch(B)`` whose
-  batches run across epoch boundaries; ``max_steps`` caps the local steps (``.take(K)``).
+* The client pipeline: ``client_pipeline="tff"`` (default, as the CLI) is TFF's
+  ``repeat(E).shuffle(shuffle_buffer).batch(B)`` whose batches run across epoch
+  boundaries, ``"epochs"`` trains ``client_epochs`` separately shuffled passes;
+  ``max_steps`` caps the local steps (``.take(K)``).
   Under ``"tff"`` a client's weight is the number of examples it processed (TFF's
   ``NUM_EXAMPLES`` weighting), under ``"epochs"`` its number of examples.
 * Aggregation runs in float64 in the fixed order of the clients given to ``next``, then
@@ -61,7 +62,7 @@ from fedp13n.algorithms.client_update import (
     trainable_names,
 )
 from fedp13n.data.client_data import ClientData, ClientDataset, features_to_tensor
-from fedp13n.data.pipeline import DEFAULT_SHUFFLE_BUFFER, PIPELINES
+from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER, PIPELINES
 from fedp13n.execution.base import Executor, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.models.spec import check_labels_fit, check_model_fn, input_spec_of, num_classes
@@ -215,7 +216,7 @@ class WeightedFedAvg:
         seed: int,
         executor: Executor | None,
         buffer_aggregation: Literal["average", "keep"],
-        client_pipeline: str = "epochs",
+        client_pipeline: str = DEFAULT_CLIENT_PIPELINE,
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         max_steps: int | None = None,
         engine: Any = None,
@@ -276,6 +277,7 @@ class WeightedFedAvg:
         round_num = state.round_num + 1
         model = self._load_server_model(state)  # checks the state fits model_fn first
         optimizer = self.server_optimizer_fn(self._trainable(model))
+        _check_optimizer_state_fits(state.optimizer_state, optimizer)
         try:
             optimizer.load_state_dict(_clone_tree(state.optimizer_state))
         except (ValueError, KeyError) as e:
@@ -474,6 +476,49 @@ def _check_model(model: Any) -> nn.Module:
     return model
 
 
+#: torch optimizers a server optimizer state may come from, to name it in an error.
+_KNOWN_OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "NAdam", "RAdam")
+
+
+def _group_keys(optimizer_state: Any) -> frozenset[str] | None:
+    """The hyperparameter names of a server optimizer state's first parameter group."""
+    groups = optimizer_state.get("param_groups") if isinstance(optimizer_state, dict) else None
+    if not isinstance(groups, list) or not groups or not isinstance(groups[0], dict):
+        return None
+    return frozenset(k for k in groups[0] if k != "params")
+
+
+@functools.cache
+def _optimizer_keys() -> dict[frozenset[str], str]:
+    """Each known torch optimizer's parameter-group keys -> its name (the first one wins)."""
+    out: dict[frozenset[str], str] = {}
+    p = [nn.Parameter(torch.zeros(1))]
+    for name in _KNOWN_OPTIMIZERS:
+        cls = getattr(torch.optim, name, None)
+        if cls is not None:
+            keys = _group_keys(cls(p, lr=0.1).state_dict())
+            if keys is not None:
+                out.setdefault(keys, name)
+    return out
+
+
+def _check_optimizer_state_fits(optimizer_state: Any, optimizer: torch.optim.Optimizer) -> None:
+    """A one-line ValueError when the state's server optimizer state was written by another
+    kind of optimizer than this process's (e.g. an Adam state given to an SGD process, which
+    torch loads without a word and fails on at the first step with ``KeyError: 'momentum'``)."""
+    saved = _group_keys(optimizer_state)
+    wanted = _group_keys(optimizer.state_dict())
+    if saved is None or wanted is None or saved == wanted:
+        return
+    theirs = _optimizer_keys().get(saved, "another optimizer")
+    ours = type(optimizer).__name__
+    raise ValueError(
+        f"the state's server optimizer state is from {theirs} but this process's server "
+        f"optimizer is {ours}; resume with the server optimizer the run started with (or start "
+        "from process.initialize())."
+    )
+
+
 def _check_state(state: Any) -> None:
     if not isinstance(state, ServerState):
         raise TypeError(
@@ -506,7 +551,7 @@ def build_weighted_fed_avg(
     seed: int = 0,
     executor: Executor | None = None,
     buffer_aggregation: Literal["average", "keep"] = "keep",
-    client_pipeline: str = "epochs",
+    client_pipeline: str = DEFAULT_CLIENT_PIPELINE,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     max_steps: int | None = None,
     engine: Any = None,
@@ -543,9 +588,10 @@ def build_weighted_fed_avg(
     value, ``"average"`` averages the clients' trained buffers (see the module docstring).
 
     The local steps (:func:`fedp13n.data.pipeline.batch_plan`): ``client_pipeline`` is
-    ``"epochs"`` (default: ``client_epochs`` passes, each a fresh shuffle) or ``"tff"``
-    (TFF's ``dataset.repeat(client_epochs).shuffle(shuffle_buffer).batch(batch_size)``,
-    ``ceil(n * E / B)`` steps); ``shuffle_buffer`` (default 1000, TFF's) is tf.data's
+    ``"tff"`` (default, the CLI's too: TFF's
+    ``dataset.repeat(client_epochs).shuffle(shuffle_buffer).batch(batch_size)``,
+    ``ceil(n * E / B)`` steps) or ``"epochs"`` (``client_epochs`` passes, each a fresh
+    shuffle); ``shuffle_buffer`` (default 1000, TFF's) is tf.data's
     shuffle buffer of ``"tff"``; ``max_steps`` (default ``None``: no limit) is
     ``.take(max_steps)``, at most that many local steps, and with it ``client_epochs=None``
     repeats the data until ``max_steps`` batches exist (K local steps, not epochs).

@@ -42,9 +42,12 @@ _SEED = typer.Option(0, "--seed", help="Seed of the client subset / synthetic da
 
 def _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console):
     from fedp13n.data.cache import CacheRebuiltWarning
-    from fedp13n.data.datasets import load_dataset
+    from fedp13n.data.datasets import download_notice, load_dataset
     from fedp13n.data.validate import DataError
 
+    notice = download_notice(dataset, data_dir, cache_dir, url, only_digits)
+    if notice is not None:  # a large download must not start unannounced
+        typer.echo(notice, err=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheRebuiltWarning)
         try:

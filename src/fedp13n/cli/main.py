@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from fedp13n import __version__
-from fedp13n.cli import data_cmd, report_cmd, run_cmd, sweep_cmd
+from fedp13n.cli import data_cmd, examples_cmd, report_cmd, run_cmd, sweep_cmd
 from fedp13n.cli.errors import fail
 
 #: click's UsageError (a bad option value, an unknown option or command, a missing
@@ -59,6 +59,7 @@ app.add_typer(data_cmd.app, name="data")
 run_cmd.register(app)
 report_cmd.register(app)
 sweep_cmd.register(app)
+examples_cmd.register(app)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -46,11 +47,13 @@ def _flag(default: bool, decl: str, help_text: str) -> Any:
 #: Options of the command itself (not settings of the experiment).
 _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "config_file": (
-        Path | None,
+        str | None,  # not Path: Path("./demo") is "demo", a shipped example's name
         typer.Option(
             None,
             "--config",
-            help="TOML file with experiment settings (options override it).",
+            metavar="FILE|NAME",
+            help="TOML file with experiment settings (options override it), or the name of "
+            "a shipped example (e.g. demo; see 'fedp13n examples').",
             rich_help_panel=_RUN,
         ),
     ),
@@ -113,19 +116,23 @@ def config_options() -> list[tuple[dataclasses.Field, str, Any, Any]]:
 
 def _metavar(tp: Any, name: str) -> str:
     if name == "strategies":
-        return "[NAME=]OPT:LR"
+        return "[NAME=]OPT[:LR]"
     if name == "stages":
         return "[NAME:]KEY=VALUE,..."
     return {int: "INT", float: "FLOAT"}.get(tp, "TEXT")
 
 
 def resolve_config(
-    config_file: Path | None, options: dict[str, Any], base: ExperimentConfig | None = None
+    config_file: str | Path | None,
+    options: dict[str, Any],
+    base: ExperimentConfig | None = None,
 ) -> ExperimentConfig:
     """Defaults (or ``base``: a resumed run's saved config) < TOML file < options given on
     the command line (those not None)."""
-    if config_file:
-        config = ExperimentConfig.from_toml(config_file)
+    if config_file is not None:
+        from fedp13n.experiments.examples import config_path
+
+        config = ExperimentConfig.from_toml(config_path(config_file))
     else:
         config = base if base is not None else ExperimentConfig()
     changes = {k: v for k, v in options.items() if v is not None}
@@ -155,6 +162,7 @@ def run(**kwargs: Any) -> None:
     from fedp13n.execution.base import ClientWorkError
     from fedp13n.experiments.p13n_experiment import default_run_dir, run_experiment
     from fedp13n.rundir import layout as rd
+    from fedp13n.rundir.integrity import NoSpaceError
 
     if run_args["resume"] and output_dir is None:
         fail("--resume needs --output-dir: the run directory to continue.")
@@ -182,6 +190,10 @@ def run(**kwargs: Any) -> None:
             resume=run_args["resume"],
             progress=run_args["progress"] and sys.stderr.isatty(),
         )
+    except KeyboardInterrupt as e:
+        interrupted(e, run_dir)
+    except NoSpaceError as e:  # what was complete is kept: the run resumes
+        fail(str(e))
     except (
         ConfigError,
         DataError,
@@ -206,6 +218,25 @@ def run(**kwargs: Any) -> None:
         path = write_report(result.run_dir, summary=result.summary)
         typer.echo(f"report: {path}")
     typer.echo(f"results: {result.run_dir}")
+
+
+def interrupted(e: KeyboardInterrupt, run_dir: Path) -> NoReturn:
+    """Ctrl-C: one line saying how far the run got and how to go on; exit code 130."""
+    from fedp13n.experiments.p13n_experiment import RunInterrupted
+    from fedp13n.rundir import layout as rd
+
+    if (run_dir / rd.CONFIG).is_file():
+        how = f"continue with: fedp13n run --output-dir {shlex.quote(str(run_dir))} --resume"
+    else:
+        how = "nothing was written yet; rerun the same command"
+    if not isinstance(e, RunInterrupted):
+        what = "interrupted"
+    elif e.round_num == 0:
+        what = f"interrupted before round 1 of {e.total_rounds} finished"
+    else:
+        what = f"interrupted after round {e.round_num} of {e.total_rounds}"
+    typer.secho(f"{what}; {how}", err=True, fg=typer.colors.YELLOW)
+    raise typer.Exit(130)
 
 
 def _signature() -> inspect.Signature:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -10,8 +12,10 @@ from fedp13n.cli.errors import fail
 
 
 def sweep(
-    config_file: Path = typer.Argument(
-        ..., help="TOML: the settings of fedp13n run plus a sweep table with its grid."
+    config_file: str = typer.Argument(  # not Path: Path("./x") is "x", an example's name
+        ...,
+        help="TOML: the settings of fedp13n run plus a sweep table with its grid (or a "
+        "shipped example's name, e.g. table1_sample).",
     ),
     output_dir: Path = typer.Option(
         ..., "--output-dir", help="Sweep directory (its runs go to runs/ inside it)."
@@ -31,11 +35,12 @@ def sweep(
     from fedp13n.data.validate import DataError
     from fedp13n.execution.base import ClientWorkError
     from fedp13n.experiments.config import ConfigError
+    from fedp13n.experiments.examples import config_path
     from fedp13n.experiments.sweep import SweepConfig, run_sweep
     from fedp13n.reporting.summary import ReportError
 
     try:
-        config = SweepConfig.from_toml(config_file)
+        config = SweepConfig.from_toml(config_path(config_file, "sweep file"))
         table = run_sweep(config, output_dir, resume=resume, parallel=parallel, log=typer.echo)
     except (
         ConfigError,
@@ -48,9 +53,27 @@ def sweep(
         OSError,
     ) as e:
         fail(str(e).splitlines()[0])
+    except KeyboardInterrupt:
+        interrupted_sweep(config_file, output_dir)
     typer.echo(table.read_text())
     typer.echo(f"table: {table}")
     typer.echo(f"comparison: {output_dir / 'comparison.html'}")
+
+
+def interrupted_sweep(config_file: str | Path, output_dir: Path) -> NoReturn:
+    """Ctrl-C: one line saying how to go on (finished runs are kept, an interrupted one
+    resumes from its last round); exit code 130."""
+    from fedp13n.rundir.readers import SWEEP_FILE
+
+    if (output_dir / SWEEP_FILE).is_file():
+        how = (
+            f"finished runs are kept; continue with: fedp13n sweep {shlex.quote(str(config_file))}"
+            f" --output-dir {shlex.quote(str(output_dir))} --resume"
+        )
+    else:
+        how = "nothing was written yet; rerun the same command"
+    typer.secho(f"interrupted; {how}", err=True, fg=typer.colors.YELLOW)
+    raise typer.Exit(130)
 
 
 def register(app: typer.Typer) -> None:

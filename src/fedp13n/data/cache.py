@@ -6,8 +6,10 @@ memory-mapped by worker processes. A cache entry appears only complete: both spl
 written into a temporary sibling directory which is renamed at the end.
 
 Integrity: every array file and the metadata carry a SHA-256 written with them and checked
-on every load (:meth:`ClientData.load`). :func:`cached` rebuilds a corrupt or stale entry
-from its source, with a :class:`CacheRebuiltWarning` saying so.
+on every load (:meth:`ClientData.load`), and the entry's ``manifest.json`` binds each
+split's metadata digest to the split's name, so a ``train/`` and ``test/`` swapped (or one
+split copied from another entry) is caught too. :func:`cached` rebuilds a corrupt or stale
+entry from its source, with a :class:`CacheRebuiltWarning` saying so.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from fedp13n.data.validate import CacheCorruptError, CacheStaleError
 
 #: Environment variable overriding the default cache root.
 CACHE_ENV = "FEDP13N_CACHE"
+#: A cache entry's record of its splits: split name -> that split's meta.json digest.
+MANIFEST = "manifest.json"
+SPLITS = ("train", "test")
 
 
 class CacheRebuiltWarning(UserWarning):
@@ -61,19 +66,60 @@ def load_cached(
 ) -> tuple[ClientData, ClientData] | None:
     """The cached ``(train, test)`` under ``root/key``, or None if absent or incomplete.
 
-    A corrupt entry (checksum mismatch) raises :class:`CacheCorruptError`, one of an older
-    format :class:`CacheStaleError`: both tell how to rebuild it.
+    A corrupt entry (checksum mismatch, or a split that is not the one recorded under its
+    name in ``manifest.json``, e.g. ``train/`` and ``test/`` swapped) raises
+    :class:`CacheCorruptError`, one of an older format :class:`CacheStaleError`: both tell
+    how to rebuild it.
     """
     entry = Path(root) / key
-    if (
-        not (entry / "train" / "meta.json").is_file()
-        or not (entry / "test" / "meta.json").is_file()
-    ):
+    if not all((entry / split / "meta.json").is_file() for split in SPLITS):
         return None
-    return (
-        ClientData.load(entry / "train", mmap=mmap),
-        ClientData.load(entry / "test", mmap=mmap),
-    )
+    train = ClientData.load(entry / "train", mmap=mmap)
+    test = ClientData.load(entry / "test", mmap=mmap)
+    _check_manifest(entry)
+    return train, test
+
+
+def _split_digest(directory: Path) -> str | None:
+    """The digest a split's meta.json records of itself (ids, sizes, file checksums)."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return meta.get("meta_sha256") if isinstance(meta, dict) else None
+
+
+def _check_manifest(entry: Path) -> None:
+    """Each split is the one recorded under its name when the entry was written."""
+    rebuild = "delete the directory and load the dataset again to rebuild it."
+    manifest_file = entry / MANIFEST
+    if not manifest_file.is_file():
+        raise CacheStaleError(
+            f"cache entry {entry} has no {MANIFEST} (written by an older fedp13n, without "
+            f"per-split records): {rebuild}"
+        )
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        recorded = {split: manifest["splits"][split] for split in SPLITS}
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError, KeyError):
+        raise CacheCorruptError(
+            f"cache entry {entry} is corrupt: {MANIFEST} is not a record of its train and "
+            f"test splits; {rebuild}"
+        ) from None
+    found = {split: _split_digest(entry / split) for split in SPLITS}
+    if found == recorded:
+        return
+    if found == {"train": recorded["test"], "test": recorded["train"]}:
+        raise CacheCorruptError(
+            f"cache entry {entry} is corrupt: train/ and test/ were swapped (each holds the "
+            f"split recorded under the other's name in {MANIFEST}); {rebuild}"
+        )
+    for split in SPLITS:
+        if found[split] != recorded[split]:
+            raise CacheCorruptError(
+                f"cache entry {entry} is corrupt: {split}/ is not the {split} split recorded "
+                f"in {MANIFEST} when the entry was written; {rebuild}"
+            )
 
 
 def save_cached(
@@ -98,6 +144,8 @@ def save_cached(
         train._save_files(tmp / "train")
         test._save_files(tmp / "test")
         (tmp / "source.json").write_text(json.dumps(source or {}, indent=1))
+        splits = {split: _split_digest(tmp / split) for split in SPLITS}
+        (tmp / MANIFEST).write_text(json.dumps({"splits": splits}, indent=1))
         if entry.exists():
             shutil.rmtree(entry)
         tmp.rename(entry)

@@ -261,6 +261,38 @@ def select_clients(
     return train.subset(ids), test.subset(ids)
 
 
+def download_notice(
+    dataset: str,
+    data_dir: str | os.PathLike | None,
+    cache_dir: str | os.PathLike | None,
+    url: str | None = None,
+    only_digits: bool = False,
+) -> str | None:
+    """The line to say before ``load_dataset`` downloads (None: the data is cached, local or
+    generated): a large download must not start unannounced (``fedp13n data`` and ``run``)."""
+    if data_dir is not None or dataset not in ("emnist", "emnist-sqlite"):
+        return None
+    root = resolve_cache_dir(cache_dir)
+    variant = _variant(only_digits)
+    if dataset == "emnist":
+        pub = EMNIST_H5[only_digits]
+        tag = _url_tag(url, pub.url, pub.sha256 if url is None else None)
+        key = f"emnist-{variant}{tag}"
+        archive = root / "downloads" / f"{H5_PREFIX[only_digits]}{tag}.tar.bz2"
+        what = f"EMNIST-{variant}" + (" (~200 MB)" if not only_digits and not tag else "")
+        source = url or pub.url
+    else:
+        tag = _url_tag(url, EMNIST_SQLITE_URL)
+        key = f"emnist-sqlite-{variant}{tag}"
+        archive = root / "downloads" / f"emnist_all{tag}.sqlite.lzma"
+        what = "EMNIST (TFF's SQLite file)"
+        source = url or EMNIST_SQLITE_URL
+    cached = all((root / key / part / "meta.json").is_file() for part in ("train", "test"))
+    if cached or archive.is_file():
+        return None
+    return f"downloading {what} from {source} to {root}; pass --data-dir to use local files"
+
+
 def load_dataset(
     name: str,
     *,

@@ -72,6 +72,27 @@ def _as_array(value, dtype, *, path: Path, cid: str, key: str, what: str) -> np.
         raise DataFormatError(f"{path}: client {cid!r}: {key!r} is not {what} ({e}).") from None
 
 
+def _check_labels(labels, *, path: Path, cid: str) -> None:
+    """Every label a JSON integer: ``true`` is not class 1, ``2.5`` or ``"3"`` no class at
+    all (numpy would silently read a ``true`` among integers as 1)."""
+    if not isinstance(labels, list) or all(type(v) is int for v in labels):
+        return  # not a list: _as_array says so
+    for j, v in enumerate(labels):
+        if type(v) is int:
+            continue
+        if isinstance(v, list | dict):
+            return  # nested: _as_array / the flat-list check say so
+        shown = json.dumps(v) if isinstance(v, bool | str | float | None) else repr(v)
+        kinds = {bool: "a boolean", str: "a string", type(None): "null"}
+        kind = kinds.get(type(v), f"a {type(v).__name__}")
+        if type(v) is float:
+            kind = "a number with " + ("a decimal point" if v.is_integer() else "a fraction")
+        raise DataFormatError(
+            f"{path}: client {cid!r}: label {shown} (position {j} of 'y') is {kind}, expected "
+            "an integer class id; write the labels as JSON integers (e.g. 3)."
+        )
+
+
 def load_leaf_split(split_dir: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> ClientData:
     """Load every ``*.json`` shard of one LEAF split directory (files in name order)."""
     split_dir = Path(split_dir)
@@ -104,6 +125,7 @@ def load_leaf_split(split_dir: str | os.PathLike, *, num_classes: int = NUM_CLAS
                 key="x",
                 what="a list of equal-length pixel lists",
             )
+            _check_labels(entry["y"], path=path, cid=cid)
             y = _as_array(entry["y"], None, path=path, cid=cid, key="y", what="a list of labels")
             if y.dtype == object:
                 raise DataFormatError(f"{path}: client {cid!r}: 'y' must be a flat list of labels.")

@@ -9,13 +9,15 @@ Pipelines:
 * ``"epochs"``: ``epochs`` passes over the data; each pass is a fresh permutation drawn
   from ``generator`` (or the stored order without shuffling) cut into batches of
   ``batch_size``, the last one smaller. ``epochs * ceil(n / batch_size)`` steps. This is
-  fedp13n's historical pipeline (and the default).
+  fedp13n's historical pipeline, :func:`batch_plan`'s default, and what personalization's
+  fine-tuning uses (one pass per epoch, as TFF's ``build_personalize_fn``).
 * ``"tff"``: TFF's client pipeline of the EMNIST experiments,
   ``dataset.repeat(epochs).shuffle(shuffle_buffer).batch(batch_size)``: the data repeated
   ``epochs`` times as one stream, shuffled by tf.data's buffered shuffle
   (:func:`tf_shuffle_order`), then cut into batches that run across epoch boundaries,
   the last one smaller: ``ceil(n * epochs / batch_size)`` steps. Without shuffling,
-  3 examples, 2 epochs, batches of 2 give ``[0, 1], [2, 0], [1, 2]``.
+  3 examples, 2 epochs, batches of 2 give ``[0, 1], [2, 0], [1, 2]``. FedAvg's client
+  pipeline by default (:data:`DEFAULT_CLIENT_PIPELINE`), in the library as in the CLI.
 
 ``max_steps=K`` is tf.data's ``.take(K)`` after batching: at most ``K`` local steps (what
 a Reptile(K) stage needs: K local steps, not epochs). With ``max_steps``, ``epochs=None``
@@ -30,6 +32,10 @@ import numpy as np
 from fedp13n.utils.checks import check_positive_int
 
 PIPELINES = ("epochs", "tff")
+#: FedAvg's client pipeline when none is given, in the library and the CLI alike: TFF's.
+#: (:func:`batch_plan`'s own default, one pass per epoch, is what personalization's
+#: fine-tuning does, as TFF's ``build_personalize_fn``.)
+DEFAULT_CLIENT_PIPELINE = "tff"
 #: tf.data shuffle buffer of TFF's EMNIST experiments (``.shuffle(1000)``).
 DEFAULT_SHUFFLE_BUFFER = 1000
 

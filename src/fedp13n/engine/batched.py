@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedp13n.data.client_data import UINT8_TO_UNIT, ClientDataset, features_to_tensor
-from fedp13n.data.pipeline import batch_plan
+from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, batch_plan
 from fedp13n.models.emnist import EmnistConvDropout, FedAvgCNN
 from fedp13n.models.layers import FastDropout, random_bytes
 from fedp13n.utils.checks import check_non_negative_int, check_positive_int
@@ -1018,7 +1018,7 @@ class MultiClientEngine:
         shuffle: bool,
         seed: int,
         round_num: int,
-        pipeline: str = "epochs",
+        pipeline: str = DEFAULT_CLIENT_PIPELINE,
         shuffle_buffer: int = 1000,
         max_steps: int | None = None,
     ) -> list[ClientResult]:

@@ -8,6 +8,7 @@ round's row, so it comes before the callbacks that record the row.
 from __future__ import annotations
 
 import csv
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -149,18 +150,123 @@ class ProgressBar(Callback):
             self._progress.stop()
 
 
+def format_duration(seconds: float) -> str:
+    """``5 -> '5s'``, ``130 -> '2m10s'``, ``3725 -> '1h02m05s'`` (whole seconds)."""
+    s = max(0, round(seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class ClientProgress:
+    """Clients done of ``total`` in a personalization evaluation, with the time elapsed and
+    an ETA: a rich progress bar on stderr (``bar``), else (``log``) a line at every tenth
+    of the clients and at the end, e.g. ``personalization: 37/900 clients, 9s elapsed,
+    ETA 2m10s``. Use as a context manager; :meth:`advance` after each batch of clients."""
+
+    #: Log lines: one each time this fraction of the clients more is done (and at the end).
+    LOG_EVERY = 0.1
+
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        bar: bool,
+        log: Log | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.log, self.clock = log, clock
+        self._bar = bar
+        self._progress: Any = None
+        self._task: Any = None
+        self._t0 = clock()
+        self._next_log = 0.0
+
+    def __enter__(self) -> ClientProgress:
+        self._t0 = self.clock()
+        if self._bar:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("clients"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=self.total)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self._t0
+
+    def eta(self) -> float | None:
+        """Seconds left at the pace so far (None before the first client is done)."""
+        if not self.done:
+            return None
+        return self.elapsed / self.done * (self.total - self.done)
+
+    def line(self) -> str:
+        """``personalization: 37/900 clients, 9s elapsed, ETA 2m10s``."""
+        elapsed = format_duration(self.elapsed)
+        text = f"{self.label}: {self.done}/{self.total} clients, {elapsed} elapsed"
+        eta = self.eta()
+        if self.done < self.total:
+            text += f", ETA {'unknown' if eta is None else format_duration(eta)}"
+        return text
+
+    def advance(self, clients: int) -> None:
+        self.done += clients
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done)
+        if self.log is not None and (
+            self.done >= self.total or self.done >= self._next_log * self.total
+        ):
+            self.log(self.line())
+            while self._next_log * self.total <= self.done:
+                self._next_log += self.LOG_EVERY
+
+
 class TensorBoardLogger(Callback):
     """Round loss / accuracy (``train/*``), global test numbers (``eval/*``) and, at the end,
-    the personalization headline (``personalization/*``) as TensorBoard scalars."""
+    the personalization results as TensorBoard scalars: the headline
+    (``personalization/<key>``, at the last round) and every evaluated epoch of every
+    strategy (``personalization/<strategy>/accuracy_mean``, ``.../accuracy_ci_low``,
+    ``.../accuracy_ci_high``, step = epoch, step 0 = the global model), plus the run's
+    settings as hparams. ``run_name`` (the run folder's name) is a subfolder of
+    ``log_dir``, so runs sharing one ``--tensorboard`` folder stay apart."""
 
-    def __init__(self, log_dir: str | Path) -> None:
+    def __init__(self, log_dir: str | Path, run_name: str | None = None) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ImportError(
                 "--tensorboard needs the tensorboard package: pip install 'fedp13n[tensorboard]'."
             ) from None
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir = Path(log_dir) / run_name if run_name else Path(log_dir)
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
 
     def on_round_end(self, process, state, row) -> None:
         r = state.round_num
@@ -176,5 +282,64 @@ class TensorBoardLogger(Callback):
             self.writer.add_scalar(f"personalization/{key}", float(value), step)
         self.writer.flush()
 
+    def log_personalization(self, summary: Any, step: int, settings: Mapping[str, Any]) -> None:
+        """The headline at ``step``, every strategy's mean accuracy and 95% CI by epoch,
+        and ``settings`` (flattened to scalars) as hparams with the headline as metrics."""
+        from fedp13n.rundir.readers import epoch_number
+
+        self.log_headline(summary.headline, step)
+        b = summary.baseline
+        for strategy in summary.strategies():
+            rows = [r for r in summary.rows if r.strategy == strategy]
+            points = [(0, b)] + [(epoch_number(r.epoch), r) for r in rows]
+            for epoch, r in points:
+                for what, value in (
+                    ("mean", r.mean),
+                    ("ci_low", r.ci_low),
+                    ("ci_high", r.ci_high),
+                ):
+                    self.writer.add_scalar(
+                        f"personalization/{strategy}/accuracy_{what}", float(value), epoch
+                    )
+        self.log_hparams(
+            settings, {f"personalization/{k}": float(v) for k, v in summary.headline.items()}
+        )
+        self.writer.flush()
+
+    def log_hparams(self, settings: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """``settings`` as TensorBoard hparams of this run (its HPARAMS tab), ``metrics``:
+        tags of scalars already logged here."""
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = flatten_settings(settings)
+        experiment, start, end = hparams(flat, dict(metrics))
+        writer = self.writer._get_file_writer()  # the run's own event file, no subfolder
+        for item in (experiment, start, end):
+            writer.add_summary(item)
+
     def close(self) -> None:
         self.writer.close()
+
+
+def flatten_settings(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as TensorBoard hparams: ``{"strategies": [{"name": "sgd", "lr": 0.1}]}``
+    -> ``{"strategies.sgd.lr": 0.1}``; numbers, strings and booleans kept, None and other
+    values as text."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out |= flatten_settings(value, f"{name}.")
+        elif (
+            value and isinstance(value, list | tuple) and all(isinstance(v, Mapping) for v in value)
+        ):
+            for i, item in enumerate(value):
+                label = item.get("name", i)
+                out |= flatten_settings(
+                    {k: v for k, v in item.items() if k != "name"}, f"{name}.{label}."
+                )
+        elif isinstance(value, bool | int | float | str):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out

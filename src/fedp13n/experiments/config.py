@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, get_args, get_origin
 import tomli_w
 
 from fedp13n.data.names import DATASET_NAMES
-from fedp13n.data.pipeline import PIPELINES
+from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, PIPELINES
 from fedp13n.data.split import MIN_CLIENTS, split_sizes
 from fedp13n.execution.base import EXECUTOR_KINDS
 from fedp13n.models.registry import MODEL_NAMES
@@ -43,7 +44,7 @@ from fedp13n.utils.checks import (
     check_positive_int,
     check_positive_number,
 )
-from fedp13n.utils.optimizers import OPTIMIZERS
+from fedp13n.utils.optimizers import DEFAULT_LEARNING_RATES, OPTIMIZERS
 
 
 class ConfigError(ValueError):
@@ -120,7 +121,7 @@ class TrainingSettings:
     )
     batch_size: int = setting(20, help="Local batch size.", panel="Training")
     client_pipeline: str = setting(
-        "tff",
+        DEFAULT_CLIENT_PIPELINE,
         help="How local batches are cut: 'tff' (TFF's repeat(E).shuffle(1000).batch(B): "
         "batches run across epoch boundaries) or 'epochs' (a shuffled pass per epoch).",
         panel="Training",
@@ -208,7 +209,14 @@ class StageConfig(TrainingSettings):
 
 
 def _default_strategies() -> list[StrategyConfig]:
-    return [StrategyConfig("sgd", "sgd", 0.02), StrategyConfig("adam", "adam", 0.002)]
+    """TFF's ``sgd`` and ``adam`` fine-tuning, each at its optimizer's default rate."""
+    return [StrategyConfig(name, name) for name in DEFAULT_LEARNING_RATES]
+
+
+#: Strategy settings that are not hyperparameters: ``tune`` cannot vary them.
+UNTUNABLE_STRATEGY_KEYS = ("name", "kind", "tune", "select_epoch", "options")
+#: Strategy fields ``tune`` may vary (with the kind's own parameters).
+TUNABLE_STRATEGY_FIELDS = ("optimizer", "learning_rate", "batch_size", "epochs", "epochs_per_eval")
 
 
 @dataclass
@@ -220,12 +228,17 @@ class StrategyConfig:
     ``adam_recommended``) or a user's ``"module:function"``; ``options`` holds the kind's
     own parameters (in TOML: any other key of the table, e.g. ``lam = 0.1``).
     ``epochs`` / ``batch_size`` left unset take the experiment's ``p13n_epochs`` /
-    ``p13n_batch_size``.
+    ``p13n_batch_size``. ``optimizer`` / ``learning_rate`` left unset take the kind's
+    (``adam_recommended``: adam at 5e-4), else the optimizer's default rate
+    (:data:`fedp13n.utils.optimizers.DEFAULT_LEARNING_RATES`: sgd 0.02, adam 0.002),
+    filled in here so the config, the log and the saved ``config.toml`` show the rate that
+    runs; they stay unset while ``tune`` varies them, and for a ``"module:function"`` kind
+    (its factory's own defaults apply).
     """
 
     name: str
-    optimizer: str = "sgd"
-    learning_rate: float = 0.02
+    optimizer: str | None = None
+    learning_rate: float | None = None
     batch_size: int | None = None
     epochs: int | None = None
     epochs_per_eval: int = 1
@@ -235,6 +248,23 @@ class StrategyConfig:
     #: Also choose the evaluation epoch on the validation clients (report only that one).
     select_epoch: bool = False
     options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or not isinstance(self.tune, dict):
+            return  # a wrong type: refused by the type checks that follow construction
+        from fedp13n.personalization.registry import default_learning_rate, default_optimizer
+
+        tuned = set(self.tune)
+        if "kind" in tuned:  # refused by validate()
+            return
+        if self.optimizer is None and "optimizer" not in tuned:
+            self.optimizer = default_optimizer(self.kind)
+        if (
+            self.learning_rate is None
+            and not tuned & {"optimizer", "learning_rate"}
+            and (self.optimizer is None or self.optimizer in OPTIMIZERS)
+        ):
+            self.learning_rate = default_learning_rate(self.kind, self.optimizer)
 
     @property
     def tuned(self) -> bool:
@@ -256,15 +286,14 @@ class StrategyConfig:
         return dataclasses.replace(self, **changes, options=options, tune={}, select_epoch=False)
 
     def builder_params(self, epochs: int, batch_size: int) -> dict[str, Any]:
-        """The keyword parameters of ``build_strategy(kind, ...)``."""
-        params = dict(
-            learning_rate=self.learning_rate,
-            batch_size=batch_size,
-            epochs=epochs,
-            epochs_per_eval=self.epochs_per_eval,
+        """The keyword parameters of ``build_strategy(kind, ...)``: the optimizer and rate
+        only where set (unset, the kind's factory applies its own defaults)."""
+        params: dict[str, Any] = dict(
+            batch_size=batch_size, epochs=epochs, epochs_per_eval=self.epochs_per_eval
         )
-        if self.kind != "adam_recommended":
-            params["optimizer"] = self.optimizer
+        for key in ("optimizer", "learning_rate"):
+            if getattr(self, key) is not None:
+                params[key] = getattr(self, key)
         return {**params, **self.options}
 
     def validate(self) -> None:
@@ -274,16 +303,19 @@ class StrategyConfig:
                 f"strategy name {self.name!r} is reserved (the personalization result uses it); "
                 "choose another name."
             )
-        _check_choice(f"strategy {self.name!r} optimizer", self.optimizer, OPTIMIZERS)
-        check_positive_number(
-            f"strategy {self.name!r} learning_rate", self.learning_rate, ConfigError
-        )
+        if self.optimizer is not None:
+            _check_choice(f"strategy {self.name!r} optimizer", self.optimizer, OPTIMIZERS)
+        if self.learning_rate is not None:
+            check_positive_number(
+                f"strategy {self.name!r} learning_rate", self.learning_rate, ConfigError
+            )
         for key in ("batch_size", "epochs"):
             if getattr(self, key) is not None:
                 check_positive_int(f"strategy {self.name!r} {key}", getattr(self, key), ConfigError)
         check_positive_int(
             f"strategy {self.name!r} epochs_per_eval", self.epochs_per_eval, ConfigError
         )
+        self._check_tunable()
         for key, values in self.tune.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(
@@ -291,21 +323,47 @@ class StrategyConfig:
                     f"values, got {values!r} (e.g. tune = {{ learning_rate = [0.01, 0.02] }})."
                 )
 
+    def _check_tunable(self) -> None:
+        """``tune`` varies hyperparameters only: not the name, kind, ... (a one-line error
+        listing the tunable ones)."""
+        untunable = [k for k in self.tune if k in UNTUNABLE_STRATEGY_KEYS]
+        if not untunable:
+            return
+        from fedp13n.personalization.registry import strategy_parameters
+
+        try:
+            own = strategy_parameters(self.kind)
+        except (ValueError, TypeError, ImportError):  # a bad kind: its own error follows
+            own = []
+        tunable = list(TUNABLE_STRATEGY_FIELDS)
+        tunable += [k for k in own or [] if k not in tunable]
+        if own is None:
+            tunable.append("any parameter of its factory")
+        raise ConfigError(
+            f"strategy {self.name!r}: tune.{untunable[0]} is not a tunable hyperparameter; "
+            f"tune any of {', '.join(tunable)} "
+            "(e.g. tune = { learning_rate = [0.01, 0.02] })."
+        )
+
     @classmethod
     def parse(cls, spec: str) -> StrategyConfig:
-        """Parse the CLI form ``[NAME=]OPTIMIZER:LR`` (e.g. ``sgd:0.02``, ``fast=sgd:0.1``)."""
+        """Parse the CLI form ``[NAME=]OPTIMIZER[:LR]`` (e.g. ``sgd:0.02``, ``fast=sgd:0.1``;
+        ``adam``: Adam at its default rate, 0.002)."""
         name, _, rest = spec.rpartition("=")
         opt, sep, lr = rest.partition(":")
-        if not sep:
+        if not opt.strip():
             raise ConfigError(
-                f"--strategy {spec!r}: expected [NAME=]OPTIMIZER:LEARNING_RATE, e.g. 'adam:0.002'."
+                f"--strategy {spec!r}: expected [NAME=]OPTIMIZER[:LEARNING_RATE], e.g. "
+                "'adam:0.002' or 'adam' (its default rate)."
             )
-        try:
-            rate = float(lr)
-        except ValueError:
-            raise ConfigError(
-                f"--strategy {spec!r}: learning rate {lr!r} is not a number."
-            ) from None
+        rate = None
+        if sep:
+            try:
+                rate = float(lr)
+            except ValueError:
+                raise ConfigError(
+                    f"--strategy {spec!r}: learning rate {lr!r} is not a number."
+                ) from None
         return cls(name=name or opt, optimizer=opt, learning_rate=rate)
 
 
@@ -375,11 +433,12 @@ class ExperimentConfig(TrainingSettings):
     )
     # -- personalization ----------------------------------------------------------------------
     strategies: list[StrategyConfig] = setting(
-        help="Fine-tuning strategies, [NAME=]OPTIMIZER:LR (repeatable).",
+        help="Fine-tuning strategies, [NAME=]OPTIMIZER[:LR] (repeatable; LR defaults to the "
+        "optimizer's: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LEARNING_RATES.items()) + ").",
         panel="Personalization",
         default_factory=_default_strategies,
         flag="--strategy",
-        default_text="sgd:0.02 adam:0.002",
+        default_text=" ".join(f"{k}:{v}" for k, v in DEFAULT_LEARNING_RATES.items()),
     )
     p13n_eval_every: int = setting(
         0,
@@ -492,6 +551,10 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(
                 f"split_seed must be an integer in 0..{MAX_SPLIT_SEED}, got {self.split_seed}."
             )
+        for key in FOLDER_KEYS:  # "" would silently mean "none" (or the current folder)
+            if isinstance(getattr(self, key), str) and not getattr(self, key).strip():
+                flag = field_flag(next(f for f in dataclasses.fields(self) if f.name == key))
+                raise ConfigError(f"{key} is empty; give a folder ({flag} DIR) or leave {key} out.")
         _check_choice("dataset", self.dataset, DATASET_NAMES)
         if self.dataset == "leaf" and not self.data_dir:
             raise ConfigError("dataset 'leaf' needs data_dir (a folder with train/ and test/).")
@@ -568,6 +631,17 @@ class ExperimentConfig(TrainingSettings):
                 f"strategies {tuned} tune settings, which must be chosen on validation clients "
                 "that are not reported on: set num_val_clients (e.g. --num-val-clients 20)."
             )
+
+    def with_absolute_paths(self) -> ExperimentConfig:
+        """This config with its folders (:data:`FOLDER_KEYS`) absolute and normalised (no
+        ``..``, no trailing slash, ``~`` expanded): what a run saves, so that
+        ``config.toml`` (and ``--resume``) finds them wherever it is run from."""
+        changes = {
+            key: normalised_folder(value)
+            for key in FOLDER_KEYS
+            if isinstance(value := getattr(self, key), str) and value.strip()
+        }
+        return dataclasses.replace(self, **changes) if changes else self
 
     def strategy_builder(self, s: StrategyConfig) -> Any:
         """The no-argument builder of strategy ``s`` (a ``personalize_fn_dict`` value)."""
@@ -682,6 +756,16 @@ def _strategies_from_toml(items: Any, source: str) -> list[StrategyConfig]:
             _check_type(f, getattr(strategy, f.name), f"{source}: strategies[{i}]")
         out.append(strategy)
     return out
+
+
+#: The settings that name folders.
+FOLDER_KEYS = ("data_dir", "cache_dir", "tensorboard")
+
+
+def normalised_folder(path: str) -> str:
+    """``path`` absolute and normalised: ``~`` expanded, no ``.``/``..``, no trailing slash
+    (``..`` taken lexically, as the shell's ``cd`` does: symlinks are kept)."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def resolve_split(config: ExperimentConfig, num_clients: int) -> tuple[int, int]:

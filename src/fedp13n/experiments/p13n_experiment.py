@@ -19,22 +19,23 @@ the client id, never from the history of the process), across stage boundaries t
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import csv
 import functools
 import json
 import math
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedp13n.algorithms.loop import Callback
 from fedp13n.experiments.callbacks import (
     Checkpointer,
+    ClientProgress,
     GlobalEvaluation,
     LogLines,
     MetricsCsv,
@@ -43,12 +44,23 @@ from fedp13n.experiments.callbacks import (
     TensorBoardLogger,
 )
 from fedp13n.experiments.config import ConfigError, ExperimentConfig, StageConfig, resolve_split
+from fedp13n.reporting.result_report import per_client_rows
 from fedp13n.rundir import layout as rd
+from fedp13n.rundir.integrity import config_edited, config_text_with_digest, writing
 from fedp13n.rundir.lock import run_dir_lock
 from fedp13n.utils.fs import atomic_write, atomic_writer, remove_stale_temporaries
 from fedp13n.utils.seeding import derive_rng
 
 Log = Callable[[str], None]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; every round it finished is checkpointed (``--resume`` goes on
+    from ``round_num``, the last of them, of ``total_rounds``)."""
+
+    def __init__(self, run_dir: Path, round_num: int, total_rounds: int) -> None:
+        super().__init__(f"interrupted after round {round_num} of {total_rounds}")
+        self.run_dir, self.round_num, self.total_rounds = run_dir, round_num, total_rounds
 
 
 @dataclass
@@ -91,14 +103,9 @@ class Compute:
 
 
 def _absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
-    """The config with its folders as absolute paths: the saved config.toml (and so
-    ``--resume``) must find the data wherever it is run from."""
-    changes = {
-        key: str(Path(value).expanduser().absolute())
-        for key in ("data_dir", "cache_dir", "tensorboard")
-        if isinstance(value := getattr(config, key), str) and value.strip()
-    }
-    return dataclasses.replace(config, **changes) if changes else config
+    """The config with its folders as absolute, normalised paths: the saved config.toml
+    (and so ``--resume``) must find the data wherever it is run from."""
+    return config.with_absolute_paths()
 
 
 def _check_device(config: ExperimentConfig) -> None:
@@ -193,9 +200,7 @@ def build_stage_process(
         beta2=stage.server_beta2,
         epsilon=stage.server_epsilon,
     )
-    extra: dict[str, Any] = {}
-    if stage.client_pipeline != "epochs":
-        extra["client_pipeline"] = stage.client_pipeline
+    extra: dict[str, Any] = {"client_pipeline": stage.client_pipeline}
     if stage.local_steps is not None:
         extra["max_steps"] = stage.local_steps
     compute = compute or Compute()
@@ -218,9 +223,14 @@ def build_stage_process(
 # -- the steps ------------------------------------------------------------------------------------
 def prepare_data(config: ExperimentConfig, log: Log, *, progress: bool = True) -> ExperimentData:
     """Load the dataset and split its clients into FedAvg and personalization clients."""
-    from fedp13n.data.datasets import load_dataset
+    from fedp13n.data.datasets import download_notice, load_dataset
     from fedp13n.data.split import split_clients
 
+    notice = download_notice(
+        config.dataset, config.data_dir, config.cache_dir, None, config.only_digits
+    )
+    if notice is not None:
+        log(notice)
     t0 = time.perf_counter()
     train, test = load_dataset(
         config.dataset,
@@ -306,8 +316,10 @@ def train_global_model(
                 total,
             )
         )
+    last = _LastRecordedState()  # its row is written: checkpointed on Ctrl-C
     callbacks += [
         metrics_csv,
+        last,
         Checkpointer(
             run_dir,
             config.checkpoint_every,
@@ -353,6 +365,9 @@ def train_global_model(
                 process, state, end, functools.partial(select, stage), callbacks
             ).state
             done = state.round_num
+    except KeyboardInterrupt:
+        last.save(run_dir)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -368,6 +383,27 @@ def train_global_model(
             "training clients"
         )
     return weights, metrics_csv.rows
+
+
+class _LastRecordedState(Callback):
+    """The server state of the last round whose row is in ``fedavg_metrics.csv``; on Ctrl-C
+    it is checkpointed (unless it is already), so an interrupted run loses no finished
+    round whatever ``checkpoint_every`` is."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def on_round_end(self, process, state, row) -> None:
+        self.state = state
+
+    def save(self, run_dir: Path) -> None:
+        from fedp13n.algorithms import save_checkpoint
+
+        if self.state is None:
+            return
+        path = rd.checkpoint_path(run_dir, self.state.round_num)
+        if not path.exists():
+            save_checkpoint(path, self.state)
 
 
 def _evaluate_global(
@@ -417,7 +453,14 @@ def _run_eval(
     progress,
     what,
     compute: Compute | None = None,
+    log: Log | None = None,
 ):
+    """The personalization evaluation of ``inputs`` (all of them). With ``progress`` (a
+    bar) or ``log`` (a line every tenth), ``what: 37/900 clients, ..., ETA 2m10s`` is
+    shown as the clients finish: the clients then run in consecutive slices (the same
+    numbers: every client's randomness derives from the seed and its id), except on the
+    multi-client engine, which needs them all at once."""
+    from fedp13n.execution.base import ClientWorkError
     from fedp13n.personalization import build_personalization_eval, evaluate_fn
 
     p13n_eval = build_personalization_eval(
@@ -432,8 +475,65 @@ def _run_eval(
         device=(compute or Compute()).device_name,
         deterministic=(compute or Compute()).deterministic,
     )
-    with _status(progress, f"personalizing {len(inputs)} {what}"):
+    if not inputs or not (progress or log is not None):
         return p13n_eval(weights, inputs)
+    size = len(inputs)
+    if (compute or Compute()).engine is None:
+        size = progress_slice(len(inputs), executor.num_workers)
+    parts = []
+    with ClientProgress(what, len(inputs), bar=progress, log=None if progress else log) as shown:
+        for start in range(0, len(inputs), size):
+            try:
+                parts.append(p13n_eval(weights, inputs[start : start + size]))
+            except ClientWorkError as e:  # name the task by its place among all clients
+                raise _renumbered(e, start, inputs) from e
+            shown.advance(len(parts[-1].client_ids))
+    return concat_results(parts)
+
+
+def _renumbered(error: Exception, start: int, inputs: list) -> Exception:
+    """``error`` of a slice starting at ``start``, its ``task N`` counted over all
+    ``inputs`` and named by its client."""
+    import re
+
+    def fix(m: re.Match) -> str:
+        i = start + int(m[1])
+        who = f" (client {inputs[i]['client_id']!r})" if i < len(inputs) else ""
+        return f"task {i}{who}"
+
+    text, n = re.subn(r"^task (\d+)", fix, str(error), count=1)
+    return type(error)(text) if n else error
+
+
+#: About this many progress updates in a personalization evaluation (each a slice of the
+#: clients; a worker waits for the slowest client of a slice, so not many more).
+PROGRESS_UPDATES = 20
+
+
+def progress_slice(num_clients: int, num_workers: int) -> int:
+    """Clients per slice of an evaluation with progress: about :data:`PROGRESS_UPDATES`
+    slices, each at least 4 clients per worker (so workers rarely wait)."""
+    return max(-(-num_clients // PROGRESS_UPDATES), 4 * max(1, num_workers))
+
+
+def concat_results(parts: list[Any]) -> Any:
+    """One PersonalizationResult from the results of consecutive slices of the clients."""
+    from fedp13n.personalization.result import PersonalizationResult
+
+    if len(parts) == 1:
+        return parts[0]
+
+    def concat(trees: list[Any]) -> Any:
+        if isinstance(trees[0], Mapping):
+            return OrderedDict((k, concat([t[k] for t in trees])) for k in trees[0])
+        return [v for t in trees for v in t]
+
+    out = PersonalizationResult(
+        client_ids=[c for p in parts for c in p.client_ids], seed=parts[0].seed
+    )
+    for key in parts[0]:
+        out[key] = concat([p[key] for p in parts])
+    return out
 
 
 def mean_accuracy_by_epoch(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -454,12 +554,11 @@ def check_strategies_fit_model(config: ExperimentConfig) -> None:
     refuse (e.g. head_only's ``head`` naming no layer) fails now, as a one-line error
     naming the strategy, not after the FedAvg rounds. (A model without an input spec is
     checked when its strategies first run.)"""
-    import numpy as np
     import torch
 
-    from fedp13n.data import ClientDataset
     from fedp13n.models.spec import input_spec_of
     from fedp13n.personalization import build_personalization_eval, evaluate_fn
+    from fedp13n.personalization.inputs import one_example_dataset
 
     model_fn = model_fn_for(config)
     with torch.random.fork_rng(devices=[]):
@@ -467,14 +566,7 @@ def check_strategies_fit_model(config: ExperimentConfig) -> None:
     spec = input_spec_of(model)
     if spec is None:
         return
-
-    def zeros(shape: tuple, dtype: Any, default: Any) -> np.ndarray:
-        np_dtype = default if dtype is None else torch.empty(0, dtype=dtype).numpy().dtype
-        return np.zeros((1, *(1 if d is None else d for d in shape)), dtype=np_dtype)
-
-    one = ClientDataset(
-        zeros(spec.x_shape, spec.x_dtype, np.float32), zeros(spec.y_shape, spec.y_dtype, np.int64)
-    )
+    one = one_example_dataset(spec)
     client = [{"client_id": "dry-run", "train_data": one, "test_data": one}]
     weights = model.state_dict()
     for strategy in config.strategies:
@@ -507,29 +599,37 @@ def tune_strategies(
 
     Each combination of a strategy's ``tune`` candidates runs on every validation client;
     the one with the highest mean validation accuracy (at its last evaluation, or at the
-    best epoch with ``select_epoch``) wins, ties going to the first. Returns the config
-    with the chosen settings and the record written to ``tuning.json``.
+    best epoch with ``select_epoch``) wins, ties going to the first. Untuned strategies
+    run there too: the report's best strategy and epoch is chosen on these clients
+    (``validation_accuracy`` in the record: strategy -> ``epoch_k`` -> mean accuracy, of
+    the chosen settings). Returns the config with the chosen settings and the record
+    written to ``tuning.json``.
     """
     tuned = [s for s in config.strategies if s.tuned]
     variants: OrderedDict[str, tuple[Any, dict]] = OrderedDict()
-    for s in tuned:
+    for s in config.strategies:
         for i, params in enumerate(s.grid()):
             variants[f"{s.name}~{i}"] = (s, params)
     fn_dict = OrderedDict(
         (name, config.strategy_builder(s.with_params(params)))
         for name, (s, params) in variants.items()
     )
-    log(f"tuning {[s.name for s in tuned]}: {len(variants)} settings on "
-        f"{len(data.val_ids)} validation clients")  # fmt: skip
+    log(f"validation: {len(variants)} settings on {len(data.val_ids)} validation clients"
+        + (f" (tuning {[s.name for s in tuned]})" if tuned else ""))  # fmt: skip
     result = _run_eval(
         config, fn_dict, weights, _client_inputs(data, data.val_ids, compute), executor, progress,
-        "validation clients", compute,
+        "validation", compute, log,
     )  # fmt: skip
-    record: dict[str, Any] = {"validation_client_ids": list(data.val_ids), "strategies": {}}
+    record: dict[str, Any] = {
+        "validation_client_ids": list(data.val_ids),
+        "strategies": {},
+        "validation_accuracy": {},
+    }
     chosen_strategies = []
     for s in config.strategies:
         if not s.tuned:
             chosen_strategies.append(s)
+            record["validation_accuracy"][s.name] = mean_accuracy_by_epoch(result[f"{s.name}~0"])
             continue
         candidates = []
         for name, (owner, params) in variants.items():
@@ -550,10 +650,11 @@ def tune_strategies(
             "validation_accuracy": best["validation_accuracy"][best["epoch"]],
             "candidates": candidates,
         }
+        record["validation_accuracy"][s.name] = best["validation_accuracy"]
         chosen_strategies.append(s.with_params(best["params"]))
         log(
             f"tuned {s.name!r} on {len(data.val_ids)} validation clients: {best['params']}"
-            + (f", {best['epoch']}" if s.select_epoch else "")
+            + (f", {best['epoch'].replace('_', ' ')}" if s.select_epoch else "")
             + f" (validation accuracy {best['validation_accuracy'][best['epoch']]:.4f})"
         )
     return config.replace(strategies=chosen_strategies), record
@@ -567,9 +668,12 @@ def eval_client_ids(config: ExperimentConfig, data: ExperimentData) -> list[str]
 
 
 def _describe(s: Any) -> str:
-    """``sgd lr 0.02`` for TFF's fine-tuning, ``proximal, sgd lr 0.02`` for another kind."""
-    optimizer = "adam" if s.kind == "adam_recommended" else s.optimizer
-    text = f"{optimizer} lr {s.learning_rate}"
+    """``sgd lr 0.02`` for TFF's fine-tuning, ``proximal, sgd lr 0.02`` for another kind:
+    the optimizer and rate that run (a user's kind that sets none: its own defaults)."""
+    if s.learning_rate is not None:
+        text = f"{s.optimizer} lr {s.learning_rate}"
+    else:
+        text = f"{s.optimizer}, its default lr" if s.optimizer else "its default optimizer"
     return text if s.kind == "finetune" else f"{s.kind}, {text}"
 
 
@@ -586,7 +690,7 @@ def _personalized_accuracy(
     strategy = first.with_params(first.grid()[0]) if first.tuned else first
     fn_dict = OrderedDict([(first.name, config.strategy_builder(strategy))])
     inputs = _client_inputs(data, eval_client_ids(config, data), compute)
-    result = _run_eval(config, fn_dict, weights, inputs, executor, False, "clients", compute)
+    result = _run_eval(config, fn_dict, weights, inputs, executor, False, "curve", compute)
     curve = mean_accuracy_by_epoch(result[first.name])
     return curve[list(curve)[-1]]
 
@@ -603,9 +707,10 @@ def evaluate_personalization(
 ) -> tuple[Any, dict[str, Any] | None]:
     """TFF's personalization evaluation of ``weights`` on ``num_eval_clients`` sampled
     personalization clients (sampled once, here), after tuning any tuned strategy on the
-    validation clients; the result and the tuning record (None without tuning)."""
+    validation clients (and measuring every strategy there); the result and the tuning
+    record (None without validation clients)."""
     tuning = None
-    if any(s.tuned for s in config.strategies):
+    if data.val_ids:  # tune there, and measure every strategy there (the best is chosen there)
         config, tuning = tune_strategies(
             config, data, weights, executor, progress=progress, log=log, compute=compute
         )
@@ -618,7 +723,7 @@ def evaluate_personalization(
     t0 = time.perf_counter()
     result = _run_eval(
         config, personalize_fn_dict_for(config), weights, client_inputs, executor, progress,
-        "clients", compute,
+        "personalization", compute, log,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     log(
@@ -645,7 +750,7 @@ def diverged_clients(result: Mapping[str, Any]) -> list[str]:
         bad_at = {e: sum(1 for v in m["loss"] if not _finite(v)) for e, m in evals.items()}
         worst = max(bad_at.values(), default=0)
         if worst:
-            where = ", ".join(f"{e}: {c}" for e, c in bad_at.items() if c and e)
+            where = ", ".join(f"{e.replace('_', ' ')}: {c}" for e, c in bad_at.items() if c and e)
             what = "the global model" if key == rd.BASELINE_KEY else f"strategy {key!r}"
             lines.append(
                 f"{what}: the test loss is not finite for {worst} of {n} clients"
@@ -660,54 +765,28 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def per_client_rows(result: Mapping[str, Any], train_sizes: Mapping[str, int]) -> list[dict]:
-    """Flatten the nested personalization result into PER_CLIENT rows."""
-    ids = result["client_ids"]
-    base = result["baseline_metrics"]
-    rows = []
-    for strategy, metrics in result.items():
-        if strategy in ("client_ids", "baseline_metrics") or not isinstance(metrics, Mapping):
-            continue
-        for epoch, m in metrics.items():
-            if not (isinstance(m, Mapping) and "accuracy" in m):
-                continue
-            for i, cid in enumerate(ids):
-                rows.append(
-                    {
-                        "client_id": cid,
-                        "num_train_examples": train_sizes[cid],
-                        "num_test_examples": m["num_test_examples"][i],
-                        "strategy": strategy,
-                        "epoch": epoch,
-                        "loss": m["loss"][i],
-                        "accuracy": m["accuracy"][i],
-                        "baseline_loss": base["loss"][i],
-                        "baseline_accuracy": base["accuracy"][i],
-                    }
-                )
-    return rows
-
-
 def write_results(
     run_dir: Path, result: Any, data: ExperimentData, tuning: dict[str, Any] | None = None
 ) -> Any:
     """``personalization.json``, ``per_client.csv``, ``tuning.json`` (when strategies were
-    tuned) and ``summary.json``; the Summary."""
-    import csv
-
+    tuned) and ``summary.json``; the Summary. A full disk: :class:`NoSpaceError`."""
     from fedp13n.reporting import summarize_run, write_summary_json
 
     result_json = result.to_dict()
     if tuning is not None:
-        atomic_write(run_dir / rd.TUNING, json.dumps(tuning, indent=1))
-    atomic_write(run_dir / rd.PERSONALIZATION, json.dumps(result_json, indent=1))
+        with writing(run_dir / rd.TUNING):
+            atomic_write(run_dir / rd.TUNING, json.dumps(tuning, indent=1))
+    with writing(run_dir / rd.PERSONALIZATION):
+        atomic_write(run_dir / rd.PERSONALIZATION, json.dumps(result_json, indent=1))
     train_sizes = {c: data.train.size(c) for c in result_json["client_ids"]}
-    with atomic_writer(run_dir / rd.PER_CLIENT, "w", newline="") as f:
+    path = run_dir / rd.PER_CLIENT
+    with writing(path), atomic_writer(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
         w.writeheader()
         w.writerows(per_client_rows(result_json, train_sizes))
     summary = summarize_run(run_dir)
-    write_summary_json(run_dir, summary)
+    with writing(run_dir / rd.SUMMARY):
+        write_summary_json(run_dir, summary)  # last: its presence marks the run finished
     return summary
 
 
@@ -730,6 +809,7 @@ def run_experiment(
     _check_device(config)  # before any file is written or data loaded
     config = _absolute_paths(config)
     run_dir = Path(run_dir)
+    _check_not_a_sweep_dir(run_dir)
     if not resume and not run_dir.exists():
         try:
             run_dir.mkdir(parents=True)
@@ -739,7 +819,27 @@ def run_experiment(
         what = "does not exist" if not run_dir.exists() else "is not a directory"
         raise FileNotFoundError(f"--output-dir {run_dir} {what}.")
     with run_dir_lock(run_dir):
-        return _run(config, run_dir, resume=resume, progress=progress, log=log)
+        try:
+            with writing(run_dir):  # a full disk: NoSpaceError naming the file
+                return _run(config, run_dir, resume=resume, progress=progress, log=log)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:
+            from fedp13n.algorithms.checkpoint import checkpoint_rounds
+
+            done = max(checkpoint_rounds(run_dir), default=0)
+            raise RunInterrupted(run_dir, done, config.total_rounds) from None
+
+
+def _check_not_a_sweep_dir(run_dir: Path) -> None:
+    """A FileExistsError when ``run_dir`` is the output directory of ``fedp13n sweep``."""
+    from fedp13n.rundir.readers import is_sweep_dir
+
+    if is_sweep_dir(run_dir):
+        raise FileExistsError(
+            f"--output-dir {run_dir} is a sweep directory (written by 'fedp13n sweep'), not "
+            "a run directory; give the run its own --output-dir."
+        )
 
 
 def _run(
@@ -750,10 +850,13 @@ def _run(
     config = _open_run_dir(config, run_dir, resume=resume, log=log)
     data = prepare_data(config, log, progress=progress)
     split = {"fedavg": data.train_ids, "validation": data.val_ids, "personalization": data.p13n_ids}
-    atomic_write(run_dir / rd.SPLIT, json.dumps(split, indent=1))
+    with writing(run_dir / rd.SPLIT):
+        atomic_write(run_dir / rd.SPLIT, json.dumps(split, indent=1))
     compute = resolve_compute(config, log)
     check_strategies_fit_model(config)
-    tensorboard = TensorBoardLogger(config.tensorboard) if config.tensorboard else None
+    tensorboard = None
+    if config.tensorboard:  # one subfolder per run: a shared folder does not mix runs
+        tensorboard = TensorBoardLogger(config.tensorboard, run_dir.name)
     try:
         executor = make_executor(
             config.executor,
@@ -769,21 +872,23 @@ def _run(
     try:
         with executor:
             log(f"executor: {executor!r}")
-            weights, rows = train_global_model(
-                config, data, run_dir, executor,
-                resume=resume, progress=progress, log=log, tensorboard=tensorboard,
-                compute=compute,
-            )  # fmt: skip
+            with writing(run_dir / rd.FEDAVG_METRICS):  # checkpoints name themselves
+                weights, rows = train_global_model(
+                    config, data, run_dir, executor,
+                    resume=resume, progress=progress, log=log, tensorboard=tensorboard,
+                    compute=compute,
+                )  # fmt: skip
             import torch
 
-            with atomic_writer(run_dir / rd.GLOBAL_WEIGHTS, "wb") as f:
+            path = run_dir / rd.GLOBAL_WEIGHTS
+            with writing(path), atomic_writer(path, "wb") as f:
                 torch.save(weights, f)
             result, tuning = evaluate_personalization(
                 config, data, weights, executor, progress=progress, log=log, compute=compute
             )
         summary = write_results(run_dir, result, data, tuning)
         if tensorboard is not None:
-            tensorboard.log_headline(summary.headline, config.total_rounds)
+            tensorboard.log_personalization(summary, config.total_rounds, config.to_dict())
     finally:
         if tensorboard is not None:
             tensorboard.close()
@@ -808,20 +913,79 @@ RESUMABLE_CHANGES = (
 )
 
 
+def rounds_done(run_dir: Path) -> int:
+    """The last round of the run in ``run_dir`` that finished: its newest checkpoint or its
+    last row in ``fedavg_metrics.csv`` (0: none). A ConfigError if that table is not one
+    fedp13n wrote (binary, no ``round`` column)."""
+    from fedp13n.algorithms.checkpoint import checkpoint_rounds
+
+    done = max(checkpoint_rounds(run_dir), default=0)
+    path = run_dir / rd.FEDAVG_METRICS
+    if path.is_file():
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                done = max([done, *(int(r["round"]) for r in csv.DictReader(f))])
+        except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
+            raise ConfigError(
+                f"{path} is not the table of rounds fedp13n writes (not text, or no 'round' "
+                "column); restore it, or move it away to go on without its rows."
+            ) from None
+    return done
+
+
+def _holds_results(run_dir: Path) -> bool:
+    """Whether a run in ``run_dir`` finished a round (or wrote final results): then it is
+    continued (``--resume``), never started over. A run refused or failed before its
+    first round left nothing of value, and the same command may simply run again."""
+    return rounds_done(run_dir) > 0 or any((run_dir / f).exists() for f in rd.FINAL_RESULTS)
+
+
+def _set_aside_results(run_dir: Path, rounds: int, log: Log) -> None:
+    """Move the final results of the ``rounds``-round run to ``previous/rounds_<rounds>/``
+    (``summary.json`` first: without it the run reads as unfinished), so neither a report
+    nor a sweep takes them for the results of the extended run while it is not done."""
+    import os
+
+    found = [run_dir / f for f in rd.FINAL_RESULTS if (run_dir / f).exists()]
+    found += sorted(run_dir.glob("*.png"))  # the report's figures
+    if not found:
+        return
+    dest = run_dir / rd.PREVIOUS / f"rounds_{rounds}"
+    i = 1
+    while dest.exists() and any(dest.iterdir()):
+        i += 1
+        dest = dest.with_name(f"rounds_{rounds}-{i}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in found:
+        os.replace(path, dest / path.name)
+    log(f"set aside the results of the {rounds}-round run in {dest} (they are not this run's)")
+
+
 def _open_run_dir(
     config: ExperimentConfig, run_dir: Path, *, resume: bool, log: Log
 ) -> ExperimentConfig:
     """Create (or reopen, with ``resume``) the run directory; the config to run with."""
-    results = (rd.FEDAVG_METRICS, rd.CHECKPOINTS, rd.GLOBAL_WEIGHTS, rd.PERSONALIZATION)
     if resume:
         if not (run_dir / rd.CONFIG).is_file():
             raise FileNotFoundError(
                 f"nothing to resume in {run_dir}: it has no {rd.CONFIG} (is it the run "
                 "directory of a 'fedp13n run'?); drop --resume to start a new run."
             )
+        started = _holds_results(run_dir)
+        if started and config_edited(run_dir / rd.CONFIG):
+            raise ConfigError(
+                f"{run_dir / rd.CONFIG} was edited after the run wrote it, so --resume cannot "
+                "trust it; undo the edit, or start a new run with the edited settings: "
+                f"fedp13n run --config {run_dir / rd.CONFIG} --output-dir <new folder>."
+            )
         # folders compare as absolute paths (runs saved before they were stored so)
         saved = _absolute_paths(ExperimentConfig.from_toml(run_dir / rd.CONFIG))
         changed = config.differences(saved)
+        if not started:  # refused or failed before its first round: nothing to keep
+            if changed:
+                log(f"no round of the run in {run_dir} finished: starting it afresh with "
+                    f"the settings given ({', '.join(changed)} changed)")  # fmt: skip
+            changed = []
         refused = [k for k in changed if k not in RESUMABLE_CHANGES]
         if refused:
             raise ConfigError(
@@ -846,7 +1010,9 @@ def _open_run_dir(
             )
         for key in changed:
             log(f"resuming with {key} = {getattr(config, key)!r} (was {getattr(saved, key)!r})")
-    elif any((run_dir / name).exists() for name in results):
+        if "rounds" in changed:
+            _set_aside_results(run_dir, saved.total_rounds, log)
+    elif _holds_results(run_dir):
         raise FileExistsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another "
             "--output-dir."
@@ -857,17 +1023,6 @@ def _open_run_dir(
         raise FileExistsError(f"--output-dir {run_dir} is not a directory.") from None
     for folder in (run_dir, run_dir / rd.CHECKPOINTS):  # left by a run killed mid-write
         remove_stale_temporaries(folder)
-    atomic_write(run_dir / rd.CONFIG, config.to_toml())
+    with writing(run_dir / rd.CONFIG):
+        atomic_write(run_dir / rd.CONFIG, config_text_with_digest(config.to_toml()))
     return config
-
-
-@contextlib.contextmanager
-def _status(enabled: bool, message: str) -> Iterator[None]:
-    """A spinner with elapsed time while a long step without rounds runs."""
-    if not enabled:
-        yield
-        return
-    from rich.console import Console
-
-    with Console(stderr=True).status(message):
-        yield

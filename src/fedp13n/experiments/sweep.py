@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import itertools
 import json
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -111,6 +113,11 @@ class SweepConfig:
         base = ExperimentConfig.from_dict(data, source=source)
         fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
         grid = sweep["grid"]
+        if not grid:
+            raise ConfigError(
+                f"{source}: the sweep grid is empty; give at least one setting and its values, "
+                "e.g. [sweep] grid = { local_epochs = [2, 5] } (for a single run: fedp13n run)."
+            )
         for key, values in grid.items():
             if key not in fields:
                 raise ConfigError(
@@ -178,15 +185,33 @@ class SweepConfig:
             )
 
     def runs(self) -> list[tuple[str, ExperimentConfig]]:
-        """(run name, config) for every combination, in grid order."""
+        """(run name, config) for every combination, in grid order. The name is the run's
+        folder under ``runs/``: ``key=value,...`` in safe characters (:func:`run_folder_name`)."""
         keys = list(self.grid)
         out = []
         for values in itertools.product(*(self.grid[k] for k in keys)):
             combo = dict(zip(keys, values, strict=True))
-            name = ",".join(f"{k}={_label(v)}" for k, v in combo.items())
+            name = run_folder_name(",".join(f"{k}={_label(v)}" for k, v in combo.items()))
             base = self.base.to_dict() | combo
             out.append((name, ExperimentConfig.from_dict(base, source=f"sweep run {name}")))
         return out
+
+
+#: Characters a run folder's name keeps; any other run of characters becomes ``_``.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]+")
+#: Longest run folder name kept whole (file systems allow 255 bytes).
+_MAX_NAME = 150
+
+
+def run_folder_name(label: str) -> str:
+    """``label`` (``key=value,...``) as one folder name: unchanged when it is short and of
+    letters, digits and ``. _ , = + -``; else those characters, ``_`` for the rest (``/``,
+    ``..`` components, spaces, quotes, ...), cut to length, plus 8 hex digits of the label's
+    hash so that names stay distinct (``data_dir=x/../t`` -> ``data_dir=x_.._t-1a2b3c4d``)."""
+    safe = _UNSAFE.sub("_", label)
+    if safe == label and len(safe) <= _MAX_NAME:
+        return label
+    return f"{safe[:_MAX_NAME]}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
 
 
 def _repeated(values: list[Any]) -> Any:
@@ -226,6 +251,58 @@ def check_output_dir(out: Path) -> None:
             break
 
 
+def check_not_a_run_dir(out: Path) -> None:
+    """A ConfigError when ``out`` is the run directory of a ``fedp13n run``."""
+    found = [n for n in (rd.CONFIG, rd.FEDAVG_METRICS, rd.SUMMARY) if (out / n).is_file()]
+    if found and not (out / SWEEP_FILE).is_file():
+        raise ConfigError(
+            f"--output-dir {out} is the run directory of a 'fedp13n run' (it has {found[0]}), "
+            "not a sweep directory; give the sweep its own --output-dir."
+        )
+
+
+def run_dir_of(out: Path, name: str) -> Path:
+    """``<out>/runs/<name>``, checked to lie inside ``<out>/runs/`` (a run never writes
+    outside the sweep's folder)."""
+    runs = os.path.normpath(os.path.abspath(out / RUNS))
+    path = os.path.normpath(os.path.join(runs, name))
+    if os.path.dirname(path) != runs or name in ("", ".", ".."):
+        raise ConfigError(f"sweep run name {name!r} is not a folder name inside {runs}.")
+    return out / RUNS / name
+
+
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """A finished run's ``summary.json`` (None when absent, not JSON or of another shape)."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not (
+        isinstance(summary, dict)
+        and isinstance(summary.get("strategies"), dict)
+        and isinstance(summary.get("baseline"), dict)
+    ):
+        return None
+    return summary
+
+
+def _set_aside_unreadable_summaries(out: Path, names: list[str], log: Log) -> None:
+    """A run whose ``summary.json`` is unreadable is not done: the file is renamed (kept,
+    not deleted) and the run re-runs (resuming from its checkpoints)."""
+    for name in names:
+        path = out / RUNS / name / rd.SUMMARY
+        if path.is_file() and read_summary(path) is None:
+            aside = path.with_name(path.name + ".unreadable")
+            path.replace(aside)
+            log(f"warning: {path} is not a run summary; it is kept as {aside.name} and run "
+                f"{name} runs again.")  # fmt: skip
+
+
+#: The most runs at a time: each run takes one core.
+def max_parallel() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
 # -- running ------------------------------------------------------------------------------------
 def _run_one(job: tuple[str, ExperimentConfig, str, bool]) -> str:
     """Run (or resume, or skip if finished) one run of the sweep; returns its state."""
@@ -251,6 +328,7 @@ def run_sweep(
     """Run every run of ``sweep`` into ``out_dir``; returns the path of ``table.md``."""
     out = Path(out_dir)
     check_output_dir(out)
+    check_not_a_run_dir(out)
     if (out / SWEEP_FILE).exists() and not resume:
         raise FileExistsError(
             f"{out} already holds a sweep; pass --resume to continue it or choose another "
@@ -269,11 +347,22 @@ def run_sweep(
                 )
         atomic_write(out / SWEEP_FILE, tomli_w.dumps(sweep.raw))
         runs = sweep.runs()
+        _set_aside_unreadable_summaries(out, [name for name, _ in runs], log)
+        left = sum(not (run_dir_of(out, name) / rd.SUMMARY).is_file() for name, _ in runs)
+        if parallel > 1 and parallel > min(max(left, 1), max_parallel()):
+            cap = min(max(left, 1), max_parallel())
+            why = (
+                f"{left} run{'' if left == 1 else 's'} left to do"
+                if cap == max(left, 1)
+                else f"one run per core, {cap} core{'' if cap == 1 else 's'}"
+            )
+            log(f"--parallel {parallel} capped at {cap} ({why}).")
+            parallel = cap
         jobs = []
         for name, config in runs:
             if parallel > 1:  # one run per worker process, each single-threaded
                 config = config.replace(executor="in-process", workers=None)
-            jobs.append((name, config, str(out / RUNS / name), False))
+            jobs.append((name, config, str(run_dir_of(out, name)), False))
         log(
             f"sweep: {len(jobs)} runs into {out / RUNS}"
             + (f", {parallel} at a time" if parallel > 1 else "")
@@ -307,7 +396,12 @@ def run_row(
     sweep: SweepConfig, name: str, config: ExperimentConfig, run_dir: Path
 ) -> dict[str, Any]:
     """One run's numbers: initial and personalized accuracy (95% CI, helped / hurt)."""
-    summary = json.loads((run_dir / rd.SUMMARY).read_text())
+    summary = read_summary(run_dir / rd.SUMMARY)
+    if summary is None:
+        raise ConfigError(
+            f"sweep run {name}: {run_dir / rd.SUMMARY} is not a run summary; run "
+            "'fedp13n sweep ... --resume' to run it again."
+        )
     strategy = sweep.report_strategy or config.strategies[0].name
     epochs = summary["strategies"].get(strategy)
     if not epochs:
@@ -381,7 +475,7 @@ def table_markdown(sweep: SweepConfig, rows: list[dict[str, Any]]) -> str:
     lines.append(
         "Mean accuracy over the personalization clients: initial = the global model, "
         "personalized = strategy "
-        + ", ".join(sorted({f"{r['strategy']} at {r['epoch']}" for r in rows}))
+        + ", ".join(sorted({f"{r['strategy']} at {r['epoch'].replace('_', ' ')}" for r in rows}))
         + "."
     )
     if sweep.target_accuracy is not None:
@@ -415,7 +509,7 @@ def write_sweep_results(sweep: SweepConfig, out: Path) -> Path:
     rows = [
         run_row(sweep, name, config, out / RUNS / name)
         for name, config in sweep.runs()
-        if (out / RUNS / name / rd.SUMMARY).is_file()  # an unfinished sweep: what is done
+        if read_summary(out / RUNS / name / rd.SUMMARY)  # an unfinished sweep: what is done
     ]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     import io

@@ -33,16 +33,19 @@ Differences from TFF, each for a reason (README: "Where fedp13n differs from TFF
   random stream leaks between strategies or clients, and the numbers are bit-identical
   whatever the executor and the number of workers;
 * for no clients, the structure of the result is what the baseline and every strategy
-  return on an empty client, built from the model's ``input_spec`` (TFF reads it from the
-  static type of its metrics); a model without an ``input_spec`` gives an empty mapping
-  for every key, since the structure (e.g. whether ``accuracy`` is reported) depends on
-  the label dtype, which only a spec or data can tell;
+  return on a *one-example* client built from the model's ``input_spec`` (TFF reads it
+  from the static type of its metrics), every value replaced by an empty list; user code
+  is never handed a client without examples. It is derived once, at the first call with
+  no clients, and kept. A model without an ``input_spec`` gives an empty mapping for
+  every key, since the structure (e.g. whether ``accuracy`` is reported) depends on the
+  label dtype, which only a spec or data can tell;
 * a PyTorch module has no input spec of its own: fedp13n's models declare one, a user's
   model may; without one only what a dry forward of one example shows can be checked.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -61,7 +64,11 @@ from fedp13n.data.client_data import ClientDataset
 from fedp13n.execution.base import Executor, LocalRef, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.models.spec import InputSpec, check_model_fn, input_spec_of
-from fedp13n.personalization.inputs import check_client_input, check_fits_model
+from fedp13n.personalization.inputs import (
+    check_client_input,
+    check_fits_model,
+    one_example_dataset,
+)
 from fedp13n.personalization.result import (
     BASELINE_KEY,
     META_KEYS,
@@ -137,12 +144,14 @@ def build_personalization_eval(
     that does not fit the model (see the module docstring).
 
     No clients at all give the result with empty lists, as TFF: every key is present and
-    its structure is what the baseline and the strategy return on an *empty* client (no
-    train and no test example; shapes and dtypes from the model's ``input_spec``), every
-    leaf an empty list, ``client_ids`` empty. A model without an ``input_spec`` gives an
-    empty ``OrderedDict`` for every key instead (without data or spec the label dtype,
-    hence e.g. whether ``accuracy`` exists, is unknown). A strategy that fails on an empty
-    client raises here, as it would on a real client without examples.
+    its structure is what the baseline and the strategy return on a dry run on a
+    *one-example* client (one zero example as train and test data, shaped and typed by
+    the model's ``input_spec``; user code never sees a client without examples), every
+    leaf an empty list, ``client_ids`` empty; the structure is derived at the first such
+    call and kept. A model without an ``input_spec`` gives an empty ``OrderedDict`` for
+    every key instead (without data or spec the label dtype, hence e.g. whether
+    ``accuracy`` exists, is unknown). A strategy that fails on that one-example client
+    raises here, with a note saying so.
 
     Raises:
         TypeError: a non-callable ``model_fn``, ``baseline_evaluate_fn``, strategy builder
@@ -150,7 +159,8 @@ def build_personalization_eval(
             that takes neither 3 nor 4 positional arguments; a non-mapping
             ``personalize_fn_dict``; a non-int ``max_num_samples`` or ``seed``.
         ValueError: a strategy named ``baseline_metrics`` (or ``client_ids``/``seed``,
-            which the JSON form uses); ``max_num_samples`` < 1.
+            which the JSON form uses); ``max_num_samples`` < 1. At call time: global
+            weights with a NaN or infinite value (naming the first such tensor).
     """
     probe = _build_probe(model_fn)
     if not callable(baseline_evaluate_fn):
@@ -183,6 +193,9 @@ def build_personalization_eval(
         bool(deterministic),
     )
     batched = _engine_plan(engine, model_fn, baseline_evaluate_fn, strategies)
+    spec = input_spec_of(probe)
+    #: the result's structure for no clients (leaves = empty lists), derived once
+    empty_structure: list[OrderedDict[str, Any]] = []
 
     def personalization_eval(
         model_weights: Mapping[str, torch.Tensor], client_inputs: Iterable[Mapping[str, Any]]
@@ -195,7 +208,11 @@ def build_personalization_eval(
             check_fits_model(probe, ci["test_data"], f"test_data of {where}")
         run_seed = secrets.randbits(63) if seed is None else int(seed)
         if not inputs:
-            return _empty_result(job, weights, input_spec_of(probe), run_seed)
+            if not empty_structure:
+                empty_structure.append(_empty_structure(job, weights, spec, run_seed))
+            return PersonalizationResult(
+                copy.deepcopy(empty_structure[0]), client_ids=(), seed=run_seed
+            )
         chosen = reservoir_sample(len(inputs), max_num_samples, derive_rng(run_seed, "p13n-sample"))
         ex = executor if executor is not None else InProcessExecutor()
         ref = ex.share(weights)
@@ -366,46 +383,32 @@ def _fresh_model(
     return model
 
 
-def _empty_result(
+def _empty_structure(
     job: _ClientJob, weights: Mapping[str, torch.Tensor], spec: InputSpec | None, seed: int
-) -> PersonalizationResult:
-    """The result for no clients: every key, the structure of an empty client, leaves []."""
-    result = PersonalizationResult(client_ids=(), seed=seed)
+) -> OrderedDict[str, Any]:
+    """The result's structure for no clients: every key, the structure the baseline and
+    every strategy return on a one-example client of ``spec``, every leaf ``[]``."""
     keys = (BASELINE_KEY, *(name for name, _, _ in job.strategies))
     if spec is None:
-        result.update((k, OrderedDict()) for k in keys)
-        return result
-    empty = _empty_dataset(spec)
+        return OrderedDict((k, OrderedDict()) for k in keys)
+    one = one_example_dataset(spec)
     task = _ClientTask(
         weights=LocalRef(weights),
         seed=seed,
-        client_id="",
-        train_data=empty,
-        test_data=empty,
+        client_id="dry-run",
+        train_data=one,
+        test_data=one,
         context=None,
     )
     try:
         out = _evaluate_client(job, task)
     except Exception as e:
         e.add_note(
-            "(fedp13n: no client inputs, so the result structure was derived from an empty "
-            "client; this function fails on a client without examples)"
+            "(fedp13n: no client inputs, so the result structure was derived from a dry run "
+            "on a one-example client of the model's input_spec; this function fails on it)"
         )
         raise
-    result.update((k, _empty_leaves(out[k])) for k in keys)
-    return result
-
-
-def _empty_dataset(spec: InputSpec) -> ClientDataset:
-    """No examples, shaped and typed as the spec says (any-size axes get size 1)."""
-
-    def zeros(shape: tuple[int | None, ...], dtype: torch.dtype | None, default: Any) -> Any:
-        np_dtype = default if dtype is None else torch.empty(0, dtype=dtype).numpy().dtype
-        return np.zeros((0, *(1 if d is None else d for d in shape)), dtype=np_dtype)
-
-    return ClientDataset(
-        zeros(spec.x_shape, spec.x_dtype, np.float32), zeros(spec.y_shape, spec.y_dtype, np.int64)
-    )
+    return OrderedDict((k, _empty_leaves(out[k])) for k in keys)
 
 
 def _empty_leaves(tree: Any) -> Any:
@@ -445,6 +448,18 @@ def _takes_context(fn: Callable[..., Any], name: str) -> bool:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # not inspectable (e.g. a C callable): the 4-arg form
         return True
+    variadic = any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
+    try:
+        sig.bind()
+    except TypeError:  # it needs arguments, as a strategy does
+        pass
+    else:
+        if not variadic:  # callable with no arguments: the builder returned a builder
+            raise TypeError(
+                f"personalize_fn_dict[{name!r}]() returned a no-argument callable (a strategy "
+                "builder?), not the strategy: the builder must return personalize_fn(model, "
+                f"train_data, test_data[, context]); pass that builder itself as [{name!r}]."
+            )
     for nargs in (4, 3):
         try:
             sig.bind(*([None] * nargs))
@@ -455,6 +470,25 @@ def _takes_context(fn: Callable[..., Any], name: str) -> bool:
         f"the strategy personalize_fn_dict[{name!r}]() has signature {sig}; it must take "
         "(model, train_data, test_data) (TFF's) or (model, train_data, test_data, context)."
     )
+
+
+def _check_no_argument_builder(builder: Callable[..., Any], name: str) -> None:
+    """A TypeError naming the key when ``builder`` needs arguments: a built strategy
+    (a personalize_fn) given where its no-argument builder belongs."""
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):  # not inspectable: the call decides
+        return
+    try:
+        sig.bind()
+    except TypeError:
+        raise TypeError(
+            f"personalize_fn_dict[{name!r}] takes arguments ({', '.join(sig.parameters)}): "
+            "it is a built strategy "
+            "(a personalize_fn), but a no-argument builder is expected; pass the builder, "
+            "e.g. functools.partial(build_personalize_fn, ...) or "
+            "fedp13n.personalization.registry.build_strategy(...), not its result."
+        ) from None
 
 
 def _check_strategies(
@@ -480,6 +514,7 @@ def _check_strategies(
                 f"strategy, got a {type(builder).__name__} (TFF's convention: pass the builder, "
                 "e.g. functools.partial(build_personalize_fn, ...), not a built strategy's result)."
             )
+        _check_no_argument_builder(builder, name)
         built = builder()  # built once here so a bad configuration fails now, not in a worker
         if not callable(built):
             raise TypeError(
@@ -513,6 +548,13 @@ def _check_weights(probe: nn.Module, weights: Any) -> OrderedDict[str, torch.Ten
             raise ValueError(
                 f"model_weights[{k!r}] has shape {tuple(v.shape)} but model_fn()'s has "
                 f"{tuple(ref.shape)}."
+            )
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise ValueError(
+                f"model_weights[{k!r}] has {bad} non-finite value(s) (NaN or infinity): the "
+                "global model diverged or was corrupted; evaluate finite weights (e.g. an "
+                "earlier round's, or retrain with a lower learning rate)."
             )
         out[k] = v.detach().cpu().clone()
     return out

@@ -69,6 +69,20 @@ def as_client_dataset(data: Any, what: str = "dataset") -> ClientDataset:
     )
 
 
+def one_example_dataset(spec: InputSpec) -> ClientDataset:
+    """One all-zero example shaped and typed as ``spec`` says (any-size axes get size 1;
+    integer labels are class 0): what a dry run of a user's strategies and evaluation runs
+    on, since they need not handle a client without examples."""
+
+    def zeros(shape: tuple[int | None, ...], dtype: torch.dtype | None, default: Any) -> Any:
+        np_dtype = default if dtype is None else torch.empty(0, dtype=dtype).numpy().dtype
+        return np.zeros((1, *(1 if d is None else d for d in shape)), dtype=np_dtype)
+
+    return ClientDataset(
+        zeros(spec.x_shape, spec.x_dtype, np.float32), zeros(spec.y_shape, spec.y_dtype, np.int64)
+    )
+
+
 def check_client_input(client_input: Any, position: int) -> dict[str, Any]:
     """Validate one client input (a mapping) and return it with datasets normalized."""
     where = f"client input {position}"

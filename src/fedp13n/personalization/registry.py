@@ -10,7 +10,8 @@ Kinds and their keyword parameters (defaults in brackets). Every kind takes the
 fine-tuning parameters
 
 * ``optimizer`` ["sgd"]: ``"sgd"`` or ``"adam"`` (``torch.optim.Adam``, bias-corrected);
-* ``learning_rate`` [None: 0.02 for sgd, 0.002 for adam, TFF's example's rates];
+* ``learning_rate`` [None: 0.02 for sgd, 0.002 for adam, TFF's example's rates,
+  :data:`DEFAULT_LEARNING_RATES`; :func:`default_learning_rate` says a kind's];
 * ``momentum`` [0.0]: SGD momentum (must be 0 for adam);
 * ``batch_size`` [20], ``epochs`` [3], ``epochs_per_eval`` [1], ``shuffle`` [True];
 
@@ -29,7 +30,8 @@ and, per kind (builders in :mod:`fedp13n.personalization.strategies`):
 * ``"adam_recommended"``: the stock strategy with Adam at lr 5e-4 (the fix for TFF's
   Adam 0.002, which hurts a third of EMNIST clients by epoch 3). ``learning_rate``
   [5e-4], ``batch_size`` [20], ``epochs`` [3], ``epochs_per_eval`` [1], ``shuffle``
-  [True]; no ``optimizer``/``momentum``.
+  [True]; ``optimizer`` ["adam"] may only be ``"adam"`` (another one is an error, not
+  silently ignored); no ``momentum``.
 * ``"package.module:function"``: a user factory, imported on use: a callable taking
   keyword hyperparameters and returning ``personalize_fn(model, train_data, test_data,
   context=None)``. Or register it under a name with :func:`register_strategy`.
@@ -57,14 +59,11 @@ from fedp13n.personalization.strategies import (
     build_recommended_adam_personalize_fn,
 )
 from fedp13n.utils.checks import check_positive_number
+from fedp13n.utils.optimizers import DEFAULT_LEARNING_RATES, OPTIMIZERS
 from fedp13n.utils.optimizers import make_optimizer_fn as optimizer_fn_by_name
 from fedp13n.utils.types import OptimizerFn, PersonalizeFn
 
 StrategyFactory = Callable[..., PersonalizeFn]
-
-#: TFF's example rates, the defaults of ``learning_rate=None``.
-DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 0.002}
-OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
 
 
 def make_optimizer_fn(
@@ -202,8 +201,17 @@ def adam_recommended(
     epochs: int = 3,
     epochs_per_eval: int = 1,
     shuffle: bool = True,
+    optimizer: str = "adam",
 ) -> PersonalizeFn:
-    """Kind ``"adam_recommended"``: ``strategies.build_recommended_adam_personalize_fn``."""
+    """Kind ``"adam_recommended"``: ``strategies.build_recommended_adam_personalize_fn``.
+
+    It is Adam: ``optimizer`` may only say so (another one is a ``ValueError``, not
+    silently ignored)."""
+    if optimizer != "adam":
+        raise ValueError(
+            f"it fine-tunes with Adam, so optimizer {optimizer!r} contradicts it; drop "
+            f"optimizer, or use kind 'finetune' with optimizer {optimizer!r}."
+        )
     return build_recommended_adam_personalize_fn(
         batch_size, epochs, epochs_per_eval, shuffle, learning_rate=learning_rate
     )
@@ -217,6 +225,57 @@ _REGISTRY: dict[str, StrategyFactory] = {
     "early_stopping": early_stopping,
     "adam_recommended": adam_recommended,
 }
+
+
+_BUILT_IN = frozenset(_REGISTRY.values())
+
+
+def _keyword_defaults(factory: StrategyFactory) -> dict[str, Any] | None:
+    """The factory's keyword parameters and their defaults (``inspect.Parameter.empty``
+    for a required one); None when it takes ``**kwargs`` or has no signature."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {
+        p.name: p.default for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def default_optimizer(kind: str) -> str | None:
+    """The optimizer a registered ``kind`` fine-tunes with when none is given (``"sgd"``;
+    ``"adam"`` for ``adam_recommended``); None for a kind without one, or for a
+    ``"module:function"`` (not imported for this: its own defaults apply)."""
+    defaults = _keyword_defaults(_REGISTRY[kind]) if kind in _REGISTRY else None
+    optimizer = (defaults or {}).get("optimizer")
+    return optimizer if isinstance(optimizer, str) else None
+
+
+def default_learning_rate(kind: str, optimizer: str | None = None) -> float | None:
+    """The rate a registered ``kind`` fine-tunes at when none is given: the kind's own
+    default (``adam_recommended``: 5e-4), else its ``optimizer``'s
+    (:data:`DEFAULT_LEARNING_RATES`: sgd 0.02, adam 0.002). None where that is unknown
+    here (a ``"module:function"``, a user kind with no numeric default)."""
+    defaults = _keyword_defaults(_REGISTRY[kind]) if kind in _REGISTRY else None
+    if not defaults or "learning_rate" not in defaults:
+        return None
+    rate = defaults["learning_rate"]
+    if isinstance(rate, int | float) and not isinstance(rate, bool):
+        return rate
+    if rate is None and _REGISTRY[kind] in _BUILT_IN:  # make_optimizer_fn's rule
+        if optimizer is None:
+            optimizer = default_optimizer(kind)
+        return DEFAULT_LEARNING_RATES.get(optimizer)  # type: ignore[arg-type]
+    return None
+
+
+def strategy_parameters(kind: str) -> list[str] | None:
+    """The keyword parameters of ``kind``'s factory (importing a ``"module:function"``);
+    None when it takes any (``**kwargs``). Raises like :func:`resolve_factory`."""
+    defaults = _keyword_defaults(resolve_factory(kind))
+    return None if defaults is None else list(defaults)
 
 
 def strategy_kinds() -> list[str]:
@@ -275,10 +334,15 @@ def resolve_factory(kind: str) -> StrategyFactory:
         )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
+    except ModuleNotFoundError as e:
         raise ValueError(
             f"strategy kind {kind!r}: cannot import module {module_name!r} ({e}); check the "
             "name and that its directory is on PYTHONPATH."
+        ) from None
+    except Exception as e:  # the user's module itself fails as it runs (NameError, ...)
+        raise ValueError(
+            f"strategy kind {kind!r}: importing module {module_name!r} raised "
+            f"{_exception_text(e)}; fix the module."
         ) from None
     obj = module
     for part in attr.split("."):
@@ -311,13 +375,44 @@ def build_strategy(kind: str, **params: Any) -> Callable[[], PersonalizeFn]:
     try:
         built = builder()
     except (ValueError, TypeError) as e:
-        raise type(e)(f"strategy kind {kind!r}: {e}") from None
+        raise type(e)(f"strategy kind {kind!r}: {_one_line(str(e))}") from None
+    except Exception as e:  # a user's factory failing in its own way (RuntimeError, ...)
+        raise ValueError(
+            f"strategy kind {kind!r}: the factory raised {_exception_text(e)}."
+        ) from None
     if not callable(built):
         raise TypeError(
             f"strategy kind {kind!r}: the factory returned a {type(built).__name__}; it must "
             "return a callable personalize_fn(model, train_data, test_data, context=None)."
         )
+    if _takes_no_arguments(built):
+        raise TypeError(
+            f"strategy kind {kind!r}: the factory returned a callable that takes no "
+            "arguments (a strategy builder?); it must return the strategy itself, "
+            "personalize_fn(model, train_data, test_data, context=None)."
+        )
     return builder
+
+
+def _takes_no_arguments(fn: Callable[..., Any]) -> bool:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return not any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        for p in signature.parameters.values()
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _exception_text(e: BaseException) -> str:
+    """``NameError: name 'x' is not defined``: an exception's type and message, one line."""
+    message = _one_line(str(e))
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
 
 
 def _check_params(kind: str, factory: StrategyFactory, params: dict[str, Any]) -> None:
@@ -331,12 +426,19 @@ def _check_params(kind: str, factory: StrategyFactory, params: dict[str, Any]) -
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
     valid = [p.name for p in accepted]
+    required = [p.name for p in accepted if p.default is p.empty]
+    if required[:3] == ["model", "train_data", "test_data"]:
+        raise TypeError(
+            f"strategy kind {kind!r} is a built strategy (it takes {required[:3]}), not a "
+            "factory: a strategy kind names a factory that takes keyword hyperparameters "
+            "and returns personalize_fn(model, train_data, test_data, context=None)."
+        )
     if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         unknown = [k for k in params if k not in valid]
         if unknown:
             raise ValueError(
                 f"strategy kind {kind!r} has no parameter(s) {unknown}; valid: {valid}."
             )
-    missing = [p.name for p in accepted if p.default is p.empty and p.name not in params]
+    missing = [name for name in required if name not in params]
     if missing:
         raise ValueError(f"strategy kind {kind!r} needs parameter(s) {missing}; valid: {valid}.")

@@ -13,6 +13,7 @@ _EXPORTS = {
     "summarize": "fedp13n.reporting.summary",
     "summarize_run": "fedp13n.reporting.summary",
     "write_comparison": "fedp13n.reporting.compare",
+    "write_personalization_report": "fedp13n.reporting.result_report",
     "write_report": "fedp13n.reporting.report",
     "write_summary_json": "fedp13n.reporting.summary",
 }
@@ -25,6 +26,7 @@ __all__ = [
     "summarize",
     "summarize_run",
     "write_comparison",
+    "write_personalization_report",
     "write_report",
     "write_summary_json",
 ]

@@ -17,17 +17,18 @@ from typing import Any
 from fedp13n import __version__
 from fedp13n.reporting import html, plots
 from fedp13n.reporting.summary import (
+    NOT_HELD_OUT,
     ReportError,
     ReportWarning,
     Summary,
     check_run_dir,
+    dataset_label,
     epoch_number,
     format_number,
     headline_entries,
     read_config,
     read_fedavg_metrics,
-    read_per_client,
-    summarize,
+    summarize_run,
 )
 from fedp13n.rundir import layout as rd
 from fedp13n.utils.fs import atomic_write
@@ -95,7 +96,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
         text, cfg = read_config(p)
         fed_path = p / rd.FEDAVG_METRICS
         fedavg = read_fedavg_metrics(fed_path) if fed_path.exists() else None
-        summary = summarize(read_per_client(p / rd.PER_CLIENT))
+        summary = summarize_run(p)  # with tuning.json: the best is chosen on validation
         runs.append(RunInfo(label, p, summary, text, cfg, fedavg))
     return runs
 
@@ -133,9 +134,11 @@ def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
         row["baseline mean [95% CI]"] = f"{_f(b.mean)} [{_f(b.ci_low)}, {_f(b.ci_high)}]"
         values = {f"{name} epoch {epoch}": v for name, epoch, v in headline_entries(s)}
         row |= {c: _f(values.get(c)) for c in headline_columns}
-        best = s.best()
-        if best is not None:
+        choice = s.best_choice()
+        if choice is not None:
+            best = choice.stats
             row["best"] = best.label
+            row["how best was chosen"] = choice.how
             row["best mean [95% CI]"] = f"{_f(best.mean)} [{_f(best.ci_low)}, {_f(best.ci_high)}]"
             row["best gain"] = _f(best.mean_gain, signed=True)
             row["improved / hurt"] = f"{best.improved:.0%} / {best.hurt:.0%}"
@@ -164,6 +167,18 @@ def detail_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
     return rows
 
 
+def mixed_datasets(runs: Sequence[RunInfo]) -> str | None:
+    """A warning when the runs do not all use the same data set (None when they do)."""
+    labels = {r.label: dataset_label(r.config) or "unknown (no config.toml)" for r in runs}
+    if len(set(labels.values())) < 2:
+        return None
+    listed = "; ".join(f"{run}: {data}" for run, data in labels.items())
+    return (
+        f"the runs use different data sets ({listed}): their accuracies are not comparable "
+        "with each other."
+    )
+
+
 def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> Path:
     """Write ``comparison.html`` and its PNGs into ``output_dir``; return the HTML path."""
     if len(run_dirs) < 2:
@@ -174,6 +189,9 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
         raise ReportError(f"output {out} exists and is not a directory.")
     out.mkdir(parents=True, exist_ok=True)
     colors = plots.strategy_colors([r.label for r in runs])
+    mixed = mixed_datasets(runs)
+    if mixed:
+        warnings.warn(mixed, ReportWarning, stacklevel=2)
 
     panels: dict[str, dict[str, tuple]] = {}
     for r in runs:
@@ -182,8 +200,9 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
     figures = {"by-epoch": plots.accuracy_by_epoch_panels(panels, colors)}
     bars = []
     for r in runs:
-        b, best = r.summary.baseline, r.summary.best()
-        if best is not None:
+        b, choice = r.summary.baseline, r.summary.best_choice()
+        if choice is not None:
+            best = choice.stats
             bars.append(
                 (
                     r.label,
@@ -193,7 +212,7 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
                     best.mean,
                     best.ci_low,
                     best.ci_high,
-                    f"{best.strategy}, epoch {epoch_number(best.epoch)}",
+                    best.label + (" (on validation)" if choice.held_out else " (not held out)"),
                 )
             )
     if bars:
@@ -217,19 +236,26 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
         return html.image(pngs[key], alt, PNG_FILES[key], caption)
 
     configs = "".join(
-        f"<h3>{html.esc(r.label)}</h3><p><code>{html.esc(r.path.resolve())}</code></p>"
-        f"<pre>{html.esc(r.config_text or '(no config.toml)')}</pre>"
+        f"<details><summary>{html.esc(r.label)}: <code>{html.esc(r.path.resolve())}</code>"
+        f"</summary><pre>{html.esc(r.config_text or '(no config.toml)')}</pre></details>"
         for r in runs
     )
     sections = [
         html.Section(
             "runs",
             "Runs side by side",
-            html.table(
+            (
+                f'<p class="missing"><b>Different data sets.</b> {html.esc(mixed)}</p>'
+                if mixed
+                else ""
+            )
+            + html.table(
                 headline_table(runs),
                 caption="Means are over clients; 95% CI: percentile bootstrap over clients. "
-                "Best = the strategy/epoch with the highest mean accuracy; improved / hurt "
-                "versus the global model on the same client.",
+                "Best: the strategy/epoch with the highest mean accuracy on the run's validation "
+                f"clients where it has them, else the {NOT_HELD_OUT} (picked on the clients it "
+                "is reported on, so optimistic); improved / hurt versus the global model on "
+                "the same client.",
             )
             + "<h3>Configuration differences</h3>"
             + (

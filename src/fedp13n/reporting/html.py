@@ -37,6 +37,8 @@ pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem
 .headline div { border: 1px solid #ddd; border-radius: 6px; padding: 0.5rem 1rem; }
 .headline b { display: block; font-size: 1.3rem; }
 p.missing { background: #fff4e5; border-left: 4px solid #E69F00; padding: 0.5rem 0.8rem; }
+ul.facts { margin: 0.3rem 0 0.8rem; padding-left: 1.2rem; }
+details summary { cursor: pointer; color: #0072B2; }
 """
 
 
@@ -106,8 +108,8 @@ def headline(items: Sequence[tuple[str, str]]) -> str:
     return f'<div class="headline">{boxes}</div>'
 
 
-def page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
-    """The whole document."""
+def page(title: str, subtitle: str, sections: Sequence[Section], intro: str = "") -> str:
+    """The whole document; ``intro`` (HTML) goes under the title, before the contents."""
     toc = "".join(f'<li><a href="#{esc(s.id)}">{esc(s.title)}</a></li>' for s in sections)
     body = "\n".join(
         f'<section id="{esc(s.id)}"><h2>{esc(s.title)}</h2>\n{s.body}\n</section>' for s in sections
@@ -118,5 +120,5 @@ def page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{esc(title)}</title>\n<style>{CSS}</style></head>\n"
         f'<body><main><h1>{esc(title)}</h1><p class="sub">{esc(subtitle)}</p>\n'
-        f"<nav><ul>{toc}</ul></nav>\n{body}\n</main></body></html>\n"
+        f"{intro}<nav><ul>{toc}</ul></nav>\n{body}\n</main></body></html>\n"
     )

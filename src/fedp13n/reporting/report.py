@@ -9,18 +9,24 @@ data a client has. Figures are closed after saving so long sessions do not leak 
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from fedp13n import __version__
 from fedp13n.reporting import html, plots
 from fedp13n.reporting.summary import (
     BOOTSTRAP_RESAMPLES,
+    NOT_HELD_OUT,
     ReportError,
     ReportWarning,
     Summary,
     check_run_dir,
+    dataset_label,
     epochs_label,
+    format_number,
     headline_entries,
     read_config,
     read_fedavg_metrics,
@@ -59,10 +65,96 @@ def headline_items(summary: Summary) -> list[tuple[str, str]]:
     items.append(("mean baseline accuracy", f"{h['baseline_accuracy']:.4f}"))
     for name, epoch, value in headline_entries(summary):
         items.append((f"{name}, {epochs_label(epoch)}", f"{value:.4f}"))
-    best = summary.best()
-    if best is not None:
-        items.append((f"best: {best.label}", f"{best.mean:.4f}"))
+    choice = summary.best_choice()
+    if choice is not None:
+        items.append((f"{choice.how}: {choice.stats.label}", f"{choice.stats.mean:.4f}"))
     return items
+
+
+def _best_note(summary: Summary) -> str:
+    """How the best strategy/epoch was chosen, in a sentence (nothing without one)."""
+    choice = summary.best_choice()
+    if choice is None:
+        return ""
+    if choice.held_out:
+        return (
+            f"<p>Best: {html.esc(choice.stats.label)}, the highest mean accuracy on the "
+            "validation clients (" + format_number(choice.validation_mean) + "), which are not "
+            "reported on; its number here is measured on the other clients.</p>"
+        )
+    return (
+        f"<p>{html.esc(choice.stats.label)} is the {html.esc(NOT_HELD_OUT)}: it is picked on "
+        "the same clients it is reported on, so its number overstates what choosing a strategy "
+        "this way would give on new clients. Set <code>num_val_clients</code> to choose on "
+        "held-out validation clients.</p>"
+    )
+
+
+#: The report's warning on synthetic data (its top says it).
+SYNTHETIC_NOTE = (
+    "Synthetic writers: this report demonstrates the pipeline at work; it is not a result "
+    "about personalization (claims need real data, e.g. federated EMNIST-62)."
+)
+
+
+def _total_rounds(config: Mapping[str, Any]) -> int | None:
+    rounds = config.get("rounds")
+    stages = config.get("stages")
+    if isinstance(stages, list) and stages:
+        per = [st.get("rounds", rounds) if isinstance(st, dict) else None for st in stages]
+        return sum(per) if all(isinstance(r, int) for r in per) else None
+    return rounds if isinstance(rounds, int) else None
+
+
+def _split_counts(run_dir: Path) -> dict[str, int]:
+    """Clients per group of ``split.json`` (empty when absent or not one fedp13n wrote)."""
+    try:
+        split = json.loads((run_dir / rd.SPLIT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(split, dict):
+        return {}
+    return {k: len(v) for k, v in split.items() if isinstance(v, list)}
+
+
+def run_facts(run_dir: str | Path, config: Mapping[str, Any], summary: Summary) -> list[str]:
+    """The report's first lines: the data set, the rounds and the clients (from the config
+    and ``split.json``; what a run lacks is left out)."""
+    facts = []
+    data = dataset_label(config)
+    if data:
+        facts.append(f"Data: {data}.")
+    split = _split_counts(Path(run_dir))
+    rounds = _total_rounds(config)
+    if rounds is not None:
+        text = f"FedAvg: {rounds} round{'s' * (rounds != 1)}"
+        per_round = config.get("clients_per_round")
+        stages = config.get("stages")
+        if isinstance(per_round, int) and not stages:
+            text += f" of {per_round} clients"
+        if isinstance(stages, list) and len(stages) > 1:
+            names = [st.get("name") for st in stages if isinstance(st, dict)]
+            named = all(isinstance(n, str) for n in names)
+            text += f" in {len(stages)} stages" + (f" ({', '.join(names)})" if named else "")
+        if "fedavg" in split:
+            text += f", drawn from {split['fedavg']} FedAvg clients"
+        facts.append(text + ".")
+    text = f"Personalization: {summary.num_clients} clients evaluated"
+    if "personalization" in split:
+        text += f" (of {split['personalization']} personalization clients)"
+    if split.get("validation"):
+        text += f"; {split['validation']} validation clients held out for choices"
+    facts.append(text + ".")
+    return facts
+
+
+def _facts_html(run_dir: Path, config: Mapping[str, Any], summary: Summary) -> str:
+    lines = "".join(f"<li>{html.esc(f)}</li>" for f in run_facts(run_dir, config, summary))
+    out = f'<ul class="facts">{lines}</ul>'
+    if config.get("dataset") == "synthetic":
+        note = html.esc(SYNTHETIC_NOTE)
+        out += f'<p class="missing"><b>A demonstration, not a result.</b> {note}</p>'
+    return out
 
 
 def _tuning_html(summary: Summary) -> str:
@@ -93,7 +185,7 @@ def write_report(
     if summary is None or out != run_dir:
         summary = summary or summarize_run(run_dir)
         write_summary_json(out, summary)
-    config_text, _ = read_config(run_dir)
+    config_text, config = read_config(run_dir)
     colors = plots.strategy_colors(table.strategies())
 
     figures = {}
@@ -116,7 +208,9 @@ def write_report(
         )
     figures["distribution"] = plots.accuracy_cdf(table, colors)
     figures["scatter"] = plots.baseline_vs_personalized(table, colors)
-    figures["by-epoch"] = plots.accuracy_by_epoch(plots.epoch_curves(summary), colors)
+    figures["by-epoch"] = plots.accuracy_by_epoch_panels(
+        {name: {name: curve} for name, curve in plots.epoch_curves(summary).items()}, colors
+    )  # small multiples: one panel per strategy, shared y
     figures["gain-vs-size"] = plots.gain_vs_train_size(table, colors)
     pngs = {key: plots.save_png(fig, out / PNG_FILES[key]) for key, fig in figures.items()}
     figures.clear()
@@ -138,6 +232,7 @@ def write_report(
             "mean per-client accuracy, and the mean after one epoch of each strategy "
             "(<code>sgd</code> and <code>adam</code> in TFF's; each client counts once); "
             "a strategy evaluated only every few epochs at its first evaluation.</p>"
+            + _best_note(summary)
             + _tuning_html(summary),
         ),
         html.Section(
@@ -186,7 +281,8 @@ def write_report(
             img(
                 "by-epoch",
                 "Mean accuracy by fine-tuning epoch with 95% confidence bands",
-                "Mean per-client accuracy; epoch 0 is the global model; bands: 95% bootstrap CI.",
+                "Mean per-client accuracy, one panel per strategy (the same y axis); epoch 0 "
+                "is the global model; bands: 95% bootstrap CI.",
             ),
         ),
         html.Section(
@@ -202,7 +298,8 @@ def write_report(
         html.Section(
             "config",
             "Configuration",
-            f"<pre>{html.esc(config_text)}</pre>"
+            f"<details><summary>{rd.CONFIG} (the resolved settings; rerun with "
+            f"<code>--config</code>)</summary><pre>{html.esc(config_text)}</pre></details>"
             if config_text
             else f"<p>No {rd.CONFIG} in the run directory.</p>",
         ),
@@ -212,6 +309,7 @@ def write_report(
         f"Personalization report: {run_dir.name}",
         f"Run directory {run_dir.resolve()} — fedp13n {__version__}",
         sections,
+        intro=_facts_html(run_dir, config, summary),
     )
     path = out / rd.REPORT
     atomic_write(path, doc)

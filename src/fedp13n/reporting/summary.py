@@ -42,6 +42,7 @@ from fedp13n.rundir.readers import (  # noqa: F401  (re-exported: the reporting 
     read_config,
     read_fedavg_metrics,
     read_per_client,
+    read_tuning,
 )
 from fedp13n.utils.fs import atomic_write
 from fedp13n.utils.seeding import derive_rng
@@ -108,7 +109,38 @@ class Stats:
 
     @property
     def label(self) -> str:
-        return BASELINE if self.epoch is None else f"{self.strategy} {self.epoch}"
+        """For people: ``baseline``, ``sgd, epoch 3``, ``sgd, per-client epoch``."""
+        if self.epoch is None:
+            return BASELINE
+        return f"{self.strategy}, {epoch_text(self.epoch)}"
+
+
+def epoch_text(epoch: str) -> str:
+    """An evaluation key for people: ``epoch_3 -> 'epoch 3'``, ``selected -> 'per-client
+    epoch'`` (machine files keep the key)."""
+    if epoch == SELECTED:
+        return "per-client epoch"
+    return epoch.replace("_", " ")
+
+
+#: How the report and ``compare`` name the best strategy/epoch when the run has no
+#: validation clients: chosen on the very clients it is reported on, so it is optimistic.
+NOT_HELD_OUT = "highest on these clients (not a held-out choice)"
+
+
+def held_out_best(num_validation_clients: int) -> str:
+    """How the report and ``compare`` name a best strategy/epoch chosen on validation clients."""
+    return f"best, chosen on the {num_validation_clients} validation clients"
+
+
+@dataclass(frozen=True)
+class BestChoice:
+    """The strategy/epoch a run's report calls best, and how it was chosen."""
+
+    stats: Stats  # its numbers on the reported clients
+    how: str  # held_out_best(n) or NOT_HELD_OUT
+    held_out: bool  # chosen on validation clients (not reported on)
+    validation_mean: float | None = None  # its mean accuracy on the validation clients
 
 
 @dataclass(frozen=True)
@@ -121,7 +153,8 @@ class Summary:
     headline: dict[str, float]
     #: Strategies that choose an epoch per client (early stopping): test accuracy there.
     selected: tuple[Stats, ...] = ()
-    #: ``tuning.json``: settings chosen on validation clients (None: nothing was tuned).
+    #: ``tuning.json``: settings chosen, and every strategy measured, on validation clients
+    #: (None: the run had none).
     tuning: dict[str, Any] | None = None
 
     def row(self, strategy: str, epoch: str) -> Stats:
@@ -133,11 +166,40 @@ class Summary:
     def strategies(self) -> list[str]:
         return list(dict.fromkeys(r.strategy for r in self.rows))
 
+    def validation_means(self) -> dict[tuple[str, str], float]:
+        """(strategy, ``epoch_k``) -> mean accuracy on the run's validation clients, from
+        ``tuning.json`` (empty when the run had none)."""
+        record = self.tuning if isinstance(self.tuning, dict) else {}
+        curves = record.get("validation_accuracy")
+        out: dict[tuple[str, str], float] = {}
+        if not isinstance(curves, dict):
+            return out
+        for strategy, curve in curves.items():
+            for epoch, value in curve.items() if isinstance(curve, dict) else ():
+                if isinstance(value, int | float) and math.isfinite(value):
+                    out[(strategy, epoch)] = float(value)
+        return out
+
+    def best_choice(self) -> BestChoice | None:
+        """The best strategy/epoch: the highest mean on the validation clients when the run
+        has them (ties: the first), else the highest mean on the reported clients, said
+        plainly (:data:`NOT_HELD_OUT`). None if no row has a mean."""
+        rows = [r for r in self.rows if math.isfinite(r.mean)]
+        if not rows:
+            return None
+        val = self.validation_means()
+        scored = [(val[(r.strategy, r.epoch)], r) for r in rows if (r.strategy, r.epoch) in val]
+        if scored:
+            best = max(scored, key=lambda t: (t[0], -scored.index(t)))
+            n = len((self.tuning or {}).get("validation_client_ids") or ())
+            return BestChoice(best[1], held_out_best(n), True, best[0])
+        best_row = max(rows, key=lambda r: (r.mean, -rows.index(r)))
+        return BestChoice(best_row, NOT_HELD_OUT, False)
+
     def best(self) -> Stats | None:
-        """The strategy/epoch with the highest mean accuracy (None if no row has one)."""
-        return max(
-            (r for r in self.rows if math.isfinite(r.mean)), key=lambda r: r.mean, default=None
-        )
+        """The row of :meth:`best_choice` (None if no row has a mean)."""
+        choice = self.best_choice()
+        return None if choice is None else choice.stats
 
     def to_dict(self) -> dict[str, Any]:
         strategies: dict[str, dict[str, Any]] = {}
@@ -150,6 +212,7 @@ class Summary:
             "strategies": strategies,
             "selected": {r.strategy: _clean(asdict(r)) for r in self.selected},
             "tuning": self.tuning,
+            "best": _best_dict(self.best_choice()),
             "confidence_interval": {
                 "method": "percentile bootstrap over clients (mean of per-client accuracy)",
                 "confidence": CONFIDENCE,
@@ -158,6 +221,21 @@ class Summary:
             },
             "unchanged_tolerance": UNCHANGED_TOL,
         }
+
+
+def _best_dict(choice: BestChoice | None) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    return _clean(
+        {
+            "strategy": choice.stats.strategy,
+            "epoch": choice.stats.epoch,
+            "mean": choice.stats.mean,
+            "held_out": choice.held_out,
+            "how": choice.how,
+            "validation_mean": choice.validation_mean,
+        }
+    )
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -280,11 +358,7 @@ def summarize_run(run_dir: str | Path) -> Summary:
             selected = selected_stats(json.loads(p13n.read_text()))
         except (ValueError, KeyError, TypeError):
             raise ReportError(f"{p13n} is not a personalization result fedp13n wrote.") from None
-    if (Path(run_dir) / rd.TUNING).is_file():
-        try:
-            tuning = json.loads((Path(run_dir) / rd.TUNING).read_text())
-        except ValueError:
-            raise ReportError(f"{Path(run_dir) / rd.TUNING} is not valid JSON.") from None
+    tuning = read_tuning(run_dir)  # its shape checked: a one-line ReportError
     return dataclasses.replace(summary, selected=selected, tuning=tuning)
 
 
@@ -296,6 +370,17 @@ def write_summary_json(run_dir: str | Path, summary: Summary | None = None) -> P
 
 
 # -- presentation -------------------------------------------------------------------------------
+def dataset_label(config: dict[str, Any]) -> str:
+    """The data set of a run's config, for people: ``synthetic``, ``emnist``,
+    ``emnist (digits only) from ../data``; empty without a config."""
+    name = config.get("dataset")
+    if not isinstance(name, str):
+        return ""
+    text = name + (" (digits only)" if config.get("only_digits") else "")
+    data_dir = config.get("data_dir")
+    return text + (f" from {data_dir}" if isinstance(data_dir, str) and data_dir else "")
+
+
 def format_percent(x: float | None, decimals: int = 1) -> str:
     """``0.123 -> '12.3%'``; empty for a missing value."""
     return "" if x is None or not math.isfinite(x) else f"{100 * x:.{decimals}f}%"
@@ -359,12 +444,17 @@ def tuning_lines(summary: Summary) -> list[str]:
     if not summary.tuning:
         return []
     n = len(summary.tuning.get("validation_client_ids", []))
+    if not summary.tuning.get("strategies"):
+        return [
+            f"{n} validation clients (not among the clients reported above) chose the best "
+            "strategy and epoch."
+        ]
     out = [
         f"tuned on {n} validation clients (not among the clients reported above; "
         "* marks an epoch chosen there):"
     ]
     for name, t in summary.tuning.get("strategies", {}).items():
-        epoch = f", reported at {t['chosen_epoch']}" if t.get("chosen_epoch") else ""
+        epoch = f", reported at {epoch_text(t['chosen_epoch'])}" if t.get("chosen_epoch") else ""
         out.append(
             f"  {name}: {t['chosen']}{epoch} (validation accuracy "
             f"{format_number(t['validation_accuracy'])})"

@@ -20,6 +20,10 @@ SUMMARY = "summary.json"  # headline numbers, per strategy/epoch statistics
 SPLIT = "split.json"  # the FedAvg / validation / personalization client ids
 TUNING = "tuning.json"  # tuned strategies: candidates, validation accuracy, the choice
 REPORT = "report.html"  # written by fedp13n report
+#: results of a finished run set aside when --resume extends it (previous/rounds_20/...)
+PREVIOUS = "previous"
+#: a run's final results: set aside together (summary.json first: it marks a run finished)
+FINAL_RESULTS = (SUMMARY, REPORT, PER_CLIENT, PERSONALIZATION, TUNING, GLOBAL_WEIGHTS)
 
 #: Columns of FEDAVG_METRICS. ``eval_loss``/``eval_accuracy`` (global model on held-out
 #: data) and ``p13n_accuracy`` (mean accuracy after the first strategy's fine-tuning, on

@@ -7,7 +7,7 @@ standard library only, so reading a run never imports torch.
 from __future__ import annotations
 
 import csv
-import fcntl
+import json
 import math
 import os
 import re
@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from fedp13n.rundir import layout as rd
-from fedp13n.rundir.lock import LOCK_FILE
+from fedp13n.rundir.lock import (
+    LOCK_FILE,
+    UnsafeLockFile,
+    open_lock_file,
+    read_owner,
+    try_lock,
+    unlock,
+)
 
 #: What ``fedp13n sweep`` writes into its output directory (next to ``runs/<run>``).
 SWEEP_FILE = "sweep.toml"
@@ -101,6 +108,8 @@ def read_per_client(path: str | Path) -> PerClientTable:
         raise ReportError(
             f"{path} does not exist: is {path.parent} the output of a finished 'fedp13n run'?"
         ) from None
+    except (UnicodeDecodeError, csv.Error):
+        raise ReportError(_not_text(path)) from None
     if not rows:
         raise ReportError(f"{path} has no rows: the run evaluated no personalization client.")
     cols: dict[str, list] = {c: [] for c in rd.PER_CLIENT_COLUMNS}
@@ -139,6 +148,8 @@ def read_fedavg_metrics(path: str | Path) -> dict[str, np.ndarray]:
             rows = list(reader)
     except FileNotFoundError:
         raise ReportError(f"{path} does not exist: is {path.parent} a run directory?") from None
+    except (UnicodeDecodeError, csv.Error):
+        raise ReportError(_not_text(path)) from None
     out = {}
     for c in fields:
         try:
@@ -153,34 +164,95 @@ def read_config(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     path = Path(run_dir) / rd.CONFIG
     if not path.exists():
         return "", {}
-    text = path.read_text()
     try:
+        text = path.read_text(encoding="utf-8-sig")
         return text, tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ReportError(_not_text(path)) from None
     except tomllib.TOMLDecodeError as e:
         raise ReportError(f"{path} is not valid TOML: {e}") from None
+
+
+def _not_text(path: Path) -> str:
+    return (
+        f"{path} is not a text file fedp13n wrote (binary or not UTF-8); restore it, or rerun "
+        "the run into a new --output-dir."
+    )
+
+
+def _is_number(x: Any) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def _tuning_problem(tuning: Any) -> str | None:
+    """What is wrong with the shape of a parsed ``tuning.json`` (None: nothing)."""
+    if not isinstance(tuning, dict):
+        return f"an object is expected, not {type(tuning).__name__}"
+    ids = tuning.get("validation_client_ids", [])
+    if not isinstance(ids, list):
+        return "'validation_client_ids' is not a list"
+    strategies = tuning.get("strategies", {})
+    if not isinstance(strategies, dict):
+        return "'strategies' is not an object"
+    for name, t in strategies.items():
+        if not isinstance(t, dict) or "chosen" not in t:
+            return f"strategy {name!r} has no 'chosen' settings"
+        if not _is_number(t.get("validation_accuracy")):
+            return f"strategy {name!r}: 'validation_accuracy' is not a number"
+        if not isinstance(t.get("chosen_epoch"), (str, type(None))):
+            return f"strategy {name!r}: 'chosen_epoch' is not an epoch name"
+    curves = tuning.get("validation_accuracy", {})
+    if not isinstance(curves, dict) or not all(
+        isinstance(c, dict) and all(_is_number(v) for v in c.values()) for c in curves.values()
+    ):
+        return "'validation_accuracy' is not strategy -> epoch -> accuracy"
+    return None
+
+
+def read_tuning(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``tuning.json`` (None if absent); a ReportError if it is not one fedp13n
+    wrote (not JSON, or the wrong shape)."""
+    path = Path(run_dir) / rd.TUNING
+    if not path.is_file():
+        return None
+    try:
+        tuning = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise ReportError(
+            f"{path} is not valid JSON; restore it, or delete it to report without the "
+            "tuning record."
+        ) from None
+    problem = _tuning_problem(tuning)
+    if problem is not None:
+        raise ReportError(
+            f"{path} is not a tuning record fedp13n wrote ({problem}); restore it, or delete "
+            "it to report without the tuning record."
+        )
+    return tuning
 
 
 def lock_holder(run_dir: str | Path) -> str | None:
     """The pid (as written in ``.lock``) of another process writing into ``run_dir``, or None.
 
-    Probes the lock with a shared, non-blocking ``flock`` released at once; this process's
-    own lock (a run writing its report) does not count. Never creates the lock file.
+    Probes the lock with a shared, non-blocking lock released at once (an exclusive one on
+    Windows); this process's own lock (a run writing its report) does not count. Never
+    creates the lock file; a ``.lock`` that is not a plain file (a symlink) holds no run.
     """
     path = Path(run_dir) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+        fd = open_lock_file(path, os.O_RDONLY)
+    except (OSError, UnsafeLockFile):
         return None
     try:
-        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        owner = read_owner(fd)
         if owner == str(os.getpid()):
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return owner
-        except OSError:  # a file system without flock: nothing to tell
+            if not try_lock(fd, shared=True):
+                return owner
+        except OSError:  # a file system without locks: nothing to tell
             return None
+        unlock(fd)
         return None
     finally:
         os.close(fd)  # closing the descriptor releases the probe's lock

@@ -17,7 +17,11 @@ from typing import Any
 
 from fedp13n.utils.checks import check_fraction, check_non_negative_number, check_positive_number
 
-OPTIMIZERS = ("sgd", "adam")
+#: Each optimizer's learning rate where a configuration gives none (a personalization
+#: strategy's fine-tuning): TFF's personalization example's rates. The one place these
+#: defaults are declared (the registry's kinds, ``fedp13n run``'s strategies use them).
+DEFAULT_LEARNING_RATES = {"sgd": 0.02, "adam": 0.002}
+OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
 
 
 def make_optimizer_fn(

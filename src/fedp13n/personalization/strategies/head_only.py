@@ -99,6 +99,11 @@ def build_head_only_personalize_fn(
         or (not isinstance(head, str) and not all(isinstance(h, str) for h in head))
     ):
         raise TypeError(f"head must be a name, a sequence of names or None, got {head!r}.")
+    if head is not None and not isinstance(head, str) and len(head) == 0:
+        raise ValueError(
+            "head is an empty list: it names no layer to fine-tune; name at least one "
+            "(e.g. head = ['fc2']) or leave head out for the last layer with parameters."
+        )
     return functools.partial(
         _personalize,
         optimizer_fn=optimizer_fn,
