@@ -261,7 +261,7 @@ def test_fedavg_tff_pipeline_by_hand():
     w, m = one_round(client_epochs=2, client_pipeline="tff")
     assert w == 2.0625
     assert m.num_examples == 6 + 4  # processed: 3 steps for A (6 examples), 2 for B (4)
-    w_epochs, m_epochs = one_round(client_epochs=2)  # the default pipeline
+    w_epochs, m_epochs = one_round(client_epochs=2, client_pipeline="epochs")
     assert w_epochs == pytest.approx(2.30625, rel=1e-6)
     assert m_epochs.num_examples == 6 + 4
     # K local steps, not epochs: every client processed 2 examples, so equal weights
