@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedp13n.client.program import EVAL_BATCH_SIZE, LocalTraining, evaluate, generator_from_torch
-from fedp13n.data.client_data import ClientDataset
 from fedp13n.personalization.inputs import as_client_dataset
 from fedp13n.utils.checks import check_bool, check_positive_int
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
@@ -153,17 +152,18 @@ def build_personalize_fn(
 
 def fine_tune(
     model: nn.Module,
-    train: ClientDataset,
+    train: Any,
     program: LocalTraining,
     *,
     num_epochs_per_eval: int,
     on_eval: Callable[[int], None],
 ) -> int:
     """The fine-tuning every strategy shares: ``program`` (one pass per epoch) on
-    ``train``, shuffled (``program.shuffle``) by a generator seeded from torch's global RNG
-    now (:func:`~fedp13n.client.generator_from_torch`), and ``on_eval(epoch)`` after every
-    ``num_epochs_per_eval``-th epoch and after the last. Returns the examples seen, summed
-    over epochs."""
+    ``train`` (unbatched data, as :func:`evaluate_fn` takes), shuffled when
+    ``program.shuffle`` by a generator seeded from torch's global RNG now
+    (:func:`~fedp13n.client.generator_from_torch`), and ``on_eval(epoch)`` after every
+    ``num_epochs_per_eval``-th epoch and after the last. Returns the examples seen,
+    summed over epochs."""
 
     def on_epoch_end(epoch: int) -> None:
         if epoch % num_epochs_per_eval == 0 or epoch == program.epochs:
@@ -171,4 +171,5 @@ def fine_tune(
 
     generator = generator_from_torch() if program.shuffle else None
     program = dataclasses.replace(program, on_epoch_end=on_epoch_end)
-    return program.run(model, train, generator).num_trained
+    data = as_client_dataset(train, "train_data")
+    return program.run(model, data, generator).num_trained
