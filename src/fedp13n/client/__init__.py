@@ -1,6 +1,4 @@
-"""A client's program, written once: local training (:class:`LocalTraining`) and
-evaluation (:func:`evaluate`), used by FedAvg's client work and every personalization
-strategy (see :mod:`fedp13n.client.program`)."""
+"""A client's program, written once: :class:`LocalTraining` and :func:`evaluate`."""
 
 from fedp13n.client.program import (
     EVAL_BATCH_SIZE,

@@ -1,25 +1,17 @@
 """One client's program: local training and evaluation, each written once.
 
-Every client-side computation of fedp13n runs here: FedAvg's and Reptile's local training
-(:class:`~fedp13n.algorithms.client_update.ClientWork`), the stock personalization
-strategy and every strategy of :mod:`fedp13n.personalization.strategies` (fine-tuning),
-and every evaluation (:func:`evaluate`, behind the public ``evaluate_fn``). A caller says
-*what differs* through the fields of :class:`LocalTraining` -- which parameters train, an
-extra penalty, a hook after ``model.train()``, a callback after every epoch, whether to
-sum the loss and a metric -- and the loop, the batches and the order of random draws stay
-the same for all of them.
+FedAvg's and Reptile's client work, the stock personalization strategy, every strategy of
+:mod:`fedp13n.personalization.strategies` and every evaluation run :class:`LocalTraining`
+and :func:`evaluate`; a caller sets only what differs (which parameters train, a penalty,
+a hook after ``model.train()``, a callback after every epoch, loss and metric sums).
 
 Batches come from :func:`fedp13n.data.pipeline.batch_plan`. With the per-epoch pipeline
 (``"epochs"``, no ``max_steps``) the plan is cut epoch by epoch: ``model.train()`` (then
-``after_train_mode()``) before every epoch, ``on_epoch_end(epoch)`` after it, and one
-permutation drawn per epoch from the generator (the same draws as the whole plan at
-once). TFF's stream (``"tff"``: batches across epoch boundaries) and a step limit
-(``max_steps``) are one segment: ``model.train()`` once, no epoch callback.
-
-Randomness: the example order comes from the numpy generator handed to
-:meth:`LocalTraining.run` (FedAvg: ``derive_rng(...)``; personalization:
-:func:`generator_from_torch`, drawn at the start of the strategy's call); dropout draws
-from torch's global generator, as the caller seeded it. Nothing here draws otherwise.
+``after_train_mode()``) before every epoch, ``on_epoch_end(epoch)`` after it, one
+permutation per epoch from the generator (the same draws as the whole plan at once).
+TFF's stream (``"tff"``) and a step limit are one segment: ``model.train()`` once, no
+epoch callback. The example order comes only from the generator handed to
+:meth:`LocalTraining.run`; dropout from torch's global RNG, as the caller seeded it.
 """
 
 from __future__ import annotations
@@ -193,15 +185,8 @@ def _add(total: float | torch.Tensor, value: object, n: int) -> float | torch.Te
 def evaluate(
     model: nn.Module, data: ClientDataset, loss_fn: LossFn, batch_size: int = EVAL_BATCH_SIZE
 ) -> OrderedDict[str, Any]:
-    """``model``'s metrics on ``data`` in TFF's names (see ``fedp13n.evaluate_fn``):
-    ``num_test_examples``, ``loss``, ``accuracy`` and ``sparse_categorical_accuracy``
-    (classification only), ``num_examples``, ``num_batches``.
-
-    ``loss`` is the example-weighted average of the batch means (NaN with no example);
-    ``accuracy`` is reported when the targets are integer labels and the outputs have one
-    more dimension (the classes, dimension 1). The model runs in eval mode, without
-    gradients, and gets its previous mode back.
-    """
+    """``model``'s metrics on ``data`` in TFF's names, NaN without examples: the semantics
+    of ``fedp13n.evaluate_fn`` (which checks its arguments and calls this)."""
     was_training = model.training
     model.eval()
     loss_sum, correct, label_count, classification = 0.0, 0, 0, None
