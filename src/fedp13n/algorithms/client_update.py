@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedp13n.client.program import LocalTraining
 from fedp13n.data.client_data import ClientDataset
-from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER, batch_plan
+from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER
 from fedp13n.execution.base import SharedRef
 from fedp13n.utils.lru import LRUCache
 from fedp13n.utils.seeding import derive_rng, derive_seed
@@ -106,14 +107,6 @@ def _cached_model(token: str, model_fn: ModelFn, device: torch.device) -> nn.Mod
     if device.type == "cpu":
         return _MODEL_CACHE.get(token, model_fn)
     return _MODEL_CACHE.get(f"{token}@{device}", lambda: model_fn().to(device))
-
-
-def _add(total: float | torch.Tensor, value: object, n: int) -> float | torch.Tensor:
-    """``total + value * n`` in float64, without waiting for a device: ``value`` (a batch
-    mean) stays a tensor where it is one (the same IEEE operations as ``float(value) * n``)."""
-    if isinstance(value, torch.Tensor):
-        return total + value.detach().double() * n
-    return total + float(value) * n
 
 
 @dataclass
@@ -182,43 +175,30 @@ class ClientWork:
         device: torch.device,
     ) -> ClientOutput:
         model.load_state_dict(weights)
-        model.train()
         names = trainable_names(model)
-        params = dict(model.named_parameters())
-        trainable = [params[n] for n in names]
-        optimizer = self.optimizer_fn(trainable)
-        rng = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
-        loss_sum = 0.0
-        metric_sum = 0.0
-        num_trained = 0
-        plan = batch_plan(
-            len(dataset),
+        stats = LocalTraining(
+            self.optimizer_fn,
+            self.loss_fn,
             self.batch_size,
             epochs=self.epochs,
             shuffle=self.shuffle,
-            generator=rng,
             pipeline=self.pipeline,
             shuffle_buffer=self.shuffle_buffer,
             max_steps=self.max_steps,
+            trainable=names,
+            metric_fn=self.metric_fn,
+        ).run(
+            model,
+            dataset,
+            generator=derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key),
+            device=device,
         )
-        for idx in plan:
-            x, y = dataset.batch(idx, device)
-            optimizer.zero_grad(set_to_none=True)
-            outputs = model(x)
-            loss = self.loss_fn(outputs, y)
-            loss.backward()
-            optimizer.step()
-            n = len(y)
-            with torch.no_grad():
-                loss_sum = _add(loss_sum, loss, n)
-                metric_sum = _add(metric_sum, self.metric_fn(outputs, y), n)
-            num_trained += n
-        loss_sum, metric_sum = float(loss_sum), float(metric_sum)
+        params = dict(model.named_parameters())
         with torch.no_grad():
             delta = {n: (weights[n] - params[n].detach().cpu()).clone() for n in names}
             state = model.state_dict()
             buffers = {n: state[n].detach().cpu().clone() for n in buffer_names(model)}
-            finite = math.isfinite(loss_sum) and all(
+            finite = math.isfinite(stats.loss_sum) and all(
                 bool(torch.isfinite(t).all())
                 for t in (*delta.values(), *buffers.values())
                 if t.is_floating_point()
@@ -228,9 +208,9 @@ class ClientWork:
         return ClientOutput(
             delta=delta,
             buffers=buffers,
-            num_examples=num_trained if self.pipeline == "tff" else len(dataset),
-            num_trained=num_trained,
-            loss_sum=loss_sum,
-            metric_sum=metric_sum,
+            num_examples=stats.num_trained if self.pipeline == "tff" else len(dataset),
+            num_trained=stats.num_trained,
+            loss_sum=stats.loss_sum,
+            metric_sum=stats.metric_sum,
             finite=finite,
         )

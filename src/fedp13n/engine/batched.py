@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedp13n.client.program import EVAL_BATCH_SIZE
 from fedp13n.data.client_data import UINT8_TO_UNIT, ClientDataset, features_to_tensor
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, batch_plan
 from fedp13n.models.emnist import EmnistConvDropout, FedAvgCNN
@@ -71,10 +72,6 @@ from fedp13n.models.layers import FastDropout, random_bytes
 from fedp13n.utils.checks import check_non_negative_int, check_positive_int
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import ModelFn
-
-#: Evaluation batch size of fedp13n's evaluate_fn and of the engine: large because it only
-#: trades memory for speed (only the num_batches counter depends on it).
-EVAL_BATCH_SIZE = 1000
 
 __all__ = [
     "ClientResult",

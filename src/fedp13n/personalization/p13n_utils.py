@@ -20,22 +20,18 @@ when the targets are integer class labels.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.data.pipeline import batch_plan
-from fedp13n.engine.batched import EVAL_BATCH_SIZE
+from fedp13n.client.program import EVAL_BATCH_SIZE, LocalTraining, evaluate, generator_from_torch
 from fedp13n.personalization.inputs import as_client_dataset
 from fedp13n.utils.checks import check_bool, check_positive_int
-from fedp13n.utils.device import module_device
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
 
@@ -63,33 +59,9 @@ def evaluate_fn(
     evaluation batch size, as TFF's) are the counters of TFF's Keras models.
     """
     batch_size = check_positive_int("batch_size", batch_size)
-    data = as_client_dataset(dataset, "the evaluation dataset")
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, label_count, classification = 0.0, 0, 0, None
-    try:
-        with torch.no_grad():
-            for x, y in data.batches(batch_size, device=module_device(model)):
-                out = model(x)
-                loss_sum += float(loss_fn(out, y)) * len(y)
-                if classification is None:
-                    classification = not y.is_floating_point() and out.dim() == y.dim() + 1
-                if classification:
-                    correct += int((out.argmax(dim=1) == y).sum())
-                    label_count += y.numel()
-    finally:
-        model.train(was_training)
-    n = len(data)
-    metrics: OrderedDict[str, Any] = OrderedDict(num_test_examples=n)
-    metrics["loss"] = loss_sum / n if n else math.nan
-    if classification is None:  # no batch: decide from the labels alone
-        classification = not np.issubdtype(data.y.dtype, np.floating)
-    if classification:
-        metrics["accuracy"] = correct / label_count if label_count else math.nan
-        metrics["sparse_categorical_accuracy"] = metrics["accuracy"]
-    metrics["num_examples"] = n
-    metrics["num_batches"] = math.ceil(n / batch_size)
-    return metrics
+    return evaluate(
+        model, as_client_dataset(dataset, "the evaluation dataset"), loss_fn, batch_size
+    )
 
 
 def build_evaluate_fn(
@@ -149,26 +121,19 @@ def build_personalize_fn(
         del context  # this strategy uses no extra information (TFF's example does the same)
         train = as_client_dataset(train_data, "train_data")
         test = as_client_dataset(test_data, "test_data")
-        optimizer = optimizer_fn(model.parameters())
-        generator = _generator_from_torch() if shuffle else None
         metrics: OrderedDict[str, Any] = OrderedDict()
-        num_train_examples = 0
-        device = module_device(model)
-        for epoch in range(1, num_epochs + 1):
-            model.train()
-            steps = batch_plan(len(train), batch_size, shuffle=shuffle, generator=generator)
-            for idx in steps:
-                x, y = train.batch(idx, device)
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                optimizer.step()
-                num_train_examples += len(y)
-            if epoch % num_epochs_per_eval == 0 or epoch == num_epochs:
-                metrics[f"epoch_{epoch}"] = evaluate_fn(
-                    model, test, loss_fn=loss_fn, batch_size=eval_batch_size
-                )
-        metrics["num_train_examples"] = num_train_examples
+
+        def on_eval(epoch: int) -> None:
+            metrics[f"epoch_{epoch}"] = evaluate(model, test, loss_fn, eval_batch_size)
+
+        seen = fine_tune(
+            model,
+            train,
+            LocalTraining(optimizer_fn, loss_fn, batch_size, epochs=num_epochs, shuffle=shuffle),
+            num_epochs_per_eval=num_epochs_per_eval,
+            on_eval=on_eval,
+        )
+        metrics["num_train_examples"] = seen
         return metrics
 
     # What a batched engine needs to run this strategy for many clients at once
@@ -185,7 +150,26 @@ def build_personalize_fn(
     return personalize_fn
 
 
-def _generator_from_torch() -> np.random.Generator:
-    """A numpy Generator seeded from torch's global RNG (see :func:`build_personalize_fn`)."""
-    seed = int(torch.randint(0, 2**62, (1,)).item())
-    return np.random.default_rng(seed)
+def fine_tune(
+    model: nn.Module,
+    train: Any,
+    program: LocalTraining,
+    *,
+    num_epochs_per_eval: int,
+    on_eval: Callable[[int], None],
+) -> int:
+    """The fine-tuning every strategy shares: ``program`` (one pass per epoch) on
+    ``train`` (unbatched data, as :func:`evaluate_fn` takes), shuffled when
+    ``program.shuffle`` by a generator seeded from torch's global RNG now
+    (:func:`~fedp13n.client.generator_from_torch`), and ``on_eval(epoch)`` after every
+    ``num_epochs_per_eval``-th epoch and after the last. Returns the examples seen,
+    summed over epochs."""
+
+    def on_epoch_end(epoch: int) -> None:
+        if epoch % num_epochs_per_eval == 0 or epoch == program.epochs:
+            on_eval(epoch)
+
+    generator = generator_from_torch() if program.shuffle else None
+    program = dataclasses.replace(program, on_epoch_end=on_epoch_end)
+    data = as_client_dataset(train, "train_data")
+    return program.run(model, data, generator).num_trained

@@ -1,38 +1,26 @@
-"""What the strategies share: the fine-tuning loop, the held-out split, argument checks.
+"""What the strategies share: the held-out split, the choice on it, argument checks.
 
-The loop is :func:`~fedp13n.personalization.p13n_utils.build_personalize_fn`'s, step for
-step: the shuffle generator's seed is drawn from torch's global RNG at the start of the
-call, every epoch is one :func:`~fedp13n.data.pipeline.batch_plan` pass (a fresh
-permutation per epoch, the same one ``ClientDataset.batches`` draws), ``model.train()``
-before every epoch, and evaluations after every ``num_epochs_per_eval`` epochs and after
-the last. With no extra hook it trains bit-for-bit like the stock strategy (tested).
+Their training is the client program (:class:`fedp13n.client.LocalTraining`) run by the
+stock strategy's :func:`~fedp13n.personalization.p13n_utils.fine_tune`; a strategy only
+sets its hooks (which parameters train, a penalty, a hook after ``model.train()``) and
+what it does at each evaluation epoch. With no hook it trains bit-for-bit like the stock
+strategy (tested).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from fedp13n.data.client_data import ClientDataset
-from fedp13n.data.pipeline import batch_plan
 from fedp13n.utils.checks import check_callable, check_fraction, check_positive_int
-from fedp13n.utils.device import module_device
-from fedp13n.utils.types import LossFn
 
 #: What the validation metric of a held-out split may be, and whether larger is better.
 MONITORS = {"loss": False, "accuracy": True}
-
-
-def generator_from_torch() -> np.random.Generator:
-    """A numpy Generator seeded from one draw of torch's global RNG (the stock convention)."""
-    seed = int(torch.randint(0, 2**62, (1,)).item())
-    return np.random.default_rng(seed)
 
 
 def check_loop_args(
@@ -96,49 +84,6 @@ def holdout_split(
 
 def subset(data: ClientDataset, index: np.ndarray) -> ClientDataset:
     return data.subset(index)
-
-
-def fine_tune(
-    model: nn.Module,
-    train: ClientDataset,
-    *,
-    optimizer: torch.optim.Optimizer,
-    batch_size: int,
-    num_epochs: int,
-    num_epochs_per_eval: int,
-    generator: np.random.Generator | None,
-    loss_fn: LossFn,
-    on_eval: Callable[[int], None],
-    penalty: Callable[[], torch.Tensor] | None = None,
-    after_train_mode: Callable[[], None] | None = None,
-) -> int:
-    """Train ``model`` in place; call ``on_eval(epoch)`` at every evaluation epoch.
-
-    ``generator`` None means no shuffling (stored order). ``penalty()`` is added to every
-    batch's loss; ``after_train_mode()`` runs after every ``model.train()`` (e.g. to put
-    frozen modules back in eval mode). Returns the examples seen, summed over epochs.
-    """
-    seen = 0
-    device = module_device(model)
-    for epoch in range(1, num_epochs + 1):
-        model.train()
-        if after_train_mode is not None:
-            after_train_mode()
-        plan = batch_plan(
-            len(train), batch_size, epochs=1, shuffle=generator is not None, generator=generator
-        )
-        for idx in plan:
-            x, y = train.batch(idx, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            if penalty is not None:
-                loss = loss + penalty()
-            loss.backward()
-            optimizer.step()
-            seen += len(idx)
-        if epoch % num_epochs_per_eval == 0 or epoch == num_epochs:
-            on_eval(epoch)
-    return seen
 
 
 def pick(values: Iterable[float], monitor: str) -> int:

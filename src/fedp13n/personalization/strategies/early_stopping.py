@@ -17,14 +17,13 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
+from fedp13n.client.program import LocalTraining, generator_from_torch
 from fedp13n.personalization.inputs import as_client_dataset
-from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn
+from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn, fine_tune
 from fedp13n.personalization.strategies._common import (
     check_holdout_fraction,
     check_loop_args,
     check_monitor,
-    fine_tune,
-    generator_from_torch,
     holdout_split,
     monitored,
     pick,
@@ -114,23 +113,12 @@ def _personalize(
     validation: OrderedDict[int, Any] = OrderedDict()
     if include_epoch_0:
         tests[0], validation[0] = evaluate(model, test), evaluate(model, holdout)
-    optimizer = optimizer_fn(model.parameters())
-    generator = generator_from_torch() if shuffle else None
 
     def on_eval(epoch: int) -> None:
         tests[epoch], validation[epoch] = evaluate(model, test), evaluate(model, holdout)
 
-    seen = fine_tune(
-        model,
-        rest,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        num_epochs_per_eval=num_epochs_per_eval,
-        generator=generator,
-        loss_fn=loss_fn,
-        on_eval=on_eval,
-    )
+    program = LocalTraining(optimizer_fn, loss_fn, batch_size, epochs=num_epochs, shuffle=shuffle)
+    seen = fine_tune(model, rest, program, num_epochs_per_eval=num_epochs_per_eval, on_eval=on_eval)
     epochs = list(validation)
     if len(holdout) == 0:
         best = num_epochs

@@ -16,12 +16,11 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
+from fedp13n.client.program import LocalTraining
 from fedp13n.personalization.inputs import as_client_dataset
-from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn
+from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn, fine_tune
 from fedp13n.personalization.strategies._common import (
     check_loop_args,
-    fine_tune,
-    generator_from_torch,
 )
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
@@ -136,12 +135,7 @@ def _personalize(
     train = as_client_dataset(train_data, "train_data")
     test = as_client_dataset(test_data, "test_data")
     in_head = set(head_parameter_names(model, head))
-    named = list(model.named_parameters())
-    head_params = [p for n, p in named if n in in_head]
     frozen_modules = _frozen_stateful_modules(model, head, in_head)
-    was = {n: p.requires_grad for n, p in named}
-    optimizer = optimizer_fn(head_params)
-    generator = generator_from_torch() if shuffle else None
     metrics: OrderedDict[str, Any] = OrderedDict()
 
     def on_eval(epoch: int) -> None:
@@ -153,24 +147,18 @@ def _personalize(
         for m in frozen_modules:
             m.eval()
 
-    try:
-        for n, p in named:
-            p.requires_grad_(n in in_head)
-        seen = fine_tune(
-            model,
-            train,
-            optimizer=optimizer,
-            batch_size=batch_size,
-            num_epochs=num_epochs,
-            num_epochs_per_eval=num_epochs_per_eval,
-            generator=generator,
-            loss_fn=loss_fn,
-            on_eval=on_eval,
-            after_train_mode=freeze_modules,
-        )
-    finally:
-        for n, p in named:
-            p.requires_grad_(was[n])
+    program = LocalTraining(
+        optimizer_fn,
+        loss_fn,
+        batch_size,
+        epochs=num_epochs,
+        shuffle=shuffle,
+        trainable=[n for n, _ in model.named_parameters() if n in in_head],
+        after_train_mode=freeze_modules,
+    )
+    seen = fine_tune(
+        model, train, program, num_epochs_per_eval=num_epochs_per_eval, on_eval=on_eval
+    )
     metrics["num_train_examples"] = seen
     return metrics
 

@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedp13n.client.program import LocalTraining, generator_from_torch
 from fedp13n.personalization.inputs import as_client_dataset
-from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn
+from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn, fine_tune
 from fedp13n.personalization.strategies._common import (
     check_holdout_fraction,
     check_loop_args,
     check_monitor,
-    fine_tune,
-    generator_from_torch,
     holdout_split,
     monitored,
     pick,
@@ -140,8 +139,6 @@ def _personalize(
     rest, holdout = holdout_split(full, holdout_fraction, generator_from_torch())
     global_state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
     mixed_model = copy.deepcopy(model)
-    optimizer = optimizer_fn(model.parameters())
-    generator = generator_from_torch() if shuffle else None
     evaluate = functools.partial(evaluate_fn, loss_fn=loss_fn, batch_size=eval_batch_size)
     metrics: OrderedDict[str, Any] = OrderedDict()
 
@@ -160,17 +157,8 @@ def _personalize(
         m["alpha"] = alpha
         metrics[f"epoch_{epoch}"] = m
 
-    seen = fine_tune(
-        model,
-        rest,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        num_epochs_per_eval=num_epochs_per_eval,
-        generator=generator,
-        loss_fn=loss_fn,
-        on_eval=on_eval,
-    )
+    program = LocalTraining(optimizer_fn, loss_fn, batch_size, epochs=num_epochs, shuffle=shuffle)
+    seen = fine_tune(model, rest, program, num_epochs_per_eval=num_epochs_per_eval, on_eval=on_eval)
     metrics["num_train_examples"] = seen
     metrics["num_holdout_examples"] = len(holdout)
     return metrics

@@ -19,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedp13n.client.program import LocalTraining
 from fedp13n.personalization.inputs import as_client_dataset
-from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn
+from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn, fine_tune
 from fedp13n.personalization.strategies._common import (
     check_loop_args,
-    fine_tune,
-    generator_from_torch,
 )
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
@@ -92,8 +91,6 @@ def _personalize(
     test = as_client_dataset(test_data, "test_data")
     params = [p for p in model.parameters() if p.requires_grad]
     anchors = [p.detach().clone() for p in params]
-    optimizer = optimizer_fn(model.parameters())
-    generator = generator_from_torch() if shuffle else None
     metrics: OrderedDict[str, Any] = OrderedDict()
 
     def penalty() -> torch.Tensor:
@@ -105,17 +102,16 @@ def _personalize(
             model, test, loss_fn=loss_fn, batch_size=eval_batch_size
         )
 
-    seen = fine_tune(
-        model,
-        train,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        num_epochs_per_eval=num_epochs_per_eval,
-        generator=generator,
-        loss_fn=loss_fn,
-        on_eval=on_eval,
+    program = LocalTraining(
+        optimizer_fn,
+        loss_fn,
+        batch_size,
+        epochs=num_epochs,
+        shuffle=shuffle,
         penalty=penalty if lam > 0 and params else None,
+    )
+    seen = fine_tune(
+        model, train, program, num_epochs_per_eval=num_epochs_per_eval, on_eval=on_eval
     )
     metrics["num_train_examples"] = seen
     return metrics
