@@ -242,6 +242,7 @@ def test_can_batch_and_its_reasons():
     assert not ok and "amsgrad" in why
     ok, why = can_batch(small_cnn, functools.partial(torch.optim.RMSprop, lr=0.1))
     assert not ok and "RMSprop" in why
+
     # nn.Dropout: batched on a CPU (its bernoulli masks drawn from each client's
     # generator), not on a GPU, where the per-client path draws them from the GPU's
     def with_dropout():
