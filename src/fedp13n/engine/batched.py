@@ -2,13 +2,12 @@
 
 Federated clients train small models on small batches (20 examples): one client at a time
 leaves a GPU idle, and even a CPU core mostly waits on per-operator overhead. Here the K
-clients' weights are stacked along a leading client dimension and every layer runs once
-for all of them: a convolution becomes one grouped convolution (``groups=K``), a dense
-layer one batched matrix product (``baddbmm``), the loss one masked cross-entropy whose
-sum over clients has, for each client's weights, exactly that client's gradient (the
-clients' weights are independent). That is the batched form ``torch.func.vmap`` over
-``functional_call`` would give, written out so that each client's dropout masks, drawn
-from the client's own generator, go straight into the forward pass.
+clients' weights are stacked along a leading client dimension and the model runs once for
+all of them, as :class:`fedp13n.engine.functional.FunctionalModel` computes it:
+``torch.func.vmap`` over ``grad_and_value`` of ``functional_call`` (a convolution becomes
+one grouped convolution, a dense layer one batched matrix product), for *any*
+``nn.Module`` vmap can batch. Each client's dropout masks, drawn from the client's own
+generator (:mod:`fedp13n.engine.masks`), enter the call as inputs.
 
 The numbers are those of the one-client-at-a-time path up to float rounding:
 
@@ -19,40 +18,33 @@ The numbers are those of the one-client-at-a-time path up to float rounding:
   client without a batch at a step skips the optimizer step entirely (no Adam moment or
   step count moves). Epochs are aligned (every client's epoch ``e`` runs in the same
   block of steps), so evaluation after an epoch sees every client after its epoch.
-* **Dropout** (:class:`~fedp13n.models.layers.FastDropout`): each client has a
-  ``torch.Generator`` seeded as the per-client path seeds torch's global one, and at every
-  step its masks are drawn for its real batch size, layer after layer in forward order:
-  the same bytes the per-client path draws. Drawing them is CPU work (a CPU generator:
-  the per-client path's bytes) that would leave a GPU waiting at large K, so on a GPU a
-  pool of ``mask_threads`` threads draws them a few steps ahead (:class:`_MaskPrefetcher`;
-  clients are split among the threads and each client's generator is used by one thread,
-  step after step, so the bytes are exactly the same) into pinned memory, copied to the
-  device without blocking.
+* **Dropout** (:class:`~fedp13n.models.layers.FastDropout`, and ``nn.Dropout`` on a CPU):
+  each client has a ``torch.Generator`` seeded as the per-client path seeds torch's global
+  one, and at every step its masks are drawn for its real batch size, dropout call after
+  dropout call in forward order: the same bytes the per-client path draws. On a GPU a pool
+  of ``mask_threads`` threads draws them a few steps ahead (the same bytes).
 * **Optimizers** are implemented on the stacked weights with per-client step masks:
   SGD ``p -= lr * g`` and Adam with torch's formula (``torch.optim.Adam``'s single-tensor
   code: ``lerp``/``addcmul`` moments, bias corrections per client step count).
 
-What is batched (:func:`can_batch` says, with the reason when not): models without
-buffers whose every parameter is trained, built from ``Conv2d`` (groups 1, zero padding),
-``Linear``, ``ReLU``, ``MaxPool2d``, ``Flatten``, ``FastDropout`` and ``Identity`` as an
-``nn.Sequential`` (nested allowed), or the EMNIST models of :mod:`fedp13n.models.emnist`;
-cross-entropy loss on integer labels; ``torch.optim.SGD`` without momentum, weight decay,
-nesterov or maximize, and ``torch.optim.Adam`` without weight decay, amsgrad or maximize.
-Anything else (momentum, ``nn.Dropout``, BatchNorm, another optimizer) runs the caller's
-per-client path (``fallback=``), with one warning per reason and process.
+What is batched (:func:`can_batch` says, with the reason when not): models whose layers
+vmap batches (see :mod:`fedp13n.engine.functional` for what is refused: BatchNorm in
+training, recurrent modules, buffers, frozen parameters, what vmap rejects in a dry run
+on one example); cross-entropy loss on integer labels; ``torch.optim.SGD`` without
+momentum, weight decay, nesterov or maximize, and ``torch.optim.Adam`` without weight
+decay, amsgrad or maximize. Anything else runs the caller's per-client path
+(``fallback=``), with one warning per reason and process.
 
 Data: each client's examples are moved to the engine's device once per call
 (FedAvg round, personalization evaluation), uint8 pixels as bytes, converted on the
 device by the lookup table of :data:`fedp13n.data.client_data.UINT8_TO_UNIT` (the exact
-float32 values of the per-client path).
+float32 values of the per-client path); integer features (token ids) stay integers.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
-import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -67,8 +59,8 @@ from torch import nn
 from fedp13n.client.program import EVAL_BATCH_SIZE
 from fedp13n.data.client_data import UINT8_TO_UNIT, ClientDataset, features_to_tensor
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, batch_plan
-from fedp13n.models.emnist import EmnistConvDropout, FedAvgCNN
-from fedp13n.models.layers import FastDropout, random_bytes
+from fedp13n.engine.functional import FunctionalModel, NotBatchable, refusal
+from fedp13n.engine.masks import MaskPrefetcher, default_mask_threads, draw_masks
 from fedp13n.utils.checks import check_non_negative_int, check_positive_int
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import ModelFn
@@ -150,122 +142,14 @@ def optimizer_spec(optimizer_fn: Any) -> tuple[OptimizerSpec | None, str]:
     return None, f"optimizer {type(opt).__name__} (only SGD and Adam are batched)"
 
 
-@dataclass(frozen=True)
-class _Op:
-    """One step of a model's forward: ``kind`` and, for layers with weights, the state-dict
-    prefix ``name``; ``args`` are the layer's settings."""
-
-    kind: str  # image | conv | linear | relu | maxpool | flatten | dropout
-    name: str = ""
-    args: tuple = ()
-
-
-def _conv_op(name: str, m: nn.Conv2d) -> tuple[_Op | None, str]:
-    if m.groups != 1 or m.padding_mode != "zeros":
-        return None, f"Conv2d {name!r} with groups={m.groups}, padding_mode={m.padding_mode!r}"
-    return _Op("conv", name, (m.stride, m.padding, m.dilation, m.bias is not None)), ""
-
-
-def _sequential_program(module: nn.Module, prefix: str = "") -> tuple[list[_Op] | None, str]:
-    ops: list[_Op] = []
-    for child_name, m in module.named_children():
-        name = f"{prefix}{child_name}"
-        if isinstance(m, nn.Sequential):
-            sub, why = _sequential_program(m, f"{name}.")
-            if sub is None:
-                return None, why
-            ops += sub
-        elif type(m) is nn.Conv2d:
-            op, why = _conv_op(name, m)
-            if op is None:
-                return None, why
-            ops.append(op)
-        elif type(m) is nn.Linear:
-            ops.append(_Op("linear", name, (m.bias is not None,)))
-        elif type(m) is nn.ReLU:
-            ops.append(_Op("relu"))
-        elif type(m) is nn.MaxPool2d:
-            if m.dilation not in (1, (1, 1)) or m.ceil_mode or m.return_indices:
-                return None, f"MaxPool2d {name!r} with dilation, ceil_mode or return_indices"
-            ops.append(_Op("maxpool", args=(m.kernel_size, m.stride, m.padding)))
-        elif type(m) is nn.Flatten:
-            if m.start_dim != 1 or m.end_dim != -1:
-                return None, f"Flatten {name!r} with start_dim={m.start_dim}, end_dim={m.end_dim}"
-            ops.append(_Op("flatten"))
-        elif type(m) is FastDropout:
-            if m.p not in (0.0, 1.0) and round(m.p * 256) != m.p * 256:
-                return None, f"FastDropout {name!r} with p={m.p} (not a multiple of 1/256)"
-            ops.append(_Op("dropout", args=(m.p,)))
-        elif type(m) is nn.Identity:
-            continue
-        else:
-            what = (
-                "nn.Dropout draws bernoulli masks; use FastDropout"
-                if isinstance(m, nn.Dropout)
-                else f"layer {type(m).__name__}"
-            )
-            return None, f"unsupported {what} at {name!r}"
-    return ops, ""
-
-
-def model_program(model: nn.Module) -> tuple[list[_Op] | None, str]:
-    """The batched forward program of ``model``, or ``(None, reason)``."""
-    if isinstance(model, EmnistConvDropout) and type(model) is EmnistConvDropout:
-        d1, d2 = model.dropout1.p, model.dropout2.p
-        return [
-            _Op("image"),
-            _Op("conv", "conv1", ((1, 1), (0, 0), (1, 1), True)),
-            _Op("relu"),
-            _Op("conv", "conv2", ((1, 1), (0, 0), (1, 1), True)),
-            _Op("maxpool", args=(2, 2, 0)),
-            _Op("relu"),
-            _Op("dropout", args=(d1,)),
-            _Op("flatten"),
-            _Op("linear", "fc1", (True,)),
-            _Op("relu"),
-            _Op("dropout", args=(d2,)),
-            _Op("linear", "fc2", (True,)),
-        ], ""
-    if type(model) is FedAvgCNN:
-        return [
-            _Op("image"),
-            _Op("conv", "conv1", ((1, 1), (2, 2), (1, 1), True)),
-            _Op("maxpool", args=(2, 2, 0)),
-            _Op("relu"),
-            _Op("conv", "conv2", ((1, 1), (2, 2), (1, 1), True)),
-            _Op("maxpool", args=(2, 2, 0)),
-            _Op("relu"),
-            _Op("flatten"),
-            _Op("linear", "fc1", (True,)),
-            _Op("relu"),
-            _Op("linear", "fc2", (True,)),
-        ], ""
-    if type(model) is nn.Sequential:
-        return _sequential_program(model)
-    return None, f"model {type(model).__name__} (not an nn.Sequential of supported layers)"
-
-
-def _check_model(model: nn.Module) -> tuple[list[_Op] | None, str]:
-    if any(True for _ in model.buffers()):
-        return None, f"model {type(model).__name__} has buffers (e.g. BatchNorm statistics)"
-    if not all(p.requires_grad for p in model.parameters()):
-        return None, "model has frozen parameters (requires_grad=False)"
-    if not all(p.dtype == torch.float32 for p in model.parameters()):
-        return None, "model parameters are not float32"
-    return model_program(model)
-
-
-def can_batch(model_fn: ModelFn, optimizer: Any) -> tuple[bool, str]:
-    """``(True, "")`` when the engine can train ``model_fn()``'s clients with this optimizer
-    (a ``params -> Optimizer`` callable or an :class:`OptimizerSpec`), else
+def can_batch(model_fn: ModelFn, optimizer: Any, *, device: Any = "cpu") -> tuple[bool, str]:
+    """``(True, "")`` when the engine can train ``model_fn()``'s clients on ``device`` with
+    this optimizer (a ``params -> Optimizer`` callable or an :class:`OptimizerSpec`), else
     ``(False, reason)``. Builds one model (under a forked RNG: the caller's random state is
-    left alone)."""
-    with torch.random.fork_rng(devices=[]):
-        model = model_fn()
-    if not isinstance(model, nn.Module):
-        return False, f"model_fn() returned a {type(model).__name__}, not an nn.Module"
-    program, why = _check_model(model)
-    if program is None:
+    left alone) and, when it declares an ``input_spec``, dry-runs it batched on one example
+    (without, the engine dry-runs on the first data it gets)."""
+    why = refusal(model_fn, torch.device(device))
+    if why:
         return False, why
     spec, why = optimizer_spec(optimizer)
     if spec is None:
@@ -299,8 +183,13 @@ def engine_or_none(
     """A :class:`MultiClientEngine` for ``model_fn`` when it and every optimizer in
     ``optimizers`` can be batched; else ``None`` after saying why once
     (:func:`note_fallback`), and the caller runs its per-client path."""
+    device = engine_kwargs.get("device", "cpu")
+    if device == "auto":
+        from fedp13n.utils.device import resolve_device
+
+        device = resolve_device(device)
     for opt in optimizers or [OptimizerSpec("sgd", 0.0)]:
-        ok, why = can_batch(model_fn, opt)
+        ok, why = can_batch(model_fn, opt, device=device)
         if not ok:
             note_fallback(why, log)
             return None
@@ -412,8 +301,10 @@ class _DeviceData:
             )
         row = next(iter(rows), xs[0].shape[1:])
         if len({x.dtype for x in xs if len(x)}) > 1:
-            # uint8 pixels (k/255) beside floats: each becomes what a model sees, float32
-            xs = [features_to_tensor(x).float().numpy() for x in xs]
+            # e.g. uint8 pixels (k/255) beside floats: each becomes what a model sees
+            xs = [features_to_tensor(x).numpy() for x in xs]
+            if any(np.issubdtype(x.dtype, np.floating) for x in xs):
+                xs = [x.astype(np.float32, copy=False) for x in xs]
         dtype = next((x.dtype for x in xs if len(x)), xs[0].dtype)
         ydtype = next((y.dtype for y in ys if len(y)), ys[0].dtype)
         if np.issubdtype(ydtype, np.floating):
@@ -423,7 +314,7 @@ class _DeviceData:
         self.pad = len(y) - 1
         self.uint8 = x.dtype == np.uint8
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-        if not self.uint8:
+        if self.x.is_floating_point():
             self.x = self.x.float()
         self.y = torch.from_numpy(y).to(device)
         self.lut = torch.from_numpy(UINT8_TO_UNIT).to(device) if self.uint8 else None
@@ -466,114 +357,6 @@ def _phase_tensors(
     return idx, counts
 
 
-# -- the batched forward ----------------------------------------------------------------------
-def _forward(
-    program: Sequence[_Op],
-    params: Mapping[str, torch.Tensor],
-    x: torch.Tensor,
-    *,
-    counts: np.ndarray | None,
-    generators: Sequence[torch.Generator | None] | None,
-) -> torch.Tensor:
-    """Logits ``(K, B, classes)`` of the K stacked models on ``x`` ``(K, B, *row)``.
-
-    With ``counts`` (real examples per client) dropout is on and draws each client's masks
-    from its generator for its ``counts[k]`` real examples; without, it is off (eval).
-    """
-    K, B = x.shape[:2]
-    h = x
-    layout = "raw"  # raw (K, B, *row) | img (B, K*C, H, W) | flat (K, B, F)
-    image = False
-    for op in program:
-        kind = op.kind
-        if kind == "image":
-            image = True
-            continue
-        if kind in ("conv", "maxpool") and layout == "raw":
-            if image and h.dim() == 4:  # (K, B, H, W) images: one channel
-                h = h.unsqueeze(2)
-            if h.dim() != 5:
-                raise ValueError(f"convolution input must be images, got rows {tuple(h.shape[2:])}")
-            # Channels-last (NHWC): oneDNN's fast layout for (grouped) convolutions and
-            # pooling on CPUs (3-4x faster than NCHW here), and cuDNN's for tensor cores.
-            h = h.transpose(0, 1).reshape(B, -1, *h.shape[3:])
-            h = h.contiguous(memory_format=torch.channels_last)
-            layout = "img"
-        if kind == "conv":
-            stride, padding, dilation, bias = op.args
-            w = params[f"{op.name}.weight"]
-            w = w.reshape(-1, *w.shape[2:]).contiguous(memory_format=torch.channels_last)
-            b = params[f"{op.name}.bias"].reshape(-1) if bias else None
-            h = F.conv2d(h, w, b, stride, padding, dilation, groups=K)
-        elif kind == "maxpool":
-            k, s, p = op.args
-            h = F.max_pool2d(h, k, s, p)
-        elif kind == "relu":
-            h = F.relu(h)
-        elif kind == "flatten":
-            # img: each client's (C, H, W) in row-major order, as torch.flatten(x, 1)
-            h = h.reshape(B, K, -1).transpose(0, 1) if layout == "img" else h.reshape(K, B, -1)
-            layout = "flat"
-        elif kind == "linear":
-            if layout == "raw":
-                if h.dim() != 3:
-                    raise ValueError("a dense layer needs flat rows: add nn.Flatten before it")
-                layout = "flat"
-            if layout != "flat":
-                raise ValueError("a dense layer on images: add nn.Flatten before it")
-            w = params[f"{op.name}.weight"].transpose(1, 2)
-            if op.args[0]:
-                h = torch.baddbmm(params[f"{op.name}.bias"].unsqueeze(1), h, w)
-            else:
-                h = torch.bmm(h, w)
-        elif kind == "dropout":
-            if counts is not None:
-                h = _dropout(h, op.args[0], layout, counts, generators)
-        else:  # pragma: no cover - programs are built above
-            raise AssertionError(kind)
-    if layout == "img":
-        raise ValueError("the model must end with a dense layer (logits)")
-    return h
-
-
-def _dropout(
-    h: torch.Tensor,
-    p: float,
-    layout: str,
-    counts: np.ndarray,
-    generators: Sequence[torch.Generator | None] | None,
-) -> torch.Tensor:
-    if p == 0.0:
-        return h
-    if p == 1.0:
-        return h * 0.0
-    threshold = round(p * 256)
-    if isinstance(generators, _LayerShapes):  # a dry run on the meta device: record
-        generators.append((layout, tuple(h.shape)))
-        return h
-    if isinstance(generators, _StepMasks):  # drawn ahead (the same bytes)
-        mask = generators.next_mask().view(h.shape)
-        return h * (mask >= threshold).to(h.dtype).mul_(1.0 / (1.0 - p))
-    if layout == "img":
-        B, KC = h.shape[:2]
-        K = len(counts)
-        per = (KC // K, *h.shape[2:])
-        mask = torch.zeros((B, K, *per), dtype=torch.uint8)
-        for k, n in enumerate(counts):
-            if n:
-                mask[:n, k] = random_bytes(int(n) * math.prod(per), generators[k]).view(n, *per)
-        mask = mask.view(h.shape)
-    else:
-        K, B, Fdim = h.shape
-        mask = torch.zeros((K, B, Fdim), dtype=torch.uint8)
-        for k, n in enumerate(counts):
-            if n:
-                mask[k, :n] = random_bytes(int(n) * Fdim, generators[k]).view(n, Fdim)
-    # As FastDropout: bool mask -> dtype, times 1 / (1 - p), one multiply.
-    scale = (mask.to(h.device) >= threshold).to(h.dtype).mul_(1.0 / (1.0 - p))
-    return h * scale
-
-
 def compute_beside(engine: Any, device: Any, precision: Any) -> tuple[str, str]:
     """The checked ``(device, precision)`` of a builder's per-client path: with an
     ``engine`` (which must be a :class:`MultiClientEngine`), the engine's unless given
@@ -589,147 +372,6 @@ def compute_beside(engine: Any, device: Any, precision: Any) -> tuple[str, str]:
             )
         device, precision = engine.match_compute(device, precision)
     return check_compute(device or "cpu", precision or "fp32")
-
-
-# -- dropout masks drawn ahead ------------------------------------------------------------------
-class _LayerShapes(list):
-    """``(layout, shape)`` of every dropout layer's input, in forward order, recorded by a
-    dry run of the batched forward on the meta device."""
-
-
-class _StepMasks:
-    """One step's masks on the device, handed to the dropout layers in forward order."""
-
-    def __init__(self, masks: list[torch.Tensor]) -> None:
-        self._masks = masks
-        self._next = 0
-
-    def next_mask(self) -> torch.Tensor:
-        mask = self._masks[self._next]
-        self._next += 1
-        return mask
-
-
-def default_mask_threads(device: torch.device) -> int:
-    """Threads drawing dropout masks ahead: none on a CPU (its cores compute the steps),
-    on a GPU up to 8, leaving a core to the main thread."""
-    if device.type == "cpu":
-        return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
-
-
-class _MaskPrefetcher:
-    """The dropout bytes of every step of a phase, drawn up to ``depth`` steps ahead of the
-    forward passes by ``threads`` threads.
-
-    Clients are split into contiguous ranges, one per thread; a thread draws, step after
-    step, for each of its clients the bytes of every dropout layer in forward order, for
-    the client's real batch size (the rest of the batch is zero, as padding is): exactly
-    the sequence the inline draw takes from that client's generator, which no other
-    thread touches. Buffers are pinned when the device is a GPU, so the copy to the
-    device does not block the main thread.
-    """
-
-    def __init__(
-        self,
-        generators: Sequence[torch.Generator],
-        counts: np.ndarray,
-        layers: Sequence[tuple[str, tuple[int, ...]]],
-        threads: int,
-        device: torch.device,
-        depth: int = 3,
-    ) -> None:
-        self.T, self.K = counts.shape
-        self.counts = counts
-        self.generators = list(generators)
-        self.device = device
-        self.depth = depth
-        self.pin = device.type == "cuda"
-        # per layer: the buffer's shape, with the client at axis 1 (img) or 0 (flat)
-        self.layers = []
-        for layout, shape in layers:
-            if layout == "img":  # h: (B, K*C, H, W) -> mask (B, K, C, H, W)
-                B, KC = shape[:2]
-                self.layers.append(("img", (B, self.K, KC // self.K, *shape[2:])))
-            else:  # h: (K, B, F)
-                self.layers.append(("flat", shape))
-        self._cond = threading.Condition()
-        self._bufs: dict[int, list[torch.Tensor]] = {}
-        self._done: dict[int, int] = {}
-        self._consumed = -1
-        self._error: BaseException | None = None
-        self._stop = False
-        n = max(1, min(threads, self.K))
-        bounds = np.linspace(0, self.K, n + 1).round().astype(int)
-        self._threads = [
-            threading.Thread(target=self._run, args=(int(lo), int(hi)), daemon=True)
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-            if hi > lo
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _buffers(self, t: int) -> list[torch.Tensor]:  # under the lock
-        bufs = self._bufs.get(t)
-        if bufs is None:
-            bufs = self._bufs[t] = [
-                torch.empty(shape, dtype=torch.uint8, pin_memory=self.pin)
-                for _, shape in self.layers
-            ]
-        return bufs
-
-    def _run(self, lo: int, hi: int) -> None:
-        try:
-            for t in range(self.T):
-                with self._cond:
-                    self._cond.wait_for(lambda t=t: self._stop or t - self._consumed <= self.depth)
-                    if self._stop:
-                        return
-                    bufs = self._buffers(t)
-                for k in range(lo, hi):
-                    n = int(self.counts[t, k])
-                    for (layout, shape), buf in zip(self.layers, bufs, strict=True):
-                        rows = buf[:, k] if layout == "img" else buf[k]  # (B, *per)
-                        per = shape[2:]
-                        if n:
-                            drawn = random_bytes(n * math.prod(per), self.generators[k])
-                            rows[:n].copy_(drawn.view(n, *per))
-                        if n < len(rows):
-                            rows[n:].zero_()
-                with self._cond:
-                    self._done[t] = self._done.get(t, 0) + 1
-                    self._cond.notify_all()
-        except BaseException as exc:  # handed to the main thread
-            with self._cond:
-                self._error = exc
-                self._cond.notify_all()
-
-    def step(self, t: int) -> _StepMasks:
-        """Step ``t``'s masks on the device (steps are taken in order)."""
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self._error is not None or self._done.get(t, 0) == len(self._threads)
-            )
-            if self._error is not None:
-                raise RuntimeError(f"drawing dropout masks failed: {self._error}") from self._error
-            bufs = self._bufs.pop(t)
-            self._done.pop(t)
-            self._consumed = t
-            self._cond.notify_all()
-        if self.device.type != "cpu":
-            bufs = [b.to(self.device, non_blocking=self.pin) for b in bufs]
-        return _StepMasks(bufs)
-
-    def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        for t in self._threads:
-            t.join()
 
 
 # -- optimizers on stacked weights --------------------------------------------------------------
@@ -830,14 +472,13 @@ class MultiClientEngine:
         if mask_threads is None:
             mask_threads = default_mask_threads(self.device)
         self.mask_threads = check_non_negative_int("mask_threads", mask_threads)
-        self._shapes: dict[tuple, _LayerShapes] = {}
         with torch.random.fork_rng(devices=[]):
             model = model_fn()
-        program, why = _check_model(model)
-        if program is None:
-            raise ValueError(f"the engine cannot batch this model: {why}.")
-        self.program = program
-        self.names = [n for n, _ in model.named_parameters()]
+        try:
+            self.fn = FunctionalModel(model, self.device)
+        except NotBatchable as e:
+            raise ValueError(f"the engine cannot batch this model: {e}.") from None
+        self.names = self.fn.names
 
     def match_compute(
         self, device: str | torch.device | None, precision: str | None
@@ -863,32 +504,22 @@ class MultiClientEngine:
         return str(self.device), name
 
     # -- building blocks --------------------------------------------------------------------
-    def _stack(self, weights: Mapping[str, torch.Tensor], K: int) -> list[torch.Tensor]:
-        out = []
+    def _stack(self, weights: Mapping[str, torch.Tensor], K: int) -> dict[str, torch.Tensor]:
+        out = {}
         for n in self.names:
-            w = weights[n].detach().to(self.device, torch.float32).contiguous()
-            out.append(w.unsqueeze(0).repeat(K, *([1] * w.dim())).requires_grad_(True))
+            w = weights[n].detach().to(self.device, torch.float32)
+            out[n] = w.unsqueeze(0).repeat(K, *([1] * w.dim()))  # a copy, also for K = 1
         return out
 
-    def _dropout_shapes(self, x: torch.Tensor) -> _LayerShapes:
-        """The dropout layers' input shapes for a batch shaped as ``x`` (a dry run of the
-        batched forward on the meta device, once per shape)."""
-        key = tuple(x.shape)
-        if key not in self._shapes:
-            shapes = _LayerShapes()
-            with torch.device("meta"), torch.random.fork_rng(devices=[]):
-                model = self.model_fn()  # the parameters' shapes, no memory, no draws
-            K = x.shape[0]
-            stacked = {n: p.unsqueeze(0).expand(K, *p.shape) for n, p in model.named_parameters()}
-            _forward(
-                self.program,
-                stacked,
-                torch.empty(x.shape, device="meta"),
-                counts=np.ones(K, dtype=np.int64),
-                generators=shapes,
-            )
-            self._shapes[key] = shapes
-        return self._shapes[key]
+    def _probe(self, data: _DeviceData) -> list:
+        """The model's dropout calls on this data's examples, after the dry run (a
+        one-line ``ValueError`` when vmap rejects the model)."""
+        row = tuple(data.x.shape[1:])
+        dtype = torch.float32 if data.uint8 else data.x.dtype
+        try:
+            return self.fn.probe(row, dtype)
+        except NotBatchable as e:
+            raise ValueError(f"the engine cannot batch this model: {e}.") from None
 
     def _groups(self, sizes: Sequence[int]) -> list[list[int]]:
         order = sorted(range(len(sizes)), key=lambda i: sizes[i])
@@ -896,11 +527,11 @@ class MultiClientEngine:
 
     def _train_phase(
         self,
-        params: list[torch.Tensor],
+        params: dict[str, torch.Tensor],
         opt: _StackedOptimizer,
         data: _DeviceData,
         plans: Sequence[Sequence[np.ndarray]],
-        generators: Sequence[torch.Generator | None],
+        generators: Sequence[torch.Generator],
         batch_size: int,
         stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
@@ -908,70 +539,64 @@ class MultiClientEngine:
         idx_np, counts = _phase_tensors(plans, data.offsets[:-1], data.pad, batch_size)
         if not len(idx_np):
             return
+        layers = self._probe(data)
         idx = torch.from_numpy(idx_np).to(self.device)
         valid = torch.from_numpy(np.arange(batch_size)[None, None, :] < counts[:, :, None]).to(
             self.device
         )
         n_dev = torch.from_numpy(counts).to(self.device)
-        named = dict(zip(self.names, params, strict=True))
         prefetch = None
-        if self.mask_threads and any(op.kind == "dropout" for op in self.program):
-            layers = self._dropout_shapes(data.features(idx[0]))
-            if layers:
-                prefetch = _MaskPrefetcher(
-                    generators, counts, layers, self.mask_threads, self.device
-                )
-        phase = (idx, valid, n_dev, counts)
+        if self.mask_threads and layers:
+            prefetch = MaskPrefetcher(
+                generators, counts, layers, batch_size, self.mask_threads, self.device
+            )
+
+        def masks(t: int) -> list[torch.Tensor]:
+            if prefetch is not None:
+                return prefetch.step(t)
+            return draw_masks(layers, generators, counts[t], batch_size, self.device)
+
         try:
-            self._steps(named, params, opt, data, phase, prefetch or generators, batch_size, stats)
+            self._steps(params, opt, data, (idx, valid, n_dev, counts), masks, stats)
         finally:
             if prefetch is not None:
                 prefetch.close()
 
     def _steps(
         self,
-        named: dict[str, torch.Tensor],
-        params: list[torch.Tensor],
+        params: dict[str, torch.Tensor],
         opt: _StackedOptimizer,
         data: _DeviceData,
         phase: tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray],
-        masks_from: _MaskPrefetcher | Sequence[torch.Generator | None],
-        batch_size: int,
+        masks: Callable[[int], list[torch.Tensor]],
         stats: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> None:
         """The steps of a phase: example indices, validity, real batch sizes (device) and
-        counts (host) per step; masks drawn ahead or from the clients' generators."""
+        counts (host) per step; ``masks(t)`` gives step ``t``'s dropout masks."""
         idx, valid, n_dev, counts = phase
-        K = counts.shape[1]
         for t in range(len(idx)):
             x = data.features(idx[t])
             y = data.y[idx[t]]
-            ahead = isinstance(masks_from, _MaskPrefetcher)
-            masks = masks_from.step(t) if ahead else masks_from
             with self.precision:
-                logits = _forward(self.program, named, x, counts=counts[t], generators=masks)
-                ce = F.cross_entropy(
-                    logits.reshape(K * batch_size, -1).float(), y.reshape(-1), reduction="none"
-                ).view(K, batch_size)
-            vt = valid[t]
-            n = n_dev[t]
-            loss = torch.where(vt, ce, 0.0).sum(1) / n.clamp(min=1)
-            grads = torch.autograd.grad(loss.sum(), params)
-            opt.step(grads, counts[t] > 0)
+                grads, loss, correct = self.fn.train_step(
+                    params, x, y, valid[t], n_dev[t], masks(t)
+                )
+            opt.step([grads[n] for n in self.names], counts[t] > 0)
             if stats is not None:
                 with torch.no_grad():
-                    correct = ((logits.argmax(-1) == y) & vt).sum(1).double()
+                    n = n_dev[t]
                     nd = n.double()
-                    stats[0].add_(loss.detach().double() * nd)
-                    stats[1].add_(torch.where(n > 0, correct / nd.clamp(min=1) * nd, 0.0))
+                    stats[0].add_(loss.double() * nd)
+                    stats[1].add_(torch.where(n > 0, correct.double() / nd.clamp(min=1) * nd, 0.0))
 
     @torch.no_grad()
     def _evaluate(
-        self, params: list[torch.Tensor], data: _DeviceData
+        self, params: dict[str, torch.Tensor], data: _DeviceData
     ) -> list[OrderedDict[str, Any]]:
         """``evaluate_fn``'s metrics for each client: num_test_examples, loss, accuracy."""
         K = len(data.sizes)
-        named = dict(zip(self.names, params, strict=True))
+        if max(data.sizes, default=0):
+            self._probe(data)
         chunk = max(1, self.eval_examples // K)
         longest = max(data.sizes, default=0)
         loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
@@ -984,7 +609,7 @@ class MultiClientEngine:
             idx = torch.where(ok, start[:, None] + pos[None, :], data.pad)
             x, y = data.features(idx), data.y[idx]
             with self.precision:
-                logits = _forward(self.program, named, x, counts=None, generators=None)
+                logits = self.fn.logits(params, x)
             ce = F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="none"
             ).view(ok.shape)
@@ -1048,7 +673,7 @@ class MultiClientEngine:
                     )
                 )
             params = self._stack(weights, K)
-            opt = _StackedOptimizer(spec, params, K)
+            opt = _StackedOptimizer(spec, list(params.values()), K)
             stats = (
                 torch.zeros(K, dtype=torch.float64, device=self.device),
                 torch.zeros(K, dtype=torch.float64, device=self.device),
@@ -1058,7 +683,7 @@ class MultiClientEngine:
             with torch.no_grad():
                 deltas = {
                     n: (weights[n].detach().to(self.device, torch.float32) - p).cpu()
-                    for n, p in zip(self.names, params, strict=True)
+                    for n, p in params.items()
                 }
             loss_sums, metric_sums = stats[0].tolist(), stats[1].tolist()
             for j, i in enumerate(group):
@@ -1147,7 +772,7 @@ class MultiClientEngine:
             )
         per_epoch = [math.ceil(len(clients[i][1]) / strat.batch_size) for i in group]
         params = self._stack(weights, K)
-        opt = _StackedOptimizer(strat.optimizer, params, K)
+        opt = _StackedOptimizer(strat.optimizer, list(params.values()), K)
         outs: list[OrderedDict[str, Any]] = [OrderedDict() for _ in group]
         for e in range(strat.num_epochs):
             phase = [p[e * s : (e + 1) * s] for p, s in zip(plans, per_epoch, strict=True)]
