@@ -148,6 +148,24 @@ def test_split_sizes():
         resolve_split(ExperimentConfig(num_train_clients=2500, num_p13n_clients=900), 286)
 
 
+def test_settings_that_need_the_client_count_are_checked_against_it_once():
+    # 286 clients split 210 FedAvg / 76 personalization (round(286 * 2500 / 3400) = 210)
+    fits = ExperimentConfig(clients_per_round=210, num_val_clients=75)
+    assert fits.validate_against(286) == (210, 76)
+    too_many = "clients_per_round is 211 but there are only 210 FedAvg clients; choose at most 210"
+    with pytest.raises(ConfigError, match=f"^{too_many} "):
+        ExperimentConfig(clients_per_round=211).validate_against(286)
+    staged = ExperimentConfig(stages=[{"rounds": 1}, {"rounds": 1, "clients_per_round": 211}])
+    with pytest.raises(ConfigError, match=f"^{too_many} "):
+        staged.validate_against(286)
+    with pytest.raises(
+        ConfigError, match="^num_val_clients is 76 but there are only 76 personalization clients"
+    ):
+        ExperimentConfig(num_val_clients=76).validate_against(286)
+    with pytest.raises(ConfigError, match="has 286 clients"):  # the split itself first
+        ExperimentConfig(num_train_clients=2500, clients_per_round=2600).validate_against(286)
+
+
 def test_strategy_kinds_and_their_options_from_toml(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text(

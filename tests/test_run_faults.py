@@ -199,7 +199,7 @@ def test_an_extended_run_interrupted_leaves_no_stale_summary(finished, monkeypat
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(p13n_experiment, "evaluate_personalization", ctrl_c)
+    monkeypatch.setattr(p13n_experiment.Run, "evaluate_personalization", ctrl_c)
     res = _resume(finished, "--rounds", "4")
     assert _interrupted_line(res) == (
         f"interrupted after round 4 of 4; continue with: fedp13n run --output-dir {finished} "

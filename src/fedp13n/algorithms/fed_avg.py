@@ -600,32 +600,14 @@ def build_weighted_fed_avg(
     check_seed(seed)
     check_bool("shuffle", shuffle)
     check_bool("deterministic", deterministic)
-    for name, fn in (
-        ("model_fn", model_fn),
-        ("client_optimizer_fn", client_optimizer_fn),
-        ("server_optimizer_fn", server_optimizer_fn),
-        ("loss_fn", loss_fn),
-        ("metrics_fn", metrics_fn),
-    ):
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}.")
-    check_positive_int("batch_size", batch_size)
-    if client_pipeline not in PIPELINES:
-        raise ValueError(
-            f"client_pipeline must be one of {PIPELINES} ('epochs': E shuffled passes; "
-            f"'tff': TFF's repeat(E).shuffle(buffer).batch(B)), got {client_pipeline!r}."
-        )
-    check_positive_int("shuffle_buffer", shuffle_buffer)
-    if max_steps is not None:
-        check_positive_int("max_steps (or None for no limit)", max_steps)
-    if client_epochs is None:
-        if max_steps is None:
-            raise ValueError(
-                "client_epochs=None repeats the client data forever; give max_steps (the "
-                "number of local steps) or a positive number of epochs."
-            )
-    else:
-        check_positive_int("client_epochs", client_epochs)
+    _check_callables(
+        model_fn=model_fn,
+        client_optimizer_fn=client_optimizer_fn,
+        server_optimizer_fn=server_optimizer_fn,
+        loss_fn=loss_fn,
+        metrics_fn=metrics_fn,
+    )
+    _check_local_steps(client_epochs, batch_size, client_pipeline, shuffle_buffer, max_steps)
     if buffer_aggregation not in ("average", "keep"):
         raise ValueError(
             f"buffer_aggregation must be 'average' or 'keep', got {buffer_aggregation!r}."
@@ -657,6 +639,35 @@ def build_weighted_fed_avg(
         device=device,
         deterministic=bool(deterministic),
     )
+
+
+def _check_callables(**fns: Any) -> None:
+    for name, fn in fns.items():
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}.")
+
+
+def _check_local_steps(
+    client_epochs: Any, batch_size: Any, client_pipeline: Any, shuffle_buffer: Any, max_steps: Any
+) -> None:
+    """The settings of a client's local steps (see :func:`build_weighted_fed_avg`)."""
+    check_positive_int("batch_size", batch_size)
+    if client_pipeline not in PIPELINES:
+        raise ValueError(
+            f"client_pipeline must be one of {PIPELINES} ('epochs': E shuffled passes; "
+            f"'tff': TFF's repeat(E).shuffle(buffer).batch(B)), got {client_pipeline!r}."
+        )
+    check_positive_int("shuffle_buffer", shuffle_buffer)
+    if max_steps is not None:
+        check_positive_int("max_steps (or None for no limit)", max_steps)
+    if client_epochs is None:
+        if max_steps is None:
+            raise ValueError(
+                "client_epochs=None repeats the client data forever; give max_steps (the "
+                "number of local steps) or a positive number of epochs."
+            )
+    else:
+        check_positive_int("client_epochs", client_epochs)
 
 
 def _usable_engine(engine: Any, model_fn, optimizer_fn, loss_fn, metrics_fn) -> Any:

@@ -314,44 +314,19 @@ def load_dataset(
     if name not in DATASET_NAMES:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}.")
     if name == "synthetic":
-        try:
-            from fedp13n.data.synthetic import make_synthetic_emnist
-        except ImportError as e:
-            raise DataError(f"the synthetic dataset is not available ({e}).") from None
-        kwargs: dict = {} if num_clients is None else {"num_clients": num_clients}
-        if only_digits:
-            kwargs["num_classes"] = 10
-        try:
-            return make_synthetic_emnist(**kwargs, seed=seed)
-        except ValueError as e:
-            raise DataError(f"synthetic dataset: {e}") from None
+        return _synthetic(num_clients, only_digits, seed)
     root = resolve_cache_dir(cache_dir)
     if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
         raise DataNotFoundError(
             f"--data-dir {data_dir} is a file; it must be the directory that holds the "
             "dataset's files."
         )
-    if name == "emnist":
-        if data_dir is None:
-            train, test = fetch_emnist_h5(
-                root, only_digits=only_digits, url=url, progress=progress, mmap=mmap
-            )
-        else:
-            d = Path(data_dir)
-            files = [d / n for n in h5_file_names(only_digits)]
-            missing = [str(f) for f in files if not f.is_file()]
-            if missing:
-                raise DataNotFoundError(
-                    f"missing {', '.join(missing)}: --data-dir must hold TFF's "
-                    f"{' and '.join(h5_file_names(only_digits))}."
-                )
-            train, test = cached(
-                root,
-                source_key(f"h5-{_variant(only_digits)}", files),
-                lambda: load_h5_dir(d, only_digits=only_digits),
-                mmap=mmap,
-                source={"dataset": "emnist", "data_dir": str(d.resolve())},
-            )
+    if name == "emnist" and data_dir is None:
+        train, test = fetch_emnist_h5(
+            root, only_digits=only_digits, url=url, progress=progress, mmap=mmap
+        )
+    elif name == "emnist":
+        train, test = _emnist_h5_dir(root, Path(data_dir), only_digits, mmap)
     elif name == "emnist-sqlite":
         train, test = fetch_emnist_sqlite(
             root,
@@ -361,28 +336,70 @@ def load_dataset(
             progress=progress,
             mmap=mmap,
         )
-    else:  # leaf
-        if data_dir is None:
-            raise DataError(
-                "the 'leaf' dataset needs --data-dir: a LEAF FEMNIST directory with train/ "
-                "and test/ JSON shards."
-            )
-        if only_digits:
-            raise DataError(
-                "--only-digits is not available for 'leaf' (LEAF's FEMNIST is 62-class); "
-                "use 'emnist' or 'emnist-sqlite'."
-            )
-        d = Path(data_dir)
-        shards = sorted(d.glob("train/*.json")) + sorted(d.glob("test/*.json"))
-        if not shards:
-            # Let the loader produce its precise error (missing directories or shards).
-            train, test = load_leaf_dir(d)
-        else:
-            train, test = cached(
-                root,
-                source_key("leaf", shards),
-                lambda: load_leaf_dir(d),
-                mmap=mmap,
-                source={"dataset": "leaf", "data_dir": str(d.resolve())},
-            )
+    else:
+        train, test = _leaf(root, data_dir, only_digits, mmap)
     return select_clients(train, test, num_clients, seed)
+
+
+def _synthetic(
+    num_clients: int | None, only_digits: bool, seed: int
+) -> tuple[ClientData, ClientData]:
+    try:
+        from fedp13n.data.synthetic import make_synthetic_emnist
+    except ImportError as e:
+        raise DataError(f"the synthetic dataset is not available ({e}).") from None
+    kwargs: dict = {} if num_clients is None else {"num_clients": num_clients}
+    if only_digits:
+        kwargs["num_classes"] = 10
+    try:
+        return make_synthetic_emnist(**kwargs, seed=seed)
+    except ValueError as e:
+        raise DataError(f"synthetic dataset: {e}") from None
+
+
+def _emnist_h5_dir(
+    root: Path, d: Path, only_digits: bool, mmap: bool
+) -> tuple[ClientData, ClientData]:
+    """TFF's EMNIST HDF5 files in ``d`` (cached under ``root``)."""
+    files = [d / n for n in h5_file_names(only_digits)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataNotFoundError(
+            f"missing {', '.join(missing)}: --data-dir must hold TFF's "
+            f"{' and '.join(h5_file_names(only_digits))}."
+        )
+    return cached(
+        root,
+        source_key(f"h5-{_variant(only_digits)}", files),
+        lambda: load_h5_dir(d, only_digits=only_digits),
+        mmap=mmap,
+        source={"dataset": "emnist", "data_dir": str(d.resolve())},
+    )
+
+
+def _leaf(
+    root: Path, data_dir: str | Path | None, only_digits: bool, mmap: bool
+) -> tuple[ClientData, ClientData]:
+    """A LEAF FEMNIST directory's JSON shards (cached under ``root``)."""
+    if data_dir is None:
+        raise DataError(
+            "the 'leaf' dataset needs --data-dir: a LEAF FEMNIST directory with train/ "
+            "and test/ JSON shards."
+        )
+    if only_digits:
+        raise DataError(
+            "--only-digits is not available for 'leaf' (LEAF's FEMNIST is 62-class); "
+            "use 'emnist' or 'emnist-sqlite'."
+        )
+    d = Path(data_dir)
+    shards = sorted(d.glob("train/*.json")) + sorted(d.glob("test/*.json"))
+    if not shards:
+        # Let the loader produce its precise error (missing directories or shards).
+        return load_leaf_dir(d)
+    return cached(
+        root,
+        source_key("leaf", shards),
+        lambda: load_leaf_dir(d),
+        mmap=mmap,
+        source={"dataset": "leaf", "data_dir": str(d.resolve())},
+    )

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from fedp13n.data.validate import DataError
 
@@ -125,56 +126,19 @@ def download_file(
         out = open(part, "wb")  # noqa: SIM115 (closed below)
     except OSError as e:
         raise storage_error(e, "write the download", part, hint) from None
-    digest = hashlib.sha256()
-    received = 0
+    transfer = _Transfer(url, out, deadline, min_rate, stall_window)
     done = False
-    started = time.monotonic()
     try:
         with out, urllib.request.urlopen(url, timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             read = getattr(resp, "read1", resp.read)  # read1: whatever has arrived
-            window_start, window_bytes = started, 0
             with _progress(f"Downloading {target.name}", total, progress) as advance:
-                while True:
-                    chunk = read(_CHUNK)
-                    if not chunk:
-                        break
-                    try:
-                        out.write(chunk)
-                    except OSError as e:
-                        raise _WriteFailed(e) from None
-                    digest.update(chunk)
-                    received += len(chunk)
+                while chunk := read(_CHUNK):
+                    transfer.add(chunk)
                     advance(len(chunk))
-                    now = time.monotonic()
-                    if deadline is not None and now - started > deadline:
-                        raise DownloadError(
-                            f"download of {url} exceeded the deadline of {deadline:g} s "
-                            f"({received} bytes received). Nothing was cached; retry, or "
-                            f"raise ${DEADLINE_ENV}."
-                        )
-                    if min_rate is not None and now - window_start >= stall_window:
-                        rate = (received - window_bytes) / (now - window_start)
-                        if rate < min_rate:
-                            raise DownloadError(
-                                f"download of {url} stalled: {rate:.0f} bytes/s over the "
-                                f"last {now - window_start:.1f} s, below the minimum of "
-                                f"{min_rate:g} bytes/s ({received} bytes received). Nothing "
-                                f"was cached; retry later, or lower ${MIN_RATE_ENV}."
-                            )
-                        window_start, window_bytes = now, received
-        if total is not None and received != total:
-            raise DownloadError(
-                f"download of {url} was interrupted: got {received} of {total} bytes. "
-                "Nothing was cached; run the command again."
-            )
-        if sha256 is not None and digest.hexdigest() != sha256.lower():
-            raise DownloadError(
-                f"download of {url} is corrupt: SHA-256 {digest.hexdigest()} differs from "
-                f"the expected {sha256}. Nothing was cached; run the command again, or pass "
-                "a trusted --url."
-            )
+                    transfer.check_limits()
+        transfer.check_complete(total, sha256)
         try:
             os.replace(part, target)
         except OSError as e:
@@ -185,21 +149,87 @@ def download_file(
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         if isinstance(e, DownloadError):
             raise
-        if isinstance(e, urllib.error.HTTPError):
-            reason = f"HTTP {e.code} {e.reason}"
-        elif isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
-            reason = f"no data for {timeout:g} s; raise ${TIMEOUT_ENV} for a slow network"
-        else:
-            reason = getattr(e, "reason", None) or repr(e)
         raise DownloadError(
-            f"download of {url} failed or was interrupted after {received} bytes ({reason}). "
-            "Nothing was cached; check the network or the URL (--url) and run the "
-            "command again."
+            f"download of {url} failed or was interrupted after {transfer.received} bytes "
+            f"({_failure_reason(e, timeout)}). Nothing was cached; check the network or the "
+            "URL (--url) and run the command again."
         ) from None
     finally:
         if not done:
             part.unlink(missing_ok=True)
     return target
+
+
+class _Transfer:
+    """The bytes of one download as they arrive: written to ``out``, hashed and counted,
+    and held to the overall ``deadline`` and to ``min_rate`` over every ``stall_window``."""
+
+    def __init__(
+        self,
+        url: str,
+        out: BinaryIO,
+        deadline: float | None,
+        min_rate: float | None,
+        stall_window: float,
+    ) -> None:
+        self.url, self.out = url, out
+        self.deadline, self.min_rate, self.stall_window = deadline, min_rate, stall_window
+        self.digest = hashlib.sha256()
+        self.received = 0
+        self.started = time.monotonic()
+        self.window_start, self.window_bytes = self.started, 0
+
+    def add(self, chunk: bytes) -> None:
+        try:
+            self.out.write(chunk)
+        except OSError as e:
+            raise _WriteFailed(e) from None
+        self.digest.update(chunk)
+        self.received += len(chunk)
+
+    def check_limits(self) -> None:
+        """A DownloadError past the deadline, or when the last window was too slow."""
+        now, url, received = time.monotonic(), self.url, self.received
+        if self.deadline is not None and now - self.started > self.deadline:
+            raise DownloadError(
+                f"download of {url} exceeded the deadline of {self.deadline:g} s "
+                f"({received} bytes received). Nothing was cached; retry, or "
+                f"raise ${DEADLINE_ENV}."
+            )
+        if self.min_rate is not None and now - self.window_start >= self.stall_window:
+            rate = (received - self.window_bytes) / (now - self.window_start)
+            if rate < self.min_rate:
+                raise DownloadError(
+                    f"download of {url} stalled: {rate:.0f} bytes/s over the "
+                    f"last {now - self.window_start:.1f} s, below the minimum of "
+                    f"{self.min_rate:g} bytes/s ({received} bytes received). Nothing "
+                    f"was cached; retry later, or lower ${MIN_RATE_ENV}."
+                )
+            self.window_start, self.window_bytes = now, received
+
+    def check_complete(self, total: int | None, sha256: str | None) -> None:
+        """A DownloadError when fewer bytes came than announced or the digest differs."""
+        url, received = self.url, self.received
+        if total is not None and received != total:
+            raise DownloadError(
+                f"download of {url} was interrupted: got {received} of {total} bytes. "
+                "Nothing was cached; run the command again."
+            )
+        if sha256 is not None and self.digest.hexdigest() != sha256.lower():
+            raise DownloadError(
+                f"download of {url} is corrupt: SHA-256 {self.digest.hexdigest()} differs "
+                f"from the expected {sha256}. Nothing was cached; run the command again, or "
+                "pass a trusted --url."
+            )
+
+
+def _failure_reason(e: Exception, timeout: float | None) -> str:
+    """Why a download failed, in a few words."""
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+        return f"no data for {timeout:g} s; raise ${TIMEOUT_ENV} for a slow network"
+    return getattr(e, "reason", None) or repr(e)
 
 
 def _check_member(member: tarfile.TarInfo, root: Path) -> None:

@@ -545,6 +545,9 @@ class ExperimentConfig(TrainingSettings):
         return sum(s.rounds for s in self.resolved_stages())
 
     def validate(self) -> None:
+        """Every setting checked on its own and against the others (a one-line
+        :class:`ConfigError`); those that depend on the number of clients are checked by
+        :meth:`validate_against` once the data has loaded."""
         for f in dataclasses.fields(self):
             _check_type(f, getattr(self, f.name))
         if not 0 <= self.split_seed <= MAX_SPLIT_SEED:  # numpy's RandomState takes no other
@@ -561,6 +564,26 @@ class ExperimentConfig(TrainingSettings):
         _check_choice("model", self.model, MODEL_NAMES)
         _check_choice("executor", self.executor, EXECUTOR_KINDS)
         self.validate_training("")
+        self._validate_stages()
+        self._validate_counts()
+        self._validate_execution()
+        self._validate_strategies()
+        if self.dataset == "synthetic":  # its size is known: a split that cannot fit fails now
+            if self.synthetic_clients < MIN_CLIENTS:
+                raise ConfigError(
+                    f"synthetic_clients is {self.synthetic_clients}, too few for a split: it "
+                    f"needs at least {MIN_CLIENTS} (1 training and 1 personalization client); "
+                    f"set --synthetic-clients {MIN_CLIENTS} or more."
+                )
+            resolve_split(self, self.synthetic_clients)
+        tuned = [s.name for s in self.strategies if s.tuned]
+        if tuned and not self.num_val_clients:
+            raise ConfigError(
+                f"strategies {tuned} tune settings, which must be chosen on validation clients "
+                "that are not reported on: set num_val_clients (e.g. --num-val-clients 20)."
+            )
+
+    def _validate_stages(self) -> None:
         stages = self.resolved_stages()
         for s in stages:
             check_name("stage", s.name, "fedavg")
@@ -569,6 +592,8 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(f"stage names must be unique, got {names}.")
         for s in stages:
             s.validate_training(f"stage {s.name!r} " if self.stages else "")
+
+    def _validate_counts(self) -> None:
         for key in (
             "eval_every",
             "checkpoint_every",
@@ -591,6 +616,8 @@ class ExperimentConfig(TrainingSettings):
         check_non_negative_int("max_retries", self.max_retries, ConfigError)
         check_positive_int("engine_clients", self.engine_clients, ConfigError)
         check_positive_int("workers_per_gpu", self.workers_per_gpu, ConfigError)
+
+    def _validate_execution(self) -> None:
         _check_choice("precision", self.precision, ("fp32", "bf16", "tf32"))
         _check_choice("engine", self.engine, ("auto", "on", "off"))
         device = self.device.split(":")[0] if isinstance(self.device, str) else None
@@ -608,6 +635,8 @@ class ExperimentConfig(TrainingSettings):
                 f"ray_address only applies to executor 'ray', not {self.executor!r}; add "
                 "--executor ray."
             )
+
+    def _validate_strategies(self) -> None:
         if not self.strategies:
             raise ConfigError("at least one personalization strategy is needed.")
         names = [s.name for s in self.strategies]
@@ -617,20 +646,27 @@ class ExperimentConfig(TrainingSettings):
             s.validate()
             for params in s.grid():  # a bad kind or parameter fails now, naming the strategy
                 self.strategy_builder(s.with_params(params))
-        if self.dataset == "synthetic":  # its size is known: a split that cannot fit fails now
-            if self.synthetic_clients < MIN_CLIENTS:
+
+    def validate_against(self, num_clients: int) -> tuple[int, int]:
+        """The split sizes for a dataset of ``num_clients`` clients (:func:`resolve_split`)
+        and the one check of the settings that depend on them, made when the data has
+        loaded, before any training: every stage's ``clients_per_round`` against the
+        FedAvg clients, ``num_val_clients`` against the personalization clients (a
+        one-line :class:`ConfigError`). The run's later steps trust them."""
+        n_train, n_p13n = resolve_split(self, num_clients)
+        for stage in self.resolved_stages():
+            if stage.clients_per_round > n_train:
                 raise ConfigError(
-                    f"synthetic_clients is {self.synthetic_clients}, too few for a split: it "
-                    f"needs at least {MIN_CLIENTS} (1 training and 1 personalization client); "
-                    f"set --synthetic-clients {MIN_CLIENTS} or more."
+                    f"clients_per_round is {stage.clients_per_round} but there are only "
+                    f"{n_train} FedAvg clients; choose at most {n_train} "
+                    "(or more FedAvg clients, --num-train-clients)."
                 )
-            resolve_split(self, self.synthetic_clients)
-        tuned = [s.name for s in self.strategies if s.tuned]
-        if tuned and not self.num_val_clients:
+        if self.num_val_clients >= n_p13n:
             raise ConfigError(
-                f"strategies {tuned} tune settings, which must be chosen on validation clients "
-                "that are not reported on: set num_val_clients (e.g. --num-val-clients 20)."
+                f"num_val_clients is {self.num_val_clients} but there are only {n_p13n} "
+                "personalization clients to take them from; choose fewer."
             )
+        return n_train, n_p13n
 
     def with_absolute_paths(self) -> ExperimentConfig:
         """This config with its folders (:data:`FOLDER_KEYS`) absolute and normalised (no

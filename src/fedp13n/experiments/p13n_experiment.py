@@ -1,16 +1,18 @@
 """The personalization experiment end to end: data -> training stages -> personalization -> files.
 
 This is TFF's ``emnist_p13n_main.py`` (Jiang et al. 2019, "Improving Federated Learning
-Personalization via Model Agnostic Meta Learning") as a resumable run of named steps:
+Personalization via Model Agnostic Meta Learning") as a resumable :class:`Run` of named
+steps, each a method:
 
-1. :func:`prepare_data`: load the dataset and split the clients (TFF's split);
-2. :func:`train_global_model`: the training stages, each a FedAvg-style process run by
-   the shared round loop (:func:`fedp13n.algorithms.loop.run_rounds`) with callbacks
-   that append every round to ``fedavg_metrics.csv``, checkpoint the server state and
-   measure the global model;
-3. :func:`evaluate_personalization`: TFF's ``build_personalization_eval`` on sampled
-   personalization clients;
-4. :func:`write_results`: ``personalization.json``, ``per_client.csv``, ``summary.json``.
+1. :meth:`Run.prepare_data`: load the dataset and split the clients (TFF's split);
+2. :meth:`Run.train_global_model`: the training stages, each a FedAvg-style process run
+   by the shared round loop (:func:`fedp13n.algorithms.loop.run_rounds`) with callbacks
+   that measure the global model (and the personalization curve), append every round to
+   ``fedavg_metrics.csv`` and checkpoint the server state;
+3. :meth:`Run.evaluate_personalization`: TFF's ``build_personalization_eval`` on sampled
+   personalization clients, after :meth:`Run.tune_strategies` on the validation clients;
+4. :meth:`Run.write_results`: ``personalization.json``, ``per_client.csv``,
+   ``summary.json``; :meth:`Run.report`.
 
 ``resume=True`` continues from the last checkpoint with exactly the numbers an
 uninterrupted run would give (every random choice derives from the seed, the round and
@@ -43,7 +45,7 @@ from fedp13n.experiments.callbacks import (
     ProgressBar,
     TensorBoardLogger,
 )
-from fedp13n.experiments.config import ConfigError, ExperimentConfig, StageConfig, resolve_split
+from fedp13n.experiments.config import ConfigError, ExperimentConfig, StageConfig
 from fedp13n.reporting.result_report import per_client_rows
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir.integrity import config_edited, config_text_with_digest, writing
@@ -183,7 +185,7 @@ def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
 
 
 def build_stage_process(
-    config: ExperimentConfig, stage: StageConfig, executor: Any, compute: Compute | None = None
+    config: ExperimentConfig, stage: StageConfig, executor: Any, compute: Compute
 ) -> Any:
     """The training process of one stage (weighted FedAvg with the stage's optimizers)."""
     from fedp13n.algorithms import build_weighted_fed_avg
@@ -203,7 +205,6 @@ def build_stage_process(
     extra: dict[str, Any] = {"client_pipeline": stage.client_pipeline}
     if stage.local_steps is not None:
         extra["max_steps"] = stage.local_steps
-    compute = compute or Compute()
     return build_weighted_fed_avg(
         model_fn_for(config),
         client_optimizer_fn=client,
@@ -220,46 +221,7 @@ def build_stage_process(
     )
 
 
-# -- the steps ------------------------------------------------------------------------------------
-def prepare_data(config: ExperimentConfig, log: Log, *, progress: bool = True) -> ExperimentData:
-    """Load the dataset and split its clients into FedAvg and personalization clients."""
-    from fedp13n.data.datasets import download_notice, load_dataset
-    from fedp13n.data.split import split_clients
-
-    notice = download_notice(
-        config.dataset, config.data_dir, config.cache_dir, None, config.only_digits
-    )
-    if notice is not None:
-        log(notice)
-    t0 = time.perf_counter()
-    train, test = load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        cache_dir=config.cache_dir,
-        only_digits=config.only_digits,
-        num_clients=config.synthetic_clients if config.dataset == "synthetic" else None,
-        seed=config.seed,
-        progress=progress,
-    )
-    n_train, n_p13n = resolve_split(config, len(train))
-    train_ids, p13n_ids = split_clients(
-        list(train.client_ids), n_train, n_p13n, seed=config.split_seed
-    )
-    if config.num_val_clients >= len(p13n_ids):
-        raise ConfigError(
-            f"num_val_clients is {config.num_val_clients} but there are only {len(p13n_ids)} "
-            "personalization clients to take them from; choose fewer."
-        )
-    val_ids, p13n_ids = p13n_ids[: config.num_val_clients], p13n_ids[config.num_val_clients :]
-    log(
-        f"data: {config.dataset}, {len(train)} clients, {train.num_examples} train / "
-        f"{test.num_examples} test examples; split {len(train_ids)} FedAvg / "
-        + (f"{len(val_ids)} validation / " if val_ids else "")
-        + f"{len(p13n_ids)} personalization clients ({time.perf_counter() - t0:.1f} s)"
-    )
-    return ExperimentData(train, test, train_ids, p13n_ids, val_ids)
-
-
+# -- the run --------------------------------------------------------------------------------------
 def stage_bounds(stages: list[StageConfig]) -> list[tuple[StageConfig, int, int]]:
     """Each stage with its first round - 1 and its last round, counted over all stages."""
     out, start = [], 0
@@ -269,120 +231,389 @@ def stage_bounds(stages: list[StageConfig]) -> list[tuple[StageConfig, int, int]
     return out
 
 
-def train_global_model(
-    config: ExperimentConfig,
-    data: ExperimentData,
-    run_dir: Path,
-    executor: Any,
-    *,
-    resume: bool,
-    progress: bool,
-    log: Log,
-    tensorboard: TensorBoardLogger | None = None,
-    compute: Compute | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run every training stage (resuming from the last checkpoint); the final global
-    weights and all rounds' rows."""
-    from fedp13n.algorithms import (
-        ClientSelection,
-        latest_checkpoint,
-        load_checkpoint,
-        sample_clients,
-    )
-    from fedp13n.algorithms.loop import LearningGuard, fresh_server_state, run_rounds
+class Run:
+    """One run of the experiment into ``run_dir``: the context its steps share (the
+    config, the run directory, the data, the executor, the compute, progress and the
+    log) and the steps as methods, which :meth:`execute` runs in order. The settings
+    were checked where the config loaded and where the data's size became known
+    (``ExperimentConfig.validate_against``); the steps trust them."""
 
-    bounds = stage_bounds(config.resolved_stages())
-    total = bounds[-1][2]
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    state = load_checkpoint(ckpt) if ckpt is not None else None
-    if state is not None:
+    def __init__(
+        self, config: ExperimentConfig, run_dir: Path, *, resume: bool, progress: bool, log: Log
+    ) -> None:
+        self.config, self.run_dir = config, run_dir
+        self.resume, self.progress, self.log = resume, progress, log
+        self.data: ExperimentData  # set by prepare_data
+        self.compute = Compute()  # resolved by execute, once the data is loaded
+        self.executor: Any = None  # opened by execute for the training and evaluations
+        self.tensorboard: TensorBoardLogger | None = None
+
+    def execute(self) -> ExperimentResult:
+        """Every step, in order (:func:`run_experiment` holds the run directory's lock)."""
+        self.config = _open_run_dir(self.config, self.run_dir, resume=self.resume, log=self.log)
+        self.prepare_data()
+        self.compute = resolve_compute(self.config, self.log)
+        check_strategies_fit_model(self.config)
+        if self.config.tensorboard:  # one subfolder per run: a shared folder does not mix runs
+            self.tensorboard = TensorBoardLogger(self.config.tensorboard, self.run_dir.name)
+        try:
+            self.executor = self._make_executor()
+            with self.executor:
+                self.log(f"executor: {self.executor!r}")
+                with writing(self.run_dir / rd.FEDAVG_METRICS):  # checkpoints name themselves
+                    weights, rows = self.train_global_model()
+                self.save_global_weights(weights)
+                result, tuning = self.evaluate_personalization(weights)
+            summary = self.write_results(result, tuning)
+            self.report(summary)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+        return ExperimentResult(self.run_dir, self.config, rows, result, summary)
+
+    def _make_executor(self) -> Any:
+        from fedp13n.execution.factory import make_executor
+
+        config = self.config
+        try:
+            return make_executor(
+                config.executor,
+                num_workers=config.workers,
+                ray_address=config.ray_address,
+                task_timeout=config.task_timeout,
+                max_retries=config.max_retries,
+                gpus=executor_gpus(self.compute),
+                workers_per_gpu=config.workers_per_gpu,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    # -- data ---------------------------------------------------------------------------------
+    def prepare_data(self) -> ExperimentData:
+        """Load the dataset, split its clients into FedAvg, validation and personalization
+        clients (TFF's split; the settings that depend on the number of clients checked
+        here, once: ``ExperimentConfig.validate_against``) and write it to ``split.json``."""
+        from fedp13n.data.datasets import download_notice, load_dataset
+        from fedp13n.data.split import split_clients
+
+        config = self.config
+        notice = download_notice(
+            config.dataset, config.data_dir, config.cache_dir, None, config.only_digits
+        )
+        if notice is not None:
+            self.log(notice)
+        t0 = time.perf_counter()
+        train, test = load_dataset(
+            config.dataset,
+            data_dir=config.data_dir,
+            cache_dir=config.cache_dir,
+            only_digits=config.only_digits,
+            num_clients=config.synthetic_clients if config.dataset == "synthetic" else None,
+            seed=config.seed,
+            progress=self.progress,
+        )
+        n_train, n_p13n = config.validate_against(len(train))  # checked here, once
+        train_ids, p13n_ids = split_clients(
+            list(train.client_ids), n_train, n_p13n, seed=config.split_seed
+        )
+        n_val = config.num_val_clients
+        data = ExperimentData(train, test, train_ids, p13n_ids[n_val:], p13n_ids[:n_val])
+        self.log(
+            f"data: {config.dataset}, {len(train)} clients, {train.num_examples} train / "
+            f"{test.num_examples} test examples; split {len(train_ids)} FedAvg / "
+            + (f"{n_val} validation / " if n_val else "")
+            + f"{len(data.p13n_ids)} personalization clients "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+        split = {"fedavg": train_ids, "validation": data.val_ids, "personalization": data.p13n_ids}
+        with writing(self.run_dir / rd.SPLIT):
+            atomic_write(self.run_dir / rd.SPLIT, json.dumps(split, indent=1))
+        self.data = data
+        return data
+
+    # -- the global model ---------------------------------------------------------------------
+    def train_global_model(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Run every training stage (resuming from the last checkpoint); the final global
+        weights and all rounds' rows."""
+        bounds = stage_bounds(self.config.resolved_stages())
+        total = bounds[-1][2]
+        state = self._resumed_state(total)
+        metrics_csv = MetricsCsv(
+            self.run_dir / rd.FEDAVG_METRICS,
+            keep_until_round=state.round_num if state is not None else 0,
+        )
+        last = _LastRecordedState()  # its row is written: checkpointed on Ctrl-C
+        bar = ProgressBar(total) if self.progress else None
+        callbacks = [
+            *self._evaluation_callbacks(total),
+            metrics_csv,
+            last,
+            *self._recording_callbacks(bounds, total, bar),
+        ]
+        try:
+            process, state = self._run_stages(bounds, state, callbacks, bar)
+        except KeyboardInterrupt:
+            last.save(self.run_dir)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        if process is None:  # no round to run: zero rounds, or all done before a resume
+            process = build_stage_process(self.config, bounds[-1][0], self.executor, self.compute)
+            state = state if state is not None else process.initialize()
+        self._log_global_accuracy(metrics_csv.rows, total)
+        return process.get_model_weights(state), metrics_csv.rows
+
+    def _resumed_state(self, total: int) -> Any:
+        """The server state of the newest checkpoint with ``resume`` (None: start afresh)."""
+        from fedp13n.algorithms import latest_checkpoint, load_checkpoint
+
+        ckpt = latest_checkpoint(self.run_dir) if self.resume else None
+        if ckpt is None:
+            return None
+        state = load_checkpoint(ckpt)
         if state.round_num > total:
             raise ConfigError(
                 f"{ckpt} is from round {state.round_num}, beyond the {total} rounds of this "
                 "configuration; resume with at least that many rounds (--rounds)."
             )
-        log(f"resumed from {ckpt} (round {state.round_num})")
-    done = state.round_num if state is not None else 0
-    metrics_csv = MetricsCsv(run_dir / rd.FEDAVG_METRICS, keep_until_round=done)
-    global_eval = GlobalEvaluation(
-        functools.partial(_evaluate_global, config, data, compute), config.eval_every, total
-    )
-    callbacks = [global_eval]
-    if config.p13n_eval_every:
-        callbacks.append(
-            PersonalizationCurve(
-                functools.partial(_personalized_accuracy, config, data, executor, compute),
-                config.p13n_eval_every,
-                total,
+        self.log(f"resumed from {ckpt} (round {state.round_num})")
+        return state
+
+    def _evaluation_callbacks(self, total: int) -> list[Callback]:
+        """The global model's test metrics and, when asked for, the personalization curve:
+        before the callbacks that record the round's row (they add to it)."""
+        config = self.config
+        callbacks: list[Callback] = [
+            GlobalEvaluation(self.evaluate_global, config.eval_every, total)
+        ]
+        if config.p13n_eval_every:
+            callbacks.append(
+                PersonalizationCurve(self.personalized_accuracy, config.p13n_eval_every, total)
             )
-        )
-    last = _LastRecordedState()  # its row is written: checkpointed on Ctrl-C
-    callbacks += [
-        metrics_csv,
-        last,
-        Checkpointer(
-            run_dir,
-            config.checkpoint_every,
-            {end for _, _, end in bounds},
-            keep=config.keep_checkpoints,
-        ),
-        LearningGuard(),
-    ]
-    if tensorboard is not None:
-        callbacks.append(tensorboard)
-    bar = ProgressBar(total) if progress else None
-    callbacks.append(bar if bar is not None else LogLines(log, total))
+        return callbacks
 
-    for stage, _, _ in bounds:
-        if stage.clients_per_round > len(data.train_ids):
-            raise ConfigError(
-                f"clients_per_round is {stage.clients_per_round} but there are only "
-                f"{len(data.train_ids)} FedAvg clients; choose at most {len(data.train_ids)} "
-                "(or more FedAvg clients, --num-train-clients)."
-            )
+    def _recording_callbacks(
+        self, bounds: list[tuple[StageConfig, int, int]], total: int, bar: ProgressBar | None
+    ) -> list[Callback]:
+        """Checkpoints, the guard against a model that stopped learning, TensorBoard and
+        the progress (a bar, or a log line per round)."""
+        from fedp13n.algorithms.loop import LearningGuard
 
-    def select(stage: StageConfig, round_num: int) -> Any:
-        ids = sample_clients(
-            data.train_ids, stage.clients_per_round, seed=config.seed, round_num=round_num
-        )
-        return ClientSelection(data.train, ids)
+        callbacks = [
+            Checkpointer(
+                self.run_dir,
+                self.config.checkpoint_every,
+                {end for _, _, end in bounds},
+                keep=self.config.keep_checkpoints,
+            ),
+            LearningGuard(),
+        ]
+        if self.tensorboard is not None:
+            callbacks.append(self.tensorboard)
+        callbacks.append(bar if bar is not None else LogLines(self.log, total))
+        return callbacks
 
-    process = None
-    try:
+    def _run_stages(
+        self,
+        bounds: list[tuple[StageConfig, int, int]],
+        state: Any,
+        callbacks: list[Callback],
+        bar: ProgressBar | None,
+    ) -> tuple[Any, Any]:
+        """The rounds of every stage not done yet, from ``state`` (None: a fresh start);
+        the last stage's process (None: no round to run) and the final state."""
+        from fedp13n.algorithms.loop import fresh_server_state, run_rounds
+
+        process = None
         for stage, start, end in bounds:
-            if done >= end:
+            if (state.round_num if state is not None else 0) >= end:
                 continue
-            process = build_stage_process(config, stage, executor, compute)
+            process = build_stage_process(self.config, stage, self.executor, self.compute)
             if state is None:
                 state = process.initialize()
             elif state.round_num == start:  # entering the stage: a fresh server optimizer
                 state = fresh_server_state(process, state.model, start)
             if len(bounds) > 1:
-                log(f"stage {stage.name!r}: rounds {start + 1}-{end}")
+                self.log(f"stage {stage.name!r}: rounds {start + 1}-{end}")
             if bar is not None:
                 bar.start(state.round_num, stage.name)
-            state = run_rounds(
-                process, state, end, functools.partial(select, stage), callbacks
-            ).state
-            done = state.round_num
-    except KeyboardInterrupt:
-        last.save(run_dir)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    if process is None:  # no round to run: zero rounds, or all done before a resume
-        process = build_stage_process(config, bounds[-1][0], executor, compute)
-        state = state if state is not None else process.initialize()
-    weights = process.get_model_weights(state)
-    final = metrics_csv.rows[-1] if metrics_csv.rows else {}
-    if final.get("eval_accuracy") not in (None, ""):
-        log(
-            f"global model after {total} rounds: accuracy {float(final['eval_accuracy']):.4f} "
-            f"on the test data of {min(config.num_global_eval_clients, len(data.train_ids))} "
-            "training clients"
+            select = functools.partial(self._select_clients, stage)
+            state = run_rounds(process, state, end, select, callbacks).state
+        return process, state
+
+    def _select_clients(self, stage: StageConfig, round_num: int) -> Any:
+        """The round's clients: a sample of the FedAvg clients from the seed and the round."""
+        from fedp13n.algorithms import ClientSelection, sample_clients
+
+        ids = sample_clients(
+            self.data.train_ids, stage.clients_per_round, seed=self.config.seed, round_num=round_num
         )
-    return weights, metrics_csv.rows
+        return ClientSelection(self.data.train, ids)
+
+    def _log_global_accuracy(self, rows: list[dict[str, Any]], total: int) -> None:
+        final = rows[-1] if rows else {}
+        if final.get("eval_accuracy") not in (None, ""):
+            self.log(
+                f"global model after {total} rounds: accuracy "
+                f"{float(final['eval_accuracy']):.4f} on the test data of "
+                f"{min(self.config.num_global_eval_clients, len(self.data.train_ids))} "
+                "training clients"
+            )
+
+    def evaluate_global(self, weights: Mapping[str, Any]) -> dict[str, float]:
+        """The global model on the test data of the first ``num_global_eval_clients``
+        training clients, as one dataset (in the run's precision)."""
+        from fedp13n.data import ClientDataset
+        from fedp13n.personalization import evaluate_fn
+        from fedp13n.utils.device import resolve_precision
+
+        compute = self.compute
+        held_out = self.data.test.subset(self.data.train_ids[: self.config.num_global_eval_clients])
+        dataset = ClientDataset(held_out.x, held_out.y)
+        model = model_fn_for(self.config)()
+        if compute.device_name != "cpu":
+            model, dataset = model.to(compute.device), dataset.to(compute.device)
+        model.load_state_dict(weights)
+        with resolve_precision(compute.precision, compute.device):
+            return dict(evaluate_fn(model, dataset))
+
+    def save_global_weights(self, weights: Mapping[str, Any]) -> None:
+        """``global_weights.pt``: the trained global model's state dict."""
+        import torch
+
+        path = self.run_dir / rd.GLOBAL_WEIGHTS
+        with writing(path), atomic_writer(path, "wb") as f:
+            torch.save(weights, f)
+
+    # -- personalization ----------------------------------------------------------------------
+    def _evaluate(
+        self, fn_dict: OrderedDict, weights: Any, ids: list[str], what: str, *, shown: bool = True
+    ) -> Any:
+        """The personalization evaluation of ``fn_dict`` on the clients ``ids`` (its
+        progress ``shown``: a bar, or log lines)."""
+        inputs = _client_inputs(self.data, ids, self.compute)
+        return _run_eval(
+            self.config, fn_dict, weights, inputs, self.executor, self.progress and shown,
+            what, self.compute, self.log if shown else None,
+        )  # fmt: skip
+
+    def personalized_accuracy(self, weights: Mapping[str, Any]) -> float:
+        """Mean accuracy after the first strategy's last evaluation, on the evaluation
+        clients (untuned settings: a curve over rounds, not a result)."""
+        config = self.config
+        first = config.strategies[0]
+        strategy = first.with_params(first.grid()[0]) if first.tuned else first
+        fn_dict = OrderedDict([(first.name, config.strategy_builder(strategy))])
+        ids = eval_client_ids(config, self.data)
+        result = self._evaluate(fn_dict, weights, ids, "curve", shown=False)
+        curve = mean_accuracy_by_epoch(result[first.name])
+        return curve[list(curve)[-1]]
+
+    def tune_strategies(self, weights: Any) -> tuple[ExperimentConfig, dict[str, Any]]:
+        """Choose every tuned strategy's settings (and epoch) on the validation clients.
+
+        Each combination of a strategy's ``tune`` candidates runs on every validation
+        client; the one with the highest mean validation accuracy (at its last evaluation,
+        or at the best epoch with ``select_epoch``) wins, ties going to the first. Untuned
+        strategies run there too: the report's best strategy and epoch is chosen on these
+        clients (``validation_accuracy`` in the record: strategy -> ``epoch_k`` -> mean
+        accuracy, of the chosen settings). Returns the config with the chosen settings
+        and the record written to ``tuning.json``.
+        """
+        config, val_ids = self.config, self.data.val_ids
+        tuned = [s.name for s in config.strategies if s.tuned]
+        variants: OrderedDict[str, tuple[Any, dict]] = OrderedDict(
+            (f"{s.name}~{i}", (s, params))
+            for s in config.strategies
+            for i, params in enumerate(s.grid())
+        )
+        fn_dict = OrderedDict(
+            (name, config.strategy_builder(s.with_params(params)))
+            for name, (s, params) in variants.items()
+        )
+        self.log(f"validation: {len(variants)} settings on {len(val_ids)} validation clients"
+                 + (f" (tuning {tuned})" if tuned else ""))  # fmt: skip
+        result = self._evaluate(fn_dict, weights, val_ids, "validation")
+        record: dict[str, Any] = {
+            "validation_client_ids": list(val_ids),
+            "strategies": {},
+            "validation_accuracy": {},
+        }
+        chosen_strategies = []
+        for s in config.strategies:
+            if not s.tuned:
+                chosen_strategies.append(s)
+                curve = mean_accuracy_by_epoch(result[f"{s.name}~0"])
+                record["validation_accuracy"][s.name] = curve
+                continue
+            runs = [(params, result[name]) for name, (o, params) in variants.items() if o is s]
+            best, record["strategies"][s.name] = _choose_settings(s, runs)
+            record["validation_accuracy"][s.name] = best["validation_accuracy"]
+            chosen_strategies.append(s.with_params(best["params"]))
+            self.log(
+                f"tuned {s.name!r} on {len(val_ids)} validation clients: {best['params']}"
+                + (f", {best['epoch'].replace('_', ' ')}" if s.select_epoch else "")
+                + f" (validation accuracy {best['validation_accuracy'][best['epoch']]:.4f})"
+            )
+        return config.replace(strategies=chosen_strategies), record
+
+    def evaluate_personalization(self, weights: Mapping[str, Any]) -> tuple[Any, dict | None]:
+        """TFF's personalization evaluation of ``weights`` on ``num_eval_clients`` sampled
+        personalization clients (sampled once, here), after tuning any tuned strategy on
+        the validation clients (and measuring every strategy there); the result and the
+        tuning record (None without validation clients)."""
+        config, tuning = self.config, None
+        if self.data.val_ids:  # tune there, and measure every strategy there (for "best")
+            config, tuning = self.tune_strategies(weights)
+        eval_ids = eval_client_ids(config, self.data)
+        self.log(
+            f"personalization: {len(eval_ids)} clients, strategies "
+            + ", ".join(f"{s.name} ({_describe(s)})" for s in config.strategies)
+        )
+        t0 = time.perf_counter()
+        result = self._evaluate(
+            personalize_fn_dict_for(config), weights, eval_ids, "personalization"
+        )
+        seconds = time.perf_counter() - t0
+        self.log(
+            f"personalization took {seconds:.1f} s "
+            f"({len(eval_ids) / max(seconds, 1e-9):.2f} clients/s)"
+        )
+        for line in diverged_clients(result):
+            warnings.warn(line, RuntimeWarning, stacklevel=2)
+        return result, tuning
+
+    # -- results ------------------------------------------------------------------------------
+    def write_results(self, result: Any, tuning: dict[str, Any] | None = None) -> Any:
+        """``personalization.json``, ``per_client.csv``, ``tuning.json`` (when strategies
+        were tuned) and ``summary.json``; the Summary. A full disk: :class:`NoSpaceError`."""
+        from fedp13n.reporting import summarize_run, write_summary_json
+
+        run_dir = self.run_dir
+        result_json = result.to_dict()
+        if tuning is not None:
+            with writing(run_dir / rd.TUNING):
+                atomic_write(run_dir / rd.TUNING, json.dumps(tuning, indent=1))
+        with writing(run_dir / rd.PERSONALIZATION):
+            atomic_write(run_dir / rd.PERSONALIZATION, json.dumps(result_json, indent=1))
+        train_sizes = {c: self.data.train.size(c) for c in result_json["client_ids"]}
+        path = run_dir / rd.PER_CLIENT
+        with writing(path), atomic_writer(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
+            w.writeheader()
+            w.writerows(per_client_rows(result_json, train_sizes))
+        summary = summarize_run(run_dir)
+        with writing(run_dir / rd.SUMMARY):
+            write_summary_json(run_dir, summary)  # last: its presence marks the run finished
+        return summary
+
+    def report(self, summary: Any) -> None:
+        """The headline numbers to TensorBoard (the HTML report is the CLI's: ``--report``)."""
+        if self.tensorboard is not None:
+            self.tensorboard.log_personalization(
+                summary, self.config.total_rounds, self.config.to_dict()
+            )
 
 
 class _LastRecordedState(Callback):
@@ -406,34 +637,9 @@ class _LastRecordedState(Callback):
             save_checkpoint(path, self.state)
 
 
-def _evaluate_global(
-    config: ExperimentConfig,
-    data: ExperimentData,
-    compute: Compute | None,
-    weights: Mapping[str, Any],
-) -> dict[str, float]:
-    """The global model on the test data of the first ``num_global_eval_clients``
-    training clients, as one dataset (in the run's precision)."""
-    from fedp13n.data import ClientDataset
-    from fedp13n.personalization import evaluate_fn
-    from fedp13n.utils.device import resolve_precision
-
-    compute = compute or Compute()
-    held_out = data.test.subset(data.train_ids[: config.num_global_eval_clients])
-    dataset = ClientDataset(held_out.x, held_out.y)
-    model = model_fn_for(config)()
-    if compute.device_name != "cpu":
-        model, dataset = model.to(compute.device), dataset.to(compute.device)
-    model.load_state_dict(weights)
-    with resolve_precision(compute.precision, compute.device):
-        return dict(evaluate_fn(model, dataset))
-
-
-def _client_inputs(
-    data: ExperimentData, ids: list[str], compute: Compute | None = None
-) -> list[OrderedDict]:
+def _client_inputs(data: ExperimentData, ids: list[str], compute: Compute) -> list[OrderedDict]:
     """TFF's client inputs; on a device, resident there (the run's data is copied once)."""
-    device = None if compute is None or compute.device_name == "cpu" else compute.device
+    device = None if compute.device_name == "cpu" else compute.device
     return [
         OrderedDict(
             client_id=c,
@@ -463,6 +669,7 @@ def _run_eval(
     from fedp13n.execution.base import ClientWorkError
     from fedp13n.personalization import build_personalization_eval, evaluate_fn
 
+    compute = compute or Compute()
     p13n_eval = build_personalization_eval(
         model_fn_for(config),
         fn_dict,
@@ -470,15 +677,15 @@ def _run_eval(
         max_num_samples=max(1, len(inputs)),  # already sampled: keep them all
         seed=config.seed,
         executor=executor,
-        engine=(compute or Compute()).engine,
-        precision=(compute or Compute()).precision,
-        device=(compute or Compute()).device_name,
-        deterministic=(compute or Compute()).deterministic,
+        engine=compute.engine,
+        precision=compute.precision,
+        device=compute.device_name,
+        deterministic=compute.deterministic,
     )
     if not inputs or not (progress or log is not None):
         return p13n_eval(weights, inputs)
     size = len(inputs)
-    if (compute or Compute()).engine is None:
+    if compute.engine is None:
         size = progress_slice(len(inputs), executor.num_workers)
     parts = []
     with ClientProgress(what, len(inputs), bar=progress, log=None if progress else log) as shown:
@@ -585,79 +792,28 @@ def check_strategies_fit_model(config: ExperimentConfig) -> None:
                 ) from None
 
 
-def tune_strategies(
-    config: ExperimentConfig,
-    data: ExperimentData,
-    weights,
-    executor,
-    *,
-    progress,
-    log,
-    compute: Compute | None = None,
-) -> tuple[ExperimentConfig, dict[str, Any]]:
-    """Choose every tuned strategy's settings (and epoch) on the validation clients.
-
-    Each combination of a strategy's ``tune`` candidates runs on every validation client;
-    the one with the highest mean validation accuracy (at its last evaluation, or at the
-    best epoch with ``select_epoch``) wins, ties going to the first. Untuned strategies
-    run there too: the report's best strategy and epoch is chosen on these clients
-    (``validation_accuracy`` in the record: strategy -> ``epoch_k`` -> mean accuracy, of
-    the chosen settings). Returns the config with the chosen settings and the record
-    written to ``tuning.json``.
-    """
-    tuned = [s for s in config.strategies if s.tuned]
-    variants: OrderedDict[str, tuple[Any, dict]] = OrderedDict()
-    for s in config.strategies:
-        for i, params in enumerate(s.grid()):
-            variants[f"{s.name}~{i}"] = (s, params)
-    fn_dict = OrderedDict(
-        (name, config.strategy_builder(s.with_params(params)))
-        for name, (s, params) in variants.items()
+def _choose_settings(strategy: Any, runs: list[tuple[dict, Any]]) -> tuple[dict, dict]:
+    """The best of a tuned strategy's settings (``runs``: each one's parameters and its
+    result on the validation clients): the highest mean accuracy at its last evaluation,
+    or at its best epoch with ``select_epoch``, ties going to the first. The winning
+    candidate and the record of the choice (``tuning.json``'s entry for the strategy)."""
+    candidates = []
+    for params, result in runs:
+        curve = mean_accuracy_by_epoch(result)
+        last = list(curve)[-1]
+        epoch = max(curve, key=lambda e: (curve[e], -list(curve).index(e))) if \
+            strategy.select_epoch else last  # fmt: skip
+        candidates.append({"params": params, "validation_accuracy": curve, "epoch": epoch})
+    best = max(
+        candidates,
+        key=lambda c: (c["validation_accuracy"][c["epoch"]], -candidates.index(c)),
     )
-    log(f"validation: {len(variants)} settings on {len(data.val_ids)} validation clients"
-        + (f" (tuning {[s.name for s in tuned]})" if tuned else ""))  # fmt: skip
-    result = _run_eval(
-        config, fn_dict, weights, _client_inputs(data, data.val_ids, compute), executor, progress,
-        "validation", compute, log,
-    )  # fmt: skip
-    record: dict[str, Any] = {
-        "validation_client_ids": list(data.val_ids),
-        "strategies": {},
-        "validation_accuracy": {},
+    return best, {
+        "chosen": best["params"],
+        "chosen_epoch": best["epoch"] if strategy.select_epoch else None,
+        "validation_accuracy": best["validation_accuracy"][best["epoch"]],
+        "candidates": candidates,
     }
-    chosen_strategies = []
-    for s in config.strategies:
-        if not s.tuned:
-            chosen_strategies.append(s)
-            record["validation_accuracy"][s.name] = mean_accuracy_by_epoch(result[f"{s.name}~0"])
-            continue
-        candidates = []
-        for name, (owner, params) in variants.items():
-            if owner is not s:
-                continue
-            curve = mean_accuracy_by_epoch(result[name])
-            last = list(curve)[-1]
-            epoch = max(curve, key=lambda e: (curve[e], -list(curve).index(e))) if \
-                s.select_epoch else last  # fmt: skip
-            candidates.append({"params": params, "validation_accuracy": curve, "epoch": epoch})
-        best = max(
-            candidates,
-            key=lambda c: (c["validation_accuracy"][c["epoch"]], -candidates.index(c)),
-        )
-        record["strategies"][s.name] = {
-            "chosen": best["params"],
-            "chosen_epoch": best["epoch"] if s.select_epoch else None,
-            "validation_accuracy": best["validation_accuracy"][best["epoch"]],
-            "candidates": candidates,
-        }
-        record["validation_accuracy"][s.name] = best["validation_accuracy"]
-        chosen_strategies.append(s.with_params(best["params"]))
-        log(
-            f"tuned {s.name!r} on {len(data.val_ids)} validation clients: {best['params']}"
-            + (f", {best['epoch'].replace('_', ' ')}" if s.select_epoch else "")
-            + f" (validation accuracy {best['validation_accuracy'][best['epoch']]:.4f})"
-        )
-    return config.replace(strategies=chosen_strategies), record
 
 
 def eval_client_ids(config: ExperimentConfig, data: ExperimentData) -> list[str]:
@@ -675,64 +831,6 @@ def _describe(s: Any) -> str:
     else:
         text = f"{s.optimizer}, its default lr" if s.optimizer else "its default optimizer"
     return text if s.kind == "finetune" else f"{s.kind}, {text}"
-
-
-def _personalized_accuracy(
-    config: ExperimentConfig,
-    data: ExperimentData,
-    executor: Any,
-    compute: Compute | None,
-    weights: Mapping[str, Any],
-) -> float:
-    """Mean accuracy after the first strategy's last evaluation, on the evaluation clients
-    (untuned settings: a curve over rounds, not a result)."""
-    first = config.strategies[0]
-    strategy = first.with_params(first.grid()[0]) if first.tuned else first
-    fn_dict = OrderedDict([(first.name, config.strategy_builder(strategy))])
-    inputs = _client_inputs(data, eval_client_ids(config, data), compute)
-    result = _run_eval(config, fn_dict, weights, inputs, executor, False, "curve", compute)
-    curve = mean_accuracy_by_epoch(result[first.name])
-    return curve[list(curve)[-1]]
-
-
-def evaluate_personalization(
-    config: ExperimentConfig,
-    data: ExperimentData,
-    weights: Mapping[str, Any],
-    executor: Any,
-    *,
-    progress: bool,
-    log: Log,
-    compute: Compute | None = None,
-) -> tuple[Any, dict[str, Any] | None]:
-    """TFF's personalization evaluation of ``weights`` on ``num_eval_clients`` sampled
-    personalization clients (sampled once, here), after tuning any tuned strategy on the
-    validation clients (and measuring every strategy there); the result and the tuning
-    record (None without validation clients)."""
-    tuning = None
-    if data.val_ids:  # tune there, and measure every strategy there (the best is chosen there)
-        config, tuning = tune_strategies(
-            config, data, weights, executor, progress=progress, log=log, compute=compute
-        )
-    eval_ids = eval_client_ids(config, data)
-    client_inputs = _client_inputs(data, eval_ids, compute)
-    log(
-        f"personalization: {len(eval_ids)} clients, strategies "
-        + ", ".join(f"{s.name} ({_describe(s)})" for s in config.strategies)
-    )
-    t0 = time.perf_counter()
-    result = _run_eval(
-        config, personalize_fn_dict_for(config), weights, client_inputs, executor, progress,
-        "personalization", compute, log,
-    )  # fmt: skip
-    seconds = time.perf_counter() - t0
-    log(
-        f"personalization took {seconds:.1f} s "
-        f"({len(client_inputs) / max(seconds, 1e-9):.2f} clients/s)"
-    )
-    for line in diverged_clients(result):
-        warnings.warn(line, RuntimeWarning, stacklevel=2)
-    return result, tuning
 
 
 def diverged_clients(result: Mapping[str, Any]) -> list[str]:
@@ -765,32 +863,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def write_results(
-    run_dir: Path, result: Any, data: ExperimentData, tuning: dict[str, Any] | None = None
-) -> Any:
-    """``personalization.json``, ``per_client.csv``, ``tuning.json`` (when strategies were
-    tuned) and ``summary.json``; the Summary. A full disk: :class:`NoSpaceError`."""
-    from fedp13n.reporting import summarize_run, write_summary_json
-
-    result_json = result.to_dict()
-    if tuning is not None:
-        with writing(run_dir / rd.TUNING):
-            atomic_write(run_dir / rd.TUNING, json.dumps(tuning, indent=1))
-    with writing(run_dir / rd.PERSONALIZATION):
-        atomic_write(run_dir / rd.PERSONALIZATION, json.dumps(result_json, indent=1))
-    train_sizes = {c: data.train.size(c) for c in result_json["client_ids"]}
-    path = run_dir / rd.PER_CLIENT
-    with writing(path), atomic_writer(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
-        w.writeheader()
-        w.writerows(per_client_rows(result_json, train_sizes))
-    summary = summarize_run(run_dir)
-    with writing(run_dir / rd.SUMMARY):
-        write_summary_json(run_dir, summary)  # last: its presence marks the run finished
-    return summary
-
-
-# -- the run ------------------------------------------------------------------------------------
+# -- the entry point ------------------------------------------------------------------------------
 def run_experiment(
     config: ExperimentConfig,
     run_dir: str | Path,
@@ -821,7 +894,7 @@ def run_experiment(
     with run_dir_lock(run_dir):
         try:
             with writing(run_dir):  # a full disk: NoSpaceError naming the file
-                return _run(config, run_dir, resume=resume, progress=progress, log=log)
+                return Run(config, run_dir, resume=resume, progress=progress, log=log).execute()
         except RunInterrupted:
             raise
         except KeyboardInterrupt:
@@ -840,59 +913,6 @@ def _check_not_a_sweep_dir(run_dir: Path) -> None:
             f"--output-dir {run_dir} is a sweep directory (written by 'fedp13n sweep'), not "
             "a run directory; give the run its own --output-dir."
         )
-
-
-def _run(
-    config: ExperimentConfig, run_dir: Path, *, resume: bool, progress: bool, log: Log
-) -> ExperimentResult:
-    from fedp13n.execution.factory import make_executor
-
-    config = _open_run_dir(config, run_dir, resume=resume, log=log)
-    data = prepare_data(config, log, progress=progress)
-    split = {"fedavg": data.train_ids, "validation": data.val_ids, "personalization": data.p13n_ids}
-    with writing(run_dir / rd.SPLIT):
-        atomic_write(run_dir / rd.SPLIT, json.dumps(split, indent=1))
-    compute = resolve_compute(config, log)
-    check_strategies_fit_model(config)
-    tensorboard = None
-    if config.tensorboard:  # one subfolder per run: a shared folder does not mix runs
-        tensorboard = TensorBoardLogger(config.tensorboard, run_dir.name)
-    try:
-        executor = make_executor(
-            config.executor,
-            num_workers=config.workers,
-            ray_address=config.ray_address,
-            task_timeout=config.task_timeout,
-            max_retries=config.max_retries,
-            gpus=executor_gpus(compute),
-            workers_per_gpu=config.workers_per_gpu,
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    try:
-        with executor:
-            log(f"executor: {executor!r}")
-            with writing(run_dir / rd.FEDAVG_METRICS):  # checkpoints name themselves
-                weights, rows = train_global_model(
-                    config, data, run_dir, executor,
-                    resume=resume, progress=progress, log=log, tensorboard=tensorboard,
-                    compute=compute,
-                )  # fmt: skip
-            import torch
-
-            path = run_dir / rd.GLOBAL_WEIGHTS
-            with writing(path), atomic_writer(path, "wb") as f:
-                torch.save(weights, f)
-            result, tuning = evaluate_personalization(
-                config, data, weights, executor, progress=progress, log=log, compute=compute
-            )
-        summary = write_results(run_dir, result, data, tuning)
-        if tensorboard is not None:
-            tensorboard.log_personalization(summary, config.total_rounds, config.to_dict())
-    finally:
-        if tensorboard is not None:
-            tensorboard.close()
-    return ExperimentResult(run_dir, config, rows, result, summary)
 
 
 #: Settings a resumed run may change: they change where and how it runs, not its numbers

@@ -169,18 +169,7 @@ def build_personalization_eval(
             f"{baseline_evaluate_fn!r} (e.g. fedp13n.personalization.evaluate_fn)."
         )
     strategies = _check_strategies(personalize_fn_dict)
-    if not isinstance(max_num_samples, numbers.Integral) or isinstance(max_num_samples, bool):
-        raise TypeError(f"max_num_samples must be an int, got {max_num_samples!r}.")
-    if max_num_samples < 1:
-        raise ValueError(f"max_num_samples must be a positive integer, got {max_num_samples}.")
-    max_num_samples = int(max_num_samples)
-    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)):
-        raise TypeError(f"seed must be an int or None, got {seed!r}.")
-    if executor is not None and not isinstance(executor, Executor):
-        raise TypeError(
-            f"executor must be a fedp13n Executor (or None for in-process), got {executor!r}."
-        )
-    check_bool("deterministic", deterministic)
+    max_num_samples = _check_eval_settings(max_num_samples, seed, executor, deterministic)
     from fedp13n.engine import compute_beside
 
     device, precision = compute_beside(engine, device, precision)
@@ -203,9 +192,7 @@ def build_personalization_eval(
         weights = _check_weights(probe, model_weights)
         inputs = _check_client_inputs(client_inputs)
         for ci in inputs:
-            where = f"client {ci['client_id']!r}"
-            check_fits_model(probe, ci["train_data"], f"train_data of {where}")
-            check_fits_model(probe, ci["test_data"], f"test_data of {where}")
+            _check_fits(probe, ci)
         run_seed = secrets.randbits(63) if seed is None else int(seed)
         if not inputs:
             if not empty_structure:
@@ -215,30 +202,64 @@ def build_personalization_eval(
             )
         chosen = reservoir_sample(len(inputs), max_num_samples, derive_rng(run_seed, "p13n-sample"))
         ex = executor if executor is not None else InProcessExecutor()
-        ref = ex.share(weights)
-        tasks = [
-            _ClientTask(
-                weights=ref,
-                seed=run_seed,
-                client_id=inputs[i]["client_id"],
-                train_data=inputs[i]["train_data"],
-                test_data=inputs[i]["test_data"],
-                context=inputs[i]["context"],
-            )
-            for i in chosen
-        ]
+        tasks = _client_tasks([inputs[i] for i in chosen], ex.share(weights), run_seed)
         if batched is None:
             outputs = ex.map(functools.partial(_evaluate_client, job), tasks)
         else:
             outputs = _evaluate_with_engine(engine, batched, job, weights, tasks, ex, run_seed)
-        ids = [t.client_id for t in tasks]
-        result = PersonalizationResult(client_ids=ids, seed=run_seed)
-        for key in (BASELINE_KEY, *strategies):
-            where = "baseline_evaluate_fn" if key == BASELINE_KEY else f"strategy {key!r}"
-            result[key] = stack_trees([o[key] for o in outputs], ids, where)
-        return result
+        return _stacked_result(outputs, tasks, strategies, run_seed)
 
     return personalization_eval
+
+
+def _check_eval_settings(max_num_samples: Any, seed: Any, executor: Any, deterministic: Any) -> int:
+    """``build_personalization_eval``'s settings checked; ``max_num_samples`` as an int."""
+    if not isinstance(max_num_samples, numbers.Integral) or isinstance(max_num_samples, bool):
+        raise TypeError(f"max_num_samples must be an int, got {max_num_samples!r}.")
+    if max_num_samples < 1:
+        raise ValueError(f"max_num_samples must be a positive integer, got {max_num_samples}.")
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)):
+        raise TypeError(f"seed must be an int or None, got {seed!r}.")
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(
+            f"executor must be a fedp13n Executor (or None for in-process), got {executor!r}."
+        )
+    check_bool("deterministic", deterministic)
+    return int(max_num_samples)
+
+
+def _check_fits(probe: nn.Module, client_input: Mapping[str, Any]) -> None:
+    """A TypeError when a client's train or test data does not fit the model."""
+    where = f"client {client_input['client_id']!r}"
+    check_fits_model(probe, client_input["train_data"], f"train_data of {where}")
+    check_fits_model(probe, client_input["test_data"], f"test_data of {where}")
+
+
+def _client_tasks(inputs: list[Mapping[str, Any]], weights: Any, run_seed: int) -> list:
+    """One task per sampled client input, all sharing the global ``weights``."""
+    return [
+        _ClientTask(
+            weights=weights,
+            seed=run_seed,
+            client_id=ci["client_id"],
+            train_data=ci["train_data"],
+            test_data=ci["test_data"],
+            context=ci["context"],
+        )
+        for ci in inputs
+    ]
+
+
+def _stacked_result(
+    outputs: list[Mapping[str, Any]], tasks: list, strategies: Mapping[str, Any], run_seed: int
+) -> PersonalizationResult:
+    """The clients' outputs as one list per metric (position ``i``: ``tasks[i]``'s client)."""
+    ids = [t.client_id for t in tasks]
+    result = PersonalizationResult(client_ids=ids, seed=run_seed)
+    for key in (BASELINE_KEY, *strategies):
+        where = "baseline_evaluate_fn" if key == BASELINE_KEY else f"strategy {key!r}"
+        result[key] = stack_trees([o[key] for o in outputs], ids, where)
+    return result
 
 
 def _engine_plan(engine, model_fn, baseline_evaluate_fn, strategies) -> list | None:

@@ -188,47 +188,10 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
     if out.exists() and not out.is_dir():
         raise ReportError(f"output {out} exists and is not a directory.")
     out.mkdir(parents=True, exist_ok=True)
-    colors = plots.strategy_colors([r.label for r in runs])
     mixed = mixed_datasets(runs)
     if mixed:
         warnings.warn(mixed, ReportWarning, stacklevel=2)
-
-    panels: dict[str, dict[str, tuple]] = {}
-    for r in runs:
-        for strategy, curve in plots.epoch_curves(r.summary).items():
-            panels.setdefault(strategy, {})[r.label] = curve
-    figures = {"by-epoch": plots.accuracy_by_epoch_panels(panels, colors)}
-    bars = []
-    for r in runs:
-        b, choice = r.summary.baseline, r.summary.best_choice()
-        if choice is not None:
-            best = choice.stats
-            bars.append(
-                (
-                    r.label,
-                    b.mean,
-                    b.ci_low,
-                    b.ci_high,
-                    best.mean,
-                    best.ci_low,
-                    best.ci_high,
-                    best.label + (" (on validation)" if choice.held_out else " (not held out)"),
-                )
-            )
-    if bars:
-        figures["best"] = plots.headline_bars(bars)
-    fed = {r.label: r.fedavg for r in runs if r.fedavg is not None and len(r.fedavg["round"])}
-    if fed:
-        figures["fedavg"] = plots.fedavg_curves(fed, colors)
-    no_fedavg = [r.label for r in runs if r.label not in fed]
-    if no_fedavg:
-        warnings.warn(
-            f"no FedAvg log ({rd.FEDAVG_METRICS}, or no rounds in it) in run(s) "
-            f"{', '.join(no_fedavg)}: the comparison's FedAvg curves leave them out.",
-            ReportWarning,
-            stacklevel=2,
-        )
-    pngs = {k: plots.save_png(fig, out / PNG_FILES[k]) for k, fig in figures.items()}
+    pngs, no_fedavg = _write_figures(runs, out)
 
     def img(key: str, alt: str, caption: str) -> str:
         if key not in pngs:
@@ -241,33 +204,7 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
         for r in runs
     )
     sections = [
-        html.Section(
-            "runs",
-            "Runs side by side",
-            (
-                f'<p class="missing"><b>Different data sets.</b> {html.esc(mixed)}</p>'
-                if mixed
-                else ""
-            )
-            + html.table(
-                headline_table(runs),
-                caption="Means are over clients; 95% CI: percentile bootstrap over clients. "
-                "Best: the strategy/epoch with the highest mean accuracy on the run's validation "
-                f"clients where it has them, else the {NOT_HELD_OUT} (picked on the clients it "
-                "is reported on, so optimistic); improved / hurt versus the global model on "
-                "the same client.",
-            )
-            + "<h3>Configuration differences</h3>"
-            + (
-                html.table(
-                    differences_table(runs),
-                    caption="Keys whose values differ between the runs; (default): not set in that "
-                    "run's config, (absent): the run has no such strategy.",
-                )
-                if differences_table(runs)
-                else "<p>The runs have the same configuration.</p>"
-            ),
-        ),
+        _runs_section(runs, mixed),
         html.Section("details", "Every strategy and epoch", html.table(detail_table(runs))),
         html.Section(
             "by-epoch",
@@ -300,7 +237,7 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
             )
             + (
                 img("fedavg", "FedAvg curves of every run", "FedAvg loss and accuracy per round.")
-                if fed
+                if "fedavg" in pngs
                 else ""
             ),
         ),
@@ -314,3 +251,80 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
     path = out / COMPARISON
     atomic_write(path, doc)
     return path
+
+
+def _write_figures(runs: Sequence[RunInfo], out: Path) -> tuple[dict[str, Path], list[str]]:
+    """The comparison's figures as PNGs in ``out`` (figure -> file) and the runs without a
+    FedAvg log (left out of its curves, said as a warning)."""
+    colors = plots.strategy_colors([r.label for r in runs])
+    panels: dict[str, dict[str, tuple]] = {}
+    for r in runs:
+        for strategy, curve in plots.epoch_curves(r.summary).items():
+            panels.setdefault(strategy, {})[r.label] = curve
+    figures = {"by-epoch": plots.accuracy_by_epoch_panels(panels, colors)}
+    bars = _best_bars(runs)
+    if bars:
+        figures["best"] = plots.headline_bars(bars)
+    fed = {r.label: r.fedavg for r in runs if r.fedavg is not None and len(r.fedavg["round"])}
+    if fed:
+        figures["fedavg"] = plots.fedavg_curves(fed, colors)
+    no_fedavg = [r.label for r in runs if r.label not in fed]
+    if no_fedavg:
+        warnings.warn(
+            f"no FedAvg log ({rd.FEDAVG_METRICS}, or no rounds in it) in run(s) "
+            f"{', '.join(no_fedavg)}: the comparison's FedAvg curves leave them out.",
+            ReportWarning,
+            stacklevel=3,  # write_comparison's caller
+        )
+    return {k: plots.save_png(fig, out / PNG_FILES[k]) for k, fig in figures.items()}, no_fedavg
+
+
+def _best_bars(runs: Sequence[RunInfo]) -> list[tuple]:
+    """Each run's baseline and best personalized accuracy with their CIs and the best's
+    label (runs without a best left out)."""
+    bars = []
+    for r in runs:
+        b, choice = r.summary.baseline, r.summary.best_choice()
+        if choice is not None:
+            best = choice.stats
+            bars.append(
+                (
+                    r.label,
+                    b.mean,
+                    b.ci_low,
+                    b.ci_high,
+                    best.mean,
+                    best.ci_low,
+                    best.ci_high,
+                    best.label + (" (on validation)" if choice.held_out else " (not held out)"),
+                )
+            )
+    return bars
+
+
+def _runs_section(runs: Sequence[RunInfo], mixed: str | None) -> html.Section:
+    """The runs' headline numbers side by side and their configuration differences."""
+    differences = differences_table(runs)
+    return html.Section(
+        "runs",
+        "Runs side by side",
+        (f'<p class="missing"><b>Different data sets.</b> {html.esc(mixed)}</p>' if mixed else "")
+        + html.table(
+            headline_table(runs),
+            caption="Means are over clients; 95% CI: percentile bootstrap over clients. "
+            "Best: the strategy/epoch with the highest mean accuracy on the run's validation "
+            f"clients where it has them, else the {NOT_HELD_OUT} (picked on the clients it "
+            "is reported on, so optimistic); improved / hurt versus the global model on "
+            "the same client.",
+        )
+        + "<h3>Configuration differences</h3>"
+        + (
+            html.table(
+                differences,
+                caption="Keys whose values differ between the runs; (default): not set in that "
+                "run's config, (absent): the run has no such strategy.",
+            )
+            if differences
+            else "<p>The runs have the same configuration.</p>"
+        ),
+    )

@@ -58,6 +58,44 @@ PNG_FILES = {
     "gain-vs-size": "gain_vs_train_size.png",
 }
 
+#: The report's figure sections: id, title, the image's alt text, its caption.
+FIGURES = (
+    (
+        "fedavg",
+        "FedAvg training",
+        "FedAvg loss and accuracy per round",
+        "Loss and accuracy of the clients' local training per round; dashed squares: "
+        "the global model on held-out data where it was measured.",
+    ),
+    (
+        "distribution",
+        "Distribution of per-client accuracy",
+        "Empirical CDF of per-client accuracy",
+        "Empirical CDF over clients, one panel per strategy; black: the global model. "
+        "A curve to the right is better.",
+    ),
+    (
+        "scatter",
+        "Who is helped, who is hurt",
+        "Baseline vs personalized accuracy per client",
+        "One dot per client; above the dashed diagonal the strategy helped that client.",
+    ),
+    (
+        "by-epoch",
+        "Accuracy by fine-tuning epoch",
+        "Mean accuracy by fine-tuning epoch with 95% confidence bands",
+        "Mean per-client accuracy, one panel per strategy (the same y axis); epoch 0 "
+        "is the global model; bands: 95% bootstrap CI.",
+    ),
+    (
+        "gain-vs-size",
+        "Gain versus client training-set size",
+        "Accuracy gain vs number of training examples",
+        "Gain over the global model at each strategy's last epoch; diamonds (with 20 or "
+        "more clients): mean gain of each quarter of the clients by training-set size.",
+    ),
+)
+
 
 def headline_items(summary: Summary) -> list[tuple[str, str]]:
     h = summary.headline
@@ -186,34 +224,7 @@ def write_report(
         summary = summary or summarize_run(run_dir)
         write_summary_json(out, summary)
     config_text, config = read_config(run_dir)
-    colors = plots.strategy_colors(table.strategies())
-
-    figures = {}
-    left_out: dict[str, str] = {}  # figure -> why it is not in the report
-    fedavg_path = run_dir / rd.FEDAVG_METRICS
-    fedavg = read_fedavg_metrics(fedavg_path) if fedavg_path.exists() else None
-    if fedavg is not None and len(fedavg["round"]):
-        figures["fedavg"] = plots.fedavg_curves({run_dir.name: fedavg})
-    else:
-        left_out["fedavg"] = (
-            f"{run_dir} has no {rd.FEDAVG_METRICS} (the log of FedAvg's rounds)"
-            if fedavg is None
-            else f"{fedavg_path} has no rounds"
-        )
-        warnings.warn(
-            f"{left_out['fedavg']}: the report has no FedAvg training curves; copy the "
-            f"run's {rd.FEDAVG_METRICS} into {run_dir} to get them.",
-            ReportWarning,
-            stacklevel=2,
-        )
-    figures["distribution"] = plots.accuracy_cdf(table, colors)
-    figures["scatter"] = plots.baseline_vs_personalized(table, colors)
-    figures["by-epoch"] = plots.accuracy_by_epoch_panels(
-        {name: {name: curve} for name, curve in plots.epoch_curves(summary).items()}, colors
-    )  # small multiples: one panel per strategy, shared y
-    figures["gain-vs-size"] = plots.gain_vs_train_size(table, colors)
-    pngs = {key: plots.save_png(fig, out / PNG_FILES[key]) for key, fig in figures.items()}
-    figures.clear()
+    pngs, left_out = _write_figures(run_dir, out, table, summary)
 
     def img(key: str, alt: str, caption: str) -> str:
         if key in left_out:
@@ -222,79 +233,9 @@ def write_report(
             return f"<p>Not available: {html.esc(caption)}</p>"
         return html.image(pngs[key], alt, PNG_FILES[key], caption)
 
-    n = summary.num_clients
     sections = [
-        html.Section(
-            "headline",
-            "Headline numbers",
-            html.headline(headline_items(summary))
-            + "<p>The numbers TFF's personalization example prints: the global model's "
-            "mean per-client accuracy, and the mean after one epoch of each strategy "
-            "(<code>sgd</code> and <code>adam</code> in TFF's; each client counts once); "
-            "a strategy evaluated only every few epochs at its first evaluation.</p>"
-            + _best_note(summary)
-            + _tuning_html(summary),
-        ),
-        html.Section(
-            "summary",
-            "Summary by strategy and epoch",
-            html.table(
-                table_rows(summary),
-                caption=f"{n} clients. 95% CI of the mean: percentile bootstrap over clients "
-                f"({BOOTSTRAP_RESAMPLES} resamples, fixed seed). Mean gain, improved / "
-                "unchanged / hurt: personalized minus baseline accuracy on the same client "
-                "(unchanged = difference within 1e-9).",
-            ),
-        ),
-        html.Section(
-            "fedavg",
-            "FedAvg training",
-            img(
-                "fedavg",
-                "FedAvg loss and accuracy per round",
-                "Loss and accuracy of the clients' local training per round; dashed squares: "
-                "the global model on held-out data where it was measured.",
-            ),
-        ),
-        html.Section(
-            "distribution",
-            "Distribution of per-client accuracy",
-            img(
-                "distribution",
-                "Empirical CDF of per-client accuracy",
-                "Empirical CDF over clients, one panel per strategy; black: the global model. "
-                "A curve to the right is better.",
-            ),
-        ),
-        html.Section(
-            "scatter",
-            "Who is helped, who is hurt",
-            img(
-                "scatter",
-                "Baseline vs personalized accuracy per client",
-                "One dot per client; above the dashed diagonal the strategy helped that client.",
-            ),
-        ),
-        html.Section(
-            "by-epoch",
-            "Accuracy by fine-tuning epoch",
-            img(
-                "by-epoch",
-                "Mean accuracy by fine-tuning epoch with 95% confidence bands",
-                "Mean per-client accuracy, one panel per strategy (the same y axis); epoch 0 "
-                "is the global model; bands: 95% bootstrap CI.",
-            ),
-        ),
-        html.Section(
-            "gain-vs-size",
-            "Gain versus client training-set size",
-            img(
-                "gain-vs-size",
-                "Accuracy gain vs number of training examples",
-                "Gain over the global model at each strategy's last epoch; diamonds (with 20 or "
-                "more clients): mean gain of each quarter of the clients by training-set size.",
-            ),
-        ),
+        *_numbers_sections(summary),
+        *(html.Section(key, title, img(key, alt, caption)) for key, title, alt, caption in FIGURES),
         html.Section(
             "config",
             "Configuration",
@@ -314,3 +255,66 @@ def write_report(
     path = out / rd.REPORT
     atomic_write(path, doc)
     return path
+
+
+def _write_figures(
+    run_dir: Path, out: Path, table: Any, summary: Summary
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """The report's figures as PNGs in ``out``: figure -> file, and figure -> why it is
+    left out (FedAvg's curves without its log of rounds, said as a warning too)."""
+    colors = plots.strategy_colors(table.strategies())
+    figures = {}
+    left_out: dict[str, str] = {}
+    fedavg_path = run_dir / rd.FEDAVG_METRICS
+    fedavg = read_fedavg_metrics(fedavg_path) if fedavg_path.exists() else None
+    if fedavg is not None and len(fedavg["round"]):
+        figures["fedavg"] = plots.fedavg_curves({run_dir.name: fedavg})
+    else:
+        left_out["fedavg"] = (
+            f"{run_dir} has no {rd.FEDAVG_METRICS} (the log of FedAvg's rounds)"
+            if fedavg is None
+            else f"{fedavg_path} has no rounds"
+        )
+        warnings.warn(
+            f"{left_out['fedavg']}: the report has no FedAvg training curves; copy the "
+            f"run's {rd.FEDAVG_METRICS} into {run_dir} to get them.",
+            ReportWarning,
+            stacklevel=3,  # write_report's caller
+        )
+    figures["distribution"] = plots.accuracy_cdf(table, colors)
+    figures["scatter"] = plots.baseline_vs_personalized(table, colors)
+    figures["by-epoch"] = plots.accuracy_by_epoch_panels(
+        {name: {name: curve} for name, curve in plots.epoch_curves(summary).items()}, colors
+    )  # small multiples: one panel per strategy, shared y
+    figures["gain-vs-size"] = plots.gain_vs_train_size(table, colors)
+    pngs = {key: plots.save_png(fig, out / PNG_FILES[key]) for key, fig in figures.items()}
+    figures.clear()
+    return pngs, left_out
+
+
+def _numbers_sections(summary: Summary) -> list[html.Section]:
+    """The headline numbers and the table by strategy and epoch."""
+    return [
+        html.Section(
+            "headline",
+            "Headline numbers",
+            html.headline(headline_items(summary))
+            + "<p>The numbers TFF's personalization example prints: the global model's "
+            "mean per-client accuracy, and the mean after one epoch of each strategy "
+            "(<code>sgd</code> and <code>adam</code> in TFF's; each client counts once); "
+            "a strategy evaluated only every few epochs at its first evaluation.</p>"
+            + _best_note(summary)
+            + _tuning_html(summary),
+        ),
+        html.Section(
+            "summary",
+            "Summary by strategy and epoch",
+            html.table(
+                table_rows(summary),
+                caption=f"{summary.num_clients} clients. 95% CI of the mean: percentile "
+                f"bootstrap over clients ({BOOTSTRAP_RESAMPLES} resamples, fixed seed). Mean "
+                "gain, improved / unchanged / hurt: personalized minus baseline accuracy on "
+                "the same client (unchanged = difference within 1e-9).",
+            ),
+        ),
+    ]

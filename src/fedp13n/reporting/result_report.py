@@ -97,6 +97,25 @@ def write_personalization_report(
         ValueError: a result without clients or without accuracies; a client missing
             from ``train_sizes``; ``output_dir`` is a file or a ``fedp13n run`` folder.
     """
+    data = _result_dict(result)
+    ids = data["client_ids"]
+    _check_reportable(data)
+    sizes = _train_sizes(train_sizes, ids)
+    rounds = _fedavg_rows(fedavg_metrics)
+    out = _output_dir(output_dir)
+
+    from fedp13n.reporting.summary import summarize_run, write_summary_json
+
+    _write_result_files(out, data, sizes, rounds)
+    summary = summarize_run(out)
+    path = write_summary_json(out, summary)
+    if not report:
+        return path
+    return _write_library_report(out, summary, fedavg=rounds is not None)
+
+
+def _result_dict(result: Any) -> dict[str, Any]:
+    """A personalization result (or its dict form) as its dict form, client ids as text."""
     from fedp13n.personalization.result import PersonalizationResult
 
     if isinstance(result, PersonalizationResult):
@@ -108,15 +127,14 @@ def write_personalization_report(
             f"result must be what build_personalization_eval(...)(weights, clients) returned "
             f"(a PersonalizationResult), got a {type(result).__name__}."
         )
-    ids = [str(c) for c in data["client_ids"]]
-    data["client_ids"] = ids
-    _check_reportable(data)
-    sizes = _train_sizes(train_sizes, ids)
-    rounds = _fedavg_rows(fedavg_metrics)
-    out = _output_dir(output_dir)
+    data["client_ids"] = [str(c) for c in data["client_ids"]]
+    return data
 
-    from fedp13n.reporting.summary import summarize_run, write_summary_json
 
+def _write_result_files(
+    out: Path, data: Mapping[str, Any], sizes: Mapping[str, int], rounds: list[dict] | None
+) -> None:
+    """A run's result files in ``out`` (an earlier call's that are not this result's gone)."""
     atomic_write(out / rd.PERSONALIZATION, json.dumps(data, indent=1))
     with atomic_writer(out / rd.PER_CLIENT, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
@@ -132,10 +150,10 @@ def write_personalization_report(
             w.writerows(rounds)
     for stale in (rd.TUNING, rd.REPORT):
         (out / stale).unlink(missing_ok=True)
-    summary = summarize_run(out)
-    path = write_summary_json(out, summary)
-    if not report:
-        return path
+
+
+def _write_library_report(out: Path, summary: Any, *, fedavg: bool) -> Path:
+    """``report.html`` of a library result, with a note of what such a result lacks."""
     from fedp13n.reporting.report import write_report
     from fedp13n.reporting.summary import ReportWarning
 
@@ -148,7 +166,7 @@ def write_personalization_report(
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     doc = path.read_text(encoding="utf-8")
     if "<nav>" in doc:  # under the title, before the contents (html.page's intro place)
-        doc = doc.replace("<nav>", _library_note(fedavg=rounds is not None) + "<nav>", 1)
+        doc = doc.replace("<nav>", _library_note(fedavg=fedavg) + "<nav>", 1)
         atomic_write(path, doc)
     return path
 
