@@ -29,6 +29,7 @@ from fedp13n.data.client_data import ClientDataset
 from fedp13n.engine import MultiClientEngine
 from fedp13n.execution.base import LocalRef
 from fedp13n.models import emnist_conv_dropout
+from fedp13n.utils.device import Compute
 
 BATCH = 20
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     weights = emnist_conv_dropout().state_dict()
     work = ClientWork(
         emnist_conv_dropout, opt, F.cross_entropy, accuracy, 1, BATCH, True, seed=1,
-        precision=args.precision,
+        compute=Compute.resolve(precision=args.precision),
     )  # fmt: skip
     for k in (int(v) for v in args.k.split(",")):
         data = _clients(k, args.examples)

@@ -51,7 +51,10 @@ def test_a_model_instance_instead_of_its_builder():
 def test_the_per_client_path_follows_the_engine_or_says_why_not():
     engine = MultiClientEngine(EMNIST)
     process = build_weighted_fed_avg(EMNIST, engine=engine)
-    assert (process.client_work.device, process.client_work.precision) == ("cpu", "fp32")
+    assert (process.client_work.compute.device, process.client_work.compute.precision) == (
+        "cpu",
+        "fp32",
+    )
     with pytest.raises(ValueError) as e:
         build_weighted_fed_avg(EMNIST, engine=engine, precision="bf16")
     one_line(e, "precision='bf16' but the engine computes in fp32")

@@ -14,6 +14,7 @@ from fedp13n.data import ClientDataset
 from fedp13n.execution.base import LocalRef
 from fedp13n.models import emnist_conv_dropout
 from fedp13n.personalization import build_personalization_eval, build_personalize_fn, evaluate_fn
+from fedp13n.utils.device import Compute
 
 MODEL = functools.partial(emnist_conv_dropout, num_classes=10)
 
@@ -37,7 +38,8 @@ def test_local_training_in_bf16_follows_fp32():
     for precision in ("fp32", "bf16"):
         work = ClientWork(
             MODEL, functools.partial(torch.optim.SGD, lr=0.1), F.cross_entropy, accuracy,
-            epochs=6, batch_size=10, shuffle=True, seed=0, precision=precision,
+            epochs=6, batch_size=10, shuffle=True, seed=0,
+            compute=Compute.resolve(precision=precision),
             pipeline="epochs",  # the thresholds below were set on per-epoch passes
         )  # fmt: skip
         outs[precision] = work(ClientTask(LocalRef(w), ds, "a", 1))

@@ -19,7 +19,7 @@ Randomness: dropout uses the torch generator seeded with
 round; for ``"epochs"`` one permutation per epoch). The caller's global torch random
 state is left untouched.
 
-Devices: ``ClientWork.device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``) is where the
+Devices: ``ClientWork.compute.device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``) is where the
 client trains (:func:`fedp13n.utils.device.work_device`: in a worker process an executor
 pinned to a GPU, any CUDA device means that GPU). The model is built on the CPU (the same
 random initialisation as ever), then moved; the client's examples stay resident on the
@@ -43,6 +43,7 @@ from fedp13n.client.program import LocalTraining
 from fedp13n.data.client_data import ClientDataset
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER
 from fedp13n.execution.base import SharedRef
+from fedp13n.utils.device import Compute
 from fedp13n.utils.lru import LRUCache
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import LossFn, MetricFn, ModelFn, OptimizerFn
@@ -134,22 +135,14 @@ class ClientWork:
     pipeline: str = DEFAULT_CLIENT_PIPELINE
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     max_steps: int | None = None
-    #: Numeric precision of the forward/backward passes (fedp13n.utils.device): "fp32"
-    #: (default, the reference numbers), "bf16" (autocast, float32 master weights) or, on
-    #: CUDA, "tf32".
-    precision: str = "fp32"
-    #: Where the client trains (see the module docstring) and, on a GPU, whether with
-    #: deterministic kernels.
-    device: str = "cpu"
-    deterministic: bool = True
+    #: Where the client trains (see the module docstring), in which precision and, on a
+    #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
+    compute: Compute = Compute()
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __call__(self, task: ClientTask) -> ClientOutput:
-        device, on_device = torch.device("cpu"), None
-        if self.device != "cpu":
-            from fedp13n.utils.device import work_device
-
-            device = on_device = work_device(self.device, deterministic=self.deterministic)
+        device = self.compute.placed()
+        on_device = None if self.compute.device == "cpu" else device
         if isinstance(task.data, ClientDataset):
             dataset = task.data if on_device is None else task.data.to(device)
         else:
@@ -159,11 +152,7 @@ class ClientWork:
             # and only the first task of a worker builds it.
             model = _cached_model(self.token, self.model_fn, device)
             torch.manual_seed(derive_seed(self.seed, "fedavg", task.round_num, task.client_key))
-            if self.precision == "fp32":
-                return self._train(model, task.weights.get(), dataset, task, device)
-            from fedp13n.utils.device import resolve_precision
-
-            with resolve_precision(self.precision, device):
+            with self.compute.autocast(device):
                 return self._train(model, task.weights.get(), dataset, task, device)
 
     def _train(

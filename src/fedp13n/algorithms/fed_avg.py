@@ -67,6 +67,7 @@ from fedp13n.execution.base import Executor, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.models.spec import check_labels_fit, check_model_fn, input_spec_of, num_classes
 from fedp13n.utils.checks import check_bool, check_positive_int, check_seed
+from fedp13n.utils.device import Compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
 
 #: Client optimizer of TFF's personalization experiment: SGD, learning rate 0.02.
@@ -219,13 +220,10 @@ class WeightedFedAvg:
         client_pipeline: str = DEFAULT_CLIENT_PIPELINE,
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         max_steps: int | None = None,
-        engine: Any = None,
-        precision: str = "fp32",
-        device: str = "cpu",
-        deterministic: bool = True,
+        compute: Compute = Compute(),
     ) -> None:
         self.model_fn = model_fn
-        self.engine = engine
+        self.engine = compute.engine
         self.server_optimizer_fn = server_optimizer_fn
         self.seed = seed
         self.executor = executor if executor is not None else InProcessExecutor()
@@ -242,9 +240,7 @@ class WeightedFedAvg:
             pipeline=client_pipeline,
             shuffle_buffer=shuffle_buffer,
             max_steps=max_steps,
-            precision=precision,
-            device=device,
-            deterministic=deterministic,
+            compute=compute.without_engine(),
         )
         self._server_model: nn.Module | None = None
         #: The model's classes by per-example feature shape (None: not a classifier).
@@ -558,6 +554,7 @@ def build_weighted_fed_avg(
     precision: str | None = None,
     device: str | None = None,
     deterministic: bool = True,
+    compute: Compute | None = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -573,8 +570,9 @@ def build_weighted_fed_avg(
     one is a ``ValueError``; see :mod:`fedp13n.algorithms.client_update`): the clients' data
     stays resident there, and worker processes an executor pinned to GPUs use their own
     GPU. ``deterministic`` (default True): deterministic GPU kernels, the same numbers run
-    to run (False: faster, not reproducible). The server's aggregation stays on the CPU
-    (float64).
+    to run (False: faster, not reproducible). ``compute``: all four as one
+    :class:`fedp13n.utils.device.Compute` (``Compute.resolve(...)``), instead of them. The
+    server's aggregation stays on the CPU (float64).
 
     ``model_fn()`` builds any ``torch.nn.Module``; optimizer functions take an iterable of
     parameters and return a ``torch.optim.Optimizer`` (e.g. ``lambda p: torch.optim.SGD(p,
@@ -599,7 +597,6 @@ def build_weighted_fed_avg(
     check_model_fn(model_fn)
     check_seed(seed)
     check_bool("shuffle", shuffle)
-    check_bool("deterministic", deterministic)
     _check_callables(
         model_fn=model_fn,
         client_optimizer_fn=client_optimizer_fn,
@@ -614,11 +611,12 @@ def build_weighted_fed_avg(
         )
     if executor is not None and not isinstance(executor, Executor):
         raise TypeError(f"executor must be a fedp13n Executor, got {type(executor).__name__}.")
-    from fedp13n.engine import compute_beside
-
-    device, precision = compute_beside(engine, device, precision)
-    if engine is not None:
-        engine = _usable_engine(engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
+    compute = Compute.given(
+        compute, device=device, precision=precision, deterministic=deterministic, engine=engine
+    )
+    if compute.engine is not None:
+        usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
+        compute = compute if usable is not None else compute.without_engine()
     return WeightedFedAvg(
         model_fn,
         client_optimizer_fn,
@@ -634,10 +632,7 @@ def build_weighted_fed_avg(
         client_pipeline=client_pipeline,
         shuffle_buffer=int(shuffle_buffer),
         max_steps=None if max_steps is None else int(max_steps),
-        engine=engine,
-        precision=precision,
-        device=device,
-        deterministic=bool(deterministic),
+        compute=compute,
     )
 
 

@@ -62,6 +62,7 @@ from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, batch_plan
 from fedp13n.engine.functional import FunctionalModel, NotBatchable, refusal
 from fedp13n.engine.masks import MaskPrefetcher, default_mask_threads, draw_masks
 from fedp13n.utils.checks import check_non_negative_int, check_positive_int
+from fedp13n.utils.device import Compute, Precision, work_device
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import ModelFn
 
@@ -71,7 +72,6 @@ __all__ = [
     "OptimizerSpec",
     "StrategySpec",
     "can_batch",
-    "compute_beside",
     "engine_or_none",
     "fedavg_generators",
     "note_fallback",
@@ -357,23 +357,6 @@ def _phase_tensors(
     return idx, counts
 
 
-def compute_beside(engine: Any, device: Any, precision: Any) -> tuple[str, str]:
-    """The checked ``(device, precision)`` of a builder's per-client path: with an
-    ``engine`` (which must be a :class:`MultiClientEngine`), the engine's unless given
-    (given and different: a ``ValueError``, see :meth:`MultiClientEngine.match_compute`);
-    without, ``"cpu"`` / ``"fp32"`` unless given. One-line errors for an absent device or
-    a precision it cannot use."""
-    from fedp13n.utils.device import check_compute
-
-    if engine is not None:
-        if not isinstance(engine, MultiClientEngine):
-            raise TypeError(
-                f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
-            )
-        device, precision = engine.match_compute(device, precision)
-    return check_compute(device or "cpu", precision or "fp32")
-
-
 # -- optimizers on stacked weights --------------------------------------------------------------
 class _StackedOptimizer:
     """SGD or Adam over ``(K, ...)`` stacked weights; ``step(grads, active)`` updates only
@@ -427,10 +410,16 @@ class MultiClientEngine:
 
     Args:
         model_fn: builds the model (checked with :func:`can_batch`'s rules).
-        device: where the stacked weights and the clients' data live (``"cpu"``,
-            ``"cuda"``, ``"cuda:N"``, ``"auto"``; see :func:`fedp13n.utils.device.resolve_device`).
-        precision: a :class:`fedp13n.utils.device.Precision` (or its name) wrapped around
-            every forward/backward; ``None`` is fp32.
+        device: where the stacked weights and the clients' data live (``"cpu"``, the
+            default, ``"cuda"``, ``"cuda:N"``, ``"auto"``; see
+            :func:`fedp13n.utils.device.resolve_device`).
+        precision: the name (or :class:`fedp13n.utils.device.Precision`) of the precision
+            wrapped around every forward/backward; ``None`` is fp32.
+        deterministic: deterministic GPU kernels (default True).
+        compute: instead of ``device``, ``precision`` and ``deterministic``, a
+            :class:`fedp13n.utils.device.Compute` made by ``Compute.resolve`` (its
+            ``engine`` ignored); kept as :attr:`compute`, which builders given this engine
+            follow.
         max_clients: the most clients trained together (K); more are run in groups of
             this many, similar sizes together (results do not depend on the grouping).
         eval_examples: examples per evaluation forward, all clients together.
@@ -443,14 +432,14 @@ class MultiClientEngine:
         self,
         model_fn: ModelFn,
         *,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         precision: Any = None,
         max_clients: int = 64,
         eval_examples: int = 4096,
         mask_threads: int | None = None,
         deterministic: bool = True,
+        compute: Compute | None = None,
     ) -> None:
-        from fedp13n.utils.device import Precision, resolve_device, resolve_precision, work_device
 
         if isinstance(model_fn, nn.Module) or not callable(model_fn):
             raise TypeError(
@@ -459,14 +448,16 @@ class MultiClientEngine:
                 f"{type(model_fn).__name__}."
             )
         self.model_fn = model_fn
-        self.device = resolve_device(device)
+        if isinstance(precision, Precision):
+            precision = precision.name
+        compute = Compute.given(
+            compute, device=device, precision=precision, deterministic=deterministic
+        )
+        self.compute = compute.without_engine()
+        self.device = compute.torch_device
         if self.device.type == "cuda":  # the same seed, the same numbers (or not: False)
-            work_device(self.device, deterministic=deterministic)
-        if precision is None or isinstance(precision, str):
-            precision = resolve_precision(precision or "fp32", self.device)
-        if not isinstance(precision, Precision):
-            raise TypeError(f"precision must be a Precision or its name, got {precision!r}.")
-        self.precision = precision
+            work_device(compute.device, deterministic=compute.deterministic)
+        self.precision = Precision(compute.precision, self.device.type)
         self.max_clients = check_positive_int("max_clients", max_clients)
         self.eval_examples = check_positive_int("eval_examples", eval_examples)
         if mask_threads is None:
@@ -479,29 +470,6 @@ class MultiClientEngine:
         except NotBatchable as e:
             raise ValueError(f"the engine cannot batch this model: {e}.") from None
         self.names = self.fn.names
-
-    def match_compute(
-        self, device: str | torch.device | None, precision: str | None
-    ) -> tuple[str, str]:
-        """The ``(device, precision)`` of the per-client path beside this engine (for what
-        it cannot batch): the engine's when not given; a ``ValueError`` when given and
-        different (the two paths would compute differently without a word)."""
-        from fedp13n.utils.device import resolve_device
-
-        name = self.precision.name
-        if device is not None:
-            asked = resolve_device(device)
-            if asked.type != self.device.type or (asked.index or 0) != (self.device.index or 0):
-                raise ValueError(
-                    f"device={str(device)!r} but the engine runs on {self.device}; leave device "
-                    "out (it follows the engine) or build the MultiClientEngine on that device."
-                )
-        if precision is not None and precision != name:
-            raise ValueError(
-                f"precision={precision!r} but the engine computes in {name}; leave precision "
-                "out (it follows the engine) or build the MultiClientEngine with that precision."
-            )
-        return str(self.device), name
 
     # -- building blocks --------------------------------------------------------------------
     def _stack(self, weights: Mapping[str, torch.Tensor], K: int) -> dict[str, torch.Tensor]:

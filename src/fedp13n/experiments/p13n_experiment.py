@@ -29,7 +29,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from fedp13n.reporting.result_report import per_client_rows
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir.integrity import config_edited, config_text_with_digest, writing
 from fedp13n.rundir.lock import run_dir_lock
+from fedp13n.utils.device import Compute
 from fedp13n.utils.fs import atomic_write, atomic_writer, remove_stale_temporaries
 from fedp13n.utils.seeding import derive_rng
 
@@ -88,69 +89,20 @@ class ExperimentData:
     val_ids: list[str] = field(default_factory=list)  # tuned settings are chosen on these
 
 
-@dataclass
-class Compute:
-    """Where and how client work runs: the device (of the per-client path, the engine and
-    the evaluations), the precision, the multi-client engine (None: one task per client on
-    the executor), deterministic GPU kernels or not."""
-
-    device: Any = "cpu"
-    precision: str = "fp32"
-    engine: Any = None
-    deterministic: bool = True
-
-    @property
-    def device_name(self) -> str:
-        return str(self.device)
-
-
 def _absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
     """The config with its folders as absolute, normalised paths: the saved config.toml
     (and so ``--resume``) must find the data wherever it is run from."""
     return config.with_absolute_paths()
 
 
-def _check_device(config: ExperimentConfig) -> None:
-    """A one-line ConfigError for a device this machine lacks or a precision it cannot use."""
-    from fedp13n.utils.device import check_compute
-
+def resolve_compute(config: ExperimentConfig) -> Compute:
+    """The device, precision and determinism a config asks for, checked once where the
+    run starts (a one-line ConfigError for a device this machine lacks or a precision it
+    cannot use); :meth:`Run.start_engine` adds the engine."""
     try:
-        check_compute(config.device, config.precision)
-    except ValueError as e:
+        return Compute.resolve(config.device, config.precision, config.deterministic)
+    except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
-
-
-def resolve_compute(config: ExperimentConfig, log: Log) -> Compute:
-    """The device, precision and engine a config asks for (one-line errors, said once)."""
-    from fedp13n.utils.device import resolve_device, resolve_precision, set_deterministic
-
-    try:
-        device = resolve_device(config.device)
-        precision = resolve_precision(config.precision, device)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if device.type == "cuda":
-        set_deterministic(config.deterministic)
-    use_engine = config.engine == "on" or (config.engine == "auto" and device.type != "cpu")
-    engine = None
-    if use_engine:
-        from fedp13n.engine import MultiClientEngine
-
-        engine = MultiClientEngine(
-            model_fn_for(config),
-            device=device,
-            precision=precision,
-            max_clients=config.engine_clients,
-        )
-        log(f"engine: up to {config.engine_clients} clients at once on {device} ({precision.name})")
-    elif device.type != "cpu":
-        log(f"engine off: client work runs one client per task on {device} ({precision.name})")
-    if config.workers_per_gpu != 1 and device.type != "cuda":
-        log(
-            f"workers_per_gpu = {config.workers_per_gpu} applies to CUDA devices only: "
-            f"ignored on {device}"
-        )
-    return Compute(device, precision.name, engine, bool(config.deterministic))
 
 
 def executor_gpus(compute: Compute) -> list[int] | None:
@@ -213,10 +165,7 @@ def build_stage_process(
         batch_size=stage.batch_size,
         seed=config.seed,
         executor=executor,
-        engine=compute.engine,
-        precision=compute.precision,
-        device=compute.device_name,
-        deterministic=compute.deterministic,
+        compute=compute,
         **extra,
     )
 
@@ -239,12 +188,20 @@ class Run:
     (``ExperimentConfig.validate_against``); the steps trust them."""
 
     def __init__(
-        self, config: ExperimentConfig, run_dir: Path, *, resume: bool, progress: bool, log: Log
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        *,
+        resume: bool,
+        progress: bool,
+        log: Log,
+        compute: Compute | None = None,
     ) -> None:
         self.config, self.run_dir = config, run_dir
         self.resume, self.progress, self.log = resume, progress, log
         self.data: ExperimentData  # set by prepare_data
-        self.compute = Compute()  # resolved by execute, once the data is loaded
+        #: resolved once, where the run starts; execute adds the engine (start_engine)
+        self.compute = compute if compute is not None else resolve_compute(config)
         self.executor: Any = None  # opened by execute for the training and evaluations
         self.tensorboard: TensorBoardLogger | None = None
 
@@ -252,7 +209,7 @@ class Run:
         """Every step, in order (:func:`run_experiment` holds the run directory's lock)."""
         self.config = _open_run_dir(self.config, self.run_dir, resume=self.resume, log=self.log)
         self.prepare_data()
-        self.compute = resolve_compute(self.config, self.log)
+        self.start_engine()
         check_strategies_fit_model(self.config)
         if self.config.tensorboard:  # one subfolder per run: a shared folder does not mix runs
             self.tensorboard = TensorBoardLogger(self.config.tensorboard, self.run_dir.name)
@@ -270,6 +227,31 @@ class Run:
             if self.tensorboard is not None:
                 self.tensorboard.close()
         return ExperimentResult(self.run_dir, self.config, rows, result, summary)
+
+    def start_engine(self) -> None:
+        """Deterministic kernels on a GPU (before CUDA starts) and the multi-client engine
+        the config asks for, on the run's device in its precision (said in the log)."""
+        from fedp13n.utils.device import set_deterministic
+
+        config, compute = self.config, self.compute
+        where = f"{compute.device} ({compute.precision})"
+        if compute.torch_device.type == "cuda":
+            set_deterministic(compute.deterministic)
+        if config.engine == "on" or (config.engine == "auto" and compute.device != "cpu"):
+            from fedp13n.engine import MultiClientEngine
+
+            engine = MultiClientEngine(
+                model_fn_for(config), compute=compute, max_clients=config.engine_clients
+            )
+            self.compute = replace(compute, engine=engine)
+            self.log(f"engine: up to {config.engine_clients} clients at once on {where}")
+        elif compute.device != "cpu":
+            self.log(f"engine off: client work runs one client per task on {where}")
+        if config.workers_per_gpu != 1 and compute.torch_device.type != "cuda":
+            self.log(
+                f"workers_per_gpu = {config.workers_per_gpu} applies to CUDA devices only: "
+                f"ignored on {compute.device}"
+            )
 
     def _make_executor(self) -> Any:
         from fedp13n.execution.factory import make_executor
@@ -466,16 +448,15 @@ class Run:
         training clients, as one dataset (in the run's precision)."""
         from fedp13n.data import ClientDataset
         from fedp13n.personalization import evaluate_fn
-        from fedp13n.utils.device import resolve_precision
 
         compute = self.compute
         held_out = self.data.test.subset(self.data.train_ids[: self.config.num_global_eval_clients])
         dataset = ClientDataset(held_out.x, held_out.y)
         model = model_fn_for(self.config)()
-        if compute.device_name != "cpu":
+        if compute.device != "cpu":
             model, dataset = model.to(compute.device), dataset.to(compute.device)
         model.load_state_dict(weights)
-        with resolve_precision(compute.precision, compute.device):
+        with compute.autocast(compute.torch_device):
             return dict(evaluate_fn(model, dataset))
 
     def save_global_weights(self, weights: Mapping[str, Any]) -> None:
@@ -639,7 +620,7 @@ class _LastRecordedState(Callback):
 
 def _client_inputs(data: ExperimentData, ids: list[str], compute: Compute) -> list[OrderedDict]:
     """TFF's client inputs; on a device, resident there (the run's data is copied once)."""
-    device = None if compute.device_name == "cpu" else compute.device
+    device = None if compute.device == "cpu" else compute.device
     return [
         OrderedDict(
             client_id=c,
@@ -669,7 +650,6 @@ def _run_eval(
     from fedp13n.execution.base import ClientWorkError
     from fedp13n.personalization import build_personalization_eval, evaluate_fn
 
-    compute = compute or Compute()
     p13n_eval = build_personalization_eval(
         model_fn_for(config),
         fn_dict,
@@ -677,15 +657,12 @@ def _run_eval(
         max_num_samples=max(1, len(inputs)),  # already sampled: keep them all
         seed=config.seed,
         executor=executor,
-        engine=compute.engine,
-        precision=compute.precision,
-        device=compute.device_name,
-        deterministic=compute.deterministic,
+        compute=compute or Compute(),
     )
     if not inputs or not (progress or log is not None):
         return p13n_eval(weights, inputs)
     size = len(inputs)
-    if compute.engine is None:
+    if compute is None or compute.engine is None:
         size = progress_slice(len(inputs), executor.num_workers)
     parts = []
     with ClientProgress(what, len(inputs), bar=progress, log=None if progress else log) as shown:
@@ -879,7 +856,7 @@ def run_experiment(
     differ (say ``rounds`` to extend a finished or interrupted run on purpose).
     """
     config.validate()
-    _check_device(config)  # before any file is written or data loaded
+    compute = resolve_compute(config)  # before any file is written or data loaded
     config = _absolute_paths(config)
     run_dir = Path(run_dir)
     _check_not_a_sweep_dir(run_dir)
@@ -894,7 +871,9 @@ def run_experiment(
     with run_dir_lock(run_dir):
         try:
             with writing(run_dir):  # a full disk: NoSpaceError naming the file
-                return Run(config, run_dir, resume=resume, progress=progress, log=log).execute()
+                run = Run(config, run_dir, resume=resume, progress=progress, log=log,
+                          compute=compute)  # fmt: skip
+                return run.execute()
         except RunInterrupted:
             raise
         except KeyboardInterrupt:

@@ -76,7 +76,7 @@ from fedp13n.personalization.result import (
     scalar_tree,
     stack_trees,
 )
-from fedp13n.utils.checks import check_bool
+from fedp13n.utils.device import Compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import ModelFn
 
@@ -93,6 +93,7 @@ def build_personalization_eval(
     precision: str | None = None,
     device: str | None = None,
     deterministic: bool = True,
+    compute: Compute | None = None,
 ) -> Callable[[Mapping[str, torch.Tensor], Iterable[Mapping[str, Any]]], PersonalizationResult]:
     """Build ``personalization_eval(model_weights, client_inputs) -> PersonalizationResult``.
 
@@ -132,6 +133,8 @@ def build_personalization_eval(
             an executor pinned to GPUs use their own GPU.
         deterministic: deterministic GPU kernels (default True; False: faster, not
             reproducible run to run).
+        compute: ``engine``, ``precision``, ``device`` and ``deterministic`` as one
+            :class:`fedp13n.utils.device.Compute` (``Compute.resolve(...)``), instead of them.
 
     The returned function takes ``model_weights`` (a ``state_dict`` of ``model_fn()``,
     e.g. FedAvg's ``get_model_weights``) and ``client_inputs``, an iterable of mappings
@@ -169,17 +172,16 @@ def build_personalization_eval(
             f"{baseline_evaluate_fn!r} (e.g. fedp13n.personalization.evaluate_fn)."
         )
     strategies = _check_strategies(personalize_fn_dict)
-    max_num_samples = _check_eval_settings(max_num_samples, seed, executor, deterministic)
-    from fedp13n.engine import compute_beside
-
-    device, precision = compute_beside(engine, device, precision)
+    max_num_samples = _check_eval_settings(max_num_samples, seed, executor)
+    compute = Compute.given(
+        compute, device=device, precision=precision, deterministic=deterministic, engine=engine
+    )
+    engine = compute.engine
     job = _ClientJob(
         model_fn,
         baseline_evaluate_fn,
         tuple((k, b, ctx) for k, (b, ctx) in strategies.items()),
-        precision,
-        device,
-        bool(deterministic),
+        compute.without_engine(),
     )
     batched = _engine_plan(engine, model_fn, baseline_evaluate_fn, strategies)
     spec = input_spec_of(probe)
@@ -212,7 +214,7 @@ def build_personalization_eval(
     return personalization_eval
 
 
-def _check_eval_settings(max_num_samples: Any, seed: Any, executor: Any, deterministic: Any) -> int:
+def _check_eval_settings(max_num_samples: Any, seed: Any, executor: Any) -> int:
     """``build_personalization_eval``'s settings checked; ``max_num_samples`` as an int."""
     if not isinstance(max_num_samples, numbers.Integral) or isinstance(max_num_samples, bool):
         raise TypeError(f"max_num_samples must be an int, got {max_num_samples!r}.")
@@ -224,7 +226,6 @@ def _check_eval_settings(max_num_samples: Any, seed: Any, executor: Any, determi
         raise TypeError(
             f"executor must be a fedp13n Executor (or None for in-process), got {executor!r}."
         )
-    check_bool("deterministic", deterministic)
     return int(max_num_samples)
 
 
@@ -328,9 +329,8 @@ class _ClientJob:
     baseline_evaluate_fn: Callable[..., Mapping[str, Any]]
     #: (name, builder, whether the strategy takes ``context``)
     strategies: tuple[tuple[str, Callable[[], Callable[..., Any]], bool], ...]
-    precision: str = "fp32"
-    device: str = "cpu"
-    deterministic: bool = True
+    #: resolved by the builder (no engine here)
+    compute: Compute = Compute()
 
 
 @dataclass(frozen=True)
@@ -346,19 +346,12 @@ class _ClientTask:
 def _evaluate_client(job: _ClientJob, task: _ClientTask) -> OrderedDict[str, Any]:
     """Baseline then every strategy on one client, each from fresh global weights (on the
     job's device, under its precision)."""
-    device = torch.device("cpu")
-    if job.device != "cpu":
-        from fedp13n.utils.device import work_device
-
-        device = work_device(job.device, deterministic=job.deterministic)
+    device = job.compute.placed()
+    if job.compute.device != "cpu":
         task = dataclasses.replace(
             task, train_data=task.train_data.to(device), test_data=task.test_data.to(device)
         )
-    if job.precision == "fp32":
-        return _evaluate_client_steps(job, task, device)
-    from fedp13n.utils.device import resolve_precision
-
-    with resolve_precision(job.precision, device):
+    with job.compute.autocast(device):
         return _evaluate_client_steps(job, task, device)
 
 

@@ -18,6 +18,9 @@
     ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``,
     leaving it restores them.
 
+* :class:`Compute`: the device, precision, determinism and multi-client engine of client
+  work as one value, checked once where a run or a builder starts (:meth:`Compute.resolve`)
+  and trusted below.
 * :func:`set_deterministic` asks torch for deterministic kernels (bit-identical reruns on
   one GPU, at some cost in speed).
 * Placement of client work (:func:`work_device`, :func:`pin_process_to_gpu`,
@@ -35,10 +38,13 @@ import os
 import re
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from fedp13n.utils.checks import check_bool
 
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")
 _warned: set[str] = set()
@@ -295,9 +301,115 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one (``cuda`` is ``cuda:0``)."""
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
 def check_compute(device: str | torch.device, precision: str) -> tuple[str, str]:
     """Validate a (device, precision) pair given to the library: ``(device, precision)``
     names as client work takes them (``"auto"`` resolved), or a one-line ``ValueError``
     (an absent device, tf32 off CUDA, an unknown name)."""
     dev = resolve_device(device)
     return str(dev), resolve_precision(precision, dev).name
+
+
+# -- one value for all of it --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Compute:
+    """Where and how client work computes, as one value: made (and checked) once by
+    :meth:`resolve` where a run or a public builder starts, then passed down and trusted
+    (the constructor checks nothing).
+
+    ``device`` is a normalised name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``),
+    ``precision`` ``"fp32"``, ``"bf16"`` or ``"tf32"``, ``deterministic`` asks for
+    deterministic GPU kernels, ``engine`` is the :class:`fedp13n.engine.MultiClientEngine`
+    that batches clients (None: one client per task), which computes on this device in
+    this precision.
+    """
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    deterministic: bool = True
+    engine: Any = None
+
+    @classmethod
+    def resolve(
+        cls,
+        device: str | torch.device | None = None,
+        precision: str | None = None,
+        deterministic: bool = True,
+        engine: Any = None,
+    ) -> Compute:
+        """The checked Compute; one-line errors for an absent device, a precision it cannot
+        use, a non-bool ``deterministic``, or an ``engine`` elsewhere or in another
+        precision. ``device``/``precision`` left out: the engine's, else cpu/fp32."""
+        check_bool("deterministic", deterministic)
+        if engine is None:
+            dev, prec = check_compute(device or "cpu", precision or "fp32")
+            return cls(dev, prec, bool(deterministic))
+        own = getattr(engine, "compute", None)
+        if not isinstance(own, Compute):
+            raise TypeError(
+                f"engine must be a fedp13n.engine.MultiClientEngine, got {type(engine).__name__}."
+            )
+        if device is not None and not same_device(resolve_device(device), own.torch_device):
+            raise ValueError(
+                f"device={str(device)!r} but the engine runs on {own.device}; leave device "
+                "out (it follows the engine) or build the MultiClientEngine on that device."
+            )
+        if precision is not None and precision != own.precision:
+            raise ValueError(
+                f"precision={precision!r} but the engine computes in {own.precision}; leave "
+                "precision out (it follows the engine) or build the MultiClientEngine with "
+                "that precision."
+            )
+        return cls(own.device, own.precision, bool(deterministic), engine)
+
+    @classmethod
+    def given(
+        cls,
+        compute: Compute | None,
+        *,
+        device: Any = None,
+        precision: Any = None,
+        deterministic: Any = True,
+        engine: Any = None,
+    ) -> Compute:
+        """A public builder's Compute: ``compute`` itself (made by :meth:`resolve`) or,
+        without it, the separate keywords resolved; both at once is a ``ValueError``."""
+        if compute is None:
+            return cls.resolve(device, precision, deterministic, engine)
+        if not isinstance(compute, Compute):
+            raise TypeError(
+                f"compute must be a fedp13n.utils.device.Compute (Compute.resolve(...)), got "
+                f"{type(compute).__name__}."
+            )
+        if device is not None or precision is not None or engine is not None:
+            raise ValueError(
+                "give compute= or device=/precision=/engine=, not both: compute holds them all."
+            )
+        if deterministic is not True:
+            raise ValueError("give compute= or deterministic=, not both: compute holds it.")
+        return compute
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def without_engine(self) -> Compute:
+        """This Compute for the per-client path (what travels to worker processes)."""
+        return self if self.engine is None else replace(self, engine=None)
+
+    def placed(self) -> torch.device:
+        """The device this process's client work runs on (:func:`work_device`: a worker
+        pinned to a GPU uses its GPU; the first CUDA work sets up determinism)."""
+        if self.device == "cpu":
+            return torch.device("cpu")
+        return work_device(self.device, deterministic=self.deterministic)
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The precision's context around forward/backward passes on ``device``."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return Precision(self.precision, device.type)
