@@ -110,14 +110,13 @@ def test_a_builder_takes_compute_or_the_keywords_not_both():
         functools.partial(build_weighted_fed_avg, small_cnn),
         functools.partial(build_personalization_eval, small_cnn, {}, evaluate_fn),
     ):
-        with pytest.raises(ValueError) as e:
-            build(compute=compute, device="cpu")
-        assert str(e.value) == (
-            "give compute= or device=/precision=/engine=, not both: compute holds them all."
-        )
-        with pytest.raises(ValueError) as e:
-            build(compute=compute, deterministic=False)
-        assert str(e.value) == "give compute= or deterministic=, not both: compute holds it."
+        for extra in ({"device": "cpu"}, {"precision": "fp32"}, {"deterministic": False}):
+            with pytest.raises(ValueError) as e:
+                build(compute=compute, **extra)
+            assert str(e.value) == (
+                "give compute= or device=/precision=/deterministic=/engine=, not both: "
+                "compute holds them all."
+            )
         with pytest.raises(TypeError) as e:
             build(compute="cpu")
         assert str(e.value) == (

@@ -385,12 +385,11 @@ class Compute:
                 f"compute must be a fedp13n.utils.device.Compute (Compute.resolve(...)), got "
                 f"{type(compute).__name__}."
             )
-        if device is not None or precision is not None or engine is not None:
+        if (device, precision, engine) != (None, None, None) or deterministic is not True:
             raise ValueError(
-                "give compute= or device=/precision=/engine=, not both: compute holds them all."
+                "give compute= or device=/precision=/deterministic=/engine=, not both: "
+                "compute holds them all."
             )
-        if deterministic is not True:
-            raise ValueError("give compute= or deterministic=, not both: compute holds it.")
         return compute
 
     @property
