@@ -224,9 +224,9 @@ class StrategyConfig:
     """One personalization strategy: ``name`` is its key in ``personalize_fn_dict``.
 
     ``kind`` is a strategy of :mod:`fedp13n.personalization.registry` (``finetune``,
-    ``head_only``, ``proximal``, ``interpolation``, ``early_stopping``,
-    ``adam_recommended``) or a user's ``"module:function"``; ``options`` holds the kind's
-    own parameters (in TOML: any other key of the table, e.g. ``lam = 0.1``).
+    ``head_only``, ``proximal``, ``interpolation``, ``early_stopping``, ``adam_recommended``,
+    ``bias_only``) or a user's ``"module:function"``; ``options`` holds the kind's own
+    parameters (in TOML: any other key of the table, e.g. ``lam = 0.1``).
     ``epochs`` / ``batch_size`` left unset take the experiment's ``p13n_epochs`` /
     ``p13n_batch_size``. ``optimizer`` / ``learning_rate`` left unset take the kind's
     (``adam_recommended``: adam at 5e-4), else the optimizer's default rate
