@@ -177,7 +177,7 @@ def test_strategy_kinds_and_their_options_from_toml(tmp_path):
     ditto, head = c.strategies
     assert (ditto.kind, ditto.options) == ("proximal", {"lam": 0.5})
     assert (head.kind, head.options, c.strategy_epochs(head)) == ("head_only", {"head": "fc2"}, 2)
-    assert c.strategy_builder(ditto).keywords["lam"] == 0.5
+    assert c.strategy_builder(ditto).lam == 0.5
     assert ExperimentConfig.from_toml(p).to_dict()["strategies"][0]["lam"] == 0.5
     p.write_text('[[strategies]]\nname = "x"\nkind = "proximal"\nlamda = 0.5\n')
     with pytest.raises(ConfigError, match="strategy 'x': .*lamda"):

@@ -58,7 +58,7 @@ def _strategy_toml(tmp_path: Path, body: str, extra: str = "") -> Path:
 
 def _rate_that_runs(config: ExperimentConfig, s: StrategyConfig) -> tuple[type, float]:
     """The optimizer class and rate the strategy's built personalize_fn trains with."""
-    optimizer_fn = config.strategy_builder(s)().fedp13n_finetune["optimizer_fn"]
+    optimizer_fn = config.strategy_builder(s).build_optimizer_fn()
     return optimizer_fn.func, optimizer_fn.keywords["lr"]
 
 
@@ -102,8 +102,8 @@ def test_the_defaults_are_declared_once_and_shared_by_the_registry():
     assert default_learning_rate("head_only", "adam") == 0.002
     assert default_learning_rate("adam_recommended") == RECOMMENDED_ADAM_LR == 5e-4
     assert default_learning_rate("some.module:factory") is None  # not imported for this
-    built = build_strategy("finetune", optimizer="adam")()
-    assert built.fedp13n_finetune["optimizer_fn"].keywords["lr"] == 0.002
+    strategy = build_strategy("finetune", optimizer="adam")
+    assert strategy.build_optimizer_fn().keywords["lr"] == 0.002
     # the experiment's default strategies: TFF's sgd 0.02 and adam 0.002
     assert [(s.name, s.optimizer, s.learning_rate) for s in ExperimentConfig().strategies] == [
         ("sgd", "sgd", 0.02),

@@ -24,6 +24,7 @@ from fedp13n.personalization.registry import (
     strategy_kinds,
     unregister_strategy,
 )
+from fedp13n.personalization.strategies import FineTune
 
 #: One configuration per built-in kind (small, so a run takes milliseconds).
 KINDS = {
@@ -64,7 +65,7 @@ def test_builtin_kinds():
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_kind_builds_a_picklable_builder(kind):
     builder = build_strategy(kind, **KINDS[kind])
-    assert isinstance(builder, functools.partial)
+    assert isinstance(builder, reg.resolve_factory(kind)) and isinstance(builder, FineTune)
     expected = run(builder())
     assert "epoch_1" in expected and "epoch_2" in expected and "num_train_examples" in expected
     again = cloudpickle.loads(cloudpickle.dumps(builder))
@@ -181,7 +182,7 @@ def test_register_strategy():
         register_strategy("a:b", mine)
     with pytest.raises(TypeError, match="must be callable"):
         register_strategy("x", 3)
-    assert reg.resolve_factory("finetune") is reg.finetune
+    assert reg.resolve_factory("finetune") is FineTune
 
 
 # -- through build_personalization_eval -----------------------------------------------------------

@@ -234,17 +234,22 @@ class StrategySpec:
 
 
 def strategy_from_builder(name: str, builder: Any) -> tuple[StrategySpec | None, str]:
-    """Read a strategy builder whose strategy is TFF's fine-tuning
-    (``build_personalize_fn``, directly or through the strategy registry's ``finetune`` /
-    ``adam_recommended``) into a :class:`StrategySpec`, or ``(None, reason)`` for any other
-    strategy (it then runs per client). The built strategy says what it is: its
-    ``fedp13n_finetune`` attribute holds its settings."""
-    try:
-        with torch.random.fork_rng(devices=[]):
-            built = builder()
-    except Exception as e:  # a broken builder fails in the per-client path, with context
-        return None, f"strategy {name!r} could not be built ({type(e).__name__})"
-    a = getattr(built, "fedp13n_finetune", None)
+    """Read a strategy builder whose strategy is TFF's fine-tuning into a
+    :class:`StrategySpec`, or ``(None, reason)`` for any other strategy (it then runs per
+    client). The strategy says what it is: a strategy object (the registry's
+    ``FineTune``, ``AdamRecommended``, ...; the builder itself, or the owner of the
+    bound method a builder such as ``functools.partial(build_personalize_fn, ...)``
+    returns) has ``finetune_settings()``, its settings when it is plain fine-tuning."""
+    strategy = builder
+    if not callable(getattr(builder, "finetune_settings", None)):
+        try:
+            with torch.random.fork_rng(devices=[]):
+                built = builder()
+        except Exception as e:  # a broken builder fails in the per-client path, with context
+            return None, f"strategy {name!r} could not be built ({type(e).__name__})"
+        strategy = getattr(built, "__self__", None)
+    settings = getattr(strategy, "finetune_settings", None)
+    a = settings() if callable(settings) else None
     if not isinstance(a, dict):
         return None, f"strategy {name!r} is not TFF's fine-tuning (build_personalize_fn)"
     if a.get("loss_fn") is not F.cross_entropy:

@@ -224,9 +224,9 @@ class StrategyConfig:
     """One personalization strategy: ``name`` is its key in ``personalize_fn_dict``.
 
     ``kind`` is a strategy of :mod:`fedp13n.personalization.registry` (``finetune``,
-    ``head_only``, ``proximal``, ``interpolation``, ``early_stopping``,
-    ``adam_recommended``) or a user's ``"module:function"``; ``options`` holds the kind's
-    own parameters (in TOML: any other key of the table, e.g. ``lam = 0.1``).
+    ``head_only``, ``proximal``, ``interpolation``, ``early_stopping``, ``adam_recommended``,
+    ``bias_only``) or a user's ``"module:function"``; ``options`` holds the kind's own
+    parameters (in TOML: any other key of the table, e.g. ``lam = 0.1``).
     ``epochs`` / ``batch_size`` left unset take the experiment's ``p13n_epochs`` /
     ``p13n_batch_size``. ``optimizer`` / ``learning_rate`` left unset take the kind's
     (``adam_recommended``: adam at 5e-4), else the optimizer's default rate
@@ -286,15 +286,13 @@ class StrategyConfig:
         return dataclasses.replace(self, **changes, options=options, tune={}, select_epoch=False)
 
     def builder_params(self, epochs: int, batch_size: int) -> dict[str, Any]:
-        """The keyword parameters of ``build_strategy(kind, ...)``: the optimizer and rate
-        only where set (unset, the kind's factory applies its own defaults)."""
-        params: dict[str, Any] = dict(
-            batch_size=batch_size, epochs=epochs, epochs_per_eval=self.epochs_per_eval
-        )
-        for key in ("optimizer", "learning_rate"):
-            if getattr(self, key) is not None:
-                params[key] = getattr(self, key)
-        return {**params, **self.options}
+        """The keyword parameters of ``build_strategy(kind, ...)``: the strategy keys this
+        config holds as fields (:data:`TUNABLE_STRATEGY_FIELDS`, the kind's own keys of the
+        same names), those unset left out (the kind's class applies its defaults), then
+        ``options``."""
+        fields = {k: getattr(self, k) for k in TUNABLE_STRATEGY_FIELDS}
+        fields.update(epochs=epochs, batch_size=batch_size)
+        return {**{k: v for k, v in fields.items() if v is not None}, **self.options}
 
     def validate(self) -> None:
         check_name("strategy", self.name, "sgd")

@@ -101,6 +101,10 @@ def build_personalize_fn(
     Generator's seed from torch's global RNG at the start of the call, so one
     ``torch.manual_seed`` before the call fixes both the order of examples and any
     dropout; :func:`build_personalization_eval` seeds it per (seed, client, strategy).
+
+    The result is the strategy of a
+    :class:`~fedp13n.personalization.strategies.FineTune` (the registry's kind
+    ``"finetune"``) with these settings, so a batched engine recognises it.
     """
     if not callable(optimizer_fn):
         raise TypeError(
@@ -115,39 +119,17 @@ def build_personalize_fn(
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (outputs, targets) -> loss, got {loss_fn!r}.")
 
-    def personalize_fn(
-        model: nn.Module, train_data: Any, test_data: Any, context: Any = None
-    ) -> OrderedDict[str, Any]:
-        del context  # this strategy uses no extra information (TFF's example does the same)
-        train = as_client_dataset(train_data, "train_data")
-        test = as_client_dataset(test_data, "test_data")
-        metrics: OrderedDict[str, Any] = OrderedDict()
+    from fedp13n.personalization.strategies.finetune import FineTune  # it builds on this module
 
-        def on_eval(epoch: int) -> None:
-            metrics[f"epoch_{epoch}"] = evaluate(model, test, loss_fn, eval_batch_size)
-
-        seen = fine_tune(
-            model,
-            train,
-            LocalTraining(optimizer_fn, loss_fn, batch_size, epochs=num_epochs, shuffle=shuffle),
-            num_epochs_per_eval=num_epochs_per_eval,
-            on_eval=on_eval,
-        )
-        metrics["num_train_examples"] = seen
-        return metrics
-
-    # What a batched engine needs to run this strategy for many clients at once
-    # (fedp13n.engine.strategy_from_builder reads it): the settings, nothing else.
-    personalize_fn.fedp13n_finetune = dict(
+    return FineTune(
         optimizer_fn=optimizer_fn,
         batch_size=batch_size,
-        num_epochs=num_epochs,
-        num_epochs_per_eval=num_epochs_per_eval,
+        epochs=num_epochs,
+        epochs_per_eval=num_epochs_per_eval,
         shuffle=shuffle,
         loss_fn=loss_fn,
         eval_batch_size=eval_batch_size,
-    )
-    return personalize_fn
+    )()
 
 
 def fine_tune(

@@ -1,13 +1,14 @@
 """Personalization strategies by name: what configs and the command line refer to.
 
-``build_strategy(kind, **params)`` returns a picklable no-argument builder (a
-``functools.partial`` of the kind's factory), the value type of
-:func:`~fedp13n.build_personalization_eval`'s ``personalize_fn_dict``; builders travel
-to worker processes with cloudpickle. Parameter names are checked against the factory's
-signature, and the factory is called once so a bad value fails at configuration time.
+A kind names a strategy class of :mod:`fedp13n.personalization.strategies` (one file
+each); its dataclass fields are its keyword parameters, the keys of a ``[[strategies]]``
+table (defaults and checks in the class). ``build_strategy(kind, **params)`` constructs
+it, so a bad value fails at configuration time; the instance is a picklable no-argument
+builder, the value type of :func:`~fedp13n.build_personalization_eval`'s
+``personalize_fn_dict``, and travels to worker processes with cloudpickle.
 
-Kinds and their keyword parameters (defaults in brackets). Every kind takes the
-fine-tuning parameters
+Every built-in kind takes :class:`~fedp13n.personalization.strategies.FineTune`'s
+parameters (defaults in brackets):
 
 * ``optimizer`` ["sgd"]: ``"sgd"`` or ``"adam"`` (``torch.optim.Adam``, bias-corrected);
 * ``learning_rate`` [None: 0.02 for sgd, 0.002 for adam, TFF's example's rates,
@@ -15,233 +16,113 @@ fine-tuning parameters
 * ``momentum`` [0.0]: SGD momentum (must be 0 for adam);
 * ``batch_size`` [20], ``epochs`` [3], ``epochs_per_eval`` [1], ``shuffle`` [True];
 
-and, per kind (builders in :mod:`fedp13n.personalization.strategies`):
+and, per kind:
 
-* ``"finetune"``: the stock strategy, :func:`~fedp13n.personalization.build_personalize_fn`
-  (Jiang et al. 2019 / TFF's ``p13n_utils``); nothing else.
-* ``"head_only"``: only the head trains (FedPer, FedRep). ``head`` [None: the last module
-  with parameters, ``fc2`` for the EMNIST models]: a module/parameter name or a list.
-* ``"proximal"``: Ditto's ``loss + lam/2 ||w - w_global||^2``. ``lam`` (required, >= 0).
-* ``"interpolation"``: ``alpha * fine-tuned + (1 - alpha) * global`` with ``alpha``
-  chosen on held-out train data (APFL-style). ``alphas`` [0, 0.1, ..., 1],
-  ``holdout_fraction`` [0.2], ``monitor`` ["loss" or "accuracy"].
-* ``"early_stopping"``: the epoch chosen on held-out train data. ``holdout_fraction``
-  [0.2], ``monitor`` ["loss"], ``include_epoch_0`` [True].
-* ``"adam_recommended"``: the stock strategy with Adam at lr 5e-4 (the fix for TFF's
-  Adam 0.002, which hurts a third of EMNIST clients by epoch 3). ``learning_rate``
-  [5e-4], ``batch_size`` [20], ``epochs`` [3], ``epochs_per_eval`` [1], ``shuffle``
-  [True]; ``optimizer`` ["adam"] may only be ``"adam"`` (another one is an error, not
-  silently ignored); no ``momentum``.
-* ``"package.module:function"``: a user factory, imported on use: a callable taking
-  keyword hyperparameters and returning ``personalize_fn(model, train_data, test_data,
-  context=None)``. Or register it under a name with :func:`register_strategy`.
+* ``"finetune"``: :class:`~fedp13n.personalization.strategies.FineTune`, the stock
+  strategy (Jiang et al. 2019 / TFF's ``p13n_utils``); nothing else.
+* ``"head_only"``: :class:`~fedp13n.personalization.strategies.HeadOnly`, only the head
+  trains (FedPer, FedRep). ``head`` [None: the last module with parameters, ``fc2`` for
+  the EMNIST models]: a module/parameter name or a list.
+* ``"proximal"``: :class:`~fedp13n.personalization.strategies.Proximal`, Ditto's
+  ``loss + lam/2 ||w - w_global||^2``. ``lam`` (required, >= 0).
+* ``"interpolation"``: :class:`~fedp13n.personalization.strategies.Interpolation`,
+  ``alpha * fine-tuned + (1 - alpha) * global`` with ``alpha`` chosen on held-out train
+  data (APFL-style). ``alphas`` [0, 0.1, ..., 1], ``holdout_fraction`` [0.2], ``monitor``
+  ["loss" or "accuracy"].
+* ``"early_stopping"``: :class:`~fedp13n.personalization.strategies.EarlyStopping`, the
+  epoch chosen on held-out train data. ``holdout_fraction`` [0.2], ``monitor`` ["loss"],
+  ``include_epoch_0`` [True].
+* ``"adam_recommended"``: :class:`~fedp13n.personalization.strategies.AdamRecommended`,
+  the stock strategy with Adam at lr 5e-4 (the fix for TFF's Adam 0.002, which hurts a
+  third of EMNIST clients by epoch 3). ``learning_rate`` [5e-4]; ``optimizer`` ["adam"]
+  may only be ``"adam"`` (another one is an error, not silently ignored).
+* ``"bias_only"``: :class:`~fedp13n.personalization.strategies.BiasOnly`, only the
+  parameters named ``bias`` train (BitFit); nothing else.
+* ``"package.module:function"``: a user factory, imported on use: a strategy class, or a
+  callable taking keyword hyperparameters and returning ``personalize_fn(model,
+  train_data, test_data, context=None)``. Or register it under a name with
+  :func:`register_strategy`.
 
-The loss is cross-entropy throughout (EMNIST); build strategies directly with the
-builders for another ``loss_fn``.
+The loss is cross-entropy throughout (EMNIST); construct the classes directly with
+``loss_fn=...`` (and ``optimizer_fn=...`` for any optimizer) from code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from fedp13n.personalization.p13n_utils import build_personalize_fn
 from fedp13n.personalization.strategies import (
-    DEFAULT_ALPHAS,
-    RECOMMENDED_ADAM_LR,
-    build_early_stopping_personalize_fn,
-    build_head_only_personalize_fn,
-    build_interpolation_personalize_fn,
-    build_proximal_personalize_fn,
-    build_recommended_adam_personalize_fn,
+    AdamRecommended,
+    BiasOnly,
+    EarlyStopping,
+    FineTune,
+    HeadOnly,
+    Interpolation,
+    Proximal,
 )
-from fedp13n.utils.checks import check_positive_number
-from fedp13n.utils.optimizers import DEFAULT_LEARNING_RATES, OPTIMIZERS
-from fedp13n.utils.optimizers import make_optimizer_fn as optimizer_fn_by_name
-from fedp13n.utils.types import OptimizerFn, PersonalizeFn
+from fedp13n.personalization.strategies.finetune import (
+    is_strategy_class,
+    make_optimizer_fn,
+    strategy_keys,
+)
+from fedp13n.utils.optimizers import DEFAULT_LEARNING_RATES
+from fedp13n.utils.types import PersonalizeFn
 
-StrategyFactory = Callable[..., PersonalizeFn]
+#: A strategy class, or keyword hyperparameters -> ``personalize_fn``.
+StrategyFactory = Callable[..., Any]
 
-
-def make_optimizer_fn(
-    optimizer: str = "sgd", learning_rate: float | None = None, momentum: float = 0.0
-) -> OptimizerFn:
-    """A picklable ``params -> torch.optim.Optimizer`` from a name and a rate."""
-    if optimizer not in DEFAULT_LEARNING_RATES:
-        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}.")
-    lr = DEFAULT_LEARNING_RATES[optimizer] if learning_rate is None else learning_rate
-    lr = check_positive_number("learning_rate", lr)
-    if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not momentum >= 0:
-        raise ValueError(f"momentum must be a number >= 0, got {momentum!r}.")
-    if optimizer == "adam" and momentum:
-        raise ValueError(
-            f"momentum={momentum!r} applies to sgd only; Adam has its own betas (use 0)."
-        )
-    return optimizer_fn_by_name(optimizer, lr, momentum=float(momentum))
-
-
-# -- the built-in factories (module level: picklable by reference) ----------------------------
-def finetune(
-    optimizer: str = "sgd",
-    learning_rate: float | None = None,
-    momentum: float = 0.0,
-    batch_size: int = 20,
-    epochs: int = 3,
-    epochs_per_eval: int = 1,
-    shuffle: bool = True,
-) -> PersonalizeFn:
-    """Kind ``"finetune"``: :func:`~fedp13n.personalization.build_personalize_fn`."""
-    return build_personalize_fn(
-        make_optimizer_fn(optimizer, learning_rate, momentum),
-        batch_size,
-        epochs,
-        epochs_per_eval,
-        shuffle,
-    )
-
-
-def head_only(
-    optimizer: str = "sgd",
-    learning_rate: float | None = None,
-    momentum: float = 0.0,
-    batch_size: int = 20,
-    epochs: int = 3,
-    epochs_per_eval: int = 1,
-    shuffle: bool = True,
-    head: str | Sequence[str] | None = None,
-) -> PersonalizeFn:
-    """Kind ``"head_only"``: ``strategies.build_head_only_personalize_fn``."""
-    return build_head_only_personalize_fn(
-        make_optimizer_fn(optimizer, learning_rate, momentum),
-        batch_size,
-        epochs,
-        epochs_per_eval,
-        shuffle,
-        head=head,
-    )
-
-
-def proximal(
-    lam: float,
-    optimizer: str = "sgd",
-    learning_rate: float | None = None,
-    momentum: float = 0.0,
-    batch_size: int = 20,
-    epochs: int = 3,
-    epochs_per_eval: int = 1,
-    shuffle: bool = True,
-) -> PersonalizeFn:
-    """Kind ``"proximal"``: ``strategies.build_proximal_personalize_fn``."""
-    return build_proximal_personalize_fn(
-        make_optimizer_fn(optimizer, learning_rate, momentum),
-        batch_size,
-        epochs,
-        epochs_per_eval,
-        shuffle,
-        lam=lam,
-    )
-
-
-def interpolation(
-    optimizer: str = "sgd",
-    learning_rate: float | None = None,
-    momentum: float = 0.0,
-    batch_size: int = 20,
-    epochs: int = 3,
-    epochs_per_eval: int = 1,
-    shuffle: bool = True,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    holdout_fraction: float = 0.2,
-    monitor: str = "loss",
-) -> PersonalizeFn:
-    """Kind ``"interpolation"``: ``strategies.build_interpolation_personalize_fn``."""
-    return build_interpolation_personalize_fn(
-        make_optimizer_fn(optimizer, learning_rate, momentum),
-        batch_size,
-        epochs,
-        epochs_per_eval,
-        shuffle,
-        alphas=alphas,
-        holdout_fraction=holdout_fraction,
-        monitor=monitor,
-    )
-
-
-def early_stopping(
-    optimizer: str = "sgd",
-    learning_rate: float | None = None,
-    momentum: float = 0.0,
-    batch_size: int = 20,
-    epochs: int = 3,
-    epochs_per_eval: int = 1,
-    shuffle: bool = True,
-    holdout_fraction: float = 0.2,
-    monitor: str = "loss",
-    include_epoch_0: bool = True,
-) -> PersonalizeFn:
-    """Kind ``"early_stopping"``: ``strategies.build_early_stopping_personalize_fn``."""
-    return build_early_stopping_personalize_fn(
-        make_optimizer_fn(optimizer, learning_rate, momentum),
-        batch_size,
-        epochs,
-        epochs_per_eval,
-        shuffle,
-        holdout_fraction=holdout_fraction,
-        monitor=monitor,
-        include_epoch_0=include_epoch_0,
-    )
-
-
-def adam_recommended(
-    learning_rate: float = RECOMMENDED_ADAM_LR,
-    batch_size: int = 20,
-    epochs: int = 3,
-    epochs_per_eval: int = 1,
-    shuffle: bool = True,
-    optimizer: str = "adam",
-) -> PersonalizeFn:
-    """Kind ``"adam_recommended"``: ``strategies.build_recommended_adam_personalize_fn``.
-
-    It is Adam: ``optimizer`` may only say so (another one is a ``ValueError``, not
-    silently ignored)."""
-    if optimizer != "adam":
-        raise ValueError(
-            f"it fine-tunes with Adam, so optimizer {optimizer!r} contradicts it; drop "
-            f"optimizer, or use kind 'finetune' with optimizer {optimizer!r}."
-        )
-    return build_recommended_adam_personalize_fn(
-        batch_size, epochs, epochs_per_eval, shuffle, learning_rate=learning_rate
-    )
-
+__all__ = [
+    "DEFAULT_LEARNING_RATES",
+    "build_strategy",
+    "default_learning_rate",
+    "default_optimizer",
+    "make_optimizer_fn",
+    "register_strategy",
+    "resolve_factory",
+    "strategy_kinds",
+    "strategy_parameters",
+    "unregister_strategy",
+]
 
 _REGISTRY: dict[str, StrategyFactory] = {
-    "finetune": finetune,
-    "head_only": head_only,
-    "proximal": proximal,
-    "interpolation": interpolation,
-    "early_stopping": early_stopping,
-    "adam_recommended": adam_recommended,
+    "finetune": FineTune,
+    "head_only": HeadOnly,
+    "proximal": Proximal,
+    "interpolation": Interpolation,
+    "early_stopping": EarlyStopping,
+    "adam_recommended": AdamRecommended,
+    "bias_only": BiasOnly,
 }
 
 
-_BUILT_IN = frozenset(_REGISTRY.values())
-
-
-def _keyword_defaults(factory: StrategyFactory) -> dict[str, Any] | None:
-    """The factory's keyword parameters and their defaults (``inspect.Parameter.empty``
-    for a required one); None when it takes ``**kwargs`` or has no signature."""
+def _parameters(factory: StrategyFactory) -> tuple[dict[str, Any], bool] | None:
+    """The factory's keyword parameters with their defaults (``inspect.Parameter.empty``
+    for a required one; a strategy class's: its configuration keys) and whether it takes
+    ``**kwargs``; None when it has no signature."""
+    if is_strategy_class(factory):
+        keys = strategy_keys(factory)
+        empty = inspect.Parameter.empty
+        return {k: empty if v is dataclasses.MISSING else v for k, v in keys.items()}, False
     try:
         parameters = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
         return None
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return {
-        p.name: p.default for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return (
+        {p.name: p.default for p in parameters if p.kind in named},
+        any(p.kind is p.VAR_KEYWORD for p in parameters),
+    )
+
+
+def _keyword_defaults(factory: StrategyFactory) -> dict[str, Any] | None:
+    """:func:`_parameters`' defaults; None when it takes ``**kwargs`` or has no signature."""
+    found = _parameters(factory)
+    return None if found is None or found[1] else found[0]
 
 
 def default_optimizer(kind: str) -> str | None:
@@ -264,7 +145,7 @@ def default_learning_rate(kind: str, optimizer: str | None = None) -> float | No
     rate = defaults["learning_rate"]
     if isinstance(rate, int | float) and not isinstance(rate, bool):
         return rate
-    if rate is None and _REGISTRY[kind] in _BUILT_IN:  # make_optimizer_fn's rule
+    if rate is None and is_strategy_class(_REGISTRY[kind]):  # make_optimizer_fn's rule
         if optimizer is None:
             optimizer = default_optimizer(kind)
         return DEFAULT_LEARNING_RATES.get(optimizer)  # type: ignore[arg-type]
@@ -286,10 +167,13 @@ def strategy_kinds() -> list[str]:
 def register_strategy(
     name: str, factory: StrategyFactory, *, replace: bool = False
 ) -> StrategyFactory:
-    """Make ``factory`` (keyword hyperparameters -> ``personalize_fn``) available as ``name``.
+    """Make ``factory`` available as ``name``: a strategy class (a subclass of
+    :class:`~fedp13n.personalization.strategies.FineTune`, whose fields are the kind's
+    parameters) or a function of keyword hyperparameters returning ``personalize_fn``.
 
     Returns ``factory``. Registration lives in this process; the builders
-    :func:`build_strategy` returns hold the factory itself, so workers do not need it.
+    :func:`build_strategy` returns hold the class or factory itself, so workers do not
+    need it.
     A name already taken is a ``ValueError`` unless ``replace=True``.
     """
     if not isinstance(name, str) or not name or ":" in name:
@@ -299,8 +183,8 @@ def register_strategy(
         )
     if not callable(factory):
         raise TypeError(
-            f"the factory for strategy kind {name!r} must be callable (keyword "
-            f"hyperparameters -> personalize_fn), got a {type(factory).__name__}."
+            f"the factory for strategy kind {name!r} must be callable (a strategy class, or "
+            f"keyword hyperparameters -> personalize_fn), got a {type(factory).__name__}."
         )
     if name in _REGISTRY and not replace:
         raise ValueError(
@@ -365,21 +249,18 @@ def build_strategy(kind: str, **params: Any) -> Callable[[], PersonalizeFn]:
     """A picklable no-argument builder of the strategy ``kind`` with ``params``.
 
     ``kind`` is a registered name (see the module docstring) or ``"module:function"``.
-    Unknown or missing parameters are a ``ValueError`` listing the valid ones; the factory
-    is called once here, so a bad value raises now (its own ``ValueError``/``TypeError``,
-    prefixed with the kind) rather than in a worker.
+    Unknown or missing parameters are a ``ValueError`` listing the valid ones. A strategy
+    class is constructed (the instance is the builder); a factory function is called once
+    here and the builder is ``functools.partial(factory, **params)``. Either way a bad
+    value raises now (its own ``ValueError``/``TypeError``, prefixed with the kind) rather
+    than in a worker.
     """
     factory = resolve_factory(kind)
     _check_params(kind, factory, params)
+    if is_strategy_class(factory):
+        return _call(kind, functools.partial(factory, **params))
     builder = functools.partial(factory, **params)
-    try:
-        built = builder()
-    except (ValueError, TypeError) as e:
-        raise type(e)(f"strategy kind {kind!r}: {_one_line(str(e))}") from None
-    except Exception as e:  # a user's factory failing in its own way (RuntimeError, ...)
-        raise ValueError(
-            f"strategy kind {kind!r}: the factory raised {_exception_text(e)}."
-        ) from None
+    built = _call(kind, builder)
     if not callable(built):
         raise TypeError(
             f"strategy kind {kind!r}: the factory returned a {type(built).__name__}; it must "
@@ -392,6 +273,18 @@ def build_strategy(kind: str, **params: Any) -> Callable[[], PersonalizeFn]:
             "personalize_fn(model, train_data, test_data, context=None)."
         )
     return builder
+
+
+def _call(kind: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``, its errors one line prefixed with the kind."""
+    try:
+        return fn()
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"strategy kind {kind!r}: {_one_line(str(e))}") from None
+    except Exception as e:  # a user's factory failing in its own way (RuntimeError, ...)
+        raise ValueError(
+            f"strategy kind {kind!r}: the factory raised {_exception_text(e)}."
+        ) from None
 
 
 def _takes_no_arguments(fn: Callable[..., Any]) -> bool:
@@ -416,24 +309,19 @@ def _exception_text(e: BaseException) -> str:
 
 
 def _check_params(kind: str, factory: StrategyFactory, params: dict[str, Any]) -> None:
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):  # some builtins have none: let the call decide
+    found = _parameters(factory)
+    if found is None:  # some builtins have no signature: let the call decide
         return
-    accepted = [
-        p
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    valid = [p.name for p in accepted]
-    required = [p.name for p in accepted if p.default is p.empty]
+    defaults, open_ended = found
+    valid = list(defaults)
+    required = [k for k, v in defaults.items() if v is inspect.Parameter.empty]
     if required[:3] == ["model", "train_data", "test_data"]:
         raise TypeError(
             f"strategy kind {kind!r} is a built strategy (it takes {required[:3]}), not a "
             "factory: a strategy kind names a factory that takes keyword hyperparameters "
             "and returns personalize_fn(model, train_data, test_data, context=None)."
         )
-    if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+    if not open_ended:
         unknown = [k for k in params if k not in valid]
         if unknown:
             raise ValueError(

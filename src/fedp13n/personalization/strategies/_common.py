@@ -1,47 +1,22 @@
-"""What the strategies share: the held-out split, the choice on it, argument checks.
-
-Their training is the client program (:class:`fedp13n.client.LocalTraining`) run by the
-stock strategy's :func:`~fedp13n.personalization.p13n_utils.fine_tune`; a strategy only
-sets its hooks (which parameters train, a penalty, a hook after ``model.train()``) and
-what it does at each evaluation epoch. With no hook it trains bit-for-bit like the stock
-strategy (tested).
-"""
+"""What the strategies that choose on held-out train data share: the split, the
+choice on it, their two fields (:class:`HeldOut`)."""
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedp13n.data.client_data import ClientDataset
-from fedp13n.utils.checks import check_callable, check_fraction, check_positive_int
+from fedp13n.personalization.strategies.finetune import FineTune
+from fedp13n.utils.checks import check_fraction
 
 #: What the validation metric of a held-out split may be, and whether larger is better.
 MONITORS = {"loss": False, "accuracy": True}
-
-
-def check_loop_args(
-    optimizer_fn: Any,
-    batch_size: Any,
-    num_epochs: Any,
-    num_epochs_per_eval: Any,
-    loss_fn: Any,
-    eval_batch_size: Any,
-) -> None:
-    """The checks of ``build_personalize_fn``'s arguments, with the shared helpers."""
-    check_callable(
-        "optimizer_fn",
-        optimizer_fn,
-        "params -> torch.optim.Optimizer, e.g. functools.partial(torch.optim.SGD, lr=0.02)",
-    )
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("num_epochs", num_epochs)
-    check_positive_int("num_epochs_per_eval", num_epochs_per_eval)
-    check_positive_int("eval_batch_size", eval_batch_size)
-    check_callable("loss_fn", loss_fn, "(outputs, targets) -> mean loss")
 
 
 def check_holdout_fraction(value: Any) -> float:
@@ -59,6 +34,21 @@ def check_monitor(value: Any) -> str:
     if value not in MONITORS:
         raise ValueError(f"monitor must be one of {sorted(MONITORS)}, got {value!r}.")
     return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeldOut(FineTune):
+    """Fine-tuning that chooses on a held-out part of the train data:
+    ``holdout_fraction`` of it (see :func:`holdout_split`), scored by ``monitor``
+    (``"loss"``: lowest; ``"accuracy"``: highest)."""
+
+    holdout_fraction: float = 0.2
+    monitor: str = "loss"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "holdout_fraction", check_holdout_fraction(self.holdout_fraction))
+        check_monitor(self.monitor)
 
 
 def num_holdout(num_examples: int, fraction: float) -> int:

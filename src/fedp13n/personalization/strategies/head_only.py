@@ -8,20 +8,15 @@ global weights and only the head is fitted to the client.
 
 from __future__ import annotations
 
-import functools
-from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.client.program import LocalTraining
-from fedp13n.personalization.inputs import as_client_dataset
-from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn, fine_tune
-from fedp13n.personalization.strategies._common import (
-    check_loop_args,
-)
+from fedp13n.client.program import EVAL_BATCH_SIZE
+from fedp13n.personalization.strategies.finetune import FineTune
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
 
@@ -62,6 +57,56 @@ def head_parameter_names(model: nn.Module, head: str | Sequence[str] | None) -> 
     return [n for n in params if n in chosen]  # model order
 
 
+@dataclass(frozen=True, kw_only=True)
+class HeadOnly(FineTune):
+    """Kind ``"head_only"``: :class:`FineTune` restricted to the ``head``.
+
+    ``head``: a module or parameter name (``""`` is the whole model), or a sequence of
+    them (see :func:`head_parameter_names`); None = the last module owning parameters
+    (:func:`default_head`), e.g. ``"fc2"`` for the EMNIST models. A name that matches no
+    parameter raises a ``ValueError`` listing the valid names at the call.
+
+    Every other parameter has ``requires_grad`` off during the call (restored afterwards)
+    and is not given to the optimizer, so it stays bit-for-bit the global weight (weight
+    decay, momentum cannot touch it). Modules outside the head that hold buffers (batch
+    norm) run in eval mode while training, so their running statistics do not change
+    either (they normalize with the global statistics, as at evaluation). Dropout in the
+    body still runs in train mode (it has no state). Same training, evaluation keys,
+    seeding as :class:`FineTune`.
+    """
+
+    head: str | Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        head = self.head
+        if head is not None and (
+            not isinstance(head, str | Sequence)
+            or (not isinstance(head, str) and not all(isinstance(h, str) for h in head))
+        ):
+            raise TypeError(f"head must be a name, a sequence of names or None, got {head!r}.")
+        if head is not None and not isinstance(head, str):
+            if len(head) == 0:
+                raise ValueError(
+                    "head is an empty list: it names no layer to fine-tune; name at least one "
+                    "(e.g. head = ['fc2']) or leave head out for the last layer with parameters."
+                )
+            object.__setattr__(self, "head", tuple(head))
+
+    def hooks(self, model: nn.Module) -> dict[str, Any]:
+        in_head = set(head_parameter_names(model, self.head))
+        frozen_modules = _frozen_stateful_modules(model, self.head, in_head)
+
+        def freeze_modules() -> None:
+            for m in frozen_modules:
+                m.eval()
+
+        return dict(
+            trainable=[n for n, _ in model.named_parameters() if n in in_head],
+            after_train_mode=freeze_modules,
+        )
+
+
 def build_head_only_personalize_fn(
     optimizer_fn: OptimizerFn,
     batch_size: int,
@@ -73,94 +118,11 @@ def build_head_only_personalize_fn(
     loss_fn: LossFn = F.cross_entropy,
     eval_batch_size: int = EVAL_BATCH_SIZE,
 ) -> PersonalizeFn:
-    """:func:`~fedp13n.personalization.build_personalize_fn` restricted to the head.
-
-    ``head``: a module or parameter name (``""`` is the whole model), or a sequence of
-    them (see :func:`head_parameter_names`); None = the last module owning parameters
-    (:func:`default_head`), e.g. ``"fc2"`` for the EMNIST models. A name that matches no
-    parameter raises a ``ValueError`` listing the valid names at the call.
-
-    Every other parameter has ``requires_grad`` off during the call (restored afterwards)
-    and is not given to ``optimizer_fn``, so it stays bit-for-bit the global weight (weight
-    decay, momentum cannot touch it). Modules outside the head that hold buffers (batch
-    norm) run in eval mode while training, so their running statistics do not change
-    either (they normalize with the global statistics, as at evaluation). Dropout in the
-    body still runs in train mode (it has no state).
-
-    Same training, evaluation keys, seeding as the stock strategy: ``epoch_<k>`` ->
-    :func:`evaluate_fn` on ``test_data``, then ``num_train_examples``.
-    """
-    check_loop_args(
-        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn, eval_batch_size
-    )
-    if head is not None and (
-        not isinstance(head, str | Sequence)
-        or (not isinstance(head, str) and not all(isinstance(h, str) for h in head))
-    ):
-        raise TypeError(f"head must be a name, a sequence of names or None, got {head!r}.")
-    if head is not None and not isinstance(head, str) and len(head) == 0:
-        raise ValueError(
-            "head is an empty list: it names no layer to fine-tune; name at least one "
-            "(e.g. head = ['fc2']) or leave head out for the last layer with parameters."
-        )
-    return functools.partial(
-        _personalize,
-        optimizer_fn=optimizer_fn,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        num_epochs_per_eval=num_epochs_per_eval,
-        shuffle=shuffle,
-        head=head,
-        loss_fn=loss_fn,
-        eval_batch_size=eval_batch_size,
-    )
-
-
-def _personalize(
-    model: nn.Module,
-    train_data: Any,
-    test_data: Any,
-    context: Any = None,
-    *,
-    optimizer_fn: OptimizerFn,
-    batch_size: int,
-    num_epochs: int,
-    num_epochs_per_eval: int,
-    shuffle: bool,
-    head: str | Sequence[str] | None,
-    loss_fn: LossFn,
-    eval_batch_size: int,
-) -> OrderedDict[str, Any]:
-    del context
-    train = as_client_dataset(train_data, "train_data")
-    test = as_client_dataset(test_data, "test_data")
-    in_head = set(head_parameter_names(model, head))
-    frozen_modules = _frozen_stateful_modules(model, head, in_head)
-    metrics: OrderedDict[str, Any] = OrderedDict()
-
-    def on_eval(epoch: int) -> None:
-        metrics[f"epoch_{epoch}"] = evaluate_fn(
-            model, test, loss_fn=loss_fn, batch_size=eval_batch_size
-        )
-
-    def freeze_modules() -> None:
-        for m in frozen_modules:
-            m.eval()
-
-    program = LocalTraining(
-        optimizer_fn,
-        loss_fn,
-        batch_size,
-        epochs=num_epochs,
-        shuffle=shuffle,
-        trainable=[n for n, _ in model.named_parameters() if n in in_head],
-        after_train_mode=freeze_modules,
-    )
-    seen = fine_tune(
-        model, train, program, num_epochs_per_eval=num_epochs_per_eval, on_eval=on_eval
-    )
-    metrics["num_train_examples"] = seen
-    return metrics
+    """:class:`HeadOnly` with TFF's ``build_personalize_fn`` arguments."""
+    return HeadOnly.from_tff(
+        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, shuffle,
+        head=head, loss_fn=loss_fn, eval_batch_size=eval_batch_size,
+    )()  # fmt: skip
 
 
 def _frozen_stateful_modules(

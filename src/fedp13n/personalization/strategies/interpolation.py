@@ -10,26 +10,18 @@ choose.
 from __future__ import annotations
 
 import copy
-import functools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.client.program import LocalTraining, generator_from_torch
-from fedp13n.personalization.inputs import as_client_dataset
-from fedp13n.personalization.p13n_utils import EVAL_BATCH_SIZE, evaluate_fn, fine_tune
-from fedp13n.personalization.strategies._common import (
-    check_holdout_fraction,
-    check_loop_args,
-    check_monitor,
-    holdout_split,
-    monitored,
-    pick,
-)
+from fedp13n.client.program import EVAL_BATCH_SIZE, generator_from_torch
+from fedp13n.data.client_data import ClientDataset
+from fedp13n.personalization.strategies._common import HeldOut, holdout_split, monitored, pick
 from fedp13n.utils.checks import check_fraction
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
@@ -56,6 +48,73 @@ def interpolate(
     return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class Interpolation(HeldOut):
+    """Kind ``"interpolation"``: fine-tune on part of the train data, report the best mix
+    with the global model.
+
+    At the call, a held-out split of ``train_data`` is drawn (see
+    :func:`~fedp13n.personalization.strategies.holdout_split`: ``round(holdout_fraction *
+    n)`` examples, at least 1 and at most ``n - 1``) from a numpy Generator seeded by one
+    draw of torch's global RNG; then the model fine-tunes on the *rest* exactly as
+    :class:`FineTune` does (its shuffle generator is the next draw). At every evaluation
+    epoch, every ``alpha`` of ``alphas`` is scored on the held-out split (``monitor``:
+    lowest ``loss`` or highest ``accuracy``; ties go to the first in ``alphas``, so with
+    the default ascending grid to the one nearer the global model) and the chosen mix is
+    evaluated on ``test_data``.
+
+    Returns ``epoch_<k>`` -> :func:`~fedp13n.personalization.evaluate_fn` metrics of the
+    chosen mix on ``test_data`` plus its ``alpha``; ``num_train_examples`` (examples
+    trained on, summed over epochs: the rest only); ``num_holdout_examples``.
+
+    Fallback: with fewer than 2 train examples nothing is held out
+    (``num_holdout_examples`` = 0), the model fine-tunes on all of them and the chosen
+    ``alpha`` is the largest of ``alphas`` (1.0 for the default grid: plain fine-tuning).
+
+    After the call ``model`` holds the fine-tuned weights (not the mix).
+    """
+
+    alphas: Sequence[float] = DEFAULT_ALPHAS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        alphas = self.alphas
+        if isinstance(alphas, str | bytes) or not isinstance(alphas, Iterable):
+            raise ValueError(
+                f"alphas must be a non-empty sequence of numbers in [0, 1], got {alphas!r}."
+            )
+        grid = tuple(check_fraction("every alpha", a, closed_right=True) for a in alphas)
+        if not grid:
+            raise ValueError("alphas must be a non-empty sequence of numbers in [0, 1], got none.")
+        object.__setattr__(self, "alphas", grid)
+
+    def run(self, model: nn.Module, train: ClientDataset, test: ClientDataset) -> OrderedDict:
+        rest, holdout = holdout_split(train, self.holdout_fraction, generator_from_torch())
+        global_state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+        mixed_model = copy.deepcopy(model)
+        alphas, monitor = self.alphas, self.monitor
+        metrics: OrderedDict[str, Any] = OrderedDict()
+
+        def on_eval(epoch: int) -> None:
+            finetuned = model.state_dict()
+            if len(holdout) == 0:
+                alpha = max(alphas)
+            else:
+                scores = []
+                for a in alphas:
+                    mixed_model.load_state_dict(interpolate(finetuned, global_state, a))
+                    scores.append(monitored(self.evaluate(mixed_model, holdout), monitor))
+                alpha = alphas[pick(scores, monitor)]
+            mixed_model.load_state_dict(interpolate(finetuned, global_state, alpha))
+            m = self.evaluate(mixed_model, test)
+            m["alpha"] = alpha
+            metrics[f"epoch_{epoch}"] = m
+
+        metrics["num_train_examples"] = self.train(model, rest, on_eval)
+        metrics["num_holdout_examples"] = len(holdout)
+        return metrics
+
+
 def build_interpolation_personalize_fn(
     optimizer_fn: OptimizerFn,
     batch_size: int,
@@ -69,96 +128,9 @@ def build_interpolation_personalize_fn(
     loss_fn: LossFn = F.cross_entropy,
     eval_batch_size: int = EVAL_BATCH_SIZE,
 ) -> PersonalizeFn:
-    """Fine-tune on part of the train data, report the best mix with the global model.
-
-    At the call, a held-out split of ``train_data`` is drawn (see
-    :func:`~fedp13n.personalization.strategies.holdout_split`: ``round(holdout_fraction *
-    n)`` examples, at least 1 and at most ``n - 1``) from a numpy Generator seeded by one
-    draw of torch's global RNG; then the model fine-tunes on the *rest* exactly as
-    :func:`~fedp13n.personalization.build_personalize_fn` does (its shuffle generator is
-    the next draw). At every evaluation epoch, every ``alpha`` of ``alphas`` is scored on
-    the held-out split (``monitor``: lowest ``loss`` or highest ``accuracy``; ties go to
-    the first in ``alphas``, so with the default ascending grid to the one nearer the
-    global model) and the chosen mix is evaluated on ``test_data``.
-
-    Returns ``epoch_<k>`` -> :func:`evaluate_fn` metrics of the chosen mix on
-    ``test_data`` plus its ``alpha``; ``num_train_examples`` (examples trained on, summed
-    over epochs: the rest only); ``num_holdout_examples``.
-
-    Fallback: with fewer than 2 train examples nothing is held out
-    (``num_holdout_examples`` = 0), the model fine-tunes on all of them and the chosen
-    ``alpha`` is the largest of ``alphas`` (1.0 for the default grid: plain fine-tuning).
-
-    After the call ``model`` holds the fine-tuned weights (not the mix).
-    """
-    check_loop_args(
-        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn, eval_batch_size
-    )
-    if isinstance(alphas, str | bytes) or not isinstance(alphas, Iterable):
-        raise ValueError(
-            f"alphas must be a non-empty sequence of numbers in [0, 1], got {alphas!r}."
-        )
-    grid = tuple(check_fraction("every alpha", a, closed_right=True) for a in alphas)
-    if not grid:
-        raise ValueError("alphas must be a non-empty sequence of numbers in [0, 1], got none.")
-    return functools.partial(
-        _personalize,
-        optimizer_fn=optimizer_fn,
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        num_epochs_per_eval=num_epochs_per_eval,
-        shuffle=shuffle,
-        alphas=grid,
-        holdout_fraction=check_holdout_fraction(holdout_fraction),
-        monitor=check_monitor(monitor),
-        loss_fn=loss_fn,
-        eval_batch_size=eval_batch_size,
-    )
-
-
-def _personalize(
-    model: nn.Module,
-    train_data: Any,
-    test_data: Any,
-    context: Any = None,
-    *,
-    optimizer_fn: OptimizerFn,
-    batch_size: int,
-    num_epochs: int,
-    num_epochs_per_eval: int,
-    shuffle: bool,
-    alphas: tuple[float, ...],
-    holdout_fraction: float,
-    monitor: str,
-    loss_fn: LossFn,
-    eval_batch_size: int,
-) -> OrderedDict[str, Any]:
-    del context
-    full = as_client_dataset(train_data, "train_data")
-    test = as_client_dataset(test_data, "test_data")
-    rest, holdout = holdout_split(full, holdout_fraction, generator_from_torch())
-    global_state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
-    mixed_model = copy.deepcopy(model)
-    evaluate = functools.partial(evaluate_fn, loss_fn=loss_fn, batch_size=eval_batch_size)
-    metrics: OrderedDict[str, Any] = OrderedDict()
-
-    def on_eval(epoch: int) -> None:
-        finetuned = model.state_dict()
-        if len(holdout) == 0:
-            alpha = max(alphas)
-        else:
-            scores = []
-            for a in alphas:
-                mixed_model.load_state_dict(interpolate(finetuned, global_state, a))
-                scores.append(monitored(evaluate(mixed_model, holdout), monitor))
-            alpha = alphas[pick(scores, monitor)]
-        mixed_model.load_state_dict(interpolate(finetuned, global_state, alpha))
-        m = evaluate(mixed_model, test)
-        m["alpha"] = alpha
-        metrics[f"epoch_{epoch}"] = m
-
-    program = LocalTraining(optimizer_fn, loss_fn, batch_size, epochs=num_epochs, shuffle=shuffle)
-    seen = fine_tune(model, rest, program, num_epochs_per_eval=num_epochs_per_eval, on_eval=on_eval)
-    metrics["num_train_examples"] = seen
-    metrics["num_holdout_examples"] = len(holdout)
-    return metrics
+    """:class:`Interpolation` with TFF's ``build_personalize_fn`` arguments."""
+    return Interpolation.from_tff(
+        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, shuffle,
+        alphas=alphas, holdout_fraction=holdout_fraction, monitor=monitor,
+        loss_fn=loss_fn, eval_batch_size=eval_batch_size,
+    )()  # fmt: skip
