@@ -100,8 +100,9 @@ def test_engine_on_the_command_line_gives_the_per_client_numbers(tmp_path):
         "run", "--dataset", "synthetic", "--synthetic-clients", "12", "--num-train-clients",
         "8", "--num-p13n-clients", "4", "--rounds", "2", "--clients-per-round", "3",
         "--local-epochs", "1", "--num-eval-clients", "3", "--p13n-epochs", "1",
-        "--executor", "in-process", "--no-report", "--no-progress",
+        "--executor", "in-process", "--no-report", "--no-progress", "--device", "cpu",
     ]  # fmt: skip
+    # --device cpu: the CPU's engine, also on a machine with a GPU
     outs = []
     for engine in ("off", "on"):
         out = tmp_path / engine
