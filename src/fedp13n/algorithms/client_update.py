@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from fedp13n.client.program import LocalTraining
+from fedp13n.client.result import ClientOutput
 from fedp13n.data.client_data import ClientDataset
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER
 from fedp13n.execution.base import SharedRef
@@ -78,23 +79,6 @@ class ClientTask:
     data: ClientDataset | SharedRef
     client_key: int | str
     round_num: int
-
-
-@dataclass
-class ClientOutput:
-    """What a client sends back. ``delta`` (trainable parameters) is initial - trained, TFF's
-    sign convention, so that the server can apply it as a gradient; ``buffers`` are the
-    trained values of the model's buffers. Both are ``None`` for a non-finite update."""
-
-    delta: dict[str, torch.Tensor] | None
-    buffers: dict[str, torch.Tensor] | None
-    # the client's weight in the average: its dataset size under the "epochs" pipeline,
-    # the examples it processed under "tff" (TFF's NUM_EXAMPLES client weighting)
-    num_examples: int
-    num_trained: int  # examples processed over all epochs (for metrics)
-    loss_sum: float  # sum over processed examples of the loss
-    metric_sum: float  # sum over processed examples of the metric
-    finite: bool
 
 
 # One model per worker process and ClientWork, reused across tasks and rounds: building a

@@ -327,7 +327,7 @@ class WeightedFedAvg:
             cd = client_datasets.client_data
             datasets = [cd.create_dataset(c, device=self.engine.device) for c in keys]
         work = self.client_work
-        results = self.engine.fedavg_clients(
+        return self.engine.fedavg_clients(
             self.get_model_weights(state),
             datasets,
             keys,
@@ -341,7 +341,6 @@ class WeightedFedAvg:
             shuffle_buffer=work.shuffle_buffer,
             max_steps=work.max_steps,
         )
-        return [ClientOutput(**vars(r)) for r in results]
 
     @staticmethod
     def _trainable(model: nn.Module) -> list[nn.Parameter]:

@@ -10,7 +10,6 @@ Names are imported on first use (PEP 562): importing the package costs nothing."
 from fedp13n.utils.lazy import lazy_exports
 
 _EXPORTS = {
-    "ClientResult": "fedp13n.engine.batched",
     "MultiClientEngine": "fedp13n.engine.batched",
     "OptimizerSpec": "fedp13n.engine.batched",
     "StrategySpec": "fedp13n.engine.batched",
@@ -23,7 +22,6 @@ _EXPORTS = {
     "strategy_from_builder": "fedp13n.engine.batched",
 }
 __all__ = [
-    "ClientResult",
     "MultiClientEngine",
     "OptimizerSpec",
     "StrategySpec",

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedp13n.client.program import EVAL_BATCH_SIZE
+from fedp13n.client.result import ClientOutput
 from fedp13n.data.client_data import UINT8_TO_UNIT, ClientDataset, features_to_tensor
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, batch_plan
 from fedp13n.engine.functional import FunctionalModel, NotBatchable, refusal
@@ -67,7 +68,6 @@ from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import ModelFn
 
 __all__ = [
-    "ClientResult",
     "MultiClientEngine",
     "OptimizerSpec",
     "StrategySpec",
@@ -262,21 +262,6 @@ def strategy_from_builder(name: str, builder: Any) -> tuple[StrategySpec | None,
     return StrategySpec(
         name, spec, a["batch_size"], a["num_epochs"], a["num_epochs_per_eval"], a["shuffle"]
     ), ""
-
-
-# -- results --------------------------------------------------------------------------------
-@dataclass
-class ClientResult:
-    """One FedAvg client's result, the fields of ``ClientOutput`` (``ClientOutput(**vars(r))``):
-    ``delta`` = initial - trained (``None`` when not finite), no buffers."""
-
-    delta: dict[str, torch.Tensor] | None
-    buffers: dict[str, torch.Tensor] | None
-    num_examples: int
-    num_trained: int
-    loss_sum: float
-    metric_sum: float
-    finite: bool
 
 
 # -- data on the device -----------------------------------------------------------------------
@@ -616,7 +601,7 @@ class MultiClientEngine:
         pipeline: str = DEFAULT_CLIENT_PIPELINE,
         shuffle_buffer: int = 1000,
         max_steps: int | None = None,
-    ) -> list[ClientResult]:
+    ) -> list[ClientOutput]:
         """Local training of FedAvg's clients from ``weights``, as ``ClientWork`` would do
         task by task (same seeds from ``seed``, ``round_num`` and each client key, the same
         :func:`~fedp13n.data.pipeline.batch_plan` of ``pipeline`` / ``max_steps``)."""
@@ -625,7 +610,7 @@ class MultiClientEngine:
             raise ValueError(f"the engine cannot batch this optimizer: {why}.")
         if len(datasets) != len(client_keys):
             raise ValueError("datasets and client_keys must have the same length.")
-        results: list[ClientResult | None] = [None] * len(datasets)
+        results: list[ClientOutput | None] = [None] * len(datasets)
         for group in self._groups([len(d) for d in datasets]):
             K = len(group)
             data = _DeviceData([datasets[i] for i in group], self.device)
@@ -665,7 +650,7 @@ class MultiClientEngine:
                 finite = math.isfinite(loss_sums[j]) and all(
                     bool(torch.isfinite(t).all()) for t in delta.values()
                 )
-                results[i] = ClientResult(
+                results[i] = ClientOutput(
                     delta=delta if finite else None,
                     buffers={} if finite else None,
                     # the weight in the average, as ClientWork gives it

@@ -143,13 +143,16 @@ def build_stage_process(
     from fedp13n.algorithms import build_weighted_fed_avg
     from fedp13n.utils.optimizers import make_optimizer_fn
 
+    # the configuration's momentum is SGD's (adam ignores it; the server's default is 0.9)
     client = make_optimizer_fn(
-        stage.client_optimizer, stage.client_learning_rate, momentum=stage.client_momentum
+        stage.client_optimizer,
+        stage.client_learning_rate,
+        momentum=stage.client_momentum if stage.client_optimizer == "sgd" else 0.0,
     )
     server = make_optimizer_fn(
         stage.server_optimizer,
         stage.server_learning_rate,
-        momentum=stage.server_momentum,
+        momentum=stage.server_momentum if stage.server_optimizer == "sgd" else 0.0,
         beta1=stage.server_beta1,
         beta2=stage.server_beta2,
         epsilon=stage.server_epsilon,

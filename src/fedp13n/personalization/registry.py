@@ -65,12 +65,8 @@ from fedp13n.personalization.strategies import (
     Interpolation,
     Proximal,
 )
-from fedp13n.personalization.strategies.finetune import (
-    is_strategy_class,
-    make_optimizer_fn,
-    strategy_keys,
-)
-from fedp13n.utils.optimizers import DEFAULT_LEARNING_RATES
+from fedp13n.personalization.strategies.finetune import is_strategy_class, strategy_keys
+from fedp13n.utils.optimizers import DEFAULT_LEARNING_RATES, make_optimizer_fn
 from fedp13n.utils.types import PersonalizeFn
 
 #: A strategy class, or keyword hyperparameters -> ``personalize_fn``.

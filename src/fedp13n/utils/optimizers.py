@@ -13,9 +13,9 @@ module turns that into a picklable ``functools.partial`` (worker processes rebui
 from __future__ import annotations
 
 import functools
-from typing import Any
 
-from fedp13n.utils.checks import check_fraction, check_non_negative_number, check_positive_number
+from fedp13n.utils.checks import check_fraction, check_positive_number
+from fedp13n.utils.types import OptimizerFn
 
 #: Each optimizer's learning rate where a configuration gives none (a personalization
 #: strategy's fine-tuning): TFF's personalization example's rates. The one place these
@@ -25,29 +25,33 @@ OPTIMIZERS = tuple(DEFAULT_LEARNING_RATES)
 
 
 def make_optimizer_fn(
-    name: str,
-    learning_rate: float,
-    *,
+    optimizer: str = "sgd",
+    learning_rate: float | None = None,
     momentum: float = 0.0,
+    *,
     beta1: float = 0.9,
     beta2: float = 0.999,
     epsilon: float = 1e-8,
-) -> Any:
-    """A picklable ``params -> torch.optim.Optimizer`` for optimizer ``name``; a one-line
-    ``ValueError`` for a setting that would train on NaN (an infinite learning rate, a
-    momentum or beta outside [0, 1), a non-positive epsilon)."""
+) -> OptimizerFn:
+    """A picklable ``params -> torch.optim.Optimizer`` for ``optimizer`` at ``learning_rate``
+    (None: the optimizer's :data:`DEFAULT_LEARNING_RATES`). A one-line ``ValueError`` for a
+    setting that would train on NaN or not at all (a learning rate that is not finite and
+    > 0, a momentum or beta outside [0, 1), a non-positive epsilon) and for a momentum
+    with adam (SGD's only; Adam has its betas)."""
     import torch
 
-    check_non_negative_number("learning rate", learning_rate)
-    check_fraction("momentum", momentum)
+    if optimizer not in DEFAULT_LEARNING_RATES:
+        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}.")
+    lr = DEFAULT_LEARNING_RATES[optimizer] if learning_rate is None else learning_rate
+    lr = check_positive_number("learning_rate", lr)
+    momentum = check_fraction("momentum", momentum)
     check_fraction("beta1", beta1)
     check_fraction("beta2", beta2)
     check_positive_number("epsilon", epsilon)
-
-    if name == "sgd":
-        return functools.partial(torch.optim.SGD, lr=learning_rate, momentum=momentum)
-    if name == "adam":
-        return functools.partial(
-            torch.optim.Adam, lr=learning_rate, betas=(beta1, beta2), eps=epsilon
+    if optimizer == "adam" and momentum:
+        raise ValueError(
+            f"momentum={momentum!r} applies to sgd only; Adam has its own betas (use 0)."
         )
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    if optimizer == "sgd":
+        return functools.partial(torch.optim.SGD, lr=lr, momentum=momentum)
+    return functools.partial(torch.optim.Adam, lr=lr, betas=(beta1, beta2), eps=epsilon)

@@ -36,7 +36,7 @@ from fedp13n.personalization.strategies.early_stopping import (
     EarlyStopping,
     build_early_stopping_personalize_fn,
 )
-from fedp13n.personalization.strategies.finetune import FineTune, make_optimizer_fn
+from fedp13n.personalization.strategies.finetune import FineTune
 from fedp13n.personalization.strategies.head_only import (
     HeadOnly,
     build_head_only_personalize_fn,
@@ -50,6 +50,7 @@ from fedp13n.personalization.strategies.interpolation import (
     interpolate,
 )
 from fedp13n.personalization.strategies.proximal import Proximal, build_proximal_personalize_fn
+from fedp13n.utils.optimizers import make_optimizer_fn
 
 __all__ = [
     "DEFAULT_ALPHAS",

@@ -33,31 +33,11 @@ from fedp13n.utils.checks import (
     check_bool,
     check_callable,
     check_positive_int,
-    check_positive_number,
 )
-from fedp13n.utils.optimizers import DEFAULT_LEARNING_RATES, OPTIMIZERS
-from fedp13n.utils.optimizers import make_optimizer_fn as optimizer_fn_by_name
+from fedp13n.utils.optimizers import make_optimizer_fn
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
 _CODE_ONLY = {"config": False}
-
-
-def make_optimizer_fn(
-    optimizer: str = "sgd", learning_rate: float | None = None, momentum: float = 0.0
-) -> OptimizerFn:
-    """A picklable ``params -> torch.optim.Optimizer`` from a name and a rate (None: the
-    optimizer's :data:`~fedp13n.utils.optimizers.DEFAULT_LEARNING_RATES`)."""
-    if optimizer not in DEFAULT_LEARNING_RATES:
-        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}.")
-    lr = DEFAULT_LEARNING_RATES[optimizer] if learning_rate is None else learning_rate
-    lr = check_positive_number("learning_rate", lr)
-    if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not momentum >= 0:
-        raise ValueError(f"momentum must be a number >= 0, got {momentum!r}.")
-    if optimizer == "adam" and momentum:
-        raise ValueError(
-            f"momentum={momentum!r} applies to sgd only; Adam has its own betas (use 0)."
-        )
-    return optimizer_fn_by_name(optimizer, lr, momentum=float(momentum))
 
 
 def check_loop_args(
