@@ -89,12 +89,6 @@ class ExperimentData:
     val_ids: list[str] = field(default_factory=list)  # tuned settings are chosen on these
 
 
-def _absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
-    """The config with its folders as absolute, normalised paths: the saved config.toml
-    (and so ``--resume``) must find the data wherever it is run from."""
-    return config.with_absolute_paths()
-
-
 def resolve_compute(config: ExperimentConfig) -> Compute:
     """The device, precision and determinism a config asks for, checked once where the
     run starts (a one-line ConfigError for a device this machine lacks or a precision it
@@ -860,7 +854,7 @@ def run_experiment(
     """
     config.validate()
     compute = resolve_compute(config)  # before any file is written or data loaded
-    config = _absolute_paths(config)
+    config = config.with_absolute_paths()
     run_dir = Path(run_dir)
     _check_not_a_sweep_dir(run_dir)
     if not resume and not run_dir.exists():
@@ -981,7 +975,7 @@ def _open_run_dir(
                 f"fedp13n run --config {run_dir / rd.CONFIG} --output-dir <new folder>."
             )
         # folders compare as absolute paths (runs saved before they were stored so)
-        saved = _absolute_paths(ExperimentConfig.from_toml(run_dir / rd.CONFIG))
+        saved = ExperimentConfig.from_toml(run_dir / rd.CONFIG).with_absolute_paths()
         changed = config.differences(saved)
         if not started:  # refused or failed before its first round: nothing to keep
             if changed:
