@@ -30,6 +30,7 @@ _EXPORTS = {
     "ClientDataset": "fedp13n.data.client_data",
     "load_dataset": "fedp13n.data.datasets",
     "make_synthetic_emnist": "fedp13n.data.synthetic",
+    "partition": "fedp13n.data.partition",
     "split_clients": "fedp13n.data.split",
     "Executor": "fedp13n.execution.base",
     "InProcessExecutor": "fedp13n.execution.in_process",
@@ -65,6 +66,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "make_synthetic_emnist",
+    "partition",
     "sample_clients",
     "save_checkpoint",
     "split_clients",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     )
     from fedp13n.data.client_data import ClientData, ClientDataset
     from fedp13n.data.datasets import load_dataset
+    from fedp13n.data.partition import partition
     from fedp13n.data.split import split_clients
     from fedp13n.data.synthetic import make_synthetic_emnist
     from fedp13n.execution.base import Executor

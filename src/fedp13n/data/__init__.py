@@ -1,4 +1,5 @@
-"""Federated data: the compact ClientData type, loaders for EMNIST-62, synthetic writers.
+"""Federated data: the compact ClientData type, loaders for EMNIST-62, synthetic writers,
+partitioners of a centralized labelled data set.
 
 Names are imported on first use (PEP 562): importing the package costs nothing."""
 
@@ -12,6 +13,7 @@ _EXPORTS = {
     "DataFormatError": "fedp13n.data.validate",
     "load_dataset": "fedp13n.data.datasets",
     "make_synthetic_emnist": "fedp13n.data.synthetic",
+    "partition": "fedp13n.data.partition",
     "split_clients": "fedp13n.data.split",
 }
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "DataFormatError",
     "load_dataset",
     "make_synthetic_emnist",
+    "partition",
     "split_clients",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
