@@ -17,6 +17,7 @@ from fedp13n.utils.lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "build_centralized": "fedp13n.algorithms.centralized",
     "ClientSelection": "fedp13n.algorithms.fed_avg",
     "RoundMetrics": "fedp13n.algorithms.fed_avg",
     "ServerState": "fedp13n.algorithms.fed_avg",
@@ -55,6 +56,7 @@ __all__ = [
     "ServerState",
     "WeightedFedAvg",
     "__version__",
+    "build_centralized",
     "build_evaluate_fn",
     "build_personalization_eval",
     "build_personalize_fn",
@@ -75,6 +77,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
+    from fedp13n.algorithms.centralized import build_centralized
     from fedp13n.algorithms.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from fedp13n.algorithms.fed_avg import (
         ClientSelection,

@@ -1,10 +1,12 @@
-"""Federated training algorithms: weighted FedAvg (McMahan et al. 2017) and its checkpoints.
+"""Training algorithms: weighted FedAvg (McMahan et al. 2017), its checkpoints, and the
+centralized baseline (SGD on the pooled examples of the clients).
 
 Names are imported on first use (PEP 562): importing the package costs nothing."""
 
 from fedp13n.utils.lazy import lazy_exports
 
 _EXPORTS = {
+    "CentralizedTraining": "fedp13n.algorithms.centralized",
     "ClientOutput": "fedp13n.algorithms.client_update",
     "ClientSelection": "fedp13n.algorithms.fed_avg",
     "ClientTask": "fedp13n.algorithms.client_update",
@@ -15,6 +17,7 @@ _EXPORTS = {
     "ServerState": "fedp13n.algorithms.fed_avg",
     "WeightedFedAvg": "fedp13n.algorithms.fed_avg",
     "accuracy": "fedp13n.algorithms.client_update",
+    "build_centralized": "fedp13n.algorithms.centralized",
     "build_weighted_fed_avg": "fedp13n.algorithms.fed_avg",
     "latest_checkpoint": "fedp13n.algorithms.checkpoint",
     "load_checkpoint": "fedp13n.algorithms.checkpoint",
@@ -22,6 +25,7 @@ _EXPORTS = {
     "save_checkpoint": "fedp13n.algorithms.checkpoint",
 }
 __all__ = [
+    "CentralizedTraining",
     "ClientOutput",
     "ClientSelection",
     "ClientTask",
@@ -32,6 +36,7 @@ __all__ = [
     "ServerState",
     "WeightedFedAvg",
     "accuracy",
+    "build_centralized",
     "build_weighted_fed_avg",
     "latest_checkpoint",
     "load_checkpoint",

@@ -378,31 +378,7 @@ class WeightedFedAvg:
         return list(client_datasets), list(range(len(client_datasets)))
 
     def _check_data_fits(self, model: nn.Module, datasets: list[ClientDataset], keys: list) -> None:
-        """One-line errors, before any work, for clients whose examples do not fit the
-        model: features against its ``input_spec`` (when it declares one), integer labels
-        against its classes (one dry forward per feature shape)."""
-        spec = input_spec_of(model)
-        for d, key in zip(datasets, keys, strict=True):
-            if not len(d):
-                continue
-            x_shape = tuple(d.x.shape[1:])
-            if spec is not None and (
-                why := spec.x_mismatch(x_shape, features_to_tensor(d.x[:0]).dtype)
-            ):
-                raise TypeError(
-                    f"client {key!r}: its examples do not fit the model's input_spec: {why}."
-                )
-            if not np.issubdtype(d.y.dtype, np.integer):
-                continue
-            if x_shape not in self._classes:
-                self._classes[x_shape] = num_classes(model, features_to_tensor(d.x[:1]))
-            classes = self._classes[x_shape]
-            if classes is not None and d.y.ndim != 1:
-                raise ValueError(
-                    f"client {key!r}: class labels must be 1-D (one integer per example), got "
-                    f"shape {tuple(d.y.shape)}; e.g. y.ravel()."
-                )
-            check_labels_fit(classes, d.y, f"client {key!r}")
+        check_data_fits(model, datasets, keys, self._classes)
 
     def _tasks(
         self,
@@ -459,6 +435,40 @@ class WeightedFedAvg:
                 if not buf.is_floating_point():
                     mean = torch.round(mean)
                 buf.copy_(mean.to(buf.dtype))
+
+
+def check_data_fits(
+    model: nn.Module,
+    datasets: Sequence[ClientDataset],
+    keys: Sequence[Any],
+    classes_by_shape: dict[tuple, int | None],
+) -> None:
+    """One-line errors, before any work, for clients whose examples do not fit the
+    model: features against its ``input_spec`` (when it declares one), integer labels
+    against its classes (one dry forward per feature shape, remembered in
+    ``classes_by_shape``)."""
+    spec = input_spec_of(model)
+    for d, key in zip(datasets, keys, strict=True):
+        if not len(d):
+            continue
+        x_shape = tuple(d.x.shape[1:])
+        if spec is not None and (
+            why := spec.x_mismatch(x_shape, features_to_tensor(d.x[:0]).dtype)
+        ):
+            raise TypeError(
+                f"client {key!r}: its examples do not fit the model's input_spec: {why}."
+            )
+        if not np.issubdtype(d.y.dtype, np.integer):
+            continue
+        if x_shape not in classes_by_shape:
+            classes_by_shape[x_shape] = num_classes(model, features_to_tensor(d.x[:1]))
+        classes = classes_by_shape[x_shape]
+        if classes is not None and d.y.ndim != 1:
+            raise ValueError(
+                f"client {key!r}: class labels must be 1-D (one integer per example), got "
+                f"shape {tuple(d.y.shape)}; e.g. y.ravel()."
+            )
+        check_labels_fit(classes, d.y, f"client {key!r}")
 
 
 def _check_model(model: Any) -> nn.Module:

@@ -167,11 +167,31 @@ class TrainingSettings:
 TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingSettings))
 
 
+#: What a training stage runs: weighted FedAvg (Reptile with ``local_steps``, server Adam,
+#: ...) or centralized SGD on the pooled examples of every FedAvg client
+#: (:mod:`fedp13n.algorithms.centralized`: ``clients_per_round``, ``client_pipeline`` and
+#: the server settings do not apply; a round is ``local_epochs`` shuffled passes, or at
+#: most ``local_steps`` batches, with the client optimizer, which keeps its state).
+STAGE_KINDS = ("fedavg", "centralized")
+
+
 @dataclass
 class StageConfig(TrainingSettings):
-    """One training stage: a name and the training settings it runs with."""
+    """One training stage: a name, what it runs and the training settings it runs with.
+
+    ``kind`` is one of :data:`STAGE_KINDS`; unset, a stage named ``centralized`` is
+    centralized and any other FedAvg (so ``--stage centralized:rounds=5`` and
+    ``[[stages]] name = "centralized"`` need no more)."""
 
     name: str = "fedavg"
+    kind: str | None = None
+
+    @property
+    def resolved_kind(self) -> str:
+        """:data:`STAGE_KINDS` entry this stage runs (``kind``, else from the name)."""
+        if self.kind is not None:
+            return self.kind
+        return "centralized" if self.name == "centralized" else "fedavg"
 
     @classmethod
     def parse(cls, spec: str, defaults: TrainingSettings) -> dict[str, Any]:
@@ -407,7 +427,9 @@ class ExperimentConfig(TrainingSettings):
     )
     stages: list[dict] = setting(
         help="Training stages, each [NAME:]KEY=VALUE,... of the training settings (repeatable; "
-        "unset keys take the top-level values).",
+        "unset keys take the top-level values). A stage named 'centralized' (or with "
+        "kind=centralized) trains by SGD on the pooled examples of all FedAvg clients: "
+        "clients_per_round and the server settings do not apply.",
         panel="Training",
         default_factory=list,
         flag="--stage",
@@ -529,10 +551,10 @@ class ExperimentConfig(TrainingSettings):
             return [StageConfig(**top)]
         out = []
         for i, table in enumerate(self.stages):
-            unknown = sorted(set(table) - {*TRAINING_KEYS, "name"})
+            unknown = sorted(set(table) - {*TRAINING_KEYS, "name", "kind"})
             if unknown:
                 raise ConfigError(
-                    f"stages[{i}]: unknown key(s) {unknown}; a stage takes 'name' and "
+                    f"stages[{i}]: unknown key(s) {unknown}; a stage takes 'name', 'kind' and "
                     f"{list(TRAINING_KEYS)}."
                 )
             out.append(StageConfig(**{**top, "name": f"stage{i + 1}", **table}))
@@ -590,6 +612,8 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(f"stage names must be unique, got {names}.")
         for s in stages:
             s.validate_training(f"stage {s.name!r} " if self.stages else "")
+            if s.kind is not None:
+                _check_choice(f"stage {s.name!r} kind", s.kind, STAGE_KINDS)
 
     def _validate_counts(self) -> None:
         for key in (
@@ -653,7 +677,7 @@ class ExperimentConfig(TrainingSettings):
         one-line :class:`ConfigError`). The run's later steps trust them."""
         n_train, n_p13n = resolve_split(self, num_clients)
         for stage in self.resolved_stages():
-            if stage.clients_per_round > n_train:
+            if stage.resolved_kind == "fedavg" and stage.clients_per_round > n_train:
                 raise ConfigError(
                     f"clients_per_round is {stage.clients_per_round} but there are only "
                     f"{n_train} FedAvg clients; choose at most {n_train} "

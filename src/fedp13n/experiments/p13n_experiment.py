@@ -133,7 +133,8 @@ def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
 def build_stage_process(
     config: ExperimentConfig, stage: StageConfig, executor: Any, compute: Compute
 ) -> Any:
-    """The training process of one stage (weighted FedAvg with the stage's optimizers)."""
+    """The training process of one stage: weighted FedAvg with the stage's optimizers, or
+    for a centralized stage SGD (the client optimizer) on the pooled training examples."""
     from fedp13n.algorithms import build_weighted_fed_avg
     from fedp13n.utils.optimizers import make_optimizer_fn
 
@@ -143,6 +144,18 @@ def build_stage_process(
         stage.client_learning_rate,
         momentum=stage.client_momentum if stage.client_optimizer == "sgd" else 0.0,
     )
+    if stage.resolved_kind == "centralized":
+        from fedp13n.algorithms.centralized import build_centralized
+
+        return build_centralized(
+            model_fn_for(config),
+            client,
+            epochs=stage.local_epochs,
+            batch_size=stage.batch_size,
+            seed=config.seed,
+            max_steps=stage.local_steps,
+            compute=compute.without_engine(),
+        )
     server = make_optimizer_fn(
         stage.server_optimizer,
         stage.server_learning_rate,
@@ -164,6 +177,21 @@ def build_stage_process(
         executor=executor,
         compute=compute,
         **extra,
+    )
+
+
+def _centralized_note(stage: StageConfig, data: ExperimentData) -> str:
+    """The log line that says what a centralized stage trains on (and what it ignores)."""
+    n = int(sum(data.train.size(c) for c in data.train_ids))
+    per_round = (
+        f"at most {stage.local_steps} batches" if stage.local_steps is not None
+        else f"{stage.local_epochs} shuffled pass{'es' if stage.local_epochs > 1 else ''}"
+    )  # fmt: skip
+    return (
+        f"stage {stage.name!r} is centralized: {stage.client_optimizer} lr "
+        f"{stage.client_learning_rate} on the pooled {n} examples of all "
+        f"{len(data.train_ids)} FedAvg clients, {per_round} of batch {stage.batch_size} per "
+        "round (clients_per_round, client_pipeline and the server settings do not apply)"
     )
 
 
@@ -415,6 +443,8 @@ class Run:
                 state = fresh_server_state(process, state.model, start)
             if len(bounds) > 1:
                 self.log(f"stage {stage.name!r}: rounds {start + 1}-{end}")
+            if stage.resolved_kind == "centralized":
+                self.log(_centralized_note(stage, self.data))
             if bar is not None:
                 bar.start(state.round_num, stage.name)
             select = functools.partial(self._select_clients, stage)
@@ -422,9 +452,12 @@ class Run:
         return process, state
 
     def _select_clients(self, stage: StageConfig, round_num: int) -> Any:
-        """The round's clients: a sample of the FedAvg clients from the seed and the round."""
+        """The round's clients: a sample of the FedAvg clients from the seed and the round
+        (a centralized stage: all of them, their examples pooled)."""
         from fedp13n.algorithms import ClientSelection, sample_clients
 
+        if stage.resolved_kind == "centralized":
+            return ClientSelection(self.data.train, self.data.train_ids)
         ids = sample_clients(
             self.data.train_ids, stage.clients_per_round, seed=self.config.seed, round_num=round_num
         )
