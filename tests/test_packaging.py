@@ -24,7 +24,10 @@ from fedp13n.rundir.lock import RunDirLocked, UnsafeLockFile, run_dir_lock
 from fedp13n.rundir.readers import lock_holder
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["demo", "fedavg_budget_sample", "femnist_sample", "pfedavg_sample", "table1_sample"]
+NAMES = [
+    "centralized_sample", "demo", "fedavg_budget_sample", "femnist_sample", "pfedavg_sample",
+    "table1_sample",
+]  # fmt: skip
 LISTED = ", ".join(NAMES)
 
 TINY = [
