@@ -9,6 +9,10 @@ Personalization via Model Agnostic Meta Learning", as distributed by TFF):
 - ``"leaf"``: LEAF's FEMNIST JSON shards in ``--data-dir`` (``train/``, ``test/``);
 - ``"synthetic"``: small generated data for tests and demos.
 
+Federated Shakespeare (TFF's ``shakespeare.tar.bz2``, its h5 files in a directory, or
+LEAF's JSON), preprocessed as TFF does (:mod:`fedp13n.data.shakespeare`):
+:func:`fetch_shakespeare`, :func:`load_shakespeare_dir`, :func:`load_shakespeare_leaf`.
+
 The first load converts to the local cache (:mod:`fedp13n.data.cache`); later loads
 read the cache.
 """
@@ -17,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -36,10 +41,17 @@ from fedp13n.data.h5 import H5_PREFIX, h5_file_names, load_h5_dir
 from fedp13n.data.leaf import load_leaf_dir
 from fedp13n.data.names import DATASET_NAMES
 from fedp13n.data.resources import StorageError, storage_error
+from fedp13n.data.shakespeare import H5_NAMES as SHAKESPEARE_H5_NAMES
+from fedp13n.data.shakespeare import (
+    SEQUENCE_LENGTH,
+    load_shakespeare_leaf_dir,
+    read_shakespeare_dir,
+)
 from fedp13n.data.sqlite import load_sqlite
-from fedp13n.data.validate import DataError, DataNotFoundError, check_counts
+from fedp13n.data.validate import DataError, DataFormatError, DataNotFoundError, check_counts
 from fedp13n.utils.seeding import derive_rng
 
+T = TypeVar("T")
 TFF_BUCKET = "https://storage.googleapis.com/tff-datasets-public/"
 
 
@@ -120,42 +132,16 @@ def fetch_emnist_h5(
     archive = root / "downloads" / f"{H5_PREFIX[only_digits]}{tag}.tar.bz2"
 
     def build() -> tuple[ClientData, ClientData]:
-        if archive.is_file() and sha256 is not None and file_sha256(archive) != sha256.lower():
-            archive.unlink()  # not the pinned data (e.g. kept by an older fedp13n): refetch
-        if not archive.is_file():
-            download_file(url, archive, sha256=sha256, progress=progress)
-        tmp = root / f".extract-{H5_PREFIX[only_digits]}-{os.getpid()}"
-        remove_tree(tmp)
-        try:
-            try:
-                safe_extract_tar(archive, tmp)
-            except StorageError:
-                raise  # disk full or not writable: the archive is fine, keep it
-            except DataError as e:
-                archive.unlink(missing_ok=True)  # never keep a bad archive around
-                raise DownloadError(
-                    f"{e} The archive was deleted: run the command again to download it "
-                    "afresh, or check --url."
-                ) from None
-            found = {p.name: p for p in tmp.rglob("*.h5")}
-            names = h5_file_names(only_digits)
-            missing = [n for n in names if n not in found]
-            if missing:
-                archive.unlink(missing_ok=True)
-                raise DataNotFoundError(
-                    f"{url}: the archive has no {', '.join(missing)} (found "
-                    f"{sorted(found) or 'no h5 files'}). Check --url; the bad archive was "
-                    "deleted."
-                )
-            train, test = load_h5_dir(found[names[0]].parent, only_digits=only_digits)
-            try:
-                check_counts(train, test, counts, source=url)
-            except DataError:
-                archive.unlink(missing_ok=True)
-                raise
-            return train, test
-        finally:
-            remove_tree(tmp)
+        return _from_archive(
+            root,
+            archive,
+            url,
+            sha256,
+            progress,
+            h5_file_names(only_digits),
+            lambda d: load_h5_dir(d, only_digits=only_digits),
+            lambda result: check_counts(*result, counts, source=url),
+        )
 
     return cached(
         root,
@@ -163,6 +149,192 @@ def fetch_emnist_h5(
         build,
         mmap=mmap,
         source={"dataset": "emnist", "url": url, "sha256": sha256, "only_digits": only_digits},
+    )
+
+
+def _from_archive(
+    root: Path,
+    archive: Path,
+    url: str,
+    sha256: str | None,
+    progress: bool,
+    names: tuple[str, ...],
+    load: Callable[[Path], T],
+    check: Callable[[T], None],
+) -> T:
+    """``load(directory)`` of the files ``names`` in the tar archive at ``url``.
+
+    The archive is kept in ``archive`` (``<cache>/downloads``; one there whose SHA-256
+    differs from ``sha256`` is fetched afresh), extracted safely into a temporary directory
+    under ``root`` (removed afterwards), loaded, then ``check``-ed. A corrupt archive, one
+    without the files, or one whose data fails ``check`` is deleted, so the next run
+    downloads it again; a full disk keeps it.
+    """
+    if archive.is_file() and sha256 is not None and file_sha256(archive) != sha256.lower():
+        archive.unlink()  # not the pinned data (e.g. kept by an older fedp13n): refetch
+    if not archive.is_file():
+        download_file(url, archive, sha256=sha256, progress=progress)
+    tmp = root / f".extract-{archive.name.removesuffix('.tar.bz2')}-{os.getpid()}"
+    remove_tree(tmp)
+    try:
+        try:
+            safe_extract_tar(archive, tmp)
+        except StorageError:
+            raise  # disk full or not writable: the archive is fine, keep it
+        except DataError as e:
+            archive.unlink(missing_ok=True)  # never keep a bad archive around
+            raise DownloadError(
+                f"{e} The archive was deleted: run the command again to download it "
+                "afresh, or check --url."
+            ) from None
+        found = {p.name: p for p in tmp.rglob("*") if p.name in names and p.is_file()}
+        missing = [n for n in names if n not in found]
+        if missing:
+            archive.unlink(missing_ok=True)
+            raise DataNotFoundError(
+                f"{url}: the archive has no {', '.join(missing)} (found "
+                f"{sorted(p.name for p in tmp.rglob('*.h5')) or 'no h5 files'}). Check --url; "
+                "the bad archive was deleted."
+            )
+        result = load(found[names[0]].parent)
+        try:
+            check(result)
+        except DataError:
+            archive.unlink(missing_ok=True)
+            raise
+        return result
+    finally:
+        remove_tree(tmp)
+
+
+#: TFF's Shakespeare h5 archive: URL and SHA-256 of TFF's former ``shakespeare.load_data``
+#: (``tensorflow/federated``, ``tensorflow_federated/python/simulation/datasets/
+#: shakespeare.py``, ``tf.keras.utils.get_file('shakespeare.tar.bz2', ...,
+#: file_hash=..., hash_algorithm='sha256')``; TFF 0.87 reads ``shakespeare.sqlite.lzma``
+#: instead). Counts from the same docstring: 715 clients, 16,068 train and 2,356 test
+#: *snippets* (not examples: a snippet gives one or more 80-character examples).
+SHAKESPEARE_H5 = Published(
+    TFF_BUCKET + "shakespeare.tar.bz2",
+    "0285be9906cb5f268092eee4edeeacfc2af4574f2941f7cc2f08a321d7f5c707",
+    (715, 16_068, 2_356),
+)
+
+
+def _check_snippets(
+    result: tuple[ClientData, ClientData, tuple[int, int]],
+    expected: tuple[int, int, int] | None,
+    source: str,
+) -> None:
+    """Integrity check of Shakespeare data: (clients, train snippets, test snippets)."""
+    train, _, (n_train, n_test) = result
+    got = (len(train), n_train, n_test)
+    if expected is not None and got != tuple(expected):
+        raise DataFormatError(
+            f"{source}: expected {expected[0]} clients, {expected[1]} train and "
+            f"{expected[2]} test snippets, found {got[0]}, {got[1]} and {got[2]}. The "
+            "download is incomplete or not the expected data set: delete it and download again."
+        )
+
+
+def _shakespeare_key(sequence_length: int) -> str:
+    return f"shakespeare-{sequence_length}"
+
+
+def fetch_shakespeare(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    sha256: str | None | Literal["published"] = "published",
+    expected_counts: tuple[int, int, int] | None | Literal["published"] = "published",
+    sequence_length: int = SEQUENCE_LENGTH,
+    progress: bool = True,
+    mmap: bool = False,
+) -> tuple[ClientData, ClientData]:
+    """TFF's federated Shakespeare (``shakespeare.tar.bz2``) from the cache, downloading
+    and preprocessing it (:mod:`fedp13n.data.shakespeare`) on first use.
+
+    As :func:`fetch_emnist_h5`: the archive is kept in ``<cache>/downloads``, its SHA-256
+    checked for TFF's own URL (or when given), extracted safely, both h5 files
+    preprocessed, the (clients, train snippets, test snippets) checked against
+    ``expected_counts`` (TFF's published ones by default, None to skip) and cached.
+    """
+    root = resolve_cache_dir(cache_dir)
+    pub = SHAKESPEARE_H5
+    if sha256 == "published":
+        sha256 = pub.sha256 if url is None else None
+    tag = _url_tag(url, pub.url, sha256)
+    url = url or pub.url
+    counts = pub.counts if expected_counts == "published" else expected_counts
+    archive = root / "downloads" / f"shakespeare{tag}.tar.bz2"
+
+    def build() -> tuple[ClientData, ClientData]:
+        train, test, _ = _from_archive(
+            root,
+            archive,
+            url,
+            sha256,
+            progress,
+            SHAKESPEARE_H5_NAMES,
+            lambda d: read_shakespeare_dir(d, sequence_length=sequence_length),
+            lambda result: _check_snippets(result, counts, url),
+        )
+        return train, test
+
+    return cached(
+        root,
+        _shakespeare_key(sequence_length) + tag,
+        build,
+        mmap=mmap,
+        source={
+            "dataset": "shakespeare",
+            "url": url,
+            "sha256": sha256,
+            "sequence_length": sequence_length,
+        },
+    )
+
+
+def load_shakespeare_dir(
+    data_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    sequence_length: int = SEQUENCE_LENGTH,
+    mmap: bool = False,
+) -> tuple[ClientData, ClientData]:
+    """TFF's ``shakespeare_{train,test}.h5`` in ``data_dir``, preprocessed and cached (the
+    cache key follows the files' paths, sizes and times, as for EMNIST's h5 directory)."""
+    d = Path(data_dir)
+    files = [d / n for n in SHAKESPEARE_H5_NAMES]
+    if not all(f.is_file() for f in files):
+        read_shakespeare_dir(d)  # raises the precise error (which file is missing)
+    return cached(
+        resolve_cache_dir(cache_dir),
+        source_key(f"{_shakespeare_key(sequence_length)}-h5", files),
+        lambda: read_shakespeare_dir(d, sequence_length=sequence_length)[:2],
+        mmap=mmap,
+        source={"dataset": "shakespeare", "data_dir": str(d.resolve())},
+    )
+
+
+def load_shakespeare_leaf(
+    data_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    sequence_length: int = SEQUENCE_LENGTH,
+    mmap: bool = False,
+) -> tuple[ClientData, ClientData]:
+    """LEAF's Shakespeare JSON (``train/``, ``test/`` shards) in ``data_dir``, cached
+    (see :func:`fedp13n.data.shakespeare.leaf_window_to_example` for the mapping)."""
+    d = Path(data_dir)
+    shards = sorted(d.glob("train/*.json")) + sorted(d.glob("test/*.json"))
+    if not shards:
+        return load_shakespeare_leaf_dir(d)  # raises the precise error
+    return cached(
+        resolve_cache_dir(cache_dir),
+        source_key(f"{_shakespeare_key(sequence_length)}-leaf", shards),
+        lambda: load_shakespeare_leaf_dir(d, sequence_length=sequence_length),
+        mmap=mmap,
+        source={"dataset": "shakespeare-leaf", "data_dir": str(d.resolve())},
     )
 
 
@@ -270,11 +442,17 @@ def download_notice(
 ) -> str | None:
     """The line to say before ``load_dataset`` downloads (None: the data is cached, local or
     generated): a large download must not start unannounced (``fedp13n data`` and ``run``)."""
-    if data_dir is not None or dataset not in ("emnist", "emnist-sqlite"):
+    if data_dir is not None or dataset not in ("emnist", "emnist-sqlite", "shakespeare"):
         return None
     root = resolve_cache_dir(cache_dir)
     variant = _variant(only_digits)
-    if dataset == "emnist":
+    if dataset == "shakespeare":
+        pub = SHAKESPEARE_H5
+        tag = _url_tag(url, pub.url, pub.sha256 if url is None else None)
+        key = _shakespeare_key(SEQUENCE_LENGTH) + tag
+        archive = root / "downloads" / f"shakespeare{tag}.tar.bz2"
+        what, source = "Shakespeare", url or pub.url
+    elif dataset == "emnist":
         pub = EMNIST_H5[only_digits]
         tag = _url_tag(url, pub.url, pub.sha256 if url is None else None)
         key = f"emnist-{variant}{tag}"
