@@ -19,16 +19,5 @@ _EXPORTS = {
     "SharedRef": "fedp13n.execution.base",
     "make_executor": "fedp13n.execution.factory",
 }
-__all__ = [
-    "ClientTaskTimeout",
-    "ClientWorkError",
-    "EXECUTOR_KINDS",
-    "Executor",
-    "InProcessExecutor",
-    "LocalProcessExecutor",
-    "LocalRef",
-    "RayExecutor",
-    "SharedRef",
-    "make_executor",
-]
+__all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,17 +17,5 @@ _EXPORTS = {
     "write_report": "fedp13n.reporting.report",
     "write_summary_json": "fedp13n.reporting.summary",
 }
-__all__ = [
-    "ReportError",
-    "Summary",
-    "format_summary",
-    "print_run_summary",
-    "read_per_client",
-    "summarize",
-    "summarize_run",
-    "write_comparison",
-    "write_personalization_report",
-    "write_report",
-    "write_summary_json",
-]
+__all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -136,24 +136,25 @@ def _write_result_files(
 ) -> None:
     """A run's result files in ``out`` (an earlier call's that are not this result's gone)."""
     atomic_write(out / rd.PERSONALIZATION, json.dumps(data, indent=1))
-    with atomic_writer(out / rd.PER_CLIENT, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
-        w.writeheader()
-        w.writerows(per_client_rows(data, sizes))
-    fedavg_csv = out / rd.FEDAVG_METRICS
-    if rounds is None:
-        fedavg_csv.unlink(missing_ok=True)  # an earlier call's: not this result's training
+    _write_csv(out / rd.PER_CLIENT, rd.PER_CLIENT_COLUMNS, per_client_rows(data, sizes))
+    if rounds is None:  # an earlier call's FedAvg log: not this result's training
+        (out / rd.FEDAVG_METRICS).unlink(missing_ok=True)
     else:
-        with atomic_writer(fedavg_csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=rd.FEDAVG_COLUMNS)
-            w.writeheader()
-            w.writerows(rounds)
+        _write_csv(out / rd.FEDAVG_METRICS, rd.FEDAVG_COLUMNS, rounds)
     for stale in (rd.TUNING, rd.REPORT):
         (out / stale).unlink(missing_ok=True)
 
 
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
+    with atomic_writer(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _write_library_report(out: Path, summary: Any, *, fedavg: bool) -> Path:
     """``report.html`` of a library result, with a note of what such a result lacks."""
+    from fedp13n.reporting import html
     from fedp13n.reporting.report import write_report
     from fedp13n.reporting.summary import ReportWarning
 
@@ -166,7 +167,9 @@ def _write_library_report(out: Path, summary: Any, *, fedavg: bool) -> Path:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     doc = path.read_text(encoding="utf-8")
     if "<nav>" in doc:  # under the title, before the contents (html.page's intro place)
-        doc = doc.replace("<nav>", _library_note(fedavg=fedavg) + "<nav>", 1)
+        note = html.esc(library_note(fedavg=fedavg))
+        note = f'<p class="missing"><b>Missing information.</b> {note}</p>'
+        doc = doc.replace("<nav>", note + "<nav>", 1)
         atomic_write(path, doc)
     return path
 
@@ -186,13 +189,6 @@ def library_note(*, fedavg: bool) -> str:
         "From a library result (fedp13n.write_personalization_report of a "
         "build_personalization_eval result): " + "; ".join(missing) + "."
     )
-
-
-def _library_note(*, fedavg: bool) -> str:
-    from fedp13n.reporting import html
-
-    note = html.esc(library_note(fedavg=fedavg))
-    return f'<p class="missing"><b>Missing information.</b> {note}</p>'
 
 
 def _check_reportable(data: Mapping[str, Any]) -> None:
