@@ -35,30 +35,33 @@ def per_client_rows(result: Mapping[str, Any], train_sizes: Mapping[str, int]) -
     """The ``per_client.csv`` rows of a result in its JSON form
     (:meth:`PersonalizationResult.to_dict`): one per client x strategy x evaluated epoch
     (every nested mapping with an ``accuracy`` list), in the result's order."""
-    ids = result["client_ids"]
     base = result[rd.BASELINE_KEY]
-    rows = []
-    for strategy, metrics in result.items():
-        if strategy in rd.RESERVED_KEYS or not isinstance(metrics, Mapping):
-            continue
-        for epoch, m in metrics.items():
-            if not (isinstance(m, Mapping) and "accuracy" in m):
-                continue
-            for i, cid in enumerate(ids):
-                rows.append(
-                    {
-                        "client_id": cid,
-                        "num_train_examples": train_sizes[cid],
-                        "num_test_examples": m["num_test_examples"][i],
-                        "strategy": strategy,
-                        "epoch": epoch,
-                        "loss": m["loss"][i],
-                        "accuracy": m["accuracy"][i],
-                        "baseline_loss": base["loss"][i],
-                        "baseline_accuracy": base["accuracy"][i],
-                    }
-                )
-    return rows
+    return [
+        {
+            "client_id": cid,
+            "num_train_examples": train_sizes[cid],
+            "num_test_examples": m["num_test_examples"][i],
+            "strategy": strategy,
+            "epoch": epoch,
+            "loss": m["loss"][i],
+            "accuracy": m["accuracy"][i],
+            "baseline_loss": base["loss"][i],
+            "baseline_accuracy": base["accuracy"][i],
+        }
+        for strategy, epoch, m in _evaluated(result)
+        for i, cid in enumerate(result["client_ids"])
+    ]
+
+
+def _evaluated(result: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """(strategy, epoch key, metrics) of every evaluation with an ``accuracy``, in order."""
+    return [
+        (strategy, epoch, m)
+        for strategy, metrics in result.items()
+        if strategy not in rd.RESERVED_KEYS and isinstance(metrics, Mapping)
+        for epoch, m in metrics.items()
+        if isinstance(m, Mapping) and "accuracy" in m
+    ]
 
 
 def write_personalization_report(
@@ -204,14 +207,7 @@ def _check_reportable(data: Mapping[str, Any]) -> None:
             "'num_test_examples': the report is about per-client classification accuracy; "
             "use fedp13n.evaluate_fn as the baseline_evaluate_fn."
         )
-    evaluated = [
-        (name, epoch)
-        for name, metrics in data.items()
-        if name not in rd.RESERVED_KEYS and isinstance(metrics, Mapping)
-        for epoch, m in metrics.items()
-        if isinstance(m, Mapping) and "accuracy" in m
-    ]
-    if not evaluated:
+    if not _evaluated(data):
         raise ValueError(
             "no strategy in the result reports an accuracy per evaluated epoch "
             "({'epoch_1': {'accuracy': [...], 'loss': [...], 'num_test_examples': [...]}}, "

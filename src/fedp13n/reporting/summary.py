@@ -128,17 +128,12 @@ def epoch_text(epoch: str) -> str:
 NOT_HELD_OUT = "highest on these clients (not a held-out choice)"
 
 
-def held_out_best(num_validation_clients: int) -> str:
-    """How the report and ``compare`` name a best strategy/epoch chosen on validation clients."""
-    return f"best, chosen on the {num_validation_clients} validation clients"
-
-
 @dataclass(frozen=True)
 class BestChoice:
     """The strategy/epoch a run's report calls best, and how it was chosen."""
 
     stats: Stats  # its numbers on the reported clients
-    how: str  # held_out_best(n) or NOT_HELD_OUT
+    how: str  # "best, chosen on the <n> validation clients" or NOT_HELD_OUT
     held_out: bool  # chosen on validation clients (not reported on)
     validation_mean: float | None = None  # its mean accuracy on the validation clients
 
@@ -192,7 +187,7 @@ class Summary:
         if scored:
             best = max(scored, key=lambda t: (t[0], -scored.index(t)))
             n = len((self.tuning or {}).get("validation_client_ids") or ())
-            return BestChoice(best[1], held_out_best(n), True, best[0])
+            return BestChoice(best[1], f"best, chosen on the {n} validation clients", True, best[0])
         best_row = max(rows, key=lambda r: (r.mean, -rows.index(r)))
         return BestChoice(best_row, NOT_HELD_OUT, False)
 
@@ -330,7 +325,7 @@ def selected_stats(result: dict[str, Any]) -> tuple[Stats, ...]:
 def summarize_run(run_dir: str | Path) -> Summary:
     run_dir = check_run_dir(run_dir)
     summary = summarize(read_per_client(Path(run_dir) / rd.PER_CLIENT))
-    selected, tuning = (), None
+    selected = ()
     p13n = Path(run_dir) / rd.PERSONALIZATION
     if p13n.is_file():
         try:
