@@ -107,44 +107,30 @@ def read_per_client(path: str | Path) -> PerClientTable:
     cols: dict[str, list] = {c: [] for c in rd.PER_CLIENT_COLUMNS}
     for line, row in enumerate(rows, start=2):
         try:
-            for c, (parse, _) in _PER_CLIENT_TYPES.items():
-                cols[c].append(parse(row[c]))
+            for c in _TEXT_COLUMNS:
+                cols[c].append(row[c])
+            for c in _INT_COLUMNS:
+                cols[c].append(int(float(row[c])))
+            for c in ("loss", "accuracy", "baseline_loss", "baseline_accuracy"):
+                cols[c].append(_float(row[c]))
         except (TypeError, ValueError):
             raise ReportError(f"{path}, line {line}: a value is not a number: {row}") from None
     for e in set(cols["epoch"]):
         epoch_number(e)
-    return PerClientTable(
-        **{c: np.array(cols[c], dtype=t) for c, (_, t) in _PER_CLIENT_TYPES.items()}
-    )
+    dtype = {**dict.fromkeys(_TEXT_COLUMNS, object), **dict.fromkeys(_INT_COLUMNS, np.int64)}
+    return PerClientTable(**{c: np.array(v, dtype=dtype.get(c, float)) for c, v in cols.items()})
 
 
-def _int(text: str) -> int:
-    return int(float(text))
-
-
-def _text(text: str) -> str:
-    return text
-
-
-#: How each column of ``per_client.csv`` is parsed, and the dtype of its array.
-_PER_CLIENT_TYPES = {
-    c: (_text, object)
-    if c in ("client_id", "strategy", "epoch")
-    else (_int, np.int64)
-    if c.startswith("num_")
-    else (_float, float)
-    for c in rd.PER_CLIENT_COLUMNS
-}
+_TEXT_COLUMNS = ("client_id", "strategy", "epoch")
+_INT_COLUMNS = ("num_train_examples", "num_test_examples")
 
 
 def read_fedavg_metrics(path: str | Path) -> dict[str, np.ndarray]:
     """``fedavg_metrics.csv`` as float column arrays; empty cells (not measured) are NaN."""
     path = Path(path)
+    required = ("round", "loss", "accuracy")
     fields, rows = _read_csv(
-        path,
-        ("round", "loss", "accuracy"),
-        lambda a: f"missing column {a[0]!r}.",
-        "a run directory",
+        path, required, lambda a: f"missing column {a[0]!r}.", "a run directory"
     )
     out = {}
     for c in fields:
