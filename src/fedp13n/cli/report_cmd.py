@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -48,18 +48,8 @@ def report(
     from fedp13n.reporting.report import write_report
     from fedp13n.reporting.summary import print_run_summary
 
-    try:
-        with _report_warnings():
-            path = write_report(run_dir, output)
-        if summary:
-            print_run_summary(run_dir)
-    except (ReportError, OSError) as e:
-        fail(str(e).splitlines()[0])
-    typer.echo(f"report: {path}")
-    if open_browser:
-        import webbrowser
-
-        webbrowser.open(path.resolve().as_uri())
+    then = (lambda: print_run_summary(run_dir)) if summary else None
+    _written("report", lambda: write_report(run_dir, output), open_browser, then)
 
 
 def compare(
@@ -74,12 +64,21 @@ def compare(
     """Put several runs side by side: headline numbers, config differences, plots."""
     from fedp13n.reporting.compare import write_comparison
 
+    _written("comparison", lambda: write_comparison(run_dirs, output), open_browser)
+
+
+def _written(
+    what: str, write: Callable[[], Path], open_browser: bool, then: Callable | None = None
+) -> None:
+    """Run ``write``, then ``then`` (user errors: one line, exit 2); say where ``what`` is."""
     try:
         with _report_warnings():
-            path = write_comparison(run_dirs, output)
+            path = write()
+        if then is not None:
+            then()
     except (ReportError, OSError) as e:
         fail(str(e).splitlines()[0])
-    typer.echo(f"comparison: {path}")
+    typer.echo(f"{what}: {path}")
     if open_browser:
         import webbrowser
 

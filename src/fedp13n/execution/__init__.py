@@ -5,30 +5,17 @@ without importing ray until one is built).
 
 Names are imported on first use (PEP 562): importing the package costs nothing."""
 
-from fedp13n.utils.lazy import lazy_exports
+from fedp13n.utils.lazy import by_module, lazy_exports
 
-_EXPORTS = {
-    "ClientTaskTimeout": "fedp13n.execution.base",
-    "ClientWorkError": "fedp13n.execution.base",
-    "EXECUTOR_KINDS": "fedp13n.execution.base",
-    "Executor": "fedp13n.execution.base",
-    "InProcessExecutor": "fedp13n.execution.in_process",
-    "LocalProcessExecutor": "fedp13n.execution.process_pool",
-    "LocalRef": "fedp13n.execution.base",
-    "RayExecutor": "fedp13n.execution.ray_executor",
-    "SharedRef": "fedp13n.execution.base",
-    "make_executor": "fedp13n.execution.factory",
-}
-__all__ = [
-    "ClientTaskTimeout",
-    "ClientWorkError",
-    "EXECUTOR_KINDS",
-    "Executor",
-    "InProcessExecutor",
-    "LocalProcessExecutor",
-    "LocalRef",
-    "RayExecutor",
-    "SharedRef",
-    "make_executor",
-]
+_EXPORTS = by_module(
+    {
+        "fedp13n.execution.base": "ClientTaskTimeout ClientWorkError EXECUTOR_KINDS Executor "
+        "LocalRef SharedRef",
+        "fedp13n.execution.in_process": "InProcessExecutor",
+        "fedp13n.execution.process_pool": "LocalProcessExecutor",
+        "fedp13n.execution.ray_executor": "RayExecutor",
+        "fedp13n.execution.factory": "make_executor",
+    }
+)
+__all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

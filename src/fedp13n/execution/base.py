@@ -49,6 +49,7 @@ class Executor(abc.ABC):
 
     #: Compute threads each unit of client work uses (torch intra-op threads).
     threads_per_worker: int = 1
+    _closed = False
 
     @property
     @abc.abstractmethod
@@ -72,6 +73,10 @@ class Executor(abc.ABC):
 
     def close(self) -> None:
         """Release workers. The executor cannot be used afterwards."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed; create a new one.")
 
     def __enter__(self) -> Executor:
         return self

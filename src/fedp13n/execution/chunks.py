@@ -31,6 +31,13 @@ def default_chunk_size(num_tasks: int, num_workers: int) -> int:
     return max(1, min(MAX_CHUNK, -(-num_tasks // (8 * num_workers))))
 
 
+def check_chunk_size(chunk_size: Any) -> int | None:
+    """``chunk_size`` (tasks per message; None: :func:`default_chunk_size`), checked."""
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    return chunk_size
+
+
 def chunks(num_tasks: int, size: int) -> list[tuple[int, int]]:
     """``(start, count)`` of each chunk, in task order."""
     return [(s, min(size, num_tasks - s)) for s in range(0, num_tasks, size)]

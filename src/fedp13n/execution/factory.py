@@ -53,34 +53,9 @@ def make_executor(
         it asks for.
     ``workers_per_gpu`` is ignored without ``gpus``.
     """
-    if kind not in EXECUTOR_KINDS:
-        raise ValueError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTOR_KINDS)}.")
-    threads_per_worker = check_positive_int("threads_per_worker", threads_per_worker)
-    if num_workers is not None:
-        num_workers = check_positive_int("num_workers", num_workers)
-    workers_per_gpu = check_positive_int("workers_per_gpu", workers_per_gpu)
-    if task_timeout is not None and (
-        isinstance(task_timeout, bool) or not isinstance(task_timeout, numbers.Real)
-    ):
-        raise ValueError(f"task_timeout must be positive seconds or None, got {task_timeout!r}.")
-    if gpus is not None:
-        gpus = list(_check_gpus(gpus))
-        if kind in ("auto", "processes"):
-            _check_machine_has(gpus)
-            if num_workers is not None and num_workers < len(gpus):
-                raise ValueError(
-                    f"num_workers={num_workers} is fewer than the {len(gpus)} GPUs {gpus}: some "
-                    f"would stay idle; give at least {len(gpus)} workers or fewer GPUs."
-                )
-    if ray_address is not None and kind != "ray":
-        raise ValueError(
-            f"ray_address={ray_address!r} only applies to executor 'ray', not {kind!r}."
-        )
-    if task_timeout is not None and kind not in ("auto", "processes"):
-        raise ValueError(
-            f"task_timeout applies to executor 'processes' only, not {kind!r}; choose "
-            "executor 'processes' or drop task_timeout."
-        )
+    num_workers, threads_per_worker, gpus = _check(
+        kind, num_workers, threads_per_worker, ray_address, task_timeout, gpus, workers_per_gpu
+    )
     if gpus and kind in ("auto", "processes") and num_workers is None:
         num_workers = len(gpus) * workers_per_gpu
     if kind == "auto":
@@ -106,13 +81,56 @@ def make_executor(
         )
     from fedp13n.execution.ray_executor import RayExecutor
 
+    gpus_per_task = 1 / workers_per_gpu if gpus else 0.0
     return RayExecutor(
         ray_address,
         num_workers,
         threads_per_worker,
         max_retries=max_retries,
-        gpus_per_task=1 / workers_per_gpu if gpus else 0.0,
+        gpus_per_task=gpus_per_task,
     )
+
+
+def _check(
+    kind: str,
+    num_workers: int | None,
+    threads_per_worker: int,
+    ray_address: str | None,
+    task_timeout: float | None,
+    gpus: Sequence[int] | None,
+    workers_per_gpu: int,
+) -> tuple[int | None, int, list[int] | None]:
+    """The arguments of :func:`make_executor` checked: a one-line ValueError naming the fix
+    for a bad value or combination; ``(num_workers, threads_per_worker, gpus)`` normalised."""
+    if kind not in EXECUTOR_KINDS:
+        raise ValueError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTOR_KINDS)}.")
+    threads_per_worker = check_positive_int("threads_per_worker", threads_per_worker)
+    if num_workers is not None:
+        num_workers = check_positive_int("num_workers", num_workers)
+    check_positive_int("workers_per_gpu", workers_per_gpu)
+    if task_timeout is not None and (
+        isinstance(task_timeout, bool) or not isinstance(task_timeout, numbers.Real)
+    ):
+        raise ValueError(f"task_timeout must be positive seconds or None, got {task_timeout!r}.")
+    if gpus is not None:
+        gpus = list(_check_gpus(gpus))
+        if kind in ("auto", "processes"):
+            _check_machine_has(gpus)
+            if num_workers is not None and num_workers < len(gpus):
+                raise ValueError(
+                    f"num_workers={num_workers} is fewer than the {len(gpus)} GPUs {gpus}: some "
+                    f"would stay idle; give at least {len(gpus)} workers or fewer GPUs."
+                )
+    if ray_address is not None and kind != "ray":
+        raise ValueError(
+            f"ray_address={ray_address!r} only applies to executor 'ray', not {kind!r}."
+        )
+    if task_timeout is not None and kind not in ("auto", "processes"):
+        raise ValueError(
+            f"task_timeout applies to executor 'processes' only, not {kind!r}; choose "
+            "executor 'processes' or drop task_timeout."
+        )
+    return num_workers, threads_per_worker, gpus
 
 
 def _check_machine_has(gpus: list[int]) -> None:

@@ -3,19 +3,33 @@ tracebacks, breakpoints) and as the reference the other executors must match."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
 
 from fedp13n.execution.base import Executor, R, T
-from fedp13n.execution.threads import torch_threads
+from fedp13n.utils.checks import check_positive_int
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Pin torch's compute thread count while client work runs (numbers depend on it)."""
+    previous = torch.get_num_threads()
+    if previous != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 class InProcessExecutor(Executor):
     """Sequential executor. ``threads_per_worker`` torch threads are used while a task runs."""
 
     def __init__(self, threads_per_worker: int = 1) -> None:
-        if threads_per_worker < 1:
-            raise ValueError(f"threads_per_worker must be >= 1, got {threads_per_worker}.")
-        self.threads_per_worker = threads_per_worker
+        self.threads_per_worker = check_positive_int("threads_per_worker", threads_per_worker)
 
     @property
     def num_workers(self) -> int:

@@ -1,44 +1,32 @@
 """Run client work in persistent local worker processes, one torch thread each.
 
-Why processes with one thread each: client work (a few SGD epochs on small batches) is
-made of many small tensor operations that scale poorly across threads: single-thread
-workers beat one process with as many threads on TFF's EMNIST CNN
-(``bench/bench_executors.py``; figures in ``bench/README.md``), and multi-threaded torch
-degrades much more than single-thread workers when cores are oversubscribed. Results
-are bit-for-bit those of
-:class:`~fedp13n.execution.in_process.InProcessExecutor` with the same thread count,
-because every task is a pure function and runs the same kernels with the same number of
-threads, whichever worker picks it up.
+Why: client work (a few SGD epochs on small batches) is many small tensor operations that
+scale poorly across threads; single-thread workers beat one process with as many threads
+on TFF's EMNIST CNN (``bench/bench_executors.py``, ``bench/README.md``) and degrade far
+less when cores are oversubscribed. Every task is a pure function run with the same
+kernels and thread count, so results are bit-for-bit those of ``InProcessExecutor``.
 
 Design:
 
-* Workers start with the ``spawn`` method (``forkserver`` also works): forking a process
-  after torch has started its thread pools can deadlock. They never re-run the user's
-  ``__main__`` (functions defined there travel by value with cloudpickle).
-* :meth:`LocalProcessExecutor.map` serializes ``fn`` with cloudpickle once per call (so
-  lambdas and closures work), sends it to every worker, then hands out chunks of tasks
-  (:mod:`~fedp13n.execution.chunks`, the protocol shared with the Ray executor) as workers
-  become free; each worker talks to the driver over its own pipe, so a dead worker is
-  noticed through its process sentinel instead of hanging the driver.
-* Faults: a worker that dies (killed by the OS, a crash in native code) is replaced and the
-  chunk it was running is run again, up to ``max_retries`` times (safe: tasks are pure
-  functions of their inputs, so the numbers are those of an uninterrupted run). With
-  ``task_timeout``, each worker publishes which task it runs since when in shared memory,
-  and a task running longer (a hung or SIGSTOPped worker) ends the map with
-  :class:`~fedp13n.execution.base.ClientTaskTimeout`; its worker is killed and replaced.
-* :meth:`LocalProcessExecutor.share` never pickles big data per task: objects that follow
-  the share-by-path protocol (:mod:`~fedp13n.execution.sharing`; e.g. ``ClientData``) are
-  opened by the workers from a path (memory-mapped, so all workers share the page cache),
-  other objects are pickled once into a temporary file that each worker reads once and
-  keeps until the driver drops the reference.
-* GPUs: with ``gpus``, worker slot ``i`` is pinned to GPU
-  ``gpu_assignment(num_workers, gpus)[i]`` (round robin;
-  :func:`~fedp13n.utils.device.gpu_assignment`): the worker sets ``CUDA_VISIBLE_DEVICES``
-  first thing (:func:`~fedp13n.utils.device.pin_process_to_gpu`), before CUDA starts in
-  it, and client work asking for a CUDA device runs there
-  (:func:`~fedp13n.utils.device.work_device`). Several worker processes can share one GPU
-  (``gpus=[0], num_workers=N``), one or more per GPU on a multi-GPU machine; a replacement
-  worker keeps its slot's GPU.
+* Workers start with ``spawn`` (or ``forkserver``): forking once torch has started its
+  thread pools can deadlock. They never re-run the user's ``__main__`` (cloudpickle ships
+  functions defined there by value).
+* :meth:`LocalProcessExecutor.map` sends ``fn`` (cloudpickled once) to every worker, then
+  hands out chunks of tasks (:mod:`~fedp13n.execution.chunks`) as workers become free; each
+  worker has its own pipe, so a dead worker is noticed through its process sentinel.
+* Faults: a worker that dies is replaced and its chunk run again, up to ``max_retries``
+  times (tasks are pure: the numbers are those of an uninterrupted run). With
+  ``task_timeout``, each worker publishes in shared memory which task it runs since when;
+  a task running longer (a hung or SIGSTOPped worker) ends the map with
+  :class:`~fedp13n.execution.base.ClientTaskTimeout` and its worker is replaced.
+* :meth:`LocalProcessExecutor.share` never pickles big data per task: objects of the
+  share-by-path protocol (:mod:`~fedp13n.execution.sharing`, e.g. ``ClientData``) are
+  memory-mapped by the workers from a path (one page cache for all); others are pickled
+  once into a temporary file that each worker reads once.
+* GPUs: with ``gpus``, worker slot ``i`` is pinned to GPU ``gpu_assignment(num_workers,
+  gpus)[i]`` (round robin): the worker sets ``CUDA_VISIBLE_DEVICES`` before CUDA starts
+  (:func:`~fedp13n.utils.device.pin_process_to_gpu`), and client work asking for a CUDA
+  device runs there. Several workers may share a GPU; a replacement keeps its slot's GPU.
 """
 
 from __future__ import annotations
@@ -64,6 +52,7 @@ import cloudpickle
 from fedp13n.execution import sharing
 from fedp13n.execution.base import ClientTaskTimeout, ClientWorkError, Executor, R, SharedRef, T
 from fedp13n.execution.chunks import (
+    check_chunk_size,
     chunks,
     default_chunk_size,
     exit_description,
@@ -74,6 +63,7 @@ from fedp13n.execution.chunks import (
     span,
 )
 from fedp13n.execution.sharing import FileRef, PathRef
+from fedp13n.utils.checks import check_positive_int
 
 __all__ = ["LocalProcessExecutor", "default_chunk_size", "usable_cores"]
 
@@ -307,23 +297,17 @@ class LocalProcessExecutor(Executor):
         task_timeout: float | None = None,
         gpus: Sequence[int] | None = None,
     ) -> None:
-        if gpus is not None:
-            gpus = _check_gpus(gpus)
-        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-            raise ValueError(
-                f"threads_per_worker must be a positive integer, got {threads_per_worker!r}."
-            )
+        gpus = _check_gpus(gpus) if gpus is not None else None
+        threads_per_worker = check_positive_int("threads_per_worker", threads_per_worker)
         if num_workers is None:
             num_workers = len(gpus) if gpus else max(1, usable_cores() // threads_per_worker)
-        if not isinstance(num_workers, int) or num_workers < 1:
-            raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}.")
+        num_workers = check_positive_int("num_workers", num_workers)
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(
                 f"start_method must be 'spawn' or 'forkserver', got {start_method!r} "
                 "('fork' is unsafe once torch has started its thread pools)."
             )
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+        self.chunk_size = check_chunk_size(chunk_size)
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}.")
         if task_timeout is not None and not task_timeout > 0:
@@ -332,7 +316,6 @@ class LocalProcessExecutor(Executor):
             )
         sharing.sweep_stale_dirs()  # left by processes killed outright
         self.threads_per_worker = threads_per_worker
-        self.chunk_size = chunk_size
         self.max_retries = max_retries
         self.task_timeout = task_timeout
         #: The GPUs the workers are pinned to (None: not pinned).
@@ -347,15 +330,11 @@ class LocalProcessExecutor(Executor):
         self.stopped_grace = STOPPED_GRACE
         self._stopped_since: dict[int, float] = {}
         self._ctx = multiprocessing.get_context(start_method)
-        self._workers: list[_Worker] = [
-            _Worker(self._ctx, threads_per_worker, i, self._slot_gpus[i])
-            for i in range(num_workers)
-        ]
+        self._workers = [self._start_worker(i) for i in range(num_workers)]
         self._tmpdir: str | None = None
         self._forget: list[str] = []
         self._forget_lock = threading.Lock()
         self._map_id = 0
-        self._closed = False
         self._finalizer = weakref.finalize(self, _shutdown, self._workers, None)
 
     # -- Executor interface -----------------------------------------------------------------
@@ -377,93 +356,14 @@ class LocalProcessExecutor(Executor):
             ) from exc
         self._settle_workers()
         self._map_id += 1
-        map_id = self._map_id
-        size = self.chunk_size or default_chunk_size(len(tasks), self.num_workers)
-        pending = collections.deque(chunks(len(tasks), size))
-        n_chunks, done = len(pending), 0
-        lost_times: collections.Counter[int] = collections.Counter()  # by chunk start
-        results: list[Any] = [None] * len(tasks)
-
         with self._forget_lock:
             forget = self._forget[:]
             self._forget.clear()
         for w in self._workers:
             if forget:
                 w.send(("forget", forget))
-            w.send(("fn", map_id, fn_blob))
-
-        def feed(w: _Worker) -> None:
-            while pending and len(w.in_flight) < _IN_FLIGHT_PER_WORKER:
-                start, count = pending.popleft()
-                try:
-                    blob = cloudpickle.dumps(tasks[start : start + count], protocol=5)
-                except Exception as exc:
-                    raise TypeError(
-                        f"task {start} (or one of the {count} from there) does not "
-                        f"pickle: {exc}. Tasks must be picklable; share big objects with "
-                        "executor.share() and pass the ref."
-                    ) from exc
-                w.in_flight.append(_Sent(map_id, start, count, time.monotonic()))
-                w.send(("tasks", map_id, start, blob))
-
-        def lost(w: _Worker) -> None:
-            """``w`` died: replace it, and hand its chunks out again (or give up)."""
-            new, code = self._replace(w)
-            new.send(("fn", map_id, fn_blob))
-            gone = [(s.start, s.count) for s in w.in_flight if s.map_id == map_id]
-            how = f"worker process {w.process.pid} {exit_description(code)}"
-            for start, _ in gone:
-                lost_times[start] += 1
-            worst = max((lost_times[s] for s, _ in gone), default=0)
-            if worst > self.max_retries:
-                raise lost_error(gone, how, worst)
-            if gone:
-                log.warning(
-                    "%s before returning tasks %s; running them again on a replacement worker",
-                    how,
-                    ", ".join(span(s, c) for s, c in gone),
-                )
-                pending.extendleft(reversed(gone))
-
-        for w in self._workers:
-            feed(w)
-        while done < n_chunks:
-            by_conn = {w.conn: w for w in self._workers}
-            by_sentinel = {w.process.sentinel: w for w in self._workers}
-            ready = mpc.wait([*by_conn, *by_sentinel], timeout=self._wait_timeout())
-            # Replies first: a worker may have answered just before it exited.
-            for obj in ready:
-                w = by_conn.get(obj)
-                if w is None or w not in self._workers:
-                    continue
-                try:
-                    blob = w.conn.recv_bytes()
-                except (EOFError, OSError):
-                    lost(w)
-                    continue
-                sent = w.in_flight.popleft()
-                if sent.map_id != map_id:
-                    continue  # a late answer to a map that failed earlier
-                try:
-                    _, _, start, reply = pickle.loads(blob)
-                except Exception as exc:
-                    raise ClientWorkError(
-                        f"the results of tasks {span(sent.start, sent.count)} could not be "
-                        f"unpickled in the driver: {type(exc).__name__}: {exc}"
-                    ) from exc
-                where = f"in worker process {w.process.pid}"
-                results[start : start + sent.count] = results_or_raise(reply, where)
-                done += 1
-            for obj in ready:
-                w = by_sentinel.get(obj)
-                if w is not None and w in self._workers and not w.conn.poll():
-                    lost(w)
-            if self.task_timeout is not None:
-                self._check_deadlines(map_id, fn_blob)
-            self._check_stopped(map_id, fn_blob)
-            for w in self._workers:
-                feed(w)
-        return results
+            w.send(("fn", self._map_id, fn_blob))
+        return _MapRun(self, self._map_id, fn_blob, tasks).run()
 
     def share(self, obj: T) -> SharedRef[T]:
         """Publish ``obj`` to the workers without pickling it into every task.
@@ -504,9 +404,8 @@ class LocalProcessExecutor(Executor):
         )
 
     # -- internals --------------------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("this LocalProcessExecutor is closed; create a new one.")
+    def _start_worker(self, slot: int) -> _Worker:
+        return _Worker(self._ctx, self.threads_per_worker, slot, self._slot_gpus[slot])
 
     def _temp_dir(self) -> str:
         if self._tmpdir is None:
@@ -516,18 +415,19 @@ class LocalProcessExecutor(Executor):
             self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._tmpdir)
         return self._tmpdir
 
-    def _replace(self, w: _Worker) -> tuple[_Worker, int | None]:
-        """Start a worker in ``w``'s slot; returns it and ``w``'s exit code."""
+    def _replace(self, w: _Worker, fn: tuple[int, bytes] | None = None) -> int | None:
+        """Start a worker in ``w``'s slot (sent ``fn``, a map's ``(id, function)``, if
+        given); returns ``w``'s exit code."""
         if w.process.is_alive():
             w.kill()
         else:
             w.process.join(timeout=5)
             w.conn.close()
         slot = self._workers.index(w)
-        new = self._workers[slot] = _Worker(
-            self._ctx, self.threads_per_worker, slot, self._slot_gpus[slot]
-        )
-        return new, w.process.exitcode
+        new = self._workers[slot] = self._start_worker(slot)
+        if fn is not None:
+            new.send(("fn", *fn))
+        return w.process.exitcode
 
     def _wait_timeout(self) -> float | None:
         """Seconds until the next task deadline or liveness check."""
@@ -539,7 +439,7 @@ class LocalProcessExecutor(Executor):
                 wait = min(wait, running[1] + self.task_timeout - now)
         return max(0.01, wait)
 
-    def _check_stopped(self, map_id: int, fn_blob: bytes) -> None:
+    def _check_stopped(self, fn: tuple[int, bytes]) -> None:
         """The liveness check that is always on: a worker with work that the system has
         stopped (SIGSTOP, a debugger) for more than ``stopped_grace`` seconds fails the map
         instead of stalling it forever."""
@@ -552,25 +452,25 @@ class LocalProcessExecutor(Executor):
             if now - since > self.stopped_grace:
                 pid = w.process.pid
                 self._stopped_since.pop(pid, None)
-                self._replace(w)[0].send(("fn", map_id, fn_blob))
+                self._replace(w, fn)
                 raise ClientWorkError(
                     f"worker process {pid} has been stopped (SIGSTOP or a debugger) for "
                     f"{now - since:.0f} s while it held tasks, so the map cannot finish; it was "
                     "killed and replaced. Rerun (or resume) the run; do not stop workers."
                 )
 
-    def _check_deadlines(self, map_id: int, fn_blob: bytes) -> None:
+    def _check_deadlines(self, fn: tuple[int, bytes]) -> None:
         assert self.task_timeout is not None
         now = time.monotonic()
         for w in list(self._workers):
-            if not w.in_flight or w.in_flight[0].map_id != map_id:
+            if not w.in_flight or w.in_flight[0].map_id != fn[0]:
                 continue
             running = w.running()
             if running is None or now - running[1] <= self.task_timeout:
                 continue
             task, since = running
             pid = w.process.pid
-            self._replace(w)[0].send(("fn", map_id, fn_blob))
+            self._replace(w, fn)
             raise ClientTaskTimeout(
                 f"task {task} did not finish within task_timeout={self.task_timeout:g} s "
                 f"(running for {now - since:.1f} s in worker process {pid}): the task hangs "
@@ -601,6 +501,94 @@ class LocalProcessExecutor(Executor):
                 alive = alive and w.conn.poll()
             if not alive or not w.process.is_alive():
                 self._replace(w)
+
+
+class _MapRun:
+    """One :meth:`LocalProcessExecutor.map`: hands chunks out to free workers, collects
+    the replies, and hands the chunks of a worker that died out again (or gives up)."""
+
+    def __init__(
+        self, ex: LocalProcessExecutor, map_id: int, fn_blob: bytes, tasks: list[Any]
+    ) -> None:
+        self.ex, self.map_id, self.fn, self.tasks = ex, map_id, (map_id, fn_blob), tasks
+        size = ex.chunk_size or default_chunk_size(len(tasks), ex.num_workers)
+        self.pending = collections.deque(chunks(len(tasks), size))
+        self.to_do = len(self.pending)  # chunks not answered yet
+        self.lost_times: collections.Counter[int] = collections.Counter()  # by chunk start
+        self.results: list[Any] = [None] * len(tasks)
+
+    def run(self) -> list[Any]:
+        workers = self.ex._workers  # replaced in place: the same list throughout
+        for w in workers:
+            self.feed(w)
+        while self.to_do:
+            by_conn = {w.conn: w for w in workers}
+            by_sentinel = {w.process.sentinel: w for w in workers}
+            ready = mpc.wait([*by_conn, *by_sentinel], timeout=self.ex._wait_timeout())
+            # Replies first: a worker may have answered just before it exited.
+            for w in (by_conn[o] for o in ready if o in by_conn):
+                if w in workers:
+                    self.receive(w)
+            for w in (by_sentinel[o] for o in ready if o in by_sentinel):
+                if w in workers and not w.conn.poll():
+                    self.lost(w)
+            if self.ex.task_timeout is not None:
+                self.ex._check_deadlines(self.fn)
+            self.ex._check_stopped(self.fn)
+            for w in workers:
+                self.feed(w)
+        return self.results
+
+    def feed(self, w: _Worker) -> None:
+        while self.pending and len(w.in_flight) < _IN_FLIGHT_PER_WORKER:
+            start, count = self.pending.popleft()
+            try:
+                blob = cloudpickle.dumps(self.tasks[start : start + count], protocol=5)
+            except Exception as exc:
+                raise TypeError(
+                    f"task {start} (or one of the {count} from there) does not "
+                    f"pickle: {exc}. Tasks must be picklable; share big objects with "
+                    "executor.share() and pass the ref."
+                ) from exc
+            w.in_flight.append(_Sent(self.map_id, start, count, time.monotonic()))
+            w.send(("tasks", self.map_id, start, blob))
+
+    def receive(self, w: _Worker) -> None:
+        try:
+            blob = w.conn.recv_bytes()
+        except (EOFError, OSError):
+            return self.lost(w)
+        sent = w.in_flight.popleft()
+        if sent.map_id != self.map_id:
+            return  # a late answer to a map that failed earlier
+        try:
+            _, _, start, reply = pickle.loads(blob)
+        except Exception as exc:
+            raise ClientWorkError(
+                f"the results of tasks {span(sent.start, sent.count)} could not be "
+                f"unpickled in the driver: {type(exc).__name__}: {exc}"
+            ) from exc
+        where = f"in worker process {w.process.pid}"
+        self.results[start : start + sent.count] = results_or_raise(reply, where)
+        self.to_do -= 1
+
+    def lost(self, w: _Worker) -> None:
+        """``w`` died: replace it, and hand its chunks out again (or give up)."""
+        code = self.ex._replace(w, self.fn)
+        gone = [(s.start, s.count) for s in w.in_flight if s.map_id == self.map_id]
+        how = f"worker process {w.process.pid} {exit_description(code)}"
+        for start, _ in gone:
+            self.lost_times[start] += 1
+        worst = max((self.lost_times[s] for s, _ in gone), default=0)
+        if worst > self.ex.max_retries:
+            raise lost_error(gone, how, worst)
+        if gone:
+            log.warning(
+                "%s before returning tasks %s; running them again on a replacement worker",
+                how,
+                ", ".join(span(s, c) for s, c in gone),
+            )
+            self.pending.extendleft(reversed(gone))
 
 
 def _release(file: str, token: str, forget: list[str], lock: threading.Lock) -> None:

@@ -1,30 +1,23 @@
 """Run client work on a Ray cluster (``pip install 'fedp13n[ray]'``).
 
-For users who outgrow one machine: the same pure client functions the other executors
-run become Ray tasks that each claim ``threads_per_worker`` CPUs and run torch with that
-many threads, so results are bit-for-bit those of the in-process and local-process
-executors for the same seed.
+For users who outgrow one machine: the same pure client functions become Ray tasks that
+each claim ``threads_per_worker`` CPUs and run torch with that many threads, so results
+are bit-for-bit those of the other executors for the same seed.
 
-Data does not travel with every task: :meth:`RayExecutor.share` puts an object into the
-Ray object store once (numpy arrays are then read zero-copy by every worker on a node),
-and each worker process deserializes it once and keeps it while it is in use. A
-:class:`~fedp13n.data.client_data.ClientData` loaded from a cache directory can instead
-be shared by its path (``share_paths=True``) when every node can read that path (a
-shared file system): workers memory-map it and nothing goes through the object store.
+:meth:`RayExecutor.share` puts an object into the Ray object store once (numpy arrays are
+read zero-copy by every worker of a node); each worker process deserializes it once. With
+``share_paths=True`` a ``ClientData`` loaded from a cache directory every node can read (a
+shared file system) is shared by its path instead: workers memory-map it.
 
-Pointing at a real cluster: start Ray on the nodes (``ray start --head`` on one,
-``ray start --address=<head>:6379`` on the others), install fedp13n (and the same torch)
-on every node or pass ``runtime_env``, then use ``address="auto"`` on a node of the
-cluster or ``address="ray://<head>:10001"`` from outside (Ray Client).
+A real cluster: ``ray start --head`` on one node, ``ray start --address=<head>:6379`` on
+the others, fedp13n (and the same torch) on every node or in ``runtime_env``; then
+``address="auto"`` on a node of the cluster or ``address="ray://<head>:10001"`` from outside.
 
-GPUs: with ``gpus_per_task`` each task also claims that share of a GPU (``0.25``: four
-tasks share one GPU; ``1``: a GPU each). Ray picks the GPU and sets
-``CUDA_VISIBLE_DEVICES`` for the task, which pins its process to it
-(:func:`~fedp13n.utils.device.pin_process_to_gpu`), so client work asking for a CUDA
-device runs there (:func:`~fedp13n.utils.device.work_device`). Ray runs each GPU task in
-a fresh worker process (its default for tasks that claim GPUs, so that a process never
-keeps a GPU it no longer holds): each chunk pays a process start and CUDA start, so
-prefer few, large chunks (``chunk_size``) when tasks are short.
+GPUs: with ``gpus_per_task`` each task claims that share of a GPU (``0.25``: four tasks
+per GPU). Ray picks the GPU and sets ``CUDA_VISIBLE_DEVICES``, which pins the task's
+process to it (:func:`~fedp13n.utils.device.pin_process_to_gpu`). Ray runs each GPU task
+in a fresh worker process (so that a process never keeps a GPU it no longer holds): each
+chunk pays a process and CUDA start, so prefer few, large chunks (``chunk_size``).
 """
 
 from __future__ import annotations
@@ -37,6 +30,7 @@ from typing import Any
 from fedp13n.execution import sharing
 from fedp13n.execution.base import ClientWorkError, Executor, R, SharedRef, T
 from fedp13n.execution.chunks import (
+    check_chunk_size,
     chunks,
     default_chunk_size,
     failure,
@@ -44,6 +38,7 @@ from fedp13n.execution.chunks import (
     run_chunk,
     span,
 )
+from fedp13n.utils.checks import check_positive_int
 from fedp13n.utils.lru import LRUCache
 
 log = logging.getLogger(__name__)
@@ -68,25 +63,14 @@ def _cached_get(object_ref: Any) -> Any:
     return _WORKER_CACHE.get(object_ref.hex(), lambda: _import_ray().get(object_ref))
 
 
-class RayRef(SharedRef[Any]):
+class RayRef(sharing.LocalFirstRef):
     """An object in the Ray object store; resolved once per worker process."""
 
     def __init__(self, object_ref: Any, local: Any = None) -> None:
         self.object_ref = object_ref
-        self._local = local
-        self._has_local = True
+        self._keep(local)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"object_ref": self.object_ref}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.object_ref = state["object_ref"]
-        self._local = None
-        self._has_local = False
-
-    def get(self) -> Any:
-        if self._has_local:
-            return self._local
+    def _resolve(self) -> Any:
         return _cached_get(self.object_ref)
 
     def __repr__(self) -> str:
@@ -162,35 +146,14 @@ class RayExecutor(Executor):
         gpus_per_task: float = 0.0,
     ) -> None:
         _check_gpus_per_task(gpus_per_task)
-        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-            raise ValueError(
-                f"threads_per_worker must be a positive integer, got {threads_per_worker!r}."
-            )
-        if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
-            raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}.")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
-        ray = _import_ray()
-        self._ray = ray
-        self._owns_ray = False
-        if not ray.is_initialized():
-            kwargs = dict(init_kwargs or {})
-            if runtime_env is not None:
-                kwargs["runtime_env"] = runtime_env
-            if address is None:
-                kwargs.setdefault("include_dashboard", False)
-                if num_workers is not None:
-                    kwargs.setdefault("num_cpus", num_workers * threads_per_worker)
-            try:
-                ray.init(address=address, **kwargs)
-            except ConnectionError as exc:
-                raise ConnectionError(
-                    f"could not connect to a Ray cluster at {address!r}: {exc}. Start one "
-                    "with 'ray start --head' (address='auto' on its nodes, "
-                    "'ray://<head>:10001' from elsewhere) or pass address=None for a "
-                    "local instance."
-                ) from exc
-            self._owns_ray = True
+        threads_per_worker = check_positive_int("threads_per_worker", threads_per_worker)
+        if num_workers is not None:
+            num_workers = check_positive_int("num_workers", num_workers)
+        self.chunk_size = check_chunk_size(chunk_size)
+        self._ray = ray = _import_ray()
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            _init_ray(ray, address, runtime_env, init_kwargs, num_workers, threads_per_worker)
         resources = ray.cluster_resources()
         if gpus_per_task > resources.get("GPU", 0):
             message = (
@@ -213,19 +176,16 @@ class RayExecutor(Executor):
         self.threads_per_worker = threads_per_worker
         self.gpus_per_task = float(gpus_per_task)
         self.share_paths = share_paths
-        self.chunk_size = chunk_size
         self._remote = ray.remote(
             num_cpus=threads_per_worker, num_gpus=self.gpus_per_task, max_retries=max_retries
         )(_run_chunk)
-        self._closed = False
 
     @property
     def num_workers(self) -> int:
         return self._num_workers
 
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
-        if self._closed:
-            raise RuntimeError("this RayExecutor is closed; create a new one.")
+        self._check_open()
         tasks = list(tasks)
         if not tasks:
             return []
@@ -260,8 +220,7 @@ class RayExecutor(Executor):
     def share(self, obj: T) -> SharedRef[T]:
         """Put ``obj`` in the object store once (with ``share_paths``, an object of the
         share-by-path protocol that has a path, e.g. a cached ClientData, is shared by it)."""
-        if self._closed:
-            raise RuntimeError("this RayExecutor is closed; create a new one.")
+        self._check_open()
         if self.share_paths and sharing.shares_by_path(obj):
             path = obj.to_shared_path(None)  # type: ignore[attr-defined]
             if path is not None:
@@ -287,6 +246,34 @@ class RayExecutor(Executor):
             f"RayExecutor(num_workers={self.num_workers}, "
             f"threads_per_worker={self.threads_per_worker}{gpus})"
         )
+
+
+def _init_ray(
+    ray: Any,
+    address: str | None,
+    runtime_env: dict[str, Any] | None,
+    init_kwargs: dict[str, Any] | None,
+    num_workers: int | None,
+    threads_per_worker: int,
+) -> None:
+    """``ray.init`` for :class:`RayExecutor` (a local instance limited to its workers' CPUs),
+    or a one-line ConnectionError saying how to start a cluster."""
+    kwargs = dict(init_kwargs or {})
+    if runtime_env is not None:
+        kwargs["runtime_env"] = runtime_env
+    if address is None:
+        kwargs.setdefault("include_dashboard", False)
+        if num_workers is not None:
+            kwargs.setdefault("num_cpus", num_workers * threads_per_worker)
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        raise ConnectionError(
+            f"could not connect to a Ray cluster at {address!r}: {exc}. Start one "
+            "with 'ray start --head' (address='auto' on its nodes, "
+            "'ray://<head>:10001' from elsewhere) or pass address=None for a "
+            "local instance."
+        ) from exc
 
 
 def _check_gpus_per_task(gpus_per_task: Any) -> None:

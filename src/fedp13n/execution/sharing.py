@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fedp13n.execution.base import SharedRef
+from fedp13n.utils.fs import pid_alive
 
 #: Objects resolved by shared refs in this process, by key (filled in worker processes).
 _WORKER_CACHE: dict[Any, Any] = {}
@@ -51,15 +52,27 @@ _SIGTERM_INSTALLED = False
 # ----------------------------------------------------------------------------------------
 # Refs
 # ----------------------------------------------------------------------------------------
-class _LocalPart:
-    """Mixin: the publishing process resolves a ref to the object itself, never pickled."""
+class LocalFirstRef(SharedRef[Any]):
+    """A ref that the publishing process resolves to the object itself (never pickled with
+    the ref); other processes resolve it with :meth:`_resolve`."""
 
-    _local: Any
+    _local: Any = None
+    _has_local = False
+
+    def _keep(self, local: Any, has_local: bool = True) -> None:
+        self._local, self._has_local = local, has_local
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_local", None)
+        state.pop("_has_local", None)
         return state
+
+    def get(self) -> Any:
+        return self._local if self._has_local else self._resolve()
+
+    def _resolve(self) -> Any:
+        raise NotImplementedError
 
 
 def shares_by_path(obj: Any) -> bool:
@@ -69,19 +82,15 @@ def shares_by_path(obj: Any) -> bool:
     )
 
 
-class PathRef(_LocalPart, SharedRef[Any]):
+class PathRef(LocalFirstRef):
     """An object shared by a path (share-by-path protocol); each worker opens it once."""
 
     def __init__(self, kind: type, path: str | os.PathLike, local: Any = None) -> None:
         self.kind = kind  # pickled by reference: workers import the class
         self.path = str(Path(path).resolve())
-        if local is not None:
-            self._local = local
+        self._keep(local, local is not None)
 
-    def get(self) -> Any:
-        local = self.__dict__.get("_local")
-        if local is not None:
-            return local
+    def _resolve(self) -> Any:
         key = ("path", self.kind, self.path)
         cached = _WORKER_CACHE.get(key)
         if cached is None:
@@ -92,26 +101,17 @@ class PathRef(_LocalPart, SharedRef[Any]):
         return f"PathRef({self.kind.__name__}, {self.path!r})"
 
 
-class FileRef(_LocalPart, SharedRef[Any]):
+class FileRef(LocalFirstRef):
     """An object pickled once into a file; each worker unpickles it once and keeps it."""
 
     def __init__(self, token: str, file: str, local: Any = None) -> None:
         self.token = token
         self.file = file
-        self._local = local
-        self._has_local = True
+        self._keep(local)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._has_local = False
-
-    def get(self) -> Any:
-        if self._has_local:
-            return self._local
-        try:
+    def _resolve(self) -> Any:
+        if self.token in _WORKER_CACHE:
             return _WORKER_CACHE[self.token]
-        except KeyError:
-            pass
         try:
             with open(self.file, "rb") as f:
                 obj = pickle.load(f)
@@ -157,24 +157,10 @@ def sweep_stale_dirs(root: str | os.PathLike | None = None) -> list[str]:
     with contextlib.suppress(OSError):
         for entry in root.glob(DIR_PREFIX + "*"):
             pid_text = entry.name[len(DIR_PREFIX) :].split("-", 1)[0]
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)) and entry.is_dir():
+            if pid_text.isdigit() and not pid_alive(int(pid_text)) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(str(entry))
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    except OSError:
-        return True  # cannot tell: keep the directory
-    return True
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from fedp13n import __version__
 from fedp13n.reporting import html, plots
+from fedp13n.reporting.report import make_output_dir
 from fedp13n.reporting.summary import (
     NOT_HELD_OUT,
     ReportError,
@@ -179,24 +180,49 @@ def mixed_datasets(runs: Sequence[RunInfo]) -> str | None:
     )
 
 
+#: The comparison's figure sections: id, title, the image's alt text, its caption.
+FIGURES = (
+    (
+        "by-epoch",
+        "Accuracy by fine-tuning epoch",
+        "Mean accuracy by epoch per run and strategy",
+        "One panel per strategy, one curve per run; epoch 0 is the run's global model.",
+    ),
+    (
+        "best",
+        "Baseline vs best personalized",
+        "Baseline and best personalized accuracy per run",
+        "Grey: the global model; blue: the best strategy/epoch of the run (labelled).",
+    ),
+    (
+        "fedavg",
+        "FedAvg training",
+        "FedAvg curves of every run",
+        "FedAvg loss and accuracy per round.",
+    ),
+)
+
+
 def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> Path:
     """Write ``comparison.html`` and its PNGs into ``output_dir``; return the HTML path."""
     if len(run_dirs) < 2:
         raise ReportError("compare needs at least two run directories.")
     runs = load_runs(run_dirs)
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"output {out} exists and is not a directory.")
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(output_dir)
     mixed = mixed_datasets(runs)
     if mixed:
         warnings.warn(mixed, ReportWarning, stacklevel=2)
     pngs, no_fedavg = _write_figures(runs, out)
 
     def img(key: str, alt: str, caption: str) -> str:
-        if key not in pngs:
-            return f"<p>Not available: {html.esc(caption)}</p>"
-        return html.image(pngs[key], alt, PNG_FILES[key], caption)
+        if key != "fedavg":
+            return html.figure(pngs, key, alt, caption, PNG_FILES[key])
+        what, why = (
+            f"FedAvg curves of {', '.join(no_fedavg)}",
+            f"These runs have no {rd.FEDAVG_METRICS} (or no rounds in it).",
+        )
+        note = html.missing(what, why) if no_fedavg else ""
+        return note + (html.figure(pngs, key, alt, caption, PNG_FILES[key]) if key in pngs else "")
 
     configs = "".join(
         f"<details><summary>{html.esc(r.label)}: <code>{html.esc(r.path.resolve())}</code>"
@@ -206,51 +232,16 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
     sections = [
         _runs_section(runs, mixed),
         html.Section("details", "Every strategy and epoch", html.table(detail_table(runs))),
-        html.Section(
-            "by-epoch",
-            "Accuracy by fine-tuning epoch",
-            img(
-                "by-epoch",
-                "Mean accuracy by epoch per run and strategy",
-                "One panel per strategy, one curve per run; epoch 0 is the run's global model.",
-            ),
-        ),
-        html.Section(
-            "best",
-            "Baseline vs best personalized",
-            img(
-                "best",
-                "Baseline and best personalized accuracy per run",
-                "Grey: the global model; blue: the best strategy/epoch of the run (labelled).",
-            ),
-        ),
-        html.Section(
-            "fedavg",
-            "FedAvg training",
-            (
-                html.missing(
-                    f"FedAvg curves of {', '.join(no_fedavg)}",
-                    f"These runs have no {rd.FEDAVG_METRICS} (or no rounds in it).",
-                )
-                if no_fedavg
-                else ""
-            )
-            + (
-                img("fedavg", "FedAvg curves of every run", "FedAvg loss and accuracy per round.")
-                if "fedavg" in pngs
-                else ""
-            ),
-        ),
+        *(html.Section(key, title, img(key, alt, caption)) for key, title, alt, caption in FIGURES),
         html.Section("configs", "Configurations", configs),
     ]
+    assert tuple(s.id for s in sections) == SECTIONS
     doc = html.page(
         f"Comparison of {len(runs)} runs",
         f"{', '.join(r.label for r in runs)} — fedp13n {__version__}",
         sections,
     )
-    path = out / COMPARISON
-    atomic_write(path, doc)
-    return path
+    return atomic_write(out / COMPARISON, doc)
 
 
 def _write_figures(runs: Sequence[RunInfo], out: Path) -> tuple[dict[str, Path], list[str]]:

@@ -67,6 +67,13 @@ def image(png: bytes, alt: str, filename: str | None = None, caption: str | None
     )
 
 
+def figure(pngs: Mapping[str, bytes], key: str, alt: str, caption: str, filename: str) -> str:
+    """The figure ``key`` of ``pngs``, or a line saying what it would show."""
+    if key not in pngs:
+        return f"<p>Not available: {esc(caption)}</p>"
+    return image(pngs[key], alt, filename, caption)
+
+
 _NUMERIC = re.compile(r"^[\[\]+\-0-9.,% /na]*$")
 
 

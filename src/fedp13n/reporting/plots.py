@@ -24,6 +24,7 @@ from fedp13n.reporting.summary import (
     Summary,
     bootstrap_mean_ci,
     epoch_number,
+    epochs_label,
 )
 
 #: Okabe-Ito without black (the baseline) and yellow (too light on white), in use order.
@@ -33,6 +34,8 @@ LINESTYLES = ("-", "--", "-.", ":")
 DPI = 110
 #: Fewer clients than this: no binned means (quarters of 2-3 clients only show noise).
 MIN_CLIENTS_FOR_BINS = 20
+#: How one client is drawn in a scatter plot.
+_DOTS = {"alpha": 0.75, "edgecolor": "white", "linewidth": 0.4}
 
 
 def strategy_colors(names: Sequence[str]) -> dict[str, str]:
@@ -71,17 +74,12 @@ def _panels(n: int, width: float = 4.3, height: float = 3.6, **kw) -> tuple[Figu
     return fig, axes[:n]
 
 
-def figure_png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
-
-
 def save_png(fig: Figure, path: str | Path) -> bytes:
     """Write ``fig`` to ``path`` as PNG and return the bytes (for embedding)."""
-    data = figure_png(fig)
-    Path(path).write_bytes(data)
-    return data
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    Path(path).write_bytes(buf.getvalue())
+    return buf.getvalue()
 
 
 def _epochs_to_show(epochs: list[str], k: int = 3) -> list[str]:
@@ -156,7 +154,7 @@ def accuracy_cdf(table: PerClientTable, colors: Mapping[str, str]) -> Figure:
                 color=_shade(colors[s], k, len(epochs)),
                 ls=LINESTYLES[(k + 1) % len(LINESTYLES)] if k < len(epochs) - 1 else "-",
                 lw=1.6,
-                label=f"{s}, {epoch_number(e)} epoch{'s' * (epoch_number(e) != 1)}",
+                label=f"{s}, {epochs_label(epoch_number(e))}",
             )
         _style(ax, f"Strategy '{s}'", "per-client accuracy (fraction correct)", "")
         ax.legend(fontsize=8, loc="upper left", frameon=False)
@@ -185,31 +183,15 @@ def baseline_vs_personalized(table: PerClientTable, colors: Mapping[str, str]) -
             t = table.select(s, e)
             d = t.accuracy - t.baseline_accuracy
             ax.plot([0, 1], [0, 1], color="#666666", lw=1, ls="--", zorder=1)
-            ax.scatter(
-                t.baseline_accuracy,
-                t.accuracy,
-                s=18,
-                color=colors[s],
-                alpha=0.75,
-                edgecolor="white",
-                linewidth=0.4,
-                zorder=2,
-            )
+            ax.scatter(t.baseline_accuracy, t.accuracy, s=18, color=colors[s], zorder=2, **_DOTS)
             n = max(int(np.isfinite(d).sum()), 1)
-            ax.text(
-                0.97,
-                0.04,
-                f"helped {np.sum(d > 1e-9) / n:.0%}\nhurt {np.sum(d < -1e-9) / n:.0%}",
-                transform=ax.transAxes,
-                ha="right",
-                va="bottom",
-                fontsize=8,
-                bbox={"boxstyle": "round", "fc": "white", "ec": "#cccccc"},
-            )
-            ep = epoch_number(e)
+            box = {"boxstyle": "round", "fc": "white", "ec": "#cccccc"}
+            helped = f"helped {np.sum(d > 1e-9) / n:.0%}\nhurt {np.sum(d < -1e-9) / n:.0%}"
+            ax.text(0.97, 0.04, helped, transform=ax.transAxes, ha="right", va="bottom",
+                    fontsize=8, bbox=box)  # fmt: skip
             _style(
                 ax,
-                f"'{s}' after {ep} epoch{'s' * (ep != 1)}",
+                f"'{s}' after {epochs_label(epoch_number(e))}",
                 "baseline accuracy" if i == len(strategies) - 1 else "",
                 "personalized accuracy" if j == 0 else "",
             )
@@ -223,23 +205,8 @@ def baseline_vs_personalized(table: PerClientTable, colors: Mapping[str, str]) -
     return fig
 
 
-def accuracy_by_epoch(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
-    colors: Mapping[str, str],
-    title: str = "Mean per-client accuracy by fine-tuning epoch (band: 95% bootstrap CI)",
-) -> Figure:
-    """Mean accuracy per epoch with a 95% band; epoch 0 is the global model (baseline).
-
-    ``curves``: label -> (epochs, mean, ci_low, ci_high).
-    """
-    fig = Figure(figsize=(7.5, 4.5), dpi=DPI, layout="constrained")
-    ax = fig.subplots()
-    _draw_epoch_curves(ax, curves, colors)
-    _style(ax, title, "fine-tuning epochs (0 = global model)", "mean accuracy (fraction correct)")
-    return fig
-
-
 def _draw_epoch_curves(ax, curves, colors: Mapping[str, str]) -> None:
+    """``curves``: label -> (epochs, mean, ci_low, ci_high); epoch 0 is the global model."""
     order = list(colors)  # line style tied to the label, like the colour
     for label, (x, mean, lo, hi) in curves.items():
         c = colors[label]
@@ -295,53 +262,35 @@ def gain_vs_train_size(table: PerClientTable, colors: Mapping[str, str]) -> Figu
         x = t.num_train_examples.astype(float)
         d = t.accuracy - t.baseline_accuracy
         ax.axhline(0, color="#666666", lw=1, ls="--")
-        ax.scatter(
-            x,
-            d,
-            s=16,
-            color=colors[s],
-            alpha=0.6,
-            edgecolor="white",
-            linewidth=0.4,
-            label="one client",
-        )
-        ok = np.isfinite(d)
-        if ok.sum() >= MIN_CLIENTS_FOR_BINS:
-            qs = np.unique(np.quantile(x[ok], np.linspace(0, 1, 5)))
-            mids, means, los, his = [], [], [], []
-            for lo_edge, hi_edge in zip(qs[:-1], qs[1:], strict=True):
-                inb = ok & (x >= lo_edge) & ((x < hi_edge) | (hi_edge == qs[-1]))
-                if inb.sum() == 0:
-                    continue
-                mids.append(np.median(x[inb]))
-                means.append(d[inb].mean())
-                lo, hi = bootstrap_mean_ci(d[inb], key=("gain-bin", s, float(lo_edge)))
-                los.append(lo)
-                his.append(hi)
-            means_a = np.array(means)
-            ax.errorbar(
-                mids,
-                means_a,
-                yerr=[means_a - np.array(los), np.array(his) - means_a],
-                color=BASELINE_COLOR,
-                marker="D",
-                ms=5,
-                lw=1.4,
-                capsize=3,
-                label="quartile-bin mean, 95% CI",
-            )
-        ep = epoch_number(e)
-        _style(
-            ax,
-            f"'{s}' after {ep} epoch{'s' * (ep != 1)}",
-            "training examples on the client (count)",
-            "",
-        )
+        ax.scatter(x, d, s=16, color=colors[s], **{**_DOTS, "alpha": 0.6}, label="one client")
+        if np.isfinite(d).sum() >= MIN_CLIENTS_FOR_BINS:
+            _quartile_means(ax, x, d, s)
+        title = f"'{s}' after {epochs_label(epoch_number(e))}"
+        _style(ax, title, "training examples on the client (count)", "")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
     axes[0].set_ylabel("accuracy gain (personalized − baseline)")
     fig.suptitle("Who gains? Accuracy gain vs client training-set size", fontsize=12)
     return fig
+
+
+def _quartile_means(ax, x: np.ndarray, d: np.ndarray, strategy: str) -> None:
+    """The mean gain ``d`` of each quarter of the clients by size ``x``, with its 95% CI."""
+    ok = np.isfinite(d)
+    qs = np.unique(np.quantile(x[ok], np.linspace(0, 1, 5)))
+    mids, means, los, his = [], [], [], []
+    for lo_edge, hi_edge in zip(qs[:-1], qs[1:], strict=True):
+        inb = ok & (x >= lo_edge) & ((x < hi_edge) | (hi_edge == qs[-1]))
+        if inb.sum() == 0:
+            continue
+        mids.append(np.median(x[inb]))
+        means.append(d[inb].mean())
+        lo, hi = bootstrap_mean_ci(d[inb], key=("gain-bin", strategy, float(lo_edge)))
+        los.append(lo)
+        his.append(hi)
+    m = np.array(means)
+    ax.errorbar(mids, m, yerr=[m - np.array(los), np.array(his) - m], color=BASELINE_COLOR,
+                marker="D", ms=5, lw=1.4, capsize=3, label="quartile-bin mean, 95% CI")  # fmt: skip
 
 
 def headline_bars(
@@ -362,39 +311,16 @@ def headline_bars(
         mean = np.array([e[which] for e in entries])
         lo = np.array([e[which + 1] for e in entries])
         hi = np.array([e[which + 2] for e in entries])
-        ax.bar(
-            x + off,
-            mean,
-            w,
-            color=color,
-            hatch=hatch,
-            edgecolor="white",
-            label=name,
-            yerr=[mean - lo, hi - mean],
-            capsize=4,
-        )
+        ax.bar(x + off, mean, w, color=color, hatch=hatch, edgecolor="white", label=name,
+               yerr=[mean - lo, hi - mean], capsize=4)  # fmt: skip
     for i, e in enumerate(entries):
-        ax.annotate(
-            e[7],
-            (x[i] + w / 2, e[6]),
-            xytext=(0, 4),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    ax.set_xticks(
-        x,
-        [e[0] for e in entries],
-        rotation=20 if len(entries) > 3 else 0,
-        ha="right" if len(entries) > 3 else "center",
-    )
-    _style(
-        ax,
-        "Baseline vs best personalized mean accuracy (95% CI)",
-        "run",
-        "mean accuracy (fraction correct)",
-    )
+        ax.annotate(e[7], (x[i] + w / 2, e[6]), xytext=(0, 4), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=8)  # fmt: skip
+    tilt = len(entries) > 3
+    ax.set_xticks(x, [e[0] for e in entries], rotation=20 if tilt else 0,
+                  ha="right" if tilt else "center")  # fmt: skip
+    title = "Baseline vs best personalized mean accuracy (95% CI)"
+    _style(ax, title, "run", "mean accuracy (fraction correct)")
     ax.set_ylim(0, min(1.1, max(e[6] for e in entries) * 1.15 + 0.02))
     fig.legend(loc="outside lower center", ncols=2, fontsize=9, frameon=False)
     return fig
@@ -403,7 +329,6 @@ def headline_bars(
 __all__ = [
     "BASELINE",
     "PALETTE",
-    "accuracy_by_epoch",
     "accuracy_by_epoch_panels",
     "accuracy_cdf",
     "baseline_vs_personalized",

@@ -214,11 +214,7 @@ def write_report(
     file. Raises :class:`ReportError` for a missing or incomplete run directory.
     """
     run_dir = check_run_dir(run_dir)
-    out = Path(output_dir) if output_dir is not None else run_dir
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"output {out} exists and is not a directory.")
-    out.mkdir(parents=True, exist_ok=True)
-
+    out = make_output_dir(output_dir if output_dir is not None else run_dir)
     table = read_per_client(run_dir / rd.PER_CLIENT)
     if summary is None or out != run_dir:
         summary = summary or summarize_run(run_dir)
@@ -229,9 +225,7 @@ def write_report(
     def img(key: str, alt: str, caption: str) -> str:
         if key in left_out:
             return html.missing(alt, f"{left_out[key]}. The figure would show: {caption}")
-        if key not in pngs:
-            return f"<p>Not available: {html.esc(caption)}</p>"
-        return html.image(pngs[key], alt, PNG_FILES[key], caption)
+        return html.figure(pngs, key, alt, caption, PNG_FILES[key])
 
     sections = [
         *_numbers_sections(summary),
@@ -252,9 +246,16 @@ def write_report(
         sections,
         intro=_facts_html(run_dir, config, summary),
     )
-    path = out / rd.REPORT
-    atomic_write(path, doc)
-    return path
+    return atomic_write(out / rd.REPORT, doc)
+
+
+def make_output_dir(out: str | Path) -> Path:
+    """The folder a report or a comparison is written into, created if needed."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"output {out} exists and is not a directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _write_figures(

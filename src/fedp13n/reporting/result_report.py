@@ -35,30 +35,33 @@ def per_client_rows(result: Mapping[str, Any], train_sizes: Mapping[str, int]) -
     """The ``per_client.csv`` rows of a result in its JSON form
     (:meth:`PersonalizationResult.to_dict`): one per client x strategy x evaluated epoch
     (every nested mapping with an ``accuracy`` list), in the result's order."""
-    ids = result["client_ids"]
     base = result[rd.BASELINE_KEY]
-    rows = []
-    for strategy, metrics in result.items():
-        if strategy in rd.RESERVED_KEYS or not isinstance(metrics, Mapping):
-            continue
-        for epoch, m in metrics.items():
-            if not (isinstance(m, Mapping) and "accuracy" in m):
-                continue
-            for i, cid in enumerate(ids):
-                rows.append(
-                    {
-                        "client_id": cid,
-                        "num_train_examples": train_sizes[cid],
-                        "num_test_examples": m["num_test_examples"][i],
-                        "strategy": strategy,
-                        "epoch": epoch,
-                        "loss": m["loss"][i],
-                        "accuracy": m["accuracy"][i],
-                        "baseline_loss": base["loss"][i],
-                        "baseline_accuracy": base["accuracy"][i],
-                    }
-                )
-    return rows
+    return [
+        {
+            "client_id": cid,
+            "num_train_examples": train_sizes[cid],
+            "num_test_examples": m["num_test_examples"][i],
+            "strategy": strategy,
+            "epoch": epoch,
+            "loss": m["loss"][i],
+            "accuracy": m["accuracy"][i],
+            "baseline_loss": base["loss"][i],
+            "baseline_accuracy": base["accuracy"][i],
+        }
+        for strategy, epoch, m in _evaluated(result)
+        for i, cid in enumerate(result["client_ids"])
+    ]
+
+
+def _evaluated(result: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """(strategy, epoch key, metrics) of every evaluation with an ``accuracy``, in order."""
+    return [
+        (strategy, epoch, m)
+        for strategy, metrics in result.items()
+        if strategy not in rd.RESERVED_KEYS and isinstance(metrics, Mapping)
+        for epoch, m in metrics.items()
+        if isinstance(m, Mapping) and "accuracy" in m
+    ]
 
 
 def write_personalization_report(
@@ -136,24 +139,25 @@ def _write_result_files(
 ) -> None:
     """A run's result files in ``out`` (an earlier call's that are not this result's gone)."""
     atomic_write(out / rd.PERSONALIZATION, json.dumps(data, indent=1))
-    with atomic_writer(out / rd.PER_CLIENT, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
-        w.writeheader()
-        w.writerows(per_client_rows(data, sizes))
-    fedavg_csv = out / rd.FEDAVG_METRICS
-    if rounds is None:
-        fedavg_csv.unlink(missing_ok=True)  # an earlier call's: not this result's training
+    _write_csv(out / rd.PER_CLIENT, rd.PER_CLIENT_COLUMNS, per_client_rows(data, sizes))
+    if rounds is None:  # an earlier call's FedAvg log: not this result's training
+        (out / rd.FEDAVG_METRICS).unlink(missing_ok=True)
     else:
-        with atomic_writer(fedavg_csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=rd.FEDAVG_COLUMNS)
-            w.writeheader()
-            w.writerows(rounds)
+        _write_csv(out / rd.FEDAVG_METRICS, rd.FEDAVG_COLUMNS, rounds)
     for stale in (rd.TUNING, rd.REPORT):
         (out / stale).unlink(missing_ok=True)
 
 
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
+    with atomic_writer(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _write_library_report(out: Path, summary: Any, *, fedavg: bool) -> Path:
     """``report.html`` of a library result, with a note of what such a result lacks."""
+    from fedp13n.reporting import html
     from fedp13n.reporting.report import write_report
     from fedp13n.reporting.summary import ReportWarning
 
@@ -166,7 +170,9 @@ def _write_library_report(out: Path, summary: Any, *, fedavg: bool) -> Path:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     doc = path.read_text(encoding="utf-8")
     if "<nav>" in doc:  # under the title, before the contents (html.page's intro place)
-        doc = doc.replace("<nav>", _library_note(fedavg=fedavg) + "<nav>", 1)
+        note = html.esc(library_note(fedavg=fedavg))
+        note = f'<p class="missing"><b>Missing information.</b> {note}</p>'
+        doc = doc.replace("<nav>", note + "<nav>", 1)
         atomic_write(path, doc)
     return path
 
@@ -188,13 +194,6 @@ def library_note(*, fedavg: bool) -> str:
     )
 
 
-def _library_note(*, fedavg: bool) -> str:
-    from fedp13n.reporting import html
-
-    note = html.esc(library_note(fedavg=fedavg))
-    return f'<p class="missing"><b>Missing information.</b> {note}</p>'
-
-
 def _check_reportable(data: Mapping[str, Any]) -> None:
     if not data["client_ids"]:
         raise ValueError(
@@ -208,14 +207,7 @@ def _check_reportable(data: Mapping[str, Any]) -> None:
             "'num_test_examples': the report is about per-client classification accuracy; "
             "use fedp13n.evaluate_fn as the baseline_evaluate_fn."
         )
-    evaluated = [
-        (name, epoch)
-        for name, metrics in data.items()
-        if name not in rd.RESERVED_KEYS and isinstance(metrics, Mapping)
-        for epoch, m in metrics.items()
-        if isinstance(m, Mapping) and "accuracy" in m
-    ]
-    if not evaluated:
+    if not _evaluated(data):
         raise ValueError(
             "no strategy in the result reports an accuracy per evaluated epoch "
             "({'epoch_1': {'accuracy': [...], 'loss': [...], 'num_test_examples': [...]}}, "

@@ -128,17 +128,12 @@ def epoch_text(epoch: str) -> str:
 NOT_HELD_OUT = "highest on these clients (not a held-out choice)"
 
 
-def held_out_best(num_validation_clients: int) -> str:
-    """How the report and ``compare`` name a best strategy/epoch chosen on validation clients."""
-    return f"best, chosen on the {num_validation_clients} validation clients"
-
-
 @dataclass(frozen=True)
 class BestChoice:
     """The strategy/epoch a run's report calls best, and how it was chosen."""
 
     stats: Stats  # its numbers on the reported clients
-    how: str  # held_out_best(n) or NOT_HELD_OUT
+    how: str  # "best, chosen on the <n> validation clients" or NOT_HELD_OUT
     held_out: bool  # chosen on validation clients (not reported on)
     validation_mean: float | None = None  # its mean accuracy on the validation clients
 
@@ -192,14 +187,9 @@ class Summary:
         if scored:
             best = max(scored, key=lambda t: (t[0], -scored.index(t)))
             n = len((self.tuning or {}).get("validation_client_ids") or ())
-            return BestChoice(best[1], held_out_best(n), True, best[0])
+            return BestChoice(best[1], f"best, chosen on the {n} validation clients", True, best[0])
         best_row = max(rows, key=lambda r: (r.mean, -rows.index(r)))
         return BestChoice(best_row, NOT_HELD_OUT, False)
-
-    def best(self) -> Stats | None:
-        """The row of :meth:`best_choice` (None if no row has a mean)."""
-        choice = self.best_choice()
-        return None if choice is None else choice.stats
 
     def to_dict(self) -> dict[str, Any]:
         strategies: dict[str, dict[str, Any]] = {}
@@ -281,48 +271,32 @@ def summarize(table: PerClientTable) -> Summary:
         for e in table.epochs(s):
             t = table.select(s, e)
             rows.append(_stats(s, e, t.accuracy, t.baseline_accuracy))
-    baseline = _stats(BASELINE, None, base.baseline_accuracy, None)
-    summary = Summary(len(base), baseline, tuple(rows), {})
-    return Summary(summary.num_clients, baseline, summary.rows, headline_numbers(summary))
-
-
-def headline_epochs(summary: Summary) -> dict[str, int]:
-    """Each strategy's first evaluated epoch, in strategy order: 1 for a strategy evaluated
-    after every epoch; 2 for one evaluated every 2 epochs (it has no ``epoch_1``)."""
-    out: dict[str, int] = {}
-    for r in summary.rows:
-        if r.epoch is not None:
-            n = epoch_number(r.epoch)
-            out[r.strategy] = min(out.get(r.strategy, n), n)
-    return out
-
-
-def headline_key(strategy: str, epoch: int) -> str:
-    """The key of a strategy's headline number: ``sgd_epoch_1_accuracy``, ``sgd_epoch_2_...``."""
-    return f"{strategy}_epoch_{epoch}_accuracy"
-
-
-def headline_numbers(summary: Summary) -> dict[str, float]:
-    """TFF's example prints the mean baseline accuracy and each strategy's (``sgd``,
-    ``adam``) mean accuracy after one epoch; so does fedp13n, for every strategy, at its
-    first evaluated epoch (epoch 1 unless the strategy is evaluated every few epochs: the
-    key names the epoch, so a strategy never drops out of the headline)."""
-    out = {"baseline_accuracy": summary.baseline.mean}
-    first = headline_epochs(summary)
-    for r in summary.rows:
-        if r.epoch is not None and epoch_number(r.epoch) == first[r.strategy]:
-            out.setdefault(headline_key(r.strategy, first[r.strategy]), r.mean)
-    return out
+    summary = Summary(
+        len(base), _stats(BASELINE, None, base.baseline_accuracy, None), tuple(rows), {}
+    )
+    return dataclasses.replace(summary, headline=headline_numbers(summary))
 
 
 def headline_entries(summary: Summary) -> list[tuple[str, int, float]]:
-    """(strategy, epoch number, mean accuracy) of every strategy in the headline, in order."""
-    h = summary.headline
-    return [
-        (name, epoch, h[headline_key(name, epoch)])
-        for name, epoch in headline_epochs(summary).items()
-        if headline_key(name, epoch) in h
-    ]
+    """(strategy, epoch number, mean accuracy) of every strategy in the headline, in order.
+
+    TFF's example prints the mean baseline accuracy and each strategy's (``sgd``, ``adam``)
+    mean accuracy after one epoch; so does fedp13n, for every strategy, at its first
+    evaluated epoch (epoch 1 unless the strategy is evaluated every few epochs: the key
+    names the epoch, so a strategy never drops out of the headline).
+    """
+    first: dict[str, tuple[int, float]] = {}
+    for r in summary.rows:
+        n = epoch_number(r.epoch)
+        if r.strategy not in first or n < first[r.strategy][0]:
+            first[r.strategy] = (n, r.mean)
+    return [(name, n, mean) for name, (n, mean) in first.items()]
+
+
+def headline_numbers(summary: Summary) -> dict[str, float]:
+    """``baseline_accuracy`` and ``<strategy>_epoch_<n>_accuracy`` (:func:`headline_entries`)."""
+    entries = {f"{name}_epoch_{n}_accuracy": mean for name, n, mean in headline_entries(summary)}
+    return {"baseline_accuracy": summary.baseline.mean, **entries}
 
 
 def epochs_label(epoch: int) -> str:
@@ -351,7 +325,7 @@ def selected_stats(result: dict[str, Any]) -> tuple[Stats, ...]:
 def summarize_run(run_dir: str | Path) -> Summary:
     run_dir = check_run_dir(run_dir)
     summary = summarize(read_per_client(Path(run_dir) / rd.PER_CLIENT))
-    selected, tuning = (), None
+    selected = ()
     p13n = Path(run_dir) / rd.PERSONALIZATION
     if p13n.is_file():
         try:
@@ -409,34 +383,35 @@ def table_rows(summary: Summary, compact: bool = False) -> list[dict[str, str]]:
         label = "sel" if epoch == SELECTED else str(epoch_number(epoch)) if epoch else ""
         if epoch and chosen.get(r.strategy) == epoch:
             label += "*"  # the epoch chosen on the validation clients: the one to report
+        lo, hi = format_number(r.ci_low, digits=d), format_number(r.ci_high, digits=d)
         row = {
             "strategy": r.strategy,
             "epoch": label,
             "clients": str(r.n),
             "mean": format_number(r.mean, digits=d),
-            "95% CI": f"{format_number(r.ci_low, digits=d)}-{format_number(r.ci_high, digits=d)}"
-            if compact
-            else f"[{format_number(r.ci_low, digits=d)}, {format_number(r.ci_high, digits=d)}]",
+            "95% CI": f"{lo}-{hi}" if compact else f"[{lo}, {hi}]",
             "median": format_number(r.median, digits=d),
             "mean gain": "" if r.mean_gain is None else format_number(r.mean_gain, True, d),
             "improved": format_percent(r.improved, p),
             "unchanged": format_percent(r.unchanged, p),
             "hurt": format_percent(r.hurt, p),
         }
-        if compact:
-            row = {
-                "strategy": row["strategy"],
-                "ep": row["epoch"],
-                "n": row["clients"],
-                "mean": row["mean"],
-                "95% CI": row["95% CI"],
-                "gain": row["mean gain"],
-                "improved": row["improved"],
-                "same": row["unchanged"],
-                "hurt": row["hurt"],
-            }
-        out.append(row)
+        out.append({new: row[old] for old, new in _COMPACT.items()} if compact else row)
     return out
+
+
+#: The columns of the compact table (an 80-column terminal) and their short names.
+_COMPACT = {
+    "strategy": "strategy",
+    "epoch": "ep",
+    "clients": "n",
+    "mean": "mean",
+    "95% CI": "95% CI",
+    "mean gain": "gain",
+    "improved": "improved",
+    "unchanged": "same",
+    "hurt": "hurt",
+}
 
 
 def tuning_lines(summary: Summary) -> list[str]:
@@ -462,24 +437,11 @@ def tuning_lines(summary: Summary) -> list[str]:
     return out
 
 
-def headline_strategies(summary: Summary) -> list[str]:
-    """The strategies of a summary, in order (the headline reports each at its first
-    evaluated epoch: :func:`headline_epochs`)."""
-    return list(dict.fromkeys(r.strategy for r in summary.rows))
-
-
-def headline_lines(summary: Summary) -> list[tuple[str, float]]:
-    """TFF's headline numbers as (label, value)."""
-    h = summary.headline
-    out = [("mean baseline accuracy", h["baseline_accuracy"])]
-    for name, epoch, value in headline_entries(summary):
-        out.append((f"mean accuracy, {name} after {epochs_label(epoch)}", value))
-    return out
-
-
 def format_headline(summary: Summary) -> str:
     """TFF's three numbers, one line each, values aligned."""
-    lines = headline_lines(summary)
+    lines = [("mean baseline accuracy", summary.headline["baseline_accuracy"])]
+    for name, epoch, value in headline_entries(summary):
+        lines.append((f"mean accuracy, {name} after {epochs_label(epoch)}", value))
     width = max(len(label) for label, _ in lines) + 2
     return "\n".join(f"{label + ':':<{width}}{format_number(v)}" for label, v in lines)
 

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,14 +75,14 @@ class PerClientTable:
         return sorted(keys, key=epoch_number)
 
     def select(self, strategy: str, epoch: str) -> PerClientTable:
-        mask = (self.strategy == strategy) & (self.epoch == epoch)
-        return PerClientTable(**{k: v[mask] for k, v in asdict_shallow(self).items()})
+        return self._take((self.strategy == strategy) & (self.epoch == epoch))
 
     def baseline(self) -> PerClientTable:
         """One row per client (its first row): the global model's numbers are per client."""
-        _, first = np.unique(self.client_id, return_index=True)
-        idx = np.sort(first)
-        return PerClientTable(**{k: v[idx] for k, v in asdict_shallow(self).items()})
+        return self._take(np.sort(np.unique(self.client_id, return_index=True)[1]))
+
+    def _take(self, rows: np.ndarray) -> PerClientTable:
+        return PerClientTable(**{k: v[rows] for k, v in asdict_shallow(self).items()})
 
 
 def asdict_shallow(t: PerClientTable) -> dict[str, np.ndarray]:
@@ -95,29 +96,20 @@ def _float(text: str) -> float:
 def read_per_client(path: str | Path) -> PerClientTable:
     """Read ``per_client.csv`` (columns ``run_dir.PER_CLIENT_COLUMNS``)."""
     path = Path(path)
-    try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in rd.PER_CLIENT_COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
-                raise ReportError(
-                    f"{path}: missing column(s) {missing}; expected {list(rd.PER_CLIENT_COLUMNS)}."
-                )
-            rows = list(reader)
-    except FileNotFoundError:
-        raise ReportError(
-            f"{path} does not exist: is {path.parent} the output of a finished 'fedp13n run'?"
-        ) from None
-    except (UnicodeDecodeError, csv.Error):
-        raise ReportError(_not_text(path)) from None
+    _, rows = _read_csv(
+        path,
+        rd.PER_CLIENT_COLUMNS,
+        lambda absent: f"missing column(s) {absent}; expected {list(rd.PER_CLIENT_COLUMNS)}.",
+        "the output of a finished 'fedp13n run'",
+    )
     if not rows:
         raise ReportError(f"{path} has no rows: the run evaluated no personalization client.")
     cols: dict[str, list] = {c: [] for c in rd.PER_CLIENT_COLUMNS}
     for line, row in enumerate(rows, start=2):
         try:
-            for c in ("client_id", "strategy", "epoch"):
+            for c in _TEXT_COLUMNS:
                 cols[c].append(row[c])
-            for c in ("num_train_examples", "num_test_examples"):
+            for c in _INT_COLUMNS:
                 cols[c].append(int(float(row[c])))
             for c in ("loss", "accuracy", "baseline_loss", "baseline_accuracy"):
                 cols[c].append(_float(row[c]))
@@ -125,31 +117,21 @@ def read_per_client(path: str | Path) -> PerClientTable:
             raise ReportError(f"{path}, line {line}: a value is not a number: {row}") from None
     for e in set(cols["epoch"]):
         epoch_number(e)
-    str_cols = ("client_id", "strategy", "epoch")
-    int_cols = ("num_train_examples", "num_test_examples")
-    return PerClientTable(
-        **{
-            c: np.array(v, dtype=object if c in str_cols else np.int64 if c in int_cols else float)
-            for c, v in cols.items()
-        }
-    )
+    dtype = {**dict.fromkeys(_TEXT_COLUMNS, object), **dict.fromkeys(_INT_COLUMNS, np.int64)}
+    return PerClientTable(**{c: np.array(v, dtype=dtype.get(c, float)) for c, v in cols.items()})
+
+
+_TEXT_COLUMNS = ("client_id", "strategy", "epoch")
+_INT_COLUMNS = ("num_train_examples", "num_test_examples")
 
 
 def read_fedavg_metrics(path: str | Path) -> dict[str, np.ndarray]:
     """``fedavg_metrics.csv`` as float column arrays; empty cells (not measured) are NaN."""
     path = Path(path)
-    try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            for c in ("round", "loss", "accuracy"):
-                if c not in fields:
-                    raise ReportError(f"{path}: missing column {c!r}.")
-            rows = list(reader)
-    except FileNotFoundError:
-        raise ReportError(f"{path} does not exist: is {path.parent} a run directory?") from None
-    except (UnicodeDecodeError, csv.Error):
-        raise ReportError(_not_text(path)) from None
+    required = ("round", "loss", "accuracy")
+    fields, rows = _read_csv(
+        path, required, lambda a: f"missing column {a[0]!r}.", "a run directory"
+    )
     out = {}
     for c in fields:
         try:
@@ -157,6 +139,25 @@ def read_fedavg_metrics(path: str | Path) -> dict[str, np.ndarray]:
         except ValueError:
             raise ReportError(f"{path}: column {c!r} holds a value that is not a number.") from None
     return out
+
+
+def _read_csv(
+    path: Path, required: Sequence[str], missing: Callable[[list[str]], str], what: str
+) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV file's columns and rows; a ReportError (``missing(absent columns)``, or: is the
+    folder ``what``?) for a missing column, a missing file or one that is not text."""
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            absent = [c for c in required if c not in fields]
+            if absent:
+                raise ReportError(f"{path}: {missing(absent)}")
+            return fields, list(reader)
+    except FileNotFoundError:
+        raise ReportError(f"{path} does not exist: is {path.parent} {what}?") from None
+    except (UnicodeDecodeError, csv.Error):
+        raise ReportError(_not_text(path)) from None
 
 
 def read_config(run_dir: str | Path) -> tuple[str, dict[str, Any]]:

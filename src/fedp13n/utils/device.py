@@ -1,33 +1,15 @@
-"""Pick the device and the numeric precision a run trains in.
+"""Where and in what precision client work computes.
 
-* :func:`resolve_device` turns ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``
-  into a ``torch.device``, refusing one this machine does not have with a one-line
-  ``ValueError`` that says what it has.
-* :func:`resolve_precision` turns ``"fp32"``, ``"bf16"``, ``"tf32"`` (or ``"auto"``) into a
-  :class:`Precision`, a reusable context manager to wrap forward passes in:
-
-  - ``fp32``: nothing changes (the reference numbers);
-  - ``bf16``: ``torch.autocast(device_type, dtype=torch.bfloat16)``: matrix products and
-    convolutions run in bfloat16, the weights (and optimizer state) stay float32 master
-    copies, so only the forward/backward arithmetic is rounded. On a CPU without native
-    bf16 instructions (AVX512-BF16 or AMX) bf16 is emulated and slower than fp32: it is
-    allowed when asked for explicitly, with a one-time warning, and ``"auto"`` never
-    picks it there;
-  - ``tf32``: TensorFloat-32 matrix products and convolutions on CUDA (Ampere or newer);
-    a CUDA setting, refused on other devices. Entering the context sets
-    ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``,
-    leaving it restores them.
-
-* :class:`Compute`: the device, precision, determinism and multi-client engine of client
-  work as one value, checked once where a run or a builder starts (:meth:`Compute.resolve`)
-  and trusted below.
-* :func:`set_deterministic` asks torch for deterministic kernels (bit-identical reruns on
-  one GPU, at some cost in speed).
-* Placement of client work (:func:`work_device`, :func:`pin_process_to_gpu`,
-  :func:`gpu_assignment`): an executor's worker process may be pinned to one GPU; client
-  work asking for any CUDA device then runs on that GPU, so algorithms never know where
-  they run. A worker is pinned by setting ``CUDA_VISIBLE_DEVICES`` before CUDA starts in
-  it (the GPU is then its ``cuda:0``), as Ray does for tasks that claim ``num_gpus``.
+* :func:`resolve_device` and :func:`resolve_precision` turn the names a user gives
+  (``"auto"``, ``"cuda:1"``, ``"bf16"``...) into a ``torch.device`` and a :class:`Precision`
+  (a reusable context manager around forward/backward passes), refusing what this machine
+  cannot do with a one-line ``ValueError``.
+* :class:`Compute`: device, precision, determinism and multi-client engine as one value,
+  checked once where a run or a builder starts (:meth:`Compute.resolve`), trusted below.
+* Placement (:func:`work_device`, :func:`pin_process_to_gpu`, :func:`gpu_assignment`): an
+  executor's worker may be pinned to one GPU by setting ``CUDA_VISIBLE_DEVICES`` before
+  CUDA starts in it (as Ray does for tasks that claim ``num_gpus``); client work asking for
+  any CUDA device then runs there, so algorithms never know where they run.
 """
 
 from __future__ import annotations
@@ -62,16 +44,6 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def available_devices() -> list[str]:
-    """The devices this machine has, e.g. ``["cpu", "cuda:0", "cuda:1"]``."""
-    out = ["cpu"]
-    if torch.cuda.is_available():
-        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if _mps_available():
-        out.append("mps")
-    return out
-
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
     ``"mps"`` as a ``torch.device``; ``ValueError`` for one that is unknown or absent."""
@@ -82,7 +54,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}."
         )
     name = device.strip().lower()
-    have = ", ".join(available_devices())
+    cuda = range(torch.cuda.device_count()) if torch.cuda.is_available() else ()
+    have = ", ".join(["cpu", *(f"cuda:{i}" for i in cuda)] + (["mps"] if _mps_available() else []))
     if name == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if name == "cpu":
@@ -136,15 +109,14 @@ def cpu_has_native_bf16() -> bool:
 @dataclass
 class Precision:
     """A numeric precision on a device; use it as ``with precision: ...`` around forward
-    (and backward) passes, as often as wanted. ``name`` is ``fp32``, ``bf16`` or ``tf32``."""
+    (and backward) passes, as often as wanted. ``name`` is ``fp32`` (nothing changes: the
+    reference numbers), ``bf16`` (``torch.autocast`` to bfloat16: products and convolutions
+    rounded, weights and optimizer state stay float32) or ``tf32`` (TensorFloat-32 products
+    on CUDA, Ampere or newer: ``allow_tf32`` set while inside, restored on leaving)."""
 
     name: str
     device_type: str
     _stack: list = field(default_factory=list, repr=False)
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.name == "bf16" else None
 
     def __enter__(self) -> Precision:
         stack = contextlib.ExitStack()
@@ -156,14 +128,9 @@ class Precision:
                 torch.autocast(self.device_type, dtype=torch.bfloat16, cache_enabled=False)
             )
         elif self.name == "tf32":
-            old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-
-            def restore() -> None:
-                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            stack.callback(restore)
+            for backend in (torch.backends.cuda.matmul, torch.backends.cudnn):
+                stack.callback(setattr, backend, "allow_tf32", backend.allow_tf32)
+                backend.allow_tf32 = True
         self._stack.append(stack)
         return self
 
@@ -172,8 +139,8 @@ class Precision:
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> Precision:
-    """``"fp32"``, ``"bf16"``, ``"tf32"`` or ``"auto"`` on ``device`` (see the module
-    docstring). ``"auto"`` is fp32 on every device: the reference numbers; faster
+    """``"fp32"``, ``"bf16"``, ``"tf32"`` or ``"auto"`` on ``device`` (see
+    :class:`Precision`). ``"auto"`` is fp32 on every device: the reference numbers; faster
     precisions change results, so they are asked for by name (in particular "auto" never
     picks bf16 on a CPU that would emulate it). ``ValueError`` for an unknown name or tf32
     off CUDA; bf16 on a CPU without native bf16 warns once."""

@@ -51,7 +51,7 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     removed = []
     for tmp in Path(directory).glob(".*.tmp-*"):
         pid = tmp.name.rpartition(".tmp-")[2]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -59,11 +59,15 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; True where it cannot be told (another user's process),
+    so that what it may own is kept."""
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
+    except OSError:  # PermissionError: another user's process
         return True
     return True

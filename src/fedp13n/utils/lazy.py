@@ -32,3 +32,8 @@ def lazy_exports(
         return sorted(set(exports) | set(importlib.import_module(package).__dict__))
 
     return __getattr__, __dir__
+
+
+def by_module(table: Mapping[str, str]) -> dict[str, str]:
+    """``{"pkg.module": "Name Other"}`` as :func:`lazy_exports`' ``{name: module}``."""
+    return {name: module for module, names in table.items() for name in names.split()}

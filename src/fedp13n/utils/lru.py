@@ -28,9 +28,3 @@ class LRUCache:
         while len(self._items) > self.size:
             self._items.popitem(last=False)
         return value
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._items
