@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", default="8,32,64", help="engine K values (comma list)")
     ap.add_argument("--examples", type=int, default=40, help="examples per client")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--precision", default="fp32,bf16", help="comma list: fp32, bf16, tf32")
+    ap.add_argument("--precision", default="fp32", help="comma list: fp32, bf16, tf32")
     ap.add_argument(
         "--per-client-clients", type=int, default=8,
         help="clients the per-client path runs per repetition (0: all K)",

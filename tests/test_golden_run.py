@@ -32,9 +32,10 @@ RECORDING = DATA / "golden_synthetic_avx2.json"
 
 #: Relative tolerance against a recording made on another machine. Recordings of one run on
 #: different CPUs differed by at most 2e-8 (the losses of an AVX2 and an AVX512 CPU; 9e-9
-#: between an Intel and an AMD AVX-512 CPU): 1e-5 is 500 times that. A real change of the training moves these numbers far more: one SGD step more or
-#: less, another learning rate, client, batch order or seed changes the losses at 1e-3 and
-#: beyond, and one changed prediction moves an accuracy by 1/num_test_examples (> 1e-3).
+#: between an Intel and an AMD AVX-512 CPU): 1e-5 is 500 times that. A real change of the
+#: training moves these numbers far more: one SGD step more or less, another learning rate,
+#: client, batch order or seed changes the losses at 1e-3 and beyond, and one changed
+#: prediction moves an accuracy by 1/num_test_examples (> 1e-3).
 REL_TOL = 1e-5
 
 
