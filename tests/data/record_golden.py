@@ -1,22 +1,23 @@
 """Record the numbers of a small fixed-seed ``fedp13n run --dataset synthetic``.
 
 ``tests/test_golden_run.py`` compares every later version against the values this
-script wrote *before* the design refactor (issue 9), so a change of the training, the
-personalization or the files beyond float rounding fails the test. Rerun it only for a
-deliberate change of the numbers, and say so in the commit:
+script wrote, so a change of the training, the personalization or the files beyond float
+rounding fails the test. Rerun it only for a deliberate change of the numbers, and say so
+in the commit:
 
     .venv/bin/python tests/data/record_golden.py --client-pipeline epochs \
-        > tests/data/golden_synthetic_<capability>.json
+        > tests/data/golden_synthetic_avx2.json
 
 Bits depend on the machine: torch picks its vectorised CPU kernels by the CPU's capability
 (``torch.backends.cpu.get_cpu_capability()``: AVX2, AVX512, ...) and vendor, and float sums
 come out differently rounded (an Intel and an AMD AVX-512 CPU differ at 1e-8). So the test
-compares a run with the recordings within float tolerance on every CPU, never bit for bit.
-``golden_synthetic.json`` was made before the refactor on an AMD Zen 4 (AVX512);
-``golden_synthetic_avx2.json`` on an AVX2 CPU, on the code of commit d4ed060, before the
-device work of issue 13. Each records its capability, the CPU's name, the whole
-``per_client.csv`` and per-tensor sums of the weights (the first recording predates the
-last three: it has the first lines of ``per_client.csv``).
+compares a run with the recording within float tolerance on every CPU, never bit for bit.
+``golden_synthetic_avx2.json`` was made on an AVX2 CPU (an AMD EPYC) on the code of issue
+18, once a strategy's dropout and shuffle are seeded after its fresh model holds the global
+weights (the personalization numbers moved then; FedAvg and the weights did not). It
+records its capability, the CPU's name, the whole ``per_client.csv`` and per-tensor sums
+of the weights. (An older recording made on an AVX-512 AMD Zen 4, before the refactor of
+issue 9, was deleted then: no such CPU was at hand to re-record it.)
 """
 
 from __future__ import annotations

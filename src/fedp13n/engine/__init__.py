@@ -18,7 +18,6 @@ _EXPORTS = {
     "fedavg_generators": "fedp13n.engine.batched",
     "note_fallback": "fedp13n.engine.batched",
     "optimizer_spec": "fedp13n.engine.batched",
-    "p13n_generator": "fedp13n.engine.batched",
     "strategy_from_builder": "fedp13n.engine.batched",
 }
 __all__ = [
@@ -30,7 +29,6 @@ __all__ = [
     "fedavg_generators",
     "note_fallback",
     "optimizer_spec",
-    "p13n_generator",
     "strategy_from_builder",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -43,7 +43,6 @@ float32 values of the per-client path); integer features (token ids) stay intege
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections import OrderedDict
@@ -76,7 +75,6 @@ __all__ = [
     "fedavg_generators",
     "note_fallback",
     "optimizer_spec",
-    "p13n_generator",
     "strategy_from_builder",
 ]
 
@@ -204,20 +202,6 @@ def fedavg_generators(
     :class:`fedp13n.algorithms.client_update.ClientWork` seeds them."""
     g = torch.Generator().manual_seed(derive_seed(seed, "fedavg", round_num, client_key))
     return g, derive_rng(seed, "fedavg-shuffle", round_num, client_key)
-
-
-def p13n_generator(model_fn: ModelFn, seed: int, client_id: str, name: str) -> torch.Generator:
-    """The torch generator in the state the per-client personalization path has when a
-    strategy starts: seeded with ``derive_seed(seed, "p13n", client_id, name)``, then
-    advanced past ``model_fn()``'s initialisation (``_evaluate_client`` builds the fresh
-    model after seeding), which is why this builds one model."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "p13n", client_id, name))
-        model_fn()
-        state = torch.get_rng_state()
-    g = torch.Generator()
-    g.set_state(state)
-    return g
 
 
 @dataclass(frozen=True)
@@ -671,19 +655,17 @@ class MultiClientEngine:
         *,
         seed: int,
         baseline: bool = True,
-        generator_fn: Callable[[str, str], torch.Generator] | None = None,
     ) -> list[OrderedDict[str, Any]]:
         """Every strategy on every ``(client_id, train, test)`` from the global ``weights``,
         as ``build_personalization_eval`` + ``build_personalize_fn`` compute it: per client an
         ``OrderedDict`` with ``baseline_metrics`` (when ``baseline``) and, per strategy,
         ``epoch_<k>`` metrics and ``num_train_examples``.
 
-        ``generator_fn(client_id, strategy_name)`` gives the torch generator in the state
-        the strategy starts with (default: :func:`p13n_generator` with ``seed``); the
-        shuffling seed is drawn from it first, then the dropout masks.
+        A strategy on a client starts from ``torch.Generator().manual_seed(derive_seed(seed,
+        "p13n", client_id, name))``, as the per-client path seeds torch's global generator
+        once the fresh model holds the weights; the shuffling seed is drawn from it first,
+        then the dropout masks.
         """
-        if generator_fn is None:
-            generator_fn = functools.partial(p13n_generator, self.model_fn, seed)
         results: list[OrderedDict[str, Any]] = [OrderedDict() for _ in clients]
         for group in self._groups([len(c[1]) for c in clients]):
             K = len(group)
@@ -694,9 +676,7 @@ class MultiClientEngine:
                 for j, i in enumerate(group):
                     results[i]["baseline_metrics"] = base[j]
             for strat in strategies:
-                outs = self._personalize_group(
-                    weights, clients, group, strat, train, test, generator_fn
-                )
+                outs = self._personalize_group(weights, clients, group, strat, train, test, seed)
                 for j, i in enumerate(group):
                     results[i][strat.name] = outs[j]
         return results
@@ -709,12 +689,12 @@ class MultiClientEngine:
         strat: StrategySpec,
         train: _DeviceData,
         test: _DeviceData,
-        generator_fn: Callable[[str, str], torch.Generator],
+        seed: int,
     ) -> list[OrderedDict[str, Any]]:
         K = len(group)
         gens, plans = [], []
         for i in group:
-            g = generator_fn(clients[i][0], strat.name)
+            g = torch.Generator().manual_seed(derive_seed(seed, "p13n", clients[i][0], strat.name))
             rng = None
             if strat.shuffle:  # build_personalize_fn draws the numpy seed first
                 rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))

@@ -364,15 +364,15 @@ def _evaluate_client_steps(
     with torch.random.fork_rng(devices=[]):
         step = "baseline_evaluate_fn"
         try:
-            torch.manual_seed(derive_seed(task.seed, "p13n", task.client_id, BASELINE_KEY))
             model = _fresh_model(job.model_fn, weights, device)
+            torch.manual_seed(derive_seed(task.seed, "p13n", task.client_id, BASELINE_KEY))
             model.eval()
             metrics = job.baseline_evaluate_fn(model, task.test_data)
             out[BASELINE_KEY] = scalar_tree(_as_metrics(metrics, step), step)
             for name, builder, takes_context in job.strategies:
                 step = f"strategy {name!r}"
-                torch.manual_seed(derive_seed(task.seed, "p13n", task.client_id, name))
                 model = _fresh_model(job.model_fn, weights, device)
+                torch.manual_seed(derive_seed(task.seed, "p13n", task.client_id, name))
                 personalize_fn = builder()
                 if takes_context:
                     metrics = personalize_fn(model, task.train_data, task.test_data, task.context)
@@ -388,8 +388,12 @@ def _evaluate_client_steps(
 def _fresh_model(
     model_fn: ModelFn, weights: Mapping[str, torch.Tensor], device: torch.device
 ) -> nn.Module:
-    """A new model (built on the CPU: the same random draws everywhere) with ``weights``,
-    on ``device``."""
+    """A new model (built on the CPU) with ``weights``, on ``device``.
+
+    The caller seeds torch *after* this (``derive_seed(seed, "p13n", client_id, name)``):
+    the initialisation's draws are overwritten by ``weights``, so a strategy's shuffle and
+    dropout start from the seed alone, the state the batched engine's per-client generator
+    starts from (``torch.Generator().manual_seed(...)``, no model built)."""
     model = model_fn()
     if device.type != "cpu":
         model = model.to(device)
