@@ -620,11 +620,15 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(str(e)) from None
         self.dataset = spec.datasets[0] if self.dataset is None else self.dataset
         self.model = spec.models[0] if self.model is None else self.model
-        for key, known in (("dataset", spec.datasets), ("model", spec.models)):
+        for key, known, what in (
+            ("dataset", spec.datasets, "data source"),
+            ("model", spec.models, "model"),
+        ):
             value = getattr(self, key)
             if not is_import_path(value) and value not in known:
                 raise ConfigError(
-                    f"{key} {value!r} is not one of task {self.task!r}'s {key}s {known}; or "
+                    f"{key} {value!r} is not a {what} of task {self.task!r} "
+                    f"({', '.join(known)}); or "
                     f"give your own as 'module:function' (e.g. --{key} my_task:"
                     f"{'load' if key == 'dataset' else 'build'})."
                 )
