@@ -866,11 +866,14 @@ def with_loss(builder: Any, loss_fn: Any) -> Any:
     """A strategy builder training and evaluating with the task's ``loss_fn`` (and so its
     accuracy): a strategy class's instance gets it as its ``loss_fn``; a researcher's
     factory (``"module:function"`` kind) keeps its own loss."""
+    from fedp13n.models.objectives import is_cross_entropy
     from fedp13n.personalization.strategies import FineTune
 
-    if isinstance(builder, FineTune) and builder.loss_fn != loss_fn:
-        return dataclasses.replace(builder, loss_fn=loss_fn)
-    return builder
+    if not isinstance(builder, FineTune) or builder.loss_fn == loss_fn:
+        return builder
+    if is_cross_entropy(builder.loss_fn) and is_cross_entropy(loss_fn):
+        return builder  # the same loss and accuracy: the builder as built
+    return dataclasses.replace(builder, loss_fn=loss_fn)
 
 
 def _strategies_from_toml(items: Any, source: str) -> list[StrategyConfig]:
