@@ -15,6 +15,7 @@ from fedp13n.experiments.config import ExperimentConfig, base_type, field_flag
 
 #: A value different from the default for every setting, and how the CLI spells it.
 CHANGED = {
+    "task": ("emnist-copy", "emnist-copy"),  # registered by the test that sets it
     "dataset": ("synthetic", "synthetic"),
     "data_dir": ("some/dir", "some/dir"),
     "cache_dir": ("a/cache", "a/cache"),
@@ -40,6 +41,8 @@ CHANGED = {
     "server_beta2": (0.99, "0.99"),
     "server_epsilon": (1e-6, "1e-06"),
     "model": ("fedavg_cnn", "fedavg_cnn"),
+    "loss": ("torch.nn.functional:nll_loss", "torch.nn.functional:nll_loss"),
+    "num_classes": (5, "5"),
     "stages": ([{"name": "a", "rounds": 2}], "a:rounds=2"),
     "eval_every": (3, "3"),
     "num_global_eval_clients": (12, "12"),
@@ -93,7 +96,10 @@ def test_the_table_covers_every_setting():
 
 
 @pytest.mark.parametrize("field", dataclasses.fields(ExperimentConfig), ids=lambda f: f.name)
-def test_every_setting_from_the_command_line_and_from_toml(field, tmp_path):
+def test_every_setting_from_the_command_line_and_from_toml(field, tmp_path, monkeypatch):
+    from fedp13n.tasks.registry import TASKS
+
+    monkeypatch.setitem(TASKS, "emnist-copy", dataclasses.replace(TASKS["emnist"], name="x"))
     value, text = CHANGED[field.name]
     default = ExperimentConfig()
     assert getattr(default, field.name) != value
@@ -102,7 +108,10 @@ def test_every_setting_from_the_command_line_and_from_toml(field, tmp_path):
         args = [field.metadata["negative_flag"] if value is False else flag]
     else:
         args = [flag, text]
-    extra = {"ray_address": {"executor": "ray"}}.get(field.name, {})  # needs its executor
+    extra = {  # settings that need another
+        "ray_address": {"executor": "ray"},
+        "num_classes": {"dataset": "fedp13n.examples.my_task:load"},
+    }.get(field.name, {})
     args += [a for k, v in extra.items() for a in (field_flag_of(k), v)]
     from_cli = _printed(args)
     toml_file = tmp_path / "c.toml"

@@ -44,15 +44,11 @@ from fedp13n.client.result import ClientOutput
 from fedp13n.data.client_data import ClientDataset
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER
 from fedp13n.execution.base import SharedRef
+from fedp13n.models.objectives import accuracy  # noqa: F401 (re-exported: its old home)
 from fedp13n.utils.device import Compute
 from fedp13n.utils.lru import LRUCache
 from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import LossFn, MetricFn, ModelFn, OptimizerFn
-
-
-def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Fraction of examples whose arg-max logit is the label (the batch mean)."""
-    return (outputs.argmax(dim=-1) == targets).double().mean()
 
 
 def trainable_names(model: nn.Module) -> list[str]:

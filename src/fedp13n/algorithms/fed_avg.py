@@ -677,8 +677,9 @@ def _check_local_steps(
 def _usable_engine(engine: Any, model_fn, optimizer_fn, loss_fn, metrics_fn) -> Any:
     """``engine`` when it can batch this FedAvg's client work, else ``None`` (said once)."""
     from fedp13n.engine import can_batch, note_fallback
+    from fedp13n.models.objectives import is_cross_entropy, is_plain_accuracy
 
-    if loss_fn is not F.cross_entropy or metrics_fn is not accuracy:
+    if not is_cross_entropy(loss_fn) or not is_plain_accuracy(metrics_fn):
         note_fallback("the engine computes cross-entropy and accuracy only")
         return None
     ok, why = can_batch(model_fn, optimizer_fn)

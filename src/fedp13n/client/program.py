@@ -28,6 +28,7 @@ from torch import nn
 
 from fedp13n.data.client_data import ClientDataset
 from fedp13n.data.pipeline import DEFAULT_SHUFFLE_BUFFER, batch_plan
+from fedp13n.models.objectives import accuracy_of
 from fedp13n.utils.device import module_device
 from fedp13n.utils.types import LossFn, MetricFn, OptimizerFn
 
@@ -186,7 +187,10 @@ def evaluate(
     model: nn.Module, data: ClientDataset, loss_fn: LossFn, batch_size: int = EVAL_BATCH_SIZE
 ) -> OrderedDict[str, Any]:
     """``model``'s metrics on ``data`` in TFF's names, NaN without examples: the semantics
-    of ``fedp13n.evaluate_fn`` (which checks its arguments and calls this)."""
+    of ``fedp13n.evaluate_fn`` (which checks its arguments and calls this). The accuracy
+    is the one ``loss_fn`` carries (:func:`fedp13n.models.objectives.accuracy_of`: a
+    task's may leave target ids out of the count), NaN when no target is counted."""
+    count = accuracy_of(loss_fn).counts
     was_training = model.training
     model.eval()
     loss_sum, correct, label_count, classification = 0.0, 0, 0, None
@@ -198,8 +202,9 @@ def evaluate(
                 if classification is None:
                     classification = not y.is_floating_point() and out.dim() == y.dim() + 1
                 if classification:
-                    correct += int((out.argmax(dim=1) == y).sum())
-                    label_count += y.numel()
+                    right, counted = count(out, y)
+                    correct += int(right)
+                    label_count += int(counted)
     finally:
         model.train(was_training)
     n = len(data)

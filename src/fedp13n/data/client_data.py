@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,12 +58,13 @@ def check_image_examples(x: np.ndarray, y: np.ndarray, *, where: str = "") -> No
         if hi > 1.0:
             raise ValueError(
                 f"{at}image pixels must be in [0, 1], found values up to {hi}: they look "
-                "like 0..255 intensities, divide them by 255 (or give uint8 pixels)."
+                "like 0..255 intensities, divide them by 255 (or give uint8 pixels; not "
+                "EMNIST? build with check=False)."
             )
         if not (lo >= 0.0 and hi <= 1.0):
             raise ValueError(
                 f"{at}image pixels must be in [0, 1], found min {lo} and max {hi} "
-                "(negative or NaN values)."
+                "(negative or NaN values; not EMNIST? build with check=False)."
             )
     if not np.issubdtype(y.dtype, np.integer):
         raise TypeError(
@@ -75,7 +76,7 @@ def check_image_examples(x: np.ndarray, y: np.ndarray, *, where: str = "") -> No
         if lo < 0 or hi >= MAX_IMAGE_CLASSES:
             raise ValueError(
                 f"{at}label {lo if lo < 0 else hi} is outside 0..{MAX_IMAGE_CLASSES - 1} "
-                "(EMNIST-62 classes)."
+                "(EMNIST-62 classes; not EMNIST? build with check=False)."
             )
 
 
@@ -229,15 +230,17 @@ class ClientDataset:
         return {"x": self.x, "y": self.y, "resident": None}
 
     @classmethod
-    def from_arrays(cls, x, y) -> ClientDataset:
+    def from_arrays(cls, x, y, *, check: bool = True) -> ClientDataset:
         """Build from array-likes (numpy arrays, torch tensors, lists).
 
         Image-shaped features (n, 28, 28) are checked as EMNIST pixels and labels
-        (:func:`check_image_examples`); other features are taken as they are.
+        (:func:`check_image_examples`; ``check=False``: not); other features are taken as
+        they are.
         """
         x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-        check_image_examples(x, y, where="ClientDataset.from_arrays")
+        if check:
+            check_image_examples(x, y, where="ClientDataset.from_arrays")
         return cls(x, y)
 
     # -- devices ----------------------------------------------------------------------------
@@ -378,12 +381,19 @@ class ClientData:
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_clients(cls, clients: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> ClientData:
-        """Concatenate ``(client_id, x, y)`` triples into one contiguous ClientData."""
+    def from_clients(
+        cls, clients: Iterable[tuple[str, np.ndarray, np.ndarray]], *, check: bool = True
+    ) -> ClientData:
+        """Concatenate ``(client_id, x, y)`` triples into one contiguous ClientData.
+
+        ``check``: image-shaped features are checked as EMNIST's
+        (:func:`check_image_examples`); ``False`` takes any values (another image data
+        set: normalised pixels, more classes)."""
         ids, xs, ys = [], [], []
         for cid, x, y in clients:
-            x, y = np.asarray(x), np.asarray(y)
-            check_image_examples(x, y, where=f"ClientData.from_clients: client {cid!r}")
+            x, y = _as_numpy(x), _as_numpy(y)
+            if check:
+                check_image_examples(x, y, where=f"ClientData.from_clients: client {cid!r}")
             ids.append(cid)
             xs.append(x)
             ys.append(y)
@@ -395,7 +405,61 @@ class ClientData:
         # Each client was checked; check again only if mixed dtypes were promoted (uint8
         # pixels 0..255 next to float pixels would become floats 0..255).
         mixed = len({a.dtype for a in xs}) > 1 or len({a.dtype for a in ys}) > 1
-        return cls(ids, x, y, offsets, check=mixed)
+        return cls(ids, x, y, offsets, check=check and mixed)
+
+    @classmethod
+    def from_mapping(cls, clients: Mapping[Any, Any], *, check: bool = False) -> ClientData:
+        """A ClientData from ``{client_id: (x, y)}`` (numpy arrays, torch tensors or
+        lists; the ids become strings, in the mapping's order): a researcher's own data.
+
+        Any features and labels are taken (``check=True``: image-shaped features checked
+        as EMNIST's, as :meth:`from_clients` does); each client's ``x`` and ``y`` must
+        have the same number of rows, and all clients the same feature shape and dtype.
+        """
+        if not isinstance(clients, Mapping):
+            raise TypeError(
+                f"ClientData.from_mapping takes a mapping {{client_id: (x, y)}}, got a "
+                f"{type(clients).__name__}."
+            )
+        triples = []
+        for cid, pair in clients.items():
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise TypeError(
+                    f"ClientData.from_mapping: client {cid!r} maps to a "
+                    f"{type(pair).__name__}; each client maps to a pair (x, y)."
+                )
+            x, y = _as_numpy(pair[0]), _as_numpy(pair[1])
+            if x.ndim == 0 or len(x) != len(y):
+                raise ValueError(
+                    f"ClientData.from_mapping: client {cid!r} has x of shape {x.shape} and "
+                    f"y of shape {y.shape}; they need one row per example, the same number."
+                )
+            triples.append((str(cid), x, y))
+        shapes = {(t[1].shape[1:], t[1].dtype, t[2].shape[1:], t[2].dtype) for t in triples}
+        if len(shapes) > 1:
+            raise ValueError(
+                "ClientData.from_mapping: the clients' examples differ in shape or dtype "
+                f"(x shape, x dtype, y shape, y dtype: {sorted(map(str, shapes))[:3]}); "
+                "give every client the same."
+            )
+        return cls.from_clients(triples, check=check)
+
+    @classmethod
+    def from_arrays(cls, x: Any, y: Any, client_ids: Any, *, check: bool = False) -> ClientData:
+        """A ClientData from pooled examples ``x``, ``y`` and the client id of each
+        example (``client_ids``, one per row): the clients in order of first appearance,
+        each with its examples in their order. Any features and labels are taken
+        (``check``: as :meth:`from_mapping`)."""
+        x, y, owner = _as_numpy(x), _as_numpy(y), _as_numpy(client_ids)
+        if not (len(x) == len(y) == len(owner)) or owner.ndim != 1:
+            raise ValueError(
+                f"ClientData.from_arrays: x has {len(x)} rows, y {len(y)} and client_ids "
+                f"shape {owner.shape}; give one client id per example."
+            )
+        names = owner.astype(str)
+        _, first = np.unique(names, return_index=True)
+        order = names[np.sort(first)]
+        return cls.from_mapping({c: (x[names == c], y[names == c]) for c in order}, check=check)
 
     # -- access ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -470,7 +534,10 @@ class ClientData:
         pos = [self._position(c) for c in client_ids]
         if not pos:
             return _empty_like(self)
-        return ClientData.from_clients((self.client_ids[i], *self._slice(i)) for i in pos)
+        # checked when this ClientData was built: taken as they are
+        return ClientData.from_clients(
+            ((self.client_ids[i], *self._slice(i)) for i in pos), check=False
+        )
 
     def _slice(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.offsets[i], self.offsets[i + 1]
@@ -594,6 +661,11 @@ class ClientData:
         """Open a directory from :meth:`to_shared_path` in a worker (memory-mapped). The
         publishing process verified (or wrote) the files, so workers skip the checksums."""
         return cls.load(path, mmap=True, verify=False)
+
+
+def _as_numpy(a: Any) -> np.ndarray:
+    """An array-like (numpy array, torch tensor, list) as a numpy array."""
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
 def _empty_like(cd: ClientData) -> ClientData:

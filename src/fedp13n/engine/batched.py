@@ -61,6 +61,7 @@ from fedp13n.data.client_data import UINT8_TO_UNIT, ClientDataset, features_to_t
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, batch_plan
 from fedp13n.engine.functional import FunctionalModel, NotBatchable, refusal
 from fedp13n.engine.masks import MaskPrefetcher, default_mask_threads, draw_masks
+from fedp13n.models.objectives import is_cross_entropy
 from fedp13n.utils.checks import check_non_negative_int, check_positive_int
 from fedp13n.utils.device import Compute, Precision, work_device
 from fedp13n.utils.seeding import derive_rng, derive_seed
@@ -236,7 +237,7 @@ def strategy_from_builder(name: str, builder: Any) -> tuple[StrategySpec | None,
     a = settings() if callable(settings) else None
     if not isinstance(a, dict):
         return None, f"strategy {name!r} is not TFF's fine-tuning (build_personalize_fn)"
-    if a.get("loss_fn") is not F.cross_entropy:
+    if not is_cross_entropy(a.get("loss_fn")):
         return None, f"strategy {name!r} has a loss other than F.cross_entropy"
     if a.get("eval_batch_size") != EVAL_BATCH_SIZE:
         return None, f"strategy {name!r} evaluates with another batch size"

@@ -32,18 +32,18 @@ from typing import Any, get_args, get_origin
 
 import tomli_w
 
-from fedp13n.data.names import DATASET_NAMES
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, PIPELINES
 from fedp13n.data.split import MIN_CLIENTS, split_sizes
 from fedp13n.execution.base import EXECUTOR_KINDS
-from fedp13n.models.registry import MODEL_NAMES
 from fedp13n.rundir.layout import RESERVED_KEYS
+from fedp13n.tasks.registry import DEFAULT_TASK, TASK_NAMES, get_task, models_text, sources_text
 from fedp13n.utils.checks import (
     check_fraction,
     check_non_negative_int,
     check_positive_int,
     check_positive_number,
 )
+from fedp13n.utils.imports import is_import_path, resolve_import_path
 from fedp13n.utils.optimizers import DEFAULT_LEARNING_RATES, OPTIMIZERS
 
 
@@ -389,7 +389,20 @@ class StrategyConfig:
 @dataclass
 class ExperimentConfig(TrainingSettings):
     # -- data ---------------------------------------------------------------------------------
-    dataset: str = setting("emnist", help="Data source.", panel="Data", choices=DATASET_NAMES)
+    task: str = setting(
+        DEFAULT_TASK,
+        help="The task: its data sources, models, loss and accuracy (fedp13n.tasks.registry).",
+        panel="Data",
+        choices=TASK_NAMES,
+    )
+    dataset: str | None = setting(
+        None,
+        help="Data source: one of the task's (" + sources_text() + ") or your own "
+        "'module:function' returning (train, test) client data (ClientData or "
+        "{client_id: (x, y)}).",
+        panel="Data",
+        default_text="the task's first",
+    )
     data_dir: str | None = setting(
         None,
         help="Folder with TFF's h5 files (or LEAF's train/ and test/).",
@@ -422,8 +435,25 @@ class ExperimentConfig(TrainingSettings):
     )
     split_seed: int = setting(42, help="Seed of the client split (TFF's 42).", panel="Data")
     # -- model and training (the TrainingSettings fields above, then) ----------------------------
-    model: str = setting(
-        "conv_dropout", help="Model architecture.", panel="Training", choices=MODEL_NAMES
+    model: str | None = setting(
+        None,
+        help="Model: one of the task's (" + models_text() + ") or your own "
+        "'module:function' returning a torch.nn.Module (called with num_classes= when it "
+        "takes it).",
+        panel="Training",
+        default_text="the task's first",
+    )
+    loss: str | None = setting(
+        None,
+        help="Loss, 'module:function' (outputs, targets) -> batch mean.",
+        panel="Training",
+        default_text="the task's: cross-entropy",
+    )
+    num_classes: int | None = setting(
+        None,
+        help="Classes of a model that takes num_classes, for a dataset of your own.",
+        panel="Data",
+        default_text="the largest integer label + 1",
     )
     stages: list[dict] = setting(
         help="Training stages, each [NAME:]KEY=VALUE,... of the training settings (repeatable; "
@@ -578,10 +608,9 @@ class ExperimentConfig(TrainingSettings):
             if isinstance(getattr(self, key), str) and not getattr(self, key).strip():
                 flag = field_flag(next(f for f in dataclasses.fields(self) if f.name == key))
                 raise ConfigError(f"{key} is empty; give a folder ({flag} DIR) or leave {key} out.")
-        _check_choice("dataset", self.dataset, DATASET_NAMES)
+        self._validate_task()
         if self.dataset == "leaf" and not self.data_dir:
             raise ConfigError("dataset 'leaf' needs data_dir (a folder with train/ and test/).")
-        _check_choice("model", self.model, MODEL_NAMES)
         _check_choice("executor", self.executor, EXECUTOR_KINDS)
         self.validate_training("")
         self._validate_stages()
@@ -602,6 +631,66 @@ class ExperimentConfig(TrainingSettings):
                 f"strategies {tuned} tune settings, which must be chosen on validation clients "
                 "that are not reported on: set num_val_clients (e.g. --num-val-clients 20)."
             )
+
+    def _validate_task(self) -> None:
+        """The task, its data source and model (unset: the task's first, filled in here so
+        the saved config shows what runs) and a researcher's own ``"module:function"``
+        (imported now: a missing module or function fails before anything runs)."""
+        try:
+            spec = get_task(self.task)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.dataset = spec.datasets[0] if self.dataset is None else self.dataset
+        self.model = spec.models[0] if self.model is None else self.model
+        for key, known, what in (
+            ("dataset", spec.datasets, "data source"),
+            ("model", spec.models, "model"),
+        ):
+            value = getattr(self, key)
+            if not is_import_path(value) and value not in known:
+                raise ConfigError(
+                    f"{key} {value!r} is not a {what} of task {self.task!r} "
+                    f"({', '.join(known)}); or "
+                    f"give your own as 'module:function' (e.g. --{key} my_task:"
+                    f"{'load' if key == 'dataset' else 'build'})."
+                )
+        for key in ("dataset", "model", "loss"):
+            value = getattr(self, key)
+            if value is not None and (key == "loss" or is_import_path(value)):
+                try:
+                    fn = resolve_import_path(value, key)
+                except ValueError as e:
+                    raise ConfigError(str(e)) from None
+                if not callable(fn):
+                    raise ConfigError(f"{key} {value!r} is a {type(fn).__name__}, not a function.")
+        if self.num_classes is not None:
+            check_positive_int("num_classes", self.num_classes, ConfigError)
+        if is_import_path(self.dataset):
+            if self.only_digits:
+                raise ConfigError(
+                    "only_digits selects EMNIST's digits; it does not apply to your own "
+                    f"dataset {self.dataset!r} (drop it)."
+                )
+        elif self.num_classes is not None:
+            raise ConfigError(
+                f"num_classes is for a dataset of your own; task {self.task!r} sets its "
+                f"data's own (drop num_classes, or give dataset as 'module:function')."
+            )
+
+    @property
+    def own_data(self) -> bool:
+        """Whether the data set is a researcher's own ``"module:function"``."""
+        return is_import_path(self.dataset)
+
+    def task_loss(self) -> Any:
+        """The run's :class:`~fedp13n.models.objectives.TaskLoss`: the task's loss (or
+        ``loss``) with its accuracy."""
+        from fedp13n.tasks.build import task_loss
+
+        try:
+            return task_loss(get_task(self.task), self.loss)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(str(e)) from None
 
     def _validate_stages(self) -> None:
         stages = self.resolved_stages()
@@ -707,9 +796,10 @@ class ExperimentConfig(TrainingSettings):
 
         params = s.builder_params(self.strategy_epochs(s), self.strategy_batch_size(s))
         try:
-            return build_strategy(s.kind, **params)
+            builder = build_strategy(s.kind, **params)
         except (ValueError, TypeError, ImportError) as e:
             raise ConfigError(f"strategy {s.name!r}: {e}") from None
+        return with_loss(builder, self.task_loss())
 
     def differences(self, other: ExperimentConfig) -> list[str]:
         """The keys whose values differ between two configs."""
@@ -794,6 +884,20 @@ class ExperimentConfig(TrainingSettings):
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         return dataclasses.replace(self, **changes)
+
+
+def with_loss(builder: Any, loss_fn: Any) -> Any:
+    """A strategy builder training and evaluating with the task's ``loss_fn`` (and so its
+    accuracy): a strategy class's instance gets it as its ``loss_fn``; a researcher's
+    factory (``"module:function"`` kind) keeps its own loss."""
+    from fedp13n.models.objectives import is_cross_entropy
+    from fedp13n.personalization.strategies import FineTune
+
+    if not isinstance(builder, FineTune) or builder.loss_fn == loss_fn:
+        return builder
+    if is_cross_entropy(builder.loss_fn) and is_cross_entropy(loss_fn):
+        return builder  # the same loss and accuracy: the builder as built
+    return dataclasses.replace(builder, loss_fn=loss_fn)
 
 
 def _strategies_from_toml(items: Any, source: str) -> list[StrategyConfig]:

@@ -25,6 +25,7 @@ import csv
 import functools
 import json
 import math
+import re
 import time
 import warnings
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fedp13n.algorithms.loop import Callback
+from fedp13n.data.validate import DataError
 from fedp13n.experiments.callbacks import (
     Checkpointer,
     ClientProgress,
@@ -52,6 +54,7 @@ from fedp13n.rundir.integrity import config_edited, config_text_with_digest, wri
 from fedp13n.rundir.lock import run_dir_lock
 from fedp13n.utils.device import Compute
 from fedp13n.utils.fs import atomic_write, atomic_writer, remove_stale_temporaries
+from fedp13n.utils.imports import resolve_import_path
 from fedp13n.utils.seeding import derive_rng
 
 Log = Callable[[str], None]
@@ -107,9 +110,11 @@ def executor_gpus(compute: Compute) -> list[int] | None:
 
 
 def default_run_dir(root: str | Path = "runs", dataset: str = "run") -> Path:
-    """A new, unique folder under ``root``: ``runs/<dataset>-YYYYmmdd-HHMMSS``."""
+    """A new, unique folder under ``root``: ``runs/<dataset>-YYYYmmdd-HHMMSS`` (a
+    ``module:function`` dataset as ``module-function``)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{dataset}-{stamp}"
+    name = "-".join(p for p in re.split(r"[^A-Za-z0-9_.-]+", dataset) if p) or "run"
+    base = Path(root) / f"{name}-{stamp}"
     path, i = base, 1
     while path.exists():
         i += 1
@@ -119,10 +124,34 @@ def default_run_dir(root: str | Path = "runs", dataset: str = "run") -> Path:
 
 # -- building blocks ---------------------------------------------------------------------------
 def model_fn_for(config: ExperimentConfig) -> Callable[[], Any]:
-    """A picklable no-argument model builder (workers rebuild the model from it)."""
-    from fedp13n.models.registry import model_fn_for as registry_model_fn
+    """A picklable no-argument model builder (workers rebuild the model from it), for
+    ``num_classes``: the task's for its own data, else the config's (which
+    :meth:`Run.prepare_data` fills in from the labels of one's own data)."""
+    from fedp13n.tasks.build import call_with_settings, model_builder
+    from fedp13n.tasks.registry import get_task
 
-    return registry_model_fn(config.model, 10 if config.only_digits else 62)
+    classes = config.num_classes
+    if not config.own_data:
+        spec = get_task(config.task)
+        fn = resolve_import_path(spec.num_classes, f"task {spec.name!r} num_classes")
+        classes = call_with_settings(fn, settings=task_settings(config))
+    try:
+        return model_builder(config.model, classes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def task_settings(config: ExperimentConfig, progress: bool = False) -> dict[str, Any]:
+    """The settings a task's loader, notice and num_classes may take
+    (:data:`fedp13n.tasks.build.SETTINGS`)."""
+    return {
+        "data_dir": config.data_dir,
+        "cache_dir": config.cache_dir,
+        "only_digits": config.only_digits,
+        "synthetic_clients": config.synthetic_clients,
+        "seed": config.seed,
+        "progress": progress,
+    }
 
 
 def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
@@ -167,10 +196,13 @@ def build_stage_process(
     extra: dict[str, Any] = {"client_pipeline": stage.client_pipeline}
     if stage.local_steps is not None:
         extra["max_steps"] = stage.local_steps
+    loss = config.task_loss()
     return build_weighted_fed_avg(
         model_fn_for(config),
         client_optimizer_fn=client,
         server_optimizer_fn=server,
+        loss_fn=loss,
+        metrics_fn=loss.accuracy,
         client_epochs=stage.local_epochs,
         batch_size=stage.batch_size,
         seed=config.seed,
@@ -234,6 +266,7 @@ class Run:
         """Every step, in order (:func:`run_experiment` holds the run directory's lock)."""
         self.config = _open_run_dir(self.config, self.run_dir, resume=self.resume, log=self.log)
         self.prepare_data()
+        self.check_model_fits_data()
         self.start_engine()
         check_strategies_fit_model(self.config)
         if self.config.tensorboard:  # one subfolder per run: a shared folder does not mix runs
@@ -300,25 +333,11 @@ class Run:
         """Load the dataset, split its clients into FedAvg, validation and personalization
         clients (TFF's split; the settings that depend on the number of clients checked
         here, once: ``ExperimentConfig.validate_against``) and write it to ``split.json``."""
-        from fedp13n.data.datasets import download_notice, load_dataset
         from fedp13n.data.split import split_clients
 
         config = self.config
-        notice = download_notice(
-            config.dataset, config.data_dir, config.cache_dir, None, config.only_digits
-        )
-        if notice is not None:
-            self.log(notice)
         t0 = time.perf_counter()
-        train, test = load_dataset(
-            config.dataset,
-            data_dir=config.data_dir,
-            cache_dir=config.cache_dir,
-            only_digits=config.only_digits,
-            num_clients=config.synthetic_clients if config.dataset == "synthetic" else None,
-            seed=config.seed,
-            progress=self.progress,
-        )
+        train, test = self._load_data()
         n_train, n_p13n = config.validate_against(len(train))  # checked here, once
         train_ids, p13n_ids = split_clients(
             list(train.client_ids), n_train, n_p13n, seed=config.split_seed
@@ -337,6 +356,48 @@ class Run:
             atomic_write(self.run_dir / rd.SPLIT, json.dumps(split, indent=1))
         self.data = data
         return data
+
+    def _load_data(self) -> tuple[Any, Any]:
+        """The task's data (its notice first), or one's own (``dataset = "module:function"``,
+        loaded afresh: not cached); for one's own, ``num_classes`` unset is filled in from
+        the labels."""
+        from fedp13n.tasks.build import (
+            call_with_settings,
+            infer_num_classes,
+            load_task_data,
+        )
+        from fedp13n.tasks.registry import get_task
+
+        config, spec = self.config, get_task(self.config.task)
+        settings = task_settings(config, self.progress)
+        if spec.notice is not None and not config.own_data:
+            notice_fn = resolve_import_path(spec.notice, f"task {spec.name!r} notice")
+            notice = call_with_settings(notice_fn, config.dataset, settings=settings)
+            if notice is not None:
+                self.log(notice)
+        train, test = load_task_data(spec, config.dataset, settings)
+        if config.own_data and config.num_classes is None:
+            classes = infer_num_classes(train, test)
+            if classes is not None:
+                self.config = config.replace(num_classes=classes)
+                self.log(f"num_classes: {classes} (the largest label + 1)")
+        return train, test
+
+    def check_model_fits_data(self) -> None:
+        """The model and the loss on two training examples, before any training: a model
+        that cannot be built or whose output does not fit the labels is a one-line
+        ``ConfigError`` now."""
+        from fedp13n.tasks.build import check_model_fits
+
+        try:
+            check_model_fits(
+                model_fn_for(self.config), self.config.task_loss(), self.data.train,
+                self.data.test, self.config.model,
+            )  # fmt: skip
+        except ValueError as e:
+            if isinstance(e, DataError):
+                raise
+            raise ConfigError(str(e)) from None
 
     # -- the global model ---------------------------------------------------------------------
     def train_global_model(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -487,7 +548,7 @@ class Run:
             model, dataset = model.to(compute.device), dataset.to(compute.device)
         model.load_state_dict(weights)
         with compute.autocast(compute.torch_device):
-            return dict(evaluate_fn(model, dataset))
+            return dict(evaluate_fn(model, dataset, loss_fn=self.config.task_loss()))
 
     def save_global_weights(self, weights: Mapping[str, Any]) -> None:
         """``global_weights.pt``: the trained global model's state dict."""
@@ -678,12 +739,13 @@ def _run_eval(
     numbers: every client's randomness derives from the seed and its id), except on the
     multi-client engine, which needs them all at once."""
     from fedp13n.execution.base import ClientWorkError
-    from fedp13n.personalization import build_personalization_eval, evaluate_fn
+    from fedp13n.personalization import build_personalization_eval
+    from fedp13n.personalization.p13n_utils import build_evaluate_fn
 
     p13n_eval = build_personalization_eval(
         model_fn_for(config),
         fn_dict,
-        evaluate_fn,
+        build_evaluate_fn(config.task_loss()),
         max_num_samples=max(1, len(inputs)),  # already sampled: keep them all
         seed=config.seed,
         executor=executor,
@@ -708,7 +770,6 @@ def _run_eval(
 def _renumbered(error: Exception, start: int, inputs: list) -> Exception:
     """``error`` of a slice starting at ``start``, its ``task N`` counted over all
     ``inputs`` and named by its client."""
-    import re
 
     def fix(m: re.Match) -> str:
         i = start + int(m[1])
@@ -771,8 +832,9 @@ def check_strategies_fit_model(config: ExperimentConfig) -> None:
     import torch
 
     from fedp13n.models.spec import input_spec_of
-    from fedp13n.personalization import build_personalization_eval, evaluate_fn
+    from fedp13n.personalization import build_personalization_eval
     from fedp13n.personalization.inputs import one_example_dataset
+    from fedp13n.personalization.p13n_utils import build_evaluate_fn
 
     model_fn = model_fn_for(config)
     with torch.random.fork_rng(devices=[]):
@@ -787,9 +849,9 @@ def check_strategies_fit_model(config: ExperimentConfig) -> None:
         for params in strategy.grid():
             builder = config.strategy_builder(strategy.with_params(params))
             try:
-                build_personalization_eval(model_fn, {"s": builder}, evaluate_fn, seed=0)(
-                    weights, client
-                )
+                build_personalization_eval(
+                    model_fn, {"s": builder}, build_evaluate_fn(config.task_loss()), seed=0
+                )(weights, client)
             except Exception as e:  # noqa: BLE001 - any failure: the strategy cannot run
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
                 tried = f" with {params}" if strategy.tuned else ""

@@ -269,10 +269,10 @@ def _engine_plan(engine, model_fn, baseline_evaluate_fn, strategies) -> list | N
     if engine is None:
         return None
     from fedp13n.engine import note_fallback, strategy_from_builder
-    from fedp13n.personalization.p13n_utils import evaluate_fn
+    from fedp13n.personalization.p13n_utils import is_default_evaluate_fn
 
-    if baseline_evaluate_fn is not evaluate_fn:
-        note_fallback("the baseline_evaluate_fn is not fedp13n's evaluate_fn")
+    if not is_default_evaluate_fn(baseline_evaluate_fn):
+        note_fallback("the baseline_evaluate_fn is not fedp13n's evaluate_fn with cross-entropy")
         return None
     specs = []
     for name, (builder, _) in strategies.items():

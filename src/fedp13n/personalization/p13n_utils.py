@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedp13n.client.program import EVAL_BATCH_SIZE, LocalTraining, evaluate, generator_from_torch
+from fedp13n.models.objectives import is_cross_entropy
 from fedp13n.personalization.inputs import as_client_dataset
 from fedp13n.utils.checks import check_bool, check_positive_int
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
@@ -48,9 +49,11 @@ def evaluate_fn(
     ``loss_fn(outputs, targets)`` must return the *mean* over the batch (PyTorch's default
     reduction); ``loss`` is its average over all examples, weighted by batch size, which
     is what TFF's Keras metrics compute. ``accuracy`` (fraction of argmax predictions equal
-    to the label) is reported only when the targets are integer class labels and the
-    outputs have one more dimension (the classes, dimension 1). The model runs in eval
-    mode (dropout off, batch-norm running statistics) and gets its previous mode back.
+    to the label; a :class:`~fedp13n.models.objectives.TaskLoss` ``loss_fn`` brings its
+    task's accuracy, which may leave target ids out of the count) is reported only when
+    the targets are integer class labels and the outputs have one more dimension (the
+    classes, dimension 1). The model runs in eval mode (dropout off, batch-norm running
+    statistics) and gets its previous mode back.
     With no test example, ``loss`` and ``accuracy`` are NaN.
 
     TFF's names beside fedp13n's: ``sparse_categorical_accuracy`` (classification only)
@@ -70,6 +73,23 @@ def build_evaluate_fn(
     """A picklable two-argument ``evaluate_fn(model, dataset)`` with this loss and batch size:
     what :func:`build_personalization_eval` wants as ``baseline_evaluate_fn``."""
     return functools.partial(evaluate_fn, loss_fn=loss_fn, batch_size=batch_size)
+
+
+def is_default_evaluate_fn(fn: Any) -> bool:
+    """Whether ``fn`` computes what :func:`evaluate_fn` does with its defaults
+    (cross-entropy, every target counted, batches of ``EVAL_BATCH_SIZE``): ``evaluate_fn``
+    itself or :func:`build_evaluate_fn` of such a loss (what the multi-client engine
+    computes)."""
+    if fn is evaluate_fn:
+        return True
+    if not isinstance(fn, functools.partial) or fn.func is not evaluate_fn or fn.args:
+        return False
+    kw = fn.keywords
+    return (
+        set(kw) <= {"loss_fn", "batch_size"}
+        and is_cross_entropy(kw.get("loss_fn", F.cross_entropy))
+        and kw.get("batch_size", EVAL_BATCH_SIZE) == EVAL_BATCH_SIZE
+    )
 
 
 def build_personalize_fn(
