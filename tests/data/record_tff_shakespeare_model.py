@@ -69,7 +69,10 @@ def main() -> None:
     assert len(SNIPPETS[0]) == 80
     spec = tff.simulation.baselines.ClientSpec(num_epochs=1, batch_size=3, shuffle_buffer_size=1)
     task = tasks.create_character_prediction_task_from_datasets(
-        spec, None, 80, tff.simulation.datasets.TestClientData({"a": {"snippets": ["x"]}}),
+        spec,
+        None,
+        80,
+        tff.simulation.datasets.TestClientData({"a": {"snippets": ["x"]}}),
         tff.simulation.datasets.TestClientData({"a": {"snippets": ["x"]}}),
     )
     ds = tf.data.Dataset.from_tensor_slices({"snippets": tf.constant(SNIPPETS)})
@@ -108,9 +111,7 @@ def main() -> None:
         "loss_without_mask": float(unmasked.numpy()),
         "loss_keras_eager": float(masked.numpy()),
         "metrics": metrics,
-        "logits_at": [
-            {"position": [b, t], "logits": logits[b, t].tolist()} for b, t in POSITIONS
-        ],
+        "logits_at": [{"position": [b, t], "logits": logits[b, t].tolist()} for b, t in POSITIONS],
         "argmax": logits.argmax(-1).tolist(),
     }
     json.dump(record, sys.stdout, indent=1)

@@ -70,6 +70,9 @@ PAD_ID = 0
 #: TFF's ``create_recurrent_model``: embedding dimension and LSTM units.
 EMBEDDING_DIM = 8
 LSTM_UNITS = 256
+#: TFF's ``DEFAULT_SEQUENCE_LENGTH`` (``char_prediction_tasks``/``_preprocessing``, "from
+#: McMahan et al AISTATS 2017"): what the model declares in its ``input_spec`` by default.
+DEFAULT_SEQUENCE_LENGTH = 80
 
 #: TFF's loss, exactly (see the module docstring): the mean cross-entropy over all
 #: positions, padding included. ``logits`` ``(B, vocab, S)``, targets ``(B, S)``.
@@ -133,7 +136,9 @@ class ShakespeareRNN(nn.Module):
     """Embedding 8 (id 0 masked), LSTM 256, LSTM 256, Dense ``vocab_size``: TFF's
     ``create_recurrent_model``. Token ids ``(B, S)`` -> logits ``(B, vocab_size, S)``."""
 
-    def __init__(self, vocab_size: int, sequence_length: int | None = None) -> None:
+    def __init__(
+        self, vocab_size: int, sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, EMBEDDING_DIM)
         self.lstm1 = KerasLSTM(EMBEDDING_DIM, LSTM_UNITS)
@@ -160,11 +165,14 @@ class ShakespeareRNN(nn.Module):
         return self.dense(h).transpose(1, 2)
 
 
-def create_recurrent_model(vocab_size: int, sequence_length: int | None = None) -> ShakespeareRNN:
+def create_recurrent_model(
+    vocab_size: int, sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH
+) -> ShakespeareRNN:
     """TFF's ``create_recurrent_model`` (``mask_zero=True``): see the module docstring.
 
-    ``sequence_length`` only fixes the declared ``input_spec`` (Keras' ``input_length``);
-    ``None`` accepts sequences of any length.
+    ``sequence_length`` only fixes the declared ``input_spec`` (as Keras'
+    ``input_length``; the layers take any length); ``None`` declares any length. A fixed
+    length lets fedp13n's batched engine dry-run the model before training.
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
         raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}.")
