@@ -109,22 +109,19 @@ class KerasLSTM(nn.Module):
             self.bias[units : 2 * units] = 1.0
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        u = self.units
-        xz = torch.matmul(x, self.kernel) + self.bias  # all steps' input parts at once
-        keep = mask.unsqueeze(-1)
-        h = x.new_zeros(x.shape[0], u)
+        # The input parts of all steps in one matmul; unbind / chunk (not indexing) so that
+        # backward stacks the steps' gradients instead of filling a zero tensor per step.
+        steps = (torch.matmul(x, self.kernel) + self.bias).unbind(1)
+        keeps = mask.unsqueeze(-1).unbind(1)
+        h = x.new_zeros(x.shape[0], self.units)
         c = h
         outputs = []
-        for t in range(x.shape[1]):
-            z = xz[:, t] + torch.matmul(h, self.recurrent_kernel)
-            i = torch.sigmoid(z[:, :u])
-            f = torch.sigmoid(z[:, u : 2 * u])
-            g = torch.tanh(z[:, 2 * u : 3 * u])
-            o = torch.sigmoid(z[:, 3 * u :])
-            c_new = f * c + i * g
-            h_new = o * torch.tanh(c_new)
-            c = torch.where(keep[:, t], c_new, c)
-            h = torch.where(keep[:, t], h_new, h)
+        for xz, keep in zip(steps, keeps, strict=True):
+            zi, zf, zc, zo = (xz + torch.matmul(h, self.recurrent_kernel)).chunk(4, dim=1)
+            c_new = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zc)
+            h_new = torch.sigmoid(zo) * torch.tanh(c_new)
+            c = torch.where(keep, c_new, c)
+            h = torch.where(keep, h_new, h)
             outputs.append(h)
         return torch.stack(outputs, dim=1)
 
