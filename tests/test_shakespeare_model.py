@@ -24,6 +24,7 @@ from fedp13n.models import (
     model_fn_for,
     shakespeare_loss,
 )
+from fedp13n.models import shakespeare as shakespeare_module
 from fedp13n.models.shakespeare import KerasLSTM
 
 
@@ -88,7 +89,10 @@ def test_parameter_count_is_tffs_keras_count_params():
     assert ours[:7] == shapes[:7] and ours[7] == shapes[7][::-1] and ours[8] == shapes[8]
 
 
-def test_logits_loss_and_accuracy_equal_tffs_keras_model():
+@pytest.mark.parametrize("path", ["fused", "loop"])
+def test_logits_loss_and_accuracy_equal_tffs_keras_model(path, monkeypatch):
+    if path == "loop":
+        monkeypatch.setattr(shakespeare_module, "_fused_applies", lambda *_: False)
     model = tff_weighted_model().eval()
     x, y = torch.tensor(RECORD["x"]), torch.tensor(RECORD["y"])
     assert x.shape == y.shape == (3, 80)
@@ -146,6 +150,40 @@ def test_padding_carries_the_lstm_state_as_keras_masking():
     for t in (4, 5, 6):
         torch.testing.assert_close(padded[0, :, t], short[0, :, 3], rtol=0, atol=1e-6)
     assert not torch.allclose(padded[1, :, 4], padded[1, :, 3])
+    # padding inside a sequence (the loop): skipped, the state carried over it
+    inside = torch.tensor([[88, 12, 0, 24, 14]])
+    with torch.no_grad():
+        skipped = model(inside)
+    expected = short[0][:, [0, 1, 1, 2, 3]]  # [88, 12, 24, 14] without the pad
+    torch.testing.assert_close(skipped[0], expected, rtol=0, atol=1e-6)
+
+
+def test_fused_kernel_equals_the_loop_where_it_applies():
+    torch.manual_seed(2)
+    lstm = KerasLSTM(8, 16)
+    x = torch.randn(4, 7, 8)
+    ends = torch.tensor([7, 3, 1, 6])  # real positions per row, padding after
+    mask = torch.arange(7) < ends[:, None]
+    assert shakespeare_module._fused_applies(x, mask, lstm.kernel)
+    weights = torch.randn(4, 7, 16)
+    outs, grads = [], []
+    for run in (lstm._fused, lstm._loop):
+        out = run(x, mask)
+        outs.append(out.detach())
+        grads.append(torch.autograd.grad((out * weights).sum(), list(lstm.parameters())))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-6)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # padding inside a row, a row of padding only, or a torch.func transform: the loop
+    inside = mask.clone()
+    inside[0, 2] = False
+    assert not shakespeare_module._fused_applies(x, inside, lstm.kernel)
+    assert not shakespeare_module._fused_applies(x, mask & (ends[:, None] > 1), lstm.kernel)
+    seen = []
+    vmap(lambda xb: seen.append(shakespeare_module._fused_applies(xb, mask, lstm.kernel)) or xb)(
+        x.unsqueeze(0)
+    )
+    assert seen == [False]
 
 
 def test_one_lstm_step_is_keras_formula():
