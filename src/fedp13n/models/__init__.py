@@ -1,6 +1,7 @@
 """Models: the EMNIST CNNs of TFF's examples (conv-dropout, McMahan et al. 2017's CNN),
-models by name (``registry``) and InputSpec, the per-example input spec a model may
-declare (TFF's ``input_spec``). Names are imported on first use (torch is heavy)."""
+TFF's Shakespeare next-character LSTM with its loss and masked accuracy, models by name
+(``registry``) and InputSpec, the per-example input spec a model may declare (TFF's
+``input_spec``). Names are imported on first use (torch is heavy)."""
 
 from fedp13n.utils.lazy import lazy_exports
 
@@ -10,6 +11,12 @@ _EXPORTS = {
     "FedAvgCNN": "fedp13n.models.emnist",
     "emnist_conv_dropout": "fedp13n.models.emnist",
     "fedavg_cnn": "fedp13n.models.emnist",
+    "ShakespeareRNN": "fedp13n.models.shakespeare",
+    "create_recurrent_model": "fedp13n.models.shakespeare",
+    "shakespeare_rnn": "fedp13n.models.shakespeare",
+    "shakespeare_loss": "fedp13n.models.shakespeare",
+    "masked_accuracy": "fedp13n.models.shakespeare",
+    "masked_accuracy_counts": "fedp13n.models.shakespeare",
     "MODELS": "fedp13n.models.registry",
     "MODEL_NAMES": "fedp13n.models.registry",
     "get_model_fn": "fedp13n.models.registry",
@@ -24,10 +31,16 @@ __all__ = [
     "EmnistConvDropout",
     "FedAvgCNN",
     "InputSpec",
+    "ShakespeareRNN",
+    "create_recurrent_model",
     "emnist_conv_dropout",
     "fedavg_cnn",
     "get_model_fn",
     "input_spec_of",
+    "masked_accuracy",
+    "masked_accuracy_counts",
     "model_fn_for",
+    "shakespeare_loss",
+    "shakespeare_rnn",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -16,6 +16,7 @@ from typing import Any
 MODELS = {
     "conv_dropout": "fedp13n.models.emnist:emnist_conv_dropout",
     "fedavg_cnn": "fedp13n.models.emnist:fedavg_cnn",
+    "shakespeare_rnn": "fedp13n.models.shakespeare:shakespeare_rnn",
 }
 MODEL_NAMES = tuple(MODELS)
 
