@@ -72,7 +72,7 @@ def test_a_sweep_file_is_not_a_run_config(tmp_path):
     [
         (dict(rounds=-1), "rounds must be a non-negative integer"),
         (dict(clients_per_round=0), "clients_per_round must be a positive integer"),
-        (dict(dataset="mnist"), "dataset 'mnist' is not one of"),
+        (dict(dataset="mnist"), "dataset 'mnist' is not a data source of task 'emnist'"),
         (dict(server_momentum=1.0), r"server_momentum must be a number in \[0, 1\)"),
         (dict(client_learning_rate=float("inf")), "client_learning_rate must be a finite"),
         (dict(seed="1"), "seed must be an integer, got str '1'"),
