@@ -101,7 +101,7 @@ def test_bad_option_is_a_one_line_error(tmp_path):
         app, ["run", "--dataset", "mnist", "--output-dir", str(tmp_path / "r")]
     )
     assert res.exit_code == 2
-    assert "dataset 'mnist' is not one of" in res.output
+    assert "dataset 'mnist' is not a data source of task 'emnist'" in res.output
 
 
 def _fedavg_numbers(run_dir):

@@ -131,12 +131,12 @@ def model_fn_for(config: ExperimentConfig) -> Callable[[], Any]:
     from fedp13n.tasks.registry import get_task
 
     classes = config.num_classes
+    spec = get_task(config.task)
     if not config.own_data:
-        spec = get_task(config.task)
         fn = resolve_import_path(spec.num_classes, f"task {spec.name!r} num_classes")
         classes = call_with_settings(fn, settings=task_settings(config))
-    try:
-        return model_builder(config.model, classes)
+    try:  # a config not validated yet leaves model unset: the task's first model
+        return model_builder(config.model or spec.models[0], classes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
