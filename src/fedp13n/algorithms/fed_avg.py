@@ -70,6 +70,7 @@ from fedp13n.data.client_data import (
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER, PIPELINES
 from fedp13n.execution.base import Executor, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
+from fedp13n.models.objectives import engine_ignore_ids
 from fedp13n.models.spec import check_labels_fit, check_model_fn, input_spec_of, num_classes
 from fedp13n.utils.checks import check_bool, check_positive_int, check_seed
 from fedp13n.utils.device import Compute
@@ -350,6 +351,7 @@ class WeightedFedAvg:
             pipeline=work.pipeline,
             shuffle_buffer=work.shuffle_buffer,
             max_steps=work.max_steps,
+            ignore_ids=engine_ignore_ids(work.loss_fn, work.metric_fn) or (),
         )
 
     @staticmethod
@@ -691,9 +693,8 @@ def _check_local_steps(
 def _usable_engine(engine: Any, model_fn, optimizer_fn, loss_fn, metrics_fn) -> Any:
     """``engine`` when it can batch this FedAvg's client work, else ``None`` (said once)."""
     from fedp13n.engine import can_batch, note_fallback
-    from fedp13n.models.objectives import is_cross_entropy, is_plain_accuracy
 
-    if not is_cross_entropy(loss_fn) or not is_plain_accuracy(metrics_fn):
+    if engine_ignore_ids(loss_fn, metrics_fn) is None:
         note_fallback("the engine computes cross-entropy and accuracy only")
         return None
     ok, why = can_batch(model_fn, optimizer_fn)
