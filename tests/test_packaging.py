@@ -26,7 +26,7 @@ from fedp13n.rundir.readers import lock_holder
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [
     "centralized_sample", "demo", "fedavg_budget_sample", "femnist_sample", "pfedavg_sample",
-    "table1_sample",
+    "shakespeare_sample", "table1_sample",
 ]  # fmt: skip
 LISTED = ", ".join(NAMES)
 
@@ -71,7 +71,8 @@ def test_every_example_loads_and_validates(name):
     text = path.read_text()
     assert "bench/" not in text.replace("bench/README.md", ""), "a stale path in its comments"
     if 'data_dir = "' in text:  # relative to the folder fedp13n runs in, as before
-        assert 'data_dir = "../shared/data/femnist_sample"' in text
+        sample = "shakespeare_sample" if name.startswith("shakespeare") else "femnist_sample"
+        assert f'data_dir = "../shared/data/{sample}"' in text
 
 
 def test_run_config_by_name_is_the_shipped_file(tmp_path, monkeypatch):

@@ -61,10 +61,16 @@ from fedp13n.algorithms.client_update import (
     buffer_names,
     trainable_names,
 )
-from fedp13n.data.client_data import ClientData, ClientDataset, features_to_tensor
+from fedp13n.data.client_data import (
+    ClientData,
+    ClientDataset,
+    features_to_tensor,
+    labels_to_tensor,
+)
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER, PIPELINES
 from fedp13n.execution.base import Executor, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
+from fedp13n.models.objectives import engine_ignore_ids
 from fedp13n.models.spec import check_labels_fit, check_model_fn, input_spec_of, num_classes
 from fedp13n.utils.checks import check_bool, check_positive_int, check_seed
 from fedp13n.utils.device import Compute
@@ -94,6 +100,11 @@ class ServerState:
 @dataclass(frozen=True)
 class RoundMetrics:
     """Training metrics of one round, example-weighted over the contributing clients.
+
+    ``loss`` and ``accuracy`` are the means over the round's training batches of each
+    batch's ``loss_fn`` / ``metrics_fn`` value, weighted by the batch's examples (rows):
+    for sequence labels (Shakespeare) a batch's accuracy is its fraction of counted
+    positions, so this is batch-weighted, not token-exact (evaluations are token-exact).
 
     ``num_examples`` counts examples processed (over all local epochs); ``num_clients``
     the clients whose update entered the average, ``num_skipped_clients`` those left out
@@ -340,6 +351,7 @@ class WeightedFedAvg:
             pipeline=work.pipeline,
             shuffle_buffer=work.shuffle_buffer,
             max_steps=work.max_steps,
+            ignore_ids=engine_ignore_ids(work.loss_fn, work.metric_fn) or (),
         )
 
     @staticmethod
@@ -463,7 +475,11 @@ def check_data_fits(
         if x_shape not in classes_by_shape:
             classes_by_shape[x_shape] = num_classes(model, features_to_tensor(d.x[:1]))
         classes = classes_by_shape[x_shape]
-        if classes is not None and d.y.ndim != 1:
+        if classes is not None and spec is not None and spec.y_shape:  # e.g. a label per position
+            why = spec.y_mismatch(tuple(d.y.shape[1:]), labels_to_tensor(d.y[:0]).dtype)
+            if why:
+                raise ValueError(f"client {key!r}: its labels do not fit the model: {why}.")
+        elif classes is not None and d.y.ndim != 1:
             raise ValueError(
                 f"client {key!r}: class labels must be 1-D (one integer per example), got "
                 f"shape {tuple(d.y.shape)}; e.g. y.ravel()."
@@ -677,9 +693,8 @@ def _check_local_steps(
 def _usable_engine(engine: Any, model_fn, optimizer_fn, loss_fn, metrics_fn) -> Any:
     """``engine`` when it can batch this FedAvg's client work, else ``None`` (said once)."""
     from fedp13n.engine import can_batch, note_fallback
-    from fedp13n.models.objectives import is_cross_entropy, is_plain_accuracy
 
-    if not is_cross_entropy(loss_fn) or not is_plain_accuracy(metrics_fn):
+    if engine_ignore_ids(loss_fn, metrics_fn) is None:
         note_fallback("the engine computes cross-entropy and accuracy only")
         return None
     ok, why = can_batch(model_fn, optimizer_fn)

@@ -71,6 +71,19 @@ def _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, con
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def _label_chars(dataset: str, only_digits: bool) -> list[str]:
+    """What each label stands for, one entry per class (its length: the classes)."""
+    if dataset.startswith("shakespeare"):
+        from fedp13n.data import shakespeare as sh
+
+        chars = ["<pad>", *(repr(c)[1:-1] for c in sh.VOCAB), "<oov>", "<bos>", "<eos>"]
+        assert len(chars) == sh.VOCAB_SIZE
+        return chars
+    from fedp13n.data.validate import LABEL_CHARS, NUM_CLASSES, NUM_DIGIT_CLASSES
+
+    return list(LABEL_CHARS[: NUM_DIGIT_CLASSES if only_digits else NUM_CLASSES])
+
+
 @app.command()
 def info(
     dataset: str = _DATASET,
@@ -86,12 +99,11 @@ def info(
     from rich.table import Table
 
     from fedp13n.data.stats import QUANTILES, summarize
-    from fedp13n.data.validate import LABEL_CHARS, NUM_CLASSES, NUM_DIGIT_CLASSES
 
     console = Console()
     train, test = _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console)
-    num_classes = NUM_DIGIT_CLASSES if only_digits else NUM_CLASSES
-    s = summarize(train, test, num_classes)
+    chars = _label_chars(dataset, only_digits)
+    s = summarize(train, test, len(chars))
 
     overview = Table(title=f"Dataset {dataset}" + (" (digits only)" if only_digits else ""))
     overview.add_column("")
@@ -99,7 +111,7 @@ def info(
     overview.add_row("clients", f"{s.num_clients:,}")
     overview.add_row("train examples", f"{s.train_examples:,}")
     overview.add_row("test examples", f"{s.test_examples:,}")
-    overview.add_row("pixels stored as", s.pixel_dtype)
+    overview.add_row("features stored as", s.pixel_dtype)
     if train.path is not None:
         overview.add_row("cache", str(train.path.parent))
     console.print(overview)
@@ -118,12 +130,13 @@ def info(
         sizes.add_row(name, *(f"{v:g}" for v in qs), f"{mean:.1f}")
     console.print(sizes)
 
-    hist = Table(title="Class histogram")
+    per_position = train.y.ndim > 1
+    hist = Table(title="Target histogram (all positions)" if per_position else "Class histogram")
     for col in ("label", "char", "train", "test", "% of train"):
         hist.add_column(col, justify="right")
-    total = max(s.train_examples, 1)
+    total = max(int(s.train_class_counts.sum()), 1)
     for label, (a, b) in enumerate(zip(s.train_class_counts, s.test_class_counts, strict=True)):
-        char = LABEL_CHARS[label] if label < len(LABEL_CHARS) else "?"
+        char = chars[label] if label < len(chars) else "?"
         hist.add_row(str(label), char, f"{a:,}", f"{b:,}", f"{100 * a / total:.2f}")
     console.print(hist)
 

@@ -493,13 +493,25 @@ def load_dataset(
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}.")
     if name == "synthetic":
         return _synthetic(num_clients, only_digits, seed)
+    if only_digits and name.startswith("shakespeare"):
+        raise DataError(f"only_digits selects EMNIST's digits; drop it for {name!r}.")
     root = resolve_cache_dir(cache_dir)
     if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
         raise DataNotFoundError(
             f"--data-dir {data_dir} is a file; it must be the directory that holds the "
             "dataset's files."
         )
-    if name == "emnist" and data_dir is None:
+    if name == "shakespeare" and data_dir is None:
+        train, test = fetch_shakespeare(root, url=url, progress=progress, mmap=mmap)
+    elif name == "shakespeare":
+        train, test = load_shakespeare_dir(data_dir, root, mmap=mmap)
+    elif name == "shakespeare-leaf":
+        if data_dir is None:
+            raise DataNotFoundError(
+                "dataset 'shakespeare-leaf' needs --data-dir (LEAF's train/ and test/ JSON)."
+            )
+        train, test = load_shakespeare_leaf(data_dir, root, mmap=mmap)
+    elif name == "emnist" and data_dir is None:
         train, test = fetch_emnist_h5(
             root, only_digits=only_digits, url=url, progress=progress, mmap=mmap
         )

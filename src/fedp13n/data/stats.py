@@ -41,8 +41,9 @@ def size_quantiles(cd: ClientData) -> tuple[float, ...]:
 
 
 def class_counts(cd: ClientData, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Number of examples of each label, ``num_classes`` entries (int64)."""
-    y = np.asarray(cd.y).astype(np.int64, copy=False)
+    """Number of labels of each class, ``num_classes`` entries (int64): one per example,
+    or one per position for sequence labels (Shakespeare's next-character targets)."""
+    y = np.asarray(cd.y).astype(np.int64, copy=False).ravel()
     return np.bincount(y, minlength=num_classes)
 
 

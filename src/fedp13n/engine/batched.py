@@ -30,7 +30,9 @@ The numbers are those of the one-client-at-a-time path up to float rounding:
 What is batched (:func:`can_batch` says, with the reason when not): models whose layers
 vmap batches (see :mod:`fedp13n.engine.functional` for what is refused: BatchNorm in
 training, recurrent modules, buffers, frozen parameters, what vmap rejects in a dry run
-on one example); cross-entropy loss on integer labels; ``torch.optim.SGD`` without
+on one example); cross-entropy loss on integer labels, one per example or one per
+position (a sequence: each example's loss the mean over its positions, the accuracy
+counted over its positions, leaving the task's ignored ids out); ``torch.optim.SGD`` without
 momentum, weight decay, nesterov or maximize, and ``torch.optim.Adam`` without weight
 decay, amsgrad or maximize. Anything else runs the caller's per-client path
 (``fallback=``), with one warning per reason and process.
@@ -52,16 +54,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedp13n.client.program import EVAL_BATCH_SIZE
 from fedp13n.client.result import ClientOutput
 from fedp13n.data.client_data import UINT8_TO_UNIT, ClientDataset, features_to_tensor
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, batch_plan
-from fedp13n.engine.functional import FunctionalModel, NotBatchable, refusal
+from fedp13n.engine.functional import FunctionalModel, NotBatchable, example_losses, refusal
 from fedp13n.engine.masks import MaskPrefetcher, default_mask_threads, draw_masks
-from fedp13n.models.objectives import is_cross_entropy
+from fedp13n.models.objectives import engine_ignore_ids
 from fedp13n.utils.checks import check_non_negative_int, check_positive_int
 from fedp13n.utils.device import Compute, Precision, work_device
 from fedp13n.utils.seeding import derive_rng, derive_seed
@@ -216,6 +217,8 @@ class StrategySpec:
     num_epochs: int
     num_epochs_per_eval: int = 1
     shuffle: bool = True
+    #: target ids its accuracy leaves out (its loss's :class:`Accuracy`)
+    ignore_ids: tuple[int, ...] = ()
 
 
 def strategy_from_builder(name: str, builder: Any) -> tuple[StrategySpec | None, str]:
@@ -237,7 +240,8 @@ def strategy_from_builder(name: str, builder: Any) -> tuple[StrategySpec | None,
     a = settings() if callable(settings) else None
     if not isinstance(a, dict):
         return None, f"strategy {name!r} is not TFF's fine-tuning (build_personalize_fn)"
-    if not is_cross_entropy(a.get("loss_fn")):
+    ignore_ids = engine_ignore_ids(a.get("loss_fn"))
+    if ignore_ids is None:
         return None, f"strategy {name!r} has a loss other than F.cross_entropy"
     if a.get("eval_batch_size") != EVAL_BATCH_SIZE:
         return None, f"strategy {name!r} evaluates with another batch size"
@@ -245,8 +249,9 @@ def strategy_from_builder(name: str, builder: Any) -> tuple[StrategySpec | None,
     if spec is None:
         return None, f"strategy {name!r}: {why}"
     return StrategySpec(
-        name, spec, a["batch_size"], a["num_epochs"], a["num_epochs_per_eval"], a["shuffle"]
-    ), ""
+        name, spec, a["batch_size"], a["num_epochs"], a["num_epochs_per_eval"], a["shuffle"],
+        ignore_ids,
+    ), ""  # fmt: skip
 
 
 # -- data on the device -----------------------------------------------------------------------
@@ -285,7 +290,10 @@ class _DeviceData:
         if np.issubdtype(ydtype, np.floating):
             raise ValueError("the engine trains classifiers: labels must be integers")
         x = np.concatenate([*[a.astype(dtype, copy=False) for a in xs], np.zeros((1, *row), dtype)])
-        y = np.concatenate([*[a.astype(np.int64, copy=False) for a in ys], np.zeros(1, np.int64)])
+        yrow = next((y.shape[1:] for y in ys if len(y)), ys[0].shape[1:])  # () or a sequence
+        y = np.concatenate(
+            [*[a.astype(np.int64, copy=False) for a in ys], np.zeros((1, *yrow), np.int64)]
+        )
         self.pad = len(y) - 1
         self.uint8 = x.dtype == np.uint8
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device)
@@ -302,7 +310,10 @@ class _DeviceData:
         row, dtype = xs[0].shape[1:], xs[0].dtype
         self.x = torch.cat([*xs, torch.zeros((1, *row), dtype=dtype, device=device)])
         self.y = torch.cat(
-            [*(y.long() for y in ys), torch.zeros(1, dtype=torch.long, device=device)]
+            [
+                *(y.long() for y in ys),
+                torch.zeros((1, *ys[0].shape[1:]), dtype=torch.long, device=device),
+            ]
         )
         self.pad = len(self.y) - 1
         self.uint8 = dtype == torch.uint8
@@ -460,7 +471,7 @@ class MultiClientEngine:
         row = tuple(data.x.shape[1:])
         dtype = torch.float32 if data.uint8 else data.x.dtype
         try:
-            return self.fn.probe(row, dtype)
+            return self.fn.probe(row, dtype, tuple(data.y.shape[1:]))
         except NotBatchable as e:
             raise ValueError(f"the engine cannot batch this model: {e}.") from None
 
@@ -521,22 +532,24 @@ class MultiClientEngine:
             x = data.features(idx[t])
             y = data.y[idx[t]]
             with self.precision:
-                grads, loss, correct = self.fn.train_step(
+                grads, loss, (correct, counted) = self.fn.train_step(
                     params, x, y, valid[t], n_dev[t], masks(t)
                 )
             opt.step([grads[n] for n in self.names], counts[t] > 0)
-            if stats is not None:
+            if stats is not None:  # batch means times batch sizes, as ClientWork sums them
                 with torch.no_grad():
                     n = n_dev[t]
                     nd = n.double()
                     stats[0].add_(loss.double() * nd)
-                    stats[1].add_(torch.where(n > 0, correct.double() / nd.clamp(min=1) * nd, 0.0))
+                    frac = correct.double() / counted.double().clamp(min=1)
+                    stats[1].add_(torch.where(n > 0, frac * nd, 0.0))
 
     @torch.no_grad()
     def _evaluate(
         self, params: dict[str, torch.Tensor], data: _DeviceData
     ) -> list[OrderedDict[str, Any]]:
-        """``evaluate_fn``'s metrics for each client: num_test_examples, loss, accuracy."""
+        """``evaluate_fn``'s metrics for each client: num_test_examples, loss (the mean of
+        its examples' losses), accuracy (right over counted targets, all batches)."""
         K = len(data.sizes)
         if max(data.sizes, default=0):
             self._probe(data)
@@ -544,6 +557,7 @@ class MultiClientEngine:
         longest = max(data.sizes, default=0)
         loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
         correct = torch.zeros(K, dtype=torch.int64, device=self.device)
+        counted = torch.zeros(K, dtype=torch.int64, device=self.device)
         sizes = torch.tensor(data.sizes, device=self.device)
         start = torch.from_numpy(data.offsets[:-1]).to(self.device)
         for s in range(0, longest, chunk):
@@ -553,16 +567,19 @@ class MultiClientEngine:
             x, y = data.features(idx), data.y[idx]
             with self.precision:
                 logits = self.fn.logits(params, x)
-            ce = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="none"
-            ).view(ok.shape)
+            ce = example_losses(logits.flatten(0, 1), y.flatten(0, 1)).view(ok.shape)
             loss_sum += torch.where(ok, ce, 0.0).double().sum(1)
-            correct += ((logits.argmax(-1) == y) & ok).sum(1)
+            keep = ok.view(ok.shape + (1,) * (y.dim() - 2)).expand(y.shape)
+            for i in self.fn.ignore_ids:
+                keep = keep & (y != i)
+            correct += ((logits.argmax(2) == y) & keep).flatten(1).sum(1)
+            counted += keep.flatten(1).sum(1)
         out = []
         for k, n in enumerate(data.sizes):
             m: OrderedDict[str, Any] = OrderedDict(num_test_examples=n)
             m["loss"] = float(loss_sum[k]) / n if n else math.nan
-            m["accuracy"] = int(correct[k]) / n if n else math.nan
+            c = int(counted[k])
+            m["accuracy"] = int(correct[k]) / c if c else math.nan
             # TFF's names, as evaluate_fn reports them (its batch size: EVAL_BATCH_SIZE)
             m["sparse_categorical_accuracy"] = m["accuracy"]
             m["num_examples"] = n
@@ -586,10 +603,14 @@ class MultiClientEngine:
         pipeline: str = DEFAULT_CLIENT_PIPELINE,
         shuffle_buffer: int = 1000,
         max_steps: int | None = None,
+        ignore_ids: Sequence[int] = (),
     ) -> list[ClientOutput]:
         """Local training of FedAvg's clients from ``weights``, as ``ClientWork`` would do
         task by task (same seeds from ``seed``, ``round_num`` and each client key, the same
-        :func:`~fedp13n.data.pipeline.batch_plan` of ``pipeline`` / ``max_steps``)."""
+        :func:`~fedp13n.data.pipeline.batch_plan` of ``pipeline`` / ``max_steps``); the
+        training accuracy leaves targets in ``ignore_ids`` out (the task's
+        :class:`~fedp13n.models.objectives.Accuracy`)."""
+        self.fn.ignore_ids = tuple(int(i) for i in ignore_ids)
         spec, why = optimizer_spec(optimizer)
         if spec is None:
             raise ValueError(f"the engine cannot batch this optimizer: {why}.")
@@ -656,6 +677,7 @@ class MultiClientEngine:
         *,
         seed: int,
         baseline: bool = True,
+        ignore_ids: Sequence[int] = (),
     ) -> list[OrderedDict[str, Any]]:
         """Every strategy on every ``(client_id, train, test)`` from the global ``weights``,
         as ``build_personalization_eval`` + ``build_personalize_fn`` compute it: per client an
@@ -665,7 +687,8 @@ class MultiClientEngine:
         A strategy on a client starts from ``torch.Generator().manual_seed(derive_seed(seed,
         "p13n", client_id, name))``, as the per-client path seeds torch's global generator
         once the fresh model holds the weights; the shuffling seed is drawn from it first,
-        then the dropout masks.
+        then the dropout masks. The baseline's accuracy leaves targets in ``ignore_ids``
+        out, each strategy's those of its :attr:`StrategySpec.ignore_ids`.
         """
         results: list[OrderedDict[str, Any]] = [OrderedDict() for _ in clients]
         for group in self._groups([len(c[1]) for c in clients]):
@@ -673,6 +696,7 @@ class MultiClientEngine:
             train = _DeviceData([clients[i][1] for i in group], self.device)
             test = _DeviceData([clients[i][2] for i in group], self.device)
             if baseline:
+                self.fn.ignore_ids = tuple(int(i) for i in ignore_ids)
                 base = self._evaluate(self._stack(weights, K), test)
                 for j, i in enumerate(group):
                     results[i]["baseline_metrics"] = base[j]
@@ -693,6 +717,7 @@ class MultiClientEngine:
         seed: int,
     ) -> list[OrderedDict[str, Any]]:
         K = len(group)
+        self.fn.ignore_ids = strat.ignore_ids
         gens, plans = [], []
         for i in group:
             g = torch.Generator().manual_seed(derive_seed(seed, "p13n", clients[i][0], strat.name))

@@ -185,6 +185,8 @@ class FunctionalModel:
         self.model = model.to(device)
         self.names = [n for n, _ in model.named_parameters()]
         self._probed: dict[tuple, list[MaskLayer]] = {}
+        #: target ids the accuracy leaves out (set by the engine before each call)
+        self.ignore_ids: tuple[int, ...] = ()
         self._eval_under_grad = False
         self._train_fn = vmap(grad_and_value(self._loss, has_aux=True))
         self._eval_fns = (vmap(self._logits), vmap(self._logits_under_grad))
@@ -199,10 +201,10 @@ class FunctionalModel:
 
     def _loss(self, params, x, y, valid, n, masks):
         logits = self._call(params, x, masks)
-        ce = F.cross_entropy(logits.float(), y, reduction="none")
+        ce = example_losses(logits, y)
         loss = torch.where(valid, ce, 0.0).sum() / n.clamp(min=1)
-        correct = ((logits.argmax(-1) == y) & valid).sum()
-        return loss, correct
+        correct, counted = accuracy_counts(logits, y, valid, self.ignore_ids)
+        return loss, (correct, counted)
 
     def _logits(self, params, x):
         return self._call(params, x, ())
@@ -221,31 +223,37 @@ class FunctionalModel:
         valid: torch.Tensor,
         n: torch.Tensor,
         masks: Sequence[torch.Tensor],
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Per-client gradients, mean losses ``(K,)`` and correct counts ``(K,)`` of a step:
-        ``x`` ``(K, B, *row)``, labels, ``valid`` ``(K, B)`` (False: padding), real batch
-        sizes ``n`` ``(K,)``, the masks of :meth:`probe`'s layers ``(K, B, *per)``."""
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-client gradients, mean losses ``(K,)`` and accuracy counts (correct, counted
+        targets; ``(K,)`` each) of a step: ``x`` ``(K, B, *row)``, labels ``(K, B,
+        *label)``, ``valid`` ``(K, B)`` (False: padding), real batch sizes ``n`` ``(K,)``,
+        the masks of :meth:`probe`'s layers ``(K, B, *per)``."""
         self.model.train()
-        grads, (loss, correct) = self._train_fn(params, x, y, valid, n, tuple(masks))
-        return grads, loss, correct
+        grads, (loss, counts) = self._train_fn(params, x, y, valid, n, tuple(masks))
+        return grads, loss, counts
 
     @torch.no_grad()
     def logits(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Evaluation-mode logits ``(K, B, classes)`` of the K clients on ``x``."""
+        """Evaluation-mode logits ``(K, B, classes, *label)`` of the K clients on ``x``."""
         self.model.eval()
         return self._eval_fns[self._eval_under_grad](params, x)
 
     # -- the dry run -----------------------------------------------------------------------
-    def probe(self, row: tuple[int, ...], dtype: torch.dtype) -> list[MaskLayer]:
+    def probe(
+        self, row: tuple[int, ...], dtype: torch.dtype, label: tuple[int, ...] = ()
+    ) -> list[MaskLayer]:
         """The dropout calls of a forward pass on examples of shape ``row`` (recorded on one
         example), after checking that vmap batches training and evaluation (two clients of
-        two examples); ``NotBatchable`` with the reason otherwise. Once per row and dtype."""
-        key = (tuple(row), dtype)
+        two examples, labels of shape ``label`` each); ``NotBatchable`` with the reason
+        otherwise. Once per row, dtype and label shape."""
+        key = (tuple(row), dtype, tuple(label))
         if key not in self._probed:
-            self._probed[key] = self._dry_run(tuple(row), dtype)
+            self._probed[key] = self._dry_run(tuple(row), dtype, tuple(label))
         return self._probed[key]
 
-    def _dry_run(self, row: tuple[int, ...], dtype: torch.dtype) -> list[MaskLayer]:
+    def _dry_run(
+        self, row: tuple[int, ...], dtype: torch.dtype, label: tuple[int, ...]
+    ) -> list[MaskLayer]:
         one = torch.zeros((1, *row), dtype=dtype, device=self.device)
         self.model.train()
         self.feed.record = []
@@ -264,10 +272,12 @@ class FunctionalModel:
             if layer.kind == "bernoulli" and not contiguous:
                 raise NotBatchable("nn.Dropout on a non-contiguous input (masks follow its layout)")
         layers = [layer for layer, _, _ in recorded]
-        self._check_vmap(row, dtype, layers)
+        self._check_vmap(row, dtype, label, layers)
         return layers
 
-    def _check_vmap(self, row: tuple[int, ...], dtype: torch.dtype, layers: list[MaskLayer]):
+    def _check_vmap(
+        self, row: tuple[int, ...], dtype: torch.dtype, label: tuple[int, ...], layers: list
+    ) -> list[MaskLayer]:
         K, B = 2, 2
         params = {
             n: p.detach().unsqueeze(0).expand(K, *p.shape).contiguous()
@@ -275,7 +285,7 @@ class FunctionalModel:
         }
         x = torch.zeros((K, B, *row), dtype=dtype, device=self.device)
         masks = [torch.ones((K, B, *m.per), dtype=m.dtype, device=self.device) for m in layers]
-        y = torch.zeros((K, B), dtype=torch.long, device=self.device)
+        y = torch.zeros((K, B, *label), dtype=torch.long, device=self.device)
         valid = torch.ones((K, B), dtype=torch.bool, device=self.device)
         n = torch.full((K,), B, device=self.device)
         with torch.random.fork_rng(devices=[]):
@@ -299,14 +309,38 @@ class FunctionalModel:
         return layers
 
 
-def input_rows(model: nn.Module) -> tuple[tuple[int, ...], torch.dtype] | None:
-    """One example's feature shape and dtype from the model's declared ``input_spec``
-    (``None`` when it declares none or leaves a size open)."""
+def example_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each example's cross-entropy ``(B,)``: logits ``(B, classes, *label)``, labels ``(B,
+    *label)``; for a label per position (a sequence) the mean over the example's positions,
+    so the batch mean is ``F.cross_entropy`` over the batch, as the per-client path takes it."""
+    ce = F.cross_entropy(logits.float(), y, reduction="none")
+    return ce.flatten(1).mean(1) if ce.dim() > 1 else ce
+
+
+def accuracy_counts(
+    logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, ignore_ids: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(right answers, targets counted) of a batch, as
+    :meth:`fedp13n.models.objectives.Accuracy.counts` on its valid examples (``valid``
+    ``(B,)``): the arg-max over the class axis (dim 1) equal to the target, over the
+    targets whose id is not in ``ignore_ids``."""
+    keep = valid.view(valid.shape + (1,) * (y.dim() - 1)).expand(y.shape)
+    for i in ignore_ids:
+        keep = keep & (y != i)
+    return ((logits.argmax(1) == y) & keep).sum(), keep.sum()
+
+
+def input_rows(
+    model: nn.Module,
+) -> tuple[tuple[int, ...], torch.dtype, tuple[int, ...]] | None:
+    """One example's feature shape and dtype, and its label shape, from the model's
+    declared ``input_spec`` (``None`` when it declares none or leaves a size open)."""
     spec = getattr(model, "input_spec", None)
     shape = getattr(spec, "x_shape", None)
-    if not isinstance(shape, tuple) or any(d is None for d in shape):
+    label = getattr(spec, "y_shape", ())
+    if not isinstance(shape, tuple) or any(d is None for d in (*shape, *label)):
         return None
-    return shape, getattr(spec, "x_dtype", None) or torch.float32
+    return shape, getattr(spec, "x_dtype", None) or torch.float32, tuple(label)
 
 
 def refusal(model_fn: ModelFn, device: torch.device | str = "cpu") -> str:

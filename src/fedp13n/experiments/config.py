@@ -609,8 +609,10 @@ class ExperimentConfig(TrainingSettings):
                 flag = field_flag(next(f for f in dataclasses.fields(self) if f.name == key))
                 raise ConfigError(f"{key} is empty; give a folder ({flag} DIR) or leave {key} out.")
         self._validate_task()
-        if self.dataset == "leaf" and not self.data_dir:
-            raise ConfigError("dataset 'leaf' needs data_dir (a folder with train/ and test/).")
+        if self.dataset in ("leaf", "shakespeare-leaf") and not self.data_dir:
+            raise ConfigError(
+                f"dataset {self.dataset!r} needs data_dir (a folder with train/ and test/)."
+            )
         _check_choice("executor", self.executor, EXECUTOR_KINDS)
         self.validate_training("")
         self._validate_stages()
@@ -671,6 +673,11 @@ class ExperimentConfig(TrainingSettings):
                     "only_digits selects EMNIST's digits; it does not apply to your own "
                     f"dataset {self.dataset!r} (drop it)."
                 )
+        elif self.only_digits and not _takes_setting(spec.loader, "only_digits"):
+            raise ConfigError(
+                f"only_digits selects EMNIST's digits; task {self.task!r} has no such "
+                "option (drop only_digits / --only-digits)."
+            )
         elif self.num_classes is not None:
             raise ConfigError(
                 f"num_classes is for a dataset of your own; task {self.task!r} sets its "
@@ -884,6 +891,14 @@ class ExperimentConfig(TrainingSettings):
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _takes_setting(path: str, name: str) -> bool:
+    """Whether the function at ``path`` (a task's loader) takes the setting ``name``."""
+    import inspect
+
+    params = inspect.signature(resolve_import_path(path, "task loader")).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def with_loss(builder: Any, loss_fn: Any) -> Any:

@@ -97,6 +97,20 @@ def is_cross_entropy(loss_fn: Any) -> bool:
     return loss_fn is F.cross_entropy
 
 
+def engine_ignore_ids(loss_fn: Any, metric_fn: Any = None) -> tuple[int, ...] | None:
+    """What the multi-client engine computes for ``loss_fn`` (and a training ``metric_fn``,
+    by default the loss's accuracy): the accuracy's ``ignore_ids`` when the loss is
+    ``F.cross_entropy`` (plain or a :class:`TaskLoss`'s) and the metric an
+    :class:`Accuracy` or :func:`accuracy`, else None (the engine does not serve it)."""
+    plain = loss_fn.loss_fn if isinstance(loss_fn, TaskLoss) else loss_fn
+    if plain is not F.cross_entropy:
+        return None
+    metric = accuracy_of(loss_fn) if metric_fn is None else metric_fn
+    if metric is accuracy:
+        return ()
+    return metric.ignore_ids if isinstance(metric, Accuracy) else None
+
+
 def is_plain_accuracy(metric_fn: Any) -> bool:
     """Whether ``metric_fn`` is :func:`accuracy` or an :class:`Accuracy` counting every target."""
     return metric_fn is accuracy or (isinstance(metric_fn, Accuracy) and not metric_fn.ignore_ids)

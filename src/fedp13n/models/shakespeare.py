@@ -192,10 +192,11 @@ class ShakespeareRNN(nn.Module):
         nn.init.uniform_(self.embedding.weight, -0.05, 0.05)  # Keras' 'uniform'
         nn.init.xavier_uniform_(self.dense.weight)  # Keras' Dense defaults
         nn.init.zeros_(self.dense.bias)
+        # int32 ids: what fedp13n.data.shakespeare stores (forward takes int64 too)
         self.input_spec = InputSpec(
             x_shape=(sequence_length,),
             y_shape=(sequence_length,),
-            x_dtype=torch.int64,
+            x_dtype=torch.int32,
             y_dtype=torch.int64,
         )
 

@@ -286,10 +286,13 @@ def _engine_plan(engine, model_fn, baseline_evaluate_fn, strategies) -> list | N
 def _evaluate_with_engine(engine, specs, job, weights, tasks, executor, run_seed):
     """Baseline and batchable strategies on the engine, the rest per client; merged in
     the strategies' order."""
+    from fedp13n.personalization.p13n_utils import baseline_ignore_ids
+
     clients = [(t.client_id, t.train_data, t.test_data) for t in tasks]
     batched = engine.personalize(
-        weights, clients, [s for s in specs if s is not None], seed=run_seed, baseline=True
-    )
+        weights, clients, [s for s in specs if s is not None], seed=run_seed, baseline=True,
+        ignore_ids=baseline_ignore_ids(job.baseline_evaluate_fn),
+    )  # fmt: skip
     rest = tuple(st for st, spec in zip(job.strategies, specs, strict=True) if spec is None)
     per_client = None
     if rest:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedp13n.client.program import EVAL_BATCH_SIZE, LocalTraining, evaluate, generator_from_torch
-from fedp13n.models.objectives import is_cross_entropy
+from fedp13n.models.objectives import engine_ignore_ids
 from fedp13n.personalization.inputs import as_client_dataset
 from fedp13n.utils.checks import check_bool, check_positive_int
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
@@ -76,10 +76,10 @@ def build_evaluate_fn(
 
 
 def is_default_evaluate_fn(fn: Any) -> bool:
-    """Whether ``fn`` computes what :func:`evaluate_fn` does with its defaults
-    (cross-entropy, every target counted, batches of ``EVAL_BATCH_SIZE``): ``evaluate_fn``
-    itself or :func:`build_evaluate_fn` of such a loss (what the multi-client engine
-    computes)."""
+    """Whether ``fn`` computes what :func:`evaluate_fn` does with cross-entropy (its
+    accuracy may leave target ids out: :func:`baseline_ignore_ids`) and batches of
+    ``EVAL_BATCH_SIZE``: ``evaluate_fn`` itself or :func:`build_evaluate_fn` of such a loss
+    (what the multi-client engine computes)."""
     if fn is evaluate_fn:
         return True
     if not isinstance(fn, functools.partial) or fn.func is not evaluate_fn or fn.args:
@@ -87,9 +87,15 @@ def is_default_evaluate_fn(fn: Any) -> bool:
     kw = fn.keywords
     return (
         set(kw) <= {"loss_fn", "batch_size"}
-        and is_cross_entropy(kw.get("loss_fn", F.cross_entropy))
+        and engine_ignore_ids(kw.get("loss_fn", F.cross_entropy)) is not None
         and kw.get("batch_size", EVAL_BATCH_SIZE) == EVAL_BATCH_SIZE
     )
+
+
+def baseline_ignore_ids(fn: Any) -> tuple[int, ...]:
+    """The target ids the accuracy of an :func:`is_default_evaluate_fn` leaves out."""
+    kw = fn.keywords if isinstance(fn, functools.partial) else {}
+    return engine_ignore_ids(kw.get("loss_fn", F.cross_entropy)) or ()
 
 
 def build_personalize_fn(
