@@ -68,13 +68,18 @@ class ClientTask:
 
     ``data`` is either the client's :class:`ClientDataset` itself or a shared reference to
     a :class:`~fedp13n.data.ClientData`, in which case ``client_key`` is the client id to
-    look up in it. ``client_key`` also keys the client's random streams.
+    look up in it. ``client_key`` also keys the client's random streams. ``state``: the
+    client's own tensors kept across rounds (:meth:`fedp13n.state.ClientStateStore.get`,
+    ``None`` for none), carried by value with the task so that a retried task starts
+    from the same state; the new state comes back in ``ClientOutput.state`` and only the
+    lead process writes it.
     """
 
     weights: SharedRef
     data: ClientDataset | SharedRef
     client_key: int | str
     round_num: int
+    state: dict[str, torch.Tensor] | None = None
 
 
 # One model per worker process and ClientWork, reused across tasks and rounds: building a
