@@ -1,5 +1,6 @@
-"""Training algorithms: weighted FedAvg (McMahan et al. 2017), its checkpoints, and the
-centralized baseline (SGD on the pooled examples of the clients).
+"""Training algorithms: weighted FedAvg (McMahan et al. 2017) and FedProx (Li et al. 2020,
+its ``proximal_mu``), their checkpoints, and the centralized baseline (SGD on the pooled
+examples of the clients).
 
 Names are imported on first use (PEP 562): importing the package costs nothing."""
 
@@ -21,6 +22,7 @@ _EXPORTS = {
     "build_weighted_fed_avg": "fedp13n.algorithms.fed_avg",
     "latest_checkpoint": "fedp13n.algorithms.checkpoint",
     "load_checkpoint": "fedp13n.algorithms.checkpoint",
+    "proximal_penalty": "fedp13n.algorithms.fedprox",
     "sample_clients": "fedp13n.algorithms.fed_avg",
     "save_checkpoint": "fedp13n.algorithms.checkpoint",
 }
@@ -40,6 +42,7 @@ __all__ = [
     "build_weighted_fed_avg",
     "latest_checkpoint",
     "load_checkpoint",
+    "proximal_penalty",
     "sample_clients",
     "save_checkpoint",
 ]

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedp13n.algorithms.fedprox import proximal_penalty
 from fedp13n.client.program import LocalTraining
 from fedp13n.client.result import ClientOutput
 from fedp13n.data.client_data import ClientDataset
@@ -106,7 +107,8 @@ class ClientWork:
     :func:`~fedp13n.data.pipeline.batch_plan`; ``epochs=None`` needs ``max_steps``). The
     weight of the client's update (``ClientOutput.num_examples``) is its number of
     examples under ``"epochs"`` (fedp13n's convention) and the number of examples it
-    processed under ``"tff"`` (TFF's ``ClientWeighting.NUM_EXAMPLES``).
+    processed under ``"tff"`` (TFF's ``ClientWeighting.NUM_EXAMPLES``). ``proximal_mu``
+    > 0 is FedProx's client (:mod:`fedp13n.algorithms.fedprox`).
     """
 
     model_fn: ModelFn
@@ -120,6 +122,9 @@ class ClientWork:
     pipeline: str = DEFAULT_CLIENT_PIPELINE
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     max_steps: int | None = None
+    #: FedProx's mu (:mod:`fedp13n.algorithms.fedprox`): the local loss gets
+    #: ``mu/2 * ||w - w_global||^2`` over the trainable parameters; 0 (default) is FedAvg.
+    proximal_mu: float = 0.0
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
@@ -150,6 +155,9 @@ class ClientWork:
     ) -> ClientOutput:
         model.load_state_dict(weights)
         names = trainable_names(model)
+        penalty = None
+        if self.proximal_mu:
+            penalty = proximal_penalty(model, weights, self.proximal_mu, names)
         stats = LocalTraining(
             self.optimizer_fn,
             self.loss_fn,
@@ -160,6 +168,7 @@ class ClientWork:
             shuffle_buffer=self.shuffle_buffer,
             max_steps=self.max_steps,
             trainable=names,
+            penalty=penalty,
             metric_fn=self.metric_fn,
         ).run(
             model,

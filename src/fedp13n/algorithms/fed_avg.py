@@ -61,6 +61,7 @@ from fedp13n.algorithms.client_update import (
     buffer_names,
     trainable_names,
 )
+from fedp13n.algorithms.fedprox import check_proximal_mu
 from fedp13n.data.client_data import ClientData, ClientDataset, features_to_tensor
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER, PIPELINES
 from fedp13n.execution.base import Executor, SharedRef
@@ -221,6 +222,7 @@ class WeightedFedAvg:
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         max_steps: int | None = None,
         compute: Compute = Compute(),
+        proximal_mu: float = 0.0,
     ) -> None:
         self.model_fn = model_fn
         self.engine = compute.engine
@@ -240,6 +242,7 @@ class WeightedFedAvg:
             pipeline=client_pipeline,
             shuffle_buffer=shuffle_buffer,
             max_steps=max_steps,
+            proximal_mu=proximal_mu,
             compute=compute.without_engine(),
         )
         self._server_model: nn.Module | None = None
@@ -564,6 +567,7 @@ def build_weighted_fed_avg(
     device: str | None = None,
     deterministic: bool = True,
     compute: Compute | None = None,
+    proximal_mu: float = 0.0,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -602,6 +606,11 @@ def build_weighted_fed_avg(
     shuffle buffer of ``"tff"``; ``max_steps`` (default ``None``: no limit) is
     ``.take(max_steps)``, at most that many local steps, and with it ``client_epochs=None``
     repeats the data until ``max_steps`` batches exist (K local steps, not epochs).
+
+    ``proximal_mu`` (default 0: FedAvg, bit for bit) makes it FedProx (Li et al. 2020,
+    :mod:`fedp13n.algorithms.fedprox`): each client's loss gets ``mu/2 * ||w -
+    w_global||^2``. The multi-client engine does not batch the term: with ``mu > 0`` the
+    round's clients run one task each, said once.
     """
     check_model_fn(model_fn)
     check_seed(seed)
@@ -623,8 +632,14 @@ def build_weighted_fed_avg(
     compute = Compute.given(
         compute, device=device, precision=precision, deterministic=deterministic, engine=engine
     )
+    proximal_mu = check_proximal_mu(proximal_mu)
     if compute.engine is not None:
         usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
+        if usable is not None and proximal_mu:
+            from fedp13n.engine import note_fallback
+
+            note_fallback("the engine does not batch FedProx's proximal term (proximal_mu > 0)")
+            usable = None
         compute = compute if usable is not None else compute.without_engine()
     return WeightedFedAvg(
         model_fn,
@@ -642,6 +657,7 @@ def build_weighted_fed_avg(
         shuffle_buffer=int(shuffle_buffer),
         max_steps=None if max_steps is None else int(max_steps),
         compute=compute,
+        proximal_mu=proximal_mu,
     )
 
 

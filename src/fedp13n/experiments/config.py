@@ -40,6 +40,7 @@ from fedp13n.tasks.registry import DEFAULT_TASK, TASK_NAMES, get_task, models_te
 from fedp13n.utils.checks import (
     check_fraction,
     check_non_negative_int,
+    check_non_negative_number,
     check_positive_int,
     check_positive_number,
 )
@@ -145,6 +146,12 @@ class TrainingSettings:
     server_beta1: float = setting(0.9, help="Server Adam beta1.", panel="Training")
     server_beta2: float = setting(0.999, help="Server Adam beta2.", panel="Training")
     server_epsilon: float = setting(1e-8, help="Server Adam epsilon.", panel="Training")
+    proximal_mu: float = setting(
+        0.0,
+        help="FedProx's mu (Li et al. 2020): each client's loss + mu/2 ||w - w_global||^2; "
+        "0 = FedAvg.",
+        panel="Training",
+    )
 
     def validate_training(self, where: str) -> None:
         check_non_negative_int(f"{where}rounds", self.rounds, ConfigError)
@@ -162,6 +169,9 @@ class TrainingSettings:
             check_positive_number(f"{where}{key}", getattr(self, key), ConfigError)
         for key in ("client_momentum", "server_momentum", "server_beta1", "server_beta2"):
             check_fraction(f"{where}{key}", getattr(self, key), error=ConfigError)
+        check_non_negative_number(
+            f"{where}proximal_mu", self.proximal_mu, ConfigError, " (FedProx's mu; 0 = FedAvg)"
+        )
 
 
 TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingSettings))

@@ -208,6 +208,7 @@ def build_stage_process(
         seed=config.seed,
         executor=executor,
         compute=compute,
+        proximal_mu=stage.proximal_mu,
         **extra,
     )
 
