@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedp13n.algorithms.fedper import with_personal_state
 from fedp13n.algorithms.fedprox import proximal_penalty
 from fedp13n.client.program import LocalTraining
 from fedp13n.client.result import ClientOutput
@@ -108,7 +109,10 @@ class ClientWork:
     weight of the client's update (``ClientOutput.num_examples``) is its number of
     examples under ``"epochs"`` (fedp13n's convention) and the number of examples it
     processed under ``"tff"`` (TFF's ``ClientWeighting.NUM_EXAMPLES``). ``proximal_mu``
-    > 0 is FedProx's client (:mod:`fedp13n.algorithms.fedprox`).
+    > 0 is FedProx's client (:mod:`fedp13n.algorithms.fedprox`). ``personal`` (parameter
+    names) makes it FedPer's client (:mod:`fedp13n.algorithms.fedper`): those parameters
+    start from the task's ``state`` (the global ones when it is None), train with the
+    rest, and come back as the result's ``state``, not in its delta.
     """
 
     model_fn: ModelFn
@@ -125,6 +129,8 @@ class ClientWork:
     #: FedProx's mu (:mod:`fedp13n.algorithms.fedprox`): the local loss gets
     #: ``mu/2 * ||w - w_global||^2`` over the trainable parameters; 0 (default) is FedAvg.
     proximal_mu: float = 0.0
+    #: FedPer's personal parameters (:mod:`fedp13n.algorithms.fedper`); () for none.
+    personal: tuple[str, ...] = ()
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
@@ -153,11 +159,14 @@ class ClientWork:
         task: ClientTask,
         device: torch.device,
     ) -> ClientOutput:
+        if self.personal:
+            weights = with_personal_state(weights, task.state)
         model.load_state_dict(weights)
         names = trainable_names(model)
+        shared = [n for n in names if n not in self.personal]
         penalty = None
         if self.proximal_mu:
-            penalty = proximal_penalty(model, weights, self.proximal_mu, names)
+            penalty = proximal_penalty(model, weights, self.proximal_mu, shared)
         stats = LocalTraining(
             self.optimizer_fn,
             self.loss_fn,
@@ -178,16 +187,17 @@ class ClientWork:
         )
         params = dict(model.named_parameters())
         with torch.no_grad():
-            delta = {n: (weights[n] - params[n].detach().cpu()).clone() for n in names}
-            state = model.state_dict()
-            buffers = {n: state[n].detach().cpu().clone() for n in buffer_names(model)}
+            delta = {n: (weights[n] - params[n].detach().cpu()).clone() for n in shared}
+            model_state = model.state_dict()
+            buffers = {n: model_state[n].detach().cpu().clone() for n in buffer_names(model)}
+            state = {n: params[n].detach().cpu().clone() for n in self.personal} or None
             finite = math.isfinite(stats.loss_sum) and all(
                 bool(torch.isfinite(t).all())
-                for t in (*delta.values(), *buffers.values())
+                for t in (*delta.values(), *buffers.values(), *(state or {}).values())
                 if t.is_floating_point()
             )
         if not finite:
-            delta = buffers = None
+            delta = buffers = state = None
         return ClientOutput(
             delta=delta,
             buffers=buffers,
@@ -196,4 +206,5 @@ class ClientWork:
             loss_sum=stats.loss_sum,
             metric_sum=stats.metric_sum,
             finite=finite,
+            state=state,
         )
