@@ -41,6 +41,8 @@ CHANGED = {
     "server_beta2": (0.99, "0.99"),
     "server_epsilon": (1e-6, "1e-06"),
     "proximal_mu": (0.01, "0.01"),
+    "method": ("fedper", "fedper"),
+    "personal_layers": ("fc1,fc2", "fc1,fc2"),
     "model": ("fedavg_cnn", "fedavg_cnn"),
     "loss": ("torch.nn.functional:nll_loss", "torch.nn.functional:nll_loss"),
     "num_classes": (5, "5"),

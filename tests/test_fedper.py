@@ -7,7 +7,9 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +19,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typer.testing import CliRunner
 
 from fedp13n.algorithms import build_fedper, build_weighted_fed_avg, fedper_state_spec
 from fedp13n.algorithms.fed_avg import ClientSelection
+from fedp13n.cli.main import app
 from fedp13n.data.client_data import ClientData, ClientDataset
 from fedp13n.execution import InProcessExecutor, LocalProcessExecutor
+from fedp13n.rundir import layout as rd
 from fedp13n.state import ClientStateStore
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get the models by value
@@ -214,3 +219,110 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         build_fedper(_mlp, other, personal_layers="fc9")
     with pytest.raises(ValueError, match="keeps none: leave them out"):
         build_weighted_fed_avg(_mlp, client_state=other)
+
+
+RUN = [
+    "run", "--dataset", "synthetic", "--synthetic-clients", "20", "--rounds", "6",
+    "--clients-per-round", "3", "--local-epochs", "1", "--num-eval-clients", "3",
+    "--checkpoint-every", "1", "--keep-checkpoints", "2", "--executor", "in-process",
+    "--no-progress", "--no-report", "--strategy", "sgd:0.02", "--p13n-epochs", "1",
+    "--method", "fedper",
+]  # fmt: skip
+
+
+def _client_state(run_dir: Path) -> tuple[list, dict]:
+    store = ClientStateStore.open(run_dir / rd.CLIENT_STATE)
+    rows = {name: np.array(store.array(name)) for name in store.spec}
+    return [c for c in store.client_ids if store.initialised(c)], rows
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_give_the_same_weights_and_client_state(tmp_path):
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "fedp13n.cli.main", *RUN, "--output-dir", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        # killed as round 3's commit ends: usually before its checkpoint, so --resume from
+        # round 2 must undo the commit of round 3
+        index = killed / rd.CLIENT_STATE / "index.json"
+        while not (index.is_file() and '"round":3,' in index.read_text()):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no round 3 after 120 s"
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (killed / rd.GLOBAL_WEIGHTS).exists(), "killed too late to test resuming"
+    res = CliRunner().invoke(app, [*RUN, "--output-dir", str(killed), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "resumed from" in res.output and "client state:" in res.output
+    straight = tmp_path / "straight"
+    res = CliRunner().invoke(app, [*RUN, "--output-dir", str(straight)])
+    assert res.exit_code == 0, res.output
+
+    w1 = torch.load(killed / rd.GLOBAL_WEIGHTS, weights_only=True)
+    w2 = torch.load(straight / rd.GLOBAL_WEIGHTS, weights_only=True)
+    assert all(torch.equal(w1[k], w2[k]) for k in w2)
+    ids1, rows1 = _client_state(killed)
+    ids2, rows2 = _client_state(straight)
+    assert ids1 == ids2 and len(ids2) >= 6  # 6 rounds of 3 clients out of 15
+    assert all(np.array_equal(rows1[n], rows2[n]) for n in rows2)
+    assert set(rows2) == {"fc2.weight", "fc2.bias"}
+    # the heads are personal: trained away from the global (initial) head, differently
+    store = ClientStateStore.open(straight / rd.CLIENT_STATE)
+    heads = [store.get(c)["fc2.weight"] for c in ids2[:2]]
+    assert not torch.equal(heads[0], w2["fc2.weight"]) and not torch.equal(*heads)
+    # generations only for what the kept checkpoints (rounds 5, 6) need
+    gens = sorted(p.name for p in (straight / rd.CLIENT_STATE / "generations").iterdir())
+    assert gens == ["round_000006.npz"]
+
+
+def test_from_the_command_line_and_toml_to_the_clients(tmp_path):
+    from fedp13n.experiments.config import ExperimentConfig
+    from fedp13n.experiments.p13n_experiment import build_stage_process
+    from fedp13n.models import emnist_conv_dropout
+    from fedp13n.utils.device import Compute
+
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        'dataset = "synthetic"\n[[stages]]\nname = "warmup"\n'
+        '[[stages]]\nname = "per"\nmethod = "fedper"\npersonal_layers = "fc1,fc2"\n'
+    )
+    config = ExperimentConfig.from_toml(toml)
+    config.validate()
+    warmup, per = config.resolved_stages()
+    assert (warmup.method, per.method) == ("fedavg", "fedper")
+    model_fn = functools.partial(emnist_conv_dropout, num_classes=62)
+    store = ClientStateStore.create(tmp_path / "s", ["x"], fedper_state_spec(model_fn, "fc1,fc2"))
+    work = build_stage_process(config, per, None, Compute(), store).client_work
+    assert work.personal == ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    assert build_stage_process(config, warmup, None, Compute()).client_work.personal == ()
+    res = CliRunner().invoke(app, ["run", "--method", "fedper", "--print-config"])
+    assert res.exit_code == 0, res.output
+    assert 'method = "fedper"' in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "fedrep"], "method 'fedrep' is not one of ('fedavg', 'fedper')"),
+        (["--stage", "centralized:method=fedper"], "stage 'centralized' is centralized (SGD on"),
+        (["--method", "fedper", "--personal-layers", "fc1,,fc2"], "personal_layers must name"),
+        (
+            ["--stage", "a:method=fedper", "--stage", "b:method=fedper,personal_layers=fc1"],
+            "the stages keep different personal_layers",
+        ),
+    ],
+)
+def test_bad_configurations_are_one_line_errors(args, message):
+    res = CliRunner().invoke(app, ["run", *args, "--print-config"])
+    assert res.exit_code == 2
+    assert message in " ".join(res.output.split())
+
+
+def test_personal_layers_the_model_lacks_stop_the_run_before_training(tmp_path):
+    res = CliRunner().invoke(app, [*RUN, "--personal-layers", "fc9", "--output-dir", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "personal_layers: 'fc9' names no layer of EmnistConvDropout" in res.output
+    assert not (tmp_path / rd.FEDAVG_METRICS).exists()

@@ -24,12 +24,11 @@ delta; with SGD lr 1.0 and no momentum, the paper's plain average). With
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from fedp13n.models.heads import head_parameter_names
+if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads METHODS
+    import torch
+    from torch import nn
 
 #: The training methods of a stage, each a small module on the client program, and what
 #: each keeps per client (None: nothing). The one place that names them.
@@ -74,6 +73,8 @@ def personal_parameter_names(
 ) -> tuple[str, ...]:
     """The trainable parameters ``personal_layers`` names (None: the last layer with
     parameters), in model order; a one-line ValueError listing the valid names."""
+    from fedp13n.models.heads import head_parameter_names
+
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     try:
         names = head_parameter_names(model, parse_personal_layers(personal_layers))
@@ -87,6 +88,8 @@ def fedper_state_spec(
 ) -> dict[str, tuple[tuple[int, ...], str]]:
     """The :class:`~fedp13n.state.ClientStateStore` spec FedPer keeps for each client:
     the personal parameters' names, shapes and dtypes."""
+    import torch
+
     from fedp13n.state.store import state_spec
 
     with torch.random.fork_rng(devices=[]):
