@@ -43,12 +43,14 @@ _EXPORTS = {
     "build_personalize_fn": "fedp13n.personalization.p13n_utils",
     "evaluate_fn": "fedp13n.personalization.p13n_utils",
     "write_personalization_report": "fedp13n.reporting.result_report",
+    "ClientStateStore": "fedp13n.state.store",
 }
 
 __all__ = [
     "ClientData",
     "ClientDataset",
     "ClientSelection",
+    "ClientStateStore",
     "Executor",
     "InProcessExecutor",
     "PersonalizationResult",
@@ -103,3 +105,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     )
     from fedp13n.personalization.result import PersonalizationResult
     from fedp13n.reporting.result_report import write_personalization_report
+    from fedp13n.state.store import ClientStateStore

@@ -1,5 +1,6 @@
-"""Training algorithms: weighted FedAvg (McMahan et al. 2017), its checkpoints, and the
-centralized baseline (SGD on the pooled examples of the clients).
+"""Training algorithms: weighted FedAvg (McMahan et al. 2017), FedProx (Li et al. 2020,
+its ``proximal_mu``), FedPer (Arivazhagan et al. 2019, a personal head per client), their
+checkpoints, and the centralized baseline (SGD on the pooled examples of the clients).
 
 Names are imported on first use (PEP 562): importing the package costs nothing."""
 
@@ -16,11 +17,15 @@ _EXPORTS = {
     "RoundMetrics": "fedp13n.algorithms.fed_avg",
     "ServerState": "fedp13n.algorithms.fed_avg",
     "WeightedFedAvg": "fedp13n.algorithms.fed_avg",
+    "METHODS": "fedp13n.algorithms.fedper",
     "accuracy": "fedp13n.algorithms.client_update",
+    "build_fedper": "fedp13n.algorithms.fedper",
+    "fedper_state_spec": "fedp13n.algorithms.fedper",
     "build_centralized": "fedp13n.algorithms.centralized",
     "build_weighted_fed_avg": "fedp13n.algorithms.fed_avg",
     "latest_checkpoint": "fedp13n.algorithms.checkpoint",
     "load_checkpoint": "fedp13n.algorithms.checkpoint",
+    "proximal_penalty": "fedp13n.algorithms.fedprox",
     "sample_clients": "fedp13n.algorithms.fed_avg",
     "save_checkpoint": "fedp13n.algorithms.checkpoint",
 }
@@ -35,11 +40,15 @@ __all__ = [
     "RoundMetrics",
     "ServerState",
     "WeightedFedAvg",
+    "METHODS",
     "accuracy",
     "build_centralized",
+    "build_fedper",
     "build_weighted_fed_avg",
+    "fedper_state_spec",
     "latest_checkpoint",
     "load_checkpoint",
+    "proximal_penalty",
     "sample_clients",
     "save_checkpoint",
 ]

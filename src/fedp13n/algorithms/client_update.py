@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedp13n.algorithms.fedper import with_personal_state
+from fedp13n.algorithms.fedprox import proximal_penalty
 from fedp13n.client.program import LocalTraining
 from fedp13n.client.result import ClientOutput
 from fedp13n.data.client_data import ClientDataset
@@ -68,13 +70,18 @@ class ClientTask:
 
     ``data`` is either the client's :class:`ClientDataset` itself or a shared reference to
     a :class:`~fedp13n.data.ClientData`, in which case ``client_key`` is the client id to
-    look up in it. ``client_key`` also keys the client's random streams.
+    look up in it. ``client_key`` also keys the client's random streams. ``state``: the
+    client's own tensors kept across rounds (:meth:`fedp13n.state.ClientStateStore.get`,
+    ``None`` for none), carried by value with the task so that a retried task starts
+    from the same state; the new state comes back in ``ClientOutput.state`` and only the
+    lead process writes it.
     """
 
     weights: SharedRef
     data: ClientDataset | SharedRef
     client_key: int | str
     round_num: int
+    state: dict[str, torch.Tensor] | None = None
 
 
 # One model per worker process and ClientWork, reused across tasks and rounds: building a
@@ -101,7 +108,11 @@ class ClientWork:
     :func:`~fedp13n.data.pipeline.batch_plan`; ``epochs=None`` needs ``max_steps``). The
     weight of the client's update (``ClientOutput.num_examples``) is its number of
     examples under ``"epochs"`` (fedp13n's convention) and the number of examples it
-    processed under ``"tff"`` (TFF's ``ClientWeighting.NUM_EXAMPLES``).
+    processed under ``"tff"`` (TFF's ``ClientWeighting.NUM_EXAMPLES``). ``proximal_mu``
+    > 0 is FedProx's client (:mod:`fedp13n.algorithms.fedprox`). ``personal`` (parameter
+    names) makes it FedPer's client (:mod:`fedp13n.algorithms.fedper`): those parameters
+    start from the task's ``state`` (the global ones when it is None), train with the
+    rest, and come back as the result's ``state``, not in its delta.
     """
 
     model_fn: ModelFn
@@ -115,6 +126,11 @@ class ClientWork:
     pipeline: str = DEFAULT_CLIENT_PIPELINE
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     max_steps: int | None = None
+    #: FedProx's mu (:mod:`fedp13n.algorithms.fedprox`): the local loss gets
+    #: ``mu/2 * ||w - w_global||^2`` over the trainable parameters; 0 (default) is FedAvg.
+    proximal_mu: float = 0.0
+    #: FedPer's personal parameters (:mod:`fedp13n.algorithms.fedper`); () for none.
+    personal: tuple[str, ...] = ()
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
@@ -143,8 +159,14 @@ class ClientWork:
         task: ClientTask,
         device: torch.device,
     ) -> ClientOutput:
+        if self.personal:
+            weights = with_personal_state(weights, task.state)
         model.load_state_dict(weights)
         names = trainable_names(model)
+        shared = [n for n in names if n not in self.personal]
+        penalty = None
+        if self.proximal_mu:
+            penalty = proximal_penalty(model, weights, self.proximal_mu, shared)
         stats = LocalTraining(
             self.optimizer_fn,
             self.loss_fn,
@@ -155,6 +177,7 @@ class ClientWork:
             shuffle_buffer=self.shuffle_buffer,
             max_steps=self.max_steps,
             trainable=names,
+            penalty=penalty,
             metric_fn=self.metric_fn,
         ).run(
             model,
@@ -164,16 +187,17 @@ class ClientWork:
         )
         params = dict(model.named_parameters())
         with torch.no_grad():
-            delta = {n: (weights[n] - params[n].detach().cpu()).clone() for n in names}
-            state = model.state_dict()
-            buffers = {n: state[n].detach().cpu().clone() for n in buffer_names(model)}
+            delta = {n: (weights[n] - params[n].detach().cpu()).clone() for n in shared}
+            model_state = model.state_dict()
+            buffers = {n: model_state[n].detach().cpu().clone() for n in buffer_names(model)}
+            state = {n: params[n].detach().cpu().clone() for n in self.personal} or None
             finite = math.isfinite(stats.loss_sum) and all(
                 bool(torch.isfinite(t).all())
-                for t in (*delta.values(), *buffers.values())
+                for t in (*delta.values(), *buffers.values(), *(state or {}).values())
                 if t.is_floating_point()
             )
         if not finite:
-            delta = buffers = None
+            delta = buffers = state = None
         return ClientOutput(
             delta=delta,
             buffers=buffers,
@@ -182,4 +206,5 @@ class ClientWork:
             loss_sum=stats.loss_sum,
             metric_sum=stats.metric_sum,
             finite=finite,
+            state=state,
         )

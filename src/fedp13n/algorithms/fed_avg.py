@@ -61,6 +61,7 @@ from fedp13n.algorithms.client_update import (
     buffer_names,
     trainable_names,
 )
+from fedp13n.algorithms.fedprox import check_proximal_mu
 from fedp13n.data.client_data import (
     ClientData,
     ClientDataset,
@@ -232,8 +233,15 @@ class WeightedFedAvg:
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         max_steps: int | None = None,
         compute: Compute = Compute(),
+        proximal_mu: float = 0.0,
+        personal: tuple[str, ...] = (),
+        client_state: Any = None,
     ) -> None:
         self.model_fn = model_fn
+        #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
+        #: ClientStateStore that the caller commits (None: no state is kept)
+        self.client_state = client_state
+        self.personal = tuple(personal)
         self.engine = compute.engine
         self.server_optimizer_fn = server_optimizer_fn
         self.seed = seed
@@ -251,6 +259,8 @@ class WeightedFedAvg:
             pipeline=client_pipeline,
             shuffle_buffer=shuffle_buffer,
             max_steps=max_steps,
+            proximal_mu=proximal_mu,
+            personal=tuple(personal),
             compute=compute.without_engine(),
         )
         self._server_model: nn.Module | None = None
@@ -300,6 +310,7 @@ class WeightedFedAvg:
             weights_ref = self.executor.share(self.get_model_weights(state))
             tasks = self._tasks(client_datasets, datasets, keys, weights_ref, round_num)
             outputs: list[ClientOutput] = self.executor.map(self.client_work, tasks)
+            self._keep_states(keys, outputs)
 
         contributing = [o for o in outputs if o.finite]
         total = sum(o.num_examples for o in contributing)
@@ -400,15 +411,30 @@ class WeightedFedAvg:
         weights_ref: SharedRef,
         round_num: int,
     ) -> list[ClientTask]:
+        store = self.client_state
+        states = [store.get(k) if store is not None else None for k in keys]
         if isinstance(client_datasets, ClientSelection):
             cd = client_datasets.client_data
             ref = self._shared_data.get(cd)
             if ref is None:
                 ref = self._shared_data[cd] = self.executor.share(cd)
-            return [ClientTask(weights_ref, ref, c, round_num) for c in keys]
+            return [
+                ClientTask(weights_ref, ref, c, round_num, s)
+                for c, s in zip(keys, states, strict=True)
+            ]
         return [
-            ClientTask(weights_ref, d, k, round_num) for d, k in zip(datasets, keys, strict=True)
+            ClientTask(weights_ref, d, k, round_num, s)
+            for d, k, s in zip(datasets, keys, states, strict=True)
         ]
+
+    def _keep_states(self, keys: list[Any], outputs: list[ClientOutput]) -> None:
+        """Each client's new state into the store (here, in the lead process only); a
+        client whose update was not finite keeps its old state."""
+        if self.client_state is None:
+            return
+        for key, out in zip(keys, outputs, strict=True):
+            if out.finite and out.state is not None:
+                self.client_state.put(key, out.state)
 
     def _load_server_model(self, state: ServerState) -> nn.Module:
         if self._server_model is None:
@@ -432,7 +458,10 @@ class WeightedFedAvg:
         total: int,
     ) -> None:
         params = dict(model.named_parameters())
+        personal = set(self.personal)  # never averaged: the server keeps its own
         for name in trainable_names(model):
+            if name in personal:
+                continue
             p = params[name]
             p.grad = _weighted_mean([o.delta[name] for o in outputs], outputs, total).to(p.dtype)
         optimizer.step()
@@ -580,6 +609,10 @@ def build_weighted_fed_avg(
     device: str | None = None,
     deterministic: bool = True,
     compute: Compute | None = None,
+    proximal_mu: float = 0.0,
+    method: str = "fedavg",
+    personal_layers: str | Sequence[str] | None = None,
+    client_state: Any = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -618,6 +651,18 @@ def build_weighted_fed_avg(
     shuffle buffer of ``"tff"``; ``max_steps`` (default ``None``: no limit) is
     ``.take(max_steps)``, at most that many local steps, and with it ``client_epochs=None``
     repeats the data until ``max_steps`` batches exist (K local steps, not epochs).
+
+    ``proximal_mu`` (default 0: FedAvg, bit for bit) makes it FedProx (Li et al. 2020,
+    :mod:`fedp13n.algorithms.fedprox`): each client's loss gets ``mu/2 * ||w -
+    w_global||^2``. The multi-client engine does not batch the term: with ``mu > 0`` the
+    round's clients run one task each, said once.
+
+    ``method="fedper"`` (:mod:`fedp13n.algorithms.fedper`; :data:`~fedp13n.algorithms.
+    fedper.METHODS` names the methods) keeps ``personal_layers`` (default: the last layer
+    with parameters) per client in ``client_state``, a
+    :class:`fedp13n.state.ClientStateStore` of :func:`~fedp13n.algorithms.fedper.
+    fedper_state_spec` (``next`` reads and ``put`` s it; the caller commits it with its
+    checkpoints); only the rest is averaged. The engine does not run it (said once).
     """
     check_model_fn(model_fn)
     check_seed(seed)
@@ -639,8 +684,17 @@ def build_weighted_fed_avg(
     compute = Compute.given(
         compute, device=device, precision=precision, deterministic=deterministic, engine=engine
     )
+    proximal_mu = check_proximal_mu(proximal_mu)
+    personal = _personal_names(model_fn, method, personal_layers, client_state)
     if compute.engine is not None:
         usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
+        why = "FedProx's proximal term (proximal_mu > 0)" if proximal_mu else None
+        why = f"{method}'s per-client state" if personal else why
+        if usable is not None and why:
+            from fedp13n.engine import note_fallback
+
+            note_fallback(f"the engine does not batch {why}")
+            usable = None
         compute = compute if usable is not None else compute.without_engine()
     return WeightedFedAvg(
         model_fn,
@@ -658,7 +712,47 @@ def build_weighted_fed_avg(
         shuffle_buffer=int(shuffle_buffer),
         max_steps=None if max_steps is None else int(max_steps),
         compute=compute,
+        proximal_mu=proximal_mu,
+        personal=personal,
+        client_state=client_state,
     )
+
+
+def _personal_names(
+    model_fn: ModelFn, method: Any, personal_layers: Any, client_state: Any
+) -> tuple[str, ...]:
+    """The parameters ``method`` keeps per client (() for FedAvg), checked against the
+    store that is to hold them (one-line errors)."""
+    from fedp13n.algorithms.fedper import (
+        check_method,
+        fedper_state_spec,
+        keeps_state,
+        parse_personal_layers,
+    )
+    from fedp13n.state.store import ClientStateStore
+
+    method = check_method(method)
+    if not keeps_state(method):
+        if client_state is not None or personal_layers is not None:
+            raise ValueError(
+                f"client_state and personal_layers are for a method that keeps state per "
+                f"client (method='fedper'); method={method!r} keeps none: leave them out."
+            )
+        return ()
+    layers = parse_personal_layers(personal_layers)
+    spec = fedper_state_spec(model_fn, layers)
+    if not isinstance(client_state, ClientStateStore):
+        raise TypeError(
+            f"method={method!r} keeps each client's {sorted(spec)} in a ClientStateStore: pass "
+            "client_state=ClientStateStore.create(folder, client_ids, "
+            "fedper_state_spec(model_fn, personal_layers))."
+        )
+    if client_state.spec != spec:
+        raise ValueError(
+            f"client_state holds {client_state.spec}, but method={method!r} keeps {spec}; "
+            "create the store with fedper_state_spec(model_fn, personal_layers)."
+        )
+    return tuple(spec)
 
 
 def _check_callables(**fns: Any) -> None:

@@ -14,7 +14,9 @@ class ClientOutput:
     """What a client sends back. ``delta`` (trainable parameters) is initial - trained, TFF's
     sign convention, so that the server can apply it as a gradient; ``buffers`` are the
     trained values of the model's buffers (none from the engine). Both are ``None`` for a
-    non-finite update."""
+    non-finite update. ``state``: the client's new per-client tensors, for methods that
+    keep state across rounds (the lead process puts them in its
+    :class:`fedp13n.state.ClientStateStore`); ``None`` for none."""
 
     delta: dict[str, torch.Tensor] | None
     buffers: dict[str, torch.Tensor] | None
@@ -25,3 +27,4 @@ class ClientOutput:
     loss_sum: float  # sum over processed examples of the loss
     metric_sum: float  # sum over processed examples of the metric
     finite: bool
+    state: dict[str, torch.Tensor] | None = None

@@ -84,12 +84,29 @@ class MetricsCsv(Callback):
         self.rows.append(clean)
 
 
+class CommitClientState(Callback):
+    """Commit the per-client state (:class:`fedp13n.state.ClientStateStore`) after every
+    round, before anything records the round: a checkpoint of round r (the Checkpointer's,
+    or the one written on Ctrl-C) is always written after round r's commit, so resuming
+    from it can restore the state of exactly that round."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def on_round_end(self, process, state, row) -> None:
+        self.store.commit(state.round_num)
+
+
 class Checkpointer(Callback):
     """Save the server state every ``every`` rounds and at each of ``rounds`` (stage ends),
-    then delete all but the ``keep`` newest checkpoints (``keep=0``: keep all)."""
+    then delete all but the ``keep`` newest checkpoints (``keep=0``: keep all) and the
+    ``client_state`` generations that no kept checkpoint needs."""
 
-    def __init__(self, run_dir: Path, every: int, rounds: set[int], keep: int = 0) -> None:
+    def __init__(
+        self, run_dir: Path, every: int, rounds: set[int], keep: int = 0, client_state: Any = None
+    ) -> None:
         self.run_dir, self.every, self.rounds, self.keep = run_dir, every, rounds, keep
+        self.client_state = client_state
 
     def on_round_end(self, process, state, row) -> None:
         r = state.round_num
@@ -98,6 +115,8 @@ class Checkpointer(Callback):
             if self.keep:
                 for old in checkpoint_rounds(self.run_dir)[: -self.keep]:
                     rd.checkpoint_path(self.run_dir, old).unlink(missing_ok=True)
+            if self.client_state is not None:
+                self.client_state.prune(min(checkpoint_rounds(self.run_dir)))
 
 
 class LogLines(Callback):

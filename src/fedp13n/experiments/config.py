@@ -32,6 +32,7 @@ from typing import Any, get_args, get_origin
 
 import tomli_w
 
+from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, PIPELINES
 from fedp13n.data.split import MIN_CLIENTS, split_sizes
 from fedp13n.execution.base import EXECUTOR_KINDS
@@ -40,6 +41,7 @@ from fedp13n.tasks.registry import DEFAULT_TASK, TASK_NAMES, get_task, models_te
 from fedp13n.utils.checks import (
     check_fraction,
     check_non_negative_int,
+    check_non_negative_number,
     check_positive_int,
     check_positive_number,
 )
@@ -145,6 +147,32 @@ class TrainingSettings:
     server_beta1: float = setting(0.9, help="Server Adam beta1.", panel="Training")
     server_beta2: float = setting(0.999, help="Server Adam beta2.", panel="Training")
     server_epsilon: float = setting(1e-8, help="Server Adam epsilon.", panel="Training")
+    proximal_mu: float = setting(
+        0.0,
+        help="FedProx's mu (Li et al. 2020): each client's loss + mu/2 ||w - w_global||^2; "
+        "0 = FedAvg.",
+        panel="Training",
+    )
+    method: str = setting(
+        "fedavg",
+        help="What the stage trains: 'fedavg' (one global model) or 'fedper' (FedPer: a "
+        "shared body averaged by FedAvg, a personal head per client kept in the run's "
+        "client_state/).",
+        panel="Training",
+        choices=tuple(METHODS),
+    )
+    personal_layers: str | None = setting(
+        None,
+        help="FedPer's personal layers: module or parameter names, comma-separated "
+        "(e.g. 'fc1,fc2'); unset = the last layer with parameters.",
+        panel="Training",
+        default_text="the last layer",
+    )
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether the stage's method keeps tensors per client (a client-state store)."""
+        return keeps_state(self.method)
 
     def validate_training(self, where: str) -> None:
         check_non_negative_int(f"{where}rounds", self.rounds, ConfigError)
@@ -162,6 +190,14 @@ class TrainingSettings:
             check_positive_number(f"{where}{key}", getattr(self, key), ConfigError)
         for key in ("client_momentum", "server_momentum", "server_beta1", "server_beta2"):
             check_fraction(f"{where}{key}", getattr(self, key), error=ConfigError)
+        check_non_negative_number(
+            f"{where}proximal_mu", self.proximal_mu, ConfigError, " (FedProx's mu; 0 = FedAvg)"
+        )
+        _check_choice(f"{where}method", self.method, tuple(METHODS))
+        try:
+            parse_personal_layers(self.personal_layers)
+        except ValueError as e:
+            raise ConfigError(f"{where}{e}") from None
 
 
 TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingSettings))
@@ -710,6 +746,17 @@ class ExperimentConfig(TrainingSettings):
             s.validate_training(f"stage {s.name!r} " if self.stages else "")
             if s.kind is not None:
                 _check_choice(f"stage {s.name!r} kind", s.kind, STAGE_KINDS)
+            if s.resolved_kind == "centralized" and s.keeps_state:
+                raise ConfigError(
+                    f"stage {s.name!r} is centralized (SGD on pooled examples): method "
+                    f"{s.method!r} needs clients; set method = 'fedavg' there, or another kind."
+                )
+        personal = {s.personal_layers for s in stages if s.keeps_state}
+        if len(personal) > 1:
+            raise ConfigError(
+                f"the stages keep different personal_layers {sorted(map(str, personal))}; a "
+                "run keeps one client state: give every stateful stage the same layers."
+            )
 
     def _validate_counts(self) -> None:
         for key in (

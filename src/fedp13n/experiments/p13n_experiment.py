@@ -40,6 +40,7 @@ from fedp13n.data.validate import DataError
 from fedp13n.experiments.callbacks import (
     Checkpointer,
     ClientProgress,
+    CommitClientState,
     GlobalEvaluation,
     LogLines,
     MetricsCsv,
@@ -160,9 +161,14 @@ def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
 
 
 def build_stage_process(
-    config: ExperimentConfig, stage: StageConfig, executor: Any, compute: Compute
+    config: ExperimentConfig,
+    stage: StageConfig,
+    executor: Any,
+    compute: Compute,
+    client_state: Any = None,
 ) -> Any:
-    """The training process of one stage: weighted FedAvg with the stage's optimizers, or
+    """The training process of one stage: weighted FedAvg with the stage's optimizers (a
+    method that keeps state per client, e.g. FedPer, keeps it in ``client_state``), or
     for a centralized stage SGD (the client optimizer) on the pooled training examples."""
     from fedp13n.algorithms import build_weighted_fed_avg
     from fedp13n.utils.optimizers import make_optimizer_fn
@@ -196,6 +202,10 @@ def build_stage_process(
     extra: dict[str, Any] = {"client_pipeline": stage.client_pipeline}
     if stage.local_steps is not None:
         extra["max_steps"] = stage.local_steps
+    if stage.keeps_state:
+        extra.update(
+            method=stage.method, personal_layers=stage.personal_layers, client_state=client_state
+        )
     loss = config.task_loss()
     return build_weighted_fed_avg(
         model_fn_for(config),
@@ -208,6 +218,7 @@ def build_stage_process(
         seed=config.seed,
         executor=executor,
         compute=compute,
+        proximal_mu=stage.proximal_mu,
         **extra,
     )
 
@@ -260,6 +271,8 @@ class Run:
         #: resolved once, where the run starts; execute adds the engine (start_engine)
         self.compute = compute if compute is not None else resolve_compute(config)
         self.executor: Any = None  # opened by execute for the training and evaluations
+        #: the per-client state of a stateful method (FedPer), in client_state/ (None: none)
+        self.client_state: Any = None
         self.tensorboard: TensorBoardLogger | None = None
 
     def execute(self) -> ExperimentResult:
@@ -406,6 +419,7 @@ class Run:
         bounds = stage_bounds(self.config.resolved_stages())
         total = bounds[-1][2]
         state = self._resumed_state(total)
+        self.client_state = self._open_client_state(state.round_num if state is not None else 0)
         metrics_csv = MetricsCsv(
             self.run_dir / rd.FEDAVG_METRICS,
             keep_until_round=state.round_num if state is not None else 0,
@@ -414,6 +428,7 @@ class Run:
         bar = ProgressBar(total) if self.progress else None
         callbacks = [
             *self._evaluation_callbacks(total),
+            *([CommitClientState(self.client_state)] if self.client_state is not None else []),
             metrics_csv,
             last,
             *self._recording_callbacks(bounds, total, bar),
@@ -427,7 +442,9 @@ class Run:
             if bar is not None:
                 bar.close()
         if process is None:  # no round to run: zero rounds, or all done before a resume
-            process = build_stage_process(self.config, bounds[-1][0], self.executor, self.compute)
+            process = build_stage_process(
+                self.config, bounds[-1][0], self.executor, self.compute, self.client_state
+            )
             state = state if state is not None else process.initialize()
         self._log_global_accuracy(metrics_csv.rows, total)
         return process.get_model_weights(state), metrics_csv.rows
@@ -447,6 +464,40 @@ class Run:
             )
         self.log(f"resumed from {ckpt} (round {state.round_num})")
         return state
+
+    def _open_client_state(self, round_num: int) -> Any:
+        """The run's client-state store when a stage's method keeps state per client (None
+        otherwise): created afresh (for the FedAvg clients) on a new run, or as round
+        ``round_num``'s commit left it when resuming from that round's checkpoint."""
+        import shutil
+
+        from fedp13n.algorithms.fedper import fedper_state_spec
+        from fedp13n.state import ClientStateStore
+
+        stateful = [s for s in self.config.resolved_stages() if s.keeps_state]
+        if not stateful:
+            return None
+        folder = self.run_dir / rd.CLIENT_STATE
+        if self.resume and (folder / "index.json").is_file():
+            store = ClientStateStore.open(folder)
+            try:
+                store.restore(round_num)
+            except ValueError as e:
+                raise ConfigError(f"cannot resume the client state: {e}") from None
+            self.log(f"client state: {store.num_initialised} clients, round {round_num}")
+            return store
+        if round_num > 0:
+            raise ConfigError(
+                f"{folder} is missing, so the per-client state of round {round_num} is lost; "
+                "--resume cannot go on without it: start a new run."
+            )
+        if folder.exists():  # left by an attempt that finished no round: start afresh
+            shutil.rmtree(folder)
+        try:
+            spec = fedper_state_spec(model_fn_for(self.config), stateful[0].personal_layers)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return ClientStateStore.create(folder, self.data.train_ids, spec)
 
     def _evaluation_callbacks(self, total: int) -> list[Callback]:
         """The global model's test metrics and, when asked for, the personalization curve:
@@ -474,6 +525,7 @@ class Run:
                 self.config.checkpoint_every,
                 {end for _, _, end in bounds},
                 keep=self.config.keep_checkpoints,
+                client_state=self.client_state,
             ),
             LearningGuard(),
         ]
@@ -497,7 +549,9 @@ class Run:
         for stage, start, end in bounds:
             if (state.round_num if state is not None else 0) >= end:
                 continue
-            process = build_stage_process(self.config, stage, self.executor, self.compute)
+            process = build_stage_process(
+                self.config, stage, self.executor, self.compute, self.client_state
+            )
             if state is None:
                 state = process.initialize()
             elif state.round_num == start:  # entering the stage: a fresh server optimizer

@@ -17,6 +17,7 @@ CHECKPOINTS = "checkpoints"  # checkpoints/round_000010.pt ...
 PERSONALIZATION = "personalization.json"  # full nested result (see below)
 PER_CLIENT = "per_client.csv"  # one row per client x strategy x evaluation epoch
 SUMMARY = "summary.json"  # headline numbers, per strategy/epoch statistics
+CLIENT_STATE = "client_state"  # per-client state of a stateful method (fedp13n.state)
 SPLIT = "split.json"  # the FedAvg / validation / personalization client ids
 TUNING = "tuning.json"  # tuned strategies: candidates, validation accuracy, the choice
 REPORT = "report.html"  # written by fedp13n report

@@ -41,6 +41,15 @@ def check_positive_number(name: str, value: Any, error: type[Exception] = ValueE
     return float(value)
 
 
+def check_non_negative_number(
+    name: str, value: Any, error: type[Exception] = ValueError, hint: str = ""
+) -> float:
+    """``value`` as a finite float >= 0; ``hint`` (e.g. ``" (0 = off)"``) follows the name."""
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise error(f"{name} must be a finite number >= 0{hint}, got {value!r}.")
+    return float(value)
+
+
 def check_fraction(
     name: str, value: Any, *, closed_right: bool = False, error: type[Exception] = ValueError
 ) -> float:

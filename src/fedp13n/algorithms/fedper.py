@@ -1,0 +1,130 @@
+"""FedPer: a shared body averaged by FedAvg, a personal head kept by each client.
+
+Source: Arivazhagan, Aggarwal, Singh and Choudhary, "Federated Learning with
+Personalization Layers", 2019 (arXiv:1912.00818), Section 3 and Algorithm 1: the model is
+split into base layers, shared and aggregated with FedAvg, and personalization layers
+(the last ones), which never leave the client. In round t a selected client k starts
+from the global base layers ``W_B^t`` and its own personalization layers ``W_P,k``,
+trains both on its data for E local epochs (the paper's client update, SGD), sends back
+only the base layers and keeps the trained personalization layers for its next round.
+The server averages the base layers, weighted by the clients' numbers of examples
+(FedAvg's ``n_k / n``).
+
+Here: the personal parameters (``personal_layers``: module or parameter names as for
+head-only fine-tuning, :func:`fedp13n.models.heads.head_parameter_names`; default the
+last layer with parameters, the final ``Linear``) are each client's state in a
+:class:`fedp13n.state.ClientStateStore`, read by the lead process into the client's task
+and written back from its result (:mod:`fedp13n.state.store`). A client's first head is
+the global model's head, which the server never changes (no delta of it is averaged): the
+initial head. The server side is FedAvg's (its server optimizer on the averaged body
+delta; with SGD lr 1.0 and no momentum, the paper's plain average). With
+``proximal_mu > 0`` FedProx's term pulls the body, not the head, towards the global body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads METHODS
+    import torch
+    from torch import nn
+
+#: The training methods of a stage, each a small module on the client program, and what
+#: each keeps per client (None: nothing). The one place that names them.
+METHODS = {
+    "fedavg": None,
+    "fedper": "a personal head (personal_layers; default the last layer)",
+}
+
+
+def check_method(value: Any, error: type[Exception] = ValueError) -> str:
+    """``value`` if it names one of :data:`METHODS`."""
+    if value not in METHODS:
+        raise error(f"method must be one of {list(METHODS)}, got {value!r}.")
+    return value
+
+
+def keeps_state(method: str) -> bool:
+    """Whether ``method`` keeps tensors per client across rounds (a client-state store)."""
+    return METHODS.get(method) is not None
+
+
+def parse_personal_layers(
+    value: Any, error: type[Exception] = ValueError
+) -> tuple[str, ...] | None:
+    """``personal_layers`` as a tuple of names, or None (the last layer with parameters):
+    a string ``"fc1,fc2"`` (commas separate names) or a sequence of strings."""
+    if value is None:
+        return None
+    names = value.split(",") if isinstance(value, str) else value
+    if isinstance(names, Sequence) and all(isinstance(n, str) for n in names):
+        out = tuple(n.strip() for n in names)
+        if out and all(out) or out == ("",):
+            return out
+    raise error(
+        f"personal_layers must name layers or parameters of the model, e.g. 'fc2' or "
+        f"'fc1,fc2' ('' for the whole model), got {value!r}."
+    )
+
+
+def personal_parameter_names(
+    model: nn.Module, personal_layers: str | Sequence[str] | None
+) -> tuple[str, ...]:
+    """The trainable parameters ``personal_layers`` names (None: the last layer with
+    parameters), in model order; a one-line ValueError listing the valid names."""
+    from fedp13n.models.heads import head_parameter_names
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    try:
+        names = head_parameter_names(model, parse_personal_layers(personal_layers))
+    except ValueError as e:  # "head 'fc9' names no layer ...": say which setting
+        raise ValueError(f"personal_layers: {str(e).removeprefix('head ')}") from None
+    return tuple(n for n in names if n in trainable)
+
+
+def fedper_state_spec(
+    model_fn: Callable[[], nn.Module], personal_layers: str | Sequence[str] | None
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The :class:`~fedp13n.state.ClientStateStore` spec FedPer keeps for each client:
+    the personal parameters' names, shapes and dtypes."""
+    import torch
+
+    from fedp13n.state.store import state_spec
+
+    with torch.random.fork_rng(devices=[]):
+        model = model_fn()
+    params = dict(model.named_parameters())
+    names = personal_parameter_names(model, personal_layers)
+    return state_spec({n: params[n].detach() for n in names})
+
+
+def with_personal_state(
+    weights: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """The global weights with the client's personal tensors in place (a new dict; the
+    global ones where the client has none yet)."""
+    return {**weights, **(state or {})}
+
+
+def build_fedper(
+    model_fn: Callable[[], nn.Module],
+    client_state: Any,
+    *,
+    personal_layers: str | Sequence[str] | None = None,
+    **fedavg_settings: Any,
+) -> Any:
+    """FedPer: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
+    ``method="fedper"`` (every other setting is FedAvg's), keeping ``personal_layers`` of
+    each client in ``client_state``, a :class:`~fedp13n.state.ClientStateStore` made
+    with :func:`fedper_state_spec`. Commit the store after each round (before a
+    checkpoint of that round): ``client_state.commit(state.round_num)``."""
+    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
+
+    return build_weighted_fed_avg(
+        model_fn,
+        method="fedper",
+        personal_layers=personal_layers,
+        client_state=client_state,
+        **fedavg_settings,
+    )
