@@ -41,7 +41,7 @@ from torch import nn
 
 from fedp13n.algorithms.fedper import with_personal_state
 from fedp13n.algorithms.fedprox import proximal_penalty
-from fedp13n.client.program import LocalTraining
+from fedp13n.client.program import LocalTraining, TrainStats, evaluate
 from fedp13n.client.result import ClientOutput
 from fedp13n.data.client_data import ClientDataset
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER
@@ -137,6 +137,28 @@ class ClientWork:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __call__(self, task: ClientTask) -> ClientOutput:
+        return self._in_context(task, self._train)
+
+    def fit_and_evaluate(self, task: ClientTask, test: ClientDataset | SharedRef, loss_fn: LossFn):
+        """The client's local step(s) on its train data (``task``, as in a round), then the
+        trained model's metrics (:func:`fedp13n.client.program.evaluate`) on its ``test``
+        data (a dataset, or a shared ClientData holding the client): how a held-out client
+        is evaluated under the "new clients" protocol (:mod:`fedp13n.algorithms.own_state`)."""
+
+        def then(model, weights, dataset, task, device):
+            self._fit(model, weights, dataset, task, device)
+            if isinstance(test, ClientDataset):
+                data = test if device.type == "cpu" else test.to(device)
+            else:
+                on = None if device.type == "cpu" else device
+                data = test.get().create_dataset(task.client_key, device=on)
+            return evaluate(model, data, loss_fn)
+
+        return self._in_context(task, then)
+
+    def _in_context(self, task: ClientTask, then):
+        """``then(model, weights, dataset, task, device)`` with the client's data on its
+        device, the worker's model, the task's seed and the run's precision."""
         device = self.compute.placed()
         on_device = None if self.compute.device == "cpu" else device
         if isinstance(task.data, ClientDataset):
@@ -149,16 +171,19 @@ class ClientWork:
             model = _cached_model(self.token, self.model_fn, device)
             torch.manual_seed(derive_seed(self.seed, "fedavg", task.round_num, task.client_key))
             with self.compute.autocast(device):
-                return self._train(model, task.weights.get(), dataset, task, device)
+                return then(model, task.weights.get(), dataset, task, device)
 
-    def _train(
+    def _fit(
         self,
         model: nn.Module,
         weights: dict[str, torch.Tensor],
         dataset: ClientDataset,
         task: ClientTask,
         device: torch.device,
-    ) -> ClientOutput:
+    ) -> tuple[dict[str, torch.Tensor], list[str], TrainStats]:
+        """Load the task's starting weights (the global ones, the personal ones from its
+        state) and train ``model`` in place; the starting weights, the shared trainable
+        names and the training statistics."""
         if self.personal:
             weights = with_personal_state(weights, task.state)
         model.load_state_dict(weights)
@@ -185,6 +210,17 @@ class ClientWork:
             generator=derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key),
             device=device,
         )
+        return weights, shared, stats
+
+    def _train(
+        self,
+        model: nn.Module,
+        weights: dict[str, torch.Tensor],
+        dataset: ClientDataset,
+        task: ClientTask,
+        device: torch.device,
+    ) -> ClientOutput:
+        weights, shared, stats = self._fit(model, weights, dataset, task, device)
         params = dict(model.named_parameters())
         with torch.no_grad():
             delta = {n: (weights[n] - params[n].detach().cpu()).clone() for n in shared}
