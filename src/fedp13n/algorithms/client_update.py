@@ -131,6 +131,9 @@ class ClientWork:
     proximal_mu: float = 0.0
     #: FedPer's personal parameters (:mod:`fedp13n.algorithms.fedper`); () for none.
     personal: tuple[str, ...] = ()
+    #: FedRep's head phase (:mod:`fedp13n.algorithms.fedrep`): epochs of the personal
+    #: parameters alone (the rest frozen) before the rest trains alone; 0: no phases.
+    head_epochs: int = 0
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
@@ -192,25 +195,32 @@ class ClientWork:
         penalty = None
         if self.proximal_mu:
             penalty = proximal_penalty(model, weights, self.proximal_mu, shared)
-        stats = LocalTraining(
+        generator = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
+        if self.head_epochs:  # FedRep: the head alone first, then the body alone
+            head = [n for n in names if n in self.personal]
+            self._local(self.head_epochs, None, head, None).run(model, dataset, generator, device)
+            names = shared
+        stats = self._local(self.epochs, self.max_steps, names, penalty).run(
+            model, dataset, generator=generator, device=device
+        )
+        return weights, shared, stats
+
+    def _local(self, epochs, max_steps, trainable, penalty) -> LocalTraining:
+        """The client program with this client's settings, for these epochs / steps of
+        the ``trainable`` parameters."""
+        return LocalTraining(
             self.optimizer_fn,
             self.loss_fn,
             self.batch_size,
-            epochs=self.epochs,
+            epochs=epochs,
             shuffle=self.shuffle,
             pipeline=self.pipeline,
             shuffle_buffer=self.shuffle_buffer,
-            max_steps=self.max_steps,
-            trainable=names,
+            max_steps=max_steps,
+            trainable=trainable,
             penalty=penalty,
             metric_fn=self.metric_fn,
-        ).run(
-            model,
-            dataset,
-            generator=derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key),
-            device=device,
         )
-        return weights, shared, stats
 
     def _train(
         self,

@@ -206,6 +206,8 @@ def build_stage_process(
         extra.update(
             method=stage.method, personal_layers=stage.personal_layers, client_state=client_state
         )
+    if stage.method == "fedrep":
+        extra["head_epochs"] = stage.head_epochs
     loss = config.task_loss()
     return build_weighted_fed_avg(
         model_fn_for(config),
