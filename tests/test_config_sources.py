@@ -43,6 +43,7 @@ CHANGED = {
     "proximal_mu": (0.01, "0.01"),
     "method": ("fedper", "fedper"),
     "personal_layers": ("fc1,fc2", "fc1,fc2"),
+    "head_epochs": (3, "3"),
     "model": ("fedavg_cnn", "fedavg_cnn"),
     "loss": ("torch.nn.functional:nll_loss", "torch.nn.functional:nll_loss"),
     "num_classes": (5, "5"),

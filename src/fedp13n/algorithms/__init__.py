@@ -1,6 +1,7 @@
 """Training algorithms: weighted FedAvg (McMahan et al. 2017), FedProx (Li et al. 2020,
-its ``proximal_mu``), FedPer (Arivazhagan et al. 2019, a personal head per client), their
-checkpoints, and the centralized baseline (SGD on the pooled examples of the clients).
+its ``proximal_mu``), FedPer (Arivazhagan et al. 2019, a personal head per client), FedRep
+(Collins et al. 2021, the head trained before the body), their checkpoints, and the
+centralized baseline (SGD on the pooled examples of the clients).
 
 Names are imported on first use (PEP 562): importing the package costs nothing."""
 
@@ -20,6 +21,7 @@ _EXPORTS = {
     "METHODS": "fedp13n.algorithms.fedper",
     "accuracy": "fedp13n.algorithms.client_update",
     "build_fedper": "fedp13n.algorithms.fedper",
+    "build_fedrep": "fedp13n.algorithms.fedrep",
     "fedper_state_spec": "fedp13n.algorithms.fedper",
     "build_centralized": "fedp13n.algorithms.centralized",
     "build_weighted_fed_avg": "fedp13n.algorithms.fed_avg",
@@ -44,6 +46,7 @@ __all__ = [
     "accuracy",
     "build_centralized",
     "build_fedper",
+    "build_fedrep",
     "build_weighted_fed_avg",
     "fedper_state_spec",
     "latest_checkpoint",

@@ -41,7 +41,7 @@ from torch import nn
 
 from fedp13n.algorithms.fedper import with_personal_state
 from fedp13n.algorithms.fedprox import proximal_penalty
-from fedp13n.client.program import LocalTraining
+from fedp13n.client.program import LocalTraining, TrainStats, evaluate
 from fedp13n.client.result import ClientOutput
 from fedp13n.data.client_data import ClientDataset
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, DEFAULT_SHUFFLE_BUFFER
@@ -131,12 +131,37 @@ class ClientWork:
     proximal_mu: float = 0.0
     #: FedPer's personal parameters (:mod:`fedp13n.algorithms.fedper`); () for none.
     personal: tuple[str, ...] = ()
+    #: FedRep's head phase (:mod:`fedp13n.algorithms.fedrep`): epochs of the personal
+    #: parameters alone (the rest frozen) before the rest trains alone; 0: no phases.
+    head_epochs: int = 0
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __call__(self, task: ClientTask) -> ClientOutput:
+        return self._in_context(task, self._train)
+
+    def fit_and_evaluate(self, task: ClientTask, test: ClientDataset | SharedRef, loss_fn: LossFn):
+        """The client's local step(s) on its train data (``task``, as in a round), then the
+        trained model's metrics (:func:`fedp13n.client.program.evaluate`) on its ``test``
+        data (a dataset, or a shared ClientData holding the client): how a held-out client
+        is evaluated under the "new clients" protocol (:mod:`fedp13n.algorithms.own_state`)."""
+
+        def then(model, weights, dataset, task, device):
+            self._fit(model, weights, dataset, task, device)
+            if isinstance(test, ClientDataset):
+                data = test if device.type == "cpu" else test.to(device)
+            else:
+                on = None if device.type == "cpu" else device
+                data = test.get().create_dataset(task.client_key, device=on)
+            return evaluate(model, data, loss_fn)
+
+        return self._in_context(task, then)
+
+    def _in_context(self, task: ClientTask, then):
+        """``then(model, weights, dataset, task, device)`` with the client's data on its
+        device, the worker's model, the task's seed and the run's precision."""
         device = self.compute.placed()
         on_device = None if self.compute.device == "cpu" else device
         if isinstance(task.data, ClientDataset):
@@ -149,7 +174,53 @@ class ClientWork:
             model = _cached_model(self.token, self.model_fn, device)
             torch.manual_seed(derive_seed(self.seed, "fedavg", task.round_num, task.client_key))
             with self.compute.autocast(device):
-                return self._train(model, task.weights.get(), dataset, task, device)
+                return then(model, task.weights.get(), dataset, task, device)
+
+    def _fit(
+        self,
+        model: nn.Module,
+        weights: dict[str, torch.Tensor],
+        dataset: ClientDataset,
+        task: ClientTask,
+        device: torch.device,
+    ) -> tuple[dict[str, torch.Tensor], list[str], TrainStats]:
+        """Load the task's starting weights (the global ones, the personal ones from its
+        state) and train ``model`` in place; the starting weights, the shared trainable
+        names and the training statistics."""
+        if self.personal:
+            weights = with_personal_state(weights, task.state)
+        model.load_state_dict(weights)
+        names = trainable_names(model)
+        shared = [n for n in names if n not in self.personal]
+        penalty = None
+        if self.proximal_mu:
+            penalty = proximal_penalty(model, weights, self.proximal_mu, shared)
+        generator = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
+        if self.head_epochs:  # FedRep: the head alone first, then the body alone
+            head = [n for n in names if n in self.personal]
+            self._local(self.head_epochs, None, head, None).run(model, dataset, generator, device)
+            names = shared
+        stats = self._local(self.epochs, self.max_steps, names, penalty).run(
+            model, dataset, generator=generator, device=device
+        )
+        return weights, shared, stats
+
+    def _local(self, epochs, max_steps, trainable, penalty) -> LocalTraining:
+        """The client program with this client's settings, for these epochs / steps of
+        the ``trainable`` parameters."""
+        return LocalTraining(
+            self.optimizer_fn,
+            self.loss_fn,
+            self.batch_size,
+            epochs=epochs,
+            shuffle=self.shuffle,
+            pipeline=self.pipeline,
+            shuffle_buffer=self.shuffle_buffer,
+            max_steps=max_steps,
+            trainable=trainable,
+            penalty=penalty,
+            metric_fn=self.metric_fn,
+        )
 
     def _train(
         self,
@@ -159,32 +230,7 @@ class ClientWork:
         task: ClientTask,
         device: torch.device,
     ) -> ClientOutput:
-        if self.personal:
-            weights = with_personal_state(weights, task.state)
-        model.load_state_dict(weights)
-        names = trainable_names(model)
-        shared = [n for n in names if n not in self.personal]
-        penalty = None
-        if self.proximal_mu:
-            penalty = proximal_penalty(model, weights, self.proximal_mu, shared)
-        stats = LocalTraining(
-            self.optimizer_fn,
-            self.loss_fn,
-            self.batch_size,
-            epochs=self.epochs,
-            shuffle=self.shuffle,
-            pipeline=self.pipeline,
-            shuffle_buffer=self.shuffle_buffer,
-            max_steps=self.max_steps,
-            trainable=names,
-            penalty=penalty,
-            metric_fn=self.metric_fn,
-        ).run(
-            model,
-            dataset,
-            generator=derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key),
-            device=device,
-        )
+        weights, shared, stats = self._fit(model, weights, dataset, task, device)
         params = dict(model.named_parameters())
         with torch.no_grad():
             delta = {n: (weights[n] - params[n].detach().cpu()).clone() for n in shared}

@@ -236,6 +236,7 @@ class WeightedFedAvg:
         proximal_mu: float = 0.0,
         personal: tuple[str, ...] = (),
         client_state: Any = None,
+        head_epochs: int = 0,
     ) -> None:
         self.model_fn = model_fn
         #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
@@ -261,6 +262,7 @@ class WeightedFedAvg:
             max_steps=max_steps,
             proximal_mu=proximal_mu,
             personal=tuple(personal),
+            head_epochs=head_epochs,
             compute=compute.without_engine(),
         )
         self._server_model: nn.Module | None = None
@@ -613,6 +615,7 @@ def build_weighted_fed_avg(
     method: str = "fedavg",
     personal_layers: str | Sequence[str] | None = None,
     client_state: Any = None,
+    head_epochs: int | None = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -663,6 +666,9 @@ def build_weighted_fed_avg(
     :class:`fedp13n.state.ClientStateStore` of :func:`~fedp13n.algorithms.fedper.
     fedper_state_spec` (``next`` reads and ``put`` s it; the caller commits it with its
     checkpoints); only the rest is averaged. The engine does not run it (said once).
+    ``method="fedrep"`` (:mod:`fedp13n.algorithms.fedrep`) keeps the same state and
+    trains it alone for ``head_epochs`` (default
+    :data:`~fedp13n.algorithms.fedrep.DEFAULT_HEAD_EPOCHS`) before the rest alone.
     """
     check_model_fn(model_fn)
     check_seed(seed)
@@ -686,6 +692,7 @@ def build_weighted_fed_avg(
     )
     proximal_mu = check_proximal_mu(proximal_mu)
     personal = _personal_names(model_fn, method, personal_layers, client_state)
+    head_epochs = _head_epochs(method, head_epochs)
     if compute.engine is not None:
         usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
         why = "FedProx's proximal term (proximal_mu > 0)" if proximal_mu else None
@@ -715,7 +722,25 @@ def build_weighted_fed_avg(
         proximal_mu=proximal_mu,
         personal=personal,
         client_state=client_state,
+        head_epochs=head_epochs,
     )
+
+
+def _head_epochs(method: str, head_epochs: Any) -> int:
+    """FedRep's head epochs (0 for another method, which must not set them)."""
+    from fedp13n.algorithms.fedrep import DEFAULT_HEAD_EPOCHS
+
+    if method != "fedrep":
+        if head_epochs is not None:
+            raise ValueError(
+                f"head_epochs is FedRep's (method='fedrep'); method={method!r} has no head "
+                "phase: leave it out."
+            )
+        return 0
+    if head_epochs is None:
+        return DEFAULT_HEAD_EPOCHS
+    check_positive_int("head_epochs", head_epochs)
+    return int(head_epochs)
 
 
 def _personal_names(
@@ -736,7 +761,7 @@ def _personal_names(
         if client_state is not None or personal_layers is not None:
             raise ValueError(
                 f"client_state and personal_layers are for a method that keeps state per "
-                f"client (method='fedper'); method={method!r} keeps none: leave them out."
+                f"client (e.g. method='fedper'); method={method!r} keeps none: leave them out."
             )
         return ()
     layers = parse_personal_layers(personal_layers)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads
 METHODS = {
     "fedavg": None,
     "fedper": "a personal head (personal_layers; default the last layer)",
+    "fedrep": "a personal head, trained alone (head_epochs) before the body each round",
 }
 
 

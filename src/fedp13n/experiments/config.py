@@ -33,6 +33,7 @@ from typing import Any, get_args, get_origin
 import tomli_w
 
 from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers
+from fedp13n.algorithms.fedrep import DEFAULT_HEAD_EPOCHS
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, PIPELINES
 from fedp13n.data.split import MIN_CLIENTS, split_sizes
 from fedp13n.execution.base import EXECUTOR_KINDS
@@ -155,9 +156,10 @@ class TrainingSettings:
     )
     method: str = setting(
         "fedavg",
-        help="What the stage trains: 'fedavg' (one global model) or 'fedper' (FedPer: a "
+        help="What the stage trains: 'fedavg' (one global model), 'fedper' (FedPer: a "
         "shared body averaged by FedAvg, a personal head per client kept in the run's "
-        "client_state/).",
+        "client_state/) or 'fedrep' (FedRep: the same, the head trained alone before the "
+        "body each round).",
         panel="Training",
         choices=tuple(METHODS),
     )
@@ -167,6 +169,13 @@ class TrainingSettings:
         "(e.g. 'fc1,fc2'); unset = the last layer with parameters.",
         panel="Training",
         default_text="the last layer",
+    )
+    head_epochs: int | None = setting(
+        None,
+        help="FedRep's local epochs of the head alone (body frozen) before the body's "
+        "local epochs (head frozen), each round; unset = the paper's 10.",
+        panel="Training",
+        default_text=str(DEFAULT_HEAD_EPOCHS),
     )
 
     @property
@@ -194,6 +203,8 @@ class TrainingSettings:
             f"{where}proximal_mu", self.proximal_mu, ConfigError, " (FedProx's mu; 0 = FedAvg)"
         )
         _check_choice(f"{where}method", self.method, tuple(METHODS))
+        if self.head_epochs is not None:
+            check_positive_int(f"{where}head_epochs", self.head_epochs, ConfigError)
         try:
             parse_personal_layers(self.personal_layers)
         except ValueError as e:

@@ -206,6 +206,8 @@ def build_stage_process(
         extra.update(
             method=stage.method, personal_layers=stage.personal_layers, client_state=client_state
         )
+    if stage.method == "fedrep":
+        extra["head_epochs"] = stage.head_epochs
     loss = config.task_loss()
     return build_weighted_fed_avg(
         model_fn_for(config),
@@ -292,7 +294,8 @@ class Run:
                     weights, rows = self.train_global_model()
                 self.save_global_weights(weights)
                 result, tuning = self.evaluate_personalization(weights)
-            summary = self.write_results(result, tuning)
+                own_state = self.evaluate_own_state(weights)
+            summary = self.write_results(result, tuning, own_state)
             self.report(summary)
         finally:
             if self.tensorboard is not None:
@@ -710,13 +713,71 @@ class Run:
             warnings.warn(line, RuntimeWarning, stacklevel=2)
         return result, tuning
 
+    def evaluate_own_state(self, weights: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        """The protocols beside TFF's for a method that keeps state per client
+        (:mod:`fedp13n.algorithms.own_state`; None for a run without one): up to
+        ``num_eval_clients`` training clients with stored state (chosen from the seed) on
+        their own test data with their own state, and the clients of TFF's protocol as new
+        clients after the last stateful stage's local step (random streams of the round
+        after the last). The rows of ``per_client_own_state.csv``."""
+        from fedp13n.algorithms.own_state import (
+            NEW_CLIENTS,
+            OWN_STATE,
+            evaluate_new_clients,
+            evaluate_own_state,
+        )
+
+        if self.client_state is None:
+            return None
+        config, data, compute, loss = self.config, self.data, self.compute, self.config.task_loss()
+        own_ids = own_state_client_ids(config, self.client_state)
+        with compute.autocast(compute.torch_device):
+            own = evaluate_own_state(
+                model_fn_for(config), weights, self.client_state, data.test, own_ids, loss,
+                device=compute.torch_device,
+            )  # fmt: skip
+        stage = [s for s in config.resolved_stages() if s.keeps_state][-1]
+        work = build_stage_process(config, stage, self.executor, compute, self.client_state)
+        new_ids = eval_client_ids(config, data)
+        new = evaluate_new_clients(
+            work.client_work, weights, data.train, data.test, new_ids, loss, self.executor,
+            config.total_rounds + 1,
+        )  # fmt: skip
+        rows = []
+        for protocol, ids, metrics in ((OWN_STATE, own_ids, own), (NEW_CLIENTS, new_ids, new)):
+            for c, m in zip(ids, metrics, strict=True):
+                rows.append({
+                    "protocol": protocol, "client_id": c,
+                    "num_train_examples": data.train.size(c),
+                    "num_test_examples": m["num_test_examples"],
+                    "loss": m["loss"], "accuracy": m.get("accuracy", math.nan),
+                })  # fmt: skip
+            acc = [r["accuracy"] for r in rows if r["protocol"] == protocol]
+            self.log(
+                f"{protocol.replace('_', ' ')}: mean accuracy "
+                f"{_nanmean(acc):.4f} on {len(ids)} clients (untuned: the stage's settings)"
+            )
+        return rows
+
     # -- results ------------------------------------------------------------------------------
-    def write_results(self, result: Any, tuning: dict[str, Any] | None = None) -> Any:
+    def write_results(
+        self,
+        result: Any,
+        tuning: dict[str, Any] | None = None,
+        own_state: list[dict[str, Any]] | None = None,
+    ) -> Any:
         """``personalization.json``, ``per_client.csv``, ``tuning.json`` (when strategies
-        were tuned) and ``summary.json``; the Summary. A full disk: :class:`NoSpaceError`."""
+        were tuned), ``per_client_own_state.csv`` (a stateful method's ``own_state`` rows)
+        and ``summary.json``; the Summary. A full disk: :class:`NoSpaceError`."""
         from fedp13n.reporting import summarize_run, write_summary_json
 
         run_dir = self.run_dir
+        if own_state is not None:
+            path = run_dir / rd.OWN_STATE_PER_CLIENT
+            with writing(path), atomic_writer(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=rd.OWN_STATE_COLUMNS)
+                w.writeheader()
+                w.writerows(own_state)
         result_json = result.to_dict()
         if tuning is not None:
             with writing(run_dir / rd.TUNING):
@@ -937,6 +998,20 @@ def _choose_settings(strategy: Any, runs: list[tuple[dict, Any]]) -> tuple[dict,
         "validation_accuracy": best["validation_accuracy"][best["epoch"]],
         "candidates": candidates,
     }
+
+
+def own_state_client_ids(config: ExperimentConfig, client_state: Any) -> list[str]:
+    """Up to ``num_eval_clients`` training clients with stored state, evaluated with it
+    (:meth:`Run.evaluate_own_state`; drawn once from the seed)."""
+    have = [c for c in client_state.client_ids if client_state.initialised(c)]
+    rng = derive_rng(config.seed, "own-state-eval-clients")
+    n = min(config.num_eval_clients, len(have))
+    return [have[i] for i in rng.choice(len(have), size=n, replace=False)]
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if _finite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def eval_client_ids(config: ExperimentConfig, data: ExperimentData) -> list[str]:

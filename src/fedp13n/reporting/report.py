@@ -28,6 +28,7 @@ from fedp13n.reporting.summary import (
     epochs_label,
     format_number,
     headline_entries,
+    protocol_rows,
     read_config,
     read_fedavg_metrics,
     read_per_client,
@@ -50,6 +51,8 @@ SECTIONS = (
     "gain-vs-size",
     "config",
 )
+#: Sections only some runs have (after "summary"): the protocols beside TFF's.
+OPTIONAL_SECTIONS = ("protocols",)
 PNG_FILES = {
     "fedavg": "fedavg_curves.png",
     "distribution": "accuracy_cdf.png",
@@ -239,7 +242,7 @@ def write_report(
             else f"<p>No {rd.CONFIG} in the run directory.</p>",
         ),
     ]
-    assert tuple(s.id for s in sections) == SECTIONS
+    assert tuple(s.id for s in sections if s.id not in OPTIONAL_SECTIONS) == SECTIONS
     doc = html.page(
         f"Personalization report: {run_dir.name}",
         f"Run directory {run_dir.resolve()} — fedp13n {__version__}",
@@ -318,4 +321,26 @@ def _numbers_sections(summary: Summary) -> list[html.Section]:
                 "the same client (unchanged = difference within 1e-9).",
             ),
         ),
+        *_protocols_section(summary),
+    ]
+
+
+def _protocols_section(summary: Summary) -> list[html.Section]:
+    """The protocols beside TFF's, as their own table (none for a run without them)."""
+    if not summary.protocols:
+        return []
+    return [
+        html.Section(
+            "protocols",
+            "Other evaluation protocols",
+            f"<p>The tables above: {html.esc(rd.TFF_PROTOCOL)}. This one: the protocols of "
+            "methods trained with a state per client, each in one sentence below; nothing "
+            "in them is tuned (the local step is the training stage's). The clients and "
+            "protocols differ, so compare numbers within a protocol.</p>"
+            + html.table(
+                protocol_rows(summary),
+                caption="95% CI of the mean: percentile bootstrap over clients "
+                f"({BOOTSTRAP_RESAMPLES} resamples, fixed seed).",
+            ),
+        )
     ]

@@ -41,6 +41,7 @@ from fedp13n.rundir.readers import (  # noqa: F401  (re-exported: the reporting 
     epoch_number,
     read_config,
     read_fedavg_metrics,
+    read_own_state,
     read_per_client,
     read_tuning,
 )
@@ -151,6 +152,9 @@ class Summary:
     #: ``tuning.json``: settings chosen, and every strategy measured, on validation clients
     #: (None: the run had none).
     tuning: dict[str, Any] | None = None
+    #: The protocols beside TFF's of a method that keeps state per client
+    #: (``per_client_own_state.csv``; ``Stats.strategy`` names the protocol): empty else.
+    protocols: tuple[Stats, ...] = ()
 
     def row(self, strategy: str, epoch: str) -> Stats:
         for r in self.rows:
@@ -210,7 +214,32 @@ class Summary:
                 "seed": BOOTSTRAP_SEED,
             },
             "unchanged_tolerance": UNCHANGED_TOL,
+            **({"other_protocols": self._protocols_dict()} if self.protocols else {}),
         }
+
+    def _protocols_dict(self) -> dict[str, Any]:
+        """``summary.json``'s block of the protocols beside TFF's (only when measured)."""
+        return {
+            "tff": rd.TFF_PROTOCOL + ": the numbers above",
+            "tuned": False,
+            "note": "nothing is tuned: the new clients' local step is the training stage's",
+            **{
+                r.strategy: {
+                    "protocol": rd.OWN_STATE_PROTOCOLS[r.strategy],
+                    **{k: v for k, v in _clean(asdict(r)).items() if k in _PROTOCOL_STATS},
+                }
+                for r in self.protocols
+            },
+        }
+
+
+#: The statistics a protocol beside TFF's reports (no baseline to pair with).
+_PROTOCOL_STATS = ("n", "mean", "median", "ci_low", "ci_high", "std")
+
+
+def protocol_stats(accuracy: dict[str, np.ndarray]) -> tuple[Stats, ...]:
+    """Statistics of each protocol of ``per_client_own_state.csv`` that has clients."""
+    return tuple(_stats(p, None, acc, None) for p, acc in accuracy.items() if len(acc))
 
 
 def _best_dict(choice: BestChoice | None) -> dict[str, Any] | None:
@@ -333,7 +362,9 @@ def summarize_run(run_dir: str | Path) -> Summary:
         except (ValueError, KeyError, TypeError):
             raise ReportError(f"{p13n} is not a personalization result fedp13n wrote.") from None
     tuning = read_tuning(run_dir)  # its shape checked: a one-line ReportError
-    return dataclasses.replace(summary, selected=selected, tuning=tuning)
+    own = Path(run_dir) / rd.OWN_STATE_PER_CLIENT
+    protocols = protocol_stats(read_own_state(own)) if own.is_file() else ()
+    return dataclasses.replace(summary, selected=selected, tuning=tuning, protocols=protocols)
 
 
 def write_summary_json(run_dir: str | Path, summary: Summary | None = None) -> Path:
@@ -491,4 +522,30 @@ def print_run_summary(run_dir: str | Path, console=None, summary: Summary | None
     console.print(format_headline(summary), highlight=False)
     for line in tuning_lines(summary):
         console.print(line, highlight=False)
+    for line in protocol_lines(summary):
+        console.print(line, highlight=False)
     return summary
+
+
+def protocol_rows(summary: Summary) -> list[dict[str, str]]:
+    """The protocols beside TFF's as display strings (the report's table)."""
+    return [
+        {
+            "protocol": r.strategy,
+            "what it measures": rd.OWN_STATE_PROTOCOLS[r.strategy],
+            "clients": str(r.n),
+            "mean": format_number(r.mean),
+            "95% CI": f"[{format_number(r.ci_low)}, {format_number(r.ci_high)}]",
+            "median": format_number(r.median),
+        }
+        for r in summary.protocols
+    ]
+
+
+def protocol_lines(summary: Summary) -> list[str]:
+    """One line per protocol beside TFF's (empty for a run without one)."""
+    return [
+        f"{r['protocol']}: mean accuracy {r['mean']} {r['95% CI']} over {r['clients']} "
+        f"clients ({r['what it measures']}; untuned)"
+        for r in protocol_rows(summary)
+    ]

@@ -18,13 +18,23 @@ PERSONALIZATION = "personalization.json"  # full nested result (see below)
 PER_CLIENT = "per_client.csv"  # one row per client x strategy x evaluation epoch
 SUMMARY = "summary.json"  # headline numbers, per strategy/epoch statistics
 CLIENT_STATE = "client_state"  # per-client state of a stateful method (fedp13n.state)
+#: one row per client x protocol of the "own state" evaluation (a stateful method's runs only)
+OWN_STATE_PER_CLIENT = "per_client_own_state.csv"
 SPLIT = "split.json"  # the FedAvg / validation / personalization client ids
 TUNING = "tuning.json"  # tuned strategies: candidates, validation accuracy, the choice
 REPORT = "report.html"  # written by fedp13n report
 #: results of a finished run set aside when --resume extends it (previous/rounds_20/...)
 PREVIOUS = "previous"
 #: a run's final results: set aside together (summary.json first: it marks a run finished)
-FINAL_RESULTS = (SUMMARY, REPORT, PER_CLIENT, PERSONALIZATION, TUNING, GLOBAL_WEIGHTS)
+FINAL_RESULTS = (
+    SUMMARY,
+    REPORT,
+    PER_CLIENT,
+    OWN_STATE_PER_CLIENT,
+    PERSONALIZATION,
+    TUNING,
+    GLOBAL_WEIGHTS,
+)
 
 #: Columns of FEDAVG_METRICS. ``eval_loss``/``eval_accuracy`` (global model on held-out
 #: data) and ``p13n_accuracy`` (mean accuracy after the first strategy's fine-tuning, on
@@ -55,6 +65,30 @@ PER_CLIENT_COLUMNS = (
     "accuracy",
     "baseline_loss",
     "baseline_accuracy",
+)
+
+#: Columns of OWN_STATE_PER_CLIENT; ``protocol`` is one of OWN_STATE_PROTOCOLS.
+OWN_STATE_COLUMNS = (
+    "protocol",
+    "client_id",
+    "num_train_examples",
+    "num_test_examples",
+    "loss",
+    "accuracy",
+)
+#: The evaluation protocols besides TFF's, for methods that keep state per client
+#: (fedp13n.algorithms.own_state), each in one sentence (the report's and summary.json's).
+OWN_STATE_PROTOCOLS = {
+    "own_state": "training clients, each evaluated on its own test data with the global "
+    "shared layers and its own stored state (FL-bench / PFLlib's protocol)",
+    "new_clients": "held-out clients, each running the method's local step once on its "
+    "train data (from the global model, with the stage's optimizer, learning rate, epochs "
+    "and batch size), then evaluated on its test data",
+}
+#: TFF's protocol (per_client.csv), in one sentence, beside the others in the report.
+TFF_PROTOCOL = (
+    "held-out clients personalize the trained global model with each strategy and are "
+    "evaluated on their test data (TFF's protocol)"
 )
 
 #: The key of the global model's metrics in PERSONALIZATION (TFF's name).

@@ -141,6 +141,30 @@ def read_fedavg_metrics(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
+def read_own_state(path: str | Path) -> dict[str, np.ndarray]:
+    """``per_client_own_state.csv``: protocol -> its clients' accuracies (NaN where not
+    measured), protocols in :data:`~fedp13n.rundir.layout.OWN_STATE_PROTOCOLS` order."""
+    path = Path(path)
+    _, rows = _read_csv(
+        path,
+        rd.OWN_STATE_COLUMNS,
+        lambda absent: f"missing column(s) {absent}; expected {list(rd.OWN_STATE_COLUMNS)}.",
+        "the output of a finished 'fedp13n run'",
+    )
+    out: dict[str, list[float]] = {p: [] for p in rd.OWN_STATE_PROTOCOLS}
+    for line, row in enumerate(rows, start=2):
+        if row["protocol"] not in out:
+            raise ReportError(
+                f"{path}, line {line}: protocol {row['protocol']!r} is not one of "
+                f"{list(rd.OWN_STATE_PROTOCOLS)}."
+            )
+        try:
+            out[row["protocol"]].append(_float(row["accuracy"]))
+        except (TypeError, ValueError):
+            raise ReportError(f"{path}, line {line}: a value is not a number: {row}") from None
+    return {p: np.array(v, dtype=float) for p, v in out.items()}
+
+
 def _read_csv(
     path: Path, required: Sequence[str], missing: Callable[[list[str]], str], what: str
 ) -> tuple[list[str], list[dict[str, str]]]:

@@ -1,0 +1,59 @@
+"""FedRep: a shared representation (body) averaged by FedAvg, a personal head per client
+trained to convergence first, then the body.
+
+Source: Collins, Hassani, Mokhtari and Shakkottai, "Exploiting Shared Representations for
+Personalized Federated Learning", ICML 2021 (arXiv:2102.07078), Algorithm 1: in round t a
+selected client i starts from the global representation ``phi^t`` and its own head
+``h_i``; it first updates the head for ``tau_h`` local updates with the representation
+fixed, then the representation for ``tau`` local updates with the new head fixed, sends
+back the representation and keeps its head. The server averages the representations.
+The paper's experiments (Section 5) run 10 local epochs for the head and 1 for the
+representation (the authors' code, lgcollins/FedRep: ``--local_ep`` epochs in all, the last
+``--local_rep_ep`` of them for the representation): :data:`DEFAULT_HEAD_EPOCHS`.
+
+Here: FedPer's machinery (:mod:`fedp13n.algorithms.fedper`: ``personal_layers``, the
+client-state store, the initial head for a client's first round, the body averaged with
+FedAvg's server optimizer), with the client's local training cut in two phases of the
+client program (:class:`fedp13n.client.program.LocalTraining`, its ``trainable`` hook): the
+head for ``head_epochs`` epochs (body frozen), then the body for the stage's local epochs
+(or ``max_steps``; head frozen), each phase with a fresh client optimizer, one example
+order generator for both (head first). The round's weight and training metrics are the body
+phase's. With ``proximal_mu > 0`` FedProx's term pulls the body towards the global body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads this module
+    from torch import nn
+
+#: Local epochs of the head before the body in each of a FedRep client's rounds: the
+#: paper's experiments' 10 (Collins et al. 2021, Section 5).
+DEFAULT_HEAD_EPOCHS = 10
+
+
+def build_fedrep(
+    model_fn: Callable[[], nn.Module],
+    client_state: Any,
+    *,
+    personal_layers: str | Sequence[str] | None = None,
+    head_epochs: int = DEFAULT_HEAD_EPOCHS,
+    **fedavg_settings: Any,
+) -> Any:
+    """FedRep: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
+    ``method="fedrep"``: ``personal_layers`` of each client kept in ``client_state`` (a
+    :class:`~fedp13n.state.ClientStateStore` made with
+    :func:`~fedp13n.algorithms.fedper.fedper_state_spec`), trained ``head_epochs`` epochs
+    before the body's ``client_epochs``. Commit the store after each round."""
+    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
+
+    return build_weighted_fed_avg(
+        model_fn,
+        method="fedrep",
+        personal_layers=personal_layers,
+        client_state=client_state,
+        head_epochs=head_epochs,
+        **fedavg_settings,
+    )
