@@ -69,6 +69,18 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
         ),
     ),
     "resume": (bool, _flag(False, "--resume", "Continue the run in --output-dir.")),
+    "repeats": (
+        int | None,
+        typer.Option(
+            None,
+            "--repeats",
+            metavar="N",
+            help="Run N times, seeds seed..seed+N-1 (one folder each in --output-dir; the "
+            "client split stays split_seed's), then print mean +- std over the seeds.",
+            show_default=False,
+            rich_help_panel=_RUN,
+        ),
+    ),
     "report": (bool, _flag(True, "--report/--no-report", "Write the HTML report at the end.")),
     "progress": (bool, _flag(True, "--progress/--no-progress", "Show progress bars.")),
     "print_config": (
@@ -166,6 +178,17 @@ def run(**kwargs: Any) -> None:
 
     if run_args["resume"] and output_dir is None:
         fail("--resume needs --output-dir: the run directory to continue.")
+    if run_args["repeats"] is not None:
+        run_repeated(run_args, kwargs, output_dir)
+        return
+    if run_args["resume"] and output_dir is not None:
+        from fedp13n.experiments.repeats import REPEATS_FILE
+
+        if (output_dir / REPEATS_FILE).is_file() and not (output_dir / rd.CONFIG).is_file():
+            fail(
+                f"{output_dir} holds repeats over seeds ({REPEATS_FILE}), not one run; "
+                "continue them with --repeats N --resume."
+            )
     try:
         saved = None
         if run_args["resume"]:
@@ -218,6 +241,56 @@ def run(**kwargs: Any) -> None:
         path = write_report(result.run_dir, summary=result.summary)
         typer.echo(f"report: {path}")
     typer.echo(f"results: {result.run_dir}")
+
+
+def run_repeated(run_args: dict[str, Any], options: dict[str, Any], out: Path | None) -> None:
+    """``--repeats N``: the configuration over N seeds into ``out``, then the table of mean
+    +- std over the seeds (:mod:`fedp13n.experiments.repeats`)."""
+    from fedp13n.algorithms.loop import TrainingError
+    from fedp13n.data.validate import DataError
+    from fedp13n.execution.base import ClientWorkError
+    from fedp13n.experiments.repeats import run_repeats, saved_config, seeds_of
+    from fedp13n.reporting.summary import ReportError
+
+    if run_args["repeats"] < 1:
+        fail(f"--repeats must be at least 1 (the number of seeds), got {run_args['repeats']}.")
+    if out is None:
+        fail("--repeats needs --output-dir: the folder of the seeds' runs.")
+    try:
+        saved = saved_config(out, run_args["resume"])
+        config = resolve_config(run_args["config_file"], options, base=saved)
+        seeds_of(config, run_args["repeats"])
+        if run_args["print_config"]:
+            typer.echo(config.to_toml(), nl=False)
+            return
+        md, _ = run_repeats(
+            config,
+            out,
+            run_args["repeats"],
+            resume=run_args["resume"],
+            progress=run_args["progress"] and sys.stderr.isatty(),
+            log=typer.echo,
+        )
+    except KeyboardInterrupt:
+        how = f"continue with: fedp13n run --output-dir {shlex.quote(str(out))} --repeats "
+        typer.secho(f"interrupted; {how}{run_args['repeats']} --resume", err=True,
+                    fg=typer.colors.YELLOW)  # fmt: skip
+        raise typer.Exit(130) from None
+    except (
+        ConfigError,
+        DataError,
+        FileExistsError,
+        FileNotFoundError,
+        ImportError,
+        TrainingError,
+        ClientWorkError,
+        ReportError,
+        ValueError,
+        OSError,
+    ) as e:
+        fail(str(e).splitlines()[0])
+    typer.echo(md.read_text())
+    typer.echo(f"repeats: {md} (and {md.with_suffix('.json').name})")
 
 
 def interrupted(e: KeyboardInterrupt, run_dir: Path) -> NoReturn:
