@@ -19,7 +19,9 @@ sweep). A sweep killed at any point resumes with ``--resume``: finished runs (th
 ``summary.json`` exists) are not redone, an interrupted run resumes from its last
 checkpoint. At the end: ``sweep.csv`` (one row per run), ``table.md`` (Table 1 of Jiang et
 al. 2019: initial -> personalized accuracy, and rounds to reach the target accuracy for
-both) and ``comparison.html`` (``fedp13n compare`` of all runs).
+both) and ``comparison.html`` (``fedp13n compare`` of all runs). A grid over ``seed``
+also gives ``repeats.md`` / ``repeats.json``: per combination of the other keys, the mean
++- sample standard deviation over the seeds (:func:`write_seed_repeats`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ from typing import Any
 import tomli_w
 
 from fedp13n.experiments.config import ConfigError, ExperimentConfig
+from fedp13n.reporting.repeats import (
+    REPEATS_JSON,
+    REPEATS_MD,
+    aggregate,
+    read_run_summary,
+    repeats_markdown,
+)
 from fedp13n.reporting.summary import format_number, format_percent
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir import readers
@@ -520,8 +529,33 @@ def write_sweep_results(sweep: SweepConfig, out: Path) -> Path:
     w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
     atomic_write(out / SWEEP_CSV, buf.getvalue())
     path = atomic_write(out / TABLE_MD, table_markdown(sweep, rows))
+    write_seed_repeats(sweep, out)
     if len(rows) > 1:
         from fedp13n.reporting.compare import write_comparison
 
         write_comparison([out / RUNS / r["run"] for r in rows], out)
     return path
+
+
+def write_seed_repeats(sweep: SweepConfig, out: Path) -> Path | None:
+    """A grid over ``seed`` (``grid = { seed = [0, 1, 2], ... }``): ``repeats.md`` /
+    ``repeats.json`` in the sweep folder, one section per combination of the other grid
+    keys with the mean +- sample std over its finished seeds
+    (:mod:`fedp13n.reporting.repeats`). None (nothing written) without two seeds."""
+    if len(sweep.grid.get("seed", ())) < 2:
+        return None
+    groups: dict[tuple[tuple[str, Any], ...], list[tuple[int, Path]]] = {}
+    for name, config in sweep.runs():
+        key = tuple((k, getattr(config, k)) for k in sweep.grid if k != "seed")
+        path = out / RUNS / name
+        if read_summary(path / rd.SUMMARY) is not None:
+            groups.setdefault(key, []).append((config.seed, path))
+    sections, data = [], []
+    for key, members in groups.items():
+        agg = aggregate([read_run_summary(p) for _, p in members], [s for s, _ in members])
+        agg["runs"] = [p.name for _, p in members]
+        title = ", ".join(f"{k} = {_label(v)}" for k, v in key) or "all runs"
+        sections.append(f"## {title}\n\n{repeats_markdown(agg)}")
+        data.append({"settings": dict(key), **agg})
+    atomic_write(out / REPEATS_JSON, json.dumps({"groups": data}, indent=1) + "\n")
+    return atomic_write(out / REPEATS_MD, "\n".join(sections) or "No run has finished yet.\n")
