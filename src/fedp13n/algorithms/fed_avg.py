@@ -765,17 +765,17 @@ def _personal_names(
             )
         return ()
     layers = parse_personal_layers(personal_layers)
-    spec = fedper_state_spec(model_fn, layers)
+    spec = fedper_state_spec(model_fn, layers, method)
     if not isinstance(client_state, ClientStateStore):
         raise TypeError(
             f"method={method!r} keeps each client's {sorted(spec)} in a ClientStateStore: pass "
             "client_state=ClientStateStore.create(folder, client_ids, "
-            "fedper_state_spec(model_fn, personal_layers))."
+            f"fedper_state_spec(model_fn, personal_layers, {method!r}))."
         )
     if client_state.spec != spec:
         raise ValueError(
             f"client_state holds {client_state.spec}, but method={method!r} keeps {spec}; "
-            "create the store with fedper_state_spec(model_fn, personal_layers)."
+            f"create the store with fedper_state_spec(model_fn, personal_layers, {method!r})."
         )
     return tuple(spec)
 

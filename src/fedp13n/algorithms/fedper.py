@@ -36,7 +36,12 @@ METHODS = {
     "fedavg": None,
     "fedper": "a personal head (personal_layers; default the last layer)",
     "fedrep": "a personal head, trained alone (head_epochs) before the body each round",
+    "lg_fedavg": "a personal body (personal_layers; default all but the last layer)",
 }
+
+#: Methods whose personal parameters are, by default, everything but the head (the last
+#: layer with parameters): LG-FedAvg's local representation (:mod:`.lg_fedavg`).
+BODY_PERSONAL = ("lg_fedavg",)
 
 
 def check_method(value: Any, error: type[Exception] = ValueError) -> str:
@@ -49,6 +54,14 @@ def check_method(value: Any, error: type[Exception] = ValueError) -> str:
 def keeps_state(method: str) -> bool:
     """Whether ``method`` keeps tensors per client across rounds (a client-state store)."""
     return METHODS.get(method) is not None
+
+
+def state_kind(method: str) -> str | None:
+    """What ``method`` keeps per client, as a word (None: nothing): stages whose kinds
+    (and ``personal_layers``) differ cannot share a run's one client-state store."""
+    if not keeps_state(method):
+        return None
+    return "body" if method in BODY_PERSONAL else "head"
 
 
 def parse_personal_layers(
@@ -70,25 +83,39 @@ def parse_personal_layers(
 
 
 def personal_parameter_names(
-    model: nn.Module, personal_layers: str | Sequence[str] | None
+    model: nn.Module, personal_layers: str | Sequence[str] | None, method: str = "fedper"
 ) -> tuple[str, ...]:
-    """The trainable parameters ``personal_layers`` names (None: the last layer with
-    parameters), in model order; a one-line ValueError listing the valid names."""
+    """The trainable parameters ``personal_layers`` names, in model order; None: the
+    method's default (the last layer with parameters; for LG-FedAvg, :data:`BODY_PERSONAL`,
+    every other one). A one-line ValueError listing the valid names."""
     from fedp13n.models.heads import head_parameter_names
 
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    layers = parse_personal_layers(personal_layers)
     try:
-        names = head_parameter_names(model, parse_personal_layers(personal_layers))
+        names = head_parameter_names(model, layers)
     except ValueError as e:  # "head 'fc9' names no layer ...": say which setting
         raise ValueError(f"personal_layers: {str(e).removeprefix('head ')}") from None
-    return tuple(n for n in names if n in trainable)
+    if layers is None and method in BODY_PERSONAL:
+        names = [n for n in trainable if n not in set(names)]
+        if not names:
+            raise ValueError(
+                f"method={method!r} keeps everything but the head personal, but "
+                f"{type(model).__name__} has only a head; name personal_layers, or use "
+                "a model with a body."
+            )
+    chosen = set(names)
+    return tuple(n for n in trainable if n in chosen)
 
 
 def fedper_state_spec(
-    model_fn: Callable[[], nn.Module], personal_layers: str | Sequence[str] | None
+    model_fn: Callable[[], nn.Module],
+    personal_layers: str | Sequence[str] | None,
+    method: str = "fedper",
 ) -> dict[str, tuple[tuple[int, ...], str]]:
-    """The :class:`~fedp13n.state.ClientStateStore` spec FedPer keeps for each client:
-    the personal parameters' names, shapes and dtypes."""
+    """The :class:`~fedp13n.state.ClientStateStore` spec ``method`` (FedPer, FedRep,
+    LG-FedAvg) keeps for each client: the personal parameters' names, shapes and dtypes
+    (:func:`personal_parameter_names`)."""
     import torch
 
     from fedp13n.state.store import state_spec
@@ -96,7 +123,7 @@ def fedper_state_spec(
     with torch.random.fork_rng(devices=[]):
         model = model_fn()
     params = dict(model.named_parameters())
-    names = personal_parameter_names(model, personal_layers)
+    names = personal_parameter_names(model, personal_layers, method)
     return state_spec({n: params[n].detach() for n in names})
 
 

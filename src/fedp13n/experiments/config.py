@@ -32,7 +32,7 @@ from typing import Any, get_args, get_origin
 
 import tomli_w
 
-from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers
+from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers, state_kind
 from fedp13n.algorithms.fedrep import DEFAULT_HEAD_EPOCHS
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, PIPELINES
 from fedp13n.data.split import MIN_CLIENTS, split_sizes
@@ -159,16 +159,18 @@ class TrainingSettings:
         help="What the stage trains: 'fedavg' (one global model), 'fedper' (FedPer: a "
         "shared body averaged by FedAvg, a personal head per client kept in the run's "
         "client_state/) or 'fedrep' (FedRep: the same, the head trained alone before the "
-        "body each round).",
+        "body each round) or 'lg_fedavg' (LG-FedAvg: a personal body per client, the head "
+        "averaged).",
         panel="Training",
         choices=tuple(METHODS),
     )
     personal_layers: str | None = setting(
         None,
-        help="FedPer's personal layers: module or parameter names, comma-separated "
-        "(e.g. 'fc1,fc2'); unset = the last layer with parameters.",
+        help="The personal layers of FedPer, FedRep and LG-FedAvg: module or parameter "
+        "names, comma-separated (e.g. 'fc1,fc2'); unset = the last layer with parameters "
+        "(LG-FedAvg: every layer but the last).",
         panel="Training",
-        default_text="the last layer",
+        default_text="the last layer (LG-FedAvg: all but it)",
     )
     head_epochs: int | None = setting(
         None,
@@ -762,11 +764,12 @@ class ExperimentConfig(TrainingSettings):
                     f"stage {s.name!r} is centralized (SGD on pooled examples): method "
                     f"{s.method!r} needs clients; set method = 'fedavg' there, or another kind."
                 )
-        personal = {s.personal_layers for s in stages if s.keeps_state}
+        personal = {(state_kind(s.method), s.personal_layers) for s in stages if s.keeps_state}
         if len(personal) > 1:
             raise ConfigError(
-                f"the stages keep different personal_layers {sorted(map(str, personal))}; a "
-                "run keeps one client state: give every stateful stage the same layers."
+                f"the stages keep different personal_layers or kinds of client state "
+                f"{sorted(map(str, personal))}; a run keeps one client state: give every "
+                "stateful stage the same layers and a method that keeps the same kind."
             )
 
     def _validate_counts(self) -> None:

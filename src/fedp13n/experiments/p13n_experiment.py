@@ -497,7 +497,9 @@ class Run:
         if folder.exists():  # left by an attempt that finished no round: start afresh
             shutil.rmtree(folder)
         try:
-            spec = fedper_state_spec(model_fn_for(self.config), stateful[0].personal_layers)
+            spec = fedper_state_spec(
+                model_fn_for(self.config), stateful[0].personal_layers, stateful[0].method
+            )
         except ValueError as e:
             raise ConfigError(str(e)) from None
         return ClientStateStore.create(folder, self.data.train_ids, spec)
