@@ -1,7 +1,8 @@
 """Training algorithms: weighted FedAvg (McMahan et al. 2017), FedProx (Li et al. 2020,
 its ``proximal_mu``), FedPer (Arivazhagan et al. 2019, a personal head per client), FedRep
 (Collins et al. 2021, the head trained before the body), LG-FedAvg (Liang et al. 2020, a
-personal body per client), their checkpoints, and the
+personal body per client), Ditto (Li et al. 2021, a personal model per client), their
+checkpoints, and the
 centralized baseline (SGD on the pooled examples of the clients).
 
 Names are imported on first use (PEP 562): importing the package costs nothing."""
@@ -22,6 +23,7 @@ _EXPORTS = {
     "METHODS": "fedp13n.algorithms.fedper",
     "accuracy": "fedp13n.algorithms.client_update",
     "build_fedper": "fedp13n.algorithms.fedper",
+    "build_ditto": "fedp13n.algorithms.ditto",
     "build_fedrep": "fedp13n.algorithms.fedrep",
     "build_lg_fedavg": "fedp13n.algorithms.lg_fedavg",
     "fedper_state_spec": "fedp13n.algorithms.fedper",
@@ -48,6 +50,7 @@ __all__ = [
     "accuracy",
     "build_centralized",
     "build_fedper",
+    "build_ditto",
     "build_fedrep",
     "build_lg_fedavg",
     "build_weighted_fed_avg",

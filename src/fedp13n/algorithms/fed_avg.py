@@ -237,6 +237,7 @@ class WeightedFedAvg:
         personal: tuple[str, ...] = (),
         client_state: Any = None,
         head_epochs: int = 0,
+        ditto_lambda: float | None = None,
     ) -> None:
         self.model_fn = model_fn
         #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
@@ -263,6 +264,7 @@ class WeightedFedAvg:
             proximal_mu=proximal_mu,
             personal=tuple(personal),
             head_epochs=head_epochs,
+            ditto_lambda=ditto_lambda,
             compute=compute.without_engine(),
         )
         self._server_model: nn.Module | None = None
@@ -616,6 +618,7 @@ def build_weighted_fed_avg(
     personal_layers: str | Sequence[str] | None = None,
     client_state: Any = None,
     head_epochs: int | None = None,
+    ditto_lambda: float | None = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -669,6 +672,11 @@ def build_weighted_fed_avg(
     ``method="fedrep"`` (:mod:`fedp13n.algorithms.fedrep`) keeps the same state and
     trains it alone for ``head_epochs`` (default
     :data:`~fedp13n.algorithms.fedrep.DEFAULT_HEAD_EPOCHS`) before the rest alone.
+    ``method="lg_fedavg"`` (:mod:`fedp13n.algorithms.lg_fedavg`) keeps all but the head
+    (unset ``personal_layers``). ``method="ditto"`` (:mod:`fedp13n.algorithms.ditto`)
+    averages the whole model as FedAvg does and keeps a whole personal model per client,
+    trained after the global phase with ``ditto_lambda`` (default
+    :data:`~fedp13n.algorithms.ditto.DEFAULT_DITTO_LAMBDA`) pulling it to the global model.
     """
     check_model_fn(model_fn)
     check_seed(seed)
@@ -693,10 +701,13 @@ def build_weighted_fed_avg(
     proximal_mu = check_proximal_mu(proximal_mu)
     personal = _personal_names(model_fn, method, personal_layers, client_state)
     head_epochs = _head_epochs(method, head_epochs)
+    ditto_lambda = _ditto_lambda(method, ditto_lambda)
+    if ditto_lambda is not None:
+        personal = ()  # the whole model is averaged; the personal one is the state
     if compute.engine is not None:
         usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
         why = "FedProx's proximal term (proximal_mu > 0)" if proximal_mu else None
-        why = f"{method}'s per-client state" if personal else why
+        why = f"{method}'s per-client state" if client_state is not None else why
         if usable is not None and why:
             from fedp13n.engine import note_fallback
 
@@ -723,7 +734,22 @@ def build_weighted_fed_avg(
         personal=personal,
         client_state=client_state,
         head_epochs=head_epochs,
+        ditto_lambda=ditto_lambda,
     )
+
+
+def _ditto_lambda(method: str, value: Any) -> float | None:
+    """Ditto's lambda (None for another method, which must not set it)."""
+    from fedp13n.algorithms.ditto import DEFAULT_DITTO_LAMBDA, check_ditto_lambda
+
+    if method != "ditto":
+        if value is not None:
+            raise ValueError(
+                f"ditto_lambda is Ditto's (method='ditto'); method={method!r} keeps no "
+                "personal model: leave it out."
+            )
+        return None
+    return DEFAULT_DITTO_LAMBDA if value is None else check_ditto_lambda(value)
 
 
 def _head_epochs(method: str, head_epochs: Any) -> int:

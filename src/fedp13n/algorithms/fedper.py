@@ -37,11 +37,15 @@ METHODS = {
     "fedper": "a personal head (personal_layers; default the last layer)",
     "fedrep": "a personal head, trained alone (head_epochs) before the body each round",
     "lg_fedavg": "a personal body (personal_layers; default all but the last layer)",
+    "ditto": "a whole personal model, pulled to the global one by ditto_lambda",
 }
 
 #: Methods whose personal parameters are, by default, everything but the head (the last
 #: layer with parameters): LG-FedAvg's local representation (:mod:`.lg_fedavg`).
 BODY_PERSONAL = ("lg_fedavg",)
+#: Methods that keep a whole personal model per client beside the global one (every
+#: trainable parameter; no ``personal_layers``): Ditto (:mod:`.ditto`).
+WHOLE_MODEL = ("ditto",)
 
 
 def check_method(value: Any, error: type[Exception] = ValueError) -> str:
@@ -61,6 +65,8 @@ def state_kind(method: str) -> str | None:
     (and ``personal_layers``) differ cannot share a run's one client-state store."""
     if not keeps_state(method):
         return None
+    if method in WHOLE_MODEL:
+        return "model"
     return "body" if method in BODY_PERSONAL else "head"
 
 
@@ -92,6 +98,13 @@ def personal_parameter_names(
 
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     layers = parse_personal_layers(personal_layers)
+    if method in WHOLE_MODEL:
+        if layers is not None:
+            raise ValueError(
+                f"personal_layers is for FedPer, FedRep and LG-FedAvg; method={method!r} "
+                f"keeps a whole personal model: leave personal_layers out."
+            )
+        return tuple(trainable)
     try:
         names = head_parameter_names(model, layers)
     except ValueError as e:  # "head 'fc9' names no layer ...": say which setting
@@ -133,6 +146,17 @@ def with_personal_state(
     """The global weights with the client's personal tensors in place (a new dict; the
     global ones where the client has none yet)."""
     return {**weights, **(state or {})}
+
+
+def client_model_weights(
+    method: str, weights: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """The weights of a client's own model under ``method``, from the global ``weights``
+    and the client's stored ``state`` (None: it has none, the global model's): how the
+    own-state protocol (:mod:`fedp13n.algorithms.own_state`) builds the model it
+    evaluates. FedPer / FedRep: the global body with its head; LG-FedAvg: its body with the
+    global head; Ditto: its whole personal model (the global buffers)."""
+    return with_personal_state(weights, state)
 
 
 def build_fedper(

@@ -32,6 +32,7 @@ from typing import Any, get_args, get_origin
 
 import tomli_w
 
+from fedp13n.algorithms.ditto import DEFAULT_DITTO_LAMBDA
 from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers, state_kind
 from fedp13n.algorithms.fedrep import DEFAULT_HEAD_EPOCHS
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, PIPELINES
@@ -159,8 +160,9 @@ class TrainingSettings:
         help="What the stage trains: 'fedavg' (one global model), 'fedper' (FedPer: a "
         "shared body averaged by FedAvg, a personal head per client kept in the run's "
         "client_state/) or 'fedrep' (FedRep: the same, the head trained alone before the "
-        "body each round) or 'lg_fedavg' (LG-FedAvg: a personal body per client, the head "
-        "averaged).",
+        "body each round), 'lg_fedavg' (LG-FedAvg: a personal body per client, the head "
+        "averaged) or 'ditto' (Ditto: FedAvg's global model and a whole personal model "
+        "per client, pulled to it by ditto_lambda).",
         panel="Training",
         choices=tuple(METHODS),
     )
@@ -178,6 +180,14 @@ class TrainingSettings:
         "local epochs (head frozen), each round; unset = the paper's 10.",
         panel="Training",
         default_text=str(DEFAULT_HEAD_EPOCHS),
+    )
+
+    ditto_lambda: float | None = setting(
+        None,
+        help="Ditto's lambda: each personal model's loss + lambda/2 ||v - w_global||^2; "
+        "unset = 1.0 (FL-bench's default; the paper tunes it).",
+        panel="Training",
+        default_text=str(DEFAULT_DITTO_LAMBDA),
     )
 
     @property
@@ -207,6 +217,8 @@ class TrainingSettings:
         _check_choice(f"{where}method", self.method, tuple(METHODS))
         if self.head_epochs is not None:
             check_positive_int(f"{where}head_epochs", self.head_epochs, ConfigError)
+        if self.ditto_lambda is not None:
+            check_non_negative_number(f"{where}ditto_lambda", self.ditto_lambda, ConfigError)
         try:
             parse_personal_layers(self.personal_layers)
         except ValueError as e:
