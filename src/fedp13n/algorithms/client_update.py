@@ -41,6 +41,7 @@ from torch import nn
 
 from fedp13n.algorithms.fedper import with_personal_state
 from fedp13n.algorithms.fedprox import proximal_penalty
+from fedp13n.algorithms.scaffold import control_penalty, learning_rate, next_control
 from fedp13n.client.program import LocalTraining, TrainStats, evaluate
 from fedp13n.client.result import ClientOutput
 from fedp13n.data.client_data import ClientDataset
@@ -82,6 +83,8 @@ class ClientTask:
     client_key: int | str
     round_num: int
     state: dict[str, torch.Tensor] | None = None
+    #: what the method's server sends beside the weights (SCAFFOLD's control variate c)
+    server: SharedRef | None = None
 
 
 # One model per worker process and ClientWork, reused across tasks and rounds: building a
@@ -138,6 +141,9 @@ class ClientWork:
     #: task's state (a whole personal model) trains with ``lambda/2 * ||v - w_global||^2``
     #: and comes back as the result's state; None: no personal phase.
     ditto_lambda: float | None = None
+    #: SCAFFOLD (:mod:`fedp13n.algorithms.scaffold`): local steps corrected by
+    #: ``c - c_i`` (the task's ``server`` and ``state``); ``c_i+`` comes back as the state.
+    scaffold: bool = False
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
@@ -200,6 +206,8 @@ class ClientWork:
         penalty = None
         if self.proximal_mu:
             penalty = proximal_penalty(model, weights, self.proximal_mu, shared)
+        if self.scaffold and task.server is not None:  # (a new client: no correction)
+            penalty = control_penalty(model, task.server.get(), task.state, shared)
         generator = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
         if self.head_epochs:  # FedRep: the head alone first, then the body alone
             head = [n for n in names if n in self.personal]
@@ -250,6 +258,9 @@ class ClientWork:
             buffers = {n: sent[n].detach().cpu().clone() for n in buffer_names(model)}
             kept = shared if trained is not None else self.personal  # Ditto: the whole model
             state = {n: params[n].detach().cpu().clone() for n in kept} or None
+            if self.scaffold and task.server is not None:
+                c, lr = task.server.get(), learning_rate(self.optimizer_fn)
+                state = next_control(task.state, c, delta, max(stats.num_steps, 1), lr)
             finite = math.isfinite(stats.loss_sum) and all(
                 bool(torch.isfinite(t).all())
                 for t in (*delta.values(), *buffers.values(), *(state or {}).values())

@@ -36,6 +36,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
 import time
@@ -91,11 +92,14 @@ class ServerState:
     ``model_fn()``); ``optimizer_state`` the server optimizer's ``state_dict()`` (plain
     tensors, numbers, lists and dicts). As in torch, that includes the hyperparameters
     (learning rate, momentum): a resumed run keeps those it started with.
+    ``method_state``: the method's server tensors (SCAFFOLD's control variate ``c``, by
+    parameter name; empty for the others), checkpointed with the rest.
     """
 
     round_num: int
     model: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any]
+    method_state: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,7 @@ class WeightedFedAvg:
         client_state: Any = None,
         head_epochs: int = 0,
         ditto_lambda: float | None = None,
+        scaffold: bool = False,
     ) -> None:
         self.model_fn = model_fn
         #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
@@ -265,6 +270,7 @@ class WeightedFedAvg:
             personal=tuple(personal),
             head_epochs=head_epochs,
             ditto_lambda=ditto_lambda,
+            scaffold=scaffold,
             compute=compute.without_engine(),
         )
         self._server_model: nn.Module | None = None
@@ -282,7 +288,10 @@ class WeightedFedAvg:
             model = _check_model(self.model_fn())
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         optimizer = self.server_optimizer_fn(self._trainable(model))
-        return ServerState(0, weights, _clone_tree(optimizer.state_dict()))
+        controls = {}
+        if self.client_work.scaffold:  # SCAFFOLD's c starts at 0
+            controls = {n: torch.zeros_like(weights[n]) for n in trainable_names(model)}
+        return ServerState(0, weights, _clone_tree(optimizer.state_dict()), controls)
 
     def get_model_weights(self, state: ServerState) -> dict[str, torch.Tensor]:
         """The global model's state dict (a copy), loadable into ``model_fn()``."""
@@ -308,13 +317,18 @@ class WeightedFedAvg:
             ) from None
         datasets, keys = self._round_clients(client_datasets)
         self._check_data_fits(model, datasets, keys)
+        controls = _clone_tree(state.method_state)
         if self.engine is not None:
             outputs = self._engine_outputs(client_datasets, datasets, keys, state, round_num)
         else:
             weights_ref = self.executor.share(self.get_model_weights(state))
-            tasks = self._tasks(client_datasets, datasets, keys, weights_ref, round_num)
+            server_ref = None
+            if self.client_work.scaffold:
+                controls = self._controls(model, controls)
+                server_ref = self.executor.share(controls)
+            tasks = self._tasks(client_datasets, datasets, keys, weights_ref, round_num, server_ref)
             outputs: list[ClientOutput] = self.executor.map(self.client_work, tasks)
-            self._keep_states(keys, outputs)
+            controls = self._keep_states(keys, outputs, controls)
 
         contributing = [o for o in outputs if o.finite]
         total = sum(o.num_examples for o in contributing)
@@ -324,6 +338,7 @@ class WeightedFedAvg:
             round_num,
             {k: v.detach().clone() for k, v in model.state_dict().items()},
             _clone_tree(optimizer.state_dict()),
+            controls,
         )
         trained = sum(o.num_trained for o in contributing)
         metrics = RoundMetrics(
@@ -414,6 +429,7 @@ class WeightedFedAvg:
         keys: list[Any],
         weights_ref: SharedRef,
         round_num: int,
+        server_ref: SharedRef | None = None,
     ) -> list[ClientTask]:
         store = self.client_state
         states = [store.get(k) if store is not None else None for k in keys]
@@ -423,22 +439,43 @@ class WeightedFedAvg:
             if ref is None:
                 ref = self._shared_data[cd] = self.executor.share(cd)
             return [
-                ClientTask(weights_ref, ref, c, round_num, s)
+                ClientTask(weights_ref, ref, c, round_num, s, server_ref)
                 for c, s in zip(keys, states, strict=True)
             ]
         return [
-            ClientTask(weights_ref, d, k, round_num, s)
+            ClientTask(weights_ref, d, k, round_num, s, server_ref)
             for d, k, s in zip(datasets, keys, states, strict=True)
         ]
 
-    def _keep_states(self, keys: list[Any], outputs: list[ClientOutput]) -> None:
+    @staticmethod
+    def _controls(model: nn.Module, c: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """SCAFFOLD's c for every trainable parameter (zeros where the state has none,
+        e.g. after a stage of another method)."""
+        params = dict(model.named_parameters())
+        names = trainable_names(model)
+        return {n: c[n] if n in c else torch.zeros_like(params[n].detach()) for n in names}
+
+    def _keep_states(
+        self, keys: list[Any], outputs: list[ClientOutput], controls: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Each client's new state into the store (here, in the lead process only); a
-        client whose update was not finite keeps its old state."""
-        if self.client_state is None:
-            return
+        client whose update was not finite keeps its old state. The server's method state:
+        for SCAFFOLD ``c + sum_S(c_i+ - c_i) / N`` (N: the store's clients), else as it was."""
+        store = self.client_state
+        if store is None:
+            return controls
+        change = {n: torch.zeros_like(t, dtype=torch.float64) for n, t in controls.items()}
         for key, out in zip(keys, outputs, strict=True):
             if out.finite and out.state is not None:
-                self.client_state.put(key, out.state)
+                if self.client_work.scaffold:
+                    old = store.get(key)
+                    for n, t in out.state.items():
+                        change[n] += t.double() - (0.0 if old is None else old[n].double())
+                store.put(key, out.state)
+        if not self.client_work.scaffold:
+            return controls
+        n = len(store.client_ids)
+        return {k: (c.double() + change[k] / n).to(c.dtype) for k, c in controls.items()}
 
     def _load_server_model(self, state: ServerState) -> nn.Module:
         if self._server_model is None:
@@ -677,6 +714,9 @@ def build_weighted_fed_avg(
     averages the whole model as FedAvg does and keeps a whole personal model per client,
     trained after the global phase with ``ditto_lambda`` (default
     :data:`~fedp13n.algorithms.ditto.DEFAULT_DITTO_LAMBDA`) pulling it to the global model.
+    ``method="scaffold"`` (:mod:`fedp13n.algorithms.scaffold`) corrects every local step
+    with control variates: each client's ``c_i`` in ``client_state``, the server's ``c``
+    in ``ServerState.method_state``.
     """
     check_model_fn(model_fn)
     check_seed(seed)
@@ -702,8 +742,14 @@ def build_weighted_fed_avg(
     personal = _personal_names(model_fn, method, personal_layers, client_state)
     head_epochs = _head_epochs(method, head_epochs)
     ditto_lambda = _ditto_lambda(method, ditto_lambda)
-    if ditto_lambda is not None:
-        personal = ()  # the whole model is averaged; the personal one is the state
+    scaffold = method == "scaffold"
+    if scaffold and proximal_mu:
+        raise ValueError(
+            "method='scaffold' corrects the local steps with control variates; FedProx's "
+            "proximal_mu does not combine with it here: set proximal_mu = 0."
+        )
+    if ditto_lambda is not None or scaffold:
+        personal = ()  # the whole model is averaged; the state is not part of it
     if compute.engine is not None:
         usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
         why = "FedProx's proximal term (proximal_mu > 0)" if proximal_mu else None
@@ -735,6 +781,7 @@ def build_weighted_fed_avg(
         client_state=client_state,
         head_epochs=head_epochs,
         ditto_lambda=ditto_lambda,
+        scaffold=scaffold,
     )
 
 

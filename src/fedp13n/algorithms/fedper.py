@@ -38,6 +38,7 @@ METHODS = {
     "fedrep": "a personal head, trained alone (head_epochs) before the body each round",
     "lg_fedavg": "a personal body (personal_layers; default all but the last layer)",
     "ditto": "a whole personal model, pulled to the global one by ditto_lambda",
+    "scaffold": "control variates c_i (the server keeps c in its state)",
 }
 
 #: Methods whose personal parameters are, by default, everything but the head (the last
@@ -46,6 +47,9 @@ BODY_PERSONAL = ("lg_fedavg",)
 #: Methods that keep a whole personal model per client beside the global one (every
 #: trainable parameter; no ``personal_layers``): Ditto (:mod:`.ditto`).
 WHOLE_MODEL = ("ditto",)
+#: Methods whose state is a control variate per trainable parameter (not weights): SCAFFOLD
+#: (:mod:`.scaffold`); a client's own model is the global one.
+CONTROL_VARIATES = ("scaffold",)
 
 
 def check_method(value: Any, error: type[Exception] = ValueError) -> str:
@@ -65,8 +69,8 @@ def state_kind(method: str) -> str | None:
     (and ``personal_layers``) differ cannot share a run's one client-state store."""
     if not keeps_state(method):
         return None
-    if method in WHOLE_MODEL:
-        return "model"
+    if method in WHOLE_MODEL or method in CONTROL_VARIATES:
+        return "model" if method in WHOLE_MODEL else "controls"
     return "body" if method in BODY_PERSONAL else "head"
 
 
@@ -98,11 +102,11 @@ def personal_parameter_names(
 
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     layers = parse_personal_layers(personal_layers)
-    if method in WHOLE_MODEL:
+    if method in WHOLE_MODEL or method in CONTROL_VARIATES:
         if layers is not None:
             raise ValueError(
                 f"personal_layers is for FedPer, FedRep and LG-FedAvg; method={method!r} "
-                f"keeps a whole personal model: leave personal_layers out."
+                f"keeps {METHODS[method]}: leave personal_layers out."
             )
         return tuple(trainable)
     try:
@@ -155,7 +159,10 @@ def client_model_weights(
     and the client's stored ``state`` (None: it has none, the global model's): how the
     own-state protocol (:mod:`fedp13n.algorithms.own_state`) builds the model it
     evaluates. FedPer / FedRep: the global body with its head; LG-FedAvg: its body with the
-    global head; Ditto: its whole personal model (the global buffers)."""
+    global head; Ditto: its whole personal model (the global buffers); SCAFFOLD (whose
+    state is control variates): the global model."""
+    if method in CONTROL_VARIATES:
+        return dict(weights)
     return with_personal_state(weights, state)
 
 

@@ -162,7 +162,8 @@ class TrainingSettings:
         "client_state/) or 'fedrep' (FedRep: the same, the head trained alone before the "
         "body each round), 'lg_fedavg' (LG-FedAvg: a personal body per client, the head "
         "averaged) or 'ditto' (Ditto: FedAvg's global model and a whole personal model "
-        "per client, pulled to it by ditto_lambda).",
+        "per client, pulled to it by ditto_lambda) or 'scaffold' (SCAFFOLD: local steps "
+        "corrected by control variates, c_i per client and c on the server).",
         panel="Training",
         choices=tuple(METHODS),
     )
