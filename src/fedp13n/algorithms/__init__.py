@@ -1,6 +1,8 @@
 """Training algorithms: weighted FedAvg (McMahan et al. 2017), FedProx (Li et al. 2020,
 its ``proximal_mu``), FedPer (Arivazhagan et al. 2019, a personal head per client), FedRep
-(Collins et al. 2021, the head trained before the body), their checkpoints, and the
+(Collins et al. 2021, the head trained before the body), LG-FedAvg (Liang et al. 2020, a
+personal body per client), Ditto (Li et al. 2021, a personal model per client), SCAFFOLD
+(Karimireddy et al. 2020, control variates), their checkpoints, and the
 centralized baseline (SGD on the pooled examples of the clients).
 
 Names are imported on first use (PEP 562): importing the package costs nothing."""
@@ -21,7 +23,10 @@ _EXPORTS = {
     "METHODS": "fedp13n.algorithms.fedper",
     "accuracy": "fedp13n.algorithms.client_update",
     "build_fedper": "fedp13n.algorithms.fedper",
+    "build_ditto": "fedp13n.algorithms.ditto",
     "build_fedrep": "fedp13n.algorithms.fedrep",
+    "build_lg_fedavg": "fedp13n.algorithms.lg_fedavg",
+    "build_scaffold": "fedp13n.algorithms.scaffold",
     "fedper_state_spec": "fedp13n.algorithms.fedper",
     "build_centralized": "fedp13n.algorithms.centralized",
     "build_weighted_fed_avg": "fedp13n.algorithms.fed_avg",
@@ -46,7 +51,10 @@ __all__ = [
     "accuracy",
     "build_centralized",
     "build_fedper",
+    "build_ditto",
     "build_fedrep",
+    "build_lg_fedavg",
+    "build_scaffold",
     "build_weighted_fed_avg",
     "fedper_state_spec",
     "latest_checkpoint",

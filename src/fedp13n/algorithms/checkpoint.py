@@ -48,6 +48,8 @@ def save_checkpoint(path: str | os.PathLike, state: ServerState) -> Path:
         "model": dict(state.model),
         "optimizer_state": state.optimizer_state,
     }
+    if state.method_state:  # e.g. SCAFFOLD's c; absent otherwise (older files unchanged)
+        payload["method_state"] = dict(state.method_state)
     payload["sha256"] = content_digest(payload)
     with writing(path), atomic_writer(path, "wb") as f:  # a full disk: NoSpaceError
         torch.save(payload, f)
@@ -111,6 +113,7 @@ def load_checkpoint(path: str | os.PathLike) -> ServerState:
         round_num=int(payload["round_num"]),
         model=dict(payload["model"]),
         optimizer_state=payload["optimizer_state"],
+        method_state=dict(payload.get("method_state", {})),
     )
 
 

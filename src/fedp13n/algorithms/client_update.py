@@ -41,6 +41,7 @@ from torch import nn
 
 from fedp13n.algorithms.fedper import with_personal_state
 from fedp13n.algorithms.fedprox import proximal_penalty
+from fedp13n.algorithms.scaffold import control_penalty, learning_rate, next_control
 from fedp13n.client.program import LocalTraining, TrainStats, evaluate
 from fedp13n.client.result import ClientOutput
 from fedp13n.data.client_data import ClientDataset
@@ -82,6 +83,8 @@ class ClientTask:
     client_key: int | str
     round_num: int
     state: dict[str, torch.Tensor] | None = None
+    #: what the method's server sends beside the weights (SCAFFOLD's control variate c)
+    server: SharedRef | None = None
 
 
 # One model per worker process and ClientWork, reused across tasks and rounds: building a
@@ -134,6 +137,13 @@ class ClientWork:
     #: FedRep's head phase (:mod:`fedp13n.algorithms.fedrep`): epochs of the personal
     #: parameters alone (the rest frozen) before the rest trains alone; 0: no phases.
     head_epochs: int = 0
+    #: Ditto's lambda (:mod:`fedp13n.algorithms.ditto`): after the global phase, the
+    #: task's state (a whole personal model) trains with ``lambda/2 * ||v - w_global||^2``
+    #: and comes back as the result's state; None: no personal phase.
+    ditto_lambda: float | None = None
+    #: SCAFFOLD (:mod:`fedp13n.algorithms.scaffold`): local steps corrected by
+    #: ``c - c_i`` (the task's ``server`` and ``state``); ``c_i+`` comes back as the state.
+    scaffold: bool = False
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
@@ -183,10 +193,11 @@ class ClientWork:
         dataset: ClientDataset,
         task: ClientTask,
         device: torch.device,
-    ) -> tuple[dict[str, torch.Tensor], list[str], TrainStats]:
+    ) -> tuple[dict[str, torch.Tensor], list[str], TrainStats, dict[str, torch.Tensor] | None]:
         """Load the task's starting weights (the global ones, the personal ones from its
         state) and train ``model`` in place; the starting weights, the shared trainable
-        names and the training statistics."""
+        names, the training statistics and, for Ditto, the global phase's trained state
+        dict (on the CPU; the model then holds the personal model; else None)."""
         if self.personal:
             weights = with_personal_state(weights, task.state)
         model.load_state_dict(weights)
@@ -195,6 +206,8 @@ class ClientWork:
         penalty = None
         if self.proximal_mu:
             penalty = proximal_penalty(model, weights, self.proximal_mu, shared)
+        if self.scaffold and task.server is not None:  # (a new client: no correction)
+            penalty = control_penalty(model, task.server.get(), task.state, shared)
         generator = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
         if self.head_epochs:  # FedRep: the head alone first, then the body alone
             head = [n for n in names if n in self.personal]
@@ -203,7 +216,14 @@ class ClientWork:
         stats = self._local(self.epochs, self.max_steps, names, penalty).run(
             model, dataset, generator=generator, device=device
         )
-        return weights, shared, stats
+        trained = None
+        if self.ditto_lambda is not None:  # Ditto: then the personal model, pulled to w^t
+            trained = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(with_personal_state(weights, task.state))
+            pull = proximal_penalty(model, weights, self.ditto_lambda, names)
+            local = self._local(self.epochs, self.max_steps, names, pull)
+            local.run(model, dataset, generator=generator, device=device)
+        return weights, shared, stats, trained
 
     def _local(self, epochs, max_steps, trainable, penalty) -> LocalTraining:
         """The client program with this client's settings, for these epochs / steps of
@@ -230,13 +250,17 @@ class ClientWork:
         task: ClientTask,
         device: torch.device,
     ) -> ClientOutput:
-        weights, shared, stats = self._fit(model, weights, dataset, task, device)
+        weights, shared, stats, trained = self._fit(model, weights, dataset, task, device)
         params = dict(model.named_parameters())
         with torch.no_grad():
-            delta = {n: (weights[n] - params[n].detach().cpu()).clone() for n in shared}
-            model_state = model.state_dict()
-            buffers = {n: model_state[n].detach().cpu().clone() for n in buffer_names(model)}
-            state = {n: params[n].detach().cpu().clone() for n in self.personal} or None
+            sent = trained if trained is not None else model.state_dict()
+            delta = {n: (weights[n] - sent[n].detach().cpu()).clone() for n in shared}
+            buffers = {n: sent[n].detach().cpu().clone() for n in buffer_names(model)}
+            kept = shared if trained is not None else self.personal  # Ditto: the whole model
+            state = {n: params[n].detach().cpu().clone() for n in kept} or None
+            if self.scaffold and task.server is not None:
+                c, lr = task.server.get(), learning_rate(self.optimizer_fn)
+                state = next_control(task.state, c, delta, max(stats.num_steps, 1), lr)
             finite = math.isfinite(stats.loss_sum) and all(
                 bool(torch.isfinite(t).all())
                 for t in (*delta.values(), *buffers.values(), *(state or {}).values())

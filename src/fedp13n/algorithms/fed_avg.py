@@ -36,6 +36,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
 import time
@@ -91,11 +92,14 @@ class ServerState:
     ``model_fn()``); ``optimizer_state`` the server optimizer's ``state_dict()`` (plain
     tensors, numbers, lists and dicts). As in torch, that includes the hyperparameters
     (learning rate, momentum): a resumed run keeps those it started with.
+    ``method_state``: the method's server tensors (SCAFFOLD's control variate ``c``, by
+    parameter name; empty for the others), checkpointed with the rest.
     """
 
     round_num: int
     model: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any]
+    method_state: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,8 @@ class WeightedFedAvg:
         personal: tuple[str, ...] = (),
         client_state: Any = None,
         head_epochs: int = 0,
+        ditto_lambda: float | None = None,
+        scaffold: bool = False,
     ) -> None:
         self.model_fn = model_fn
         #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
@@ -263,6 +269,8 @@ class WeightedFedAvg:
             proximal_mu=proximal_mu,
             personal=tuple(personal),
             head_epochs=head_epochs,
+            ditto_lambda=ditto_lambda,
+            scaffold=scaffold,
             compute=compute.without_engine(),
         )
         self._server_model: nn.Module | None = None
@@ -280,7 +288,10 @@ class WeightedFedAvg:
             model = _check_model(self.model_fn())
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         optimizer = self.server_optimizer_fn(self._trainable(model))
-        return ServerState(0, weights, _clone_tree(optimizer.state_dict()))
+        controls = {}
+        if self.client_work.scaffold:  # SCAFFOLD's c starts at 0
+            controls = {n: torch.zeros_like(weights[n]) for n in trainable_names(model)}
+        return ServerState(0, weights, _clone_tree(optimizer.state_dict()), controls)
 
     def get_model_weights(self, state: ServerState) -> dict[str, torch.Tensor]:
         """The global model's state dict (a copy), loadable into ``model_fn()``."""
@@ -306,13 +317,18 @@ class WeightedFedAvg:
             ) from None
         datasets, keys = self._round_clients(client_datasets)
         self._check_data_fits(model, datasets, keys)
+        controls = _clone_tree(state.method_state)
         if self.engine is not None:
             outputs = self._engine_outputs(client_datasets, datasets, keys, state, round_num)
         else:
             weights_ref = self.executor.share(self.get_model_weights(state))
-            tasks = self._tasks(client_datasets, datasets, keys, weights_ref, round_num)
+            server_ref = None
+            if self.client_work.scaffold:
+                controls = self._controls(model, controls)
+                server_ref = self.executor.share(controls)
+            tasks = self._tasks(client_datasets, datasets, keys, weights_ref, round_num, server_ref)
             outputs: list[ClientOutput] = self.executor.map(self.client_work, tasks)
-            self._keep_states(keys, outputs)
+            controls = self._keep_states(keys, outputs, controls)
 
         contributing = [o for o in outputs if o.finite]
         total = sum(o.num_examples for o in contributing)
@@ -322,6 +338,7 @@ class WeightedFedAvg:
             round_num,
             {k: v.detach().clone() for k, v in model.state_dict().items()},
             _clone_tree(optimizer.state_dict()),
+            controls,
         )
         trained = sum(o.num_trained for o in contributing)
         metrics = RoundMetrics(
@@ -412,6 +429,7 @@ class WeightedFedAvg:
         keys: list[Any],
         weights_ref: SharedRef,
         round_num: int,
+        server_ref: SharedRef | None = None,
     ) -> list[ClientTask]:
         store = self.client_state
         states = [store.get(k) if store is not None else None for k in keys]
@@ -421,22 +439,43 @@ class WeightedFedAvg:
             if ref is None:
                 ref = self._shared_data[cd] = self.executor.share(cd)
             return [
-                ClientTask(weights_ref, ref, c, round_num, s)
+                ClientTask(weights_ref, ref, c, round_num, s, server_ref)
                 for c, s in zip(keys, states, strict=True)
             ]
         return [
-            ClientTask(weights_ref, d, k, round_num, s)
+            ClientTask(weights_ref, d, k, round_num, s, server_ref)
             for d, k, s in zip(datasets, keys, states, strict=True)
         ]
 
-    def _keep_states(self, keys: list[Any], outputs: list[ClientOutput]) -> None:
+    @staticmethod
+    def _controls(model: nn.Module, c: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """SCAFFOLD's c for every trainable parameter (zeros where the state has none,
+        e.g. after a stage of another method)."""
+        params = dict(model.named_parameters())
+        names = trainable_names(model)
+        return {n: c[n] if n in c else torch.zeros_like(params[n].detach()) for n in names}
+
+    def _keep_states(
+        self, keys: list[Any], outputs: list[ClientOutput], controls: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Each client's new state into the store (here, in the lead process only); a
-        client whose update was not finite keeps its old state."""
-        if self.client_state is None:
-            return
+        client whose update was not finite keeps its old state. The server's method state:
+        for SCAFFOLD ``c + sum_S(c_i+ - c_i) / N`` (N: the store's clients), else as it was."""
+        store = self.client_state
+        if store is None:
+            return controls
+        change = {n: torch.zeros_like(t, dtype=torch.float64) for n, t in controls.items()}
         for key, out in zip(keys, outputs, strict=True):
             if out.finite and out.state is not None:
-                self.client_state.put(key, out.state)
+                if self.client_work.scaffold:
+                    old = store.get(key)
+                    for n, t in out.state.items():
+                        change[n] += t.double() - (0.0 if old is None else old[n].double())
+                store.put(key, out.state)
+        if not self.client_work.scaffold:
+            return controls
+        n = len(store.client_ids)
+        return {k: (c.double() + change[k] / n).to(c.dtype) for k, c in controls.items()}
 
     def _load_server_model(self, state: ServerState) -> nn.Module:
         if self._server_model is None:
@@ -616,6 +655,7 @@ def build_weighted_fed_avg(
     personal_layers: str | Sequence[str] | None = None,
     client_state: Any = None,
     head_epochs: int | None = None,
+    ditto_lambda: float | None = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -669,6 +709,14 @@ def build_weighted_fed_avg(
     ``method="fedrep"`` (:mod:`fedp13n.algorithms.fedrep`) keeps the same state and
     trains it alone for ``head_epochs`` (default
     :data:`~fedp13n.algorithms.fedrep.DEFAULT_HEAD_EPOCHS`) before the rest alone.
+    ``method="lg_fedavg"`` (:mod:`fedp13n.algorithms.lg_fedavg`) keeps all but the head
+    (unset ``personal_layers``). ``method="ditto"`` (:mod:`fedp13n.algorithms.ditto`)
+    averages the whole model as FedAvg does and keeps a whole personal model per client,
+    trained after the global phase with ``ditto_lambda`` (default
+    :data:`~fedp13n.algorithms.ditto.DEFAULT_DITTO_LAMBDA`) pulling it to the global model.
+    ``method="scaffold"`` (:mod:`fedp13n.algorithms.scaffold`) corrects every local step
+    with control variates: each client's ``c_i`` in ``client_state``, the server's ``c``
+    in ``ServerState.method_state``.
     """
     check_model_fn(model_fn)
     check_seed(seed)
@@ -693,10 +741,19 @@ def build_weighted_fed_avg(
     proximal_mu = check_proximal_mu(proximal_mu)
     personal = _personal_names(model_fn, method, personal_layers, client_state)
     head_epochs = _head_epochs(method, head_epochs)
+    ditto_lambda = _ditto_lambda(method, ditto_lambda)
+    scaffold = method == "scaffold"
+    if scaffold and proximal_mu:
+        raise ValueError(
+            "method='scaffold' corrects the local steps with control variates; FedProx's "
+            "proximal_mu does not combine with it here: set proximal_mu = 0."
+        )
+    if ditto_lambda is not None or scaffold:
+        personal = ()  # the whole model is averaged; the state is not part of it
     if compute.engine is not None:
         usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
         why = "FedProx's proximal term (proximal_mu > 0)" if proximal_mu else None
-        why = f"{method}'s per-client state" if personal else why
+        why = f"{method}'s per-client state" if client_state is not None else why
         if usable is not None and why:
             from fedp13n.engine import note_fallback
 
@@ -723,7 +780,23 @@ def build_weighted_fed_avg(
         personal=personal,
         client_state=client_state,
         head_epochs=head_epochs,
+        ditto_lambda=ditto_lambda,
+        scaffold=scaffold,
     )
+
+
+def _ditto_lambda(method: str, value: Any) -> float | None:
+    """Ditto's lambda (None for another method, which must not set it)."""
+    from fedp13n.algorithms.ditto import DEFAULT_DITTO_LAMBDA, check_ditto_lambda
+
+    if method != "ditto":
+        if value is not None:
+            raise ValueError(
+                f"ditto_lambda is Ditto's (method='ditto'); method={method!r} keeps no "
+                "personal model: leave it out."
+            )
+        return None
+    return DEFAULT_DITTO_LAMBDA if value is None else check_ditto_lambda(value)
 
 
 def _head_epochs(method: str, head_epochs: Any) -> int:
@@ -765,17 +838,17 @@ def _personal_names(
             )
         return ()
     layers = parse_personal_layers(personal_layers)
-    spec = fedper_state_spec(model_fn, layers)
+    spec = fedper_state_spec(model_fn, layers, method)
     if not isinstance(client_state, ClientStateStore):
         raise TypeError(
             f"method={method!r} keeps each client's {sorted(spec)} in a ClientStateStore: pass "
             "client_state=ClientStateStore.create(folder, client_ids, "
-            "fedper_state_spec(model_fn, personal_layers))."
+            f"fedper_state_spec(model_fn, personal_layers, {method!r}))."
         )
     if client_state.spec != spec:
         raise ValueError(
             f"client_state holds {client_state.spec}, but method={method!r} keeps {spec}; "
-            "create the store with fedper_state_spec(model_fn, personal_layers)."
+            f"create the store with fedper_state_spec(model_fn, personal_layers, {method!r})."
         )
     return tuple(spec)
 

@@ -36,7 +36,20 @@ METHODS = {
     "fedavg": None,
     "fedper": "a personal head (personal_layers; default the last layer)",
     "fedrep": "a personal head, trained alone (head_epochs) before the body each round",
+    "lg_fedavg": "a personal body (personal_layers; default all but the last layer)",
+    "ditto": "a whole personal model, pulled to the global one by ditto_lambda",
+    "scaffold": "control variates c_i (the server keeps c in its state)",
 }
+
+#: Methods whose personal parameters are, by default, everything but the head (the last
+#: layer with parameters): LG-FedAvg's local representation (:mod:`.lg_fedavg`).
+BODY_PERSONAL = ("lg_fedavg",)
+#: Methods that keep a whole personal model per client beside the global one (every
+#: trainable parameter; no ``personal_layers``): Ditto (:mod:`.ditto`).
+WHOLE_MODEL = ("ditto",)
+#: Methods whose state is a control variate per trainable parameter (not weights): SCAFFOLD
+#: (:mod:`.scaffold`); a client's own model is the global one.
+CONTROL_VARIATES = ("scaffold",)
 
 
 def check_method(value: Any, error: type[Exception] = ValueError) -> str:
@@ -49,6 +62,16 @@ def check_method(value: Any, error: type[Exception] = ValueError) -> str:
 def keeps_state(method: str) -> bool:
     """Whether ``method`` keeps tensors per client across rounds (a client-state store)."""
     return METHODS.get(method) is not None
+
+
+def state_kind(method: str) -> str | None:
+    """What ``method`` keeps per client, as a word (None: nothing): stages whose kinds
+    (and ``personal_layers``) differ cannot share a run's one client-state store."""
+    if not keeps_state(method):
+        return None
+    if method in WHOLE_MODEL or method in CONTROL_VARIATES:
+        return "model" if method in WHOLE_MODEL else "controls"
+    return "body" if method in BODY_PERSONAL else "head"
 
 
 def parse_personal_layers(
@@ -70,25 +93,46 @@ def parse_personal_layers(
 
 
 def personal_parameter_names(
-    model: nn.Module, personal_layers: str | Sequence[str] | None
+    model: nn.Module, personal_layers: str | Sequence[str] | None, method: str = "fedper"
 ) -> tuple[str, ...]:
-    """The trainable parameters ``personal_layers`` names (None: the last layer with
-    parameters), in model order; a one-line ValueError listing the valid names."""
+    """The trainable parameters ``personal_layers`` names, in model order; None: the
+    method's default (the last layer with parameters; for LG-FedAvg, :data:`BODY_PERSONAL`,
+    every other one). A one-line ValueError listing the valid names."""
     from fedp13n.models.heads import head_parameter_names
 
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    layers = parse_personal_layers(personal_layers)
+    if method in WHOLE_MODEL or method in CONTROL_VARIATES:
+        if layers is not None:
+            raise ValueError(
+                f"personal_layers is for FedPer, FedRep and LG-FedAvg; method={method!r} "
+                f"keeps {METHODS[method]}: leave personal_layers out."
+            )
+        return tuple(trainable)
     try:
-        names = head_parameter_names(model, parse_personal_layers(personal_layers))
+        names = head_parameter_names(model, layers)
     except ValueError as e:  # "head 'fc9' names no layer ...": say which setting
         raise ValueError(f"personal_layers: {str(e).removeprefix('head ')}") from None
-    return tuple(n for n in names if n in trainable)
+    if layers is None and method in BODY_PERSONAL:
+        names = [n for n in trainable if n not in set(names)]
+        if not names:
+            raise ValueError(
+                f"method={method!r} keeps everything but the head personal, but "
+                f"{type(model).__name__} has only a head; name personal_layers, or use "
+                "a model with a body."
+            )
+    chosen = set(names)
+    return tuple(n for n in trainable if n in chosen)
 
 
 def fedper_state_spec(
-    model_fn: Callable[[], nn.Module], personal_layers: str | Sequence[str] | None
+    model_fn: Callable[[], nn.Module],
+    personal_layers: str | Sequence[str] | None,
+    method: str = "fedper",
 ) -> dict[str, tuple[tuple[int, ...], str]]:
-    """The :class:`~fedp13n.state.ClientStateStore` spec FedPer keeps for each client:
-    the personal parameters' names, shapes and dtypes."""
+    """The :class:`~fedp13n.state.ClientStateStore` spec ``method`` (FedPer, FedRep,
+    LG-FedAvg) keeps for each client: the personal parameters' names, shapes and dtypes
+    (:func:`personal_parameter_names`)."""
     import torch
 
     from fedp13n.state.store import state_spec
@@ -96,7 +140,7 @@ def fedper_state_spec(
     with torch.random.fork_rng(devices=[]):
         model = model_fn()
     params = dict(model.named_parameters())
-    names = personal_parameter_names(model, personal_layers)
+    names = personal_parameter_names(model, personal_layers, method)
     return state_spec({n: params[n].detach() for n in names})
 
 
@@ -106,6 +150,20 @@ def with_personal_state(
     """The global weights with the client's personal tensors in place (a new dict; the
     global ones where the client has none yet)."""
     return {**weights, **(state or {})}
+
+
+def client_model_weights(
+    method: str, weights: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """The weights of a client's own model under ``method``, from the global ``weights``
+    and the client's stored ``state`` (None: it has none, the global model's): how the
+    own-state protocol (:mod:`fedp13n.algorithms.own_state`) builds the model it
+    evaluates. FedPer / FedRep: the global body with its head; LG-FedAvg: its body with the
+    global head; Ditto: its whole personal model (the global buffers); SCAFFOLD (whose
+    state is control variates): the global model."""
+    if method in CONTROL_VARIATES:
+        return dict(weights)
+    return with_personal_state(weights, state)
 
 
 def build_fedper(

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from fedp13n.algorithms.client_update import ClientTask, ClientWork
-from fedp13n.algorithms.fedper import with_personal_state
+from fedp13n.algorithms.fedper import client_model_weights
 from fedp13n.client.program import evaluate
 from fedp13n.data.client_data import ClientData
 from fedp13n.execution.base import Executor, SharedRef
@@ -46,17 +46,19 @@ def evaluate_own_state(
     client_ids: Sequence[str],
     loss_fn: LossFn,
     device: torch.device | str = "cpu",
+    method: str = "fedper",
 ) -> list[OrderedDict[str, Any]]:
     """Each client's metrics (:func:`fedp13n.client.program.evaluate`) on its test data
-    in ``test_data``, with ``weights`` and its own tensors from ``client_state`` (a
-    :class:`fedp13n.state.ClientStateStore`; a client without stored state: the global
-    ones) in place."""
+    in ``test_data``, with its own model under ``method``
+    (:func:`fedp13n.algorithms.fedper.client_model_weights`: ``weights`` and its tensors
+    from ``client_state``, a :class:`fedp13n.state.ClientStateStore`; a client without
+    stored state: the global ones)."""
     with torch.random.fork_rng(devices=[]):
         model = model_fn().to(device)
     out = []
     for c in client_ids:
         state = client_state.get(c)
-        model.load_state_dict(with_personal_state(weights, state))
+        model.load_state_dict(client_model_weights(method, weights, state))
         out.append(evaluate(model, test_data.create_dataset(c, device=_on(device)), loss_fn))
     return out
 

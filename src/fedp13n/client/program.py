@@ -52,6 +52,8 @@ class TrainStats:
     num_trained: int
     loss_sum: float = 0.0
     metric_sum: float = 0.0
+    #: the optimizer steps taken (SCAFFOLD's K)
+    num_steps: int = 0
 
 
 @dataclass
@@ -152,7 +154,7 @@ class LocalTraining:
         device = module_device(model) if device is None else device
         loss_sum: float | torch.Tensor = 0.0
         metric_sum: float | torch.Tensor = 0.0
-        seen = 0
+        seen = steps = 0
         for epoch, plan in enumerate(self._segments(len(data), generator), start=1):
             model.train()
             if self.after_train_mode is not None:
@@ -170,9 +172,10 @@ class LocalTraining:
                         loss_sum = _add(loss_sum, loss, len(y))
                         metric_sum = _add(metric_sum, self.metric_fn(outputs, y), len(y))
                 seen += len(y)
+                steps += 1
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch)
-        return TrainStats(seen, float(loss_sum), float(metric_sum))
+        return TrainStats(seen, float(loss_sum), float(metric_sum), steps)
 
 
 def _add(total: float | torch.Tensor, value: object, n: int) -> float | torch.Tensor:

@@ -32,7 +32,8 @@ from typing import Any, get_args, get_origin
 
 import tomli_w
 
-from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers
+from fedp13n.algorithms.ditto import DEFAULT_DITTO_LAMBDA
+from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers, state_kind
 from fedp13n.algorithms.fedrep import DEFAULT_HEAD_EPOCHS
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, PIPELINES
 from fedp13n.data.split import MIN_CLIENTS, split_sizes
@@ -159,16 +160,20 @@ class TrainingSettings:
         help="What the stage trains: 'fedavg' (one global model), 'fedper' (FedPer: a "
         "shared body averaged by FedAvg, a personal head per client kept in the run's "
         "client_state/) or 'fedrep' (FedRep: the same, the head trained alone before the "
-        "body each round).",
+        "body each round), 'lg_fedavg' (LG-FedAvg: a personal body per client, the head "
+        "averaged) or 'ditto' (Ditto: FedAvg's global model and a whole personal model "
+        "per client, pulled to it by ditto_lambda) or 'scaffold' (SCAFFOLD: local steps "
+        "corrected by control variates, c_i per client and c on the server).",
         panel="Training",
         choices=tuple(METHODS),
     )
     personal_layers: str | None = setting(
         None,
-        help="FedPer's personal layers: module or parameter names, comma-separated "
-        "(e.g. 'fc1,fc2'); unset = the last layer with parameters.",
+        help="The personal layers of FedPer, FedRep and LG-FedAvg: module or parameter "
+        "names, comma-separated (e.g. 'fc1,fc2'); unset = the last layer with parameters "
+        "(LG-FedAvg: every layer but the last).",
         panel="Training",
-        default_text="the last layer",
+        default_text="the last layer (LG-FedAvg: all but it)",
     )
     head_epochs: int | None = setting(
         None,
@@ -176,6 +181,14 @@ class TrainingSettings:
         "local epochs (head frozen), each round; unset = the paper's 10.",
         panel="Training",
         default_text=str(DEFAULT_HEAD_EPOCHS),
+    )
+
+    ditto_lambda: float | None = setting(
+        None,
+        help="Ditto's lambda: each personal model's loss + lambda/2 ||v - w_global||^2; "
+        "unset = 1.0 (FL-bench's default; the paper tunes it).",
+        panel="Training",
+        default_text=str(DEFAULT_DITTO_LAMBDA),
     )
 
     @property
@@ -205,6 +218,8 @@ class TrainingSettings:
         _check_choice(f"{where}method", self.method, tuple(METHODS))
         if self.head_epochs is not None:
             check_positive_int(f"{where}head_epochs", self.head_epochs, ConfigError)
+        if self.ditto_lambda is not None:
+            check_non_negative_number(f"{where}ditto_lambda", self.ditto_lambda, ConfigError)
         try:
             parse_personal_layers(self.personal_layers)
         except ValueError as e:
@@ -762,11 +777,12 @@ class ExperimentConfig(TrainingSettings):
                     f"stage {s.name!r} is centralized (SGD on pooled examples): method "
                     f"{s.method!r} needs clients; set method = 'fedavg' there, or another kind."
                 )
-        personal = {s.personal_layers for s in stages if s.keeps_state}
+        personal = {(state_kind(s.method), s.personal_layers) for s in stages if s.keeps_state}
         if len(personal) > 1:
             raise ConfigError(
-                f"the stages keep different personal_layers {sorted(map(str, personal))}; a "
-                "run keeps one client state: give every stateful stage the same layers."
+                f"the stages keep different personal_layers or kinds of client state "
+                f"{sorted(map(str, personal))}; a run keeps one client state: give every "
+                "stateful stage the same layers and a method that keeps the same kind."
             )
 
     def _validate_counts(self) -> None:

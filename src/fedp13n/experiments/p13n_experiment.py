@@ -208,6 +208,8 @@ def build_stage_process(
         )
     if stage.method == "fedrep":
         extra["head_epochs"] = stage.head_epochs
+    if stage.method == "ditto":
+        extra["ditto_lambda"] = stage.ditto_lambda
     loss = config.task_loss()
     return build_weighted_fed_avg(
         model_fn_for(config),
@@ -497,7 +499,9 @@ class Run:
         if folder.exists():  # left by an attempt that finished no round: start afresh
             shutil.rmtree(folder)
         try:
-            spec = fedper_state_spec(model_fn_for(self.config), stateful[0].personal_layers)
+            spec = fedper_state_spec(
+                model_fn_for(self.config), stateful[0].personal_layers, stateful[0].method
+            )
         except ValueError as e:
             raise ConfigError(str(e)) from None
         return ClientStateStore.create(folder, self.data.train_ids, spec)
@@ -731,12 +735,12 @@ class Run:
             return None
         config, data, compute, loss = self.config, self.data, self.compute, self.config.task_loss()
         own_ids = own_state_client_ids(config, self.client_state)
+        stage = [s for s in config.resolved_stages() if s.keeps_state][-1]
         with compute.autocast(compute.torch_device):
             own = evaluate_own_state(
                 model_fn_for(config), weights, self.client_state, data.test, own_ids, loss,
-                device=compute.torch_device,
+                device=compute.torch_device, method=stage.method,
             )  # fmt: skip
-        stage = [s for s in config.resolved_stages() if s.keeps_state][-1]
         work = build_stage_process(config, stage, self.executor, compute, self.client_state)
         new_ids = eval_client_ids(config, data)
         new = evaluate_new_clients(
