@@ -195,8 +195,7 @@ def claims(task: str, runs: dict[str, RunResult]) -> list[tuple[str, str]]:
     fed, cen, pfed = (runs.get(role) for role in ROLES)
     if fed is None:
         return [("", "not run (needs the fedavg run)")] * 3
-    gain = paired(fed.personalized_per_client - fed.initial_per_client, (task, "1"))
-    out.append((f"gain {gain.text(signed=True)}", verdict(gain)))
+    out.append((f"gain {fed.gain.text(signed=True)}", verdict(fed.gain)))  # the runs table's
     if pfed is None:
         out.append(("", "not run (needs the pfedavg run)"))
     else:
