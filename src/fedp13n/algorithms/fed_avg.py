@@ -41,7 +41,7 @@ import functools
 import math
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -243,6 +243,7 @@ class WeightedFedAvg:
         head_epochs: int = 0,
         ditto_lambda: float | None = None,
         scaffold: bool = False,
+        work_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model_fn = model_fn
         #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
@@ -272,6 +273,7 @@ class WeightedFedAvg:
             ditto_lambda=ditto_lambda,
             scaffold=scaffold,
             compute=compute.without_engine(),
+            **(work_options or {}),  # a method's other ClientWork settings (Per-FedAvg's)
         )
         self._server_model: nn.Module | None = None
         #: The model's classes by per-example feature shape (None: not a classifier).
@@ -656,6 +658,8 @@ def build_weighted_fed_avg(
     client_state: Any = None,
     head_epochs: int | None = None,
     ditto_lambda: float | None = None,
+    per_fedavg_variant: str | None = None,
+    per_fedavg_alpha: float | None = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -716,7 +720,9 @@ def build_weighted_fed_avg(
     :data:`~fedp13n.algorithms.ditto.DEFAULT_DITTO_LAMBDA`) pulling it to the global model.
     ``method="scaffold"`` (:mod:`fedp13n.algorithms.scaffold`) corrects every local step
     with control variates: each client's ``c_i`` in ``client_state``, the server's ``c``
-    in ``ServerState.method_state``.
+    in ``ServerState.method_state``. ``method="per_fedavg"``
+    (:mod:`fedp13n.algorithms.per_fedavg`) takes meta steps (``per_fedavg_variant`` "fo"
+    or "hf", inner rate ``per_fedavg_alpha``; beta: the client optimizer's rate).
     """
     check_model_fn(model_fn)
     check_seed(seed)
@@ -748,12 +754,19 @@ def build_weighted_fed_avg(
             "method='scaffold' corrects the local steps with control variates; FedProx's "
             "proximal_mu does not combine with it here: set proximal_mu = 0."
         )
+    work_options = _per_fedavg(method, per_fedavg_variant, per_fedavg_alpha)
+    if work_options and proximal_mu:
+        raise ValueError(
+            "method='per_fedavg' takes meta steps; FedProx's proximal_mu does not combine "
+            "with them here: set proximal_mu = 0."
+        )
     if ditto_lambda is not None or scaffold:
         personal = ()  # the whole model is averaged; the state is not part of it
     if compute.engine is not None:
         usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
         why = "FedProx's proximal term (proximal_mu > 0)" if proximal_mu else None
         why = f"{method}'s per-client state" if client_state is not None else why
+        why = "Per-FedAvg's meta steps" if work_options else why
         if usable is not None and why:
             from fedp13n.engine import note_fallback
 
@@ -782,7 +795,25 @@ def build_weighted_fed_avg(
         head_epochs=head_epochs,
         ditto_lambda=ditto_lambda,
         scaffold=scaffold,
+        work_options=work_options,
     )
+
+
+def _per_fedavg(method: str, variant: Any, alpha: Any) -> dict[str, Any]:
+    """Per-FedAvg's ClientWork settings ({} for another method, which must not set them)."""
+    from fedp13n.algorithms import per_fedavg as pf
+
+    if method != "per_fedavg":
+        if variant is not None or alpha is not None:
+            raise ValueError(
+                f"per_fedavg_variant and per_fedavg_alpha are Per-FedAvg's "
+                f"(method='per_fedavg'); method={method!r}: leave them out."
+            )
+        return {}
+    return {
+        "per_fedavg": pf.check_variant(pf.DEFAULT_VARIANT if variant is None else variant),
+        "per_fedavg_alpha": pf.check_alpha(pf.DEFAULT_ALPHA if alpha is None else alpha),
+    }
 
 
 def _ditto_lambda(method: str, value: Any) -> float | None:
