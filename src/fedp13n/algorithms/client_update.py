@@ -42,6 +42,7 @@ from torch import nn
 from fedp13n.algorithms.fedper import with_personal_state
 from fedp13n.algorithms.fedprox import proximal_penalty
 from fedp13n.algorithms.per_fedavg import adapt, meta_train
+from fedp13n.algorithms.pfedme import pfedme_train
 from fedp13n.algorithms.scaffold import control_penalty, learning_rate, next_control
 from fedp13n.client.program import LocalTraining, TrainStats, evaluate
 from fedp13n.client.result import ClientOutput
@@ -149,6 +150,9 @@ class ClientWork:
     #: steps with inner rate ``per_fedavg_alpha``; None: plain local steps.
     per_fedavg: str | None = None
     per_fedavg_alpha: float = 0.0
+    #: pFedMe's (lambda, K, personal_lr) (:mod:`fedp13n.algorithms.pfedme`): the model
+    #: trained is theta (the state), ``w_local`` is sent; None: plain local steps.
+    pfedme: tuple[float, int, float] | None = None
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
@@ -210,7 +214,8 @@ class ClientWork:
         """Load the task's starting weights (the global ones, the personal ones from its
         state) and train ``model`` in place; the starting weights, the shared trainable
         names, the training statistics and, for Ditto, the global phase's trained state
-        dict (on the CPU; the model then holds the personal model; else None)."""
+        dict (on the CPU; the model then holds the personal model; pFedMe: the sent
+        ``w_local``, the model holding theta; else None)."""
         if self.personal:
             weights = with_personal_state(weights, task.state)
         model.load_state_dict(weights)
@@ -230,6 +235,10 @@ class ClientWork:
         if self.per_fedavg is not None:  # Per-FedAvg: meta steps (beta: the optimizer's)
             alpha, variant = self.per_fedavg_alpha, self.per_fedavg
             stats = meta_train(local, model, dataset, generator, device, alpha, variant)
+        elif self.pfedme is not None:  # pFedMe: the model ends as theta, w_local is sent
+            stats, w_local = pfedme_train(local, model, dataset, generator, device, self.pfedme)
+            sent = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            return weights, shared, stats, {**sent, **{n: t.cpu() for n, t in w_local.items()}}
         else:
             stats = local.run(model, dataset, generator=generator, device=device)
         trained = None

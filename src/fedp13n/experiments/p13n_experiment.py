@@ -216,6 +216,9 @@ def build_stage_process(
             per_fedavg_variant=stage.per_fedavg_variant,
             per_fedavg_alpha=stage.per_fedavg_alpha,
         )
+    if stage.method == "pfedme":
+        for key in ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta"):
+            extra[key] = getattr(stage, key)
     loss = config.task_loss()
     return build_weighted_fed_avg(
         model_fn_for(config),
