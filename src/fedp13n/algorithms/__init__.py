@@ -2,7 +2,8 @@
 its ``proximal_mu``), FedPer (Arivazhagan et al. 2019, a personal head per client), FedRep
 (Collins et al. 2021, the head trained before the body), LG-FedAvg (Liang et al. 2020, a
 personal body per client), Ditto (Li et al. 2021, a personal model per client), SCAFFOLD
-(Karimireddy et al. 2020, control variates), their checkpoints, and the
+(Karimireddy et al. 2020, control variates), Per-FedAvg (Fallah et al. 2020, a MAML
+meta-model), pFedMe (Dinh et al. 2020, Moreau envelopes), their checkpoints, and the
 centralized baseline (SGD on the pooled examples of the clients).
 
 Names are imported on first use (PEP 562): importing the package costs nothing."""
@@ -26,6 +27,8 @@ _EXPORTS = {
     "build_ditto": "fedp13n.algorithms.ditto",
     "build_fedrep": "fedp13n.algorithms.fedrep",
     "build_lg_fedavg": "fedp13n.algorithms.lg_fedavg",
+    "build_per_fedavg": "fedp13n.algorithms.per_fedavg",
+    "build_pfedme": "fedp13n.algorithms.pfedme",
     "build_scaffold": "fedp13n.algorithms.scaffold",
     "fedper_state_spec": "fedp13n.algorithms.fedper",
     "build_centralized": "fedp13n.algorithms.centralized",
@@ -54,6 +57,8 @@ __all__ = [
     "build_ditto",
     "build_fedrep",
     "build_lg_fedavg",
+    "build_per_fedavg",
+    "build_pfedme",
     "build_scaffold",
     "build_weighted_fed_avg",
     "fedper_state_spec",

@@ -41,6 +41,8 @@ from torch import nn
 
 from fedp13n.algorithms.fedper import with_personal_state
 from fedp13n.algorithms.fedprox import proximal_penalty
+from fedp13n.algorithms.per_fedavg import adapt, meta_train
+from fedp13n.algorithms.pfedme import pfedme_train
 from fedp13n.algorithms.scaffold import control_penalty, learning_rate, next_control
 from fedp13n.client.program import LocalTraining, TrainStats, evaluate
 from fedp13n.client.result import ClientOutput
@@ -144,6 +146,13 @@ class ClientWork:
     #: SCAFFOLD (:mod:`fedp13n.algorithms.scaffold`): local steps corrected by
     #: ``c - c_i`` (the task's ``server`` and ``state``); ``c_i+`` comes back as the state.
     scaffold: bool = False
+    #: Per-FedAvg's variant (:mod:`fedp13n.algorithms.per_fedavg`, "fo" or "hf"): meta
+    #: steps with inner rate ``per_fedavg_alpha``; None: plain local steps.
+    per_fedavg: str | None = None
+    per_fedavg_alpha: float = 0.0
+    #: pFedMe's (lambda, K, personal_lr) (:mod:`fedp13n.algorithms.pfedme`): the model
+    #: trained is theta (the state), ``w_local`` is sent; None: plain local steps.
+    pfedme: tuple[float, int, float] | None = None
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
@@ -159,7 +168,15 @@ class ClientWork:
         is evaluated under the "new clients" protocol (:mod:`fedp13n.algorithms.own_state`)."""
 
         def then(model, weights, dataset, task, device):
-            self._fit(model, weights, dataset, task, device)
+            if self.per_fedavg is not None:  # its personalization: one step with alpha
+                model.load_state_dict(weights)
+                generator = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
+                adapt(
+                    model, dataset, self.loss_fn, self.per_fedavg_alpha, self.batch_size,
+                    self.shuffle, generator, device,
+                )  # fmt: skip
+            else:
+                self._fit(model, weights, dataset, task, device)
             if isinstance(test, ClientDataset):
                 data = test if device.type == "cpu" else test.to(device)
             else:
@@ -197,7 +214,8 @@ class ClientWork:
         """Load the task's starting weights (the global ones, the personal ones from its
         state) and train ``model`` in place; the starting weights, the shared trainable
         names, the training statistics and, for Ditto, the global phase's trained state
-        dict (on the CPU; the model then holds the personal model; else None)."""
+        dict (on the CPU; the model then holds the personal model; pFedMe: the sent
+        ``w_local``, the model holding theta; else None)."""
         if self.personal:
             weights = with_personal_state(weights, task.state)
         model.load_state_dict(weights)
@@ -213,9 +231,16 @@ class ClientWork:
             head = [n for n in names if n in self.personal]
             self._local(self.head_epochs, None, head, None).run(model, dataset, generator, device)
             names = shared
-        stats = self._local(self.epochs, self.max_steps, names, penalty).run(
-            model, dataset, generator=generator, device=device
-        )
+        local = self._local(self.epochs, self.max_steps, names, penalty)
+        if self.per_fedavg is not None:  # Per-FedAvg: meta steps (beta: the optimizer's)
+            alpha, variant = self.per_fedavg_alpha, self.per_fedavg
+            stats = meta_train(local, model, dataset, generator, device, alpha, variant)
+        elif self.pfedme is not None:  # pFedMe: the model ends as theta, w_local is sent
+            stats, w_local = pfedme_train(local, model, dataset, generator, device, self.pfedme)
+            sent = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            return weights, shared, stats, {**sent, **{n: t.cpu() for n, t in w_local.items()}}
+        else:
+            stats = local.run(model, dataset, generator=generator, device=device)
         trained = None
         if self.ditto_lambda is not None:  # Ditto: then the personal model, pulled to w^t
             trained = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

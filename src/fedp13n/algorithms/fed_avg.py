@@ -41,7 +41,7 @@ import functools
 import math
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -243,6 +243,8 @@ class WeightedFedAvg:
         head_epochs: int = 0,
         ditto_lambda: float | None = None,
         scaffold: bool = False,
+        work_options: Mapping[str, Any] | None = None,
+        delta_scale: float = 1.0,
     ) -> None:
         self.model_fn = model_fn
         #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
@@ -254,6 +256,8 @@ class WeightedFedAvg:
         self.seed = seed
         self.executor = executor if executor is not None else InProcessExecutor()
         self.buffer_aggregation = buffer_aggregation
+        #: the averaged delta's factor before the server optimizer (pFedMe's beta)
+        self.delta_scale = delta_scale
         self.client_work = ClientWork(
             model_fn=model_fn,
             optimizer_fn=client_optimizer_fn,
@@ -272,6 +276,7 @@ class WeightedFedAvg:
             ditto_lambda=ditto_lambda,
             scaffold=scaffold,
             compute=compute.without_engine(),
+            **(work_options or {}),  # a method's other ClientWork settings (Per-FedAvg's)
         )
         self._server_model: nn.Module | None = None
         #: The model's classes by per-example feature shape (None: not a classifier).
@@ -504,7 +509,10 @@ class WeightedFedAvg:
             if name in personal:
                 continue
             p = params[name]
-            p.grad = _weighted_mean([o.delta[name] for o in outputs], outputs, total).to(p.dtype)
+            mean = _weighted_mean([o.delta[name] for o in outputs], outputs, total)
+            if self.delta_scale != 1.0:  # pFedMe's beta: w - beta * (w - mean w_local)
+                mean = mean * self.delta_scale
+            p.grad = mean.to(p.dtype)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if self.buffer_aggregation == "keep":
@@ -656,6 +664,12 @@ def build_weighted_fed_avg(
     client_state: Any = None,
     head_epochs: int | None = None,
     ditto_lambda: float | None = None,
+    per_fedavg_variant: str | None = None,
+    per_fedavg_alpha: float | None = None,
+    pfedme_lambda: float | None = None,
+    pfedme_k: int | None = None,
+    pfedme_personal_lr: float | None = None,
+    pfedme_beta: float | None = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -716,7 +730,12 @@ def build_weighted_fed_avg(
     :data:`~fedp13n.algorithms.ditto.DEFAULT_DITTO_LAMBDA`) pulling it to the global model.
     ``method="scaffold"`` (:mod:`fedp13n.algorithms.scaffold`) corrects every local step
     with control variates: each client's ``c_i`` in ``client_state``, the server's ``c``
-    in ``ServerState.method_state``.
+    in ``ServerState.method_state``. ``method="per_fedavg"``
+    (:mod:`fedp13n.algorithms.per_fedavg`) takes meta steps (``per_fedavg_variant`` "fo"
+    or "hf", inner rate ``per_fedavg_alpha``; beta: the client optimizer's rate).
+    ``method="pfedme"`` (:mod:`fedp13n.algorithms.pfedme`) keeps each client's theta in
+    ``client_state`` (``pfedme_lambda``, ``pfedme_k``, ``pfedme_personal_lr``; eta: the
+    client optimizer's rate) and scales the averaged delta by ``pfedme_beta``.
     """
     check_model_fn(model_fn)
     check_seed(seed)
@@ -748,12 +767,21 @@ def build_weighted_fed_avg(
             "method='scaffold' corrects the local steps with control variates; FedProx's "
             "proximal_mu does not combine with it here: set proximal_mu = 0."
         )
-    if ditto_lambda is not None or scaffold:
+    work_options = _per_fedavg(method, per_fedavg_variant, per_fedavg_alpha)
+    pfedme = (pfedme_lambda, pfedme_k, pfedme_personal_lr, pfedme_beta)
+    work_options, delta_scale = _pfedme(method, pfedme, work_options)
+    if work_options and proximal_mu:
+        raise ValueError(
+            f"method={method!r} takes its own local steps; FedProx's proximal_mu does not "
+            "combine with them here: set proximal_mu = 0."
+        )
+    if ditto_lambda is not None or scaffold or method == "pfedme":
         personal = ()  # the whole model is averaged; the state is not part of it
     if compute.engine is not None:
         usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
         why = "FedProx's proximal term (proximal_mu > 0)" if proximal_mu else None
         why = f"{method}'s per-client state" if client_state is not None else why
+        why = "Per-FedAvg's meta steps" if "per_fedavg" in work_options else why
         if usable is not None and why:
             from fedp13n.engine import note_fallback
 
@@ -782,7 +810,42 @@ def build_weighted_fed_avg(
         head_epochs=head_epochs,
         ditto_lambda=ditto_lambda,
         scaffold=scaffold,
+        work_options=work_options,
+        delta_scale=delta_scale,
     )
+
+
+def _pfedme(method: str, values: tuple, options: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """ClientWork settings with pFedMe's (lambda, K, personal_lr) added, and its beta (1.0
+    for another method, which must not set them)."""
+    from fedp13n.algorithms.pfedme import check_settings
+
+    if method != "pfedme":
+        if any(v is not None for v in values):
+            raise ValueError(
+                "pfedme_lambda, pfedme_k, pfedme_personal_lr and pfedme_beta are pFedMe's "
+                f"(method='pfedme'); method={method!r}: leave them out."
+            )
+        return options, 1.0
+    lam, k, personal_lr, beta = check_settings(*values)
+    return {**options, "pfedme": (lam, k, personal_lr)}, beta
+
+
+def _per_fedavg(method: str, variant: Any, alpha: Any) -> dict[str, Any]:
+    """Per-FedAvg's ClientWork settings ({} for another method, which must not set them)."""
+    from fedp13n.algorithms import per_fedavg as pf
+
+    if method != "per_fedavg":
+        if variant is not None or alpha is not None:
+            raise ValueError(
+                f"per_fedavg_variant and per_fedavg_alpha are Per-FedAvg's "
+                f"(method='per_fedavg'); method={method!r}: leave them out."
+            )
+        return {}
+    return {
+        "per_fedavg": pf.check_variant(pf.DEFAULT_VARIANT if variant is None else variant),
+        "per_fedavg_alpha": pf.check_alpha(pf.DEFAULT_ALPHA if alpha is None else alpha),
+    }
 
 
 def _ditto_lambda(method: str, value: Any) -> float | None:

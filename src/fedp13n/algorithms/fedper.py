@@ -39,17 +39,25 @@ METHODS = {
     "lg_fedavg": "a personal body (personal_layers; default all but the last layer)",
     "ditto": "a whole personal model, pulled to the global one by ditto_lambda",
     "scaffold": "control variates c_i (the server keeps c in its state)",
+    "per_fedavg": None,  # Per-FedAvg: a meta-model, personalized by one step (ADAPTS)
+    "pfedme": "a personalized model theta (its last inner solution), pulled by pfedme_lambda",
 }
 
 #: Methods whose personal parameters are, by default, everything but the head (the last
 #: layer with parameters): LG-FedAvg's local representation (:mod:`.lg_fedavg`).
 BODY_PERSONAL = ("lg_fedavg",)
 #: Methods that keep a whole personal model per client beside the global one (every
-#: trainable parameter; no ``personal_layers``): Ditto (:mod:`.ditto`).
-WHOLE_MODEL = ("ditto",)
+#: trainable parameter; no ``personal_layers``): Ditto (:mod:`.ditto`), pFedMe's theta
+#: (:mod:`.pfedme`).
+WHOLE_MODEL = ("ditto", "pfedme")
 #: Methods whose state is a control variate per trainable parameter (not weights): SCAFFOLD
 #: (:mod:`.scaffold`); a client's own model is the global one.
 CONTROL_VARIATES = ("scaffold",)
+
+#: Methods without client state whose clients personalize the global model by the
+#: method's own local step before evaluation (both own-state and "new clients"
+#: protocols): Per-FedAvg (:func:`fedp13n.algorithms.per_fedavg.adapt`).
+ADAPTS = ("per_fedavg",)
 
 
 def check_method(value: Any, error: type[Exception] = ValueError) -> str:

@@ -126,6 +126,12 @@ class LocalTraining:
             for n, p in named:
                 p.requires_grad_(was[n])
 
+    def segments(self, n: int, generator: np.random.Generator | None) -> Iterator[list]:
+        """The batch plan of ``n`` examples, one list of index arrays per epoch (or one
+        for the whole plan): for methods whose step is not one batch's (Per-FedAvg,
+        pFedMe), which run their own loop over it."""
+        return self._segments(n, generator)
+
     def _segments(self, n: int, generator: np.random.Generator | None) -> Iterator[list]:
         """The batch plan, one list of index arrays per epoch (or one for the whole plan)."""
         if self.per_epoch:

@@ -32,6 +32,7 @@ from typing import Any, get_args, get_origin
 
 import tomli_w
 
+from fedp13n.algorithms import per_fedavg, pfedme
 from fedp13n.algorithms.ditto import DEFAULT_DITTO_LAMBDA
 from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers, state_kind
 from fedp13n.algorithms.fedrep import DEFAULT_HEAD_EPOCHS
@@ -163,7 +164,9 @@ class TrainingSettings:
         "body each round), 'lg_fedavg' (LG-FedAvg: a personal body per client, the head "
         "averaged) or 'ditto' (Ditto: FedAvg's global model and a whole personal model "
         "per client, pulled to it by ditto_lambda) or 'scaffold' (SCAFFOLD: local steps "
-        "corrected by control variates, c_i per client and c on the server).",
+        "corrected by control variates, c_i per client and c on the server) or "
+        "'per_fedavg' (Per-FedAvg: a meta-model, personalized by one step of alpha) or "
+        "'pfedme' (pFedMe: a personalized model theta per client, w_local averaged).",
         panel="Training",
         choices=tuple(METHODS),
     )
@@ -189,6 +192,49 @@ class TrainingSettings:
         "unset = 1.0 (FL-bench's default; the paper tunes it).",
         panel="Training",
         default_text=str(DEFAULT_DITTO_LAMBDA),
+    )
+
+    per_fedavg_variant: str | None = setting(
+        None,
+        help="Per-FedAvg's variant: 'fo' (first order) or 'hf' (Hessian-free, a "
+        "finite-difference Hessian-vector product); unset = 'fo'. Its beta is the client "
+        "learning rate.",
+        panel="Training",
+        default_text=per_fedavg.DEFAULT_VARIANT,
+    )
+    per_fedavg_alpha: float | None = setting(
+        None,
+        help="Per-FedAvg's inner learning rate alpha (of its meta steps and of the one "
+        "personalization step before evaluation); unset = 0.01 (FL-bench's).",
+        panel="Training",
+        default_text=str(per_fedavg.DEFAULT_ALPHA),
+    )
+    pfedme_lambda: float | None = setting(
+        None,
+        help="pFedMe's lambda: the pull lambda/2 ||theta - w_local||^2 of the personalized "
+        "model; unset = 15 (FL-bench's).",
+        panel="Training",
+        default_text=str(pfedme.DEFAULT_LAMBDA),
+    )
+    pfedme_k: int | None = setting(
+        None,
+        help="pFedMe's K: inner steps solving for theta per local step; unset = 5.",
+        panel="Training",
+        default_text=str(pfedme.DEFAULT_K),
+    )
+    pfedme_personal_lr: float | None = setting(
+        None,
+        help="pFedMe's personal learning rate of the K inner steps; unset = 0.01 "
+        "(FL-bench's). Its eta is the client learning rate.",
+        panel="Training",
+        default_text=str(pfedme.DEFAULT_PERSONAL_LR),
+    )
+    pfedme_beta: float | None = setting(
+        None,
+        help="pFedMe's beta: the server moves w to (1 - beta) w + beta mean(w_local); "
+        "unset = 1.0 (plain averaging).",
+        panel="Training",
+        default_text=str(pfedme.DEFAULT_BETA),
     )
 
     @property
@@ -220,6 +266,16 @@ class TrainingSettings:
             check_positive_int(f"{where}head_epochs", self.head_epochs, ConfigError)
         if self.ditto_lambda is not None:
             check_non_negative_number(f"{where}ditto_lambda", self.ditto_lambda, ConfigError)
+        if self.per_fedavg_variant is not None:
+            variants = per_fedavg.VARIANTS
+            _check_choice(f"{where}per_fedavg_variant", self.per_fedavg_variant, variants)
+        if self.per_fedavg_alpha is not None:
+            check_positive_number(f"{where}per_fedavg_alpha", self.per_fedavg_alpha, ConfigError)
+        values = [getattr(self, f"pfedme_{k}") for k in ("lambda", "k", "personal_lr", "beta")]
+        try:
+            pfedme.check_settings(*values)
+        except ValueError as e:
+            raise ConfigError(f"{where}{e}") from None
         try:
             parse_personal_layers(self.personal_layers)
         except ValueError as e:

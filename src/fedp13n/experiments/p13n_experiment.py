@@ -29,7 +29,7 @@ import re
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -210,6 +210,15 @@ def build_stage_process(
         extra["head_epochs"] = stage.head_epochs
     if stage.method == "ditto":
         extra["ditto_lambda"] = stage.ditto_lambda
+    if stage.method == "per_fedavg":
+        extra.update(
+            method=stage.method,
+            per_fedavg_variant=stage.per_fedavg_variant,
+            per_fedavg_alpha=stage.per_fedavg_alpha,
+        )
+    if stage.method == "pfedme":
+        for key in ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta"):
+            extra[key] = getattr(stage, key)
     loss = config.task_loss()
     return build_weighted_fed_avg(
         model_fn_for(config),
@@ -724,6 +733,7 @@ class Run:
         their own test data with their own state, and the clients of TFF's protocol as new
         clients after the last stateful stage's local step (random streams of the round
         after the last). The rows of ``per_client_own_state.csv``."""
+        from fedp13n.algorithms.fedper import ADAPTS
         from fedp13n.algorithms.own_state import (
             NEW_CLIENTS,
             OWN_STATE,
@@ -731,17 +741,25 @@ class Run:
             evaluate_own_state,
         )
 
-        if self.client_state is None:
-            return None
         config, data, compute, loss = self.config, self.data, self.compute, self.config.task_loss()
-        own_ids = own_state_client_ids(config, self.client_state)
-        stage = [s for s in config.resolved_stages() if s.keeps_state][-1]
-        with compute.autocast(compute.torch_device):
-            own = evaluate_own_state(
-                model_fn_for(config), weights, self.client_state, data.test, own_ids, loss,
-                device=compute.torch_device, method=stage.method,
-            )  # fmt: skip
+        stages = [s for s in config.resolved_stages() if s.keeps_state or s.method in ADAPTS]
+        if not stages:
+            return None
+        stage = stages[-1]
         work = build_stage_process(config, stage, self.executor, compute, self.client_state)
+        if stage.method in ADAPTS:  # no state: its own adaptation step on its own data
+            own_ids = own_state_client_ids(config, None, data.train_ids)
+            own = evaluate_new_clients(
+                work.client_work, weights, data.train, data.test, own_ids, loss,
+                self.executor, config.total_rounds + 1,
+            )  # fmt: skip
+        else:
+            own_ids = own_state_client_ids(config, self.client_state)
+            with compute.autocast(compute.torch_device):
+                own = evaluate_own_state(
+                    model_fn_for(config), weights, self.client_state, data.test, own_ids, loss,
+                    device=compute.torch_device, method=stage.method,
+                )  # fmt: skip
         new_ids = eval_client_ids(config, data)
         new = evaluate_new_clients(
             work.client_work, weights, data.train, data.test, new_ids, loss, self.executor,
@@ -1004,10 +1022,16 @@ def _choose_settings(strategy: Any, runs: list[tuple[dict, Any]]) -> tuple[dict,
     }
 
 
-def own_state_client_ids(config: ExperimentConfig, client_state: Any) -> list[str]:
+def own_state_client_ids(
+    config: ExperimentConfig, client_state: Any, train_ids: Sequence[str] = ()
+) -> list[str]:
     """Up to ``num_eval_clients`` training clients with stored state, evaluated with it
-    (:meth:`Run.evaluate_own_state`; drawn once from the seed)."""
-    have = [c for c in client_state.client_ids if client_state.initialised(c)]
+    (:meth:`Run.evaluate_own_state`; drawn once from the seed); ``client_state`` None (a
+    method without state, Per-FedAvg): of ``train_ids``."""
+    if client_state is None:
+        have = list(train_ids)
+    else:
+        have = [c for c in client_state.client_ids if client_state.initialised(c)]
     rng = derive_rng(config.seed, "own-state-eval-clients")
     n = min(config.num_eval_clients, len(have))
     return [have[i] for i in rng.choice(len(have), size=n, replace=False)]
