@@ -115,7 +115,8 @@ class ClientWork:
     > 0 is FedProx's client (:mod:`fedp13n.algorithms.fedprox`). ``personal`` (parameter
     names) makes it FedPer's client (:mod:`fedp13n.algorithms.fedper`): those parameters
     start from the task's ``state`` (the global ones when it is None), train with the
-    rest, and come back as the result's ``state``, not in its delta.
+    rest, and come back as the result's ``state``, not in its delta (FedBN's also name
+    buffers, the batch norms' statistics: :mod:`fedp13n.algorithms.fedbn`).
     """
 
     model_fn: ModelFn
@@ -251,13 +252,13 @@ class ClientWork:
         device: torch.device,
     ) -> ClientOutput:
         weights, shared, stats, trained = self._fit(model, weights, dataset, task, device)
-        params = dict(model.named_parameters())
         with torch.no_grad():
             sent = trained if trained is not None else model.state_dict()
             delta = {n: (weights[n] - sent[n].detach().cpu()).clone() for n in shared}
             buffers = {n: sent[n].detach().cpu().clone() for n in buffer_names(model)}
             kept = shared if trained is not None else self.personal  # Ditto: the whole model
-            state = {n: params[n].detach().cpu().clone() for n in kept} or None
+            now = model.state_dict()  # FedBN's personal part holds buffers too
+            state = {n: now[n].detach().cpu().clone() for n in kept} or None
             if self.scaffold and task.server is not None:
                 c, lr = task.server.get(), learning_rate(self.optimizer_fn)
                 state = next_control(task.state, c, delta, max(stats.num_steps, 1), lr)

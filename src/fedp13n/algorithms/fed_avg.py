@@ -512,6 +512,8 @@ class WeightedFedAvg:
         state = model.state_dict()
         with torch.no_grad():
             for name in buffer_names(model):
+                if name in personal:  # FedBN: each client's statistics stay its own
+                    continue
                 buf = state[name]
                 mean = _weighted_mean([o.buffers[name] for o in outputs], outputs, total)
                 if not buf.is_floating_point():
@@ -716,7 +718,8 @@ def build_weighted_fed_avg(
     :data:`~fedp13n.algorithms.ditto.DEFAULT_DITTO_LAMBDA`) pulling it to the global model.
     ``method="scaffold"`` (:mod:`fedp13n.algorithms.scaffold`) corrects every local step
     with control variates: each client's ``c_i`` in ``client_state``, the server's ``c``
-    in ``ServerState.method_state``.
+    in ``ServerState.method_state``. ``method="fedbn"`` (:mod:`fedp13n.algorithms.fedbn`)
+    keeps every batch-norm layer's parameters and statistics per client, never averaged.
     """
     check_model_fn(model_fn)
     check_seed(seed)

@@ -39,6 +39,7 @@ METHODS = {
     "lg_fedavg": "a personal body (personal_layers; default all but the last layer)",
     "ditto": "a whole personal model, pulled to the global one by ditto_lambda",
     "scaffold": "control variates c_i (the server keeps c in its state)",
+    "fedbn": "its batch-norm layers' parameters and running statistics",
 }
 
 #: Methods whose personal parameters are, by default, everything but the head (the last
@@ -50,6 +51,9 @@ WHOLE_MODEL = ("ditto",)
 #: Methods whose state is a control variate per trainable parameter (not weights): SCAFFOLD
 #: (:mod:`.scaffold`); a client's own model is the global one.
 CONTROL_VARIATES = ("scaffold",)
+#: Methods whose state is every batch-norm layer's state-dict entries, running statistics
+#: included: FedBN (:mod:`.fedbn`).
+BATCH_NORM_LOCAL = ("fedbn",)
 
 
 def check_method(value: Any, error: type[Exception] = ValueError) -> str:
@@ -71,6 +75,8 @@ def state_kind(method: str) -> str | None:
         return None
     if method in WHOLE_MODEL or method in CONTROL_VARIATES:
         return "model" if method in WHOLE_MODEL else "controls"
+    if method in BATCH_NORM_LOCAL:
+        return "batch_norm"
     return "body" if method in BODY_PERSONAL else "head"
 
 
@@ -102,12 +108,16 @@ def personal_parameter_names(
 
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     layers = parse_personal_layers(personal_layers)
-    if method in WHOLE_MODEL or method in CONTROL_VARIATES:
+    if method in WHOLE_MODEL or method in CONTROL_VARIATES or method in BATCH_NORM_LOCAL:
         if layers is not None:
             raise ValueError(
                 f"personal_layers is for FedPer, FedRep and LG-FedAvg; method={method!r} "
                 f"keeps {METHODS[method]}: leave personal_layers out."
             )
+        if method in BATCH_NORM_LOCAL:
+            from fedp13n.algorithms.fedbn import batch_norm_names
+
+            return tuple(n for n in batch_norm_names(model) if n in set(trainable))
         return tuple(trainable)
     try:
         names = head_parameter_names(model, layers)
@@ -131,16 +141,20 @@ def fedper_state_spec(
     method: str = "fedper",
 ) -> dict[str, tuple[tuple[int, ...], str]]:
     """The :class:`~fedp13n.state.ClientStateStore` spec ``method`` (FedPer, FedRep,
-    LG-FedAvg) keeps for each client: the personal parameters' names, shapes and dtypes
-    (:func:`personal_parameter_names`)."""
+    LG-FedAvg, ...) keeps for each client: the personal parameters' names, shapes and dtypes
+    (:func:`personal_parameter_names`; FedBN: every batch-norm entry, buffers included)."""
     import torch
 
     from fedp13n.state.store import state_spec
 
     with torch.random.fork_rng(devices=[]):
         model = model_fn()
-    params = dict(model.named_parameters())
+    params = dict(model.state_dict())
     names = personal_parameter_names(model, personal_layers, method)
+    if method in BATCH_NORM_LOCAL:
+        from fedp13n.algorithms.fedbn import batch_norm_names
+
+        names = batch_norm_names(model)
     return state_spec({n: params[n].detach() for n in names})
 
 
@@ -160,7 +174,8 @@ def client_model_weights(
     own-state protocol (:mod:`fedp13n.algorithms.own_state`) builds the model it
     evaluates. FedPer / FedRep: the global body with its head; LG-FedAvg: its body with the
     global head; Ditto: its whole personal model (the global buffers); SCAFFOLD (whose
-    state is control variates): the global model."""
+    state is control variates): the global model; FedBN: the global weights with its
+    batch-norm parameters and statistics."""
     if method in CONTROL_VARIATES:
         return dict(weights)
     return with_personal_state(weights, state)

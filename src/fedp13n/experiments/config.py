@@ -163,7 +163,8 @@ class TrainingSettings:
         "body each round), 'lg_fedavg' (LG-FedAvg: a personal body per client, the head "
         "averaged) or 'ditto' (Ditto: FedAvg's global model and a whole personal model "
         "per client, pulled to it by ditto_lambda) or 'scaffold' (SCAFFOLD: local steps "
-        "corrected by control variates, c_i per client and c on the server).",
+        "corrected by control variates, c_i per client and c on the server). "
+        "'fedbn' (FedBN: batch-norm parameters and statistics local; needs model 'conv_bn').",
         panel="Training",
         choices=tuple(METHODS),
     )
