@@ -45,6 +45,8 @@ CHANGED = {
     "personal_layers": ("fc1,fc2", "fc1,fc2"),
     "head_epochs": (3, "3"),
     "ditto_lambda": (0.5, "0.5"),
+    "apfl_alpha": (0.75, "0.75"),
+    "apfl_adaptive": (False, None),
     "model": ("fedavg_cnn", "fedavg_cnn"),
     "loss": ("torch.nn.functional:nll_loss", "torch.nn.functional:nll_loss"),
     "num_classes": (5, "5"),

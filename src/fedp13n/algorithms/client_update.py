@@ -32,6 +32,7 @@ only. The delta and buffers come back on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedp13n.algorithms.apfl import apfl_local
 from fedp13n.algorithms.fedper import with_personal_state
 from fedp13n.algorithms.fedprox import proximal_penalty
 from fedp13n.algorithms.scaffold import control_penalty, learning_rate, next_control
@@ -145,6 +147,11 @@ class ClientWork:
     #: SCAFFOLD (:mod:`fedp13n.algorithms.scaffold`): local steps corrected by
     #: ``c - c_i`` (the task's ``server`` and ``state``); ``c_i+`` comes back as the state.
     scaffold: bool = False
+    #: APFL (:mod:`fedp13n.algorithms.apfl`): a new client's mixing weight alpha (None: not
+    #: APFL); the task's state holds v and alpha, which come back as the result's state.
+    apfl_alpha: float | None = None
+    #: APFL: whether alpha is learned (the paper's adaptive alpha) or stays fixed.
+    apfl_adaptive: bool = True
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
@@ -194,11 +201,12 @@ class ClientWork:
         dataset: ClientDataset,
         task: ClientTask,
         device: torch.device,
-    ) -> tuple[dict[str, torch.Tensor], list[str], TrainStats, dict[str, torch.Tensor] | None]:
+    ) -> tuple[dict, list[str], TrainStats, dict | None, dict | None]:
         """Load the task's starting weights (the global ones, the personal ones from its
         state) and train ``model`` in place; the starting weights, the shared trainable
-        names, the training statistics and, for Ditto, the global phase's trained state
-        dict (on the CPU; the model then holds the personal model; else None)."""
+        names, the training statistics, for Ditto and APFL the global copy's trained state
+        dict (on the CPU; the model then holds the personal model; else None) and APFL's
+        new state (else None: the state is read from the model)."""
         if self.personal:
             weights = with_personal_state(weights, task.state)
         model.load_state_dict(weights)
@@ -210,6 +218,15 @@ class ClientWork:
         if self.scaffold and task.server is not None:  # (a new client: no correction)
             penalty = control_penalty(model, task.server.get(), task.state, shared)
         generator = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
+        if self.apfl_alpha is not None:  # APFL: w, v and alpha in one client program
+
+            def run(module, loss_fn, mixed_loss):
+                local = self._local(self.epochs, self.max_steps, None, mixed_loss)
+                local = dataclasses.replace(local, loss_fn=loss_fn)
+                return local.run(module, dataset, generator=generator, device=device)
+
+            stats, trained, own = apfl_local(self, model, weights, task.state, names, run)
+            return weights, shared, stats, trained, own
         if self.head_epochs:  # FedRep: the head alone first, then the body alone
             head = [n for n in names if n in self.personal]
             self._local(self.head_epochs, None, head, None).run(model, dataset, generator, device)
@@ -224,7 +241,7 @@ class ClientWork:
             pull = proximal_penalty(model, weights, self.ditto_lambda, names)
             local = self._local(self.epochs, self.max_steps, names, pull)
             local.run(model, dataset, generator=generator, device=device)
-        return weights, shared, stats, trained
+        return weights, shared, stats, trained, None
 
     def _local(self, epochs, max_steps, trainable, penalty) -> LocalTraining:
         """The client program with this client's settings, for these epochs / steps of
@@ -251,7 +268,7 @@ class ClientWork:
         task: ClientTask,
         device: torch.device,
     ) -> ClientOutput:
-        weights, shared, stats, trained = self._fit(model, weights, dataset, task, device)
+        weights, shared, stats, trained, own = self._fit(model, weights, dataset, task, device)
         with torch.no_grad():
             sent = trained if trained is not None else model.state_dict()
             delta = {n: (weights[n] - sent[n].detach().cpu()).clone() for n in shared}
@@ -259,6 +276,7 @@ class ClientWork:
             kept = shared if trained is not None else self.personal  # Ditto: the whole model
             now = model.state_dict()  # FedBN's personal part holds buffers too
             state = {n: now[n].detach().cpu().clone() for n in kept} or None
+            state = own if own is not None else state
             if self.scaffold and task.server is not None:
                 c, lr = task.server.get(), learning_rate(self.optimizer_fn)
                 state = next_control(task.state, c, delta, max(stats.num_steps, 1), lr)

@@ -243,6 +243,8 @@ class WeightedFedAvg:
         head_epochs: int = 0,
         ditto_lambda: float | None = None,
         scaffold: bool = False,
+        apfl_alpha: float | None = None,
+        apfl_adaptive: bool = True,
     ) -> None:
         self.model_fn = model_fn
         #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
@@ -271,6 +273,8 @@ class WeightedFedAvg:
             head_epochs=head_epochs,
             ditto_lambda=ditto_lambda,
             scaffold=scaffold,
+            apfl_alpha=apfl_alpha,
+            apfl_adaptive=apfl_adaptive,
             compute=compute.without_engine(),
         )
         self._server_model: nn.Module | None = None
@@ -658,6 +662,8 @@ def build_weighted_fed_avg(
     client_state: Any = None,
     head_epochs: int | None = None,
     ditto_lambda: float | None = None,
+    apfl_alpha: float | None = None,
+    apfl_adaptive: bool | None = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -720,6 +726,10 @@ def build_weighted_fed_avg(
     with control variates: each client's ``c_i`` in ``client_state``, the server's ``c``
     in ``ServerState.method_state``. ``method="fedbn"`` (:mod:`fedp13n.algorithms.fedbn`)
     keeps every batch-norm layer's parameters and statistics per client, never averaged.
+    ``method="apfl"`` (:mod:`fedp13n.algorithms.apfl`) keeps a personal model and a mixing
+    weight per client (initially ``apfl_alpha``, default
+    :data:`~fedp13n.algorithms.apfl.DEFAULT_APFL_ALPHA`; learned unless ``apfl_adaptive``
+    is False), trained beside the averaged global copy at every local step.
     """
     check_model_fn(model_fn)
     check_seed(seed)
@@ -751,7 +761,13 @@ def build_weighted_fed_avg(
             "method='scaffold' corrects the local steps with control variates; FedProx's "
             "proximal_mu does not combine with it here: set proximal_mu = 0."
         )
-    if ditto_lambda is not None or scaffold:
+    apfl_alpha, apfl_adaptive = _apfl_settings(method, apfl_alpha, apfl_adaptive)
+    if apfl_alpha is not None and proximal_mu:
+        raise ValueError(
+            "method='apfl' trains its own mixture beside the global copy; FedProx's "
+            "proximal_mu does not combine with it here: set proximal_mu = 0."
+        )
+    if ditto_lambda is not None or scaffold or apfl_alpha is not None:
         personal = ()  # the whole model is averaged; the state is not part of it
     if compute.engine is not None:
         usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
@@ -785,7 +801,27 @@ def build_weighted_fed_avg(
         head_epochs=head_epochs,
         ditto_lambda=ditto_lambda,
         scaffold=scaffold,
+        apfl_alpha=apfl_alpha,
+        apfl_adaptive=apfl_adaptive,
     )
+
+
+def _apfl_settings(method: str, alpha: Any, adaptive: Any) -> tuple[float | None, bool]:
+    """APFL's initial alpha and whether it is learned ((None, True) for another method,
+    which must not set them)."""
+    from fedp13n.algorithms.apfl import DEFAULT_APFL_ALPHA, check_apfl_alpha
+
+    if method != "apfl":
+        if alpha is not None or adaptive is not None:
+            raise ValueError(
+                f"apfl_alpha and apfl_adaptive are APFL's (method='apfl'); method={method!r} "
+                "keeps no mixture: leave them out."
+            )
+        return None, True
+    if adaptive is not None:
+        check_bool("apfl_adaptive", adaptive)
+    alpha = DEFAULT_APFL_ALPHA if alpha is None else check_apfl_alpha(alpha)
+    return alpha, True if adaptive is None else bool(adaptive)
 
 
 def _ditto_lambda(method: str, value: Any) -> float | None:

@@ -40,6 +40,7 @@ METHODS = {
     "ditto": "a whole personal model, pulled to the global one by ditto_lambda",
     "scaffold": "control variates c_i (the server keeps c in its state)",
     "fedbn": "its batch-norm layers' parameters and running statistics",
+    "apfl": "a whole personal model v and a mixing weight alpha (apfl_alpha)",
 }
 
 #: Methods whose personal parameters are, by default, everything but the head (the last
@@ -54,6 +55,9 @@ CONTROL_VARIATES = ("scaffold",)
 #: Methods whose state is every batch-norm layer's state-dict entries, running statistics
 #: included: FedBN (:mod:`.fedbn`).
 BATCH_NORM_LOCAL = ("fedbn",)
+#: Methods that keep a whole personal model and a mixing weight, and evaluate their
+#: mixture with the global model: APFL (:mod:`.apfl`).
+MIXTURE = ("apfl",)
 
 
 def check_method(value: Any, error: type[Exception] = ValueError) -> str:
@@ -77,6 +81,8 @@ def state_kind(method: str) -> str | None:
         return "model" if method in WHOLE_MODEL else "controls"
     if method in BATCH_NORM_LOCAL:
         return "batch_norm"
+    if method in MIXTURE:
+        return "mixture"
     return "body" if method in BODY_PERSONAL else "head"
 
 
@@ -108,7 +114,7 @@ def personal_parameter_names(
 
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     layers = parse_personal_layers(personal_layers)
-    if method in WHOLE_MODEL or method in CONTROL_VARIATES or method in BATCH_NORM_LOCAL:
+    if method in (*WHOLE_MODEL, *CONTROL_VARIATES, *BATCH_NORM_LOCAL, *MIXTURE):
         if layers is not None:
             raise ValueError(
                 f"personal_layers is for FedPer, FedRep and LG-FedAvg; method={method!r} "
@@ -155,7 +161,12 @@ def fedper_state_spec(
         from fedp13n.algorithms.fedbn import batch_norm_names
 
         names = batch_norm_names(model)
-    return state_spec({n: params[n].detach() for n in names})
+    spec = state_spec({n: params[n].detach() for n in names})
+    if method in MIXTURE:
+        from fedp13n.algorithms.apfl import APFL_ALPHA
+
+        spec[APFL_ALPHA] = ((), "float32")
+    return spec
 
 
 def with_personal_state(
@@ -175,9 +186,13 @@ def client_model_weights(
     evaluates. FedPer / FedRep: the global body with its head; LG-FedAvg: its body with the
     global head; Ditto: its whole personal model (the global buffers); SCAFFOLD (whose
     state is control variates): the global model; FedBN: the global weights with its
-    batch-norm parameters and statistics."""
+    batch-norm parameters and statistics; APFL: ``alpha v + (1 - alpha) w``."""
     if method in CONTROL_VARIATES:
         return dict(weights)
+    if method in MIXTURE and state is not None:
+        from fedp13n.algorithms.apfl import mixed_weights
+
+        return mixed_weights(weights, state)
     return with_personal_state(weights, state)
 
 

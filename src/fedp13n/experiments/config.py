@@ -32,6 +32,7 @@ from typing import Any, get_args, get_origin
 
 import tomli_w
 
+from fedp13n.algorithms.apfl import DEFAULT_APFL_ALPHA
 from fedp13n.algorithms.ditto import DEFAULT_DITTO_LAMBDA
 from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers, state_kind
 from fedp13n.algorithms.fedrep import DEFAULT_HEAD_EPOCHS
@@ -164,7 +165,8 @@ class TrainingSettings:
         "averaged) or 'ditto' (Ditto: FedAvg's global model and a whole personal model "
         "per client, pulled to it by ditto_lambda) or 'scaffold' (SCAFFOLD: local steps "
         "corrected by control variates, c_i per client and c on the server). "
-        "'fedbn' (FedBN: batch-norm parameters and statistics local; needs model 'conv_bn').",
+        "'fedbn' (FedBN: batch-norm parameters and statistics local; needs model 'conv_bn'). "
+        "'apfl' (APFL: a personal model and a learned mix alpha v + (1-alpha) w per client).",
         panel="Training",
         choices=tuple(METHODS),
     )
@@ -190,6 +192,21 @@ class TrainingSettings:
         "unset = 1.0 (FL-bench's default; the paper tunes it).",
         panel="Training",
         default_text=str(DEFAULT_DITTO_LAMBDA),
+    )
+
+    apfl_alpha: float | None = setting(
+        None,
+        help="APFL's initial mixing weight alpha in [0, 1] (personal model alpha v + "
+        "(1 - alpha) w); unset = 0.5 (FL-bench's default).",
+        panel="Training",
+        default_text=str(DEFAULT_APFL_ALPHA),
+    )
+    apfl_adaptive: bool = setting(
+        True,
+        help="APFL learns each client's alpha by gradient descent (the paper's adaptive "
+        "alpha); off = alpha stays apfl_alpha.",
+        panel="Training",
+        negative_flag="--fixed-apfl-alpha",
     )
 
     @property
@@ -221,6 +238,9 @@ class TrainingSettings:
             check_positive_int(f"{where}head_epochs", self.head_epochs, ConfigError)
         if self.ditto_lambda is not None:
             check_non_negative_number(f"{where}ditto_lambda", self.ditto_lambda, ConfigError)
+        if self.apfl_alpha is not None:
+            check_fraction(f"{where}apfl_alpha", self.apfl_alpha, closed_right=True,
+                           error=ConfigError)  # fmt: skip
         try:
             parse_personal_layers(self.personal_layers)
         except ValueError as e:

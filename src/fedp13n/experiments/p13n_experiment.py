@@ -210,6 +210,8 @@ def build_stage_process(
         extra["head_epochs"] = stage.head_epochs
     if stage.method == "ditto":
         extra["ditto_lambda"] = stage.ditto_lambda
+    if stage.method == "apfl":
+        extra.update(apfl_alpha=stage.apfl_alpha, apfl_adaptive=stage.apfl_adaptive)
     loss = config.task_loss()
     return build_weighted_fed_avg(
         model_fn_for(config),
