@@ -51,6 +51,8 @@ CHANGED = {
     "pfedme_k": (3, "3"),
     "pfedme_personal_lr": (0.05, "0.05"),
     "pfedme_beta": (2.0, "2.0"),
+    "apfl_alpha": (0.75, "0.75"),
+    "apfl_adaptive": (False, None),
     "model": ("fedavg_cnn", "fedavg_cnn"),
     "loss": ("torch.nn.functional:nll_loss", "torch.nn.functional:nll_loss"),
     "num_classes": (5, "5"),

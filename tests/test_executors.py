@@ -224,7 +224,10 @@ def test_a_worker_killed_during_a_map_is_replaced_and_the_results_are_unchanged(
     assert os.path.exists(marker)  # a worker was killed
     _assert_same(reference, [weights for weights, _ in out])
     assert {w.process.pid for w in procs2._workers} - pids_before  # one was replaced
-    assert out[2][1] not in pids_before  # client 'b' ran on the replacement
+    (killed,) = pids_before - {w.process.pid for w in procs2._workers}
+    # client 'b' was retried on a live worker (the replacement or the other one, whichever
+    # is free first: under load either happens)
+    assert out[2][1] != killed
 
 
 def _stop_self_on(task):

@@ -181,6 +181,9 @@ class _KilledOnce:
             os.kill(os.getpid(), signal.SIGKILL)
         return self.inner(task)
 
+    def __getattr__(self, name):  # the process reads the client work's settings
+        return getattr(self.inner, name)
+
 
 def test_a_killed_workers_retried_task_keeps_the_state(tmp_path):
     here = _fedper_rounds(tmp_path / "here", 0.1, InProcessExecutor())

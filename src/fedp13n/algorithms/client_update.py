@@ -32,6 +32,7 @@ only. The delta and buffers come back on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedp13n.algorithms.apfl import apfl_local
 from fedp13n.algorithms.fedper import with_personal_state
 from fedp13n.algorithms.fedprox import proximal_penalty
 from fedp13n.algorithms.per_fedavg import adapt, meta_train
@@ -117,7 +119,8 @@ class ClientWork:
     > 0 is FedProx's client (:mod:`fedp13n.algorithms.fedprox`). ``personal`` (parameter
     names) makes it FedPer's client (:mod:`fedp13n.algorithms.fedper`): those parameters
     start from the task's ``state`` (the global ones when it is None), train with the
-    rest, and come back as the result's ``state``, not in its delta.
+    rest, and come back as the result's ``state``, not in its delta (FedBN's also name
+    buffers, the batch norms' statistics: :mod:`fedp13n.algorithms.fedbn`).
     """
 
     model_fn: ModelFn
@@ -153,6 +156,11 @@ class ClientWork:
     #: pFedMe's (lambda, K, personal_lr) (:mod:`fedp13n.algorithms.pfedme`): the model
     #: trained is theta (the state), ``w_local`` is sent; None: plain local steps.
     pfedme: tuple[float, int, float] | None = None
+    #: APFL (:mod:`fedp13n.algorithms.apfl`): a new client's mixing weight alpha (None: not
+    #: APFL); the task's state holds v and alpha, which come back as the result's state.
+    apfl_alpha: float | None = None
+    #: APFL: whether alpha is learned (the paper's adaptive alpha) or stays fixed.
+    apfl_adaptive: bool = True
     #: Where the client trains (see the module docstring), in which precision and, on a
     #: GPU, whether with deterministic kernels: resolved by the builder (no engine here).
     compute: Compute = Compute()
@@ -210,12 +218,13 @@ class ClientWork:
         dataset: ClientDataset,
         task: ClientTask,
         device: torch.device,
-    ) -> tuple[dict[str, torch.Tensor], list[str], TrainStats, dict[str, torch.Tensor] | None]:
+    ) -> tuple[dict, list[str], TrainStats, dict | None, dict | None]:
         """Load the task's starting weights (the global ones, the personal ones from its
         state) and train ``model`` in place; the starting weights, the shared trainable
-        names, the training statistics and, for Ditto, the global phase's trained state
+        names, the training statistics, for Ditto and APFL the global copy's trained state
         dict (on the CPU; the model then holds the personal model; pFedMe: the sent
-        ``w_local``, the model holding theta; else None)."""
+        ``w_local``, the model holding theta; else None) and APFL's new state (else None:
+        the state is read from the model)."""
         if self.personal:
             weights = with_personal_state(weights, task.state)
         model.load_state_dict(weights)
@@ -227,6 +236,15 @@ class ClientWork:
         if self.scaffold and task.server is not None:  # (a new client: no correction)
             penalty = control_penalty(model, task.server.get(), task.state, shared)
         generator = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
+        if self.apfl_alpha is not None:  # APFL: w, v and alpha in one client program
+
+            def run(module, loss_fn, mixed_loss):
+                local = self._local(self.epochs, self.max_steps, None, mixed_loss)
+                local = dataclasses.replace(local, loss_fn=loss_fn)
+                return local.run(module, dataset, generator=generator, device=device)
+
+            stats, trained, own = apfl_local(self, model, weights, task.state, names, run)
+            return weights, shared, stats, trained, own
         if self.head_epochs:  # FedRep: the head alone first, then the body alone
             head = [n for n in names if n in self.personal]
             self._local(self.head_epochs, None, head, None).run(model, dataset, generator, device)
@@ -238,7 +256,8 @@ class ClientWork:
         elif self.pfedme is not None:  # pFedMe: the model ends as theta, w_local is sent
             stats, w_local = pfedme_train(local, model, dataset, generator, device, self.pfedme)
             sent = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            return weights, shared, stats, {**sent, **{n: t.cpu() for n, t in w_local.items()}}
+            sent = {**sent, **{n: t.cpu() for n, t in w_local.items()}}
+            return weights, shared, stats, sent, None
         else:
             stats = local.run(model, dataset, generator=generator, device=device)
         trained = None
@@ -248,7 +267,7 @@ class ClientWork:
             pull = proximal_penalty(model, weights, self.ditto_lambda, names)
             local = self._local(self.epochs, self.max_steps, names, pull)
             local.run(model, dataset, generator=generator, device=device)
-        return weights, shared, stats, trained
+        return weights, shared, stats, trained, None
 
     def _local(self, epochs, max_steps, trainable, penalty) -> LocalTraining:
         """The client program with this client's settings, for these epochs / steps of
@@ -275,14 +294,15 @@ class ClientWork:
         task: ClientTask,
         device: torch.device,
     ) -> ClientOutput:
-        weights, shared, stats, trained = self._fit(model, weights, dataset, task, device)
-        params = dict(model.named_parameters())
+        weights, shared, stats, trained, own = self._fit(model, weights, dataset, task, device)
         with torch.no_grad():
             sent = trained if trained is not None else model.state_dict()
             delta = {n: (weights[n] - sent[n].detach().cpu()).clone() for n in shared}
             buffers = {n: sent[n].detach().cpu().clone() for n in buffer_names(model)}
             kept = shared if trained is not None else self.personal  # Ditto: the whole model
-            state = {n: params[n].detach().cpu().clone() for n in kept} or None
+            now = model.state_dict()  # FedBN's personal part holds buffers too
+            state = {n: now[n].detach().cpu().clone() for n in kept} or None
+            state = own if own is not None else state
             if self.scaffold and task.server is not None:
                 c, lr = task.server.get(), learning_rate(self.optimizer_fn)
                 state = next_control(task.state, c, delta, max(stats.num_steps, 1), lr)

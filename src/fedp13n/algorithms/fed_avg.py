@@ -245,6 +245,8 @@ class WeightedFedAvg:
         scaffold: bool = False,
         work_options: Mapping[str, Any] | None = None,
         delta_scale: float = 1.0,
+        apfl_alpha: float | None = None,
+        apfl_adaptive: bool = True,
     ) -> None:
         self.model_fn = model_fn
         #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
@@ -275,6 +277,8 @@ class WeightedFedAvg:
             head_epochs=head_epochs,
             ditto_lambda=ditto_lambda,
             scaffold=scaffold,
+            apfl_alpha=apfl_alpha,
+            apfl_adaptive=apfl_adaptive,
             compute=compute.without_engine(),
             **(work_options or {}),  # a method's other ClientWork settings (Per-FedAvg's)
         )
@@ -520,6 +524,8 @@ class WeightedFedAvg:
         state = model.state_dict()
         with torch.no_grad():
             for name in buffer_names(model):
+                if name in personal:  # FedBN: each client's statistics stay its own
+                    continue
                 buf = state[name]
                 mean = _weighted_mean([o.buffers[name] for o in outputs], outputs, total)
                 if not buf.is_floating_point():
@@ -670,6 +676,8 @@ def build_weighted_fed_avg(
     pfedme_k: int | None = None,
     pfedme_personal_lr: float | None = None,
     pfedme_beta: float | None = None,
+    apfl_alpha: float | None = None,
+    apfl_adaptive: bool | None = None,
 ) -> WeightedFedAvg:
     """Build weighted FedAvg (TFF's ``tff.learning.algorithms.build_weighted_fed_avg``).
 
@@ -735,7 +743,12 @@ def build_weighted_fed_avg(
     or "hf", inner rate ``per_fedavg_alpha``; beta: the client optimizer's rate).
     ``method="pfedme"`` (:mod:`fedp13n.algorithms.pfedme`) keeps each client's theta in
     ``client_state`` (``pfedme_lambda``, ``pfedme_k``, ``pfedme_personal_lr``; eta: the
-    client optimizer's rate) and scales the averaged delta by ``pfedme_beta``.
+    client optimizer's rate) and scales the averaged delta by ``pfedme_beta``. ``method="fedbn"``
+    (:mod:`fedp13n.algorithms.fedbn`) keeps every batch-norm layer's parameters and
+    statistics per client, never averaged. ``method="apfl"`` (:mod:`fedp13n.algorithms.apfl`)
+    keeps a personal model and a mixing weight per client (initially ``apfl_alpha``, default
+    :data:`~fedp13n.algorithms.apfl.DEFAULT_APFL_ALPHA`; learned unless ``apfl_adaptive``
+    is False), trained beside the averaged global copy at every local step.
     """
     check_model_fn(model_fn)
     check_seed(seed)
@@ -775,7 +788,13 @@ def build_weighted_fed_avg(
             f"method={method!r} takes its own local steps; FedProx's proximal_mu does not "
             "combine with them here: set proximal_mu = 0."
         )
-    if ditto_lambda is not None or scaffold or method == "pfedme":
+    apfl_alpha, apfl_adaptive = _apfl_settings(method, apfl_alpha, apfl_adaptive)
+    if apfl_alpha is not None and proximal_mu:
+        raise ValueError(
+            "method='apfl' trains its own mixture beside the global copy; FedProx's "
+            "proximal_mu does not combine with it here: set proximal_mu = 0."
+        )
+    if ditto_lambda is not None or scaffold or method == "pfedme" or apfl_alpha is not None:
         personal = ()  # the whole model is averaged; the state is not part of it
     if compute.engine is not None:
         usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
@@ -812,6 +831,8 @@ def build_weighted_fed_avg(
         scaffold=scaffold,
         work_options=work_options,
         delta_scale=delta_scale,
+        apfl_alpha=apfl_alpha,
+        apfl_adaptive=apfl_adaptive,
     )
 
 
@@ -846,6 +867,24 @@ def _per_fedavg(method: str, variant: Any, alpha: Any) -> dict[str, Any]:
         "per_fedavg": pf.check_variant(pf.DEFAULT_VARIANT if variant is None else variant),
         "per_fedavg_alpha": pf.check_alpha(pf.DEFAULT_ALPHA if alpha is None else alpha),
     }
+
+
+def _apfl_settings(method: str, alpha: Any, adaptive: Any) -> tuple[float | None, bool]:
+    """APFL's initial alpha and whether it is learned ((None, True) for another method,
+    which must not set them)."""
+    from fedp13n.algorithms.apfl import DEFAULT_APFL_ALPHA, check_apfl_alpha
+
+    if method != "apfl":
+        if alpha is not None or adaptive is not None:
+            raise ValueError(
+                f"apfl_alpha and apfl_adaptive are APFL's (method='apfl'); method={method!r} "
+                "keeps no mixture: leave them out."
+            )
+        return None, True
+    if adaptive is not None:
+        check_bool("apfl_adaptive", adaptive)
+    alpha = DEFAULT_APFL_ALPHA if alpha is None else check_apfl_alpha(alpha)
+    return alpha, True if adaptive is None else bool(adaptive)
 
 
 def _ditto_lambda(method: str, value: Any) -> float | None:

@@ -41,6 +41,8 @@ METHODS = {
     "scaffold": "control variates c_i (the server keeps c in its state)",
     "per_fedavg": None,  # Per-FedAvg: a meta-model, personalized by one step (ADAPTS)
     "pfedme": "a personalized model theta (its last inner solution), pulled by pfedme_lambda",
+    "fedbn": "its batch-norm layers' parameters and running statistics",
+    "apfl": "a whole personal model v and a mixing weight alpha (apfl_alpha)",
 }
 
 #: Methods whose personal parameters are, by default, everything but the head (the last
@@ -53,6 +55,12 @@ WHOLE_MODEL = ("ditto", "pfedme")
 #: Methods whose state is a control variate per trainable parameter (not weights): SCAFFOLD
 #: (:mod:`.scaffold`); a client's own model is the global one.
 CONTROL_VARIATES = ("scaffold",)
+#: Methods whose state is every batch-norm layer's state-dict entries, running statistics
+#: included: FedBN (:mod:`.fedbn`).
+BATCH_NORM_LOCAL = ("fedbn",)
+#: Methods that keep a whole personal model and a mixing weight, and evaluate their
+#: mixture with the global model: APFL (:mod:`.apfl`).
+MIXTURE = ("apfl",)
 
 #: Methods without client state whose clients personalize the global model by the
 #: method's own local step before evaluation (both own-state and "new clients"
@@ -79,6 +87,10 @@ def state_kind(method: str) -> str | None:
         return None
     if method in WHOLE_MODEL or method in CONTROL_VARIATES:
         return "model" if method in WHOLE_MODEL else "controls"
+    if method in BATCH_NORM_LOCAL:
+        return "batch_norm"
+    if method in MIXTURE:
+        return "mixture"
     return "body" if method in BODY_PERSONAL else "head"
 
 
@@ -110,12 +122,16 @@ def personal_parameter_names(
 
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     layers = parse_personal_layers(personal_layers)
-    if method in WHOLE_MODEL or method in CONTROL_VARIATES:
+    if method in (*WHOLE_MODEL, *CONTROL_VARIATES, *BATCH_NORM_LOCAL, *MIXTURE):
         if layers is not None:
             raise ValueError(
                 f"personal_layers is for FedPer, FedRep and LG-FedAvg; method={method!r} "
                 f"keeps {METHODS[method]}: leave personal_layers out."
             )
+        if method in BATCH_NORM_LOCAL:
+            from fedp13n.algorithms.fedbn import batch_norm_names
+
+            return tuple(n for n in batch_norm_names(model) if n in set(trainable))
         return tuple(trainable)
     try:
         names = head_parameter_names(model, layers)
@@ -139,17 +155,26 @@ def fedper_state_spec(
     method: str = "fedper",
 ) -> dict[str, tuple[tuple[int, ...], str]]:
     """The :class:`~fedp13n.state.ClientStateStore` spec ``method`` (FedPer, FedRep,
-    LG-FedAvg) keeps for each client: the personal parameters' names, shapes and dtypes
-    (:func:`personal_parameter_names`)."""
+    LG-FedAvg, ...) keeps for each client: the personal parameters' names, shapes and dtypes
+    (:func:`personal_parameter_names`; FedBN: every batch-norm entry, buffers included)."""
     import torch
 
     from fedp13n.state.store import state_spec
 
     with torch.random.fork_rng(devices=[]):
         model = model_fn()
-    params = dict(model.named_parameters())
+    params = dict(model.state_dict())
     names = personal_parameter_names(model, personal_layers, method)
-    return state_spec({n: params[n].detach() for n in names})
+    if method in BATCH_NORM_LOCAL:
+        from fedp13n.algorithms.fedbn import batch_norm_names
+
+        names = batch_norm_names(model)
+    spec = state_spec({n: params[n].detach() for n in names})
+    if method in MIXTURE:
+        from fedp13n.algorithms.apfl import APFL_ALPHA
+
+        spec[APFL_ALPHA] = ((), "float32")
+    return spec
 
 
 def with_personal_state(
@@ -168,9 +193,14 @@ def client_model_weights(
     own-state protocol (:mod:`fedp13n.algorithms.own_state`) builds the model it
     evaluates. FedPer / FedRep: the global body with its head; LG-FedAvg: its body with the
     global head; Ditto: its whole personal model (the global buffers); SCAFFOLD (whose
-    state is control variates): the global model."""
+    state is control variates): the global model; FedBN: the global weights with its
+    batch-norm parameters and statistics; APFL: ``alpha v + (1 - alpha) w``."""
     if method in CONTROL_VARIATES:
         return dict(weights)
+    if method in MIXTURE and state is not None:
+        from fedp13n.algorithms.apfl import mixed_weights
+
+        return mixed_weights(weights, state)
     return with_personal_state(weights, state)
 
 

@@ -33,6 +33,7 @@ from typing import Any, get_args, get_origin
 import tomli_w
 
 from fedp13n.algorithms import per_fedavg, pfedme
+from fedp13n.algorithms.apfl import DEFAULT_APFL_ALPHA
 from fedp13n.algorithms.ditto import DEFAULT_DITTO_LAMBDA
 from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers, state_kind
 from fedp13n.algorithms.fedrep import DEFAULT_HEAD_EPOCHS
@@ -166,7 +167,10 @@ class TrainingSettings:
         "per client, pulled to it by ditto_lambda) or 'scaffold' (SCAFFOLD: local steps "
         "corrected by control variates, c_i per client and c on the server) or "
         "'per_fedavg' (Per-FedAvg: a meta-model, personalized by one step of alpha) or "
-        "'pfedme' (pFedMe: a personalized model theta per client, w_local averaged).",
+        "'pfedme' (pFedMe: a personalized model theta per client, w_local averaged) or "
+        "'fedbn' (FedBN: batch-norm parameters and statistics local; needs model 'conv_bn') "
+        "or 'apfl' (APFL: a personal model and a learned mix alpha v + (1-alpha) w per "
+        "client).",
         panel="Training",
         choices=tuple(METHODS),
     )
@@ -236,6 +240,20 @@ class TrainingSettings:
         panel="Training",
         default_text=str(pfedme.DEFAULT_BETA),
     )
+    apfl_alpha: float | None = setting(
+        None,
+        help="APFL's initial mixing weight alpha in [0, 1] (personal model alpha v + "
+        "(1 - alpha) w); unset = 0.5 (FL-bench's default).",
+        panel="Training",
+        default_text=str(DEFAULT_APFL_ALPHA),
+    )
+    apfl_adaptive: bool = setting(
+        True,
+        help="APFL learns each client's alpha by gradient descent (the paper's adaptive "
+        "alpha); off = alpha stays apfl_alpha.",
+        panel="Training",
+        negative_flag="--fixed-apfl-alpha",
+    )
 
     @property
     def keeps_state(self) -> bool:
@@ -276,6 +294,9 @@ class TrainingSettings:
             pfedme.check_settings(*values)
         except ValueError as e:
             raise ConfigError(f"{where}{e}") from None
+        if self.apfl_alpha is not None:
+            check_fraction(f"{where}apfl_alpha", self.apfl_alpha, closed_right=True,
+                           error=ConfigError)  # fmt: skip
         try:
             parse_personal_layers(self.personal_layers)
         except ValueError as e:

@@ -219,6 +219,8 @@ def build_stage_process(
     if stage.method == "pfedme":
         for key in ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta"):
             extra[key] = getattr(stage, key)
+    if stage.method == "apfl":
+        extra.update(apfl_alpha=stage.apfl_alpha, apfl_adaptive=stage.apfl_adaptive)
     loss = config.task_loss()
     return build_weighted_fed_avg(
         model_fn_for(config),

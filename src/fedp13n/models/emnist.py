@@ -7,6 +7,9 @@
 * :func:`fedavg_cnn`: TFF's ``create_original_fedavg_cnn_model``, the CNN of McMahan et
   al. 2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data".
   1,663,370 parameters for 10 classes (as in the paper), 1,690,046 for 62.
+* :func:`emnist_conv_bn`: the conv-dropout model with a ``BatchNorm2d`` after each
+  convolution (the batch-norm model FedBN needs, :mod:`fedp13n.algorithms.fedbn`; not a
+  TFF model): 1,206,782 parameters for 62 classes, and per-channel running statistics.
 
 Layers, shapes, parameter counts and initialisation (Keras' Glorot-uniform kernels and
 zero biases, not PyTorch's smaller default) match the Keras originals. The initialisation
@@ -107,6 +110,26 @@ class EmnistConvDropout(nn.Module):
         return self.fc2(x)
 
 
+class EmnistConvBN(EmnistConvDropout):
+    """:class:`EmnistConvDropout` with ``BatchNorm2d`` after each convolution (before its
+    ReLU): Conv 32 3x3, BN, relu, Conv 64 3x3, BN, MaxPool 2, relu, Dropout .25, Dense 128
+    relu, Dropout .5, Dense ``num_classes``. FedBN's batch-norm model (Li et al. 2021 put
+    a batch norm after every convolution of their CNN)."""
+
+    def __init__(self, num_classes: int = 62) -> None:
+        super().__init__(num_classes)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.bn2 = nn.BatchNorm2d(64)
+        _channels_last(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(_as_nhwc(x))))
+        x = F.relu(F.max_pool2d(self.bn2(self.conv2(x)), 2)).contiguous()  # NCHW again
+        x = self.dropout1(x)
+        x = self.dropout2(F.relu(self.fc1(torch.flatten(x, 1))))
+        return self.fc2(x)
+
+
 class FedAvgCNN(nn.Module):
     """McMahan et al. 2017: Conv 32 5x5 'same' relu, MaxPool 2, Conv 64 5x5 'same' relu,
     MaxPool 2, Dense 512 relu, Dense ``num_classes``."""
@@ -138,6 +161,12 @@ def emnist_conv_dropout(num_classes: int = 62) -> EmnistConvDropout:
     """TFF's ``create_conv_dropout_model`` (62 classes = EMNIST-62, 10 = digits only)."""
     _check_classes(num_classes)
     return EmnistConvDropout(num_classes)
+
+
+def emnist_conv_bn(num_classes: int = 62) -> EmnistConvBN:
+    """The conv-dropout model with batch norms after its convolutions (FedBN's model)."""
+    _check_classes(num_classes)
+    return EmnistConvBN(num_classes)
 
 
 def fedavg_cnn(num_classes: int = 62) -> FedAvgCNN:

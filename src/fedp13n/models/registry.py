@@ -15,6 +15,7 @@ from typing import Any
 #: Model name -> "module:builder".
 MODELS = {
     "conv_dropout": "fedp13n.models.emnist:emnist_conv_dropout",
+    "conv_bn": "fedp13n.models.emnist:emnist_conv_bn",
     "fedavg_cnn": "fedp13n.models.emnist:fedavg_cnn",
     "shakespeare_rnn": "fedp13n.models.shakespeare:shakespeare_rnn",
 }
