@@ -179,12 +179,15 @@ def build_stage_process(
         stage.client_learning_rate,
         momentum=stage.client_momentum if stage.client_optimizer == "sgd" else 0.0,
     )
+    loss = config.task_loss()
     if stage.resolved_kind == "centralized":
         from fedp13n.algorithms.centralized import build_centralized
 
         return build_centralized(
             model_fn_for(config),
             client,
+            loss_fn=loss,
+            metrics_fn=loss.accuracy,
             epochs=stage.local_epochs,
             batch_size=stage.batch_size,
             seed=config.seed,
@@ -221,7 +224,6 @@ def build_stage_process(
             extra[key] = getattr(stage, key)
     if stage.method == "apfl":
         extra.update(apfl_alpha=stage.apfl_alpha, apfl_adaptive=stage.apfl_adaptive)
-    loss = config.task_loss()
     return build_weighted_fed_avg(
         model_fn_for(config),
         client_optimizer_fn=client,
