@@ -182,6 +182,8 @@ class _KilledOnce:
         return self.inner(task)
 
     def __getattr__(self, name):  # the process reads the client work's settings
+        if name in ("inner", "marker"):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 
