@@ -160,6 +160,16 @@ def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
     return OrderedDict((s.name, config.strategy_builder(s)) for s in config.strategies)
 
 
+#: The stage settings each method passes to ``build_weighted_fed_avg`` (its own keywords).
+METHOD_SETTINGS = {
+    "fedrep": ("head_epochs",),
+    "ditto": ("ditto_lambda",),
+    "per_fedavg": ("per_fedavg_variant", "per_fedavg_alpha"),
+    "pfedme": ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta"),
+    "apfl": ("apfl_alpha", "apfl_adaptive"),
+}
+
+
 def build_stage_process(
     config: ExperimentConfig,
     stage: StageConfig,
@@ -205,25 +215,11 @@ def build_stage_process(
     extra: dict[str, Any] = {"client_pipeline": stage.client_pipeline}
     if stage.local_steps is not None:
         extra["max_steps"] = stage.local_steps
+    extra["method"] = stage.method
     if stage.keeps_state:
-        extra.update(
-            method=stage.method, personal_layers=stage.personal_layers, client_state=client_state
-        )
-    if stage.method == "fedrep":
-        extra["head_epochs"] = stage.head_epochs
-    if stage.method == "ditto":
-        extra["ditto_lambda"] = stage.ditto_lambda
-    if stage.method == "per_fedavg":
-        extra.update(
-            method=stage.method,
-            per_fedavg_variant=stage.per_fedavg_variant,
-            per_fedavg_alpha=stage.per_fedavg_alpha,
-        )
-    if stage.method == "pfedme":
-        for key in ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta"):
-            extra[key] = getattr(stage, key)
-    if stage.method == "apfl":
-        extra.update(apfl_alpha=stage.apfl_alpha, apfl_adaptive=stage.apfl_adaptive)
+        extra.update(personal_layers=stage.personal_layers, client_state=client_state)
+    for key in METHOD_SETTINGS.get(stage.method, ()):
+        extra[key] = getattr(stage, key)
     return build_weighted_fed_avg(
         model_fn_for(config),
         client_optimizer_fn=client,
