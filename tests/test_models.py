@@ -13,7 +13,15 @@ from torch import nn
 
 from fedp13n.algorithms import ClientSelection, build_weighted_fed_avg
 from fedp13n.data import ClientData
-from fedp13n.models import emnist_conv_dropout, fedavg_cnn, get_model_fn
+from fedp13n.models import (
+    default_head,
+    emnist_conv_bn,
+    emnist_conv_dropout,
+    emnist_dnn,
+    emnist_dnn_bn,
+    fedavg_cnn,
+    get_model_fn,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/femnist_sample"
 
@@ -36,7 +44,34 @@ def test_fedavg_cnn_has_the_papers_parameter_count():
     assert num_params(fedavg_cnn(62)) == 1_663_370 - (512 * 10 + 10) + (512 * 62 + 62)
 
 
-@pytest.mark.parametrize("build", [emnist_conv_dropout, fedavg_cnn])
+def test_dnn_is_tffs_two_hidden_layer_model():
+    # TFF 0.87 emnist_models.create_two_hidden_layer_model's summary, only_digits=True:
+    # dense 157,000 + 40,200 + 2,010 = 199,210 parameters.
+    assert num_params(emnist_dnn(10)) == 199_210
+    assert num_params(emnist_dnn(62)) == 784 * 200 + 200 + 200 * 200 + 200 + 200 * 62 + 62
+    assert num_params(emnist_dnn_bn(62)) == num_params(emnist_dnn(62)) + 2 * (2 * 200)
+    assert get_model_fn("dnn") is emnist_dnn and get_model_fn("dnn_bn") is emnist_dnn_bn
+    torch.manual_seed(0)
+    model = emnist_dnn(62)
+    x = torch.rand(3, 28, 28)
+    w = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    h = np.maximum(x.double().reshape(3, 784).numpy() @ w["fc1.weight"].T + w["fc1.bias"], 0)
+    h = np.maximum(h @ w["fc2.weight"].T + w["fc2.bias"], 0)
+    by_hand = h @ w["fc3.weight"].T + w["fc3.bias"]  # logits (TFF's softmax is in the loss)
+    np.testing.assert_allclose(model(x).detach().numpy(), by_hand, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "build, head", [(emnist_conv_dropout, "fc2"), (emnist_conv_bn, "fc2"), (emnist_dnn, "fc3"),
+                    (emnist_dnn_bn, "fc3")],
+)  # fmt: skip
+def test_the_head_is_the_last_dense_layer_not_a_batch_norm(build, head):
+    # FedPer's personal head and head-only fine-tuning take the model's last layer: the
+    # batch-norm models register their norms in forward order, so it is the classifier.
+    assert default_head(build(62)) == head
+
+
+@pytest.mark.parametrize("build", [emnist_conv_dropout, fedavg_cnn, emnist_dnn, emnist_dnn_bn])
 def test_models_accept_both_image_layouts_and_reject_others(build):
     torch.manual_seed(0)
     model = build(62).eval()
@@ -61,7 +96,7 @@ def test_dropout_is_active_only_in_training_mode():
 def test_model_registry():
     assert get_model_fn("fedavg_cnn") is fedavg_cnn
     assert get_model_fn("conv_dropout") is emnist_conv_dropout
-    with pytest.raises(ValueError, match="'conv_dropout', 'fedavg_cnn'"):
+    with pytest.raises(ValueError, match="'conv_dropout', 'dnn', 'dnn_bn', 'fedavg_cnn'"):
         get_model_fn("resnet")
     with pytest.raises(ValueError, match="num_classes"):
         emnist_conv_dropout(1)

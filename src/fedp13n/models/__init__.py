@@ -1,4 +1,5 @@
-"""Models: the EMNIST CNNs of TFF's examples (conv-dropout, McMahan et al. 2017's CNN),
+"""Models: the EMNIST models of TFF's examples (conv-dropout, McMahan et al. 2017's CNN
+and two-hidden-layer DNN),
 TFF's Shakespeare next-character LSTM with its loss and masked accuracy, models by name
 (``registry``) and InputSpec, the per-example input spec a model may declare (TFF's
 ``input_spec``). Names are imported on first use (torch is heavy)."""
@@ -9,9 +10,13 @@ _EXPORTS = {
     "EMNIST_INPUT_SPEC": "fedp13n.models.emnist",
     "EmnistConvDropout": "fedp13n.models.emnist",
     "EmnistConvBN": "fedp13n.models.emnist",
+    "EmnistDNN": "fedp13n.models.emnist",
+    "EmnistDNNBN": "fedp13n.models.emnist",
     "FedAvgCNN": "fedp13n.models.emnist",
     "emnist_conv_bn": "fedp13n.models.emnist",
     "emnist_conv_dropout": "fedp13n.models.emnist",
+    "emnist_dnn": "fedp13n.models.emnist",
+    "emnist_dnn_bn": "fedp13n.models.emnist",
     "fedavg_cnn": "fedp13n.models.emnist",
     "ShakespeareRNN": "fedp13n.models.shakespeare",
     "create_recurrent_model": "fedp13n.models.shakespeare",
@@ -34,6 +39,8 @@ __all__ = [
     "MODEL_NAMES",
     "EmnistConvBN",
     "EmnistConvDropout",
+    "EmnistDNN",
+    "EmnistDNNBN",
     "FedAvgCNN",
     "InputSpec",
     "ShakespeareRNN",
@@ -41,6 +48,8 @@ __all__ = [
     "default_head",
     "emnist_conv_bn",
     "emnist_conv_dropout",
+    "emnist_dnn",
+    "emnist_dnn_bn",
     "fedavg_cnn",
     "get_model_fn",
     "head_parameter_names",

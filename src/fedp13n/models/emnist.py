@@ -1,4 +1,4 @@
-"""The two EMNIST CNNs of TFF's examples, in PyTorch.
+"""The EMNIST models of TFF's examples (two CNNs and the two-hidden-layer DNN), in PyTorch.
 
 * :func:`emnist_conv_dropout`: TFF's ``create_conv_dropout_model``, the model of the
   personalization experiment (Jiang et al. 2019, "Improving Federated Learning
@@ -10,6 +10,13 @@
 * :func:`emnist_conv_bn`: the conv-dropout model with a ``BatchNorm2d`` after each
   convolution (the batch-norm model FedBN needs, :mod:`fedp13n.algorithms.fedbn`; not a
   TFF model): 1,206,782 parameters for 62 classes, and per-channel running statistics.
+* :func:`emnist_dnn`: TFF's ``create_two_hidden_layer_model`` (its ``model_id='2nn'``,
+  ``simulation/baselines/emnist/emnist_models.py`` of TFF 0.87), the "2NN" of McMahan et
+  al. 2017: Dense 200 relu, Dense 200 relu, Dense ``num_classes``. 199,210 parameters for
+  10 classes (TFF's docstring), 209,662 for 62. About 50x fewer multiply-adds per example
+  than the CNNs, so comparisons that need many runs (bench/methods) fit a CPU.
+* :func:`emnist_dnn_bn`: the DNN with a ``BatchNorm1d`` after each hidden dense layer
+  (before its ReLU), for FedBN on the DNN (not a TFF model): 210,462 parameters for 62.
 
 Layers, shapes, parameter counts and initialisation (Keras' Glorot-uniform kernels and
 zero biases, not PyTorch's smaller default) match the Keras originals. The initialisation
@@ -85,6 +92,15 @@ def _channels_last(model: nn.Module) -> None:
     model.to(memory_format=torch.channels_last)
 
 
+def _register_in_order(model: nn.Module, *first: str) -> None:
+    """Put the submodules ``first`` ahead, in that order (the rest keep theirs): forward
+    order, so the batch norms a subclass adds are not taken for the model's head (the
+    last module with parameters, :func:`fedp13n.models.heads.default_head`). Weights and
+    their initialisation are unchanged."""
+    rest = {k: v for k, v in model._modules.items() if k not in first}
+    model._modules = {**{k: model._modules[k] for k in first}, **rest}
+
+
 class EmnistConvDropout(nn.Module):
     """Conv 32 3x3 relu, Conv 64 3x3 relu, MaxPool 2, Dropout .25, Dense 128 relu,
     Dropout .5, Dense ``num_classes`` (valid padding, as Keras' default)."""
@@ -121,6 +137,7 @@ class EmnistConvBN(EmnistConvDropout):
         self.bn1 = nn.BatchNorm2d(32)
         self.bn2 = nn.BatchNorm2d(64)
         _channels_last(self)
+        _register_in_order(self, "conv1", "bn1", "conv2", "bn2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(_as_nhwc(x))))
@@ -152,6 +169,38 @@ class FedAvgCNN(nn.Module):
         return self.fc2(x)
 
 
+class EmnistDNN(nn.Module):
+    """Flatten, Dense 200 relu, Dense 200 relu, Dense ``num_classes`` (TFF's ``2nn``)."""
+
+    input_spec = EMNIST_INPUT_SPEC
+
+    def __init__(self, num_classes: int = 62, hidden_units: int = 200) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, hidden_units)
+        self.fc2 = nn.Linear(hidden_units, hidden_units)
+        self.fc3 = nn.Linear(hidden_units, num_classes)
+        _keras_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.fc1(torch.flatten(_as_nhwc(x), 1)))
+        return self.fc3(F.relu(self.fc2(x)))
+
+
+class EmnistDNNBN(EmnistDNN):
+    """:class:`EmnistDNN` with ``BatchNorm1d`` after each hidden dense layer, before its
+    ReLU (FedBN's placement: a batch norm after every hidden layer)."""
+
+    def __init__(self, num_classes: int = 62, hidden_units: int = 200) -> None:
+        super().__init__(num_classes, hidden_units)
+        self.bn1 = nn.BatchNorm1d(hidden_units)
+        self.bn2 = nn.BatchNorm1d(hidden_units)
+        _register_in_order(self, "fc1", "bn1", "fc2", "bn2")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.fc1(torch.flatten(_as_nhwc(x), 1))))
+        return self.fc3(F.relu(self.bn2(self.fc2(x))))
+
+
 def _check_classes(num_classes: int) -> None:
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
@@ -173,3 +222,15 @@ def fedavg_cnn(num_classes: int = 62) -> FedAvgCNN:
     """TFF's ``create_original_fedavg_cnn_model``: the CNN of McMahan et al. 2017."""
     _check_classes(num_classes)
     return FedAvgCNN(num_classes)
+
+
+def emnist_dnn(num_classes: int = 62) -> EmnistDNN:
+    """TFF's ``create_two_hidden_layer_model`` (``2nn``): two dense layers of 200 units."""
+    _check_classes(num_classes)
+    return EmnistDNN(num_classes)
+
+
+def emnist_dnn_bn(num_classes: int = 62) -> EmnistDNNBN:
+    """The two-hidden-layer DNN with batch norms after its hidden layers (FedBN on it)."""
+    _check_classes(num_classes)
+    return EmnistDNNBN(num_classes)

@@ -17,6 +17,8 @@ MODELS = {
     "conv_dropout": "fedp13n.models.emnist:emnist_conv_dropout",
     "conv_bn": "fedp13n.models.emnist:emnist_conv_bn",
     "fedavg_cnn": "fedp13n.models.emnist:fedavg_cnn",
+    "dnn": "fedp13n.models.emnist:emnist_dnn",
+    "dnn_bn": "fedp13n.models.emnist:emnist_dnn_bn",
     "shakespeare_rnn": "fedp13n.models.shakespeare:shakespeare_rnn",
 }
 MODEL_NAMES = tuple(MODELS)
