@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from fedp13n.algorithms import build_fedper, fedper_state_spec
+from fedp13n.algorithms import build_fedper, build_fedrep, fedper_state_spec
 from fedp13n.algorithms.own_state import evaluate_new_clients
 from fedp13n.cli.main import app
 from fedp13n.data.client_data import ClientData, features_to_tensor
@@ -106,6 +106,29 @@ def test_a_new_client_takes_one_local_step_then_is_evaluated(tmp_path):
     )
     assert m["loss"] == 0.25 and m["num_test_examples"] == 1
     assert not store.initialised("t")  # a new client's step keeps no state
+
+
+def test_a_new_fedrep_client_learns_its_head_only(tmp_path):
+    """FedRep's new client (Collins et al. 2021, Section 5): the head alone, body fixed.
+    One full-batch SGD step (lr 0.25) of (h b x - y)^2 on x = 1, y = 1 from b = 1, h = 0.5:
+    dh = 2 (0.5 - 1) * 1 = -1, h = 0.75, b stays 1; on x = 2, y = 2: (0.75 * 2 - 2)^2 = 0.25
+    (the body epochs of a round would then move b: db = 2 (0.75 - 1) 0.75 = -0.375)."""
+    one = np.ones((1, 1), np.float32)
+    train = ClientData.from_mapping({"n": (one, one)})
+    test = ClientData.from_mapping({"n": (2 * one, 2 * one)})
+    store = ClientStateStore.create(tmp_path, ["t"], fedper_state_spec(_two_scalars, None))
+    process = build_fedrep(
+        _two_scalars, store, head_epochs=1, client_epochs=3,
+        client_optimizer_fn=functools.partial(torch.optim.SGD, lr=0.25), loss_fn=F.mse_loss,
+        batch_size=10, shuffle=False, client_pipeline="epochs",
+        metrics_fn=lambda o, t: torch.tensor(0.0),
+    )  # fmt: skip
+    weights = process.get_model_weights(process.initialize())
+    (m,) = evaluate_new_clients(
+        process.client_work, weights, train, test, ["n"], F.mse_loss, InProcessExecutor(), 1
+    )
+    assert m["loss"] == 0.25 and m["num_test_examples"] == 1
+    assert not store.initialised("t")
 
 
 def test_a_run_without_a_stateful_method_writes_what_it_did(tmp_path):

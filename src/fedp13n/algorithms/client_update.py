@@ -183,6 +183,11 @@ class ClientWork:
                     model, dataset, self.loss_fn, self.per_fedavg_alpha, self.batch_size,
                     self.shuffle, generator, device,
                 )  # fmt: skip
+            elif self.head_epochs:  # FedRep: a new client learns its head, the body stays
+                model.load_state_dict(with_personal_state(weights, task.state))
+                head = [n for n in trainable_names(model) if n in self.personal]
+                rng = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
+                self._local(self.head_epochs, None, head, None).run(model, dataset, rng, device)
             else:
                 self._fit(model, weights, dataset, task, device)
             if isinstance(test, ClientDataset):

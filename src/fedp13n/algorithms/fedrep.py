@@ -19,6 +19,12 @@ head for ``head_epochs`` epochs (body frozen), then the body for the stage's loc
 (or ``max_steps``; head frozen), each phase with a fresh client optimizer, one example
 order generator for both (head first). The round's weight and training metrics are the body
 phase's. With ``proximal_mu > 0`` FedProx's term pulls the body towards the global body.
+
+A new client (the "new clients" protocol, :mod:`fedp13n.algorithms.own_state`) learns its
+head alone, for ``head_epochs`` epochs on the global body, which it does not change: the
+paper's generalisation to new clients (Section 5, "only the head is learned") and the
+authors' last round (every user trains its head, representation fixed, before the final
+evaluation); FL-bench's FedRep also fine-tunes the classifier only.
 """
 
 from __future__ import annotations
