@@ -5,7 +5,10 @@ writes them: ``<root>/<method>/repeats.json`` and ``seed=<s>/fedavg_metrics.csv`
 prints one markdown table: per method, TFF's protocol (the global model's baseline and the
 fine-tuned model at the strategy's last epoch on the held-out clients, mean +- sample std
 over seeds, with the helped / hurt shares versus the baseline averaged over seeds), the
-two other protocols (``own_state``, ``new_clients``; mean +- std), the client budget
+two other protocols (``own_state``, ``new_clients``; mean +- std; and ``own_state``
+weighted by the clients' test examples, as FL-bench / PFLlib and the papers aggregate it:
+sum of accuracy x test examples over the sum of test examples, from each seed's
+``per_client_own_state.csv``, mean +- std over seeds), the client budget
 (training example-steps per seed: the sum of ``num_examples`` in ``fedavg_metrics.csv``,
 mean over seeds) and the wall time per seed (``wall_seconds.txt``, written by run_all.sh,
 over the seeds; else ``-``) beside the training rounds' own seconds.
@@ -54,6 +57,26 @@ def _csv_sums(run: Path) -> tuple[float, float]:
     return sum(float(r["num_examples"]) for r in rows), sum(float(r["seconds"]) for r in rows)
 
 
+def _weighted_own_state(run: Path) -> float | None:
+    """Own-state accuracy over one run's clients, weighted by their test examples."""
+    path = run / "per_client_own_state.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["protocol"] == "own_state" and r["accuracy"]]
+    n = sum(float(r["num_test_examples"]) for r in rows)
+    correct = sum(float(r["accuracy"]) * float(r["num_test_examples"]) for r in rows)
+    return correct / n if n else None
+
+
+def _over_seeds(values: list[float | None]) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None}  # fmt: skip
+
+
 def method_row(folder: Path) -> str:
     """One table line for one ``--repeats`` folder."""
     agg = json.loads((folder / "repeats.json").read_text())
@@ -75,6 +98,7 @@ def method_row(folder: Path) -> str:
         _pct(last and last["helped_mean"]),
         _pct(last and last["hurt_mean"]),
         _fmt(proto.get("own_state")),
+        _fmt(_over_seeds([_weighted_own_state(folder / run) for run in agg["runs"]])),
         _fmt(proto.get("new_clients")),
         f"{budget:,.0f}",
         f"{train_s:.0f}",
@@ -88,9 +112,10 @@ def table(root: Path, methods: list[str] | None = None) -> str:
     names = methods or [m for m in ORDER if (root / m / "repeats.json").exists()]
     head = (
         "| method | seeds | TFF: baseline | TFF: fine-tuned | helped | hurt | own_state | "
-        "new_clients | example-steps / seed | training s / seed | wall s / seed |"
+        "own_state, by examples | new_clients | example-steps / seed | training s / seed | "
+        "wall s / seed |"
     )
-    lines = [head, "|" + " --- |" * 11]
+    lines = [head, "|" + " --- |" * 12]
     lines += [method_row(root / m) for m in names]
     return "\n".join(lines)
 

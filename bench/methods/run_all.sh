@@ -5,17 +5,20 @@
 # prints the table of bench/README.md, "pFL methods on the EMNIST sample (issue 20)".
 # From the repository root, the EMNIST sample beside it:
 #   bash bench/methods/run_all.sh [method ...]     # default: all, in the order below
-# REPEATS (default 3) and FEDP13N (default: fedp13n on PATH) are read from the environment.
+# REPEATS (default 3), FEDP13N (default: fedp13n on PATH) and FLAGS (more flags for every
+# run, e.g. FLAGS="--executor in-process" to run two queues side by side) are read from the
+# environment.
 # A method's settings beyond --method are each method's documented defaults (README.md).
 set -euo pipefail
 OUT=${OUT:-runs/methods}
 REPEATS=${REPEATS:-3}
 FEDP13N=${FEDP13N:-fedp13n}
+FLAGS=${FLAGS:-}
 flags() {
   case "$1" in
     fedavg) echo "" ;;
     fedprox) echo "--proximal-mu 0.01" ;;
-    fedbn) echo "--method fedbn --model conv_bn" ;;
+    fedbn) echo "--method fedbn --model dnn_bn" ;;
     *) echo "--method $1" ;;
   esac
 }
@@ -24,6 +27,6 @@ for m in ${@:-$ALL}; do
   start=$(date +%s)
   # shellcheck disable=SC2046
   $FEDP13N run --config bench/methods/base.toml $(flags "$m") --output-dir "$OUT/$m" \
-    --repeats "$REPEATS" --no-progress --no-report
+    --repeats "$REPEATS" --no-progress --no-report $FLAGS
   echo "$(($(date +%s) - start))" > "$OUT/$m/wall_seconds.txt"
 done
