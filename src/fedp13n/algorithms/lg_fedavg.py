@@ -8,7 +8,10 @@ Locally, Act Globally: Federated Learning with Local and Global Representations"
 the global parameters ``theta^g`` (the top layers). In round t a selected device starts
 from the server's ``theta^g`` and its own ``theta_m^l``, updates both on its data for E
 local epochs, keeps ``theta_m^l`` and sends back ``theta_m^g``; the server averages the
-global parameters, weighted by the devices' numbers of examples.
+global parameters. Here the mean is FedAvg's, weighted by the devices' numbers of examples;
+the authors' code (pliang279/LG-FedAvg, ``main_lg.py``) takes the plain mean over devices,
+keeps 1 global layer by default (its scripts: 3 for the MNIST MLP, 2 for the CIFAR CNN)
+and starts from a FedAvg-trained model; here from the initial one.
 
 Here: FedPer's machinery (:mod:`fedp13n.algorithms.fedper`: the client-state store, the
 global model's value for a client's first round, the shared part averaged with FedAvg's

@@ -31,7 +31,9 @@ loss counted for the round is theta's on D at each step's first inner iteration.
 Defaults (:data:`DEFAULT_LAMBDA` 15, :data:`DEFAULT_K` 5, :data:`DEFAULT_PERSONAL_LR`
 0.01, :data:`DEFAULT_BETA` 1.0) are FL-bench's (KarhouTam/FL-bench,
 ``src/server/pfedme.py``: ``--lamda 15 --k 5 --pers_lr 0.01 --beta 1.0``); the paper tunes
-them per data set.
+them per data set. Not here: the small L2 term ``mu * theta`` (``mu`` 1e-3) that the
+authors' inner optimizer (``FLAlgorithms/optimizers/fedoptimizer.py``), FL-bench and PFLlib
+add to step 1; Algorithm 1 has none.
 """
 
 from __future__ import annotations
