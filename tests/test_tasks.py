@@ -234,7 +234,8 @@ def test_dataset_and_model_default_to_the_tasks():
         ),
         (
             ["--model", "resnet"],
-            "model 'resnet' is not a model of task 'emnist' (conv_dropout, fedavg_cnn, conv_bn, dnn, dnn_bn)",
+            "model 'resnet' is not a model of task 'emnist' "
+            "(conv_dropout, fedavg_cnn, conv_bn, dnn, dnn_bn)",
         ),
         (["--dataset", "no_such_mod:load"], "cannot import module 'no_such_mod'"),
         (["--dataset", "fedp13n.examples.my_task:lod"], "has no attribute 'lod'"),

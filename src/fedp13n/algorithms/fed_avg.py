@@ -41,7 +41,7 @@ import functools
 import math
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -74,7 +74,7 @@ from fedp13n.execution.base import Executor, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.models.objectives import engine_ignore_ids
 from fedp13n.models.spec import check_labels_fit, check_model_fn, input_spec_of, num_classes
-from fedp13n.utils.checks import check_bool, check_positive_int, check_seed
+from fedp13n.utils.checks import check_bool, check_callable, check_positive_int, check_seed
 from fedp13n.utils.device import Compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
 
@@ -221,67 +221,30 @@ class WeightedFedAvg:
 
     def __init__(
         self,
-        model_fn: ModelFn,
-        client_optimizer_fn: OptimizerFn,
+        client_work: ClientWork,
         server_optimizer_fn: OptimizerFn,
         *,
-        loss_fn: LossFn,
-        metrics_fn: MetricFn,
-        client_epochs: int | None,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
         executor: Executor | None,
         buffer_aggregation: Literal["average", "keep"],
-        client_pipeline: str = DEFAULT_CLIENT_PIPELINE,
-        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-        max_steps: int | None = None,
-        compute: Compute = Compute(),
-        proximal_mu: float = 0.0,
-        personal: tuple[str, ...] = (),
+        engine: Any = None,
         client_state: Any = None,
-        head_epochs: int = 0,
-        ditto_lambda: float | None = None,
-        scaffold: bool = False,
-        work_options: Mapping[str, Any] | None = None,
         delta_scale: float = 1.0,
-        apfl_alpha: float | None = None,
-        apfl_adaptive: bool = True,
     ) -> None:
-        self.model_fn = model_fn
+        #: the clients' local training, with the method's settings (built and checked by
+        #: :func:`build_weighted_fed_avg`)
+        self.client_work = client_work
+        self.model_fn = client_work.model_fn
         #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
         #: ClientStateStore that the caller commits (None: no state is kept)
         self.client_state = client_state
-        self.personal = tuple(personal)
-        self.engine = compute.engine
+        self.personal = client_work.personal
+        self.engine = engine
         self.server_optimizer_fn = server_optimizer_fn
-        self.seed = seed
+        self.seed = client_work.seed
         self.executor = executor if executor is not None else InProcessExecutor()
         self.buffer_aggregation = buffer_aggregation
         #: the averaged delta's factor before the server optimizer (pFedMe's beta)
         self.delta_scale = delta_scale
-        self.client_work = ClientWork(
-            model_fn=model_fn,
-            optimizer_fn=client_optimizer_fn,
-            loss_fn=loss_fn,
-            metric_fn=metrics_fn,
-            epochs=client_epochs,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            pipeline=client_pipeline,
-            shuffle_buffer=shuffle_buffer,
-            max_steps=max_steps,
-            proximal_mu=proximal_mu,
-            personal=tuple(personal),
-            head_epochs=head_epochs,
-            ditto_lambda=ditto_lambda,
-            scaffold=scaffold,
-            apfl_alpha=apfl_alpha,
-            apfl_adaptive=apfl_adaptive,
-            compute=compute.without_engine(),
-            **(work_options or {}),  # a method's other ClientWork settings (Per-FedAvg's)
-        )
         self._server_model: nn.Module | None = None
         #: The model's classes by per-example feature shape (None: not a classifier).
         self._classes: dict[tuple, int | None] = {}
@@ -753,87 +716,112 @@ def build_weighted_fed_avg(
     check_model_fn(model_fn)
     check_seed(seed)
     check_bool("shuffle", shuffle)
-    _check_callables(
-        model_fn=model_fn,
-        client_optimizer_fn=client_optimizer_fn,
-        server_optimizer_fn=server_optimizer_fn,
-        loss_fn=loss_fn,
-        metrics_fn=metrics_fn,
-    )
+    for name, fn in (("client_optimizer_fn", client_optimizer_fn),
+                     ("server_optimizer_fn", server_optimizer_fn),
+                     ("loss_fn", loss_fn), ("metrics_fn", metrics_fn)):  # fmt: skip
+        check_callable(name, fn)
     _check_local_steps(client_epochs, batch_size, client_pipeline, shuffle_buffer, max_steps)
-    if buffer_aggregation not in ("average", "keep"):
-        raise ValueError(
-            f"buffer_aggregation must be 'average' or 'keep', got {buffer_aggregation!r}."
-        )
-    if executor is not None and not isinstance(executor, Executor):
-        raise TypeError(f"executor must be a fedp13n Executor, got {type(executor).__name__}.")
+    _check_server_side(buffer_aggregation, executor)
     compute = Compute.given(
         compute, device=device, precision=precision, deterministic=deterministic, engine=engine
     )
-    proximal_mu = check_proximal_mu(proximal_mu)
-    personal = _personal_names(model_fn, method, personal_layers, client_state)
-    head_epochs = _head_epochs(method, head_epochs)
-    ditto_lambda = _ditto_lambda(method, ditto_lambda)
-    scaffold = method == "scaffold"
-    if scaffold and proximal_mu:
-        raise ValueError(
-            "method='scaffold' corrects the local steps with control variates; FedProx's "
-            "proximal_mu does not combine with it here: set proximal_mu = 0."
-        )
-    work_options = _per_fedavg(method, per_fedavg_variant, per_fedavg_alpha)
-    pfedme = (pfedme_lambda, pfedme_k, pfedme_personal_lr, pfedme_beta)
-    work_options, delta_scale = _pfedme(method, pfedme, work_options)
-    if work_options and proximal_mu:
-        raise ValueError(
-            f"method={method!r} takes its own local steps; FedProx's proximal_mu does not "
-            "combine with them here: set proximal_mu = 0."
-        )
-    apfl_alpha, apfl_adaptive = _apfl_settings(method, apfl_alpha, apfl_adaptive)
-    if apfl_alpha is not None and proximal_mu:
-        raise ValueError(
-            "method='apfl' trains its own mixture beside the global copy; FedProx's "
-            "proximal_mu does not combine with it here: set proximal_mu = 0."
-        )
-    if ditto_lambda is not None or scaffold or method == "pfedme" or apfl_alpha is not None:
-        personal = ()  # the whole model is averaged; the state is not part of it
+    options, delta_scale = _method_settings(
+        model_fn, method, check_proximal_mu(proximal_mu), personal_layers, client_state,
+        head_epochs=head_epochs, ditto_lambda=ditto_lambda,
+        per_fedavg=(per_fedavg_variant, per_fedavg_alpha),
+        pfedme=(pfedme_lambda, pfedme_k, pfedme_personal_lr, pfedme_beta),
+        apfl=(apfl_alpha, apfl_adaptive),
+    )  # fmt: skip
     if compute.engine is not None:
-        usable = _usable_engine(compute.engine, model_fn, client_optimizer_fn, loss_fn, metrics_fn)
-        why = "FedProx's proximal term (proximal_mu > 0)" if proximal_mu else None
-        why = f"{method}'s per-client state" if client_state is not None else why
-        why = "Per-FedAvg's meta steps" if "per_fedavg" in work_options else why
-        if usable is not None and why:
-            from fedp13n.engine import note_fallback
-
-            note_fallback(f"the engine does not batch {why}")
-            usable = None
-        compute = compute if usable is not None else compute.without_engine()
-    return WeightedFedAvg(
-        model_fn,
-        client_optimizer_fn,
-        server_optimizer_fn,
+        fns = (model_fn, client_optimizer_fn, loss_fn, metrics_fn)
+        compute = _engine_compute(compute, fns, method, options, client_state)
+    work = ClientWork(
+        model_fn=model_fn,
+        optimizer_fn=client_optimizer_fn,
         loss_fn=loss_fn,
-        metrics_fn=metrics_fn,
-        client_epochs=client_epochs,
+        metric_fn=metrics_fn,
+        epochs=client_epochs,
         batch_size=batch_size,
         shuffle=shuffle,
         seed=int(seed),
-        executor=executor,
-        buffer_aggregation=buffer_aggregation,
-        client_pipeline=client_pipeline,
+        pipeline=client_pipeline,
         shuffle_buffer=int(shuffle_buffer),
         max_steps=None if max_steps is None else int(max_steps),
-        compute=compute,
-        proximal_mu=proximal_mu,
-        personal=personal,
-        client_state=client_state,
-        head_epochs=head_epochs,
-        ditto_lambda=ditto_lambda,
-        scaffold=scaffold,
-        work_options=work_options,
-        delta_scale=delta_scale,
-        apfl_alpha=apfl_alpha,
-        apfl_adaptive=apfl_adaptive,
+        compute=compute.without_engine(),
+        **options,
     )
+    return WeightedFedAvg(
+        work,
+        server_optimizer_fn,
+        executor=executor,
+        buffer_aggregation=buffer_aggregation,
+        engine=compute.engine,
+        client_state=client_state,
+        delta_scale=delta_scale,
+    )
+
+
+def _engine_compute(
+    compute: Compute, fns: tuple, method: Any, options: dict[str, Any], client_state: Any
+) -> Compute:
+    """``compute`` with its engine when the engine can batch this FedAvg's client work
+    (``fns``: model, client optimizer, loss and metric functions; ``options``: the
+    method's ClientWork settings), else without it (why said once)."""
+    why = "FedProx's proximal term (proximal_mu > 0)" if options["proximal_mu"] else None
+    why = f"{method}'s per-client state" if client_state is not None else why
+    why = "Per-FedAvg's meta steps" if "per_fedavg" in options else why
+    engine = _usable_engine(compute.engine, *fns)
+    if engine is not None and why:
+        from fedp13n.engine import note_fallback
+
+        note_fallback(f"the engine does not batch {why}")
+        engine = None
+    return compute if engine is not None else compute.without_engine()
+
+
+#: Methods whose local steps are their own, with why FedProx's term does not join them.
+_OWN_LOCAL_STEPS = {
+    "scaffold": "corrects the local steps with control variates",
+    "per_fedavg": "takes its own local steps",
+    "pfedme": "takes its own local steps",
+    "apfl": "trains its own mixture beside the global copy",
+}
+
+
+def _method_settings(
+    model_fn: ModelFn,
+    method: Any,
+    proximal_mu: float,
+    personal_layers: Any,
+    client_state: Any,
+    *,
+    head_epochs: Any,
+    ditto_lambda: Any,
+    per_fedavg: tuple,
+    pfedme: tuple,
+    apfl: tuple,
+) -> tuple[dict[str, Any], float]:
+    """The :class:`ClientWork` settings of ``method`` (checked; another method's settings
+    given are a one-line error) and the averaged delta's scale (pFedMe's beta, else 1)."""
+    personal = _personal_names(model_fn, method, personal_layers, client_state)
+    options: dict[str, Any] = {
+        "proximal_mu": proximal_mu,
+        "head_epochs": _head_epochs(method, head_epochs),
+        "ditto_lambda": _ditto_lambda(method, ditto_lambda),
+        "scaffold": method == "scaffold",
+        **_per_fedavg(method, *per_fedavg),
+    }
+    options, delta_scale = _pfedme(method, pfedme, options)
+    options["apfl_alpha"], options["apfl_adaptive"] = _apfl_settings(method, *apfl)
+    if proximal_mu and method in _OWN_LOCAL_STEPS:
+        raise ValueError(
+            f"method={method!r} {_OWN_LOCAL_STEPS[method]}; FedProx's proximal_mu does not "
+            "combine with it here: set proximal_mu = 0."
+        )
+    if method in ("ditto", "scaffold", "pfedme", "apfl"):
+        personal = ()  # the whole model is averaged; the state is not part of it
+    options["personal"] = personal
+    return options, delta_scale
 
 
 def _pfedme(method: str, values: tuple, options: dict[str, Any]) -> tuple[dict[str, Any], float]:
@@ -955,10 +943,13 @@ def _personal_names(
     return tuple(spec)
 
 
-def _check_callables(**fns: Any) -> None:
-    for name, fn in fns.items():
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}.")
+def _check_server_side(buffer_aggregation: Any, executor: Any) -> None:
+    if buffer_aggregation not in ("average", "keep"):
+        raise ValueError(
+            f"buffer_aggregation must be 'average' or 'keep', got {buffer_aggregation!r}."
+        )
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(f"executor must be a fedp13n Executor, got {type(executor).__name__}.")
 
 
 def _check_local_steps(

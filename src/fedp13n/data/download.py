@@ -272,12 +272,9 @@ def safe_extract_tar(archive: str | os.PathLike, target_dir: str | os.PathLike) 
             tar.extractall(root, members=members, filter="data")
     except DownloadError as e:
         raise DownloadError(f"{archive} is unsafe: {e}; nothing was extracted.") from None
-    except OSError as e:
-        if e.errno is not None:  # the file system refused a write, not bad archive data
+    except (OSError, tarfile.TarError, EOFError, lzma.LZMAError) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # a refused write, not bad data
             raise storage_error(e, f"extract {archive.name} into", root, hint) from None
-        detail = " ".join(str(e).split())
-        raise DownloadError(f"{archive} is corrupt or not a tar archive ({detail}).") from None
-    except (tarfile.TarError, EOFError, lzma.LZMAError) as e:
         detail = " ".join(str(e).split())
         raise DownloadError(f"{archive} is corrupt or not a tar archive ({detail}).") from None
     return [root / m.name for m in members if m.isfile()]
@@ -302,10 +299,7 @@ def decompress_lzma(
             open(part, "wb") as out,
             _progress(f"Decompressing {source.name}", None, progress) as advance,
         ):
-            while True:
-                chunk = src.read(_CHUNK)
-                if not chunk:
-                    break
+            while chunk := src.read(_CHUNK):
                 out.write(chunk)
                 advance(len(chunk))
     except (lzma.LZMAError, EOFError, OSError) as e:

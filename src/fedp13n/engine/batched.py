@@ -99,6 +99,13 @@ class OptimizerSpec:
             raise ValueError(f"OptimizerSpec lr must be a finite number >= 0, got {self.lr!r}.")
 
 
+#: The optimizer settings the engine does not implement (each must be 0 / False).
+_UNBATCHED_SETTINGS = {
+    "sgd": ("momentum", "weight_decay", "nesterov", "maximize"),
+    "adam": ("weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"),
+}
+
+
 def optimizer_spec(optimizer_fn: Any) -> tuple[OptimizerSpec | None, str]:
     """``(spec, "")`` for an optimizer the engine implements, else ``(None, reason)``.
 
@@ -117,29 +124,17 @@ def optimizer_spec(optimizer_fn: Any) -> tuple[OptimizerSpec | None, str]:
     if len(opt.param_groups) != 1:
         return None, "the optimizer has several parameter groups"
     g = opt.param_groups[0]
-    lr = float(g["lr"])
-    if type(opt) is torch.optim.SGD:
-        for key, ok in (
-            ("momentum", 0),
-            ("weight_decay", 0),
-            ("nesterov", False),
-            ("maximize", False),
-        ):
-            if g.get(key, ok) != ok:
-                return None, f"SGD with {key}={g[key]!r} (only plain SGD is batched)"
-        return OptimizerSpec("sgd", lr), ""
-    if type(opt) is torch.optim.Adam:
-        for key, ok in (
-            ("weight_decay", 0),
-            ("amsgrad", False),
-            ("maximize", False),
-            ("decoupled_weight_decay", False),
-        ):
-            if g.get(key, ok) != ok:
-                return None, f"Adam with {key}={g[key]!r} (not batched)"
-        betas = tuple(float(b) for b in g["betas"])
-        return OptimizerSpec("adam", lr, betas, float(g["eps"])), ""
-    return None, f"optimizer {type(opt).__name__} (only SGD and Adam are batched)"
+    kind = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam"}.get(type(opt))
+    if kind is None:
+        return None, f"optimizer {type(opt).__name__} (only SGD and Adam are batched)"
+    for key in _UNBATCHED_SETTINGS[kind]:
+        if g.get(key):
+            note = "only plain SGD is batched" if kind == "sgd" else "not batched"
+            return None, f"{type(opt).__name__} with {key}={g[key]!r} ({note})"
+    if kind == "sgd":
+        return OptimizerSpec("sgd", float(g["lr"])), ""
+    betas = tuple(float(b) for b in g["betas"])
+    return OptimizerSpec("adam", float(g["lr"]), betas, float(g["eps"])), ""
 
 
 def can_batch(model_fn: ModelFn, optimizer: Any, *, device: Any = "cpu") -> tuple[bool, str]:
@@ -294,13 +289,11 @@ class _DeviceData:
         y = np.concatenate(
             [*[a.astype(np.int64, copy=False) for a in ys], np.zeros((1, *yrow), np.int64)]
         )
-        self.pad = len(y) - 1
-        self.uint8 = x.dtype == np.uint8
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device)
         if self.x.is_floating_point():
             self.x = self.x.float()
         self.y = torch.from_numpy(y).to(device)
-        self.lut = torch.from_numpy(UINT8_TO_UNIT).to(device) if self.uint8 else None
+        self._finish(device)
 
     def _from_resident(self, datasets: Sequence[ClientDataset], device: torch.device) -> None:
         xs = [d.resident[0] for d in datasets]  # type: ignore[index]
@@ -315,8 +308,13 @@ class _DeviceData:
                 torch.zeros((1, *ys[0].shape[1:]), dtype=torch.long, device=device),
             ]
         )
+        self._finish(device)
+
+    def _finish(self, device: torch.device) -> None:
+        """The padding row's index and the uint8 lookup table, once ``x`` and ``y`` hold
+        the examples."""
         self.pad = len(self.y) - 1
-        self.uint8 = dtype == torch.uint8
+        self.uint8 = self.x.dtype == torch.uint8
         self.lut = torch.from_numpy(UINT8_TO_UNIT).to(device) if self.uint8 else None
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
@@ -487,7 +485,7 @@ class MultiClientEngine:
         plans: Sequence[Sequence[np.ndarray]],
         generators: Sequence[torch.Generator],
         batch_size: int,
-        stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+        stats: torch.Tensor | None = None,
     ) -> None:
         """Run the steps of ``plans`` (one list of batches per client) in lockstep."""
         idx_np, counts = _phase_tensors(plans, data.offsets[:-1], data.pad, batch_size)
@@ -523,7 +521,7 @@ class MultiClientEngine:
         data: _DeviceData,
         phase: tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray],
         masks: Callable[[int], list[torch.Tensor]],
-        stats: tuple[torch.Tensor, torch.Tensor] | None,
+        stats: torch.Tensor | None,
     ) -> None:
         """The steps of a phase: example indices, validity, real batch sizes (device) and
         counts (host) per step; ``masks(t)`` gives step ``t``'s dropout masks."""
@@ -611,11 +609,9 @@ class MultiClientEngine:
         training accuracy leaves targets in ``ignore_ids`` out (the task's
         :class:`~fedp13n.models.objectives.Accuracy`)."""
         self.fn.ignore_ids = tuple(int(i) for i in ignore_ids)
-        spec, why = optimizer_spec(optimizer)
-        if spec is None:
-            raise ValueError(f"the engine cannot batch this optimizer: {why}.")
-        if len(datasets) != len(client_keys):
-            raise ValueError("datasets and client_keys must have the same length.")
+        spec, _ = optimizer_spec(optimizer)  # one the builder found batchable (can_batch)
+        steps = dict(epochs=epochs, shuffle=shuffle, pipeline=pipeline,
+                     shuffle_buffer=shuffle_buffer, max_steps=max_steps)  # fmt: skip
         results: list[ClientOutput | None] = [None] * len(datasets)
         for group in self._groups([len(d) for d in datasets]):
             K = len(group)
@@ -624,24 +620,10 @@ class MultiClientEngine:
             for i in group:
                 g, rng = fedavg_generators(seed, round_num, client_keys[i])
                 gens.append(g)
-                plans.append(
-                    batch_plan(
-                        len(datasets[i]),
-                        batch_size,
-                        epochs=epochs,
-                        shuffle=shuffle,
-                        generator=rng,
-                        pipeline=pipeline,
-                        shuffle_buffer=shuffle_buffer,
-                        max_steps=max_steps,
-                    )
-                )
+                plans.append(batch_plan(len(datasets[i]), batch_size, generator=rng, **steps))
             params = self._stack(weights, K)
             opt = _StackedOptimizer(spec, list(params.values()), K)
-            stats = (
-                torch.zeros(K, dtype=torch.float64, device=self.device),
-                torch.zeros(K, dtype=torch.float64, device=self.device),
-            )
+            stats = torch.zeros(2, K, dtype=torch.float64, device=self.device)
             # Epochs need no alignment here: one phase with every client's whole plan.
             self._train_phase(params, opt, data, plans, gens, batch_size, stats)
             with torch.no_grad():
@@ -725,14 +707,9 @@ class MultiClientEngine:
             if strat.shuffle:  # build_personalize_fn draws the numpy seed first
                 rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))
             gens.append(g)
+            n, b = len(clients[i][1]), strat.batch_size
             plans.append(
-                batch_plan(
-                    len(clients[i][1]),
-                    strat.batch_size,
-                    epochs=strat.num_epochs,
-                    shuffle=strat.shuffle,
-                    generator=rng,
-                )
+                batch_plan(n, b, epochs=strat.num_epochs, shuffle=strat.shuffle, generator=rng)
             )
         per_epoch = [math.ceil(len(clients[i][1]) / strat.batch_size) for i in group]
         params = self._stack(weights, K)

@@ -379,8 +379,7 @@ class Run:
             f"({time.perf_counter() - t0:.1f} s)"
         )
         split = {"fedavg": train_ids, "validation": data.val_ids, "personalization": data.p13n_ids}
-        with writing(self.run_dir / rd.SPLIT):
-            atomic_write(self.run_dir / rd.SPLIT, json.dumps(split, indent=1))
+        _write_json(self.run_dir / rd.SPLIT, split)
         self.data = data
         return data
 
@@ -432,12 +431,10 @@ class Run:
         weights and all rounds' rows."""
         bounds = stage_bounds(self.config.resolved_stages())
         total = bounds[-1][2]
-        state = self._resumed_state(total)
-        self.client_state = self._open_client_state(state.round_num if state is not None else 0)
-        metrics_csv = MetricsCsv(
-            self.run_dir / rd.FEDAVG_METRICS,
-            keep_until_round=state.round_num if state is not None else 0,
-        )
+        state = self._resumed_state()
+        done = state.round_num if state is not None else 0
+        self.client_state = self._open_client_state(done)
+        metrics_csv = MetricsCsv(self.run_dir / rd.FEDAVG_METRICS, keep_until_round=done)
         last = _LastRecordedState()  # its row is written: checkpointed on Ctrl-C
         bar = ProgressBar(total) if self.progress else None
         callbacks = [
@@ -463,19 +460,14 @@ class Run:
         self._log_global_accuracy(metrics_csv.rows, total)
         return process.get_model_weights(state), metrics_csv.rows
 
-    def _resumed_state(self, total: int) -> Any:
+    def _resumed_state(self) -> Any:
         """The server state of the newest checkpoint with ``resume`` (None: start afresh)."""
         from fedp13n.algorithms import latest_checkpoint, load_checkpoint
 
         ckpt = latest_checkpoint(self.run_dir) if self.resume else None
         if ckpt is None:
             return None
-        state = load_checkpoint(ckpt)
-        if state.round_num > total:
-            raise ConfigError(
-                f"{ckpt} is from round {state.round_num}, beyond the {total} rounds of this "
-                "configuration; resume with at least that many rounds (--rounds)."
-            )
+        state = load_checkpoint(ckpt)  # within total: _open_run_dir checked it
         self.log(f"resumed from {ckpt} (round {state.round_num})")
         return state
 
@@ -747,12 +739,13 @@ class Run:
             return None
         stage = stages[-1]
         work = build_stage_process(config, stage, self.executor, compute, self.client_state)
+        as_new = functools.partial(
+            evaluate_new_clients, work.client_work, weights, data.train, data.test,
+            loss_fn=loss, executor=self.executor, round_num=config.total_rounds + 1,
+        )  # fmt: skip
         if stage.method in ADAPTS:  # no state: its own adaptation step on its own data
             own_ids = own_state_client_ids(config, None, data.train_ids)
-            own = evaluate_new_clients(
-                work.client_work, weights, data.train, data.test, own_ids, loss,
-                self.executor, config.total_rounds + 1,
-            )  # fmt: skip
+            own = as_new(own_ids)
         else:
             own_ids = own_state_client_ids(config, self.client_state)
             with compute.autocast(compute.torch_device):
@@ -761,10 +754,7 @@ class Run:
                     device=compute.torch_device, method=stage.method,
                 )  # fmt: skip
         new_ids = eval_client_ids(config, data)
-        new = evaluate_new_clients(
-            work.client_work, weights, data.train, data.test, new_ids, loss, self.executor,
-            config.total_rounds + 1,
-        )  # fmt: skip
+        new = as_new(new_ids)
         rows = []
         for protocol, ids, metrics in ((OWN_STATE, own_ids, own), (NEW_CLIENTS, new_ids, new)):
             for c, m in zip(ids, metrics, strict=True):
@@ -795,23 +785,14 @@ class Run:
 
         run_dir = self.run_dir
         if own_state is not None:
-            path = run_dir / rd.OWN_STATE_PER_CLIENT
-            with writing(path), atomic_writer(path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=rd.OWN_STATE_COLUMNS)
-                w.writeheader()
-                w.writerows(own_state)
+            _write_csv(run_dir / rd.OWN_STATE_PER_CLIENT, rd.OWN_STATE_COLUMNS, own_state)
         result_json = result.to_dict()
         if tuning is not None:
-            with writing(run_dir / rd.TUNING):
-                atomic_write(run_dir / rd.TUNING, json.dumps(tuning, indent=1))
-        with writing(run_dir / rd.PERSONALIZATION):
-            atomic_write(run_dir / rd.PERSONALIZATION, json.dumps(result_json, indent=1))
+            _write_json(run_dir / rd.TUNING, tuning)
+        _write_json(run_dir / rd.PERSONALIZATION, result_json)
         train_sizes = {c: self.data.train.size(c) for c in result_json["client_ids"]}
-        path = run_dir / rd.PER_CLIENT
-        with writing(path), atomic_writer(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=rd.PER_CLIENT_COLUMNS)
-            w.writeheader()
-            w.writerows(per_client_rows(result_json, train_sizes))
+        rows = per_client_rows(result_json, train_sizes)
+        _write_csv(run_dir / rd.PER_CLIENT, rd.PER_CLIENT_COLUMNS, rows)
         summary = summarize_run(run_dir)
         with writing(run_dir / rd.SUMMARY):
             write_summary_json(run_dir, summary)  # last: its presence marks the run finished
@@ -844,6 +825,18 @@ class _LastRecordedState(Callback):
         path = rd.checkpoint_path(run_dir, self.state.round_num)
         if not path.exists():
             save_checkpoint(path, self.state)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with writing(path):
+        atomic_write(path, json.dumps(obj, indent=1))
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    with writing(path), atomic_writer(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def _client_inputs(data: ExperimentData, ids: list[str], compute: Compute) -> list[OrderedDict]:
@@ -1265,10 +1258,6 @@ def _open_run_dir(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another "
             "--output-dir."
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FileExistsError(f"--output-dir {run_dir} is not a directory.") from None
     for folder in (run_dir, run_dir / rd.CHECKPOINTS):  # left by a run killed mid-write
         remove_stale_temporaries(folder)
     with writing(run_dir / rd.CONFIG):

@@ -413,14 +413,8 @@ def _empty_structure(
     if spec is None:
         return OrderedDict((k, OrderedDict()) for k in keys)
     one = one_example_dataset(spec)
-    task = _ClientTask(
-        weights=LocalRef(weights),
-        seed=seed,
-        client_id="dry-run",
-        train_data=one,
-        test_data=one,
-        context=None,
-    )
+    dry_run = {"client_id": "dry-run", "train_data": one, "test_data": one, "context": None}
+    (task,) = _client_tasks([dry_run], LocalRef(weights), seed)
     try:
         out = _evaluate_client(job, task)
     except Exception as e:
