@@ -19,10 +19,15 @@ flags() {
     fedavg) echo "" ;;
     fedprox) echo "--proximal-mu 0.01" ;;
     fedbn) echo "--method fedbn --model dnn_bn" ;;
+    # Personalized FedAvg (Jiang et al. 2019, bench/paper/pfedavg.toml's schedule): FedAvg,
+    # then Reptile (K = 10 steps, server Adam 0.001), the same ~82,000 example-steps.
+    pfedavg) echo "--stage fedavg:rounds=18,local_epochs=2,clients_per_round=10,server_momentum=0" \
+      "--stage reptile:rounds=16,local_epochs=10,local_steps=10,clients_per_round=10" \
+      ",server_optimizer=adam,server_learning_rate=0.001" | sed 's/ ,/,/' ;;
     *) echo "--method $1" ;;
   esac
 }
-ALL="fedavg fedprox fedper fedrep lg_fedavg ditto scaffold per_fedavg pfedme fedbn apfl"
+ALL="fedavg pfedavg fedprox fedper fedrep lg_fedavg ditto scaffold per_fedavg pfedme fedbn apfl"
 for m in ${@:-$ALL}; do
   start=$(date +%s)
   # shellcheck disable=SC2046
