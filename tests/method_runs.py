@@ -38,7 +38,7 @@ def load() -> tuple[dict, dict]:
 
 
 def build(num_classes: int) -> nn.Module:
-    """Linear, batch norm (FedBN's local layer), ReLU, Linear: 83 parameters."""
+    """Linear, batch norm (FedBN's local layer), ReLU, Linear: 69 parameters."""
     return nn.Sequential(nn.Linear(DIM, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, num_classes))
 
 

@@ -3,15 +3,16 @@ a run killed -9 mid-run then ``--resume``d ends bit for bit where an uninterrupt
 does (global weights and every client's state), a worker killed -9 mid-task has its task
 retried with the same client state and changes nothing, and Ray gives the numbers of the
 in-process executor, client state included. The runs are tiny (``method_runs``' task of
-16 clients and an 83-parameter model with a batch-norm layer, FedBN's local layer), so
-each case takes about a second."""
+16 clients and a 69-parameter model with a batch-norm layer, FedBN's local layer), so
+each case takes a second or two; one forkserver (torch imported once) starts the killed
+runs and the workers, and one local Ray instance serves the module."""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
 
-import method_runs  # noqa: I001  (tests/: the tiny task and the fault helpers)
+import method_runs  # tests/: the tiny task and the fault helpers
 import numpy as np
 import pytest
 import torch
@@ -58,9 +59,13 @@ RUN = [
     "run", "--dataset", "method_runs:load", "--model", "method_runs:build", "--rounds", "5",
     "--clients-per-round", "3", "--local-epochs", "1", "--batch-size", "4", "--client-lr",
     "0.1", "--num-eval-clients", "2", "--checkpoint-every", "1", "--keep-checkpoints", "2",
-    "--executor", "in-process", "--no-progress", "--no-report", "--strategy", "sgd:0.05",
-    "--p13n-epochs", "1",
+    "--no-progress", "--no-report", "--strategy", "sgd:0.05", "--p13n-epochs", "1",
 ]  # fmt: skip
+
+
+def _args(case: str, output_dir: Path, executor: str = "in-process") -> list[str]:
+    """The case's run (``RUN``, its method and settings) into ``output_dir``."""
+    return [*RUN, *_flags(case), "--executor", executor, "--output-dir", str(output_dir)]
 
 
 def _run(args: list[str]) -> None:
@@ -76,7 +81,7 @@ def uninterrupted(tmp_path_factory):
     def run(case: str) -> Path:
         if case not in runs:
             runs[case] = tmp_path_factory.mktemp(case) / "run"
-            _run([*RUN, *_flags(case), "--output-dir", str(runs[case])])
+            _run(_args(case, runs[case]))
         return runs[case]
 
     return run
@@ -103,16 +108,15 @@ def _assert_same_run(a: Path, b: Path, stateful: bool) -> None:
 def test_kill_9_then_resume_gives_the_weights_and_client_state_of_a_run_without(
     tmp_path, case, uninterrupted
 ):
-    args = [*RUN, *_flags(case)]
     killed = tmp_path / "killed"
     # killed where round 3's checkpoint is about to be written, after its client-state
     # commit: --resume starts from round 2's checkpoint and must undo that commit
-    run_killed_at_checkpoint([*args, "--output-dir", str(killed)], 3)
+    run_killed_at_checkpoint(_args(case, killed), 3)
     assert rd.checkpoint_path(killed, 2).exists() and not rd.checkpoint_path(killed, 3).exists()
     stateful = keeps_state(_method(case))
     if stateful:
         assert '"round":3,' in (killed / rd.CLIENT_STATE / "index.json").read_text()
-    res = CliRunner().invoke(app, [*args, "--output-dir", str(killed), "--resume"])
+    res = CliRunner().invoke(app, [*_args(case, killed), "--resume"])
     assert res.exit_code == 0, res.output
     assert "resumed from" in res.output and ("client state:" in res.output) == stateful
     _assert_same_run(killed, uninterrupted(case), stateful)
@@ -181,8 +185,7 @@ def local_ray():
 def test_ray_gives_the_weights_and_client_state_of_the_in_process_executor(
     tmp_path, case, local_ray, uninterrupted
 ):
-    on_ray = [*RUN, *_flags(case), "--executor", "ray", "--output-dir", str(tmp_path / "ray")]
-    res = CliRunner().invoke(app, on_ray)
+    res = CliRunner().invoke(app, _args(case, tmp_path / "ray", executor="ray"))
     assert res.exit_code == 0, res.output
     assert "executor: RayExecutor(num_workers=1" in res.output
     _assert_same_run(tmp_path / "ray", uninterrupted(case), stateful=True)
