@@ -173,3 +173,44 @@ def test_from_toml_and_the_command_line(tmp_path):
         "--output-dir", str(tmp_path / "bad"),
     ])  # fmt: skip
     assert bad.exit_code == 2 and "use a model with batch norms" in bad.output
+
+
+def test_the_registered_models_with_batch_norms_are_the_ones_named_so():
+    from fedp13n.models.registry import BATCH_NORM_MODELS, MODEL_NAMES, model_fn_for
+
+    def has_batch_norm(name: str) -> bool:
+        model = model_fn_for(name, 62 if name != "shakespeare_rnn" else 90)()
+        return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+
+    assert set(BATCH_NORM_MODELS) == {m for m in MODEL_NAMES if has_batch_norm(m)} == {"conv_bn"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (  # Shakespeare has no model with batch norms: FedBN there would be FedAvg
+            ["--task", "shakespeare", "--method", "fedbn"],
+            "error: method 'fedbn' keeps the batch-norm layers local, but model "
+            "'shakespeare_rnn' has none, nor has any model of task 'shakespeare'; use a model "
+            "with batch norms of your own (--model my_task:build), or another method (e.g. "
+            "--method fedper).",
+        ),
+        (
+            ["--task", "shakespeare", "--stage", "warmup:rounds=1", "--stage", "bn:method=fedbn"],
+            "error: stage 'bn' method 'fedbn' keeps the batch-norm layers local, but model "
+            "'shakespeare_rnn' has none, nor has any model",
+        ),
+        (  # EMNIST's default model has none, its conv_bn has
+            ["--method", "fedbn"],
+            "error: method 'fedbn' keeps the batch-norm layers local, but model "
+            "'conv_dropout' has none; use a model with batch norms: --model conv_bn "
+            "(model = 'conv_bn').",
+        ),
+    ],
+)
+def test_a_model_without_batch_norms_stops_fedbn_before_any_data_loads(tmp_path, args, message):
+    # no data_dir: the check comes before Shakespeare's data (or EMNIST's download) is needed
+    res = CliRunner().invoke(app, ["run", *args, "--output-dir", str(tmp_path / "run")])
+    assert res.exit_code == 2
+    assert message in " ".join(res.output.split())
+    assert not (tmp_path / "run").exists()

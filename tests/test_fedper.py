@@ -1,16 +1,13 @@
 """FedPer (Arivazhagan et al. 2019): a two-client round worked by hand, rounds against a
 plain torch loop (body averaged, heads kept per client), a worker killed mid-task, the
-engine's fallback, bad settings, CLI and TOML, and kill -9 + --resume of a run."""
+engine's fallback, bad settings, CLI and TOML. kill -9 + --resume of a run: for every
+method, tests/test_method_faults.py."""
 
 from __future__ import annotations
 
 import functools
 import os
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
@@ -18,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from method_runs import KilledOnce, federated_rounds
 from torch import nn
 from typer.testing import CliRunner
 
 from fedp13n.algorithms import build_fedper, build_weighted_fed_avg, fedper_state_spec
-from fedp13n.algorithms.fed_avg import ClientSelection
 from fedp13n.cli.main import app
 from fedp13n.data.client_data import ClientData, ClientDataset
 from fedp13n.execution import InProcessExecutor, LocalProcessExecutor
@@ -138,20 +135,12 @@ def _plain_fedper(lr: float) -> tuple[dict, dict]:
 
 
 def _fedper_rounds(tmp_path: Path, lr: float, executor=None, work=None) -> tuple[dict, dict]:
-    cd = _client_data()
-    store = ClientStateStore.create(tmp_path, cd.client_ids, fedper_state_spec(_mlp, None))
-    process = build_fedper(
-        _mlp, store, client_optimizer_fn=functools.partial(torch.optim.SGD, lr=lr),
+    return federated_rounds(
+        tmp_path, _mlp, _client_data(), SCHEDULE, "fedper", work,
+        client_optimizer_fn=functools.partial(torch.optim.SGD, lr=lr),
         server_optimizer_fn=PLAIN_SERVER, batch_size=2, shuffle=False,
         client_pipeline="epochs", executor=executor,
     )  # fmt: skip
-    if work is not None:
-        process.client_work = work(process.client_work)
-    state = process.initialize()
-    for r, clients in enumerate(SCHEDULE, start=1):
-        state, _ = process.next(state, ClientSelection(cd, clients))
-        store.commit(r)
-    return state.model, {c: store.get(c) for c in cd.client_ids}
 
 
 def test_three_rounds_against_a_plain_torch_loop(tmp_path):
@@ -167,32 +156,12 @@ def test_three_rounds_against_a_plain_torch_loop(tmp_path):
     assert not torch.equal(heads["a"]["2.weight"], heads["b"]["2.weight"])
 
 
-@dataclass
-class _KilledOnce:
-    """Client work whose worker is killed -9 the first time it runs client 'b' in round 2
-    (when 'b' has a head of its own to start from)."""
-
-    inner: object
-    marker: str
-
-    def __call__(self, task):
-        if task.client_key == "b" and task.round_num == 2 and not os.path.exists(self.marker):
-            Path(self.marker).touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.inner(task)
-
-    def __getattr__(self, name):  # the process reads the client work's settings
-        if name in ("inner", "marker"):  # not set yet (unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-
 def test_a_killed_workers_retried_task_keeps_the_state(tmp_path):
     here = _fedper_rounds(tmp_path / "here", 0.1, InProcessExecutor())
     marker = str(tmp_path / "killed-once")
     with LocalProcessExecutor(num_workers=1, max_retries=1) as ex:
         there = _fedper_rounds(
-            tmp_path / "there", 0.1, ex, functools.partial(_KilledOnce, marker=marker)
+            tmp_path / "there", 0.1, ex, functools.partial(KilledOnce, marker=marker)
         )
     assert os.path.exists(marker)  # a worker was killed, its task retried
     assert all(torch.equal(here[0][n], there[0][n]) for n in here[0])
@@ -233,54 +202,6 @@ RUN = [
     "--no-progress", "--no-report", "--strategy", "sgd:0.02", "--p13n-epochs", "1",
     "--method", "fedper",
 ]  # fmt: skip
-
-
-def _client_state(run_dir: Path) -> tuple[list, dict]:
-    store = ClientStateStore.open(run_dir / rd.CLIENT_STATE)
-    rows = {name: np.array(store.array(name)) for name in store.spec}
-    return [c for c in store.client_ids if store.initialised(c)], rows
-
-
-@pytest.mark.slow
-def test_kill_9_and_resume_give_the_same_weights_and_client_state(tmp_path):
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "fedp13n.cli.main", *RUN, "--output-dir", str(killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        # killed as round 3's commit ends: usually before its checkpoint, so --resume from
-        # round 2 must undo the commit of round 3
-        index = killed / rd.CLIENT_STATE / "index.json"
-        while not (index.is_file() and '"round":3,' in index.read_text()):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no round 3 after 120 s"
-            time.sleep(0.001)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert not (killed / rd.GLOBAL_WEIGHTS).exists(), "killed too late to test resuming"
-    res = CliRunner().invoke(app, [*RUN, "--output-dir", str(killed), "--resume"])
-    assert res.exit_code == 0, res.output
-    assert "resumed from" in res.output and "client state:" in res.output
-    straight = tmp_path / "straight"
-    res = CliRunner().invoke(app, [*RUN, "--output-dir", str(straight)])
-    assert res.exit_code == 0, res.output
-
-    w1 = torch.load(killed / rd.GLOBAL_WEIGHTS, weights_only=True)
-    w2 = torch.load(straight / rd.GLOBAL_WEIGHTS, weights_only=True)
-    assert all(torch.equal(w1[k], w2[k]) for k in w2)
-    ids1, rows1 = _client_state(killed)
-    ids2, rows2 = _client_state(straight)
-    assert ids1 == ids2 and len(ids2) >= 6  # 6 rounds of 3 clients out of 15
-    assert all(np.array_equal(rows1[n], rows2[n]) for n in rows2)
-    assert set(rows2) == {"fc2.weight", "fc2.bias"}
-    # the heads are personal: trained away from the global (initial) head, differently
-    store = ClientStateStore.open(straight / rd.CLIENT_STATE)
-    heads = [store.get(c)["fc2.weight"] for c in ids2[:2]]
-    assert not torch.equal(heads[0], w2["fc2.weight"]) and not torch.equal(*heads)
-    # generations only for what the kept checkpoints (rounds 5, 6) need
-    gens = sorted(p.name for p in (straight / rd.CLIENT_STATE / "generations").iterdir())
-    assert gens == ["round_000006.npz"]
 
 
 def test_from_the_command_line_and_toml_to_the_clients(tmp_path):

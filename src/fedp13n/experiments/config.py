@@ -35,11 +35,18 @@ import tomli_w
 from fedp13n.algorithms import per_fedavg, pfedme
 from fedp13n.algorithms.apfl import DEFAULT_APFL_ALPHA
 from fedp13n.algorithms.ditto import DEFAULT_DITTO_LAMBDA
-from fedp13n.algorithms.fedper import METHODS, keeps_state, parse_personal_layers, state_kind
+from fedp13n.algorithms.fedper import (
+    BATCH_NORM_LOCAL,
+    METHODS,
+    keeps_state,
+    parse_personal_layers,
+    state_kind,
+)
 from fedp13n.algorithms.fedrep import DEFAULT_HEAD_EPOCHS
 from fedp13n.data.pipeline import DEFAULT_CLIENT_PIPELINE, PIPELINES
 from fedp13n.data.split import MIN_CLIENTS, split_sizes
 from fedp13n.execution.base import EXECUTOR_KINDS
+from fedp13n.models.registry import BATCH_NORM_MODELS
 from fedp13n.rundir.layout import RESERVED_KEYS
 from fedp13n.tasks.registry import DEFAULT_TASK, TASK_NAMES, get_task, models_text, sources_text
 from fedp13n.utils.checks import (
@@ -168,7 +175,8 @@ class TrainingSettings:
         "corrected by control variates, c_i per client and c on the server) or "
         "'per_fedavg' (Per-FedAvg: a meta-model, personalized by one step of alpha) or "
         "'pfedme' (pFedMe: a personalized model theta per client, w_local averaged) or "
-        "'fedbn' (FedBN: batch-norm parameters and statistics local; needs model 'conv_bn') "
+        "'fedbn' (FedBN: batch-norm parameters and statistics local; needs a model with "
+        "batch norms, e.g. 'conv_bn') "
         "or 'apfl' (APFL: a personal model and a learned mix alpha v + (1-alpha) w per "
         "client).",
         panel="Training",
@@ -854,6 +862,8 @@ class ExperimentConfig(TrainingSettings):
                     f"stage {s.name!r} is centralized (SGD on pooled examples): method "
                     f"{s.method!r} needs clients; set method = 'fedavg' there, or another kind."
                 )
+            if s.method in BATCH_NORM_LOCAL:
+                self._check_batch_norm_model(f"stage {s.name!r} " if self.stages else "", s)
         personal = {(state_kind(s.method), s.personal_layers) for s in stages if s.keeps_state}
         if len(personal) > 1:
             raise ConfigError(
@@ -861,6 +871,28 @@ class ExperimentConfig(TrainingSettings):
                 f"{sorted(map(str, personal))}; a run keeps one client state: give every "
                 "stateful stage the same layers and a method that keeps the same kind."
             )
+
+    def _check_batch_norm_model(self, where: str, stage: StageConfig) -> None:
+        """A one-line ConfigError, before any data loads, when ``stage``'s method keeps the
+        batch-norm layers local (FedBN) and the task's registered model has none (one's
+        own ``"module:function"`` model is checked when it is built)."""
+        if is_import_path(self.model) or self.model in BATCH_NORM_MODELS:
+            return
+        problem = (
+            f"{where}method {stage.method!r} keeps the batch-norm layers local, but model "
+            f"{self.model!r} has none"
+        )
+        with_bn = [m for m in get_task(self.task).models if m in BATCH_NORM_MODELS]
+        if with_bn:
+            raise ConfigError(
+                f"{problem}; use a model with batch norms: --model {with_bn[0]} "
+                f"(model = {with_bn[0]!r})."
+            )
+        raise ConfigError(
+            f"{problem}, nor has any model of task {self.task!r}; use a model with batch "
+            "norms of your own (--model my_task:build), or another method (e.g. --method "
+            "fedper)."
+        )
 
     def _validate_counts(self) -> None:
         for key in (

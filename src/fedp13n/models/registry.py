@@ -22,6 +22,9 @@ MODELS = {
     "shakespeare_rnn": "fedp13n.models.shakespeare:shakespeare_rnn",
 }
 MODEL_NAMES = tuple(MODELS)
+#: The registered models with batch-norm layers, which FedBN keeps local to each client
+#: (:mod:`fedp13n.algorithms.fedbn`): what a configuration checks before anything loads.
+BATCH_NORM_MODELS = ("conv_bn", "dnn_bn")
 
 
 def get_model_fn(name: str) -> Callable[..., Any]:
