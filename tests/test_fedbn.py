@@ -182,7 +182,7 @@ def test_the_registered_models_with_batch_norms_are_the_ones_named_so():
         model = model_fn_for(name, 62 if name != "shakespeare_rnn" else 90)()
         return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
 
-    assert set(BATCH_NORM_MODELS) == {m for m in MODEL_NAMES if has_batch_norm(m)} == {"conv_bn"}
+    assert set(BATCH_NORM_MODELS) == {m for m in MODEL_NAMES if has_batch_norm(m)} == {"conv_bn", "dnn_bn"}
 
 
 @pytest.mark.parametrize(
