@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,26 +180,26 @@ def test_the_registered_models_with_batch_norms_are_the_ones_named_so():
     from fedp13n.models.registry import BATCH_NORM_MODELS, MODEL_NAMES, model_fn_for
 
     def has_batch_norm(name: str) -> bool:
-        model = model_fn_for(name, 62 if name != "shakespeare_rnn" else 90)()
+        model = model_fn_for(name, 90 if name.startswith("shakespeare") else 62)()
         return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
 
-    assert set(BATCH_NORM_MODELS) == {m for m in MODEL_NAMES if has_batch_norm(m)} == {"conv_bn", "dnn_bn"}
+    named = {m for m in MODEL_NAMES if has_batch_norm(m)}
+    assert set(BATCH_NORM_MODELS) == named == {"conv_bn", "dnn_bn", "shakespeare_rnn_bn"}
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (  # Shakespeare has no model with batch norms: FedBN there would be FedAvg
+        (  # Shakespeare's default model has none, its shakespeare_rnn_bn has
             ["--task", "shakespeare", "--method", "fedbn"],
             "error: method 'fedbn' keeps the batch-norm layers local, but model "
-            "'shakespeare_rnn' has none, nor has any model of task 'shakespeare'; use a model "
-            "with batch norms of your own (--model my_task:build), or another method (e.g. "
-            "--method fedper).",
+            "'shakespeare_rnn' has none; use a model with batch norms: --model "
+            "shakespeare_rnn_bn (model = 'shakespeare_rnn_bn').",
         ),
         (
             ["--task", "shakespeare", "--stage", "warmup:rounds=1", "--stage", "bn:method=fedbn"],
             "error: stage 'bn' method 'fedbn' keeps the batch-norm layers local, but model "
-            "'shakespeare_rnn' has none, nor has any model",
+            "'shakespeare_rnn' has none; use a model with batch norms: --model shakespeare_rnn_bn",
         ),
         (  # EMNIST's default model has none, its conv_bn has
             ["--method", "fedbn"],
@@ -214,3 +215,50 @@ def test_a_model_without_batch_norms_stops_fedbn_before_any_data_loads(tmp_path,
     assert res.exit_code == 2
     assert message in " ".join(res.output.split())
     assert not (tmp_path / "run").exists()
+
+
+# -- FedBN on Shakespeare: the LSTM with a batch norm ---------------------------------------------
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare_sample"
+
+
+def test_the_shakespeare_batch_norm_model_normalises_each_lstm_feature():
+    from fedp13n.models import default_head, shakespeare_rnn_bn
+
+    torch.manual_seed(0)
+    model = shakespeare_rnn_bn(90)
+    assert default_head(model) == "dense"  # FedPer's head is still the classifier
+    x = torch.randint(0, 90, (3, 7))
+    h = model._features(x).detach()  # (B, S, 256): the two LSTMs' outputs
+    bn = model.bn
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+    flat = h.reshape(-1, 256)  # training: statistics over every batch row and position
+    mean, var = flat.mean(0), flat.var(0, unbiased=False)
+    by_hand = (h - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+    want = model.dense(by_hand).transpose(1, 2)
+    torch.testing.assert_close(model.train()(x), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn.running_mean, 0.1 * mean, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_dir(), reason=f"Shakespeare sample not at {SHAKESPEARE}")
+def test_fedbn_runs_on_shakespeare_from_the_command_line(tmp_path):
+    from method_runs import client_state
+
+    out = tmp_path / "run"
+    args = ["run", "--task", "shakespeare", "--data-dir", str(SHAKESPEARE),
+            "--model", "shakespeare_rnn_bn", "--method", "fedbn", "--rounds", "1",
+            "--clients-per-round", "2", "--local-epochs", "1", "--local-steps", "2",
+            "--batch-size", "4", "--num-eval-clients", "2", "--num-global-eval-clients", "2",
+            "--strategy", "sgd:0.1", "--p13n-epochs", "1", "--executor", "in-process",
+            "--no-progress", "--no-report", "--cache-dir", str(tmp_path / "cache"),
+            "--output-dir", str(out)]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    ids, rows = client_state(out)
+    assert len(ids) == 2  # the round's two clients keep their batch norm
+    kept = ("bias", "num_batches_tracked", "running_mean", "running_var", "weight")
+    assert sorted(rows) == [f"bn.{k}" for k in kept]
+    assert rows["bn.num_batches_tracked"].tolist() == [2, 2]  # two local steps each
+    assert not np.array_equal(rows["bn.running_mean"][0], rows["bn.running_mean"][1])
+    with open(out / rd.OWN_STATE_PER_CLIENT, newline="") as f:
+        assert [r["protocol"] for r in csv.DictReader(f)].count("own_state") == 2

@@ -11,7 +11,8 @@ _EXPORTS = by_module(
         "fedp13n.models.emnist": "EMNIST_INPUT_SPEC EmnistConvDropout EmnistConvBN EmnistDNN "
         "EmnistDNNBN FedAvgCNN emnist_conv_bn emnist_conv_dropout emnist_dnn emnist_dnn_bn "
         "fedavg_cnn",
-        "fedp13n.models.shakespeare": "ShakespeareRNN create_recurrent_model shakespeare_rnn "
+        "fedp13n.models.shakespeare": "ShakespeareRNN ShakespeareRNNBN create_recurrent_model "
+        "shakespeare_rnn shakespeare_rnn_bn "
         "shakespeare_loss masked_accuracy masked_accuracy_counts",
         "fedp13n.models.registry": "MODELS MODEL_NAMES get_model_fn model_fn_for",
         "fedp13n.models.heads": "default_head head_parameter_names",

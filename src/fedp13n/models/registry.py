@@ -20,11 +20,12 @@ MODELS = {
     "dnn": "fedp13n.models.emnist:emnist_dnn",
     "dnn_bn": "fedp13n.models.emnist:emnist_dnn_bn",
     "shakespeare_rnn": "fedp13n.models.shakespeare:shakespeare_rnn",
+    "shakespeare_rnn_bn": "fedp13n.models.shakespeare:shakespeare_rnn_bn",
 }
 MODEL_NAMES = tuple(MODELS)
 #: The registered models with batch-norm layers, which FedBN keeps local to each client
 #: (:mod:`fedp13n.algorithms.fedbn`): what a configuration checks before anything loads.
-BATCH_NORM_MODELS = ("conv_bn", "dnn_bn")
+BATCH_NORM_MODELS = ("conv_bn", "dnn_bn", "shakespeare_rnn_bn")
 
 
 def get_model_fn(name: str) -> Callable[..., Any]:

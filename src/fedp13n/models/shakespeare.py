@@ -201,14 +201,36 @@ class ShakespeareRNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(self._features(x)).transpose(1, 2)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """The second LSTM's outputs ``(B, S, 256)`` for token ids ``x``."""
         if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
             raise ValueError(
                 f"the Shakespeare model expects token ids of shape (B, S) and an integer "
                 f"dtype, got shape {tuple(x.shape)} and {x.dtype}."
             )
         mask = x != PAD_ID
-        h = self.lstm2(self.lstm1(self.embedding(x), mask), mask)
-        return self.dense(h).transpose(1, 2)
+        return self.lstm2(self.lstm1(self.embedding(x), mask), mask)
+
+
+class ShakespeareRNNBN(ShakespeareRNN):
+    """:class:`ShakespeareRNN` with a ``BatchNorm1d`` over the second LSTM's 256 features
+    (statistics over the batch and every position, padding included) before the dense
+    layer: a Shakespeare model for FedBN (:mod:`fedp13n.algorithms.fedbn`; not a TFF model).
+    Registered in forward order, so its head is still ``dense``."""
+
+    def __init__(
+        self, vocab_size: int, sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH
+    ) -> None:
+        super().__init__(vocab_size, sequence_length)
+        self.bn = nn.BatchNorm1d(LSTM_UNITS)
+        dense = self._modules.pop("dense")
+        self._modules["dense"] = dense
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn(self._features(x).transpose(1, 2))  # (B, 256, S): per feature
+        return self.dense(h.transpose(1, 2)).transpose(1, 2)
 
 
 def create_recurrent_model(
@@ -220,6 +242,11 @@ def create_recurrent_model(
     ``input_length``; the layers take any length); ``None`` declares any length. A fixed
     length lets fedp13n's batched engine dry-run the model before training.
     """
+    _check_sizes(vocab_size, sequence_length)
+    return ShakespeareRNN(vocab_size, sequence_length)
+
+
+def _check_sizes(vocab_size: int, sequence_length: int | None) -> None:
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
         raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}.")
     if sequence_length is not None and (
@@ -228,12 +255,17 @@ def create_recurrent_model(
         or sequence_length < 1
     ):
         raise ValueError(f"sequence_length must be a positive integer, got {sequence_length!r}.")
-    return ShakespeareRNN(vocab_size, sequence_length)
 
 
 def shakespeare_rnn(num_classes: int) -> ShakespeareRNN:
     """The registry's builder (``num_classes`` = vocabulary size, 90 for TFF's task)."""
     return create_recurrent_model(num_classes)
+
+
+def shakespeare_rnn_bn(num_classes: int) -> ShakespeareRNNBN:
+    """:class:`ShakespeareRNNBN` for the registry (FedBN on Shakespeare)."""
+    _check_sizes(num_classes, DEFAULT_SEQUENCE_LENGTH)
+    return ShakespeareRNNBN(num_classes)
 
 
 def masked_accuracy_counts(
