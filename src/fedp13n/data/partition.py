@@ -100,6 +100,23 @@ def _class_labels(y: Any) -> np.ndarray:
     return y.astype(np.int64, copy=False)
 
 
+def _check_values(x: np.ndarray, y: np.ndarray) -> None:
+    """No NaN or infinite features or labels, no negative integer label (labels are class
+    indices): what training would otherwise meet rounds later, as a one-line ValueError."""
+    for arr, name in ((x, "x"), (y, "y")):
+        if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
+            row = int(np.argmax(~np.isfinite(arr).reshape(len(arr), -1).all(axis=1)))
+            raise ValueError(
+                f"{name} holds NaN or infinite values (first at example {row}); clean or "
+                "drop those examples first."
+            )
+    if np.issubdtype(y.dtype, np.signedinteger) and len(y) and int(y.min()) < 0:
+        raise ValueError(
+            f"y holds label {int(y.min())}; labels are class indices 0..num_classes-1 "
+            "(relabel, e.g. np.unique(y, return_inverse=True)[1])."
+        )
+
+
 # -- the schemes: one array of example positions per client ---------------------------------------
 def partition_iid(num_examples: int, num_clients: int, *, seed: int = 0) -> list[np.ndarray]:
     """``num_clients`` random parts of ``range(num_examples)`` whose sizes differ by at
@@ -278,6 +295,7 @@ def partition(
     x, y = _as_array(x), _as_array(y)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}; they must match.")
+    _check_values(x, y)
     if scheme not in PARTITION_SCHEMES:
         raise ValueError(f"scheme must be one of {PARTITION_SCHEMES}, got {scheme!r}.")
     given = {"alpha": alpha, "min_size": min_size, "shards_per_client": shards_per_client}

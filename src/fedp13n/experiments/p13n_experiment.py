@@ -48,7 +48,12 @@ from fedp13n.experiments.callbacks import (
     ProgressBar,
     TensorBoardLogger,
 )
-from fedp13n.experiments.config import ConfigError, ExperimentConfig, StageConfig
+from fedp13n.experiments.config import (
+    METHOD_SETTINGS,
+    ConfigError,
+    ExperimentConfig,
+    StageConfig,
+)
 from fedp13n.reporting.result_report import per_client_rows
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir.integrity import config_edited, config_text_with_digest, writing
@@ -160,16 +165,6 @@ def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
     return OrderedDict((s.name, config.strategy_builder(s)) for s in config.strategies)
 
 
-#: The stage settings each method passes to ``build_weighted_fed_avg`` (its own keywords).
-METHOD_SETTINGS = {
-    "fedrep": ("head_epochs",),
-    "ditto": ("ditto_lambda",),
-    "per_fedavg": ("per_fedavg_variant", "per_fedavg_alpha"),
-    "pfedme": ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta"),
-    "apfl": ("apfl_alpha", "apfl_adaptive"),
-}
-
-
 def build_stage_process(
     config: ExperimentConfig,
     stage: StageConfig,
@@ -248,6 +243,11 @@ def _centralized_note(stage: StageConfig, data: ExperimentData) -> str:
         f"{stage.client_learning_rate} on the pooled {n} examples of all "
         f"{len(data.train_ids)} FedAvg clients, {per_round} of batch {stage.batch_size} per "
         "round (clients_per_round, client_pipeline and the server settings do not apply)"
+        + (
+            f"; proximal_mu = {stage.proximal_mu} is ignored (no global model to pull to)"
+            if stage.proximal_mu
+            else ""
+        )  # fmt: skip
     )
 
 
@@ -292,6 +292,8 @@ class Run:
         """Every step, in order (:func:`run_experiment` holds the run directory's lock)."""
         self.config = _open_run_dir(self.config, self.run_dir, resume=self.resume, log=self.log)
         self.prepare_data()
+        for note in self.config.unused_settings():  # said, as settings a stage ignores are
+            self.log(note)
         self.check_model_fits_data()
         self.start_engine()
         check_strategies_fit_model(self.config)
