@@ -175,6 +175,9 @@ def test_own_task_mistakes_exit_2_with_one_line(args, message, tmp_path, monkeyp
         (np.zeros((20, 2)), np.where(np.arange(20) == 5, np.nan, 1.0), {"scheme": "iid"},
          "y holds NaN or infinite values (first at example 5)"),
         (np.zeros((20, 2)), np.arange(20) % 3 - 1, {}, "y holds label -1; labels are class"),
+        (np.zeros((20, 2)), np.arange(20) % 2, {"seed": -1}, "seed must be an integer >= 0"),
+        (np.zeros((0, 2)), np.zeros(0, int), {}, "there are no examples to partition"),
+        (np.float32(3), np.int64(1), {}, "x and y need one row per example, got shapes ()"),
     ],
 )  # fmt: skip
 def test_partition_refuses_nan_and_negative_labels(x, y, kwargs, message):
@@ -246,3 +249,42 @@ def test_client_data_objects_are_checked_too():
     bad = ClientData.from_mapping({"a": (np.zeros((2, 1), np.float32), np.array([0, -2]))})
     with pytest.raises(DataError, match="client 'a' has label -2"):
         client_data_pair((bad, bad), "dataset 'm:f'")
+
+
+def test_global_eval_clients_without_test_data_are_refused_before_training(tmp_path, monkeypatch):
+    # only the personalization client has test examples, so the global model's test loss on
+    # the FedAvg clients' would be 0/0, reported a round later as weights that "blew up"
+    from fedp13n.data.split import split_clients
+
+    ids = [f"c{i}" for i in range(6)]
+    _, (p13n_id,) = split_clients(ids, 5, 1, seed=42)
+    m = _module(
+        tmp_path,
+        monkeypatch,
+        f"""
+    import numpy as np
+    from audit_own_task import build
+    def load():
+        rng = np.random.default_rng(0)
+        x = lambda n: rng.normal(size=(n, 2)).astype(np.float32)
+        train = {{c: (x(4), np.arange(4) % 3) for c in {ids!r}}}
+        test = {{c: (x(0), np.zeros(0, int)) for c in {ids!r}}}
+        test[{p13n_id!r}] = (x(2), np.array([0, 1]))
+        return train, test
+    """,
+        "audit_no_test",
+    )
+    _module(tmp_path, monkeypatch, _OWN, "audit_own_task")
+    res = CliRunner().invoke(app, [
+        "run", "--dataset", f"{m}:load", "--model", f"{m}:build", "--num-train-clients", "5",
+        "--num-global-eval-clients", "3", "--rounds", "1", "--clients-per-round", "2",
+        "--executor", "in-process", "--no-report", "--no-progress",
+        "--output-dir", str(tmp_path / "r"),
+    ])  # fmt: skip
+    lines = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0] == (
+        "error: the 3 FedAvg client(s) whose test data measure the global model "
+        "(num_global_eval_clients = 3) have no test examples; raise num_global_eval_clients, "
+        "or give those clients test data."
+    )

@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from fedp13n.data.client_data import ClientData
-from fedp13n.utils.checks import check_fraction, check_positive_int, check_seed
+from fedp13n.utils.checks import check_fraction, check_positive_int
+from fedp13n.utils.checks import check_seed as _int_seed
 from fedp13n.utils.seeding import derive_rng
 
 #: The partition schemes of :func:`partition`.
@@ -75,8 +76,19 @@ def _as_array(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
+def _check_seed(seed: Any) -> int:
+    """``seed`` as an int >= 0 (what ``numpy.random.default_rng`` takes), or a one-line
+    error naming it (numpy's own says only "expected non-negative integer")."""
+    seed = _int_seed(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed}.")
+    return seed
+
+
 def _check_clients(num_clients: Any, num_examples: int) -> int:
     num_clients = check_positive_int("num_clients", num_clients)
+    if num_examples == 0:
+        raise ValueError("there are no examples to partition (x and y are empty).")
     if num_clients > num_examples:
         raise ValueError(
             f"num_clients is {num_clients} but there are only {num_examples} examples; "
@@ -123,7 +135,7 @@ def partition_iid(num_examples: int, num_clients: int, *, seed: int = 0) -> list
     most one (a permutation cut by ``numpy.array_split``), each sorted."""
     num_examples = int(num_examples)
     num_clients = _check_clients(num_clients, num_examples)
-    rng = np.random.default_rng(check_seed(seed))
+    rng = np.random.default_rng(_check_seed(seed))
     return [np.sort(p) for p in np.array_split(rng.permutation(num_examples), num_clients)]
 
 
@@ -149,7 +161,7 @@ def partition_dirichlet(
             f"{num_clients} clients of at least min_size={min_size} examples need "
             f"{num_clients * min_size}, but there are {len(y)}; lower min_size or num_clients."
         )
-    rng = np.random.default_rng(check_seed(seed))
+    rng = np.random.default_rng(_check_seed(seed))
     by_class = [np.flatnonzero(y == k) for k in np.unique(y)]
     for _ in range(max_tries):
         parts = _dirichlet_draw(by_class, len(y), num_clients, alpha, rng)
@@ -216,7 +228,7 @@ def partition_shards(
             f"than the {len(y)} examples (a shard would be empty); lower shards_per_client or "
             "num_clients."
         )
-    rng = np.random.default_rng(check_seed(seed))
+    rng = np.random.default_rng(_check_seed(seed))
     shards = np.array_split(np.argsort(y, kind="stable"), num_shards)
     order = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
     return [np.sort(np.concatenate([shards[s] for s in row])) for row in order]
@@ -254,7 +266,7 @@ def federate(
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}; they must match.")
     test_fraction = check_fraction("test_fraction", test_fraction)
-    rng = derive_rng(check_seed(seed), "test-split")
+    rng = derive_rng(_check_seed(seed), "test-split")
     ids = client_ids_for(len(parts))
     train, test = [], []
     for cid, part in zip(ids, parts, strict=True):
@@ -293,6 +305,11 @@ def partition(
     ``ValueError``.
     """
     x, y = _as_array(x), _as_array(y)
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(
+            f"x and y need one row per example, got shapes {x.shape} and {y.shape} (a "
+            "single value); give arrays (e.g. x of shape (n, features), y of shape (n,))."
+        )
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}; they must match.")
     _check_values(x, y)

@@ -231,6 +231,19 @@ def build_stage_process(
     )
 
 
+def _check_global_eval_data(data: ExperimentData, n: int) -> None:
+    """The test data that measures the global model (the first ``n`` FedAvg clients',
+    :meth:`Run.evaluate_global`) has examples: else its loss is 0/0, which would read as a
+    model that blew up, rounds later."""
+    ids = data.train_ids[:n]
+    if sum(data.test.size(c) for c in ids) == 0:
+        raise DataError(
+            f"the {len(ids)} FedAvg client(s) whose test data measure the global model "
+            f"(num_global_eval_clients = {n}) have no test examples; raise "
+            "num_global_eval_clients, or give those clients test data."
+        )
+
+
 def _centralized_note(stage: StageConfig, data: ExperimentData) -> str:
     """The log line that says what a centralized stage trains on (and what it ignores)."""
     n = int(sum(data.train.size(c) for c in data.train_ids))
@@ -373,6 +386,7 @@ class Run:
         )
         n_val = config.num_val_clients
         data = ExperimentData(train, test, train_ids, p13n_ids[n_val:], p13n_ids[:n_val])
+        _check_global_eval_data(data, config.num_global_eval_clients)
         self.log(
             f"data: {config.dataset}, {len(train)} clients, {train.num_examples} train / "
             f"{test.num_examples} test examples; split {len(train_ids)} FedAvg / "
