@@ -141,6 +141,9 @@ def labels_as_text():
 def build(num_classes):
     return torch.nn.Linear(2, num_classes)
 
+def build_fixed():
+    return torch.nn.Linear(2, 3)
+
 def constant_loss(out, y):
     return torch.tensor(1.0)
 """
@@ -287,4 +290,19 @@ def test_global_eval_clients_without_test_data_are_refused_before_training(tmp_p
         "error: the 3 FedAvg client(s) whose test data measure the global model "
         "(num_global_eval_clients = 3) have no test examples; raise num_global_eval_clients, "
         "or give those clients test data."
+    )
+
+
+def test_num_classes_a_model_does_not_take_is_said_ignored(tmp_path, monkeypatch):
+    m = _module(tmp_path, monkeypatch, _OWN, "audit_own_task")
+    res = CliRunner().invoke(app, [
+        "run", "--dataset", f"{m}:load", "--model", f"{m}:build_fixed", "--num-classes", "5",
+        "--rounds", "0", "--clients-per-round", "2", "--num-eval-clients", "1",
+        "--p13n-epochs", "1", "--strategy", "sgd", "--executor", "in-process", "--no-report",
+        "--no-progress", "--output-dir", str(tmp_path / "r"),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (
+        f"num_classes = 5 is ignored: model '{m}:build_fixed' does not take num_classes"
+        in res.output
     )

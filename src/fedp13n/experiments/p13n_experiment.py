@@ -424,6 +424,11 @@ class Run:
             if classes is not None:
                 self.config = config.replace(num_classes=classes)
                 self.log(f"num_classes: {classes} (the largest label + 1)")
+        elif config.own_data and "num_classes" not in getattr(model_fn_for(config), "keywords", {}):
+            self.log(
+                f"num_classes = {config.num_classes} is ignored: model {config.model!r} does "
+                "not take num_classes (it sets its own outputs)"
+            )
         return train, test
 
     def check_model_fits_data(self) -> None:
