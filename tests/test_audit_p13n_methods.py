@@ -306,3 +306,17 @@ def test_num_classes_a_model_does_not_take_is_said_ignored(tmp_path, monkeypatch
         f"num_classes = 5 is ignored: model '{m}:build_fixed' does not take num_classes"
         in res.output
     )
+
+
+def test_fedbn_on_a_task_without_batch_norms_names_a_fix_that_exists():
+    # Shakespeare's one model has no batch norm; 'conv_bn' is EMNIST's (refused for it)
+    from fedp13n.algorithms.fedbn import batch_norm_names
+    from fedp13n.models import create_recurrent_model
+
+    with pytest.raises(ValueError) as e:
+        batch_norm_names(create_recurrent_model(90))
+    assert str(e.value) == (
+        "method='fedbn' keeps the batch-norm layers local, but ShakespeareRNN has none; use a "
+        "model with batch norms (EMNIST's model = 'conv_bn', or your own 'module:function'), "
+        "or another method."
+    )
