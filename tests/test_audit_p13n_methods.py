@@ -49,6 +49,7 @@ def _nan_at(x, i):
         (_pair(y_a=np.array(["x", "y", "z"]), y_b=np.array(["x", "y", "z"])),
          "the labels have dtype <U1; they must be numbers (e.g. class indices"),
         (_pair(y_b=np.array([0, -1, 1])), "client 'b' has label -1; labels are class indices"),
+        (_pair(y_a=Y[:3] > 0, y_b=Y[3:] > 0), "the labels are booleans; give class indices"),
         (({"a": (X[:0], Y[:0]), "b": (X[:0], Y[:0])}, _pair()[1]),
          "its train data has no examples (every client is empty)"),
         ((_pair()[0], {"a": (X[:0], Y[:0]), "b": (X[:0], Y[:0])}),

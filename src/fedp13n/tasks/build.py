@@ -118,6 +118,10 @@ def _check_values(data: ClientData, what: str) -> None:
             raise DataError(
                 f"{what}: client {cid!r} has NaN or infinite {kind}; clean or drop those examples."
             )
+    if data.y.dtype == np.bool_:
+        raise DataError(
+            f"{what}: the labels are booleans; give class indices, y.astype(np.int64) (0 and 1)."
+        )
     if np.issubdtype(data.y.dtype, np.signedinteger) and int(data.y.min()) < 0:
         cid = _first_client(data, (data.y < 0).reshape(len(data.y), -1).any(axis=1))
         raise DataError(
