@@ -40,7 +40,8 @@ def batch_norm_names(model: nn.Module) -> tuple[str, ...]:
     if not names:
         raise ValueError(
             f"method='fedbn' keeps the batch-norm layers local, but {type(model).__name__} "
-            "has none; use a model with batch norms (e.g. model = 'conv_bn')."
+            "has none; use a model with batch norms (EMNIST's model = 'conv_bn', or your own "
+            "'module:function'), or another method."
         )
     return names
 

@@ -491,6 +491,9 @@ def load_dataset(
     """
     if name not in DATASET_NAMES:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}.")
+    if url is not None and (data_dir is not None or name == "synthetic"):
+        where = "reads --data-dir" if data_dir is not None else "is generated"
+        raise DataError(f"--url downloads a dataset, but {name!r} {where}; drop --url.")
     if name == "synthetic":
         return _synthetic(num_clients, only_digits, seed)
     if only_digits and name.startswith("shakespeare"):

@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from fedp13n.data.client_data import ClientData
-from fedp13n.utils.checks import check_fraction, check_positive_int, check_seed
+from fedp13n.utils.checks import check_fraction, check_positive_int
+from fedp13n.utils.checks import check_seed as _int_seed
 from fedp13n.utils.seeding import derive_rng
 
 #: The partition schemes of :func:`partition`.
@@ -75,8 +76,19 @@ def _as_array(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
+def _check_seed(seed: Any) -> int:
+    """``seed`` as an int >= 0 (what ``numpy.random.default_rng`` takes), or a one-line
+    error naming it (numpy's own says only "expected non-negative integer")."""
+    seed = _int_seed(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed}.")
+    return seed
+
+
 def _check_clients(num_clients: Any, num_examples: int) -> int:
     num_clients = check_positive_int("num_clients", num_clients)
+    if num_examples == 0:
+        raise ValueError("there are no examples to partition (x and y are empty).")
     if num_clients > num_examples:
         raise ValueError(
             f"num_clients is {num_clients} but there are only {num_examples} examples; "
@@ -100,13 +112,30 @@ def _class_labels(y: Any) -> np.ndarray:
     return y.astype(np.int64, copy=False)
 
 
+def _check_values(x: np.ndarray, y: np.ndarray) -> None:
+    """No NaN or infinite features or labels, no negative integer label (labels are class
+    indices): what training would otherwise meet rounds later, as a one-line ValueError."""
+    for arr, name in ((x, "x"), (y, "y")):
+        if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
+            row = int(np.argmax(~np.isfinite(arr).reshape(len(arr), -1).all(axis=1)))
+            raise ValueError(
+                f"{name} holds NaN or infinite values (first at example {row}); clean or "
+                "drop those examples first."
+            )
+    if np.issubdtype(y.dtype, np.signedinteger) and len(y) and int(y.min()) < 0:
+        raise ValueError(
+            f"y holds label {int(y.min())}; labels are class indices 0..num_classes-1 "
+            "(relabel, e.g. np.unique(y, return_inverse=True)[1])."
+        )
+
+
 # -- the schemes: one array of example positions per client ---------------------------------------
 def partition_iid(num_examples: int, num_clients: int, *, seed: int = 0) -> list[np.ndarray]:
     """``num_clients`` random parts of ``range(num_examples)`` whose sizes differ by at
     most one (a permutation cut by ``numpy.array_split``), each sorted."""
     num_examples = int(num_examples)
     num_clients = _check_clients(num_clients, num_examples)
-    rng = np.random.default_rng(check_seed(seed))
+    rng = np.random.default_rng(_check_seed(seed))
     return [np.sort(p) for p in np.array_split(rng.permutation(num_examples), num_clients)]
 
 
@@ -132,7 +161,7 @@ def partition_dirichlet(
             f"{num_clients} clients of at least min_size={min_size} examples need "
             f"{num_clients * min_size}, but there are {len(y)}; lower min_size or num_clients."
         )
-    rng = np.random.default_rng(check_seed(seed))
+    rng = np.random.default_rng(_check_seed(seed))
     by_class = [np.flatnonzero(y == k) for k in np.unique(y)]
     for _ in range(max_tries):
         parts = _dirichlet_draw(by_class, len(y), num_clients, alpha, rng)
@@ -199,7 +228,7 @@ def partition_shards(
             f"than the {len(y)} examples (a shard would be empty); lower shards_per_client or "
             "num_clients."
         )
-    rng = np.random.default_rng(check_seed(seed))
+    rng = np.random.default_rng(_check_seed(seed))
     shards = np.array_split(np.argsort(y, kind="stable"), num_shards)
     order = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
     return [np.sort(np.concatenate([shards[s] for s in row])) for row in order]
@@ -237,7 +266,7 @@ def federate(
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}; they must match.")
     test_fraction = check_fraction("test_fraction", test_fraction)
-    rng = derive_rng(check_seed(seed), "test-split")
+    rng = derive_rng(_check_seed(seed), "test-split")
     ids = client_ids_for(len(parts))
     train, test = [], []
     for cid, part in zip(ids, parts, strict=True):
@@ -276,8 +305,14 @@ def partition(
     ``ValueError``.
     """
     x, y = _as_array(x), _as_array(y)
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(
+            f"x and y need one row per example, got shapes {x.shape} and {y.shape} (a "
+            "single value); give arrays (e.g. x of shape (n, features), y of shape (n,))."
+        )
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}; they must match.")
+    _check_values(x, y)
     if scheme not in PARTITION_SCHEMES:
         raise ValueError(f"scheme must be one of {PARTITION_SCHEMES}, got {scheme!r}.")
     given = {"alpha": alpha, "min_size": min_size, "shards_per_client": shards_per_client}

@@ -313,6 +313,17 @@ class TrainingSettings:
 
 TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingSettings))
 
+#: The stage settings each method passes to ``build_weighted_fed_avg`` (its own keywords).
+METHOD_SETTINGS = {
+    "fedrep": ("head_epochs",),
+    "ditto": ("ditto_lambda",),
+    "per_fedavg": ("per_fedavg_variant", "per_fedavg_alpha"),
+    "pfedme": ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta"),
+    "apfl": ("apfl_alpha", "apfl_adaptive"),
+}
+#: The methods whose personal parameters ``personal_layers`` names.
+PERSONAL_LAYERS_METHODS = ("fedper", "fedrep", "lg_fedavg")
+
 
 #: What a training stage runs: weighted FedAvg (Reptile with ``local_steps``, server Adam,
 #: ...) or centralized SGD on the pooled examples of every FedAvg client
@@ -737,6 +748,36 @@ class ExperimentConfig(TrainingSettings):
             out.append(StageConfig(**{**top, "name": f"stage{i + 1}", **table}))
         return out
 
+    def unused_settings(self) -> list[str]:
+        """A note for each method setting set (not its default) that no FedAvg stage's
+        method uses (``ditto_lambda`` with ``method = 'fedavg'``), and for
+        ``synthetic_clients`` with another dataset: the run says it ignores them (not an
+        error: a top-level setting is every stage's default, and a sweep may vary the
+        method under it)."""
+        users = {k: (m,) for m, keys in METHOD_SETTINGS.items() for k in keys}
+        users["personal_layers"] = PERSONAL_LAYERS_METHODS
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainingSettings)}
+        stages = self.resolved_stages()
+        notes = []
+        for key, methods in users.items():
+            set_in = [s for s in stages if getattr(s, key) != defaults[key]]
+            used = [s for s in set_in if s.method in methods and s.resolved_kind == "fedavg"]
+            if set_in and not used:
+                runs = sorted({s.method if s.resolved_kind == "fedavg" else "centralized"
+                               for s in stages})  # fmt: skip
+                notes.append(
+                    f"{key} = {getattr(set_in[0], key)!r} applies to method "
+                    f"{' or '.join(map(repr, methods))} only: ignored (this run trains "
+                    f"{', '.join(runs)})"
+                )
+        default = next(f.default for f in dataclasses.fields(self) if f.name == "synthetic_clients")
+        if self.synthetic_clients != default and self.dataset != "synthetic":
+            notes.append(
+                f"synthetic_clients = {self.synthetic_clients} applies to dataset 'synthetic' "
+                f"only: ignored (this run reads {self.dataset!r})"
+            )
+        return notes
+
     @property
     def total_rounds(self) -> int:
         return sum(s.rounds for s in self.resolved_stages())
@@ -815,6 +856,12 @@ class ExperimentConfig(TrainingSettings):
         if self.num_classes is not None:
             check_positive_int("num_classes", self.num_classes, ConfigError)
         if is_import_path(self.dataset):
+            if self.data_dir is not None:
+                raise ConfigError(
+                    f"data_dir is where fedp13n's own data sources read files; your dataset "
+                    f"{self.dataset!r} loads its own (drop data_dir / --data-dir, and have "
+                    "the function read the folder)."
+                )
             if self.only_digits:
                 raise ConfigError(
                     "only_digits selects EMNIST's digits; it does not apply to your own "
@@ -857,7 +904,7 @@ class ExperimentConfig(TrainingSettings):
             s.validate_training(f"stage {s.name!r} " if self.stages else "")
             if s.kind is not None:
                 _check_choice(f"stage {s.name!r} kind", s.kind, STAGE_KINDS)
-            if s.resolved_kind == "centralized" and s.keeps_state:
+            if s.resolved_kind == "centralized" and s.method != "fedavg":
                 raise ConfigError(
                     f"stage {s.name!r} is centralized (SGD on pooled examples): method "
                     f"{s.method!r} needs clients; set method = 'fedavg' there, or another kind."

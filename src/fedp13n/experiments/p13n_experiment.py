@@ -48,7 +48,12 @@ from fedp13n.experiments.callbacks import (
     ProgressBar,
     TensorBoardLogger,
 )
-from fedp13n.experiments.config import ConfigError, ExperimentConfig, StageConfig
+from fedp13n.experiments.config import (
+    METHOD_SETTINGS,
+    ConfigError,
+    ExperimentConfig,
+    StageConfig,
+)
 from fedp13n.reporting.result_report import per_client_rows
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir.integrity import config_edited, config_text_with_digest, writing
@@ -160,16 +165,6 @@ def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
     return OrderedDict((s.name, config.strategy_builder(s)) for s in config.strategies)
 
 
-#: The stage settings each method passes to ``build_weighted_fed_avg`` (its own keywords).
-METHOD_SETTINGS = {
-    "fedrep": ("head_epochs",),
-    "ditto": ("ditto_lambda",),
-    "per_fedavg": ("per_fedavg_variant", "per_fedavg_alpha"),
-    "pfedme": ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta"),
-    "apfl": ("apfl_alpha", "apfl_adaptive"),
-}
-
-
 def build_stage_process(
     config: ExperimentConfig,
     stage: StageConfig,
@@ -236,6 +231,19 @@ def build_stage_process(
     )
 
 
+def _check_global_eval_data(data: ExperimentData, n: int) -> None:
+    """The test data that measures the global model (the first ``n`` FedAvg clients',
+    :meth:`Run.evaluate_global`) has examples: else its loss is 0/0, which would read as a
+    model that blew up, rounds later."""
+    ids = data.train_ids[:n]
+    if sum(data.test.size(c) for c in ids) == 0:
+        raise DataError(
+            f"the {len(ids)} FedAvg client(s) whose test data measure the global model "
+            f"(num_global_eval_clients = {n}) have no test examples; raise "
+            "num_global_eval_clients, or give those clients test data."
+        )
+
+
 def _centralized_note(stage: StageConfig, data: ExperimentData) -> str:
     """The log line that says what a centralized stage trains on (and what it ignores)."""
     n = int(sum(data.train.size(c) for c in data.train_ids))
@@ -248,6 +256,11 @@ def _centralized_note(stage: StageConfig, data: ExperimentData) -> str:
         f"{stage.client_learning_rate} on the pooled {n} examples of all "
         f"{len(data.train_ids)} FedAvg clients, {per_round} of batch {stage.batch_size} per "
         "round (clients_per_round, client_pipeline and the server settings do not apply)"
+        + (
+            f"; proximal_mu = {stage.proximal_mu} is ignored (no global model to pull to)"
+            if stage.proximal_mu
+            else ""
+        )  # fmt: skip
     )
 
 
@@ -292,6 +305,8 @@ class Run:
         """Every step, in order (:func:`run_experiment` holds the run directory's lock)."""
         self.config = _open_run_dir(self.config, self.run_dir, resume=self.resume, log=self.log)
         self.prepare_data()
+        for note in self.config.unused_settings():  # said, as settings a stage ignores are
+            self.log(note)
         self.check_model_fits_data()
         self.start_engine()
         check_strategies_fit_model(self.config)
@@ -371,6 +386,7 @@ class Run:
         )
         n_val = config.num_val_clients
         data = ExperimentData(train, test, train_ids, p13n_ids[n_val:], p13n_ids[:n_val])
+        _check_global_eval_data(data, config.num_global_eval_clients)
         self.log(
             f"data: {config.dataset}, {len(train)} clients, {train.num_examples} train / "
             f"{test.num_examples} test examples; split {len(train_ids)} FedAvg / "
@@ -407,6 +423,11 @@ class Run:
             if classes is not None:
                 self.config = config.replace(num_classes=classes)
                 self.log(f"num_classes: {classes} (the largest label + 1)")
+        elif config.own_data and "num_classes" not in getattr(model_fn_for(config), "keywords", {}):
+            self.log(
+                f"num_classes = {config.num_classes} is ignored: model {config.model!r} does "
+                "not take num_classes (it sets its own outputs)"
+            )
         return train, test
 
     def check_model_fits_data(self) -> None:

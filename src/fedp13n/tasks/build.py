@@ -92,7 +92,49 @@ def client_data_pair(result: Any, what: str = "the data") -> tuple[ClientData, C
             raise DataError(f"{what}: its {name} data is a {type(part).__name__}; {form}.")
     train, test = pair
     _check_same_clients(train, test, what)
+    for name, part in (("train", train), ("test", test)):
+        _check_values(part, f"{what}: its {name} data")
     return train, test
+
+
+def _check_values(data: ClientData, what: str) -> None:
+    """Examples a model can train and be measured on: some examples, numeric features
+    without NaN or infinity, numeric labels, integer labels >= 0 (class indices); a
+    one-line ``DataError`` naming the first client at fault."""
+    if data.num_examples == 0:
+        raise DataError(
+            f"{what} has no examples (every client is empty); give the clients examples "
+            "(e.g. fedp13n.partition's test_fraction > 0 for test data)."
+        )
+    for arr, kind in ((data.x, "features"), (data.y, "labels")):
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise DataError(
+                f"{what}: the {kind} have dtype {arr.dtype}; they must be numbers (e.g. "
+                + ("class indices: np.unique(y, return_inverse=True)[1])."
+                   if kind == "labels" else "x.astype(np.float32)).")
+            )  # fmt: skip
+        if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
+            cid = _first_client(data, ~np.isfinite(arr).reshape(len(arr), -1).all(axis=1))
+            raise DataError(
+                f"{what}: client {cid!r} has NaN or infinite {kind}; clean or drop those examples."
+            )
+    if data.y.dtype == np.bool_:
+        raise DataError(
+            f"{what}: the labels are booleans; give class indices, y.astype(np.int64) (0 and 1)."
+        )
+    if np.issubdtype(data.y.dtype, np.signedinteger) and int(data.y.min()) < 0:
+        cid = _first_client(data, (data.y < 0).reshape(len(data.y), -1).any(axis=1))
+        raise DataError(
+            f"{what}: client {cid!r} has label {int(data.y.min())}; labels are class "
+            "indices 0..num_classes-1 (relabel, e.g. np.unique(y, return_inverse=True)[1])."
+        )
+
+
+def _first_client(data: ClientData, bad: np.ndarray) -> str:
+    """The id of the client holding the first example flagged in ``bad`` (one per row)."""
+    row = int(np.argmax(bad))
+    index = int(np.searchsorted(data.offsets, row, side="right")) - 1
+    return data.client_ids[index]
 
 
 def _check_same_clients(train: ClientData, test: ClientData, what: str) -> None:
@@ -186,10 +228,15 @@ def check_model_fits(
             raise ValueError(f"{what} could not be built: {_exception_text(e)}.") from None
     if not isinstance(net, nn.Module):
         raise ValueError(f"{what} returned a {type(net).__name__}, not a torch.nn.Module.")
+    if not any(p.requires_grad for p in net.parameters()):
+        raise ValueError(
+            f"{what} has no trainable parameters (none with requires_grad), so there is "
+            "nothing to train; give it layers with parameters."
+        )
     net.eval()
     shape = f"x of shape {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
     try:
-        with torch.no_grad():
+        with torch.random.fork_rng(devices=[]):
             out = net(x)
     except Exception as e:  # noqa: BLE001
         raise ValueError(
@@ -208,6 +255,17 @@ def check_model_fits(
         ) from None
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         raise ValueError("the loss must return the batch mean, one number (a 0-d tensor).")
+    if not value.requires_grad:
+        raise ValueError(
+            f"the loss on {what}'s output has no gradient (requires_grad is False); compute "
+            "it from the outputs with torch operations (no .item(), numpy or a constant)."
+        )
+    if not torch.isfinite(value.detach()).all():
+        bad = "output" if not torch.isfinite(out.detach()).all() else "loss"
+        raise ValueError(
+            f"the loss on 2 examples of client {cid!r} is {value.item()} (the {bad} is not "
+            f"finite): {what} and the loss must give finite numbers on the data; check them."
+        )
 
 
 def _check_logits(out: torch.Tensor, y: torch.Tensor, top: int, what: str) -> None:
