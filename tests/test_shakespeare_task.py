@@ -39,7 +39,7 @@ def test_data_and_model_modules_agree_on_pad_and_length():
     spec = get_task("shakespeare")
     assert task_sh.ACCURACY_IGNORED_IDS == (data_sh.PAD_ID,)  # TFF: masked_tokens=[pad]
     assert task_sh.num_classes() == data_sh.VOCAB_SIZE == 90
-    assert spec.models == ("shakespeare_rnn",)
+    assert spec.models == ("shakespeare_rnn", "shakespeare_rnn_bn")  # the second: FedBN's
     assert spec.datasets == ("shakespeare", "shakespeare-leaf")
     loss = task_loss(spec)
     assert loss.accuracy.ignore_ids == (0,)
