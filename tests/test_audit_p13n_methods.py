@@ -321,3 +321,48 @@ def test_fedbn_on_a_task_without_batch_norms_names_a_fix_that_exists():
         "model with batch norms (EMNIST's model = 'conv_bn', or your own 'module:function'), "
         "or another method."
     )
+
+
+_EMNIST_HEAD_AND_FC1 = {  # EmnistConvDropout's fc1 (9216 -> 128) and fc2 (128 -> 62), model order
+    "fc1.weight": ((128, 9216), "float32"),
+    "fc1.bias": ((128,), "float32"),
+    "fc2.weight": ((62, 128), "float32"),
+    "fc2.bias": ((62,), "float32"),
+}
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        'method = "fedper"\npersonal_layers = ["fc2", "fc1"]\n',
+        '[[stages]]\nname = "per"\nmethod = "fedper"\npersonal_layers = ["fc2", " fc1"]\n',
+    ],
+)
+def test_personal_layers_as_a_toml_list_is_the_comma_separated_string(toml, tmp_path):
+    from fedp13n.algorithms.fedper import fedper_state_spec
+    from fedp13n.cli.run_cmd import resolve_config
+    from fedp13n.experiments.p13n_experiment import model_fn_for
+
+    (tmp_path / "c.toml").write_text(toml)
+    from_toml = resolve_config(tmp_path / "c.toml", {})
+    from_cli = resolve_config(None, {"method": "fedper", "personal_layers": "fc2,fc1"})
+    stages = [c.resolved_stages()[0] for c in (from_toml, from_cli)]
+    assert [s.personal_layers for s in stages] == ["fc2,fc1", "fc2,fc1"]
+    specs = [fedper_state_spec(model_fn_for(c), s.personal_layers, s.method)
+             for c, s in zip((from_toml, from_cli), stages, strict=True)]  # fmt: skip
+    assert specs[0] == specs[1] == _EMNIST_HEAD_AND_FC1
+    res = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "c.toml"), "--print-config"])
+    assert res.exit_code == 0 and 'personal_layers = "fc2,fc1"' in res.output, res.output
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "[]", '["fc1,fc2"]', '["fc1", ""]'])
+@pytest.mark.parametrize("where", ["", '[[stages]]\nname = "per"\nmethod = "fedper"\n'])
+def test_personal_layers_as_a_list_of_anything_but_names_exits_2(value, where, tmp_path):
+    (tmp_path / "c.toml").write_text(f"{where}personal_layers = {value}\n")
+    res = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "c.toml"), "--print-config"])
+    lines = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert (
+        "personal_layers must name layers or parameters of the model: a string 'fc1,fc2' "
+        "or a list of names ['fc1', 'fc2'], got " in lines[0]
+    )

@@ -185,8 +185,8 @@ class TrainingSettings:
     personal_layers: str | None = setting(
         None,
         help="The personal layers of FedPer, FedRep and LG-FedAvg: module or parameter "
-        "names, comma-separated (e.g. 'fc1,fc2'); unset = the last layer with parameters "
-        "(LG-FedAvg: every layer but the last).",
+        "names, comma-separated (e.g. 'fc1,fc2'; in TOML also a list ['fc1', 'fc2']); "
+        "unset = the last layer with parameters (LG-FedAvg: every layer but the last).",
         panel="Training",
         default_text="the last layer (LG-FedAvg: all but it)",
     )
@@ -263,6 +263,10 @@ class TrainingSettings:
         negative_flag="--fixed-apfl-alpha",
     )
 
+    def __post_init__(self) -> None:
+        # TOML's list form ['fc1', 'fc2'] of personal_layers: the one string 'fc1,fc2'
+        self.personal_layers = _personal_layers_text(self.personal_layers)
+
     @property
     def keeps_state(self) -> bool:
         """Whether the stage's method keeps tensors per client (a client-state store)."""
@@ -312,6 +316,21 @@ class TrainingSettings:
 
 
 TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingSettings))
+
+
+def _personal_layers_text(value: Any) -> Any:
+    """``personal_layers`` given as a list of names (TOML's ``['fc2', 'fc1']``) as the one
+    string the setting holds, ``'fc2,fc1'`` (what ``--personal-layers fc2,fc1`` gives); any
+    other value as it is. A ConfigError for a list that is not of names."""
+    if not isinstance(value, list | tuple):
+        return value
+    if value and all(isinstance(n, str) and n.strip() and "," not in n for n in value):
+        return ",".join(n.strip() for n in value)
+    raise ConfigError(
+        "personal_layers must name layers or parameters of the model: a string 'fc1,fc2' or "
+        f"a list of names ['fc1', 'fc2'], got {value!r}."
+    )
+
 
 #: The stage settings each method passes to ``build_weighted_fed_avg`` (its own keywords).
 METHOD_SETTINGS = {
@@ -745,7 +764,10 @@ class ExperimentConfig(TrainingSettings):
                     f"stages[{i}]: unknown key(s) {unknown}; a stage takes 'name', 'kind' and "
                     f"{list(TRAINING_KEYS)}."
                 )
-            out.append(StageConfig(**{**top, "name": f"stage{i + 1}", **table}))
+            try:
+                out.append(StageConfig(**{**top, "name": f"stage{i + 1}", **table}))
+            except ConfigError as e:
+                raise ConfigError(f"stages[{i}]: {e}") from None
         return out
 
     def unused_settings(self) -> list[str]:
@@ -1093,7 +1115,12 @@ class ExperimentConfig(TrainingSettings):
                     f"{source}: stages must be an array of tables ([[stages]] name = 'fedavg' "
                     "rounds = 50 ...)."
                 )
-        config = cls(**data)
+            data["stages"] = [_stage_from_toml(s, f"{source}: stages[{i}]")
+                              for i, s in enumerate(stages)]  # fmt: skip
+        try:
+            config = cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
         for f in dataclasses.fields(config):
             _check_type(f, getattr(config, f.name), source)
         return config
@@ -1121,6 +1148,16 @@ class ExperimentConfig(TrainingSettings):
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _stage_from_toml(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """A stage table with its ``personal_layers`` list (if any) as the one string."""
+    if "personal_layers" not in table:
+        return table
+    try:
+        return {**table, "personal_layers": _personal_layers_text(table["personal_layers"])}
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _takes_setting(path: str, name: str) -> bool:
