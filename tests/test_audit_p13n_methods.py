@@ -5,6 +5,7 @@ that nothing in the run uses, never a traceback or a misleading message rounds l
 
 from __future__ import annotations
 
+import importlib
 import sys
 import textwrap
 
@@ -366,3 +367,64 @@ def test_personal_layers_as_a_list_of_anything_but_names_exits_2(value, where, t
         "personal_layers must name layers or parameters of the model: a string 'fc1,fc2' "
         "or a list of names ['fc1', 'fc2'], got " in lines[0]
     )
+
+
+_HUGE_LABEL = """
+import numpy as np
+
+def load(top=10**9):
+    rng = np.random.default_rng(0)
+    x = lambda: rng.normal(size=(4, 2)).astype(np.float32)
+    train = {f"c{i}": (x(), np.arange(4) % 3) for i in range(4)}
+    test = {f"c{i}": (x(), np.arange(4) % 3) for i in range(4)}
+    test["c2"] = (x(), np.array([0, 1, top, 2]))
+    return train, test
+
+def load_many_classes():
+    return load(top=150_000 - 1)
+
+def build(num_classes):
+    import torch
+    return torch.nn.Linear(2, num_classes)
+"""
+
+
+@pytest.mark.parametrize(
+    "extra, error",
+    [
+        ([], "error: dataset 'audit_huge:load': client 'c2' has label 1000000000, which would "
+             "make 1000000001 classes (the largest label + 1) for 32 examples; labels are class "
+             "indices 0..K-1: remap them (np.unique(y, return_inverse=True)[1]), or set "
+             "num_classes (--num-classes K) if the model has that many outputs."),
+        (["--num-classes", "3"], "error: model 'audit_huge:build' outputs shape (2, 3) for labels "
+             "of shape (2,) (largest label 1000000000); it must output logits (batch, at least "
+             "1000000001 classes)."),
+    ],
+)  # fmt: skip
+def test_a_huge_label_of_ones_own_data_is_refused_unless_num_classes_is_set(
+    extra, error, tmp_path, monkeypatch
+):
+    m = _module(tmp_path, monkeypatch, _HUGE_LABEL, "audit_huge")
+    res = CliRunner().invoke(app, [
+        "run", "--dataset", f"{m}:load", "--model", f"{m}:build", *extra, "--rounds", "0",
+        "--clients-per-round", "2", "--executor", "in-process", "--no-report",
+        "--no-progress", "--output-dir", str(tmp_path / "r"),
+    ])  # fmt: skip
+    lines = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert res.exit_code == 2 and lines == [error], res.output
+
+
+def test_the_huge_label_rule_bounds_classes_and_examples_both(tmp_path, monkeypatch):
+    from fedp13n.tasks.build import MAX_INFERRED_CLASSES, infer_num_classes
+
+    m = _module(tmp_path, monkeypatch, _HUGE_LABEL, "audit_huge")
+    module = importlib.import_module(m)
+    assert MAX_INFERRED_CLASSES == 100_000
+    # 150,000 classes for 32 examples: refused; 100,000 (the bound) passes
+    with pytest.raises(DataError, match="client 'c2' has label 149999, which would make 150000"):
+        infer_num_classes(*client_data_pair(module.load_many_classes()))
+    assert infer_num_classes(*client_data_pair(module.load(top=99_999))) == 100_000
+    # more than 100,000 classes, but no more than the examples: a real many-class task
+    train = {"a": (np.zeros((200_001, 1), np.float32), np.arange(200_001))}
+    test = {"a": (np.zeros((1, 1), np.float32), np.array([0]))}
+    assert infer_num_classes(*client_data_pair((train, test))) == 200_001

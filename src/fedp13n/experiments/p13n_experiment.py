@@ -419,7 +419,7 @@ class Run:
                 self.log(notice)
         train, test = load_task_data(spec, config.dataset, settings)
         if config.own_data and config.num_classes is None:
-            classes = infer_num_classes(train, test)
+            classes = infer_num_classes(train, test, f"dataset {config.dataset!r}")
             if classes is not None:
                 self.config = config.replace(num_classes=classes)
                 self.log(f"num_classes: {classes} (the largest label + 1)")

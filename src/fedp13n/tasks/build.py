@@ -155,13 +155,31 @@ def _check_same_clients(train: ClientData, test: ClientData, what: str) -> None:
         )
 
 
-def infer_num_classes(train: ClientData, test: ClientData) -> int | None:
+#: More classes than this (and than examples) inferred from the labels is a mistake, not a
+#: model: labels that are ids (1e9 + 1 outputs would not fit in memory), not 0..K-1.
+MAX_INFERRED_CLASSES = 100_000
+
+
+def infer_num_classes(train: ClientData, test: ClientData, what: str = "the data") -> int | None:
     """The largest integer label of either part + 1 (None for non-integer labels or no
-    labels): the classes of a model of one's own data when ``num_classes`` is unset."""
-    ys = [d.y for d in (train, test) if len(d.y)]
-    if not ys or not all(np.issubdtype(y.dtype, np.integer) for y in ys):
+    labels): the classes of a model of one's own data when ``num_classes`` is unset. A
+    one-line ``DataError`` naming the label and its client when that is more than
+    :data:`MAX_INFERRED_CLASSES` and more than the examples of both parts."""
+    parts = [d for d in (train, test) if len(d.y)]
+    if not parts or not all(np.issubdtype(d.y.dtype, np.integer) for d in parts):
         return None
-    return int(max(int(y.max()) for y in ys)) + 1
+    top_part = max(parts, key=lambda d: int(d.y.max()))
+    top = int(top_part.y.max())
+    examples = train.num_examples + test.num_examples
+    if top + 1 > MAX_INFERRED_CLASSES and top + 1 > examples:
+        cid = _first_client(top_part, (top_part.y == top).reshape(len(top_part.y), -1).any(1))
+        raise DataError(
+            f"{what}: client {cid!r} has label {top}, which would make {top + 1} classes "
+            f"(the largest label + 1) for {examples} examples; labels are class indices "
+            "0..K-1: remap them (np.unique(y, return_inverse=True)[1]), or set num_classes "
+            "(--num-classes K) if the model has that many outputs."
+        )
+    return top + 1
 
 
 # -- model and loss -----------------------------------------------------------------------------
