@@ -428,3 +428,45 @@ def test_the_huge_label_rule_bounds_classes_and_examples_both(tmp_path, monkeypa
     train = {"a": (np.zeros((200_001, 1), np.float32), np.arange(200_001))}
     test = {"a": (np.zeros((1, 1), np.float32), np.array([0]))}
     assert infer_num_classes(*client_data_pair((train, test))) == 200_001
+
+
+_FLOAT_LABELS = (
+    "the labels are float32 numbers, but the loss is cross-entropy, which takes integer class "
+    "indices: give "
+    "integer class labels (y.astype(np.int64) for whole numbers, else "
+    "np.unique(y, return_inverse=True)[1]), or a loss that takes float targets "
+    "(loss = 'module:function', e.g. --loss my_task:mse_loss)."
+)
+
+
+def test_float_labels_with_cross_entropy_name_both_fixes():
+    y = (Y + 0.5).astype(np.float32)
+    train, test = client_data_pair(_pair(y_a=y[:3], y_b=y[3:]))
+    with pytest.raises(ValueError) as e:
+        check_model_fits(lambda: torch.nn.Linear(2, 3), TaskLoss(), train, test, "m:b")
+    assert str(e.value) == _FLOAT_LABELS
+    # the two fixes pass the dry run: integer labels, or a loss taking float targets
+    train, test = client_data_pair(_pair(y_a=y[:3].astype(np.int64), y_b=y[3:].astype(np.int64)))
+    check_model_fits(lambda: torch.nn.Linear(2, 3), TaskLoss(), train, test, "m:b")
+    train, test = client_data_pair(_pair(y_a=y[:3], y_b=y[3:]))
+    mse = TaskLoss(lambda out, t: ((out[:, 0] - t) ** 2).mean())
+    check_model_fits(lambda: torch.nn.Linear(2, 3), mse, train, test, "m:b")
+    # float class probabilities of the output's shape are cross-entropy's own targets
+    probs = np.full((6, 3), 1 / 3, np.float32)
+    train, test = client_data_pair(_pair(y_a=probs[:3], y_b=probs[3:]))
+    check_model_fits(lambda: torch.nn.Linear(2, 3), TaskLoss(), train, test, "m:b")
+
+
+def test_float_labels_of_ones_own_data_exit_2_naming_the_fix(tmp_path, monkeypatch):
+    m = _module(tmp_path, monkeypatch, _OWN + """
+def float_labels():
+    train, test = load()
+    return tuple({k: (x, y + 0.5) for k, (x, y) in d.items()} for d in (train, test))
+""", "audit_float_labels")  # fmt: skip
+    res = CliRunner().invoke(app, [
+        "run", "--dataset", f"{m}:float_labels", "--model", f"{m}:build_fixed", "--rounds",
+        "0", "--clients-per-round", "2", "--executor", "in-process", "--no-report",
+        "--no-progress", "--output-dir", str(tmp_path / "r"),
+    ])  # fmt: skip
+    lines = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert res.exit_code == 2 and lines == ["error: " + _FLOAT_LABELS], res.output

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fedp13n.data.client_data import ClientData
 from fedp13n.data.validate import DataError
@@ -267,6 +268,8 @@ def check_model_fits(
     try:
         value = loss_fn(out, y)
     except Exception as e:  # noqa: BLE001
+        if y.is_floating_point() and getattr(loss_fn, "loss_fn", loss_fn) is F.cross_entropy:
+            raise ValueError(_float_labels_text(y)) from None
         raise ValueError(
             f"the loss fails on {what}'s output of shape {tuple(out.shape)} for labels of "
             f"shape {tuple(y.shape)}: {_exception_text(e)}."
@@ -284,6 +287,18 @@ def check_model_fits(
             f"the loss on 2 examples of client {cid!r} is {value.item()} (the {bad} is not "
             f"finite): {what} and the loss must give finite numbers on the data; check them."
         )
+
+
+def _float_labels_text(y: torch.Tensor) -> str:
+    """Why cross-entropy failed on float labels (not class probabilities of the output's
+    shape), and the two fixes."""
+    return (
+        f"the labels are {str(y.dtype).replace('torch.', '')} numbers, but the loss is "
+        "cross-entropy, which takes integer class indices: give "
+        "integer class labels (y.astype(np.int64) for whole numbers, else "
+        "np.unique(y, return_inverse=True)[1]), or a loss that takes float targets "
+        "(loss = 'module:function', e.g. --loss my_task:mse_loss)."
+    )
 
 
 def _check_logits(out: torch.Tensor, y: torch.Tensor, top: int, what: str) -> None:
