@@ -470,3 +470,33 @@ def float_labels():
     ])  # fmt: skip
     lines = [line for line in res.output.splitlines() if line.startswith("error: ")]
     assert res.exit_code == 2 and lines == ["error: " + _FLOAT_LABELS], res.output
+
+
+@pytest.mark.parametrize("command", ["info", "download"])
+def test_data_commands_on_ones_own_dataset_say_what_they_cover(command):
+    res = CliRunner().invoke(app, ["data", command, "--dataset", "my_mod:load"])
+    lines = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    verb = "describes" if command == "info" else "fetches"
+    assert res.exit_code == 2 and lines == [
+        f"error: 'data {command}' {verb} fedp13n's built-in data sets only (emnist, "
+        "emnist-sqlite, leaf, synthetic, shakespeare, shakespeare-leaf); 'my_mod:load' is your "
+        "own 'module:function': `fedp13n run --dataset my_mod:load` logs its clients, examples "
+        "and classes before any training (its 'num_classes:' and 'data:' lines), or call the "
+        "function in Python."
+    ], res.output
+
+
+def test_the_run_logs_what_data_info_would_say_of_ones_own_data(tmp_path, monkeypatch):
+    # what the 'data info' error points to: 4 clients of 4 train and 4 test examples each,
+    # labels 0..2 (_OWN's load)
+    m = _module(tmp_path, monkeypatch, _OWN, "audit_own_task")
+    res = CliRunner().invoke(app, [
+        "run", "--dataset", f"{m}:load", "--model", f"{m}:build", "--rounds", "0",
+        "--clients-per-round", "2", "--num-eval-clients", "1", "--p13n-epochs", "1",
+        "--strategy", "sgd", "--executor", "in-process", "--no-report", "--no-progress",
+        "--output-dir", str(tmp_path / "r"),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[1] == "num_classes: 3 (the largest label + 1)"
+    assert lines[2].startswith(f"data: {m}:load, 4 clients, 16 train / 16 test examples; ")

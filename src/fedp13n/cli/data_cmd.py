@@ -40,6 +40,21 @@ _NUM_CLIENTS = typer.Option(
 _SEED = typer.Option(0, "--seed", help="Seed of the client subset / synthetic data.")
 
 
+def _refuse_own(dataset: str, command: str) -> None:
+    """``data info`` / ``data download`` with one's own ``"module:function"``: say what the
+    command covers and how to see one's own data (exit 2), not "unknown dataset"."""
+    from fedp13n.utils.imports import is_import_path
+
+    if is_import_path(dataset):
+        fail(
+            f"'data {command}' {'describes' if command == 'info' else 'fetches'} fedp13n's "
+            f"built-in data sets only ({', '.join(DATASET_NAMES)}); {dataset!r} is your own "
+            f"'module:function': `fedp13n run --dataset {dataset}` logs its clients, examples "
+            "and classes before any training (its 'num_classes:' and 'data:' lines), or call "
+            "the function in Python."
+        )
+
+
 def _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console):
     from fedp13n.data.cache import CacheRebuiltWarning
     from fedp13n.data.datasets import download_notice, load_dataset
@@ -100,6 +115,7 @@ def info(
 
     from fedp13n.data.stats import QUANTILES, summarize
 
+    _refuse_own(dataset, "info")
     console = Console()
     train, test = _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console)
     chars = _label_chars(dataset, only_digits)
@@ -152,6 +168,7 @@ def download(
     """Download (or convert from --data-dir) a dataset into the local cache."""
     from rich.console import Console
 
+    _refuse_own(dataset, "download")
     console = Console()
     train, test = _load(dataset, data_dir, cache_dir, url, only_digits, None, 0, console)
     where = train.path.parent if train.path is not None else "(not cached: generated)"
