@@ -500,3 +500,28 @@ def test_the_run_logs_what_data_info_would_say_of_ones_own_data(tmp_path, monkey
     lines = res.output.splitlines()
     assert lines[1] == "num_classes: 3 (the largest label + 1)"
     assert lines[2].startswith(f"data: {m}:load, 4 clients, 16 train / 16 test examples; ")
+
+
+@pytest.mark.parametrize(
+    "stages, kept",
+    [
+        (["a:method=fedper,personal_layers=fc2", "b:method=ditto"],
+         "stage 'a' keeps fedper's head 'fc2', stage 'b' keeps ditto's whole model"),
+        (["a:method=fedper", "b:method=lg_fedavg"],
+         "stage 'a' keeps fedper's head (the default: the last layer), stage 'b' keeps "
+         "lg_fedavg's body (the default: all but the last layer)"),
+        (["w:method=fedavg", "a:method=fedrep,personal_layers=fc1", "b:method=scaffold",
+          "c:method=apfl"],
+         "stage 'a' keeps fedrep's head 'fc1', stage 'b' keeps scaffold's control variates, "
+         "stage 'c' keeps apfl's whole model and alpha"),
+    ],
+)  # fmt: skip
+def test_stages_keeping_different_client_state_are_named_in_words(stages, kept):
+    args = [a for s in stages for a in ("--stage", s)]
+    res = CliRunner().invoke(app, ["run", *args, "--print-config"])
+    lines = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert res.exit_code == 2 and lines == [
+        f"error: the stages keep different personal_layers or kinds of client state: {kept}; "
+        "a run keeps one client state: give every stateful stage the same layers and a method "
+        "that keeps the same kind."
+    ], res.output

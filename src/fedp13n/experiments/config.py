@@ -933,12 +933,13 @@ class ExperimentConfig(TrainingSettings):
                 )
             if s.method in BATCH_NORM_LOCAL:
                 self._check_batch_norm_model(f"stage {s.name!r} " if self.stages else "", s)
-        personal = {(state_kind(s.method), s.personal_layers) for s in stages if s.keeps_state}
-        if len(personal) > 1:
+        stateful = [s for s in stages if s.keeps_state]
+        if len({(state_kind(s.method), s.personal_layers) for s in stateful}) > 1:
+            kept = ", ".join(f"stage {s.name!r} keeps {_state_text(s)}" for s in stateful)
             raise ConfigError(
-                f"the stages keep different personal_layers or kinds of client state "
-                f"{sorted(map(str, personal))}; a run keeps one client state: give every "
-                "stateful stage the same layers and a method that keeps the same kind."
+                f"the stages keep different personal_layers or kinds of client state: {kept}; "
+                "a run keeps one client state: give every stateful stage the same layers and "
+                "a method that keeps the same kind."
             )
 
     def _check_batch_norm_model(self, where: str, stage: StageConfig) -> None:
@@ -1148,6 +1149,28 @@ class ExperimentConfig(TrainingSettings):
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         return dataclasses.replace(self, **changes)
+
+
+#: What each kind of client state (:func:`fedp13n.algorithms.fedper.state_kind`) is, in words.
+_STATE_WORDS = {
+    "model": "whole model",
+    "controls": "control variates",
+    "batch_norm": "batch-norm layers",
+    "mixture": "whole model and alpha",
+}
+
+
+def _state_text(stage: StageConfig) -> str:
+    """What ``stage`` keeps per client, in words: "fedper's head 'fc2'", "lg_fedavg's body
+    (the default: all but the last layer)", "ditto's whole model"."""
+    kind = state_kind(stage.method)
+    if kind not in ("head", "body"):
+        return f"{stage.method}'s {_STATE_WORDS[kind]}"
+    layers = stage.personal_layers
+    if layers is None:
+        default = "the last layer" if kind == "head" else "all but the last layer"
+        return f"{stage.method}'s {kind} (the default: {default})"
+    return f"{stage.method}'s {kind} " + (repr(layers) if layers else "(the whole model: '')")
 
 
 def _stage_from_toml(table: dict[str, Any], where: str) -> dict[str, Any]:
