@@ -3,8 +3,9 @@
 Reads one ``fedp13n run --repeats N`` folder per method (as ``bench/methods/run_all.sh``
 writes them: ``<root>/<method>/repeats.json`` and ``seed=<s>/fedavg_metrics.csv``) and
 prints one markdown table: per method, TFF's protocol (the global model's baseline and the
-fine-tuned model at the strategy's last epoch on the held-out clients, mean +- sample std
-over seeds, with the helped / hurt shares versus the baseline averaged over seeds), the
+best fine-tuning, its strategy, rate and epoch chosen on the validation clients, on the
+held-out reported clients: each seed's ``summary.json`` ``best``; mean +- sample std over
+seeds, with that row's helped / hurt shares versus the baseline averaged over seeds), the
 two other protocols (``own_state``, ``new_clients``; mean +- std; and ``own_state``
 weighted by the clients' test examples, as FL-bench / PFLlib and the papers aggregate it:
 sum of accuracy x test examples over the sum of test examples, from each seed's
@@ -26,6 +27,7 @@ from pathlib import Path
 
 ORDER = [
     "fedavg",
+    "pfedavg",
     "fedprox",
     "fedper",
     "fedrep",
@@ -77,13 +79,20 @@ def _over_seeds(values: list[float | None]) -> dict | None:
             "std": statistics.stdev(values) if len(values) > 1 else None}  # fmt: skip
 
 
+def _best(run: Path) -> tuple[float, float, float]:
+    """(mean, helped, hurt) of the fine-tuning chosen on the validation clients."""
+    summary = json.loads((run / "summary.json").read_text())
+    best = summary["best"]
+    row = summary["strategies"][best["strategy"]][best["epoch"]]
+    return best["mean"], row["improved"], row["hurt"]
+
+
 def method_row(folder: Path) -> str:
     """One table line for one ``--repeats`` folder."""
     agg = json.loads((folder / "repeats.json").read_text())
     rows = agg["rows"]
     base = next(r for r in rows if r["kind"] == "baseline")
-    tuned = [r for r in rows if r["kind"] == "strategy" and r["epoch"] != "selected"]
-    last = tuned[-1] if tuned else None  # the strategy's last evaluated epoch
+    best = [_best(folder / run) for run in agg["runs"]]
     proto = {r["name"]: r for r in rows if r["kind"] == "protocol"}
     sums = [_csv_sums(folder / run) for run in agg["runs"]]
     budget = statistics.mean(s[0] for s in sums)
@@ -94,9 +103,9 @@ def method_row(folder: Path) -> str:
         folder.name,
         str(agg["n_seeds"]),
         _fmt(base),
-        _fmt(last),
-        _pct(last and last["helped_mean"]),
-        _pct(last and last["hurt_mean"]),
+        _fmt(_over_seeds([b[0] for b in best])),
+        _pct(statistics.mean(b[1] for b in best)),
+        _pct(statistics.mean(b[2] for b in best)),
         _fmt(proto.get("own_state")),
         _fmt(_over_seeds([_weighted_own_state(folder / run) for run in agg["runs"]])),
         _fmt(proto.get("new_clients")),
@@ -111,7 +120,7 @@ def table(root: Path, methods: list[str] | None = None) -> str:
     """The markdown table over the methods' folders under root that have repeats.json."""
     names = methods or [m for m in ORDER if (root / m / "repeats.json").exists()]
     head = (
-        "| method | seeds | TFF: baseline | TFF: fine-tuned | helped | hurt | own_state | "
+        "| method | seeds | TFF: baseline | TFF: best fine-tuning | helped | hurt | own_state | "
         "own_state, by examples | new_clients | example-steps / seed | training s / seed | "
         "wall s / seed |"
     )
