@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.models.layers import FastDropout
+from fedp13n.models.layers import FastDropout, register_in_order
 from fedp13n.models.spec import InputSpec
 
 #: One EMNIST example as the models see it: a 28x28 float32 image (optionally with a
@@ -92,15 +92,6 @@ def _channels_last(model: nn.Module) -> None:
     model.to(memory_format=torch.channels_last)
 
 
-def _register_in_order(model: nn.Module, *first: str) -> None:
-    """Put the submodules ``first`` ahead, in that order (the rest keep theirs): forward
-    order, so the batch norms a subclass adds are not taken for the model's head (the
-    last module with parameters, :func:`fedp13n.models.heads.default_head`). Weights and
-    their initialisation are unchanged."""
-    rest = {k: v for k, v in model._modules.items() if k not in first}
-    model._modules = {**{k: model._modules[k] for k in first}, **rest}
-
-
 class EmnistConvDropout(nn.Module):
     """Conv 32 3x3 relu, Conv 64 3x3 relu, MaxPool 2, Dropout .25, Dense 128 relu,
     Dropout .5, Dense ``num_classes`` (valid padding, as Keras' default)."""
@@ -137,7 +128,7 @@ class EmnistConvBN(EmnistConvDropout):
         self.bn1 = nn.BatchNorm2d(32)
         self.bn2 = nn.BatchNorm2d(64)
         _channels_last(self)
-        _register_in_order(self, "conv1", "bn1", "conv2", "bn2")
+        register_in_order(self, "conv1", "bn1", "conv2", "bn2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(_as_nhwc(x))))
@@ -194,7 +185,7 @@ class EmnistDNNBN(EmnistDNN):
         super().__init__(num_classes, hidden_units)
         self.bn1 = nn.BatchNorm1d(hidden_units)
         self.bn2 = nn.BatchNorm1d(hidden_units)
-        _register_in_order(self, "fc1", "bn1", "fc2", "bn2")
+        register_in_order(self, "fc1", "bn1", "fc2", "bn2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.fc1(torch.flatten(_as_nhwc(x), 1))))

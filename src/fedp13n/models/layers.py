@@ -96,3 +96,12 @@ class FastDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def register_in_order(model: nn.Module, *first: str) -> None:
+    """Put the submodules ``first`` ahead, in that order (the rest keep theirs): forward
+    order, so the batch norms a subclass adds are not taken for the model's head (the
+    last module with parameters, :func:`fedp13n.models.heads.default_head`). Weights and
+    their initialisation are unchanged."""
+    rest = {k: v for k, v in model._modules.items() if k not in first}
+    model._modules = {**{k: model._modules[k] for k in first}, **rest}

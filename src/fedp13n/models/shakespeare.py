@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedp13n.models.layers import register_in_order
 from fedp13n.models.spec import InputSpec
 
 #: The padding id: Keras' ``Embedding(mask_zero=True)`` masks id 0, and TFF's
@@ -218,15 +219,15 @@ class ShakespeareRNNBN(ShakespeareRNN):
     """:class:`ShakespeareRNN` with a ``BatchNorm1d`` over the second LSTM's 256 features
     (statistics over the batch and every position, padding included) before the dense
     layer: a Shakespeare model for FedBN (:mod:`fedp13n.algorithms.fedbn`; not a TFF model).
-    Registered in forward order, so its head is still ``dense``."""
+    Registered in forward order (:func:`~fedp13n.models.layers.register_in_order`), so its
+    head is still ``dense``."""
 
     def __init__(
         self, vocab_size: int, sequence_length: int | None = DEFAULT_SEQUENCE_LENGTH
     ) -> None:
         super().__init__(vocab_size, sequence_length)
         self.bn = nn.BatchNorm1d(LSTM_UNITS)
-        dense = self._modules.pop("dense")
-        self._modules["dense"] = dense
+        register_in_order(self, "embedding", "lstm1", "lstm2", "bn")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.bn(self._features(x).transpose(1, 2))  # (B, 256, S): per feature
