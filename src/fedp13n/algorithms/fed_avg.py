@@ -725,13 +725,16 @@ def build_weighted_fed_avg(
     compute = Compute.given(
         compute, device=device, precision=precision, deterministic=deterministic, engine=engine
     )
+    own = {
+        "head_epochs": head_epochs, "ditto_lambda": ditto_lambda,
+        "per_fedavg_variant": per_fedavg_variant, "per_fedavg_alpha": per_fedavg_alpha,
+        "pfedme_lambda": pfedme_lambda, "pfedme_k": pfedme_k,
+        "pfedme_personal_lr": pfedme_personal_lr, "pfedme_beta": pfedme_beta,
+        "apfl_alpha": apfl_alpha, "apfl_adaptive": apfl_adaptive,
+    }  # fmt: skip
     options, delta_scale = _method_settings(
-        model_fn, method, check_proximal_mu(proximal_mu), personal_layers, client_state,
-        head_epochs=head_epochs, ditto_lambda=ditto_lambda,
-        per_fedavg=(per_fedavg_variant, per_fedavg_alpha),
-        pfedme=(pfedme_lambda, pfedme_k, pfedme_personal_lr, pfedme_beta),
-        apfl=(apfl_alpha, apfl_adaptive),
-    )  # fmt: skip
+        model_fn, method, check_proximal_mu(proximal_mu), personal_layers, client_state, own
+    )
     if compute.engine is not None:
         fns = (model_fn, client_optimizer_fn, loss_fn, metrics_fn)
         compute = _engine_compute(compute, fns, method, options, client_state)
@@ -788,31 +791,42 @@ _OWN_LOCAL_STEPS = {
 }
 
 
+#: Each method's own settings' owner and what another method lacks, for their errors.
+_OWNERS = {
+    "fedrep": ("FedRep", " has no head phase"),
+    "ditto": ("Ditto", " keeps no personal model"),
+    "per_fedavg": ("Per-FedAvg", ""),
+    "pfedme": ("pFedMe", ""),
+    "apfl": ("APFL", " keeps no mixture"),
+}
+
+
 def _method_settings(
     model_fn: ModelFn,
     method: Any,
     proximal_mu: float,
     personal_layers: Any,
     client_state: Any,
-    *,
-    head_epochs: Any,
-    ditto_lambda: Any,
-    per_fedavg: tuple,
-    pfedme: tuple,
-    apfl: tuple,
+    own: dict[str, Any],
 ) -> tuple[dict[str, Any], float]:
     """The :class:`ClientWork` settings of ``method`` (checked; another method's settings
-    given are a one-line error) and the averaged delta's scale (pFedMe's beta, else 1)."""
+    in ``own``, those of :data:`~fedp13n.algorithms.fedper.METHOD_SETTINGS`, given are a
+    one-line error) and the averaged delta's scale (pFedMe's beta, else 1)."""
+    from fedp13n.algorithms.fedper import METHOD_SETTINGS
+
     personal = _personal_names(model_fn, method, personal_layers, client_state)
-    options: dict[str, Any] = {
-        "proximal_mu": proximal_mu,
-        "head_epochs": _head_epochs(method, head_epochs),
-        "ditto_lambda": _ditto_lambda(method, ditto_lambda),
-        "scaffold": method == "scaffold",
-        **_per_fedavg(method, *per_fedavg),
-    }
-    options, delta_scale = _pfedme(method, pfedme, options)
-    options["apfl_alpha"], options["apfl_adaptive"] = _apfl_settings(method, *apfl)
+    for owner, keys in METHOD_SETTINGS.items():
+        if owner != method and any(own[k] is not None for k in keys):
+            name, lacks = _OWNERS[owner]
+            listed = " and ".join(filter(None, (", ".join(keys[:-1]), keys[-1])))
+            one = len(keys) == 1
+            raise ValueError(
+                f"{listed} {'is' if one else 'are'} {name}'s (method={owner!r}); "
+                f"method={method!r}{lacks}: leave {'it' if one else 'them'} out."
+            )
+    options: dict[str, Any] = {"proximal_mu": proximal_mu, "scaffold": method == "scaffold"}
+    options.update(_own_settings(method, own))
+    delta_scale = options.pop("pfedme_beta", 1.0)
     if proximal_mu and method in _OWN_LOCAL_STEPS:
         raise ValueError(
             f"method={method!r} {_OWN_LOCAL_STEPS[method]}; FedProx's proximal_mu does not "
@@ -824,86 +838,38 @@ def _method_settings(
     return options, delta_scale
 
 
-def _pfedme(method: str, values: tuple, options: dict[str, Any]) -> tuple[dict[str, Any], float]:
-    """ClientWork settings with pFedMe's (lambda, K, personal_lr) added, and its beta (1.0
-    for another method, which must not set them)."""
-    from fedp13n.algorithms.pfedme import check_settings
-
-    if method != "pfedme":
-        if any(v is not None for v in values):
-            raise ValueError(
-                "pfedme_lambda, pfedme_k, pfedme_personal_lr and pfedme_beta are pFedMe's "
-                f"(method='pfedme'); method={method!r}: leave them out."
-            )
-        return options, 1.0
-    lam, k, personal_lr, beta = check_settings(*values)
-    return {**options, "pfedme": (lam, k, personal_lr)}, beta
-
-
-def _per_fedavg(method: str, variant: Any, alpha: Any) -> dict[str, Any]:
-    """Per-FedAvg's ClientWork settings ({} for another method, which must not set them)."""
+def _own_settings(method: str, own: dict[str, Any]) -> dict[str, Any]:
+    """``method``'s own :class:`ClientWork` settings, checked, each unset one at its
+    default (pFedMe's beta as ``pfedme_beta``; {} for a method without settings)."""
+    from fedp13n.algorithms import apfl, ditto, fedrep, pfedme
     from fedp13n.algorithms import per_fedavg as pf
 
-    if method != "per_fedavg":
-        if variant is not None or alpha is not None:
-            raise ValueError(
-                f"per_fedavg_variant and per_fedavg_alpha are Per-FedAvg's "
-                f"(method='per_fedavg'); method={method!r}: leave them out."
-            )
-        return {}
-    return {
-        "per_fedavg": pf.check_variant(pf.DEFAULT_VARIANT if variant is None else variant),
-        "per_fedavg_alpha": pf.check_alpha(pf.DEFAULT_ALPHA if alpha is None else alpha),
-    }
-
-
-def _apfl_settings(method: str, alpha: Any, adaptive: Any) -> tuple[float | None, bool]:
-    """APFL's initial alpha and whether it is learned ((None, True) for another method,
-    which must not set them)."""
-    from fedp13n.algorithms.apfl import DEFAULT_APFL_ALPHA, check_apfl_alpha
-
-    if method != "apfl":
-        if alpha is not None or adaptive is not None:
-            raise ValueError(
-                f"apfl_alpha and apfl_adaptive are APFL's (method='apfl'); method={method!r} "
-                "keeps no mixture: leave them out."
-            )
-        return None, True
-    if adaptive is not None:
-        check_bool("apfl_adaptive", adaptive)
-    alpha = DEFAULT_APFL_ALPHA if alpha is None else check_apfl_alpha(alpha)
-    return alpha, True if adaptive is None else bool(adaptive)
-
-
-def _ditto_lambda(method: str, value: Any) -> float | None:
-    """Ditto's lambda (None for another method, which must not set it)."""
-    from fedp13n.algorithms.ditto import DEFAULT_DITTO_LAMBDA, check_ditto_lambda
-
-    if method != "ditto":
-        if value is not None:
-            raise ValueError(
-                f"ditto_lambda is Ditto's (method='ditto'); method={method!r} keeps no "
-                "personal model: leave it out."
-            )
-        return None
-    return DEFAULT_DITTO_LAMBDA if value is None else check_ditto_lambda(value)
-
-
-def _head_epochs(method: str, head_epochs: Any) -> int:
-    """FedRep's head epochs (0 for another method, which must not set them)."""
-    from fedp13n.algorithms.fedrep import DEFAULT_HEAD_EPOCHS
-
-    if method != "fedrep":
-        if head_epochs is not None:
-            raise ValueError(
-                f"head_epochs is FedRep's (method='fedrep'); method={method!r} has no head "
-                "phase: leave it out."
-            )
-        return 0
-    if head_epochs is None:
-        return DEFAULT_HEAD_EPOCHS
-    check_positive_int("head_epochs", head_epochs)
-    return int(head_epochs)
+    if method == "fedrep":
+        epochs = own["head_epochs"]
+        if epochs is None:
+            return {"head_epochs": fedrep.DEFAULT_HEAD_EPOCHS}
+        return {"head_epochs": check_positive_int("head_epochs", epochs)}
+    if method == "ditto":
+        lam = own["ditto_lambda"]
+        return {"ditto_lambda": ditto.DEFAULT_DITTO_LAMBDA if lam is None
+                else ditto.check_ditto_lambda(lam)}  # fmt: skip
+    if method == "per_fedavg":
+        variant, alpha = own["per_fedavg_variant"], own["per_fedavg_alpha"]
+        return {
+            "per_fedavg": pf.check_variant(pf.DEFAULT_VARIANT if variant is None else variant),
+            "per_fedavg_alpha": pf.check_alpha(pf.DEFAULT_ALPHA if alpha is None else alpha),
+        }
+    if method == "pfedme":
+        keys = ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta")
+        lam, k, personal_lr, beta = pfedme.check_settings(*(own[k] for k in keys))
+        return {"pfedme": (lam, k, personal_lr), "pfedme_beta": beta}
+    if method == "apfl":
+        alpha, adaptive = own["apfl_alpha"], own["apfl_adaptive"]
+        if adaptive is not None:
+            check_bool("apfl_adaptive", adaptive)
+        alpha = apfl.DEFAULT_APFL_ALPHA if alpha is None else apfl.check_apfl_alpha(alpha)
+        return {"apfl_alpha": alpha, "apfl_adaptive": True if adaptive is None else bool(adaptive)}
+    return {}
 
 
 def _personal_names(

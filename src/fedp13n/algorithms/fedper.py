@@ -45,6 +45,16 @@ METHODS = {
     "apfl": "a whole personal model v and a mixing weight alpha (apfl_alpha)",
 }
 
+#: Each method's own settings: keywords of ``build_weighted_fed_avg`` and keys of a
+#: training stage, refused with another method. The one place that names them.
+METHOD_SETTINGS = {
+    "fedrep": ("head_epochs",),
+    "ditto": ("ditto_lambda",),
+    "per_fedavg": ("per_fedavg_variant", "per_fedavg_alpha"),
+    "pfedme": ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta"),
+    "apfl": ("apfl_alpha", "apfl_adaptive"),
+}
+
 #: Methods whose personal parameters are, by default, everything but the head (the last
 #: layer with parameters): LG-FedAvg's local representation (:mod:`.lg_fedavg`).
 BODY_PERSONAL = ("lg_fedavg",)

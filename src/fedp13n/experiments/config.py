@@ -37,6 +37,7 @@ from fedp13n.algorithms.apfl import DEFAULT_APFL_ALPHA
 from fedp13n.algorithms.ditto import DEFAULT_DITTO_LAMBDA
 from fedp13n.algorithms.fedper import (
     BATCH_NORM_LOCAL,
+    METHOD_SETTINGS,
     METHODS,
     keeps_state,
     parse_personal_layers,
@@ -332,14 +333,6 @@ def _personal_layers_text(value: Any) -> Any:
     )
 
 
-#: The stage settings each method passes to ``build_weighted_fed_avg`` (its own keywords).
-METHOD_SETTINGS = {
-    "fedrep": ("head_epochs",),
-    "ditto": ("ditto_lambda",),
-    "per_fedavg": ("per_fedavg_variant", "per_fedavg_alpha"),
-    "pfedme": ("pfedme_lambda", "pfedme_k", "pfedme_personal_lr", "pfedme_beta"),
-    "apfl": ("apfl_alpha", "apfl_adaptive"),
-}
 #: The methods whose personal parameters ``personal_layers`` names.
 PERSONAL_LAYERS_METHODS = ("fedper", "fedrep", "lg_fedavg")
 
