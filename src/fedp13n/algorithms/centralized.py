@@ -62,17 +62,6 @@ from fedp13n.utils.seeding import derive_rng, derive_seed
 from fedp13n.utils.types import LossFn, MetricFn, ModelFn, OptimizerFn
 
 
-def _to_cpu(obj: Any) -> Any:
-    """A copy of nested dicts/lists with every tensor cloned onto the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
 class CentralizedTraining:
     """The process returned by :func:`build_centralized` (see the module docstring)."""
 
@@ -149,7 +138,7 @@ class CentralizedTraining:
                     generator=derive_rng(self.seed, "centralized-shuffle", round_num),
                     device=device,
                 )
-        weights = _to_cpu(model.state_dict())
+        weights = _clone_tree(model.state_dict())
         bad = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
             raise TrainingError(
@@ -166,7 +155,7 @@ class CentralizedTraining:
             num_skipped_clients=0,
             seconds=time.perf_counter() - start,
         )
-        return ServerState(round_num, weights, _to_cpu(made[0].state_dict())), metrics
+        return ServerState(round_num, weights, _clone_tree(made[0].state_dict())), metrics
 
     # -- internals ----------------------------------------------------------------------------
     def _optimizer(self, params: Any, state: ServerState) -> torch.optim.Optimizer:

@@ -202,9 +202,10 @@ def sample_clients(
 
 
 def _clone_tree(obj: Any) -> Any:
-    """Deep copy of nested dicts/lists/tuples with tensors cloned (no shared storage)."""
+    """Deep copy of nested dicts/lists/tuples with tensors cloned onto the CPU (no shared
+    storage)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: _clone_tree(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

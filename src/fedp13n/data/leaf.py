@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -154,13 +155,23 @@ def load_leaf_dir(
     data_dir: str | os.PathLike, *, num_classes: int = NUM_CLASSES
 ) -> tuple[ClientData, ClientData]:
     """Load a LEAF FEMNIST directory with ``train/`` and ``test/`` subdirectories."""
+    return load_leaf_splits(
+        data_dir, lambda d: load_leaf_split(d, num_classes=num_classes), "femnist"
+    )
+
+
+def load_leaf_splits(
+    data_dir: str | os.PathLike, load_split: Callable[[Path], ClientData], task: str
+) -> tuple[ClientData, ClientData]:
+    """A LEAF data directory's ``train/`` and ``test/`` splits, each read by
+    ``load_split``, aligned; a one-line error naming LEAF's ``data/<task>/data`` when one
+    is missing."""
     data_dir = Path(data_dir)
     for sub in ("train", "test"):
         if not (data_dir / sub).is_dir():
             raise DataNotFoundError(
                 f"{data_dir / sub}: not a directory; a LEAF data directory needs train/ and "
-                "test/ with the *.json shards (LEAF's data/femnist/data)."
+                f"test/ with the *.json shards (LEAF's data/{task}/data)."
             )
-    train = load_leaf_split(data_dir / "train", num_classes=num_classes)
-    test = load_leaf_split(data_dir / "test", num_classes=num_classes)
+    train, test = load_split(data_dir / "train"), load_split(data_dir / "test")
     return align_train_test(train, test, source=str(data_dir))

@@ -48,6 +48,7 @@ import numpy as np
 
 from fedp13n.data.client_data import ClientData
 from fedp13n.data.h5 import MAX_INFLATION, _member, _read_dataset
+from fedp13n.data.leaf import load_leaf_splits
 from fedp13n.data.validate import DataFormatError, DataNotFoundError, align_train_test
 
 #: TFF's ``CHAR_VOCAB`` (``char_prediction_preprocessing.py``), in TFF's order: the
@@ -281,13 +282,8 @@ def load_shakespeare_leaf_dir(
     data_dir: str | os.PathLike, *, sequence_length: int = SEQUENCE_LENGTH
 ) -> tuple[ClientData, ClientData]:
     """A LEAF Shakespeare directory with ``train/`` and ``test/`` JSON shards (uncached)."""
-    data_dir = Path(data_dir)
-    for sub in ("train", "test"):
-        if not (data_dir / sub).is_dir():
-            raise DataNotFoundError(
-                f"{data_dir / sub}: not a directory; a LEAF data directory needs train/ and "
-                "test/ with the *.json shards (LEAF's data/shakespeare/data)."
-            )
-    train = load_shakespeare_leaf_split(data_dir / "train", sequence_length=sequence_length)
-    test = load_shakespeare_leaf_split(data_dir / "test", sequence_length=sequence_length)
-    return align_train_test(train, test, source=str(data_dir))
+    return load_leaf_splits(
+        data_dir,
+        lambda d: load_shakespeare_leaf_split(d, sequence_length=sequence_length),
+        "shakespeare",
+    )

@@ -59,7 +59,7 @@ from fedp13n.rundir import layout as rd
 from fedp13n.rundir.integrity import config_edited, config_text_with_digest, writing
 from fedp13n.rundir.lock import run_dir_lock
 from fedp13n.utils.device import Compute
-from fedp13n.utils.fs import atomic_write, atomic_writer, remove_stale_temporaries
+from fedp13n.utils.fs import atomic_write, atomic_writer, remove_stale_temporaries, write_csv
 from fedp13n.utils.imports import resolve_import_path
 from fedp13n.utils.seeding import derive_rng
 
@@ -854,10 +854,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
-    with writing(path), atomic_writer(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
+    with writing(path):
+        write_csv(path, columns, rows)
 
 
 def _client_inputs(data: ExperimentData, ids: list[str], compute: Compute) -> list[OrderedDict]:

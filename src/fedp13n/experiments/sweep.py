@@ -53,7 +53,7 @@ from fedp13n.reporting.summary import format_number, format_percent
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir import readers
 from fedp13n.rundir.lock import run_dir_lock
-from fedp13n.utils.fs import atomic_write
+from fedp13n.utils.fs import atomic_write, write_csv
 
 SWEEP_FILE = readers.SWEEP_FILE  # the names 'fedp13n report' recognizes a sweep by
 SWEEP_CSV = readers.SWEEP_CSV
@@ -521,13 +521,7 @@ def write_sweep_results(sweep: SweepConfig, out: Path) -> Path:
         if read_summary(out / RUNS / name / rd.SUMMARY)  # an unfinished sweep: what is done
     ]
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns)
-    w.writeheader()
-    w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-    atomic_write(out / SWEEP_CSV, buf.getvalue())
+    write_csv(out / SWEEP_CSV, columns, rows)
     path = atomic_write(out / TABLE_MD, table_markdown(sweep, rows))
     write_seed_repeats(sweep, out)
     if len(rows) > 1:

@@ -32,7 +32,7 @@ from torch import nn
 from fedp13n.client.program import EVAL_BATCH_SIZE, LocalTraining, evaluate, generator_from_torch
 from fedp13n.models.objectives import engine_ignore_ids
 from fedp13n.personalization.inputs import as_client_dataset
-from fedp13n.utils.checks import check_bool, check_positive_int
+from fedp13n.utils.checks import check_positive_int
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
 
@@ -137,25 +137,15 @@ def build_personalize_fn(
             f"optimizer_fn must be a callable params -> torch.optim.Optimizer, got "
             f"{type(optimizer_fn).__name__} (e.g. functools.partial(torch.optim.SGD, lr=0.02))."
         )
-    batch_size = check_positive_int("batch_size", batch_size)
-    num_epochs = check_positive_int("num_epochs", num_epochs)
-    num_epochs_per_eval = check_positive_int("num_epochs_per_eval", num_epochs_per_eval)
-    eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
-    shuffle = check_bool("shuffle", shuffle)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (outputs, targets) -> loss, got {loss_fn!r}.")
 
     from fedp13n.personalization.strategies.finetune import FineTune  # it builds on this module
 
-    return FineTune(
-        optimizer_fn=optimizer_fn,
-        batch_size=batch_size,
-        epochs=num_epochs,
-        epochs_per_eval=num_epochs_per_eval,
-        shuffle=shuffle,
-        loss_fn=loss_fn,
-        eval_batch_size=eval_batch_size,
-    )()
+    return FineTune.from_tff(
+        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, shuffle,
+        loss_fn=loss_fn, eval_batch_size=eval_batch_size,
+    )()  # fmt: skip
 
 
 def fine_tune(

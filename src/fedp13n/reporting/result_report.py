@@ -14,7 +14,6 @@ rounds' metrics are passed) and the run's configuration (there is none).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import numbers
@@ -25,7 +24,7 @@ from typing import Any
 
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir.lock import LOCK_FILE
-from fedp13n.utils.fs import atomic_write, atomic_writer
+from fedp13n.utils.fs import atomic_write, write_csv
 
 #: What in a folder marks it as the output of ``fedp13n run`` (never overwritten here).
 _RUN_MARKERS = (rd.CONFIG, rd.CHECKPOINTS, rd.GLOBAL_WEIGHTS, LOCK_FILE)
@@ -139,20 +138,13 @@ def _write_result_files(
 ) -> None:
     """A run's result files in ``out`` (an earlier call's that are not this result's gone)."""
     atomic_write(out / rd.PERSONALIZATION, json.dumps(data, indent=1))
-    _write_csv(out / rd.PER_CLIENT, rd.PER_CLIENT_COLUMNS, per_client_rows(data, sizes))
+    write_csv(out / rd.PER_CLIENT, rd.PER_CLIENT_COLUMNS, per_client_rows(data, sizes))
     if rounds is None:  # an earlier call's FedAvg log: not this result's training
         (out / rd.FEDAVG_METRICS).unlink(missing_ok=True)
     else:
-        _write_csv(out / rd.FEDAVG_METRICS, rd.FEDAVG_COLUMNS, rounds)
+        write_csv(out / rd.FEDAVG_METRICS, rd.FEDAVG_COLUMNS, rounds)
     for stale in (rd.TUNING, rd.REPORT):
         (out / stale).unlink(missing_ok=True)
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
-    with atomic_writer(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _write_library_report(out: Path, summary: Any, *, fedavg: bool) -> Path:

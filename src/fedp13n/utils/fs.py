@@ -8,8 +8,9 @@ temporary name in the same directory, is flushed to disk, then renamed over the 
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,6 +41,16 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write ``data`` (text or bytes) to ``path`` atomically; returns the path."""
     with atomic_writer(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
+    return Path(path)
+
+
+def write_csv(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[dict]) -> Path:
+    """Write ``rows`` (dicts; ``None`` an empty cell) under a header of ``columns`` to
+    ``path`` atomically; returns the path."""
+    with atomic_writer(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
     return Path(path)
 
 
