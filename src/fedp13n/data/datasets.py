@@ -307,13 +307,26 @@ def load_shakespeare_dir(
     files = [d / n for n in SHAKESPEARE_H5_NAMES]
     if not all(f.is_file() for f in files):
         read_shakespeare_dir(d)  # raises the precise error (which file is missing)
+    return _cached_files(
+        resolve_cache_dir(cache_dir), d, f"{_shakespeare_key(sequence_length)}-h5", files,
+        lambda: read_shakespeare_dir(d, sequence_length=sequence_length)[:2], "shakespeare", mmap,
+    )  # fmt: skip
+
+
+def _cached_files(
+    root: Path, d: Path, key: str, files: list[Path], build: Callable, dataset: str, mmap: bool
+) -> tuple[ClientData, ClientData]:
+    """``build()``'s data from the files of folder ``d``, cached under ``root`` with a key
+    that follows ``key`` and the files' paths, sizes and times."""
     return cached(
-        resolve_cache_dir(cache_dir),
-        source_key(f"{_shakespeare_key(sequence_length)}-h5", files),
-        lambda: read_shakespeare_dir(d, sequence_length=sequence_length)[:2],
-        mmap=mmap,
-        source={"dataset": "shakespeare", "data_dir": str(d.resolve())},
-    )
+        root, source_key(key, files), build, mmap=mmap,
+        source={"dataset": dataset, "data_dir": str(d.resolve())},
+    )  # fmt: skip
+
+
+def _json_shards(d: Path) -> list[Path]:
+    """A LEAF folder's ``train/`` then ``test/`` JSON shards, each in name order."""
+    return sorted(d.glob("train/*.json")) + sorted(d.glob("test/*.json"))
 
 
 def load_shakespeare_leaf(
@@ -326,16 +339,14 @@ def load_shakespeare_leaf(
     """LEAF's Shakespeare JSON (``train/``, ``test/`` shards) in ``data_dir``, cached
     (see :func:`fedp13n.data.shakespeare.leaf_window_to_example` for the mapping)."""
     d = Path(data_dir)
-    shards = sorted(d.glob("train/*.json")) + sorted(d.glob("test/*.json"))
+    shards = _json_shards(d)
     if not shards:
         return load_shakespeare_leaf_dir(d)  # raises the precise error
-    return cached(
-        resolve_cache_dir(cache_dir),
-        source_key(f"{_shakespeare_key(sequence_length)}-leaf", shards),
+    return _cached_files(
+        resolve_cache_dir(cache_dir), d, f"{_shakespeare_key(sequence_length)}-leaf", shards,
         lambda: load_shakespeare_leaf_dir(d, sequence_length=sequence_length),
-        mmap=mmap,
-        source={"dataset": "shakespeare-leaf", "data_dir": str(d.resolve())},
-    )
+        "shakespeare-leaf", mmap,
+    )  # fmt: skip
 
 
 def fetch_emnist_sqlite(
@@ -561,13 +572,10 @@ def _emnist_h5_dir(
             f"missing {', '.join(missing)}: --data-dir must hold TFF's "
             f"{' and '.join(h5_file_names(only_digits))}."
         )
-    return cached(
-        root,
-        source_key(f"h5-{_variant(only_digits)}", files),
-        lambda: load_h5_dir(d, only_digits=only_digits),
-        mmap=mmap,
-        source={"dataset": "emnist", "data_dir": str(d.resolve())},
-    )
+    return _cached_files(
+        root, d, f"h5-{_variant(only_digits)}", files,
+        lambda: load_h5_dir(d, only_digits=only_digits), "emnist", mmap,
+    )  # fmt: skip
 
 
 def _leaf(
@@ -585,14 +593,8 @@ def _leaf(
             "use 'emnist' or 'emnist-sqlite'."
         )
     d = Path(data_dir)
-    shards = sorted(d.glob("train/*.json")) + sorted(d.glob("test/*.json"))
+    shards = _json_shards(d)
     if not shards:
         # Let the loader produce its precise error (missing directories or shards).
         return load_leaf_dir(d)
-    return cached(
-        root,
-        source_key("leaf", shards),
-        lambda: load_leaf_dir(d),
-        mmap=mmap,
-        source={"dataset": "leaf", "data_dir": str(d.resolve())},
-    )
+    return _cached_files(root, d, "leaf", shards, lambda: load_leaf_dir(d), "leaf", mmap)

@@ -133,24 +133,8 @@ class ProgressBar(Callback):
     """A rich progress bar over all rounds of all stages: loss, accuracy, examples/s."""
 
     def __init__(self, total: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         self.total = total
-        self._progress = Progress(
-            TextColumn("{task.fields[stage]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
+        self._progress = _rich_progress("{task.fields[stage]}", "{task.fields[info]}", None)
         self._task = None
 
     def start(self, done: int, stage: str) -> None:
@@ -167,6 +151,25 @@ class ProgressBar(Callback):
     def close(self) -> None:
         if self._task is not None:
             self._progress.stop()
+
+
+def _rich_progress(first: str, after_count: str, before_eta: str | None, **kw: Any) -> Any:
+    """A rich progress bar: ``first``, the bar, done/total, ``after_count``, the time
+    elapsed, ``before_eta`` (None: nothing) and the time remaining."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn(first), BarColumn(), MofNCompleteColumn(), TextColumn(after_count)]
+    columns.append(TimeElapsedColumn())
+    if before_eta is not None:
+        columns.append(TextColumn(before_eta))
+    return Progress(*columns, TimeRemainingColumn(), **kw)
 
 
 def format_duration(seconds: float) -> str:
@@ -209,24 +212,9 @@ class ClientProgress:
         self._t0 = self.clock()
         if self._bar:
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
 
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("clients"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
+            self._progress = _rich_progress(
+                "{task.description}", "clients", "ETA", console=Console(stderr=True)
             )
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=self.total)
