@@ -726,16 +726,13 @@ def build_weighted_fed_avg(
     compute = Compute.given(
         compute, device=device, precision=precision, deterministic=deterministic, engine=engine
     )
-    own = {
-        "head_epochs": head_epochs, "ditto_lambda": ditto_lambda,
-        "per_fedavg_variant": per_fedavg_variant, "per_fedavg_alpha": per_fedavg_alpha,
-        "pfedme_lambda": pfedme_lambda, "pfedme_k": pfedme_k,
-        "pfedme_personal_lr": pfedme_personal_lr, "pfedme_beta": pfedme_beta,
-        "apfl_alpha": apfl_alpha, "apfl_adaptive": apfl_adaptive,
-    }  # fmt: skip
     options, delta_scale = _method_settings(
-        model_fn, method, check_proximal_mu(proximal_mu), personal_layers, client_state, own
-    )
+        model_fn, method, check_proximal_mu(proximal_mu), personal_layers, client_state,
+        dict(head_epochs=head_epochs, ditto_lambda=ditto_lambda, apfl_alpha=apfl_alpha,
+             per_fedavg_variant=per_fedavg_variant, per_fedavg_alpha=per_fedavg_alpha,
+             pfedme_lambda=pfedme_lambda, pfedme_k=pfedme_k, pfedme_beta=pfedme_beta,
+             pfedme_personal_lr=pfedme_personal_lr, apfl_adaptive=apfl_adaptive),
+    )  # fmt: skip
     if compute.engine is not None:
         fns = (model_fn, client_optimizer_fn, loss_fn, metrics_fn)
         compute = _engine_compute(compute, fns, method, options, client_state)
