@@ -20,7 +20,10 @@ from pathlib import Path
 import cloudpickle
 import h5py
 import numpy as np
+import torch
 from torch import nn
+
+from fedp13n.models.spec import InputSpec
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get these by value
 
@@ -164,6 +167,8 @@ class TinyChar(nn.Module):
         self.hidden = nn.Linear(8, 16)
         self.bn = nn.BatchNorm1d(16) if bn else nn.Identity()
         self.out = nn.Linear(16, num_classes)
+        self.input_spec = InputSpec(x_shape=(80,), y_shape=(80,), x_dtype=torch.int32,
+                                    y_dtype=torch.int64)  # fmt: skip
 
     def forward(self, x):
         h = self.hidden(self.embedding(x.long())).transpose(1, 2)  # (B, 16, S)

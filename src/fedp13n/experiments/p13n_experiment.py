@@ -249,9 +249,10 @@ def _check_measured(ids: Sequence[str], data: ExperimentData, what: str, setting
     """Some of ``ids`` have test examples: a client without any is left out of the means
     (said when it happens), but if all are, there is no mean to report or tune on."""
     if ids and all(data.test.size(c) == 0 for c in ids):
+        who = f"the {len(ids)} {what} have" if len(ids) > 1 else f"the only one of the {what} has"
         raise DataError(
-            f"the {len(ids)} {what} have no test examples, so there is no accuracy to "
-            f"measure on them; raise {setting}, or give those clients test data."
+            f"{who} no test examples, so there is no accuracy to measure on them; raise "
+            f"{setting}, or give those clients test data."
         )
 
 
