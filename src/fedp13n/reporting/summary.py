@@ -207,7 +207,12 @@ class Summary:
             strategies.setdefault(r.strategy, {})[r.epoch] = _clean(asdict(r))
         return {
             "num_clients": self.num_clients,
-            "num_clients_without_test_examples": self.num_without_test,
+            # only when some client has no test examples: a run without any writes as before
+            **(
+                {"num_clients_without_test_examples": self.num_without_test}
+                if self.num_without_test
+                else {}
+            ),
             "headline": self.headline,
             "baseline": _clean(asdict(self.baseline)),
             "strategies": strategies,
@@ -234,12 +239,16 @@ class Summary:
                 r.strategy: {
                     "protocol": rd.OWN_STATE_PROTOCOLS[r.strategy],
                     **{k: v for k, v in _clean(asdict(r)).items() if k in _PROTOCOL_STATS},
-                    "num_clients_without_test_examples": self.protocol_clients.get(r.strategy, r.n)
-                    - r.n,
+                    **self._protocol_left_out(r),
                 }
                 for r in self.protocols
             },
         }
+
+    def _protocol_left_out(self, r: Stats) -> dict[str, int]:
+        """``num_clients_without_test_examples`` of one protocol, when some are."""
+        left_out = self.protocol_clients.get(r.strategy, r.n) - r.n
+        return {"num_clients_without_test_examples": left_out} if left_out else {}
 
 
 #: The statistics a protocol beside TFF's reports (no baseline to pair with).
