@@ -349,3 +349,23 @@ def test_a_round_says_which_clients_it_left_out_of_the_average():
         "finite: lower the client learning rate)"
     )
     assert round_info({**row, "num_skipped_clients": 0}) == "loss 2.000 acc 0.500 10 ex/s"
+
+
+def test_a_client_without_test_examples_is_not_called_diverged():
+    from fedp13n.experiments.p13n_experiment import diverged_clients, without_test_line
+    from fedp13n.personalization.result import PersonalizationResult
+
+    nan = float("nan")
+    base = {"num_test_examples": [0, 3, 2], "loss": [nan, 1.0, 1.0], "accuracy": [nan, 0.5, 0.5]}
+    result = PersonalizationResult(
+        baseline_metrics=base,
+        sgd={"epoch_1": {**base, "loss": [nan, nan, 1.0], "accuracy": [nan, 0.0, 0.5]}},
+        client_ids=["empty", "a", "b"],
+    )
+    assert diverged_clients(result) == [  # client "a" diverged, "empty" has nothing to measure
+        "strategy 'sgd': the test loss is not finite for 1 of 3 clients (epoch 1: 1); their "
+        "accuracy is no measurement (the fine-tuning diverged: lower its learning rate)"
+    ]
+    assert without_test_line(result, "validation: ") == (
+        "validation: 1 of 3 clients without test examples is left out of the means (e.g. empty)"
+    )
