@@ -30,6 +30,13 @@ def round_info(row: Mapping[str, Any]) -> str:
         info += f", global test acc {float(row['eval_accuracy']):.3f}"
     if row.get("p13n_accuracy") not in (None, ""):
         info += f", personalized {float(row['p13n_accuracy']):.3f}"
+    skipped = int(row.get("num_skipped_clients") or 0)
+    if skipped:  # their update (or loss) was not finite: not averaged, so say it
+        total = skipped + int(row.get("num_clients") or 0)
+        info += (
+            f"; {skipped} of {total} clients left out of the average (update not finite: "
+            "lower the client learning rate)"
+        )
     return info
 
 

@@ -55,6 +55,7 @@ from fedp13n.experiments.config import (
     StageConfig,
 )
 from fedp13n.reporting.result_report import per_client_rows
+from fedp13n.reporting.summary import left_out_note
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir.integrity import config_edited, config_text_with_digest, writing
 from fedp13n.rundir.lock import run_dir_lock
@@ -244,6 +245,17 @@ def _check_global_eval_data(data: ExperimentData, n: int) -> None:
         )
 
 
+def _check_measured(ids: Sequence[str], data: ExperimentData, what: str, setting: str) -> None:
+    """Some of ``ids`` have test examples: a client without any is left out of the means
+    (said when it happens), but if all are, there is no mean to report or tune on."""
+    if ids and all(data.test.size(c) == 0 for c in ids):
+        who = f"the {len(ids)} {what} have" if len(ids) > 1 else f"the only one of the {what} has"
+        raise DataError(
+            f"{who} no test examples, so there is no accuracy to measure on them; raise "
+            f"{setting}, or give those clients test data."
+        )
+
+
 def _centralized_note(stage: StageConfig, data: ExperimentData) -> str:
     """The log line that says what a centralized stage trains on (and what it ignores)."""
     n = int(sum(data.train.size(c) for c in data.train_ids))
@@ -387,6 +399,11 @@ class Run:
         n_val = config.num_val_clients
         data = ExperimentData(train, test, train_ids, p13n_ids[n_val:], p13n_ids[:n_val])
         _check_global_eval_data(data, config.num_global_eval_clients)
+        _check_measured(data.val_ids, data, "validation clients", "num_val_clients")
+        _check_measured(
+            eval_client_ids(config, data), data, "personalization clients evaluated",
+            "num_eval_clients (or num_p13n_clients)",
+        )  # fmt: skip
         self.log(
             f"data: {config.dataset}, {len(train)} clients, {train.num_examples} train / "
             f"{test.num_examples} test examples; split {len(train_ids)} FedAvg / "
@@ -690,6 +707,9 @@ class Run:
         self.log(f"validation: {len(variants)} settings on {len(val_ids)} validation clients"
                  + (f" (tuning {tuned})" if tuned else ""))  # fmt: skip
         result = self._evaluate(fn_dict, weights, val_ids, "validation")
+        line = without_test_line(result, "validation: ")
+        if line:
+            self.log(line)
         record: dict[str, Any] = {
             "validation_client_ids": list(val_ids),
             "strategies": {},
@@ -735,6 +755,9 @@ class Run:
             f"personalization took {seconds:.1f} s "
             f"({len(eval_ids) / max(seconds, 1e-9):.2f} clients/s)"
         )
+        line = without_test_line(result, "personalization: ")
+        if line:
+            self.log(line)
         for line in diverged_clients(result):
             warnings.warn(line, RuntimeWarning, stacklevel=2)
         return result, tuning
@@ -786,9 +809,12 @@ class Run:
                     "loss": m["loss"], "accuracy": m.get("accuracy", math.nan),
                 })  # fmt: skip
             acc = [r["accuracy"] for r in rows if r["protocol"] == protocol]
+            measured = sum(1 for a in acc if _finite(a))
+            left_out = left_out_note(len(ids) - measured, len(ids))
             self.log(
-                f"{protocol.replace('_', ' ')}: mean accuracy "
-                f"{_nanmean(acc):.4f} on {len(ids)} clients (untuned: the stage's settings)"
+                f"{protocol.replace('_', ' ')}: mean accuracy {_nanmean(acc):.4f} on "
+                f"{measured} clients (untuned: the stage's settings)"
+                + (f"; {left_out}" if left_out else "")
             )
         return rows
 
@@ -1077,13 +1103,17 @@ def diverged_clients(result: Mapping[str, Any]) -> list[str]:
     gives, which is no measurement, so say so rather than average it in silently."""
     lines = []
     n = len(result.get(rd.BASELINE_KEY, {}).get("loss", []))
+    measured = _has_test(result)  # a client without test examples has loss 0/0: not diverged
     for key, tree in result.items():
         if not isinstance(tree, Mapping):
             continue
         evals = {"": tree} if key == rd.BASELINE_KEY else {
             e: m for e, m in tree.items() if isinstance(m, Mapping) and "loss" in m
         }  # fmt: skip
-        bad_at = {e: sum(1 for v in m["loss"] if not _finite(v)) for e, m in evals.items()}
+        bad_at = {
+            e: sum(1 for v, ok in zip(m["loss"], measured, strict=False) if ok and not _finite(v))
+            for e, m in evals.items()
+        }
         worst = max(bad_at.values(), default=0)
         if worst:
             where = ", ".join(f"{e.replace('_', ' ')}: {c}" for e, c in bad_at.items() if c and e)
@@ -1099,6 +1129,28 @@ def diverged_clients(result: Mapping[str, Any]) -> list[str]:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _has_test(result: Mapping[str, Any]) -> list[bool]:
+    """Per client of a personalization result: whether it has test examples (the global
+    model's ``num_test_examples``; all True for a result without that key)."""
+    base = result.get(rd.BASELINE_KEY, {})
+    sizes = base.get("num_test_examples") if isinstance(base, Mapping) else None
+    if sizes is None:
+        return [True] * len(base.get("loss", [])) if isinstance(base, Mapping) else []
+    return [bool(v) for v in sizes]
+
+
+def without_test_line(result: Mapping[str, Any], what: str = "") -> str | None:
+    """The log line naming the clients of a personalization result that have no test
+    examples (their accuracy is 0/0, left out of every mean); None when every client has
+    some. ``what`` prefixes it (``"validation: "``)."""
+    measured = _has_test(result)
+    ids = getattr(result, "client_ids", None) or result.get("client_ids") or ()
+    missing = [c for c, ok in zip(ids, measured, strict=False) if not ok]
+    if not missing:
+        return None
+    return f"{what}{left_out_note(len(missing), len(measured))} (e.g. {', '.join(missing[:3])})"
 
 
 # -- the entry point ------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.models.layers import FastDropout, register_in_order
+from fedp13n.models.layers import BatchNorm1d, FastDropout, register_in_order
 from fedp13n.models.spec import InputSpec
 
 #: One EMNIST example as the models see it: a 28x28 float32 image (optionally with a
@@ -183,8 +183,8 @@ class EmnistDNNBN(EmnistDNN):
 
     def __init__(self, num_classes: int = 62, hidden_units: int = 200) -> None:
         super().__init__(num_classes, hidden_units)
-        self.bn1 = nn.BatchNorm1d(hidden_units)
-        self.bn2 = nn.BatchNorm1d(hidden_units)
+        self.bn1 = BatchNorm1d(hidden_units)  # trains on a batch of one, as Keras's does
+        self.bn2 = BatchNorm1d(hidden_units)
         register_in_order(self, "fc1", "bn1", "fc2", "bn2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -105,3 +105,33 @@ def register_in_order(model: nn.Module, *first: str) -> None:
     their initialisation are unchanged."""
     rest = {k: v for k, v in model._modules.items() if k not in first}
     model._modules = {**{k: model._modules[k] for k in first}, **rest}
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that also trains on a batch of one example, as Keras's
+    ``BatchNormalization`` (the layer of TFF's models) does, where PyTorch's refuses
+    ("Expected more than 1 value per channel when training"): a real client with one
+    training example (federated EMNIST has writers with two examples, one of them for
+    training) or whose last batch holds one example must still train.
+
+    A training batch of one ``(1, C)`` is normalized with its own statistics, as every
+    batch is: mean the example, variance 0, so the output is ``bias`` (and the gradient
+    of ``weight`` and of the input 0); the running mean moves toward the example and the
+    running variance toward 0 (the biased variance, Keras's: the unbiased one PyTorch
+    keeps is 0/0 for one value) by ``momentum`` (or the cumulative average when it is
+    None), and the batch is counted. Every other input is ``nn.BatchNorm1d``'s, bit for bit.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and x.dim() == 2 and x.shape[0] == 1):
+            return super().forward(x)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum
+                if m is None:
+                    m = 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1.0 - m).add_(x[0].detach().to(self.running_mean), alpha=m)
+                self.running_var.mul_(1.0 - m)
+        out = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + self.eps)
+        return out * self.weight + self.bias if self.affine else out

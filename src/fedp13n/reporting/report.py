@@ -28,6 +28,7 @@ from fedp13n.reporting.summary import (
     epochs_label,
     format_number,
     headline_entries,
+    left_out_note,
     protocol_rows,
     read_config,
     read_fedavg_metrics,
@@ -103,6 +104,10 @@ FIGURES = (
 def headline_items(summary: Summary) -> list[tuple[str, str]]:
     h = summary.headline
     items = [("clients evaluated", str(summary.num_clients))]
+    if summary.num_without_test:  # their accuracy is 0/0: not in any mean
+        items.append(
+            ("without test examples (left out of the means)", str(summary.num_without_test))
+        )
     items.append(("mean baseline accuracy", f"{h['baseline_accuracy']:.4f}"))
     for name, epoch, value in headline_entries(summary):
         items.append((f"{name}, {epochs_label(epoch)}", f"{value:.4f}"))
@@ -183,6 +188,8 @@ def run_facts(run_dir: str | Path, config: Mapping[str, Any], summary: Summary) 
     text = f"Personalization: {summary.num_clients} clients evaluated"
     if "personalization" in split:
         text += f" (of {split['personalization']} personalization clients)"
+    if summary.num_without_test:
+        text += f"; {left_out_note(summary.num_without_test, summary.num_clients)}"
     if split.get("validation"):
         text += f"; {split['validation']} validation clients held out for choices"
     facts.append(text + ".")
@@ -315,7 +322,13 @@ def _numbers_sections(summary: Summary) -> list[html.Section]:
             "Summary by strategy and epoch",
             html.table(
                 table_rows(summary),
-                caption=f"{summary.num_clients} clients. 95% CI of the mean: percentile "
+                caption=f"{summary.num_clients} clients"
+                + (
+                    f" ({left_out_note(summary.num_without_test, summary.num_clients)})"
+                    if summary.num_without_test
+                    else ""
+                )
+                + ". 95% CI of the mean: percentile "
                 f"bootstrap over clients ({BOOTSTRAP_RESAMPLES} resamples, fixed seed). Mean "
                 "gain, improved / unchanged / hurt: personalized minus baseline accuracy on "
                 "the same client (unchanged = difference within 1e-9).",

@@ -155,6 +155,12 @@ class Summary:
     #: The protocols beside TFF's of a method that keeps state per client
     #: (``per_client_own_state.csv``; ``Stats.strategy`` names the protocol): empty else.
     protocols: tuple[Stats, ...] = ()
+    #: Clients evaluated without an accuracy to measure (no test examples): left out of
+    #: every mean, so a row's ``n`` is ``num_clients - num_without_test``.
+    num_without_test: int = 0
+    #: Per protocol beside TFF's: the clients it evaluated (its ``Stats.n`` those with
+    #: test examples).
+    protocol_clients: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def row(self, strategy: str, epoch: str) -> Stats:
         for r in self.rows:
@@ -201,6 +207,12 @@ class Summary:
             strategies.setdefault(r.strategy, {})[r.epoch] = _clean(asdict(r))
         return {
             "num_clients": self.num_clients,
+            # only when some client has no test examples: a run without any writes as before
+            **(
+                {"num_clients_without_test_examples": self.num_without_test}
+                if self.num_without_test
+                else {}
+            ),
             "headline": self.headline,
             "baseline": _clean(asdict(self.baseline)),
             "strategies": strategies,
@@ -227,10 +239,16 @@ class Summary:
                 r.strategy: {
                     "protocol": rd.OWN_STATE_PROTOCOLS[r.strategy],
                     **{k: v for k, v in _clean(asdict(r)).items() if k in _PROTOCOL_STATS},
+                    **self._protocol_left_out(r),
                 }
                 for r in self.protocols
             },
         }
+
+    def _protocol_left_out(self, r: Stats) -> dict[str, int]:
+        """``num_clients_without_test_examples`` of one protocol, when some are."""
+        left_out = self.protocol_clients.get(r.strategy, r.n) - r.n
+        return {"num_clients_without_test_examples": left_out} if left_out else {}
 
 
 #: The statistics a protocol beside TFF's reports (no baseline to pair with).
@@ -240,6 +258,16 @@ _PROTOCOL_STATS = ("n", "mean", "median", "ci_low", "ci_high", "std")
 def protocol_stats(accuracy: dict[str, np.ndarray]) -> tuple[Stats, ...]:
     """Statistics of each protocol of ``per_client_own_state.csv`` that has clients."""
     return tuple(_stats(p, None, acc, None) for p, acc in accuracy.items() if len(acc))
+
+
+def left_out_note(left_out: int, total: int) -> str:
+    """The sentence that says a mean leaves clients out because they have no test examples
+    (their accuracy is 0/0): ``"2 of 6 clients without test examples are left out of the
+    means"``; empty when none is."""
+    if not left_out:
+        return ""
+    verb = "is" if left_out == 1 else "are"
+    return f"{left_out} of {total} clients without test examples {verb} left out of the means"
 
 
 def _best_dict(choice: BestChoice | None) -> dict[str, Any] | None:
@@ -300,9 +328,8 @@ def summarize(table: PerClientTable) -> Summary:
         for e in table.epochs(s):
             t = table.select(s, e)
             rows.append(_stats(s, e, t.accuracy, t.baseline_accuracy))
-    summary = Summary(
-        len(base), _stats(BASELINE, None, base.baseline_accuracy, None), tuple(rows), {}
-    )
+    baseline = _stats(BASELINE, None, base.baseline_accuracy, None)
+    summary = Summary(len(base), baseline, tuple(rows), {}, num_without_test=len(base) - baseline.n)
     return dataclasses.replace(summary, headline=headline_numbers(summary))
 
 
@@ -363,8 +390,11 @@ def summarize_run(run_dir: str | Path) -> Summary:
             raise ReportError(f"{p13n} is not a personalization result fedp13n wrote.") from None
     tuning = read_tuning(run_dir)  # its shape checked: a one-line ReportError
     own = Path(run_dir) / rd.OWN_STATE_PER_CLIENT
-    protocols = protocol_stats(read_own_state(own)) if own.is_file() else ()
-    return dataclasses.replace(summary, selected=selected, tuning=tuning, protocols=protocols)
+    accuracy = read_own_state(own) if own.is_file() else {}
+    return dataclasses.replace(
+        summary, selected=selected, tuning=tuning, protocols=protocol_stats(accuracy),
+        protocol_clients={p: len(acc) for p, acc in accuracy.items()},
+    )  # fmt: skip
 
 
 def write_summary_json(run_dir: str | Path, summary: Summary | None = None) -> Path:
@@ -484,9 +514,11 @@ def format_summary(summary: Summary) -> str:
     width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(width[c]) for c in cols)]
     lines += ["  ".join(r[c].ljust(width[c]) for c in cols) for r in rows]
+    left_out = left_out_note(summary.num_without_test, summary.num_clients)
     note = (
-        f"{summary.num_clients} clients; 95% CI: percentile bootstrap over clients "
-        f"({BOOTSTRAP_RESAMPLES} resamples); improved/hurt versus the baseline on the same client."
+        f"{summary.num_clients} clients{f' ({left_out})' if left_out else ''}; 95% CI: "
+        f"percentile bootstrap over clients ({BOOTSTRAP_RESAMPLES} resamples); improved/hurt "
+        "versus the baseline on the same client."
     )
     return "\n".join([*lines, note, format_headline(summary)])
 
@@ -519,6 +551,8 @@ def print_run_summary(run_dir: str | Path, console=None, summary: Summary | None
     console = console or Console()
     summary = summary or summarize_run(run_dir)
     console.print(rich_table(summary))
+    if summary.num_without_test:
+        console.print(left_out_note(summary.num_without_test, summary.num_clients) + ".")
     console.print(format_headline(summary), highlight=False)
     for line in tuning_lines(summary):
         console.print(line, highlight=False)
@@ -543,9 +577,14 @@ def protocol_rows(summary: Summary) -> list[dict[str, str]]:
 
 
 def protocol_lines(summary: Summary) -> list[str]:
-    """One line per protocol beside TFF's (empty for a run without one)."""
-    return [
-        f"{r['protocol']}: mean accuracy {r['mean']} {r['95% CI']} over {r['clients']} "
-        f"clients ({r['what it measures']}; untuned)"
-        for r in protocol_rows(summary)
-    ]
+    """One line per protocol beside TFF's (empty for a run without one), saying how many
+    of its clients had no test examples (left out of its mean)."""
+    lines = []
+    for stats, r in zip(summary.protocols, protocol_rows(summary), strict=True):
+        total = summary.protocol_clients.get(stats.strategy, stats.n)
+        left_out = left_out_note(total - stats.n, total)
+        lines.append(
+            f"{r['protocol']}: mean accuracy {r['mean']} {r['95% CI']} over {r['clients']} "
+            f"clients ({r['what it measures']}; untuned)" + (f"; {left_out}" if left_out else "")
+        )
+    return lines
