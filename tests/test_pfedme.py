@@ -169,3 +169,30 @@ def test_from_toml_and_the_command_line(tmp_path):
         "--output-dir", str(tmp_path / "bad"),
     ])  # fmt: skip
     assert bad.exit_code == 2 and "pfedme_k must be" in bad.output
+
+
+def test_unstable_rates_are_warned_at_config_load():
+    """pFedMe's step 2 with plain SGD multiplies w_local - theta by 1 - eta * lambda: at
+    TFF's Shakespeare rate 1 and the default lambda 15 that is -14 per step (the local
+    models blew up in bench/methods on Shakespeare); at 0.1 it is -0.5 (EMNIST's, stable).
+    The inner step's personal_lr * lambda likewise. Adam as the client optimizer: no
+    such product, only the personal rate is checked."""
+    from fedp13n.algorithms.pfedme import unstable_note
+    from fedp13n.experiments.config import ExperimentConfig
+
+    w, theta = 1.0, 0.0  # the closed form the note states: |1 - 15 eta| > 1 grows
+    for _ in range(3):
+        w = w - 1.0 * 15.0 * (w - theta)
+    assert w == (1 - 15.0) ** 3
+    notes = ExperimentConfig(method="pfedme", client_learning_rate=1.0).unused_settings()
+    assert notes == [
+        "warning: pFedMe: client_learning_rate x pfedme_lambda = 1 x 15 = 15 is 2 or more, "
+        "so its local models overshoot and diverge; lower client_learning_rate below "
+        "2 / pfedme_lambda = 0.133 (e.g. 0.0667) or pfedme_lambda"
+    ]
+    assert ExperimentConfig(method="pfedme", client_learning_rate=0.1).unused_settings() == []
+    assert ExperimentConfig(method="fedavg", client_learning_rate=1.0).unused_settings() == []
+    assert unstable_note(0.5, 4.0, 0.01, "sgd") is not None  # 2.0: the edge counts
+    assert unstable_note(0.49, 4.0, 0.01, "sgd") is None
+    assert unstable_note(1.0, 15.0, 0.01, "adam") is None
+    assert "pfedme_personal_lr x pfedme_lambda = 0.2 x 10" in unstable_note(0.1, 10.0, 0.2, "sgd")

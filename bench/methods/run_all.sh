@@ -41,6 +41,12 @@ flags() {
     # FedRep: FL-bench's 4 head epochs (its default 4 + 1) rather than the paper's 10, so its
     # local work per round stays near the others'.
     fedrep) echo "--method fedrep --head-epochs 4" ;;
+    # pFedMe on Shakespeare: TFF's client rate 1 times pFedMe's lambda 15 makes its local
+    # models diverge (the run warns; fedp13n.algorithms.pfedme.unstable_note): both rates
+    # at 0.1, so eta x lambda = 1.5 as on EMNIST (client lr 0.1 there).
+    pfedme) [ "$TASK" = shakespeare ] \
+      && echo "--method pfedme --client-learning-rate 0.1 --pfedme-personal-lr 0.1" \
+      || echo "--method pfedme" ;;
     *) echo "--method $1" ;;
   esac
 }

@@ -71,6 +71,29 @@ def check_settings(
     )
 
 
+def unstable_note(eta: float, lam: Any, personal_lr: Any, optimizer: str) -> str | None:
+    """A warning when a rate times lambda is 2 or more (None: none): with plain SGD as
+    the client optimizer, step 2 ``w_local <- w_local - eta * lambda * (w_local - theta)``
+    multiplies the distance to ``theta`` by ``1 - eta * lambda`` (and the inner step the
+    distance of ``theta`` to ``w_local`` by ``1 - personal_lr * lambda``), which grows
+    when the product passes 2: the local models blow up and the round leaves their
+    clients out (seen on Shakespeare at TFF's client rate 1 with lambda 15)."""
+    lam = DEFAULT_LAMBDA if lam is None else lam
+    personal_lr = DEFAULT_PERSONAL_LR if personal_lr is None else personal_lr
+    rates = {"pfedme_personal_lr": personal_lr}
+    if optimizer == "sgd":
+        rates = {"client_learning_rate": eta, **rates}
+    bad = [(k, r) for k, r in rates.items() if r * lam >= 2]
+    if not bad:
+        return None
+    key, rate = bad[0]
+    return (
+        f"pFedMe: {key} x pfedme_lambda = {rate:g} x {lam:g} = {rate * lam:g} is 2 or more, "
+        f"so its local models overshoot and diverge; lower {key} below 2 / pfedme_lambda "
+        f"= {2 / lam:.3g} (e.g. {1 / lam:.3g}) or pfedme_lambda"
+    )
+
+
 def pfedme_train(
     local: LocalTraining,
     model: nn.Module,

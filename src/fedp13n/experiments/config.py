@@ -768,7 +768,8 @@ class ExperimentConfig(TrainingSettings):
         method uses (``ditto_lambda`` with ``method = 'fedavg'``), and for
         ``synthetic_clients`` with another dataset: the run says it ignores them (not an
         error: a top-level setting is every stage's default, and a sweep may vary the
-        method under it)."""
+        method under it); and a warning for pFedMe rates that make its local models
+        diverge (:func:`fedp13n.algorithms.pfedme.unstable_note`)."""
         users = {k: (m,) for m, keys in METHOD_SETTINGS.items() for k in keys}
         users["personal_layers"] = PERSONAL_LAYERS_METHODS
         defaults = {f.name: f.default for f in dataclasses.fields(TrainingSettings)}
@@ -785,6 +786,14 @@ class ExperimentConfig(TrainingSettings):
                     f"{' or '.join(map(repr, methods))} only: ignored (this run trains "
                     f"{', '.join(runs)})"
                 )
+        for s in stages:
+            if s.method == "pfedme" and s.resolved_kind == "fedavg":
+                note = pfedme.unstable_note(
+                    s.client_learning_rate, s.pfedme_lambda, s.pfedme_personal_lr,
+                    s.client_optimizer,
+                )  # fmt: skip
+                if note and f"warning: {note}" not in notes:
+                    notes.append(f"warning: {note}")
         default = next(f.default for f in dataclasses.fields(self) if f.name == "synthetic_clients")
         if self.synthetic_clients != default and self.dataset != "synthetic":
             notes.append(
