@@ -45,7 +45,7 @@ flags() {
     # models diverge (the run warns; fedp13n.algorithms.pfedme.unstable_note): both rates
     # at 0.1, so eta x lambda = 1.5 as on EMNIST (client lr 0.1 there).
     pfedme) [ "$TASK" = shakespeare ] \
-      && echo "--method pfedme --client-learning-rate 0.1 --pfedme-personal-lr 0.1" \
+      && echo "--method pfedme --client-lr 0.1 --pfedme-personal-lr 0.1" \
       || echo "--method pfedme" ;;
     *) echo "--method $1" ;;
   esac
