@@ -535,6 +535,14 @@ def check_data_fits(
         check_labels_fit(classes, d.y, f"client {key!r}")
 
 
+def _check_model_fn_builds(model_fn: ModelFn) -> None:
+    """``model_fn()`` once while the process is built, as TFF's ``build_weighted_fed_avg``
+    calls it (its ``fed_avg_test.py``: a callable that returns no model is a ``TypeError``
+    there, not at ``initialize``); the caller's RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        _check_model(model_fn())
+
+
 def _check_model(model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -723,6 +731,7 @@ def build_weighted_fed_avg(
         check_callable(name, fn)
     _check_local_steps(client_epochs, batch_size, client_pipeline, shuffle_buffer, max_steps)
     _check_server_side(buffer_aggregation, executor)
+    _check_model_fn_builds(model_fn)
     compute = Compute.given(
         compute, device=device, precision=precision, deterministic=deterministic, engine=engine
     )
