@@ -1235,7 +1235,10 @@ def rounds_done(run_dir: Path) -> int:
     if path.is_file():
         try:
             with path.open(newline="", encoding="utf-8") as f:
-                done = max([done, *(int(r["round"]) for r in csv.DictReader(f))])
+                reader = csv.DictReader(f)
+                done = max([done, *(int(r["round"]) for r in reader)])
+                if reader.fieldnames is not None and "round" not in reader.fieldnames:
+                    raise KeyError("round")  # a header of another table, and no rows
         except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
             raise ConfigError(
                 f"{path} is not the table of rounds fedp13n writes (not text, or no 'round' "

@@ -218,8 +218,7 @@ class ClientStateStore:
             ) from None
         except json.JSONDecodeError as e:
             raise ValueError(
-                f"{path} is not a client-state index ({e}); the store cannot be read: start "
-                "afresh."
+                f"{path} is not a client-state index ({e}); the store cannot be read: start afresh."
             ) from None
         if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise ValueError(
