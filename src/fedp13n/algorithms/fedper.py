@@ -155,6 +155,13 @@ def personal_parameter_names(
                 f"{type(model).__name__} has only a head; name personal_layers, or use "
                 "a model with a body."
             )
+    elif layers is None and set(names) >= set(trainable):
+        raise ValueError(
+            f"method={method!r} keeps the head personal and averages the rest, but "
+            f"{type(model).__name__} is only a head (its last layer is all it trains), so "
+            "nothing would be averaged; use a model with a body, or name personal_layers "
+            "('' keeps the whole model personal: local training only)."
+        )
     chosen = set(names)
     return tuple(n for n in trainable if n in chosen)
 
@@ -171,6 +178,11 @@ def fedper_state_spec(
 
     from fedp13n.state.store import state_spec
 
+    if not keeps_state(check_method(method)):
+        raise ValueError(
+            f"method={method!r} keeps no client state, so it needs no client-state store; "
+            f"name a method that keeps one: {[m for m in METHODS if keeps_state(m)]}."
+        )
     with torch.random.fork_rng(devices=[]):
         model = model_fn()
     params = dict(model.state_dict())

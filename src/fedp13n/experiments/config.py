@@ -67,6 +67,8 @@ class ConfigError(ValueError):
 
 #: The largest split_seed: the legacy ``numpy.random.RandomState`` of TFF's split takes 32 bits.
 MAX_SPLIT_SEED = 2**32 - 1
+#: The largest ``seed`` (a TOML integer is 64-bit signed: config.toml must hold it).
+MAX_SEED = 2**63 - 1
 
 
 # -- how a field describes itself ---------------------------------------------------------------
@@ -537,7 +539,12 @@ class StrategyConfig:
     def parse(cls, spec: str) -> StrategyConfig:
         """Parse the CLI form ``[NAME=]OPTIMIZER[:LR]`` (e.g. ``sgd:0.02``, ``fast=sgd:0.1``;
         ``adam``: Adam at its default rate, 0.002)."""
-        name, _, rest = spec.rpartition("=")
+        name, eq, rest = spec.rpartition("=")
+        if eq and not name.strip():
+            raise ConfigError(
+                f"--strategy {spec!r}: the name before '=' is empty; give one (e.g. "
+                f"'fast={rest}') or leave out the '='."
+            )
         opt, sep, lr = rest.partition(":")
         if not opt.strip():
             raise ConfigError(
@@ -812,6 +819,11 @@ class ExperimentConfig(TrainingSettings):
         :meth:`validate_against` once the data has loaded."""
         for f in dataclasses.fields(self):
             _check_type(f, getattr(self, f.name))
+        if not -MAX_SEED - 1 <= self.seed <= MAX_SEED:
+            raise ConfigError(
+                f"seed must be an integer in {-MAX_SEED - 1}..{MAX_SEED} (what a TOML config "
+                f"holds), got {self.seed}."
+            )
         if not 0 <= self.split_seed <= MAX_SPLIT_SEED:  # numpy's RandomState takes no other
             raise ConfigError(
                 f"split_seed must be an integer in 0..{MAX_SPLIT_SEED}, got {self.split_seed}."
@@ -876,7 +888,11 @@ class ExperimentConfig(TrainingSettings):
                 except ValueError as e:
                     raise ConfigError(str(e)) from None
                 if not callable(fn):
-                    raise ConfigError(f"{key} {value!r} is a {type(fn).__name__}, not a function.")
+                    what = type(fn).__name__
+                    raise ConfigError(
+                        f"{key} {value!r} is {'an' if what[0] in 'aeiou' else 'a'} {what}, not a "
+                        "function; name a function of the module."
+                    )
         if self.num_classes is not None:
             check_positive_int("num_classes", self.num_classes, ConfigError)
         if is_import_path(self.dataset):
@@ -1012,6 +1028,14 @@ class ExperimentConfig(TrainingSettings):
     def _validate_strategies(self) -> None:
         if not self.strategies:
             raise ConfigError("at least one personalization strategy is needed.")
+        for i, s in enumerate(self.strategies):
+            if not isinstance(s, StrategyConfig):
+                raise ConfigError(
+                    f"strategies[{i}] is a {type(s).__name__} ({s!r}), not a StrategyConfig: "
+                    "give StrategyConfig(name='sgd', optimizer='sgd', learning_rate=0.02), or "
+                    "tables through ExperimentConfig.from_dict({'strategies': [{'name': "
+                    "'sgd'}]})."
+                )
         names = [s.name for s in self.strategies]
         if len(set(names)) != len(names):
             raise ConfigError(f"strategy names must be unique, got {names}.")

@@ -504,6 +504,9 @@ class Run:
 
         ckpt = latest_checkpoint(self.run_dir) if self.resume else None
         if ckpt is None:
+            if self.resume and (self.run_dir / rd.FEDAVG_METRICS).is_file():
+                self.log(f"no checkpoint in {self.run_dir / rd.CHECKPOINTS}: training starts "
+                         "again from round 1")  # fmt: skip
             return None
         state = load_checkpoint(ckpt)  # within total: _open_run_dir checked it
         self.log(f"resumed from {ckpt} (round {state.round_num})")
@@ -522,12 +525,14 @@ class Run:
         if not stateful:
             return None
         folder = self.run_dir / rd.CLIENT_STATE
+        try:
+            spec = fedper_state_spec(
+                model_fn_for(self.config), stateful[0].personal_layers, stateful[0].method
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.resume and (folder / "index.json").is_file():
-            store = ClientStateStore.open(folder)
-            try:
-                store.restore(round_num)
-            except ValueError as e:
-                raise ConfigError(f"cannot resume the client state: {e}") from None
+            store = _resumed_client_state(folder, round_num, self.data.train_ids, spec)
             self.log(f"client state: {store.num_initialised} clients, round {round_num}")
             return store
         if round_num > 0:
@@ -537,12 +542,6 @@ class Run:
             )
         if folder.exists():  # left by an attempt that finished no round: start afresh
             shutil.rmtree(folder)
-        try:
-            spec = fedper_state_spec(
-                model_fn_for(self.config), stateful[0].personal_layers, stateful[0].method
-            )
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
         return ClientStateStore.create(folder, self.data.train_ids, spec)
 
     def _evaluation_callbacks(self, total: int) -> list[Callback]:
@@ -1236,7 +1235,10 @@ def rounds_done(run_dir: Path) -> int:
     if path.is_file():
         try:
             with path.open(newline="", encoding="utf-8") as f:
-                done = max([done, *(int(r["round"]) for r in csv.DictReader(f))])
+                reader = csv.DictReader(f)
+                done = max([done, *(int(r["round"]) for r in reader)])
+                if reader.fieldnames is not None and "round" not in reader.fieldnames:
+                    raise KeyError("round")  # a header of another table, and no rows
         except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
             raise ConfigError(
                 f"{path} is not the table of rounds fedp13n writes (not text, or no 'round' "
@@ -1271,6 +1273,36 @@ def _set_aside_results(run_dir: Path, rounds: int, log: Log) -> None:
     for path in found:
         os.replace(path, dest / path.name)
     log(f"set aside the results of the {rounds}-round run in {dest} (they are not this run's)")
+
+
+def _resumed_client_state(folder: Path, round_num: int, train_ids: Any, spec: Any) -> Any:
+    """The run's client-state store in ``folder`` as round ``round_num``'s commit left it;
+    a one-line ConfigError when it is damaged, or holds other clients or other tensors
+    than this run keeps (a folder from another run)."""
+    from fedp13n.state import ClientStateStore
+
+    lost = "--resume cannot go on without it: start a new run."
+    try:
+        store = ClientStateStore.open(folder)
+    except (OSError, ValueError) as e:  # the store's message says to start afresh
+        raise ConfigError(f"cannot resume the client state: {e}") from None
+    if list(store.client_ids) != list(train_ids):
+        other = sorted(set(store.client_ids) ^ set(train_ids), key=str)[:3]
+        raise ConfigError(
+            f"the client state in {folder} holds {len(store.client_ids)} clients that are not "
+            f"this run's {len(train_ids)} FedAvg clients (e.g. {other}): it belongs to another "
+            f"run; {lost}"
+        )
+    if store.spec != {n: (tuple(s), d) for n, (s, d) in spec.items()}:
+        raise ConfigError(
+            f"the client state in {folder} keeps {sorted(store.spec)}, not what this run's "
+            f"method keeps ({sorted(spec)}): it belongs to another run; {lost}"
+        )
+    try:
+        store.restore(round_num)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot resume the client state: {e}") from None
+    return store
 
 
 def _open_run_dir(
@@ -1313,6 +1345,12 @@ def _open_run_dir(
             )
         from fedp13n.algorithms.checkpoint import checkpoint_rounds
 
+        for folder in (rd.CHECKPOINTS, rd.CLIENT_STATE):
+            if (run_dir / folder).exists() and not (run_dir / folder).is_dir():
+                raise ConfigError(
+                    f"{run_dir / folder} is a file, not the run's {folder}/ folder; --resume "
+                    "cannot read the run from it: move the file away, or start a new run."
+                )
         done = max(checkpoint_rounds(run_dir), default=0)
         if done > config.total_rounds:
             raise ConfigError(

@@ -26,7 +26,7 @@ from typing import Any
 
 import tomli_w
 
-from fedp13n.experiments.config import ConfigError, ExperimentConfig
+from fedp13n.experiments.config import MAX_SEED, ConfigError, ExperimentConfig
 from fedp13n.reporting.repeats import write_repeats
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir.lock import run_dir_lock
@@ -48,7 +48,20 @@ def seeds_of(config: ExperimentConfig, repeats: int) -> list[int]:
     """``seed, seed+1, ..., seed+repeats-1`` (a ConfigError for ``repeats < 1``)."""
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"--repeats must be a whole number of runs >= 1, got {repeats!r}.")
+    if config.seed + repeats - 1 > MAX_SEED:
+        raise ConfigError(
+            f"--repeats {repeats} from seed {config.seed} would reach seed "
+            f"{config.seed + repeats - 1}, past the largest seed a config holds ({MAX_SEED}); "
+            "start from a smaller --seed."
+        )
     return [config.seed + i for i in range(repeats)]
+
+
+def _saved_count(out: Path) -> int:
+    """The number of seeds the repeats saved in ``out`` ran (0 if it does not say)."""
+    data = tomllib.loads((out / REPEATS_FILE).read_text(encoding="utf-8"))
+    n = data.get("repeats", {}).get("n") if isinstance(data.get("repeats"), dict) else None
+    return n if isinstance(n, int) else 0
 
 
 def seed_dir(out: Path, seed: int) -> Path:
@@ -106,6 +119,12 @@ def run_repeats(
         raise ConfigError(
             f"--resume continues the repeats saved in {out / REPEATS_FILE}, but the settings "
             "given differ from them; resume with the same settings or use another --output-dir."
+        )
+    if saved is not None and repeats < _saved_count(out):
+        raise ConfigError(
+            f"--repeats {repeats} is fewer than the {_saved_count(out)} seeds of the repeats "
+            f"in {out}; the table would leave the others out: resume with --repeats "
+            f"{_saved_count(out)} (or more, to add seeds)."
         )
     out.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(out):

@@ -90,6 +90,13 @@ Spec = Mapping[str, tuple[Sequence[int], Any]]
 def state_spec(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], str]]:
     """The spec that holds tensors like these (same names, shapes and dtypes), e.g.
     ``state_spec(dict(model.fc2.named_parameters()))`` for a personal head."""
+    if not isinstance(tensors, Mapping) or not all(
+        isinstance(t, torch.Tensor) for t in tensors.values()
+    ):
+        raise TypeError(
+            "state_spec takes a mapping name -> tensor (e.g. dict(model.fc2.named_parameters())"
+            f"), got {type(tensors).__name__}."
+        )
     return {n: (tuple(t.shape), _dtype_name(n, t.dtype)) for n, t in tensors.items()}
 
 
@@ -171,7 +178,7 @@ class ClientStateStore:
         """A new, empty store for ``client_ids`` in ``directory`` (which must not hold one);
         ``spec`` maps each state name to ``(shape, dtype)`` (dtype: a torch dtype or one
         of :data:`DTYPES`' names). Every client has every tensor; none is initialised."""
-        directory = Path(directory)
+        directory = _folder(directory)
         spec_ = _check_spec(spec)
         ids = _check_ids(client_ids)
         if (directory / INDEX).exists():
@@ -200,7 +207,7 @@ class ClientStateStore:
     def open(cls, directory: str | os.PathLike) -> ClientStateStore:
         """The store in ``directory`` as its last commit left it (a commit cut short by a
         crash is undone: see :meth:`restore`)."""
-        directory = Path(directory)
+        directory = _folder(directory)
         path = directory / INDEX
         try:
             index = json.loads(path.read_text())
@@ -210,15 +217,27 @@ class ClientStateStore:
                 "ClientStateStore.create."
             ) from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not a client-state index ({e}).") from None
+            raise ValueError(
+                f"{path} is not a client-state index ({e}); the store cannot be read: start afresh."
+            ) from None
         if not isinstance(index, dict) or index.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a fedp13n client-state index.")
+            raise ValueError(
+                f"{path} is not a fedp13n client-state index; the store cannot be read: start "
+                "afresh."
+            )
         if index.get("version") != VERSION:
             raise ValueError(
                 f"{path} has client-state version {index.get('version')}; this fedp13n reads "
                 f"version {VERSION}."
             )
-        store = cls(directory, index)
+        try:
+            store = cls(directory, _checked_index(index))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ValueError(
+                f"{path} is a damaged client-state index ({type(e).__name__}: {e}); the store "
+                "cannot be read: start afresh (a new run, or ClientStateStore.create)."
+            ) from None
+        store._check_files()
         store._undo_unfinished()
         return store
 
@@ -329,6 +348,8 @@ class ClientStateStore:
     def prune(self, round_num: int) -> list[Path]:
         """Delete the generations of rounds <= ``round_num`` (the store can no longer go
         back before it); returns the deleted files."""
+        if isinstance(round_num, bool) or not isinstance(round_num, int):
+            raise TypeError(f"round_num must be an integer, got {round_num!r}.")
         gone = [p for r, p in self._generations() if r <= round_num]
         for p in gone:
             p.unlink()
@@ -436,12 +457,34 @@ class ClientStateStore:
 
     def _undo(self, path: Path) -> int:
         """Write back the old rows a generation holds; returns the round it was applied on."""
-        with np.load(path) as g:
+        try:
+            g = np.load(path)
             rows = g["rows"]
-            for k, _name in enumerate(self.spec):
-                self._write_rows(k, rows, list(g[f"old_{k}"]))
-            self._initialised[rows] = g["initialised"]
-            return int(g["on"])
+            old = [list(g[f"old_{k}"]) for k in range(len(self.spec))]
+            initialised, on = g["initialised"], int(g["on"])
+        except Exception as e:  # noqa: BLE001 (a damaged file: zip, pickle, key errors)
+            raise ValueError(
+                f"{path} is not a readable client-state generation ({type(e).__name__}: {e}); "
+                "the store cannot go back past it: start afresh."
+            ) from None
+        for k in range(len(self.spec)):
+            self._write_rows(k, rows, old[k])
+        self._initialised[rows] = initialised
+        return on
+
+    def _check_files(self) -> None:
+        """A one-line ValueError when a ``<k>.bin`` file is missing or not the size of its
+        rows (a store damaged by hand or by a copy cut short)."""
+        for k, name in enumerate(self.spec):
+            path, want = self._file(k), len(self.client_ids) * self._row_bytes(name)
+            size = path.stat().st_size if path.is_file() else None
+            if size != want:
+                what = "is missing" if size is None else f"has {size} bytes"
+                raise ValueError(
+                    f"{path} (client state {name!r}) {what}, not the {want} bytes of its "
+                    f"{len(self.client_ids)} rows: the store is damaged and cannot be read; "
+                    "start afresh."
+                )
 
     def _undo_unfinished(self) -> None:
         """Undo generations newer than the index (a commit killed before its index was
@@ -450,6 +493,31 @@ class ClientStateStore:
             if r > self.round_num:
                 self._undo(path)
                 path.unlink()
+
+
+def _folder(directory: str | os.PathLike) -> Path:
+    """``directory`` as a Path (a NotADirectoryError naming it when it is a file)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(
+            f"{directory} is a file; a client-state store is a folder: give a folder's path."
+        )
+    return directory
+
+
+def _checked_index(index: dict[str, Any]) -> dict[str, Any]:
+    """``index`` with the types :class:`ClientStateStore` reads (a KeyError, TypeError or
+    ValueError otherwise)."""
+    ids = _check_ids(index["client_ids"])
+    spec = _check_spec({n: tuple(e) for n, e in index["spec"].items()})
+    rows = index["initialised"]
+    if not isinstance(index["round"], int) or index["round"] < 0:
+        raise ValueError(f"round must be an integer >= 0, got {index['round']!r}")
+    if not isinstance(rows, list) or not all(
+        isinstance(r, int) and 0 <= r < len(ids) for r in rows
+    ):
+        raise ValueError(f"initialised must list rows in 0..{len(ids) - 1}")
+    return {**index, "client_ids": ids, "spec": {n: list(e) for n, e in spec.items()}}
 
 
 def _fsync_directory(directory: Path) -> None:

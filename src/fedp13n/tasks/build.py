@@ -315,5 +315,5 @@ def _check_logits(out: torch.Tensor, y: torch.Tensor, top: int, what: str) -> No
 
 
 def _exception_text(e: BaseException) -> str:
-    message = " ".join(str(e).split())
+    message = " ".join(str(e).split()).rstrip(".")  # the caller ends the sentence
     return f"{type(e).__name__}: {message}" if message else type(e).__name__
