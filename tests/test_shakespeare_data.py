@@ -306,6 +306,12 @@ def test_leaf_json_windows(tmp_path):
     )
     with pytest.raises(DataFormatError, match=r"x\[0\] is not a string of 80 characters"):
         load_shakespeare_leaf(tmp_path, tmp_path / "cache")
+    # FEMNIST's LEAF shards (784 pixel values per sample) given as Shakespeare: named.
+    (tmp_path / "train" / "bad.json").write_text(
+        json.dumps({"users": ["f1"], "user_data": {"f1": {"x": [[0.5] * 784], "y": [3]}}})
+    )
+    with pytest.raises(DataFormatError, match=r"784 numbers, FEMNIST's LEAF pixels.*--task emnist"):
+        load_shakespeare_leaf(tmp_path, tmp_path / "cache2")
 
 
 # -- the checked download -----------------------------------------------------------------------

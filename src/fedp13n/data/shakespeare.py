@@ -233,6 +233,11 @@ def _leaf_client(entry, *, path: Path, cid: str, sequence_length: int):
     x = np.zeros((len(xs), sequence_length), dtype=np.int32)
     y = np.zeros((len(xs), sequence_length), dtype=np.int32)
     for j, (wx, wy) in enumerate(zip(xs, ys, strict=True)):
+        if isinstance(wx, list) and len(wx) == 784:
+            raise DataFormatError(
+                f"{path}: client {cid!r}: x[{j}] is a list of 784 numbers, FEMNIST's LEAF "
+                "pixels, not Shakespeare text: load it as EMNIST (--task emnist --dataset leaf)."
+            )
         if not isinstance(wx, str) or len(wx) != sequence_length:
             raise DataFormatError(
                 f"{path}: client {cid!r}: x[{j}] is not a string of {sequence_length} "
