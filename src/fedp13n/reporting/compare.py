@@ -16,21 +16,8 @@ from typing import Any
 
 from fedp13n import __version__
 from fedp13n.reporting import html, plots
+from fedp13n.reporting import summary as sm
 from fedp13n.reporting.report import make_output_dir
-from fedp13n.reporting.summary import (
-    NOT_HELD_OUT,
-    ReportError,
-    ReportWarning,
-    Summary,
-    check_run_dir,
-    dataset_label,
-    epoch_number,
-    format_number,
-    headline_entries,
-    read_config,
-    read_fedavg_metrics,
-    summarize_run,
-)
 from fedp13n.rundir import layout as rd
 from fedp13n.utils.fs import atomic_write
 
@@ -47,7 +34,7 @@ PNG_FILES = {
 class RunInfo:
     label: str
     path: Path
-    summary: Summary
+    summary: sm.Summary
     config_text: str
     config: dict[str, Any]
     fedavg: dict | None
@@ -76,43 +63,43 @@ def flatten_config(config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def config_differences(configs: Sequence[dict[str, Any]]) -> list[str]:
-    """Keys (flattened) whose value is not the same in every config (absent counts)."""
-    flat = [flatten_config(c) for c in configs]
-    keys = list(dict.fromkeys(k for f in flat for k in f))
-    return [k for k in keys if len({_get(f, k) for f in flat}) > 1]
-
-
 def _get(flat: dict[str, str], key: str) -> str:
     """A flattened value; an absent strategy is absent, any other absent key is the default."""
     return flat.get(key, "(absent)" if key.startswith("strategies.") else "(default)")
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
-    paths = [check_run_dir(p, command="compare") for p in run_dirs]
+    paths = [sm.check_run_dir(p, command="compare") for p in run_dirs]
     if len({p.resolve() for p in paths}) < len(paths):
-        raise ReportError("the same run directory is given twice; compare distinct runs.")
+        raise sm.ReportError("the same run directory is given twice; compare distinct runs.")
     runs = []
     for label, p in zip(run_labels(paths), paths, strict=True):
-        text, cfg = read_config(p)
+        text, cfg = sm.read_config(p)
         fed_path = p / rd.FEDAVG_METRICS
-        fedavg = read_fedavg_metrics(fed_path) if fed_path.exists() else None
-        summary = summarize_run(p)  # with tuning.json: the best is chosen on validation
+        fedavg = sm.read_fedavg_metrics(fed_path) if fed_path.exists() else None
+        summary = sm.summarize_run(p)  # with tuning.json: the best is chosen on validation
         runs.append(RunInfo(label, p, summary, text, cfg, fedavg))
     return runs
 
 
-_f = format_number
+_f = sm.format_number
+
+
+def _mean_ci(s: sm.Stats) -> str:
+    return f"{_f(s.mean)} {sm.format_ci(s.ci_low, s.ci_high)}"
 
 
 def differences_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
-    """One row per run: the configuration keys whose values differ between the runs."""
-    diffs = config_differences([r.config for r in runs])
-    rows = []
-    for r in runs:
-        flat = flatten_config(r.config)
-        rows.append({"run": r.label, **{k: _get(flat, k) for k in diffs}})
-    return rows if diffs else []
+    """One row per run: the configuration keys (flattened) whose values are not the same in
+    every run (absent counts)."""
+    flat = [flatten_config(r.config) for r in runs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    diffs = [k for k in keys if len({_get(f, k) for f in flat}) > 1]
+    if not diffs:
+        return []
+    return [
+        {"run": r.label, **{k: _get(f, k) for k in diffs}} for r, f in zip(runs, flat, strict=True)
+    ]
 
 
 def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
@@ -123,24 +110,25 @@ def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
     """
     headline_columns = list(
         dict.fromkeys(
-            f"{name} epoch {epoch}" for r in runs for name, epoch, _ in headline_entries(r.summary)
+            f"{name} epoch {epoch}"
+            for r in runs
+            for name, epoch, _ in sm.headline_entries(r.summary)
         )
     )
     rows = []
     for r in runs:
         s = r.summary
-        b = s.baseline
         row = {"run": r.label}
         row["clients"] = str(s.num_clients)
-        row["baseline mean [95% CI]"] = f"{_f(b.mean)} [{_f(b.ci_low)}, {_f(b.ci_high)}]"
-        values = {f"{name} epoch {epoch}": v for name, epoch, v in headline_entries(s)}
+        row["baseline mean [95% CI]"] = _mean_ci(s.baseline)
+        values = {f"{name} epoch {epoch}": v for name, epoch, v in sm.headline_entries(s)}
         row |= {c: _f(values.get(c)) for c in headline_columns}
         choice = s.best_choice()
         if choice is not None:
             best = choice.stats
             row["best"] = best.label
             row["how best was chosen"] = choice.how
-            row["best mean [95% CI]"] = f"{_f(best.mean)} [{_f(best.ci_low)}, {_f(best.ci_high)}]"
+            row["best mean [95% CI]"] = _mean_ci(best)
             row["best gain"] = _f(best.mean_gain, signed=True)
             row["improved / hurt"] = f"{best.improved:.0%} / {best.hurt:.0%}"
         rows.append(row)
@@ -148,29 +136,24 @@ def headline_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
     return [{c: row.get(c, "") for c in columns} for row in rows]
 
 
+#: The columns of :func:`~fedp13n.reporting.summary.table_rows` in the comparison's details.
+_DETAIL = ("strategy", "epoch", "mean", "95% CI", "median", "mean gain", "improved", "hurt")
+
+
 def detail_table(runs: Sequence[RunInfo]) -> list[dict[str, str]]:
+    """One row per run, strategy and epoch: the rows of each run's summary table."""
     rows = []
     for r in runs:
-        for st in r.summary.rows:
-            rows.append(
-                {
-                    "run": r.label,
-                    "strategy": st.strategy,
-                    "epoch": str(epoch_number(st.epoch)),
-                    "mean": _f(st.mean),
-                    "95% CI": f"[{_f(st.ci_low)}, {_f(st.ci_high)}]",
-                    "median": _f(st.median),
-                    "mean gain": _f(st.mean_gain, signed=True),
-                    "improved": f"{st.improved:.1%}",
-                    "hurt": f"{st.hurt:.1%}",
-                }
-            )
+        shown = sm.table_rows(r.summary)[1 : 1 + len(r.summary.rows)]  # not baseline, selected
+        for st, row in zip(r.summary.rows, shown, strict=True):
+            epoch = str(sm.epoch_number(st.epoch))  # without the mark of a tuned epoch
+            rows.append({"run": r.label, **{c: row[c] for c in _DETAIL}, "epoch": epoch})
     return rows
 
 
 def mixed_datasets(runs: Sequence[RunInfo]) -> str | None:
     """A warning when the runs do not all use the same data set (None when they do)."""
-    labels = {r.label: dataset_label(r.config) or "unknown (no config.toml)" for r in runs}
+    labels = {r.label: sm.dataset_label(r.config) or "unknown (no config.toml)" for r in runs}
     if len(set(labels.values())) < 2:
         return None
     listed = "; ".join(f"{run}: {data}" for run, data in labels.items())
@@ -206,23 +189,16 @@ FIGURES = (
 def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> Path:
     """Write ``comparison.html`` and its PNGs into ``output_dir``; return the HTML path."""
     if len(run_dirs) < 2:
-        raise ReportError("compare needs at least two run directories.")
+        raise sm.ReportError("compare needs at least two run directories.")
     runs = load_runs(run_dirs)
     out = make_output_dir(output_dir)
     mixed = mixed_datasets(runs)
     if mixed:
-        warnings.warn(mixed, ReportWarning, stacklevel=2)
+        warnings.warn(mixed, sm.ReportWarning, stacklevel=2)
     pngs, no_fedavg = _write_figures(runs, out)
-
-    def img(key: str, alt: str, caption: str) -> str:
-        if key != "fedavg":
-            return html.figure(pngs, key, alt, caption, PNG_FILES[key])
-        what, why = (
-            f"FedAvg curves of {', '.join(no_fedavg)}",
-            f"These runs have no {rd.FEDAVG_METRICS} (or no rounds in it).",
-        )
-        note = html.missing(what, why) if no_fedavg else ""
-        return note + (html.figure(pngs, key, alt, caption, PNG_FILES[key]) if key in pngs else "")
+    what = f"FedAvg curves of {', '.join(no_fedavg)}"
+    why = f"These runs have no {rd.FEDAVG_METRICS} (or no rounds in it)."
+    notes = {"fedavg": html.missing(what, why)} if no_fedavg else {}
 
     configs = "".join(
         f"<details><summary>{html.esc(r.label)}: <code>{html.esc(r.path.resolve())}</code>"
@@ -232,7 +208,7 @@ def write_comparison(run_dirs: Sequence[str | Path], output_dir: str | Path) -> 
     sections = [
         _runs_section(runs, mixed),
         html.Section("details", "Every strategy and epoch", html.table(detail_table(runs))),
-        *(html.Section(key, title, img(key, alt, caption)) for key, title, alt, caption in FIGURES),
+        *html.figure_sections(FIGURES, pngs, PNG_FILES, notes),
         html.Section("configs", "Configurations", configs),
     ]
     assert tuple(s.id for s in sections) == SECTIONS
@@ -264,7 +240,7 @@ def _write_figures(runs: Sequence[RunInfo], out: Path) -> tuple[dict[str, Path],
         warnings.warn(
             f"no FedAvg log ({rd.FEDAVG_METRICS}, or no rounds in it) in run(s) "
             f"{', '.join(no_fedavg)}: the comparison's FedAvg curves leave them out.",
-            ReportWarning,
+            sm.ReportWarning,
             stacklevel=3,  # write_comparison's caller
         )
     return {k: plots.save_png(fig, out / PNG_FILES[k]) for k, fig in figures.items()}, no_fedavg
@@ -299,12 +275,12 @@ def _runs_section(runs: Sequence[RunInfo], mixed: str | None) -> html.Section:
     return html.Section(
         "runs",
         "Runs side by side",
-        (f'<p class="missing"><b>Different data sets.</b> {html.esc(mixed)}</p>' if mixed else "")
+        (html.note("Different data sets.", mixed) if mixed else "")
         + html.table(
             headline_table(runs),
             caption="Means are over clients; 95% CI: percentile bootstrap over clients. "
             "Best: the strategy/epoch with the highest mean accuracy on the run's validation "
-            f"clients where it has them, else the {NOT_HELD_OUT} (picked on the clients it "
+            f"clients where it has them, else the {sm.NOT_HELD_OUT} (picked on the clients it "
             "is reported on, so optimistic); improved / hurt versus the global model on "
             "the same client.",
         )

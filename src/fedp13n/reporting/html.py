@@ -74,6 +74,23 @@ def figure(pngs: Mapping[str, bytes], key: str, alt: str, caption: str, filename
     return image(pngs[key], alt, filename, caption)
 
 
+def figure_sections(
+    figures: Sequence[tuple[str, str, str, str]],
+    pngs: Mapping[str, bytes],
+    files: Mapping[str, str],
+    notes: Mapping[str, str],
+) -> list[Section]:
+    """A section per figure ``(id, title, alt text, caption)``: its note (HTML, say what it
+    leaves out), then the figure: where there is none, the note stands alone."""
+    sections = []
+    for key, title, alt, caption in figures:
+        shown = (
+            figure(pngs, key, alt, caption, files[key]) if key in pngs or key not in notes else ""
+        )
+        sections.append(Section(key, title, notes.get(key, "") + shown))
+    return sections
+
+
 _NUMERIC = re.compile(r"^[\[\]+\-0-9.,% /na]*$")
 
 
@@ -82,9 +99,14 @@ def _is_numeric(text: str) -> bool:
     return bool(text) and any(ch.isdigit() for ch in text) and bool(_NUMERIC.match(text))
 
 
+def note(title: str, text: str) -> str:
+    """A highlighted note: ``title`` in bold, then ``text`` (plain text, both)."""
+    return f'<p class="missing"><b>{esc(title)}</b> {esc(text)}</p>'
+
+
 def missing(what: str, why: str) -> str:
     """A visible note where a figure or table would be: what is left out, and why."""
-    return f'<p class="missing"><b>Not available: {esc(what)}.</b> {esc(why)}</p>'
+    return note(f"Not available: {what}.", why)
 
 
 def table(rows: Sequence[Mapping[str, object]], caption: str | None = None) -> str:

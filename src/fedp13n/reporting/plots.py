@@ -18,14 +18,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from fedp13n.reporting.summary import (
-    BASELINE,
-    PerClientTable,
-    Summary,
-    bootstrap_mean_ci,
-    epoch_number,
-    epochs_label,
-)
+from fedp13n.reporting import summary as sm
 
 #: Okabe-Ito without black (the baseline) and yellow (too light on white), in use order.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#999999")
@@ -136,7 +129,7 @@ def _ecdf(ax, values: np.ndarray, **kw) -> None:
     ax.step(np.concatenate([[v[0]], v]), np.concatenate([[0.0], y]), where="post", **kw)
 
 
-def accuracy_cdf(table: PerClientTable, colors: Mapping[str, str]) -> Figure:
+def accuracy_cdf(table: sm.PerClientTable, colors: Mapping[str, str]) -> Figure:
     """Empirical CDF of per-client accuracy: one panel per strategy, every epoch + baseline.
 
     A curve further right is better; where two curves cross, some clients gain and others lose.
@@ -154,7 +147,7 @@ def accuracy_cdf(table: PerClientTable, colors: Mapping[str, str]) -> Figure:
                 color=_shade(colors[s], k, len(epochs)),
                 ls=LINESTYLES[(k + 1) % len(LINESTYLES)] if k < len(epochs) - 1 else "-",
                 lw=1.6,
-                label=f"{s}, {epochs_label(epoch_number(e))}",
+                label=f"{s}, {sm.epochs_label(sm.epoch_number(e))}",
             )
         _style(ax, f"Strategy '{s}'", "per-client accuracy (fraction correct)", "")
         ax.legend(fontsize=8, loc="upper left", frameon=False)
@@ -163,7 +156,7 @@ def accuracy_cdf(table: PerClientTable, colors: Mapping[str, str]) -> Figure:
     return fig
 
 
-def baseline_vs_personalized(table: PerClientTable, colors: Mapping[str, str]) -> Figure:
+def baseline_vs_personalized(table: sm.PerClientTable, colors: Mapping[str, str]) -> Figure:
     """Per client: baseline accuracy (x) vs personalized accuracy (y); above the diagonal = helped.
 
     Rows are strategies, columns up to three epochs (first, middle, last).
@@ -186,12 +179,13 @@ def baseline_vs_personalized(table: PerClientTable, colors: Mapping[str, str]) -
             ax.scatter(t.baseline_accuracy, t.accuracy, s=18, color=colors[s], zorder=2, **_DOTS)
             n = max(int(np.isfinite(d).sum()), 1)
             box = {"boxstyle": "round", "fc": "white", "ec": "#cccccc"}
-            helped = f"helped {np.sum(d > 1e-9) / n:.0%}\nhurt {np.sum(d < -1e-9) / n:.0%}"
-            ax.text(0.97, 0.04, helped, transform=ax.transAxes, ha="right", va="bottom",
+            helped, hurt = np.sum(d > sm.UNCHANGED_TOL) / n, np.sum(d < -sm.UNCHANGED_TOL) / n
+            text = f"helped {helped:.0%}\nhurt {hurt:.0%}"
+            ax.text(0.97, 0.04, text, transform=ax.transAxes, ha="right", va="bottom",
                     fontsize=8, bbox=box)  # fmt: skip
             _style(
                 ax,
-                f"'{s}' after {epochs_label(epoch_number(e))}",
+                f"'{s}' after {sm.epochs_label(sm.epoch_number(e))}",
                 "baseline accuracy" if i == len(strategies) - 1 else "",
                 "personalized accuracy" if j == 0 else "",
             )
@@ -232,13 +226,13 @@ def accuracy_by_epoch_panels(
     return fig
 
 
-def epoch_curves(summary: Summary) -> dict[str, tuple[np.ndarray, ...]]:
+def epoch_curves(summary: sm.Summary) -> dict[str, tuple[np.ndarray, ...]]:
     """Per strategy: (epochs incl. 0, mean, ci_low, ci_high) from the summary."""
     b = summary.baseline
     out = {}
     for s in summary.strategies():
         rows = [r for r in summary.rows if r.strategy == s]
-        x = [0] + [epoch_number(r.epoch) for r in rows]
+        x = [0] + [sm.epoch_number(r.epoch) for r in rows]
         out[s] = (
             np.array(x),
             np.array([b.mean] + [r.mean for r in rows]),
@@ -248,7 +242,7 @@ def epoch_curves(summary: Summary) -> dict[str, tuple[np.ndarray, ...]]:
     return out
 
 
-def gain_vs_train_size(table: PerClientTable, colors: Mapping[str, str]) -> Figure:
+def gain_vs_train_size(table: sm.PerClientTable, colors: Mapping[str, str]) -> Figure:
     """Accuracy gain over the baseline vs the client's number of training examples.
 
     One panel per strategy at its last epoch; with enough clients, the mean gain of each
@@ -265,7 +259,7 @@ def gain_vs_train_size(table: PerClientTable, colors: Mapping[str, str]) -> Figu
         ax.scatter(x, d, s=16, color=colors[s], **{**_DOTS, "alpha": 0.6}, label="one client")
         if np.isfinite(d).sum() >= MIN_CLIENTS_FOR_BINS:
             _quartile_means(ax, x, d, s)
-        title = f"'{s}' after {epochs_label(epoch_number(e))}"
+        title = f"'{s}' after {sm.epochs_label(sm.epoch_number(e))}"
         _style(ax, title, "training examples on the client (count)", "")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
@@ -285,7 +279,7 @@ def _quartile_means(ax, x: np.ndarray, d: np.ndarray, strategy: str) -> None:
             continue
         mids.append(np.median(x[inb]))
         means.append(d[inb].mean())
-        lo, hi = bootstrap_mean_ci(d[inb], key=("gain-bin", strategy, float(lo_edge)))
+        lo, hi = sm.bootstrap_mean_ci(d[inb], key=("gain-bin", strategy, float(lo_edge)))
         los.append(lo)
         his.append(hi)
     m = np.array(means)
@@ -324,18 +318,3 @@ def headline_bars(
     ax.set_ylim(0, min(1.1, max(e[6] for e in entries) * 1.15 + 0.02))
     fig.legend(loc="outside lower center", ncols=2, fontsize=9, frameon=False)
     return fig
-
-
-__all__ = [
-    "BASELINE",
-    "PALETTE",
-    "accuracy_by_epoch_panels",
-    "accuracy_cdf",
-    "baseline_vs_personalized",
-    "epoch_curves",
-    "fedavg_curves",
-    "gain_vs_train_size",
-    "headline_bars",
-    "save_png",
-    "strategy_colors",
-]

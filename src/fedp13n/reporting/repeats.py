@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from fedp13n.reporting.summary import BASELINE, SELECTED, epoch_text, format_number, format_percent
+from fedp13n.reporting.summary import (
+    BASELINE,
+    SELECTED,
+    epoch_text,
+    format_ci,
+    format_number,
+    format_percent,
+)
 from fedp13n.rundir import layout as rd
 from fedp13n.rundir.readers import ReportError
 from fedp13n.utils.fs import atomic_write
@@ -138,9 +145,7 @@ def repeats_markdown(agg: dict[str, Any], note: str = "") -> str:
 def _seed_cell(p: dict[str, Any] | None) -> str:
     if p is None:
         return "-"
-    text = (
-        f"{format_number(p['mean'])} [{format_number(p['ci_low'])}, {format_number(p['ci_high'])}]"
-    )
+    text = f"{format_number(p['mean'])} {format_ci(p['ci_low'], p['ci_high'])}"
     if p.get("improved") is not None:
         text += f" {_pct(p['improved'])}/{_pct(p['hurt'])}"
     return text

@@ -17,27 +17,7 @@ from typing import Any
 
 from fedp13n import __version__
 from fedp13n.reporting import html, plots
-from fedp13n.reporting.summary import (
-    BOOTSTRAP_RESAMPLES,
-    NOT_HELD_OUT,
-    ReportError,
-    ReportWarning,
-    Summary,
-    check_run_dir,
-    dataset_label,
-    epochs_label,
-    format_number,
-    headline_entries,
-    left_out_note,
-    protocol_rows,
-    read_config,
-    read_fedavg_metrics,
-    read_per_client,
-    summarize_run,
-    table_rows,
-    tuning_lines,
-    write_summary_json,
-)
+from fedp13n.reporting import summary as sm
 from fedp13n.rundir import layout as rd
 from fedp13n.utils.fs import atomic_write
 
@@ -101,7 +81,7 @@ FIGURES = (
 )
 
 
-def headline_items(summary: Summary) -> list[tuple[str, str]]:
+def headline_items(summary: sm.Summary) -> list[tuple[str, str]]:
     h = summary.headline
     items = [("clients evaluated", str(summary.num_clients))]
     if summary.num_without_test:  # their accuracy is 0/0: not in any mean
@@ -109,15 +89,15 @@ def headline_items(summary: Summary) -> list[tuple[str, str]]:
             ("without test examples (left out of the means)", str(summary.num_without_test))
         )
     items.append(("mean baseline accuracy", f"{h['baseline_accuracy']:.4f}"))
-    for name, epoch, value in headline_entries(summary):
-        items.append((f"{name}, {epochs_label(epoch)}", f"{value:.4f}"))
+    for name, epoch, value in sm.headline_entries(summary):
+        items.append((f"{name}, {sm.epochs_label(epoch)}", f"{value:.4f}"))
     choice = summary.best_choice()
     if choice is not None:
         items.append((f"{choice.how}: {choice.stats.label}", f"{choice.stats.mean:.4f}"))
     return items
 
 
-def _best_note(summary: Summary) -> str:
+def _best_note(summary: sm.Summary) -> str:
     """How the best strategy/epoch was chosen, in a sentence (nothing without one)."""
     choice = summary.best_choice()
     if choice is None:
@@ -125,11 +105,11 @@ def _best_note(summary: Summary) -> str:
     if choice.held_out:
         return (
             f"<p>Best: {html.esc(choice.stats.label)}, the highest mean accuracy on the "
-            "validation clients (" + format_number(choice.validation_mean) + "), which are not "
+            "validation clients (" + sm.format_number(choice.validation_mean) + "), which are not "
             "reported on; its number here is measured on the other clients.</p>"
         )
     return (
-        f"<p>{html.esc(choice.stats.label)} is the {html.esc(NOT_HELD_OUT)}: it is picked on "
+        f"<p>{html.esc(choice.stats.label)} is the {html.esc(sm.NOT_HELD_OUT)}: it is picked on "
         "the same clients it is reported on, so its number overstates what choosing a strategy "
         "this way would give on new clients. Set <code>num_val_clients</code> to choose on "
         "held-out validation clients.</p>"
@@ -163,11 +143,11 @@ def _split_counts(run_dir: Path) -> dict[str, int]:
     return {k: len(v) for k, v in split.items() if isinstance(v, list)}
 
 
-def run_facts(run_dir: str | Path, config: Mapping[str, Any], summary: Summary) -> list[str]:
+def run_facts(run_dir: str | Path, config: Mapping[str, Any], summary: sm.Summary) -> list[str]:
     """The report's first lines: the data set, the rounds and the clients (from the config
     and ``split.json``; what a run lacks is left out)."""
     facts = []
-    data = dataset_label(config)
+    data = sm.dataset_label(config)
     if data:
         facts.append(f"Data: {data}.")
     split = _split_counts(Path(run_dir))
@@ -189,25 +169,24 @@ def run_facts(run_dir: str | Path, config: Mapping[str, Any], summary: Summary) 
     if "personalization" in split:
         text += f" (of {split['personalization']} personalization clients)"
     if summary.num_without_test:
-        text += f"; {left_out_note(summary.num_without_test, summary.num_clients)}"
+        text += f"; {sm.left_out_note(summary.num_without_test, summary.num_clients)}"
     if split.get("validation"):
         text += f"; {split['validation']} validation clients held out for choices"
     facts.append(text + ".")
     return facts
 
 
-def _facts_html(run_dir: Path, config: Mapping[str, Any], summary: Summary) -> str:
+def _facts_html(run_dir: Path, config: Mapping[str, Any], summary: sm.Summary) -> str:
     lines = "".join(f"<li>{html.esc(f)}</li>" for f in run_facts(run_dir, config, summary))
     out = f'<ul class="facts">{lines}</ul>'
     if config.get("dataset") == "synthetic":
-        note = html.esc(SYNTHETIC_NOTE)
-        out += f'<p class="missing"><b>A demonstration, not a result.</b> {note}</p>'
+        out += html.note("A demonstration, not a result.", SYNTHETIC_NOTE)
     return out
 
 
-def _tuning_html(summary: Summary) -> str:
+def _tuning_html(summary: sm.Summary) -> str:
     """Which clients chose the tuned settings (nothing when nothing was tuned)."""
-    lines = tuning_lines(summary)
+    lines = sm.tuning_lines(summary)
     if not lines:
         return ""
     items = "".join(f"<li>{html.esc(line.strip())}</li>" for line in lines[1:])
@@ -215,7 +194,7 @@ def _tuning_html(summary: Summary) -> str:
 
 
 def write_report(
-    run_dir: str | Path, output_dir: str | Path | None = None, *, summary: Summary | None = None
+    run_dir: str | Path, output_dir: str | Path | None = None, *, summary: sm.Summary | None = None
 ) -> Path:
     """Write ``report.html``, its PNGs and ``summary.json`` to ``output_dir`` (default: the run).
 
@@ -223,23 +202,22 @@ def write_report(
     does, and has written ``summary.json`` into the run). Returns the path of the HTML
     file. Raises :class:`ReportError` for a missing or incomplete run directory.
     """
-    run_dir = check_run_dir(run_dir)
+    run_dir = sm.check_run_dir(run_dir)
     out = make_output_dir(output_dir if output_dir is not None else run_dir)
-    table = read_per_client(run_dir / rd.PER_CLIENT)
+    table = sm.read_per_client(run_dir / rd.PER_CLIENT)
     if summary is None or out != run_dir:
-        summary = summary or summarize_run(run_dir)
-        write_summary_json(out, summary)
-    config_text, config = read_config(run_dir)
+        summary = summary or sm.summarize_run(run_dir)
+        sm.write_summary_json(out, summary)
+    config_text, config = sm.read_config(run_dir)
     pngs, left_out = _write_figures(run_dir, out, table, summary)
-
-    def img(key: str, alt: str, caption: str) -> str:
-        if key in left_out:
-            return html.missing(alt, f"{left_out[key]}. The figure would show: {caption}")
-        return html.figure(pngs, key, alt, caption, PNG_FILES[key])
-
+    notes = {
+        key: html.missing(alt, f"{left_out[key]}. The figure would show: {caption}")
+        for key, _, alt, caption in FIGURES
+        if key in left_out
+    }
     sections = [
         *_numbers_sections(summary),
-        *(html.Section(key, title, img(key, alt, caption)) for key, title, alt, caption in FIGURES),
+        *html.figure_sections(FIGURES, pngs, PNG_FILES, notes),
         html.Section(
             "config",
             "Configuration",
@@ -263,13 +241,13 @@ def make_output_dir(out: str | Path) -> Path:
     """The folder a report or a comparison is written into, created if needed."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ReportError(f"output {out} exists and is not a directory.")
+        raise sm.ReportError(f"output {out} exists and is not a directory.")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def _write_figures(
-    run_dir: Path, out: Path, table: Any, summary: Summary
+    run_dir: Path, out: Path, table: Any, summary: sm.Summary
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """The report's figures as PNGs in ``out``: figure -> file, and figure -> why it is
     left out (FedAvg's curves without its log of rounds, said as a warning too)."""
@@ -277,7 +255,7 @@ def _write_figures(
     figures = {}
     left_out: dict[str, str] = {}
     fedavg_path = run_dir / rd.FEDAVG_METRICS
-    fedavg = read_fedavg_metrics(fedavg_path) if fedavg_path.exists() else None
+    fedavg = sm.read_fedavg_metrics(fedavg_path) if fedavg_path.exists() else None
     if fedavg is not None and len(fedavg["round"]):
         figures["fedavg"] = plots.fedavg_curves({run_dir.name: fedavg})
     else:
@@ -289,7 +267,7 @@ def _write_figures(
         warnings.warn(
             f"{left_out['fedavg']}: the report has no FedAvg training curves; copy the "
             f"run's {rd.FEDAVG_METRICS} into {run_dir} to get them.",
-            ReportWarning,
+            sm.ReportWarning,
             stacklevel=3,  # write_report's caller
         )
     figures["distribution"] = plots.accuracy_cdf(table, colors)
@@ -303,7 +281,13 @@ def _write_figures(
     return pngs, left_out
 
 
-def _numbers_sections(summary: Summary) -> list[html.Section]:
+_CI_NOTE = (
+    f"95% CI of the mean: percentile bootstrap over clients ({sm.BOOTSTRAP_RESAMPLES} resamples, "
+    "fixed seed)."
+)
+
+
+def _numbers_sections(summary: sm.Summary) -> list[html.Section]:
     """The headline numbers and the table by strategy and epoch."""
     return [
         html.Section(
@@ -321,24 +305,17 @@ def _numbers_sections(summary: Summary) -> list[html.Section]:
             "summary",
             "Summary by strategy and epoch",
             html.table(
-                table_rows(summary),
-                caption=f"{summary.num_clients} clients"
-                + (
-                    f" ({left_out_note(summary.num_without_test, summary.num_clients)})"
-                    if summary.num_without_test
-                    else ""
-                )
-                + ". 95% CI of the mean: percentile "
-                f"bootstrap over clients ({BOOTSTRAP_RESAMPLES} resamples, fixed seed). Mean "
-                "gain, improved / unchanged / hurt: personalized minus baseline accuracy on "
-                "the same client (unchanged = difference within 1e-9).",
+                sm.table_rows(summary),
+                caption=f"{summary.clients_text()}. {_CI_NOTE} Mean gain, improved / unchanged "
+                "/ hurt: personalized minus baseline accuracy on the same client (unchanged = "
+                "difference within 1e-9).",
             ),
         ),
         *_protocols_section(summary),
     ]
 
 
-def _protocols_section(summary: Summary) -> list[html.Section]:
+def _protocols_section(summary: sm.Summary) -> list[html.Section]:
     """The protocols beside TFF's, as their own table (none for a run without them)."""
     if not summary.protocols:
         return []
@@ -350,10 +327,6 @@ def _protocols_section(summary: Summary) -> list[html.Section]:
             "methods trained with a state per client, each in one sentence below; nothing "
             "in them is tuned (the local step is the training stage's). The clients and "
             "protocols differ, so compare numbers within a protocol.</p>"
-            + html.table(
-                protocol_rows(summary),
-                caption="95% CI of the mean: percentile bootstrap over clients "
-                f"({BOOTSTRAP_RESAMPLES} resamples, fixed seed).",
-            ),
+            + html.table(sm.protocol_rows(summary), caption=_CI_NOTE),
         )
     ]

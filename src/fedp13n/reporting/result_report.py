@@ -162,8 +162,7 @@ def _write_library_report(out: Path, summary: Any, *, fedavg: bool) -> Path:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     doc = path.read_text(encoding="utf-8")
     if "<nav>" in doc:  # under the title, before the contents (html.page's intro place)
-        note = html.esc(library_note(fedavg=fedavg))
-        note = f'<p class="missing"><b>Missing information.</b> {note}</p>'
+        note = html.note("Missing information.", library_note(fedavg=fedavg))
         doc = doc.replace("<nav>", note + "<nav>", 1)
         atomic_write(path, doc)
     return path

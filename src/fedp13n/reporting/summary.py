@@ -36,7 +36,6 @@ from fedp13n.rundir import layout as rd
 from fedp13n.rundir.readers import (  # noqa: F401  (re-exported: the reporting API)
     PerClientTable,
     ReportError,
-    asdict_shallow,
     check_run_dir,
     epoch_number,
     read_config,
@@ -173,17 +172,19 @@ class Summary:
 
     def validation_means(self) -> dict[tuple[str, str], float]:
         """(strategy, ``epoch_k``) -> mean accuracy on the run's validation clients, from
-        ``tuning.json`` (empty when the run had none)."""
-        record = self.tuning if isinstance(self.tuning, dict) else {}
-        curves = record.get("validation_accuracy")
-        out: dict[tuple[str, str], float] = {}
-        if not isinstance(curves, dict):
-            return out
-        for strategy, curve in curves.items():
-            for epoch, value in curve.items() if isinstance(curve, dict) else ():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    out[(strategy, epoch)] = float(value)
-        return out
+        ``tuning.json`` (its shape checked by ``read_tuning``; empty when the run had none)."""
+        curves = (self.tuning or {}).get("validation_accuracy", {})
+        return {
+            (strategy, epoch): float(value)
+            for strategy, curve in curves.items()
+            for epoch, value in curve.items()
+            if value is not None and math.isfinite(value)
+        }
+
+    def clients_text(self) -> str:
+        """``30 clients``, with :func:`left_out_note` in brackets when it says something."""
+        left_out = left_out_note(self.num_without_test, self.num_clients)
+        return f"{self.num_clients} clients" + (f" ({left_out})" if left_out else "")
 
     def best_choice(self) -> BestChoice | None:
         """The best strategy/epoch: the highest mean on the validation clients when the run
@@ -290,34 +291,29 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if len(x) else math.nan
+
+
 def _stats(strategy: str, epoch: str | None, acc: np.ndarray, base: np.ndarray | None) -> Stats:
     ok = np.isfinite(acc) if base is None else np.isfinite(acc) & np.isfinite(base)
     acc = acc[ok]
     n = len(acc)
     key = (strategy,) if epoch is None else (strategy, epoch)
-    lo, hi = bootstrap_mean_ci(acc, key=key)
-    nan = math.nan
     kw: dict[str, Any] = {}
     if base is not None:
         diff = acc - base[ok]
         kw = dict(
-            improved=float(np.mean(diff > UNCHANGED_TOL)) if n else nan,
-            unchanged=float(np.mean(np.abs(diff) <= UNCHANGED_TOL)) if n else nan,
-            hurt=float(np.mean(diff < -UNCHANGED_TOL)) if n else nan,
-            mean_gain=float(diff.mean()) if n else nan,
+            improved=_mean(diff > UNCHANGED_TOL),
+            unchanged=_mean(np.abs(diff) <= UNCHANGED_TOL),
+            hurt=_mean(diff < -UNCHANGED_TOL),
+            mean_gain=_mean(diff),
         )
         kw["gain_ci_low"], kw["gain_ci_high"] = bootstrap_mean_ci(diff, key=(*key, "gain"))
-    return Stats(
-        strategy=strategy,
-        epoch=epoch,
-        n=n,
-        mean=float(acc.mean()) if n else nan,
-        median=float(np.median(acc)) if n else nan,
-        ci_low=lo,
-        ci_high=hi,
-        std=float(acc.std(ddof=1)) if n > 1 else nan,
-        **kw,
-    )
+    lo, hi = bootstrap_mean_ci(acc, key=key)
+    median = float(np.median(acc)) if n else math.nan
+    std = float(acc.std(ddof=1)) if n > 1 else math.nan
+    return Stats(strategy, epoch, n, _mean(acc), median, lo, hi, std, **kw)
 
 
 def summarize(table: PerClientTable) -> Summary:
@@ -428,6 +424,11 @@ def format_number(x: float | None, signed: bool = False, digits: int = 4) -> str
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
+def format_ci(low: float | None, high: float | None, digits: int = 4) -> str:
+    """A 95% interval for people: ``[0.5463, 0.6312]`` (:func:`format_number`'s values)."""
+    return f"[{format_number(low, digits=digits)}, {format_number(high, digits=digits)}]"
+
+
 def table_rows(summary: Summary, compact: bool = False) -> list[dict[str, str]]:
     """The summary as display strings, one dict per row (shared by the CLI and the HTML).
 
@@ -514,11 +515,9 @@ def format_summary(summary: Summary) -> str:
     width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(width[c]) for c in cols)]
     lines += ["  ".join(r[c].ljust(width[c]) for c in cols) for r in rows]
-    left_out = left_out_note(summary.num_without_test, summary.num_clients)
     note = (
-        f"{summary.num_clients} clients{f' ({left_out})' if left_out else ''}; 95% CI: "
-        f"percentile bootstrap over clients ({BOOTSTRAP_RESAMPLES} resamples); improved/hurt "
-        "versus the baseline on the same client."
+        f"{summary.clients_text()}; 95% CI: percentile bootstrap over clients "
+        f"({BOOTSTRAP_RESAMPLES} resamples); improved/hurt versus the baseline on the same client."
     )
     return "\n".join([*lines, note, format_headline(summary)])
 
@@ -569,7 +568,7 @@ def protocol_rows(summary: Summary) -> list[dict[str, str]]:
             "what it measures": rd.OWN_STATE_PROTOCOLS[r.strategy],
             "clients": str(r.n),
             "mean": format_number(r.mean),
-            "95% CI": f"[{format_number(r.ci_low)}, {format_number(r.ci_high)}]",
+            "95% CI": format_ci(r.ci_low, r.ci_high),
             "median": format_number(r.median),
         }
         for r in summary.protocols

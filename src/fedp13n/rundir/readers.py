@@ -82,11 +82,7 @@ class PerClientTable:
         return self._take(np.sort(np.unique(self.client_id, return_index=True)[1]))
 
     def _take(self, rows: np.ndarray) -> PerClientTable:
-        return PerClientTable(**{k: v[rows] for k, v in asdict_shallow(self).items()})
-
-
-def asdict_shallow(t: PerClientTable) -> dict[str, np.ndarray]:
-    return {k: getattr(t, k) for k in t.__dataclass_fields__}
+        return PerClientTable(**{k: getattr(self, k)[rows] for k in self.__dataclass_fields__})
 
 
 def _float(text: str) -> float:
@@ -96,12 +92,7 @@ def _float(text: str) -> float:
 def read_per_client(path: str | Path) -> PerClientTable:
     """Read ``per_client.csv`` (columns ``run_dir.PER_CLIENT_COLUMNS``)."""
     path = Path(path)
-    _, rows = _read_csv(
-        path,
-        rd.PER_CLIENT_COLUMNS,
-        lambda absent: f"missing column(s) {absent}; expected {list(rd.PER_CLIENT_COLUMNS)}.",
-        "the output of a finished 'fedp13n run'",
-    )
+    _, rows = _read_csv(path, rd.PER_CLIENT_COLUMNS)
     if not rows:
         raise ReportError(f"{path} has no rows: the run evaluated no personalization client.")
     cols: dict[str, list] = {c: [] for c in rd.PER_CLIENT_COLUMNS}
@@ -145,12 +136,7 @@ def read_own_state(path: str | Path) -> dict[str, np.ndarray]:
     """``per_client_own_state.csv``: protocol -> its clients' accuracies (NaN where not
     measured), protocols in :data:`~fedp13n.rundir.layout.OWN_STATE_PROTOCOLS` order."""
     path = Path(path)
-    _, rows = _read_csv(
-        path,
-        rd.OWN_STATE_COLUMNS,
-        lambda absent: f"missing column(s) {absent}; expected {list(rd.OWN_STATE_COLUMNS)}.",
-        "the output of a finished 'fedp13n run'",
-    )
+    _, rows = _read_csv(path, rd.OWN_STATE_COLUMNS)
     out: dict[str, list[float]] = {p: [] for p in rd.OWN_STATE_PROTOCOLS}
     for line, row in enumerate(rows, start=2):
         if row["protocol"] not in out:
@@ -166,15 +152,21 @@ def read_own_state(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _read_csv(
-    path: Path, required: Sequence[str], missing: Callable[[list[str]], str], what: str
+    path: Path,
+    required: Sequence[str],
+    missing: Callable[[list[str]], str] | None = None,
+    what: str = "the output of a finished 'fedp13n run'",
 ) -> tuple[list[str], list[dict[str, str]]]:
-    """A CSV file's columns and rows; a ReportError (``missing(absent columns)``, or: is the
-    folder ``what``?) for a missing column, a missing file or one that is not text."""
+    """A CSV file's columns and rows; a ReportError (``missing(absent columns)``, by default
+    those and ``required``; or: is the folder ``what``?) for a missing column, a missing
+    file or one that is not text."""
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             fields = list(reader.fieldnames or [])
             absent = [c for c in required if c not in fields]
+            if absent and missing is None:
+                raise ReportError(f"{path}: missing column(s) {absent}; expected {list(required)}.")
             if absent:
                 raise ReportError(f"{path}: {missing(absent)}")
             return fields, list(reader)
@@ -301,7 +293,8 @@ def check_run_dir(run_dir: str | Path, command: str = "report") -> Path:
         raise ReportError(f"run directory {run_dir} does not exist.")
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir} is not a directory; pass the folder 'fedp13n run' wrote.")
-    if not (run_dir / rd.PER_CLIENT).exists() and is_sweep_dir(run_dir):
+    finished = (run_dir / rd.PER_CLIENT).exists()
+    if not finished and is_sweep_dir(run_dir):
         runs = run_dir / SWEEP_RUNS
         comparison = run_dir / SWEEP_COMPARISON
         raise ReportError(
@@ -314,7 +307,7 @@ def check_run_dir(run_dir: str | Path, command: str = "report") -> Path:
             f"a run is still writing into {run_dir} (pid {owner}); {command} it when it has "
             "finished."
         )
-    if not (run_dir / rd.PER_CLIENT).exists():
+    if not finished:
         raise ReportError(
             f"{run_dir} is not a finished run directory: {rd.PER_CLIENT} is missing "
             "(run 'fedp13n run', or '--resume' an interrupted run)."
