@@ -194,3 +194,16 @@ def test_a_library_report_into_an_empty_folder_name_is_refused(tmp_path, monkeyp
         == "output_dir must be a folder for the report (a non-empty str or Path), got ''."
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_into_another_runs_folder_is_refused(run_dir, tmp_path):
+    """It would replace that run's summary.json and report.html with this run's numbers."""
+    other = make_run_dir(tmp_path / "other", num_clients=3, epochs=1, rounds=2, seed=1)
+    kept = {p.name: p.read_bytes() for p in other.iterdir()}
+    res = CliRunner().invoke(app, ["report", str(run_dir), "-o", str(other), "--no-summary"])
+    _error(
+        res,
+        f"output {other} holds another run (it has per_client.csv): the report of {run_dir} "
+        "would replace its summary.json and report.html; choose another --output",
+    )
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == kept
