@@ -74,7 +74,13 @@ from fedp13n.execution.base import Executor, SharedRef
 from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.models.objectives import engine_ignore_ids
 from fedp13n.models.spec import check_labels_fit, check_model_fn, input_spec_of, num_classes
-from fedp13n.utils.checks import check_bool, check_callable, check_positive_int, check_seed
+from fedp13n.utils.checks import (
+    check_bool,
+    check_callable,
+    check_id_list,
+    check_positive_int,
+    check_seed,
+)
 from fedp13n.utils.device import Compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
 
@@ -166,19 +172,6 @@ class ClientSelection:
                 f"client id {twice[0]!r} is selected more than once; a client takes part in a "
                 "round once (its random streams are keyed by its id)."
             )
-
-
-def check_id_list(name: str, ids: Any) -> list[Any]:
-    """``ids`` as a list of client ids; a one-line ``TypeError`` for a single string (which
-    would otherwise be read letter by letter) or a non-sequence."""
-    if isinstance(ids, (str, bytes)):
-        raise TypeError(
-            f"{name} must be a list of client ids, got the string {ids!r}; use [{ids!r}]."
-        )
-    try:
-        return list(ids)
-    except TypeError:
-        raise TypeError(f"{name} must be a list of client ids, got {type(ids).__name__}.") from None
 
 
 def sample_clients(

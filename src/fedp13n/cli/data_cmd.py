@@ -7,11 +7,10 @@ exit with code 2, without a traceback.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import typer
 
-from fedp13n.cli.errors import fail
+from fedp13n.cli.errors import fail, given_path
 from fedp13n.data.names import DATASET_NAMES
 
 app = typer.Typer(
@@ -23,14 +22,18 @@ app = typer.Typer(
 _DATASET = typer.Option(
     "emnist", "--dataset", "-d", help=f"Dataset name: {', '.join(DATASET_NAMES)}."
 )
-_DATA_DIR = typer.Option(
+_DATA_DIR = typer.Option(  # folders are str, not Path: Path("") is "." (given_path)
     None,
     "--data-dir",
     help="Directory with already-downloaded files (TFF h5 files, LEAF train/ and test/, "
     "or emnist_all.sqlite).",
+    metavar="PATH",
 )
 _CACHE_DIR = typer.Option(
-    None, "--cache-dir", help="Cache root (default $FEDP13N_CACHE or ~/.cache/fedp13n)."
+    None,
+    "--cache-dir",
+    help="Cache root (default $FEDP13N_CACHE or ~/.cache/fedp13n).",
+    metavar="PATH",
 )
 _URL = typer.Option(None, "--url", help="Download from this URL instead of TFF's.")
 _ONLY_DIGITS = typer.Option(False, "--only-digits", help="The 10-class digits-only variant.")
@@ -55,10 +58,24 @@ def _refuse_own(dataset: str, command: str) -> None:
         )
 
 
+def _sources(dataset: str, data_dir: str | None, cache_dir: str | None, url: str | None):
+    """``--data-dir`` and ``--cache-dir`` as Paths, refusing what would be silently ignored
+    or mean the current folder: an empty folder or URL, ``--data-dir`` for generated data."""
+    data = given_path(data_dir, "--data-dir", "the folder holding the files, or leave it out")
+    cache = given_path(cache_dir, "--cache-dir", "a cache folder, or leave it out")
+    if url is not None and not url.strip():
+        fail("--url is empty; give the archive's URL, or leave --url out for TFF's.")
+    if dataset == "synthetic" and data is not None:
+        fail("--data-dir reads files, but 'synthetic' is generated; drop --data-dir.")
+    return data, cache
+
+
 def _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console):
     from fedp13n.data.cache import CacheRebuiltWarning
     from fedp13n.data.datasets import download_notice, load_dataset
     from fedp13n.data.validate import DataError
+
+    data_dir, cache_dir = _sources(dataset, data_dir, cache_dir, url)
 
     notice = download_notice(dataset, data_dir, cache_dir, url, only_digits)
     if notice is not None:  # a large download must not start unannounced
@@ -102,8 +119,8 @@ def _label_chars(dataset: str, only_digits: bool) -> list[str]:
 @app.command()
 def info(
     dataset: str = _DATASET,
-    data_dir: Path | None = _DATA_DIR,
-    cache_dir: Path | None = _CACHE_DIR,
+    data_dir: str | None = _DATA_DIR,
+    cache_dir: str | None = _CACHE_DIR,
     url: str | None = _URL,
     only_digits: bool = _ONLY_DIGITS,
     num_clients: int | None = _NUM_CLIENTS,
@@ -160,8 +177,8 @@ def info(
 @app.command()
 def download(
     dataset: str = _DATASET,
-    data_dir: Path | None = _DATA_DIR,
-    cache_dir: Path | None = _CACHE_DIR,
+    data_dir: str | None = _DATA_DIR,
+    cache_dir: str | None = _CACHE_DIR,
     url: str | None = _URL,
     only_digits: bool = _ONLY_DIGITS,
 ) -> None:

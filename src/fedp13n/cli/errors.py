@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -10,3 +11,14 @@ import typer
 def fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(2)
+
+
+def given_path(value: str | None, name: str, example: str) -> Path | None:
+    """A folder or file option or argument as a Path (None stays None). Typed as ``str``
+    in the command because ``Path("")`` is ``"."``: an empty value would silently mean the
+    current folder, so it is refused (``name`` is empty; give ``example``), exit 2."""
+    if value is None:
+        return None
+    if not value.strip():
+        fail(f"{name} is empty; give {example}.")
+    return Path(value)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from fedp13n.cli.errors import fail
+from fedp13n.cli.errors import fail, given_path
 from fedp13n.reporting.summary import ReportError, ReportWarning
 
 
@@ -35,9 +35,15 @@ def _report_warnings() -> Iterator[None]:
 
 
 def report(
-    run_dir: Path = typer.Argument(..., help="A run directory written by 'fedp13n run'."),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Folder for report.html and the PNGs (default: RUN_DIR)."
+    run_dir: str = typer.Argument(  # str, not Path: Path("") is "." (given_path)
+        ..., help="A run directory written by 'fedp13n run'.", metavar="PATH"
+    ),
+    output: str | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Folder for report.html and the PNGs (default: RUN_DIR).",
+        metavar="PATH",
     ),
     summary: bool = typer.Option(True, help="Also print the summary table."),
     open_browser: bool = typer.Option(
@@ -48,14 +54,22 @@ def report(
     from fedp13n.reporting.report import write_report
     from fedp13n.reporting.summary import print_run_summary
 
-    then = (lambda: print_run_summary(run_dir)) if summary else None
-    _written("report", lambda: write_report(run_dir, output), open_browser, then)
+    path = given_path(run_dir, "the run directory", "the folder 'fedp13n run' wrote")
+    out = given_path(output, "--output", "a folder (e.g. -o report) or leave -o out")
+    then = (lambda: print_run_summary(path)) if summary else None
+    _written("report", lambda: write_report(path, out), open_browser, then)
 
 
 def compare(
-    run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories."),
-    output: Path = typer.Option(
-        Path("comparison"), "--output", "-o", help="Folder for comparison.html and the PNGs."
+    run_dirs: list[str] = typer.Argument(  # str, not Path: Path("") is "." (given_path)
+        ..., help="Two or more run directories.", metavar="PATH..."
+    ),
+    output: str = typer.Option(
+        "comparison",
+        "--output",
+        "-o",
+        help="Folder for comparison.html and the PNGs.",
+        metavar="PATH",
     ),
     open_browser: bool = typer.Option(
         False, "--open/--no-open", help="Open the comparison in the default browser."
@@ -64,7 +78,9 @@ def compare(
     """Put several runs side by side: headline numbers, config differences, plots."""
     from fedp13n.reporting.compare import write_comparison
 
-    _written("comparison", lambda: write_comparison(run_dirs, output), open_browser)
+    paths = [given_path(d, "a run directory", "each run's folder") for d in run_dirs]
+    out = given_path(output, "--output", "a folder (e.g. -o comparison)")
+    _written("comparison", lambda: write_comparison(paths, out), open_browser)
 
 
 def _written(

@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import typer
 
-from fedp13n.cli.errors import fail
+from fedp13n.cli.errors import fail, given_path
 
 
 def sweep(
@@ -17,8 +17,11 @@ def sweep(
         help="TOML: the settings of fedp13n run plus a sweep table with its grid (or a "
         "shipped example's name, e.g. table1_sample).",
     ),
-    output_dir: Path = typer.Option(
-        ..., "--output-dir", help="Sweep directory (its runs go to runs/ inside it)."
+    output_dir: str = typer.Option(  # str, not Path: Path("") is "." (given_path)
+        ...,
+        "--output-dir",
+        help="Sweep directory (its runs go to runs/ inside it).",
+        metavar="PATH",
     ),
     resume: bool = typer.Option(
         False,
@@ -31,6 +34,7 @@ def sweep(
     ),
 ) -> None:
     """Run every combination of a sweep grid as a normal run, then tabulate them."""
+    out = given_path(output_dir, "--output-dir", "the sweep directory (e.g. --output-dir runs/s1)")
     from fedp13n.algorithms.loop import TrainingError
     from fedp13n.data.validate import DataError
     from fedp13n.execution.base import ClientWorkError
@@ -41,7 +45,7 @@ def sweep(
 
     try:
         config = SweepConfig.from_toml(config_path(config_file, "sweep file"))
-        table = run_sweep(config, output_dir, resume=resume, parallel=parallel, log=typer.echo)
+        table = run_sweep(config, out, resume=resume, parallel=parallel, log=typer.echo)
     except (
         ConfigError,
         DataError,
@@ -54,10 +58,11 @@ def sweep(
     ) as e:
         fail(str(e).splitlines()[0])
     except KeyboardInterrupt:
-        interrupted_sweep(config_file, output_dir)
+        interrupted_sweep(config_file, out)
     typer.echo(table.read_text())
     typer.echo(f"table: {table}")
-    typer.echo(f"comparison: {output_dir / 'comparison.html'}")
+    if (out / "comparison.html").is_file():  # a one-run sweep has nothing to compare
+        typer.echo(f"comparison: {out / 'comparison.html'}")
 
 
 def interrupted_sweep(config_file: str | Path, output_dir: Path) -> NoReturn:

@@ -502,6 +502,11 @@ def load_dataset(
     """
     if name not in DATASET_NAMES:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}.")
+    for key, folder in (("data_dir", data_dir), ("cache_dir", cache_dir)):
+        if folder is not None and not isinstance(folder, (str, os.PathLike)):
+            raise DataError(f"{key} must be a folder (a str or Path), got {type(folder).__name__}.")
+        if folder is not None and not str(folder).strip():  # Path("") would be "."
+            raise DataError(f"{key} is empty; give a folder, or None for the default.")
     if url is not None and (data_dir is not None or name == "synthetic"):
         where = "reads --data-dir" if data_dir is not None else "is generated"
         raise DataError(f"--url downloads a dataset, but {name!r} {where}; drop --url.")

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from fedp13n.utils.checks import check_id_list
+
 #: TFF's sizes for federated EMNIST-62 (3,400 writers).
 TFF_NUM_TRAIN = 2500
 TFF_NUM_PERSONALIZATION = 900
@@ -86,7 +88,7 @@ def split_clients(
         ValueError: on duplicate ids, negative sizes, or sizes that need more clients than
             there are (the message names both numbers and suggests sizes that fit).
     """
-    ids = [str(c) for c in client_ids]
+    ids = [str(c) for c in check_id_list("client_ids", client_ids)]
     if len(set(ids)) != len(ids):
         dup = sorted(c for c, k in Counter(ids).items() if k > 1)[:5]
         raise ValueError(f"duplicate client ids {dup}: each client id must appear once.")

@@ -144,8 +144,15 @@ class SweepConfig:
         for axis in ("rows", "columns"):
             if sweep.get(axis) is not None and sweep[axis] not in grid:
                 raise ConfigError(f"{source}: [sweep] {axis} = {sweep[axis]!r} is not a grid key.")
+        if sweep.get("rows") is not None and sweep.get("rows") == sweep.get("columns"):
+            raise ConfigError(
+                f"{source}: [sweep] rows and columns are both {sweep['rows']!r}; give two "
+                "different grid keys (or only one of them)."
+            )
         target = sweep.get("target_accuracy")
-        if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
+        if target is not None and not (
+            isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1
+        ):
             raise ConfigError(f"{source}: target_accuracy must be in (0, 1], got {target!r}.")
         config = cls(
             base,

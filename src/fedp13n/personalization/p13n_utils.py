@@ -32,7 +32,7 @@ from torch import nn
 from fedp13n.client.program import EVAL_BATCH_SIZE, LocalTraining, evaluate, generator_from_torch
 from fedp13n.models.objectives import engine_ignore_ids
 from fedp13n.personalization.inputs import as_client_dataset
-from fedp13n.utils.checks import check_positive_int
+from fedp13n.utils.checks import check_callable, check_positive_int
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
 
@@ -61,10 +61,21 @@ def evaluate_fn(
     ``num_test_examples``) and ``num_batches`` (``ceil(n / batch_size)``: it depends on the
     evaluation batch size, as TFF's) are the counters of TFF's Keras models.
     """
-    batch_size = check_positive_int("batch_size", batch_size)
+    batch_size = _check_evaluation(loss_fn, batch_size)
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module (the model to evaluate), got "
+            f"{type(model).__name__}; pass model_fn(), not model_fn."
+        )
     return evaluate(
         model, as_client_dataset(dataset, "the evaluation dataset"), loss_fn, batch_size
     )
+
+
+def _check_evaluation(loss_fn: Any, batch_size: Any) -> int:
+    """``evaluate_fn``'s settings: a callable loss and a positive batch size."""
+    check_callable("loss_fn", loss_fn, "(outputs, targets) -> loss")
+    return check_positive_int("batch_size", batch_size)
 
 
 def build_evaluate_fn(
@@ -72,6 +83,7 @@ def build_evaluate_fn(
 ) -> Callable[[nn.Module, Any], OrderedDict[str, Any]]:
     """A picklable two-argument ``evaluate_fn(model, dataset)`` with this loss and batch size:
     what :func:`build_personalization_eval` wants as ``baseline_evaluate_fn``."""
+    _check_evaluation(loss_fn, batch_size)  # here, not at the first client's evaluation
     return functools.partial(evaluate_fn, loss_fn=loss_fn, batch_size=batch_size)
 
 

@@ -203,6 +203,8 @@ def write_report(
     file. Raises :class:`ReportError` for a missing or incomplete run directory.
     """
     run_dir = sm.check_run_dir(run_dir)
+    if output_dir is not None:
+        _not_another_run(run_dir, Path(output_dir))
     out = make_output_dir(output_dir if output_dir is not None else run_dir)
     table = sm.read_per_client(run_dir / rd.PER_CLIENT)
     if summary is None or out != run_dir:
@@ -235,6 +237,19 @@ def write_report(
         intro=_facts_html(run_dir, config, summary),
     )
     return atomic_write(out / rd.REPORT, doc)
+
+
+def _not_another_run(run_dir: Path, out: Path) -> None:
+    """A ReportError if ``out`` holds another run's results: the report would replace its
+    ``summary.json`` and ``report.html`` with this run's, which then disagree with its
+    ``per_client.csv``."""
+    found = [m for m in (rd.PER_CLIENT, rd.CONFIG) if (out / m).is_file()]
+    if found and out.resolve() != run_dir.resolve():
+        raise sm.ReportError(
+            f"output {out} holds another run (it has {found[0]}): the report of {run_dir} "
+            "would replace its summary.json and report.html; choose another --output (or "
+            "leave it out to write into the run directory)."
+        )
 
 
 def make_output_dir(out: str | Path) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -265,6 +266,11 @@ def _cell(value: Any) -> Any:
 
 
 def _output_dir(output_dir: str | Path) -> Path:
+    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir).strip():
+        raise ValueError(  # Path("") is ".": the report would land in the current folder
+            f"output_dir must be a folder for the report (a non-empty str or Path), got "
+            f"{output_dir!r}."
+        )
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output_dir {out} is a file; give a folder for the report.")

@@ -169,11 +169,16 @@ def _read_csv(
                 raise ReportError(f"{path}: missing column(s) {absent}; expected {list(required)}.")
             if absent:
                 raise ReportError(f"{path}: {missing(absent)}")
-            return fields, list(reader)
+            rows = []
+            for row in reader:
+                if None in row or None in row.values():  # a cut-off or damaged row
+                    raise ReportError(_short_row(path, reader.line_num, row, len(fields)))
+                rows.append(row)
     except FileNotFoundError:
         raise ReportError(f"{path} does not exist: is {path.parent} {what}?") from None
     except (UnicodeDecodeError, csv.Error):
         raise ReportError(_not_text(path)) from None
+    return fields, rows
 
 
 def read_config(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
@@ -188,6 +193,16 @@ def read_config(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
         raise ReportError(_not_text(path)) from None
     except tomllib.TOMLDecodeError as e:
         raise ReportError(f"{path} is not valid TOML: {e}") from None
+
+
+def _short_row(path: Path, line: int, row: dict[Any, Any], expected: int) -> str:
+    """A CSV row with fewer or more values than the header: the file was cut short
+    (a killed writer, a partial copy) or edited."""
+    got = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, ()))
+    return (
+        f"{path}, line {line}: {got} values where the header has {expected}: the file is cut "
+        "short or damaged; restore it, or rerun the run into a new --output-dir."
+    )
 
 
 def _not_text(path: Path) -> str:

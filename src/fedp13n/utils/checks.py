@@ -82,3 +82,16 @@ def check_seed(value: Any, name: str = "seed", error: type[Exception] = TypeErro
     if not _is_int(value):
         raise error(f"{name} must be an int, got {value!r}.")
     return int(value)
+
+
+def check_id_list(name: str, ids: Any) -> list[Any]:
+    """``ids`` as a list of client ids; a one-line ``TypeError`` for a single string (which
+    would otherwise be read letter by letter) or a non-sequence."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a list of client ids, got the string {ids!r}; use [{ids!r}]."
+        )
+    try:
+        return list(ids)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of client ids, got {type(ids).__name__}.") from None
