@@ -24,7 +24,7 @@ def _split(fill: int) -> ClientData:
 def test_first_load_holds_one_copy_of_the_data(tmp_path):
     """``cached`` builds, saves and loads back the cached arrays: the built ones must be
     gone before the cached ones are read (on TFF's full EMNIST-62 holding both took the
-    first load's peak RSS from 1.4 to 2.0 GiB). numpy reports its buffers to tracemalloc,
+    first load's peak RSS from 1,416 to 1,976 MiB). numpy reports its buffers to tracemalloc,
     so the peak of traced memory counts every array alive at once."""
     data_bytes = 2 * N_CLIENTS * PER_CLIENT * (28 * 28 + 2)  # train + test, x and y
     tracemalloc.start()
