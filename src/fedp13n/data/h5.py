@@ -58,8 +58,8 @@ def load_h5_file(path: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> 
                 "examples/<client_id>/{pixels,label}."
             )
         group = f["examples"]
-        # The datasets first (their shapes are metadata), so that every client's pixels
-        # go straight into one array of all the rows: no second copy of the data.
+        # All clients' rows first (h5 metadata, nothing read), so that each client's pixels
+        # go straight into its rows of one array: no second copy of the data.
         ids = list(group)
         acc = PixelAccumulator(rows=_total_rows(group, ids, path=path, limit=limit))
         for cid in ids:
