@@ -186,6 +186,7 @@ def cached(
         return hit
     train, test = build()
     save_cached(root, key, train, test, source=source)
+    del train, test  # the built arrays go before the cached ones load: one copy in memory
     hit = load_cached(root, key, mmap=mmap)
     assert hit is not None, f"cache entry {Path(root) / key} unreadable right after writing"
     return hit

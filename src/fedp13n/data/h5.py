@@ -44,7 +44,6 @@ def load_h5_file(path: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> 
         raise DataNotFoundError(f"{path}: is a directory; expected an h5 file.")
     if not path.is_file():
         raise DataNotFoundError(f"{path}: no such file.")
-    acc = PixelAccumulator()
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -59,18 +58,51 @@ def load_h5_file(path: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> 
                 "examples/<client_id>/{pixels,label}."
             )
         group = f["examples"]
-        for cid in group:
-            client = _member(group, cid, path=path, cid=cid, where=f"examples/{cid}")
-            if not isinstance(client, h5py.Group):
-                raise DataFormatError(
-                    f"{path}: client {cid!r}: examples/{cid} is not a group with "
-                    "'pixels' and 'label'."
-                )
-            x = _read_dataset(client, "pixels", path=path, cid=cid, limit=limit)
-            y = _read_dataset(client, "label", path=path, cid=cid, limit=limit)
+        # All clients' rows first (h5 metadata, nothing read), so that each client's pixels
+        # go straight into its rows of one array: no second copy of the data.
+        ids = list(group)
+        acc = PixelAccumulator(rows=_total_rows(group, ids, path=path, limit=limit))
+        for cid in ids:
+            _, pixels, label = _client(group, cid, path=path, limit=limit)
+            x = _read(pixels, f"examples/{cid}/pixels", path=path, cid=cid)
+            y = _read(label, f"examples/{cid}/label", path=path, cid=cid)
             check_client(x, y, source=str(path), client_id=cid, num_classes=num_classes)
             acc.add(cid, x, y, source=str(path))
     return acc.build(source=str(path))
+
+
+def _total_rows(group: h5py.Group, ids: list[str], *, path: Path, limit: int) -> int:
+    """All clients' pixel rows, from the metadata (nothing read). A malformed client, or
+    more rows than the file could hold, raises the error the reading pass would."""
+    rows = 0
+    for cid in ids:
+        try:
+            shape = group[cid]["pixels"].shape
+        except (KeyError, TypeError, ValueError, OSError, AttributeError):
+            shape = _client(group, cid, path=path, limit=limit)[1].shape  # says what is wrong
+        rows += shape[0] if shape else 0
+    if rows * 28 * 28 > limit:  # uint8: a quarter of the pixels' float32 bytes
+        for cid in ids:
+            _client(group, cid, path=path, limit=limit)  # names the client declaring too much
+        raise DataFormatError(
+            f"{path}: its clients declare {rows:,} examples, more than the file could hold "
+            f"({path.stat().st_size:,} bytes); the file is corrupt or not TFF's."
+        )
+    return rows
+
+
+def _client(group: h5py.Group, cid: str, *, path: Path, limit: int):
+    """``(cid, pixels, label)``: the client's two h5 datasets, checked but not read."""
+    client = _member(group, cid, path=path, cid=cid, where=f"examples/{cid}")
+    if not isinstance(client, h5py.Group):
+        raise DataFormatError(
+            f"{path}: client {cid!r}: examples/{cid} is not a group with 'pixels' and 'label'."
+        )
+    return (
+        cid,
+        _dataset(client, "pixels", path=path, cid=cid, limit=limit),
+        _dataset(client, "label", path=path, cid=cid, limit=limit),
+    )
 
 
 #: The most an h5 dataset may inflate relative to the whole file (deflate's bound, ~1032).
@@ -93,6 +125,12 @@ def _member(group: h5py.Group, name: str, *, path: Path, cid: str, where: str):
 
 
 def _read_dataset(client: h5py.Group, key: str, *, path: Path, cid: str, limit: int):
+    """``client[key]`` checked (:func:`_dataset`) and read (:func:`_read`)."""
+    ds = _dataset(client, key, path=path, cid=cid, limit=limit)
+    return _read(ds, f"examples/{cid}/{key}", path=path, cid=cid)
+
+
+def _dataset(client: h5py.Group, key: str, *, path: Path, cid: str, limit: int):
     where = f"examples/{cid}/{key}"
     if key not in client and client.get(key, getlink=True) is None:
         raise DataFormatError(f"{path}: client {cid!r}: missing dataset {where}.")
@@ -113,6 +151,10 @@ def _read_dataset(client: h5py.Group, key: str, *, path: Path, cid: str, limit: 
             "Free memory or use a machine with more.",
             error=DataFormatError,
         )
+    return ds
+
+
+def _read(ds: h5py.Dataset, where: str, *, path: Path, cid: str) -> np.ndarray:
     try:
         return np.asarray(ds[()])
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:

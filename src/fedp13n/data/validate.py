@@ -124,12 +124,19 @@ class PixelAccumulator:
     the k/255 pattern, then widens what was collected (exactly, through the lookup table).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rows: int | None = None) -> None:
         self.ids: list[str] = []
         self.xs: list[np.ndarray] = []
         self.ys: list[np.ndarray] = []
         self._uint8 = True
         self._seen: dict[str, str] = {}
+        #: With ``rows`` (all clients' examples, known up front) each client is written
+        #: straight into one preallocated array: one copy of the data, never two.
+        self._rows = rows
+        if rows is not None:
+            self._x, self._y = np.empty((rows, *IMAGE_SHAPE), np.uint8), np.empty(rows, np.int16)
+            self._sizes: list[int] = []
+            self._end = 0
 
     def add(self, client_id: str, x: np.ndarray, y: np.ndarray, *, source: str) -> None:
         """Append one (already validated) client; duplicate ids are an error."""
@@ -139,6 +146,10 @@ class PixelAccumulator:
                 f"{source}. Each client must appear once per split; remove one copy."
             )
         self._seen[client_id] = source
+        self.ids.append(client_id)
+        if self._rows is not None:
+            self._write_rows(x, y)
+            return
         if self._uint8:
             u = to_uint8_if_exact(x)
             if u is None:
@@ -149,14 +160,29 @@ class PixelAccumulator:
                 self.xs.append(u)
         else:
             self.xs.append(np.asarray(x, dtype=np.float32))
-        self.ids.append(client_id)
         self.ys.append(np.asarray(y).astype(np.int16))
+
+    def _write_rows(self, x: np.ndarray, y: np.ndarray) -> None:
+        """:meth:`add` into the preallocated rows (widened to float32 as a whole when a
+        client is not k/255, exactly as the per-client arrays are)."""
+        start, self._end = self._end, self._end + len(y)
+        self._sizes.append(len(y))
+        u = to_uint8_if_exact(x) if self._uint8 else None
+        if self._uint8 and u is None:
+            self._uint8 = False
+            self._x = UINT8_TO_UNIT[self._x]
+        self._x[start : self._end] = u if u is not None else np.asarray(x, dtype=np.float32)
+        self._y[start : self._end] = np.asarray(y).astype(np.int16)
 
     def build(self, *, source: str) -> ClientData:
         """The collected clients as one contiguous ClientData."""
         if not self.ids:
             raise DataFormatError(f"{source}: contains no clients.")
-        return ClientData.from_clients(zip(self.ids, self.xs, self.ys, strict=True))
+        if self._rows is None:
+            return ClientData.from_clients(zip(self.ids, self.xs, self.ys, strict=True))
+        assert self._end == self._rows, f"{source}: {self._end} of {self._rows} rows written"
+        offsets = np.concatenate([[0], np.cumsum(self._sizes, dtype=np.int64)])
+        return ClientData(self.ids, self._x, self._y, offsets, check=False)
 
 
 def align_train_test(
