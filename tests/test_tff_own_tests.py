@@ -97,7 +97,9 @@ Notes on the rows:
    keep their order), so TFF's ``{'a': 6}`` fails in fedp13n for its value, not its type.
 3. Sample size: TFF 0.87 names it ``max_num_clients``; fedp13n keeps TFF's original name
    ``max_num_samples`` (``tff.learning.build_personalization_eval``, renamed in TFF commit
-   45e358da0 "No change in the API or functionality"). Sampled results keep the input order
+   45e358da0 "No change in the API or functionality") and also takes TFF 0.87's spelling,
+   ``build_personalization_eval_computation(..., max_num_clients=N)``
+   (``test_p13n_eval_tff_087_names``). Sampled results keep the input order
    (README: "Sampling before work"), so where TFF compares sorted lists the order is asserted.
 4. ``construction_calls_model_fn``: TFF asserts 3 calls with a TODO to reduce them; the
    intent is "not too many": fedp13n calls ``model_fn`` once while building either.
@@ -363,6 +365,28 @@ def test_p13n_eval_small_sample():
     i = int(results.client_ids[0])  # and it is that client's numbers
     assert results["baseline_metrics"]["loss"] == [[0.5, 2.0][i]]
     assert results["batch_size_1"]["test_outputs"]["loss"] == pytest.approx([[24.0, 88.5][i]])
+
+
+def test_p13n_eval_tff_087_names():
+    # TFF 0.87 spells the test above build_personalization_eval_computation(...,
+    # max_num_clients=1): the same builder, the same keyword, the same numbers.
+    from fedp13n.personalization import build_personalization_eval_computation
+
+    p13n_eval = build_personalization_eval_computation(
+        LinearRegression, p13n_fn_dict(1.0), BASELINE_EVAL, max_num_clients=1, seed=0
+    )
+    results = p13n_eval(zero_weights(LinearRegression), TWO_CLIENTS)
+    i = int(results.client_ids[0])
+    assert results["baseline_metrics"]["loss"] == [[0.5, 2.0][i]]
+    assert results["batch_size_1"]["test_outputs"]["loss"] == pytest.approx([[24.0, 88.5][i]])
+    with pytest.raises(ValueError, match="max_num_samples must be a positive integer"):
+        build_personalization_eval_computation(
+            LinearRegression, p13n_fn_dict(1.0), BASELINE_EVAL, max_num_clients=0
+        )
+    with pytest.raises(TypeError, match="name the same setting"):
+        build_personalization_eval(
+            LinearRegression, p13n_fn_dict(1.0), BASELINE_EVAL, 5, max_num_clients=1
+        )
 
 
 def test_p13n_eval_construction_calls_model_fn():

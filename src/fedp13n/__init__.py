@@ -39,6 +39,7 @@ _EXPORTS = {
     "fedavg_cnn": "fedp13n.models.emnist",
     "PersonalizationResult": "fedp13n.personalization.result",
     "build_personalization_eval": "fedp13n.personalization.eval",
+    "build_personalization_eval_computation": "fedp13n.personalization.eval",
     "build_evaluate_fn": "fedp13n.personalization.p13n_utils",
     "build_personalize_fn": "fedp13n.personalization.p13n_utils",
     "evaluate_fn": "fedp13n.personalization.p13n_utils",
@@ -61,6 +62,7 @@ __all__ = [
     "build_centralized",
     "build_evaluate_fn",
     "build_personalization_eval",
+    "build_personalization_eval_computation",
     "build_personalize_fn",
     "build_weighted_fed_avg",
     "emnist_conv_dropout",
@@ -97,7 +99,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     from fedp13n.execution.base import Executor
     from fedp13n.execution.in_process import InProcessExecutor
     from fedp13n.models.emnist import emnist_conv_dropout, fedavg_cnn
-    from fedp13n.personalization.eval import build_personalization_eval
+    from fedp13n.personalization.eval import (
+        build_personalization_eval,
+        build_personalization_eval_computation,
+    )
     from fedp13n.personalization.p13n_utils import (
         build_evaluate_fn,
         build_personalize_fn,

@@ -11,7 +11,9 @@ _EXPORTS = by_module(
         "fedp13n.personalization.result": "PersonalizationResult",
         "fedp13n.personalization.inputs": "as_client_dataset check_fits_model",
         "fedp13n.personalization.p13n_utils": "build_evaluate_fn build_personalize_fn evaluate_fn",
-        "fedp13n.personalization.eval": "build_personalization_eval reservoir_sample",
+        "fedp13n.personalization.eval": (
+            "build_personalization_eval build_personalization_eval_computation reservoir_sample"
+        ),
     }
 )
 __all__ = sorted(_EXPORTS)

@@ -87,6 +87,7 @@ def build_personalization_eval(
     baseline_evaluate_fn: Callable[[nn.Module, ClientDataset], Mapping[str, Any]],
     max_num_samples: int = 100,
     *,
+    max_num_clients: int | None = None,
     seed: int | None = None,
     executor: Executor | None = None,
     engine: Any = None,
@@ -113,6 +114,9 @@ def build_personalization_eval(
             (e.g. :func:`evaluate_fn`); the model is in eval mode.
         max_num_samples: the most clients whose metrics are collected; all of them when
             there are fewer.
+        max_num_clients: TFF 0.87's name for ``max_num_samples``
+            (``build_personalization_eval_computation(..., max_num_clients=100)``): either
+            may be given, not both with different values.
         seed: what the sample and the per-client randomness derive from; ``None`` draws a
             fresh one at every call, recorded in the result's ``seed``.
         executor: where client work runs; ``None`` runs it in this process.
@@ -172,6 +176,13 @@ def build_personalization_eval(
             f"{baseline_evaluate_fn!r} (e.g. fedp13n.personalization.evaluate_fn)."
         )
     strategies = _check_strategies(personalize_fn_dict)
+    if max_num_clients is not None:
+        if max_num_samples not in (100, max_num_clients):
+            raise TypeError(
+                f"max_num_samples={max_num_samples!r} and max_num_clients={max_num_clients!r} "
+                "name the same setting (max_num_clients is TFF 0.87's name); give one."
+            )
+        max_num_samples = max_num_clients
     max_num_samples = _check_eval_settings(max_num_samples, seed, executor)
     compute = Compute.given(
         compute, device=device, precision=precision, deterministic=deterministic, engine=engine
@@ -591,3 +602,9 @@ def _check_client_inputs(client_inputs: Any) -> list[dict[str, Any]]:
             )
         seen[ci["client_id"]] = i
     return inputs
+
+
+#: TFF 0.87's name (``tff.learning.algorithms.build_personalization_eval_computation``):
+#: the same builder; its result is called as TFF's computation is,
+#: ``(model_weights, client_inputs)``.
+build_personalization_eval_computation = build_personalization_eval
