@@ -1293,7 +1293,7 @@ def _resumed_client_state(folder: Path, round_num: int, train_ids: Any, spec: An
             f"this run's {len(train_ids)} FedAvg clients (e.g. {other}): it belongs to another "
             f"run; {lost}"
         )
-    if store.spec != {n: (tuple(s), d) for n, (s, d) in spec.items()}:
+    if store.spec != spec:  # both name -> (shape tuple, dtype name): state_spec's form
         raise ConfigError(
             f"the client state in {folder} keeps {sorted(store.spec)}, not what this run's "
             f"method keeps ({sorted(spec)}): it belongs to another run; {lost}"

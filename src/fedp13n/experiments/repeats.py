@@ -120,11 +120,12 @@ def run_repeats(
             f"--resume continues the repeats saved in {out / REPEATS_FILE}, but the settings "
             "given differ from them; resume with the same settings or use another --output-dir."
         )
-    if saved is not None and repeats < _saved_count(out):
+    done = _saved_count(out) if saved is not None else 0
+    if repeats < done:
         raise ConfigError(
-            f"--repeats {repeats} is fewer than the {_saved_count(out)} seeds of the repeats "
-            f"in {out}; the table would leave the others out: resume with --repeats "
-            f"{_saved_count(out)} (or more, to add seeds)."
+            f"--repeats {repeats} is fewer than the {done} seeds of the repeats in {out}; the "
+            f"table would leave the others out: resume with --repeats {done} (or more, to add "
+            "seeds)."
         )
     out.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(out):

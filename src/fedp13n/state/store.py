@@ -458,10 +458,10 @@ class ClientStateStore:
     def _undo(self, path: Path) -> int:
         """Write back the old rows a generation holds; returns the round it was applied on."""
         try:
-            g = np.load(path)
-            rows = g["rows"]
-            old = [list(g[f"old_{k}"]) for k in range(len(self.spec))]
-            initialised, on = g["initialised"], int(g["on"])
+            with np.load(path) as g:
+                rows = g["rows"]
+                old = [list(g[f"old_{k}"]) for k in range(len(self.spec))]
+                initialised, on = g["initialised"], int(g["on"])
         except Exception as e:  # noqa: BLE001 (a damaged file: zip, pickle, key errors)
             raise ValueError(
                 f"{path} is not a readable client-state generation ({type(e).__name__}: {e}); "
