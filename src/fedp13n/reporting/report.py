@@ -194,13 +194,18 @@ def _tuning_html(summary: sm.Summary) -> str:
 
 
 def write_report(
-    run_dir: str | Path, output_dir: str | Path | None = None, *, summary: sm.Summary | None = None
+    run_dir: str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    summary: sm.Summary | None = None,
+    note: str = "",
 ) -> Path:
     """Write ``report.html``, its PNGs and ``summary.json`` to ``output_dir`` (default: the run).
 
     ``summary``: the run's summary when the caller already computed it (``fedp13n run``
-    does, and has written ``summary.json`` into the run). Returns the path of the HTML
-    file. Raises :class:`ReportError` for a missing or incomplete run directory.
+    does, and has written ``summary.json`` into the run); ``note``: HTML under the run's
+    facts (a library result's missing information). Returns the path of the HTML file.
+    Raises :class:`ReportError` for a missing or incomplete run directory.
     """
     run_dir = sm.check_run_dir(run_dir)
     if output_dir is not None:
@@ -234,7 +239,7 @@ def write_report(
         f"Personalization report: {run_dir.name}",
         f"Run directory {run_dir.resolve()} — fedp13n {__version__}",
         sections,
-        intro=_facts_html(run_dir, config, summary),
+        intro=_facts_html(run_dir, config, summary) + note,
     )
     return atomic_write(out / rd.REPORT, doc)
 

@@ -154,18 +154,14 @@ def _write_library_report(out: Path, summary: Any, *, fedavg: bool) -> Path:
     from fedp13n.reporting.report import write_report
     from fedp13n.reporting.summary import ReportWarning
 
+    note = html.note("Missing information.", library_note(fedavg=fedavg))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = write_report(out, summary=summary)
+        path = write_report(out, summary=summary, note=note)
     for w in caught:
         # the "no FedAvg curves" advice is for run folders; the report itself says it
         if not (issubclass(w.category, ReportWarning) and rd.FEDAVG_METRICS in str(w.message)):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    doc = path.read_text(encoding="utf-8")
-    if "<nav>" in doc:  # under the title, before the contents (html.page's intro place)
-        note = html.note("Missing information.", library_note(fedavg=fedavg))
-        doc = doc.replace("<nav>", note + "<nav>", 1)
-        atomic_write(path, doc)
     return path
 
 

@@ -187,15 +187,7 @@ class ClientStateStore:
                 "ClientStateStore.open (or choose another folder)."
             )
         (directory / GENERATIONS).mkdir(parents=True, exist_ok=True)
-        index = {
-            "format": FORMAT,
-            "version": VERSION,
-            "round": 0,
-            "client_ids": ids,
-            "spec": {n: [list(s), d] for n, (s, d) in spec_.items()},
-            "initialised": [],
-        }
-        store = cls(directory, index)
+        store = cls(directory, {"round": 0, "client_ids": ids, "spec": spec_, "initialised": []})
         for k, name in enumerate(spec_):
             path = store._file(k)
             with writing(path), open(path, "wb") as f:
@@ -290,8 +282,7 @@ class ClientStateStore:
         """Make round ``round_num``'s writes durable (the three steps of the module
         docstring); call it after the round and before its checkpoint. Returns the
         generation file."""
-        if isinstance(round_num, bool) or not isinstance(round_num, int):
-            raise TypeError(f"round_num must be an integer, got {round_num!r}.")
+        _check_round(round_num)
         if round_num <= self.round_num:
             raise ValueError(
                 f"commit({round_num}): the store is at round {self.round_num}; commit each "
@@ -348,8 +339,7 @@ class ClientStateStore:
     def prune(self, round_num: int) -> list[Path]:
         """Delete the generations of rounds <= ``round_num`` (the store can no longer go
         back before it); returns the deleted files."""
-        if isinstance(round_num, bool) or not isinstance(round_num, int):
-            raise TypeError(f"round_num must be an integer, got {round_num!r}.")
+        _check_round(round_num)
         gone = [p for r, p in self._generations() if r <= round_num]
         for p in gone:
             p.unlink()
@@ -441,6 +431,7 @@ class ClientStateStore:
                 os.close(fd)
 
     def _write_index(self) -> None:
+        """``index.json`` (atomically, its folder synced): the commit point."""
         index = {
             "format": FORMAT,
             "version": VERSION,
@@ -493,6 +484,11 @@ class ClientStateStore:
             if r > self.round_num:
                 self._undo(path)
                 path.unlink()
+
+
+def _check_round(round_num: Any) -> None:
+    if isinstance(round_num, bool) or not isinstance(round_num, int):
+        raise TypeError(f"round_num must be an integer, got {round_num!r}.")
 
 
 def _folder(directory: str | os.PathLike) -> Path:
