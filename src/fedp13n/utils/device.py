@@ -29,13 +29,8 @@ import torch
 from fedp13n.utils.checks import check_bool
 
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")
+#: Warnings given once per process (their keys).
 _warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 # -- devices ------------------------------------------------------------------------------------
@@ -57,7 +52,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     cuda = range(torch.cuda.device_count()) if torch.cuda.is_available() else ()
     have = ", ".join(["cpu", *(f"cuda:{i}" for i in cuda)] + (["mps"] if _mps_available() else []))
     if name == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name == "mps":
@@ -156,11 +151,13 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> Pre
             f"precision 'tf32' is a CUDA setting (TensorFloat-32 on NVIDIA GPUs), not for "
             f"device {str(dev)!r}; use 'fp32' or 'bf16' there."
         )
-    if name == "bf16" and kind == "cpu" and not cpu_has_native_bf16():
-        _warn_once(
-            "bf16-cpu",
+    if name == "bf16" and kind == "cpu" and not cpu_has_native_bf16() and "bf16" not in _warned:
+        _warned.add("bf16")
+        warnings.warn(
             "precision 'bf16' on this CPU is emulated (no AVX512-BF16/AMX): slower than fp32 "
             "and less accurate; use it only to test bf16 numerics.",
+            RuntimeWarning,
+            stacklevel=2,
         )
     return Precision(name, kind)
 
@@ -370,8 +367,6 @@ class Compute:
     def placed(self) -> torch.device:
         """The device this process's client work runs on (:func:`work_device`: a worker
         pinned to a GPU uses its GPU; the first CUDA work sets up determinism)."""
-        if self.device == "cpu":
-            return torch.device("cpu")
         return work_device(self.device, deterministic=self.deterministic)
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
