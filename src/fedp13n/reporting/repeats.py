@@ -111,11 +111,6 @@ def row_label(row: dict[str, Any]) -> str:
     return f"{row['name']}, {epoch_text(row['epoch'])}"
 
 
-def mean_std_text(row: dict[str, Any]) -> str:
-    """``0.8123 +- 0.0101`` (``+- n/a`` for one seed)."""
-    return f"{format_number(row['mean'])} +- {format_number(row['std'])}"
-
-
 def repeats_markdown(agg: dict[str, Any], note: str = "") -> str:
     """The table: one row per baseline / strategy-epoch / protocol, "mean +- std over N
     seeds", then each seed's mean [95% CI] helped / hurt."""
@@ -126,8 +121,9 @@ def repeats_markdown(agg: dict[str, Any], note: str = "") -> str:
     for row in agg["rows"]:
         by_seed = {p["seed"]: p for p in row["per_seed"]}
         cells = [_seed_cell(by_seed.get(s)) for s in seeds]
+        mean_std = f"{format_number(row['mean'])} +- {format_number(row['std'])}"  # +- n/a: 1 seed
         lines.append(
-            f"| {row_label(row)} | {mean_std_text(row)} | {row['n_seeds']} | "
+            f"| {row_label(row)} | {mean_std} | {row['n_seeds']} | "
             f"{_pct(row['helped_mean'])} | {_pct(row['hurt_mean'])} | " + " | ".join(cells) + " |"
         )
     lines += [

@@ -170,17 +170,6 @@ class Summary:
     def strategies(self) -> list[str]:
         return list(dict.fromkeys(r.strategy for r in self.rows))
 
-    def validation_means(self) -> dict[tuple[str, str], float]:
-        """(strategy, ``epoch_k``) -> mean accuracy on the run's validation clients, from
-        ``tuning.json`` (its shape checked by ``read_tuning``; empty when the run had none)."""
-        curves = (self.tuning or {}).get("validation_accuracy", {})
-        return {
-            (strategy, epoch): float(value)
-            for strategy, curve in curves.items()
-            for epoch, value in curve.items()
-            if value is not None and math.isfinite(value)
-        }
-
     def clients_text(self) -> str:
         """``30 clients``, with :func:`left_out_note` in brackets when it says something."""
         left_out = left_out_note(self.num_without_test, self.num_clients)
@@ -193,7 +182,15 @@ class Summary:
         rows = [r for r in self.rows if math.isfinite(r.mean)]
         if not rows:
             return None
-        val = self.validation_means()
+        # (strategy, epoch_k) -> mean accuracy on the validation clients (tuning.json's
+        # shape checked by read_tuning; empty when the run had none)
+        curves = (self.tuning or {}).get("validation_accuracy", {})
+        val = {
+            (strategy, epoch): float(value)
+            for strategy, curve in curves.items()
+            for epoch, value in curve.items()
+            if value is not None and math.isfinite(value)
+        }
         scored = [(val[(r.strategy, r.epoch)], r) for r in rows if (r.strategy, r.epoch) in val]
         if scored:
             best = max(scored, key=lambda t: (t[0], -scored.index(t)))
@@ -254,11 +251,6 @@ class Summary:
 
 #: The statistics a protocol beside TFF's reports (no baseline to pair with).
 _PROTOCOL_STATS = ("n", "mean", "median", "ci_low", "ci_high", "std")
-
-
-def protocol_stats(accuracy: dict[str, np.ndarray]) -> tuple[Stats, ...]:
-    """Statistics of each protocol of ``per_client_own_state.csv`` that has clients."""
-    return tuple(_stats(p, None, acc, None) for p, acc in accuracy.items() if len(acc))
 
 
 def left_out_note(left_out: int, total: int) -> str:
@@ -386,9 +378,10 @@ def summarize_run(run_dir: str | Path) -> Summary:
             raise ReportError(f"{p13n} is not a personalization result fedp13n wrote.") from None
     tuning = read_tuning(run_dir)  # its shape checked: a one-line ReportError
     own = Path(run_dir) / rd.OWN_STATE_PER_CLIENT
-    accuracy = read_own_state(own) if own.is_file() else {}
+    accuracy = read_own_state(own) if own.is_file() else {}  # per protocol beside TFF's
+    protocols = tuple(_stats(p, None, acc, None) for p, acc in accuracy.items() if len(acc))
     return dataclasses.replace(
-        summary, selected=selected, tuning=tuning, protocols=protocol_stats(accuracy),
+        summary, selected=selected, tuning=tuning, protocols=protocols,
         protocol_clients={p: len(acc) for p, acc in accuracy.items()},
     )  # fmt: skip
 
