@@ -55,25 +55,6 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def image(png: bytes, alt: str, filename: str | None = None, caption: str | None = None) -> str:
-    """An ``<img>`` with the PNG inline (``data:image/png;base64``) in a ``<figure>``."""
-    data = base64.b64encode(png).decode("ascii")
-    cap = esc(caption or "")
-    if filename:
-        cap += f' <span class="file">(also saved as <code>{esc(filename)}</code>)</span>'
-    return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
-        f"<figcaption>{cap}</figcaption></figure>"
-    )
-
-
-def figure(pngs: Mapping[str, bytes], key: str, alt: str, caption: str, filename: str) -> str:
-    """The figure ``key`` of ``pngs``, or a line saying what it would show."""
-    if key not in pngs:
-        return f"<p>Not available: {esc(caption)}</p>"
-    return image(pngs[key], alt, filename, caption)
-
-
 def figure_sections(
     figures: Sequence[tuple[str, str, str, str]],
     pngs: Mapping[str, bytes],
@@ -81,12 +62,20 @@ def figure_sections(
     notes: Mapping[str, str],
 ) -> list[Section]:
     """A section per figure ``(id, title, alt text, caption)``: its note (HTML, say what it
-    leaves out), then the figure: where there is none, the note stands alone."""
+    leaves out), then the figure, its PNG inline (``data:image/png;base64``) in a
+    ``<figure>``. Where there is none the note stands alone, or a line says what it would
+    show."""
     sections = []
     for key, title, alt, caption in figures:
-        shown = (
-            figure(pngs, key, alt, caption, files[key]) if key in pngs or key not in notes else ""
-        )
+        if key in pngs:
+            data = base64.b64encode(pngs[key]).decode("ascii")
+            shown = (
+                f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+                f'<figcaption>{esc(caption)} <span class="file">(also saved as '
+                f"<code>{esc(files[key])}</code>)</span></figcaption></figure>"
+            )
+        else:
+            shown = "" if key in notes else f"<p>Not available: {esc(caption)}</p>"
         sections.append(Section(key, title, notes.get(key, "") + shown))
     return sections
 

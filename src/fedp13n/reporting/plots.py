@@ -53,13 +53,10 @@ def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
-def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
-    cols = min(n, max_cols)
-    return math.ceil(n / cols), cols
-
-
 def _panels(n: int, width: float = 4.3, height: float = 3.6, **kw) -> tuple[Figure, list]:
-    rows, cols = _grid(n)
+    """``n`` panels, at most three a row (the spare ones hidden)."""
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
     fig = Figure(figsize=(width * cols, height * rows + 0.5), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, **kw).ravel().tolist()
     for ax in axes[n:]:
