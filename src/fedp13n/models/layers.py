@@ -17,6 +17,7 @@ draw different masks from the same seed.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -52,10 +53,7 @@ def keep_mask(
     threshold = round(p * 256)
     if threshold != p * 256:
         raise ValueError(f"keep_mask needs p to be a multiple of 1/256, got {p}.")
-    n = 1
-    for s in shape:
-        n *= s
-    return (random_bytes(n, generator) >= threshold).view(shape)
+    return (random_bytes(math.prod(shape), generator) >= threshold).view(shape)
 
 
 def fast_dropout(

@@ -275,9 +275,8 @@ def masked_accuracy_counts(
     """``(correct, count)`` as int64 tensors: positions whose arg-max over the class axis
     (dim 1) is the target, and positions counted, leaving out targets in
     ``masked_tokens`` (TFF's: the pad id only)."""
-    counted = torch.ones_like(targets, dtype=torch.bool)
-    for token in masked_tokens:
-        counted = counted & (targets != token)
+    masked = torch.as_tensor(tuple(masked_tokens), dtype=targets.dtype, device=targets.device)
+    counted = ~torch.isin(targets, masked)
     correct = (logits.argmax(dim=1) == targets) & counted
     return correct.sum(), counted.sum()
 
