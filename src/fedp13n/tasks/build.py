@@ -265,6 +265,14 @@ def check_model_fits(
         raise ValueError(f"{what} returns a {type(out).__name__}; it must return a tensor.")
     if not y.is_floating_point():
         _check_logits(out, y, max(int(d.y.max()) for d in (train, test) if len(d.y)), what)
+    _check_loss(loss_fn, out, y, cid, what)
+
+
+def _check_loss(
+    loss_fn: Callable[..., Any], out: torch.Tensor, y: torch.Tensor, cid: str, what: str
+) -> None:
+    """The loss of the model's output ``out`` on labels ``y`` (2 examples of client
+    ``cid``): one number, with a gradient, finite; else a one-line ``ValueError``."""
     try:
         value = loss_fn(out, y)
     except Exception as e:  # noqa: BLE001
