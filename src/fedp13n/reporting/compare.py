@@ -246,26 +246,15 @@ def _write_figures(runs: Sequence[RunInfo], out: Path) -> tuple[dict[str, Path],
     return {k: plots.save_png(fig, out / PNG_FILES[k]) for k, fig in figures.items()}, no_fedavg
 
 
-def _best_bars(runs: Sequence[RunInfo]) -> list[tuple]:
-    """Each run's baseline and best personalized accuracy with their CIs and the best's
-    label (runs without a best left out)."""
+def _best_bars(runs: Sequence[RunInfo]) -> list[tuple[str, sm.Stats, sm.Stats, str]]:
+    """Each run's label, its baseline's and its best personalized statistics, and the
+    best's label (runs without a best left out)."""
     bars = []
     for r in runs:
-        b, choice = r.summary.baseline, r.summary.best_choice()
+        choice = r.summary.best_choice()
         if choice is not None:
-            best = choice.stats
-            bars.append(
-                (
-                    r.label,
-                    b.mean,
-                    b.ci_low,
-                    b.ci_high,
-                    best.mean,
-                    best.ci_low,
-                    best.ci_high,
-                    best.label + (" (on validation)" if choice.held_out else " (not held out)"),
-                )
-            )
+            how = " (on validation)" if choice.held_out else " (not held out)"
+            bars.append((r.label, r.summary.baseline, choice.stats, choice.stats.label + how))
     return bars
 
 

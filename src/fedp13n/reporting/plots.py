@@ -284,12 +284,10 @@ def _quartile_means(ax, x: np.ndarray, d: np.ndarray, strategy: str) -> None:
                 marker="D", ms=5, lw=1.4, capsize=3, label="quartile-bin mean, 95% CI")  # fmt: skip
 
 
-def headline_bars(
-    entries: Sequence[tuple[str, float, float, float, float, float, float, str]],
-) -> Figure:
+def headline_bars(entries: Sequence[tuple[str, sm.Stats, sm.Stats, str]]) -> Figure:
     """Per run: baseline and best personalized mean accuracy with 95% CIs (for compare).
 
-    ``entries``: (run, base_mean, base_lo, base_hi, best_mean, best_lo, best_hi, best_label).
+    ``entries``: (run, the baseline's statistics, the best's statistics, the best's label).
     """
     fig = Figure(figsize=(max(6.0, 1.6 * len(entries) + 2), 4.6), dpi=DPI, layout="constrained")
     ax = fig.subplots()
@@ -297,21 +295,21 @@ def headline_bars(
     w = 0.38
     for off, which, color, hatch, name in (
         (-w / 2, 1, "#999999", "", "baseline (global model)"),
-        (w / 2, 4, PALETTE[0], "//", "best personalized"),
+        (w / 2, 2, PALETTE[0], "//", "best personalized"),
     ):
-        mean = np.array([e[which] for e in entries])
-        lo = np.array([e[which + 1] for e in entries])
-        hi = np.array([e[which + 2] for e in entries])
+        mean = np.array([e[which].mean for e in entries])
+        lo = np.array([e[which].ci_low for e in entries])
+        hi = np.array([e[which].ci_high for e in entries])
         ax.bar(x + off, mean, w, color=color, hatch=hatch, edgecolor="white", label=name,
                yerr=[mean - lo, hi - mean], capsize=4)  # fmt: skip
     for i, e in enumerate(entries):
-        ax.annotate(e[7], (x[i] + w / 2, e[6]), xytext=(0, 4), textcoords="offset points",
+        ax.annotate(e[3], (x[i] + w / 2, e[2].ci_high), xytext=(0, 4), textcoords="offset points",
                     ha="center", va="bottom", fontsize=8)  # fmt: skip
     tilt = len(entries) > 3
     ax.set_xticks(x, [e[0] for e in entries], rotation=20 if tilt else 0,
                   ha="right" if tilt else "center")  # fmt: skip
     title = "Baseline vs best personalized mean accuracy (95% CI)"
     _style(ax, title, "run", "mean accuracy (fraction correct)")
-    ax.set_ylim(0, min(1.1, max(e[6] for e in entries) * 1.15 + 0.02))
+    ax.set_ylim(0, min(1.1, max(e[2].ci_high for e in entries) * 1.15 + 0.02))
     fig.legend(loc="outside lower center", ncols=2, fontsize=9, frameon=False)
     return fig
