@@ -391,7 +391,7 @@ class ClientData:
         set: normalised pixels, more classes)."""
         ids, xs, ys = [], [], []
         for cid, x, y in clients:
-            x, y = _as_numpy(x), _as_numpy(y)
+            x, y = as_numpy(x), as_numpy(y)
             if check:
                 check_image_examples(x, y, where=f"ClientData.from_clients: client {cid!r}")
             ids.append(cid)
@@ -428,7 +428,7 @@ class ClientData:
                     f"ClientData.from_mapping: client {cid!r} maps to a "
                     f"{type(pair).__name__}; each client maps to a pair (x, y)."
                 )
-            x, y = _as_numpy(pair[0]), _as_numpy(pair[1])
+            x, y = as_numpy(pair[0]), as_numpy(pair[1])
             if x.ndim == 0 or len(x) != len(y):
                 raise ValueError(
                     f"ClientData.from_mapping: client {cid!r} has x of shape {x.shape} and "
@@ -450,7 +450,7 @@ class ClientData:
         example (``client_ids``, one per row): the clients in order of first appearance,
         each with its examples in their order. Any features and labels are taken
         (``check``: as :meth:`from_mapping`)."""
-        x, y, owner = _as_numpy(x), _as_numpy(y), _as_numpy(client_ids)
+        x, y, owner = as_numpy(x), as_numpy(y), as_numpy(client_ids)
         if not (len(x) == len(y) == len(owner)) or owner.ndim != 1:
             raise ValueError(
                 f"ClientData.from_arrays: x has {len(x)} rows, y {len(y)} and client_ids "
@@ -663,7 +663,7 @@ class ClientData:
         return cls.load(path, mmap=True, verify=False)
 
 
-def _as_numpy(a: Any) -> np.ndarray:
+def as_numpy(a: Any) -> np.ndarray:
     """An array-like (numpy array, torch tensor, list) as a numpy array."""
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 

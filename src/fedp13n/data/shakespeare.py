@@ -43,11 +43,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from fedp13n.data.client_data import ClientData
-from fedp13n.data.h5 import MAX_INFLATION, _member, _read_dataset
+from fedp13n.data.h5 import _read_dataset, client_group, open_examples
 from fedp13n.data.leaf import load_leaf_splits
 from fedp13n.data.validate import DataFormatError, DataNotFoundError, align_train_test
 
@@ -160,26 +159,11 @@ def load_shakespeare_h5(
     """One TFF Shakespeare h5 file, preprocessed: ``(ClientData, number of snippets)``;
     clients in the file's (sorted) key order."""
     path = Path(path)
-    if not path.is_file():
-        raise DataNotFoundError(f"{path}: no such file.")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataFormatError(f"{path}: not a readable HDF5 file ({e}).") from None
-    limit = MAX_INFLATION * path.stat().st_size + (64 << 20)
+    f, group, limit = open_examples(path, "snippets")
     clients, num_snippets = [], 0
     with f:
-        group = f.get("examples")
-        if not isinstance(group, h5py.Group):
-            raise DataFormatError(
-                f"{path}: no 'examples' group; expected TFF's layout examples/<client_id>/snippets."
-            )
         for cid in group:
-            client = _member(group, cid, path=path, cid=cid, where=f"examples/{cid}")
-            if not isinstance(client, h5py.Group):
-                raise DataFormatError(
-                    f"{path}: client {cid!r}: examples/{cid} is not a group with 'snippets'."
-                )
+            client = client_group(group, cid, path=path, wants="'snippets'")
             raw = _read_dataset(client, "snippets", path=path, cid=cid, limit=limit)
             snippets = _snippet_list(raw, path=path, cid=cid)
             num_snippets += len(snippets)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -53,11 +54,12 @@ class CacheStaleError(DataError):
     """A cache entry was written by an older cache format."""
 
 
-def label_char(label: int) -> str:
-    """The character an EMNIST-62 label stands for (``11 -> 'B'``, ``37 -> 'b'``)."""
-    if not 0 <= label < NUM_CLASSES:
-        raise ValueError(f"EMNIST labels are 0..{NUM_CLASSES - 1}, got {label}.")
-    return LABEL_CHARS[label]
+def check_data_file(path: Path, expected: str) -> None:
+    """A :class:`DataNotFoundError` unless ``path`` is a file (``expected``: what it should be)."""
+    if path.is_dir():
+        raise DataNotFoundError(f"{path}: is a directory; expected {expected}.")
+    if not path.is_file():
+        raise DataNotFoundError(f"{path}: no such file.")
 
 
 def check_client(
