@@ -48,7 +48,7 @@ from fedp13n.data.shakespeare import (
     read_shakespeare_dir,
 )
 from fedp13n.data.sqlite import load_sqlite
-from fedp13n.data.validate import DataError, DataFormatError, DataNotFoundError, check_counts
+from fedp13n.data.validate import DataError, DataNotFoundError, check_counts
 from fedp13n.utils.seeding import derive_rng
 
 T = TypeVar("T")
@@ -228,22 +228,6 @@ SHAKESPEARE_H5 = Published(
 )
 
 
-def _check_snippets(
-    result: tuple[ClientData, ClientData, tuple[int, int]],
-    expected: tuple[int, int, int] | None,
-    source: str,
-) -> None:
-    """Integrity check of Shakespeare data: (clients, train snippets, test snippets)."""
-    train, _, (n_train, n_test) = result
-    got = (len(train), n_train, n_test)
-    if expected is not None and got != tuple(expected):
-        raise DataFormatError(
-            f"{source}: expected {expected[0]} clients, {expected[1]} train and "
-            f"{expected[2]} test snippets, found {got[0]}, {got[1]} and {got[2]}. The "
-            "download is incomplete or not the expected data set: delete it and download again."
-        )
-
-
 def _shakespeare_key(sequence_length: int) -> str:
     return f"shakespeare-{sequence_length}"
 
@@ -279,7 +263,7 @@ def fetch_shakespeare(
             progress,
             SHAKESPEARE_H5_NAMES,
             lambda d: read_shakespeare_dir(d, sequence_length=sequence_length),
-            lambda result: _check_snippets(result, counts, url),
+            lambda r: check_counts(r[0], r[1], counts, source=url, sizes=r[2], unit="snippets"),
         )
         return train, test
 

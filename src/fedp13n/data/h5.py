@@ -21,11 +21,11 @@ from fedp13n.data.validate import (
     NUM_CLASSES,
     NUM_DIGIT_CLASSES,
     DataFormatError,
-    DataNotFoundError,
     PixelAccumulator,
     align_train_test,
     check_client,
     check_data_file,
+    tff_pair,
 )
 
 #: File name prefix of each variant inside TFF's archives.
@@ -48,7 +48,7 @@ def load_h5_file(path: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> 
         ids = list(group)
         acc = PixelAccumulator(rows=_total_rows(group, ids, path=path, limit=limit))
         for cid in ids:
-            _, pixels, label = _client(group, cid, path=path, limit=limit)
+            pixels, label = _client(group, cid, path=path, limit=limit)
             x = _read(pixels, f"examples/{cid}/pixels", path=path, cid=cid)
             y = _read(label, f"examples/{cid}/label", path=path, cid=cid)
             check_client(x, y, source=str(path), client_id=cid, num_classes=num_classes)
@@ -83,7 +83,7 @@ def _total_rows(group: h5py.Group, ids: list[str], *, path: Path, limit: int) ->
         try:
             shape = group[cid]["pixels"].shape
         except (KeyError, TypeError, ValueError, OSError, AttributeError):
-            shape = _client(group, cid, path=path, limit=limit)[1].shape  # says what is wrong
+            shape = _client(group, cid, path=path, limit=limit)[0].shape  # says what is wrong
         rows += shape[0] if shape else 0
     if rows * 28 * 28 > limit:  # uint8: a quarter of the pixels' float32 bytes
         for cid in ids:
@@ -96,13 +96,9 @@ def _total_rows(group: h5py.Group, ids: list[str], *, path: Path, limit: int) ->
 
 
 def _client(group: h5py.Group, cid: str, *, path: Path, limit: int):
-    """``(cid, pixels, label)``: the client's two h5 datasets, checked but not read."""
+    """``(pixels, label)``: the client's two h5 datasets, checked but not read."""
     client = client_group(group, cid, path=path, wants="'pixels' and 'label'")
-    return (
-        cid,
-        _dataset(client, "pixels", path=path, cid=cid, limit=limit),
-        _dataset(client, "label", path=path, cid=cid, limit=limit),
-    )
+    return tuple(_dataset(client, k, path=path, cid=cid, limit=limit) for k in ("pixels", "label"))
 
 
 #: The most an h5 dataset may inflate relative to the whole file (deflate's bound, ~1032).
@@ -190,14 +186,7 @@ def load_h5_dir(
     data_dir: str | os.PathLike, *, only_digits: bool = False
 ) -> tuple[ClientData, ClientData]:
     """Load ``fed_emnist[_digitsonly]_{train,test}.h5`` from a directory."""
-    data_dir = Path(data_dir)
-    names = h5_file_names(only_digits)
-    paths = [data_dir / n for n in names]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise DataNotFoundError(
-            f"missing {', '.join(missing)}: --data-dir must hold TFF's {names[0]} and "
-            f"{names[1]} (extracted from {H5_PREFIX[only_digits]}.tar.bz2)."
-        )
+    archive = f"{H5_PREFIX[only_digits]}.tar.bz2"
+    paths = tff_pair(Path(data_dir), h5_file_names(only_digits), archive, "--data-dir")
     num_classes = NUM_DIGIT_CLASSES if only_digits else NUM_CLASSES
     return load_h5_pair(*paths, num_classes=num_classes)

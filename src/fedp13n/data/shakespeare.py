@@ -47,8 +47,8 @@ import numpy as np
 
 from fedp13n.data.client_data import ClientData
 from fedp13n.data.h5 import _read_dataset, client_group, open_examples
-from fedp13n.data.leaf import load_leaf_splits
-from fedp13n.data.validate import DataFormatError, DataNotFoundError, align_train_test
+from fedp13n.data.leaf import leaf_entry, leaf_shards, load_leaf_splits
+from fedp13n.data.validate import DataFormatError, align_train_test, tff_pair
 
 #: TFF's ``CHAR_VOCAB`` (``char_prediction_preprocessing.py``), in TFF's order: the
 #: character ``VOCAB[i]`` has id ``i + 1``.
@@ -176,14 +176,7 @@ def read_shakespeare_dir(
 ) -> tuple[ClientData, ClientData, tuple[int, int]]:
     """``shakespeare_{train,test}.h5`` in ``data_dir`` (uncached): ``(train, test,
     (train snippets, test snippets))``, both listing the same clients in the same order."""
-    data_dir = Path(data_dir)
-    paths = [data_dir / n for n in H5_NAMES]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise DataNotFoundError(
-            f"missing {', '.join(missing)}: the directory must hold TFF's {H5_NAMES[0]} and "
-            f"{H5_NAMES[1]} (extracted from shakespeare.tar.bz2)."
-        )
+    paths = tff_pair(Path(data_dir), H5_NAMES, "shakespeare.tar.bz2", "the directory")
     train, n_train = load_shakespeare_h5(paths[0], sequence_length=sequence_length)
     test, n_test = load_shakespeare_h5(paths[1], sequence_length=sequence_length)
     train, test = align_train_test(train, test, source=f"{paths[0]} + {paths[1]}")
@@ -206,9 +199,7 @@ def leaf_window_to_example(
     return ids, np.append(ids[1:], np.int32(nxt))
 
 
-def _leaf_client(entry, *, path: Path, cid: str, sequence_length: int):
-    if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
-        raise DataFormatError(f"{path}: client {cid!r}: user_data needs 'x' and 'y'.")
+def _leaf_client(entry: dict, *, path: Path, cid: str, sequence_length: int):
     xs, ys = entry["x"], entry["y"]
     if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys):
         raise DataFormatError(
@@ -243,28 +234,16 @@ def load_shakespeare_leaf_split(
     in each file's ``users`` order): ``{"users": [...], "user_data": {uid: {"x":
     [windows], "y": [next characters]}}}``, each sample one example
     (:func:`leaf_window_to_example`)."""
-    from fedp13n.data.leaf import _read_shard
-
-    split_dir = Path(split_dir)
-    files = sorted(split_dir.glob("*.json"))
-    if not files:
-        raise DataNotFoundError(f"{split_dir}: no *.json LEAF shards found.")
     length = _check_length(sequence_length)
     clients, seen = [], set()
-    for path in files:
-        data = _read_shard(path)
+    for path, data in leaf_shards(split_dir):
         for user in data["users"]:
-            cid = str(user)
-            if cid in seen:
-                raise DataFormatError(f"{path}: client {cid!r} appears twice in the split.")
-            if cid not in data["user_data"]:
-                raise DataFormatError(
-                    f"{path}: client {cid!r}: listed in 'users' but has no entry in 'user_data'."
-                )
+            if str(user) in seen:
+                raise DataFormatError(f"{path}: client {str(user)!r} appears twice in the split.")
+            cid, entry = leaf_entry(data, user, path)
             seen.add(cid)
-            entry = data["user_data"][cid]
             clients.append((cid, *_leaf_client(entry, path=path, cid=cid, sequence_length=length)))
-    return _from_clients(clients, str(split_dir))
+    return _from_clients(clients, str(Path(split_dir)))
 
 
 def load_shakespeare_leaf_dir(
