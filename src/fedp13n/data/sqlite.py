@@ -10,6 +10,7 @@ decoded by :mod:`fedp13n.data.tf_example`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from pathlib import Path
@@ -119,27 +120,12 @@ def load_sqlite_split(
             "WHERE split_name = ? ORDER BY client_id, rowid",
             (split_name,),
         )
-        current: str | None = None
-        xs: list[np.ndarray] = []
-        ys: list[int] = []
-
-        def flush() -> None:
-            x = np.stack(xs)
-            y = np.asarray(ys, dtype=np.int64)
-            check_client(x, y, source=source, client_id=current, num_classes=num_classes)
-            acc.add(current, x, y, source=source)
-
-        for cid, blob in rows:
-            cid = str(cid)
-            if cid != current:
-                if current is not None:
-                    flush()
-                current, xs, ys = cid, [], []
-            x, y = _decode_row(blob, source=source, client_id=cid)
-            xs.append(x)
-            ys.append(y)
-        if current is not None:
-            flush()
+        for cid, client_rows in itertools.groupby(rows, key=lambda row: str(row[0])):
+            pairs = [_decode_row(blob, source=source, client_id=cid) for _, blob in client_rows]
+            x = np.stack([p[0] for p in pairs])
+            y = np.asarray([p[1] for p in pairs], dtype=np.int64)
+            check_client(x, y, source=source, client_id=cid, num_classes=num_classes)
+            acc.add(cid, x, y, source=source)
     except sqlite3.Error as e:
         raise DataFormatError(f"{source}: SQLite error while reading ({e}).") from None
     finally:
