@@ -233,8 +233,7 @@ class ClientDataset:
         (:func:`check_image_examples`; ``check=False``: not); other features are taken as
         they are.
         """
-        x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        x, y = as_numpy(x), as_numpy(y)
         if check:
             check_image_examples(x, y, where="ClientDataset.from_arrays")
         return cls(x, y)

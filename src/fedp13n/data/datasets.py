@@ -291,11 +291,9 @@ def load_shakespeare_dir(
     """TFF's ``shakespeare_{train,test}.h5`` in ``data_dir``, preprocessed and cached (the
     cache key follows the files' paths, sizes and times, as for EMNIST's h5 directory)."""
     d = Path(data_dir)
-    files = [d / n for n in SHAKESPEARE_H5_NAMES]
-    if not all(f.is_file() for f in files):
-        read_shakespeare_dir(d)  # raises the precise error (which file is missing)
     return _cached_files(
-        resolve_cache_dir(cache_dir), d, f"{_shakespeare_key(sequence_length)}-h5", files,
+        resolve_cache_dir(cache_dir), d, f"{_shakespeare_key(sequence_length)}-h5",
+        [d / n for n in SHAKESPEARE_H5_NAMES],
         lambda: read_shakespeare_dir(d, sequence_length=sequence_length)[:2], "shakespeare", mmap,
     )  # fmt: skip
 
@@ -304,7 +302,10 @@ def _cached_files(
     root: Path, d: Path, key: str, files: list[Path], build: Callable, dataset: str, mmap: bool
 ) -> tuple[ClientData, ClientData]:
     """``build()``'s data from the files of folder ``d``, cached under ``root`` with a key
-    that follows ``key`` and the files' paths, sizes and times."""
+    that follows ``key`` and the files' paths, sizes and times. Without ``files`` (or with
+    one missing) ``build()`` runs uncached: the loader says precisely what is missing."""
+    if not files or not all(f.is_file() for f in files):
+        return build()
     return cached(
         root, source_key(key, files), build, mmap=mmap,
         source={"dataset": dataset, "data_dir": str(d.resolve())},
@@ -326,11 +327,9 @@ def load_shakespeare_leaf(
     """LEAF's Shakespeare JSON (``train/``, ``test/`` shards) in ``data_dir``, cached
     (see :func:`fedp13n.data.shakespeare.leaf_window_to_example` for the mapping)."""
     d = Path(data_dir)
-    shards = _json_shards(d)
-    if not shards:
-        return load_shakespeare_leaf_dir(d)  # raises the precise error
     return _cached_files(
-        resolve_cache_dir(cache_dir), d, f"{_shakespeare_key(sequence_length)}-leaf", shards,
+        resolve_cache_dir(cache_dir), d, f"{_shakespeare_key(sequence_length)}-leaf",
+        _json_shards(d),
         lambda: load_shakespeare_leaf_dir(d, sequence_length=sequence_length),
         "shakespeare-leaf", mmap,
     )  # fmt: skip
@@ -569,11 +568,8 @@ def _emnist_h5_dir(
     root: Path, d: Path, only_digits: bool, mmap: bool
 ) -> tuple[ClientData, ClientData]:
     """TFF's EMNIST HDF5 files in ``d`` (cached under ``root``)."""
-    files = [d / n for n in h5_file_names(only_digits)]
-    if not all(f.is_file() for f in files):
-        load_h5_dir(d, only_digits=only_digits)  # raises the precise error (which is missing)
     return _cached_files(
-        root, d, f"h5-{_variant(only_digits)}", files,
+        root, d, f"h5-{_variant(only_digits)}", [d / n for n in h5_file_names(only_digits)],
         lambda: load_h5_dir(d, only_digits=only_digits), "emnist", mmap,
     )  # fmt: skip
 
@@ -593,8 +589,4 @@ def _leaf(
             "use 'emnist' or 'emnist-sqlite'."
         )
     d = Path(data_dir)
-    shards = _json_shards(d)
-    if not shards:
-        # Let the loader produce its precise error (missing directories or shards).
-        return load_leaf_dir(d)
-    return _cached_files(root, d, "leaf", shards, lambda: load_leaf_dir(d), "leaf", mmap)
+    return _cached_files(root, d, "leaf", _json_shards(d), lambda: load_leaf_dir(d), "leaf", mmap)

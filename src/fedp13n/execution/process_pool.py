@@ -230,14 +230,12 @@ class _Worker:
             return int(a[_TASK]), a[_SINCE]
         return sent.start, max(sent.at, a[_SINCE])  # sent, not started yet
 
-    def end(self, wait: float) -> int | None:
-        """Give the process ``wait`` seconds to exit, then kill it; close the pipe. Returns
-        its exit code."""
-        self.process.join(timeout=wait)
+    def end(self) -> int | None:
+        """Kill the process if it still runs, close the pipe; returns its exit code."""
         if self.process.is_alive():
             with contextlib.suppress(OSError):
                 self.process.kill()
-            self.process.join(timeout=5)
+        self.process.join(timeout=5)
         self.conn.close()
         return self.process.exitcode
 
@@ -259,7 +257,11 @@ def _shutdown(workers: list[_Worker], tmpdir: str | None) -> None:
     for w in workers:
         w.send(("stop",))
     for w in workers:
-        w.end(wait=5)
+        w.process.join(timeout=5)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join(timeout=5)
+        w.conn.close()
     workers.clear()
     if tmpdir is not None:
         sharing.remove_share_dir(tmpdir)
@@ -419,7 +421,7 @@ class LocalProcessExecutor(Executor):
     def _replace(self, w: _Worker, fn: tuple[int, bytes] | None = None) -> int | None:
         """Start a worker in ``w``'s slot (sent ``fn``, a map's ``(id, function)``, if
         given); returns ``w``'s exit code."""
-        code = w.end(wait=0)
+        code = w.end()
         slot = self._workers.index(w)
         new = self._workers[slot] = self._start_worker(slot)
         if fn is not None:
