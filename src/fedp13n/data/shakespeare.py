@@ -114,17 +114,9 @@ def snippets_to_examples(
     """TFF's preprocessing of one client's snippets, in order: ``(x, y)``, both int32
     ``(n, sequence_length)``, ``x`` the first ``sequence_length`` ids of each chunk of
     ``to_ids`` and ``y`` the last (the next-character targets)."""
-    split = _check_length(sequence_length) + 1
-    encoded = [_as_bytes(s) for s in snippets]
-    chunks = np.array([-(-(len(b) + 2) // split) for b in encoded], dtype=np.int64)
-    tokens = np.zeros(int(chunks.sum()) * split, dtype=np.int32)
-    start = 0
-    for b, k in zip(encoded, chunks, strict=True):
-        tokens[start] = BOS_ID
-        tokens[start + 1 : start + 1 + len(b)] = _BYTE_IDS[np.frombuffer(b, dtype=np.uint8)]
-        tokens[start + 1 + len(b)] = EOS_ID
-        start += int(k) * split
-    seqs = tokens.reshape(-1, split)
+    length = _check_length(sequence_length)
+    tokens = np.concatenate([np.zeros(0, np.int32), *(to_ids(s, length) for s in snippets)])
+    seqs = tokens.reshape(-1, length + 1)
     return np.ascontiguousarray(seqs[:, :-1]), np.ascontiguousarray(seqs[:, 1:])
 
 
