@@ -15,7 +15,7 @@ from fedp13n.data.client_data import UINT8_TO_UNIT, features_to_tensor
 from fedp13n.data.h5 import load_h5_dir, load_h5_file, load_h5_pair
 from fedp13n.data.leaf import load_leaf_dir, load_leaf_split
 from fedp13n.data.sqlite import load_sqlite
-from fedp13n.data.validate import DataFormatError, DataNotFoundError, label_char
+from fedp13n.data.validate import LABEL_CHARS, DataFormatError, DataNotFoundError
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/femnist_sample"
 needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason="femnist_sample not present")
@@ -383,4 +383,4 @@ def test_sqlite_bad_rows_name_the_client(tmp_path, sqlite_rows, blob, match):
 
 
 def test_label_chars():
-    assert [label_char(i) for i in (0, 9, 10, 11, 35, 36, 37, 61)] == list("09ABZabz")
+    assert [LABEL_CHARS[i] for i in (0, 9, 10, 11, 35, 36, 37, 61)] == list("09ABZabz")

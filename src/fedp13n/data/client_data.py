@@ -13,9 +13,11 @@ numbers are bit-for-bit those of the source floats.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,16 +114,10 @@ def labels_to_tensor(y: np.ndarray) -> torch.Tensor:
     return t.float() if t.dtype != torch.float32 else t
 
 
+@functools.cache
 def _lut_on(device: torch.device) -> torch.Tensor:
     """The uint8 -> k/255 lookup table on ``device`` (one copy per device)."""
-    key = str(device)
-    lut = _LUTS.get(key)
-    if lut is None:
-        lut = _LUTS[key] = _UINT8_TO_UNIT_T.to(device)
-    return lut
-
-
-_LUTS: dict[str, torch.Tensor] = {}
+    return _UINT8_TO_UNIT_T.to(device)
 
 
 def _host_tensor(a: np.ndarray) -> torch.Tensor:
@@ -237,8 +233,7 @@ class ClientDataset:
         (:func:`check_image_examples`; ``check=False``: not); other features are taken as
         they are.
         """
-        x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        x, y = as_numpy(x), as_numpy(y)
         if check:
             check_image_examples(x, y, where="ClientDataset.from_arrays")
         return cls(x, y)
@@ -309,21 +304,14 @@ class ClientDataset:
         the order comes from ``generator``."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+        if shuffle and generator is None:
+            raise ValueError("shuffle=True needs a numpy Generator so the order is reproducible.")
         n = len(self)
-        if shuffle:
-            if generator is None:
-                raise ValueError(
-                    "shuffle=True needs a numpy Generator so the order is reproducible."
-                )
-            order = generator.permutation(n)
-        else:
-            order = None
+        order = generator.permutation(n) if shuffle else None
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
-            if order is None:
-                yield self.batch(slice(start, start + batch_size), device)
-            else:
-                yield self.batch(order[start : start + batch_size], device)
+            rows = slice(start, start + batch_size)
+            yield self.batch(rows if order is None else order[rows], device)
 
     def tensors(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """All examples as one ``(x, y)`` pair of tensors on ``device`` (None: the CPU)."""
@@ -391,7 +379,7 @@ class ClientData:
         set: normalised pixels, more classes)."""
         ids, xs, ys = [], [], []
         for cid, x, y in clients:
-            x, y = _as_numpy(x), _as_numpy(y)
+            x, y = as_numpy(x), as_numpy(y)
             if check:
                 check_image_examples(x, y, where=f"ClientData.from_clients: client {cid!r}")
             ids.append(cid)
@@ -428,7 +416,7 @@ class ClientData:
                     f"ClientData.from_mapping: client {cid!r} maps to a "
                     f"{type(pair).__name__}; each client maps to a pair (x, y)."
                 )
-            x, y = _as_numpy(pair[0]), _as_numpy(pair[1])
+            x, y = as_numpy(pair[0]), as_numpy(pair[1])
             if x.ndim == 0 or len(x) != len(y):
                 raise ValueError(
                     f"ClientData.from_mapping: client {cid!r} has x of shape {x.shape} and "
@@ -450,7 +438,7 @@ class ClientData:
         example (``client_ids``, one per row): the clients in order of first appearance,
         each with its examples in their order. Any features and labels are taken
         (``check``: as :meth:`from_mapping`)."""
-        x, y, owner = _as_numpy(x), _as_numpy(y), _as_numpy(client_ids)
+        x, y, owner = as_numpy(x), as_numpy(y), as_numpy(client_ids)
         if not (len(x) == len(y) == len(owner)) or owner.ndim != 1:
             raise ValueError(
                 f"ClientData.from_arrays: x has {len(x)} rows, y {len(y)} and client_ids "
@@ -533,7 +521,7 @@ class ClientData:
         """A new ClientData with only these clients, in this order (copies the examples)."""
         pos = [self._position(c) for c in client_ids]
         if not pos:
-            return _empty_like(self)
+            return ClientData([], self.x[:0].copy(), self.y[:0].copy(), np.zeros(1, np.int64))
         # checked when this ClientData was built: taken as they are
         return ClientData.from_clients(
             ((self.client_ids[i], *self._slice(i)) for i in pos), check=False
@@ -570,7 +558,7 @@ class ClientData:
         try:
             directory.parent.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
-                _rmtree(tmp)
+                shutil.rmtree(tmp)
             tmp.mkdir()
             np.save(tmp / "x.npy", np.ascontiguousarray(self.x))
             np.save(tmp / "y.npy", np.ascontiguousarray(self.y))
@@ -584,11 +572,11 @@ class ClientData:
             meta["meta_sha256"] = _meta_digest(meta)
             (tmp / "meta.json").write_text(json.dumps(meta))
             if directory.exists():
-                _rmtree(directory)
+                shutil.rmtree(directory)
             tmp.rename(directory)
         finally:
             if tmp.exists():
-                _rmtree(tmp)
+                shutil.rmtree(tmp)
         return directory
 
     @classmethod
@@ -663,16 +651,6 @@ class ClientData:
         return cls.load(path, mmap=True, verify=False)
 
 
-def _as_numpy(a: Any) -> np.ndarray:
+def as_numpy(a: Any) -> np.ndarray:
     """An array-like (numpy array, torch tensor, list) as a numpy array."""
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-
-
-def _empty_like(cd: ClientData) -> ClientData:
-    return ClientData([], cd.x[:0].copy(), cd.y[:0].copy(), np.zeros(1, dtype=np.int64))
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)

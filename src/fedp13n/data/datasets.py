@@ -48,7 +48,7 @@ from fedp13n.data.shakespeare import (
     read_shakespeare_dir,
 )
 from fedp13n.data.sqlite import load_sqlite
-from fedp13n.data.validate import DataError, DataFormatError, DataNotFoundError, check_counts
+from fedp13n.data.validate import DataError, DataNotFoundError, check_counts
 from fedp13n.utils.seeding import derive_rng
 
 T = TypeVar("T")
@@ -100,6 +100,18 @@ def _url_tag(url: str | None, default_url: str, sha256: str | None = None) -> st
     return f"-url-{h}"
 
 
+def _pinned(
+    pub: Published, url: str | None, sha256: str | None, root: Path, stem: str
+) -> tuple[str, str | None, str, Path]:
+    """``(url, sha256, tag, archive)`` of a published tar archive: ``sha256="published"``
+    is TFF's for TFF's own URL (none for another), ``tag`` :func:`_url_tag`'s, ``archive``
+    where it is kept (``<cache>/downloads/<stem><tag>.tar.bz2``)."""
+    if sha256 == "published":
+        sha256 = pub.sha256 if url is None else None
+    tag = _url_tag(url, pub.url, sha256)
+    return url or pub.url, sha256, tag, root / "downloads" / f"{stem}{tag}.tar.bz2"
+
+
 def _published_counts(expected: Counts, only_digits: bool) -> tuple[int, int, int] | None:
     return EMNIST_H5[only_digits].counts if expected == "published" else expected
 
@@ -123,13 +135,9 @@ def fetch_emnist_h5(
     only for TFF's own URL (``sha256="published"``) or when given.
     """
     root = resolve_cache_dir(cache_dir)
-    pub = EMNIST_H5[only_digits]
-    if sha256 == "published":
-        sha256 = pub.sha256 if url is None else None
-    tag = _url_tag(url, pub.url, sha256)
-    url = url or pub.url
+    pub, stem = EMNIST_H5[only_digits], H5_PREFIX[only_digits]
+    url, sha256, tag, archive = _pinned(pub, url, sha256, root, stem)
     counts = _published_counts(expected_counts, only_digits)
-    archive = root / "downloads" / f"{H5_PREFIX[only_digits]}{tag}.tar.bz2"
 
     def build() -> tuple[ClientData, ClientData]:
         return _from_archive(
@@ -220,22 +228,6 @@ SHAKESPEARE_H5 = Published(
 )
 
 
-def _check_snippets(
-    result: tuple[ClientData, ClientData, tuple[int, int]],
-    expected: tuple[int, int, int] | None,
-    source: str,
-) -> None:
-    """Integrity check of Shakespeare data: (clients, train snippets, test snippets)."""
-    train, _, (n_train, n_test) = result
-    got = (len(train), n_train, n_test)
-    if expected is not None and got != tuple(expected):
-        raise DataFormatError(
-            f"{source}: expected {expected[0]} clients, {expected[1]} train and "
-            f"{expected[2]} test snippets, found {got[0]}, {got[1]} and {got[2]}. The "
-            "download is incomplete or not the expected data set: delete it and download again."
-        )
-
-
 def _shakespeare_key(sequence_length: int) -> str:
     return f"shakespeare-{sequence_length}"
 
@@ -259,13 +251,8 @@ def fetch_shakespeare(
     ``expected_counts`` (TFF's published ones by default, None to skip) and cached.
     """
     root = resolve_cache_dir(cache_dir)
-    pub = SHAKESPEARE_H5
-    if sha256 == "published":
-        sha256 = pub.sha256 if url is None else None
-    tag = _url_tag(url, pub.url, sha256)
-    url = url or pub.url
-    counts = pub.counts if expected_counts == "published" else expected_counts
-    archive = root / "downloads" / f"shakespeare{tag}.tar.bz2"
+    url, sha256, tag, archive = _pinned(SHAKESPEARE_H5, url, sha256, root, "shakespeare")
+    counts = SHAKESPEARE_H5.counts if expected_counts == "published" else expected_counts
 
     def build() -> tuple[ClientData, ClientData]:
         train, test, _ = _from_archive(
@@ -276,7 +263,7 @@ def fetch_shakespeare(
             progress,
             SHAKESPEARE_H5_NAMES,
             lambda d: read_shakespeare_dir(d, sequence_length=sequence_length),
-            lambda result: _check_snippets(result, counts, url),
+            lambda r: check_counts(r[0], r[1], counts, source=url, sizes=r[2], unit="snippets"),
         )
         return train, test
 
@@ -304,11 +291,9 @@ def load_shakespeare_dir(
     """TFF's ``shakespeare_{train,test}.h5`` in ``data_dir``, preprocessed and cached (the
     cache key follows the files' paths, sizes and times, as for EMNIST's h5 directory)."""
     d = Path(data_dir)
-    files = [d / n for n in SHAKESPEARE_H5_NAMES]
-    if not all(f.is_file() for f in files):
-        read_shakespeare_dir(d)  # raises the precise error (which file is missing)
     return _cached_files(
-        resolve_cache_dir(cache_dir), d, f"{_shakespeare_key(sequence_length)}-h5", files,
+        resolve_cache_dir(cache_dir), d, f"{_shakespeare_key(sequence_length)}-h5",
+        [d / n for n in SHAKESPEARE_H5_NAMES],
         lambda: read_shakespeare_dir(d, sequence_length=sequence_length)[:2], "shakespeare", mmap,
     )  # fmt: skip
 
@@ -317,7 +302,10 @@ def _cached_files(
     root: Path, d: Path, key: str, files: list[Path], build: Callable, dataset: str, mmap: bool
 ) -> tuple[ClientData, ClientData]:
     """``build()``'s data from the files of folder ``d``, cached under ``root`` with a key
-    that follows ``key`` and the files' paths, sizes and times."""
+    that follows ``key`` and the files' paths, sizes and times. Without ``files`` (or with
+    one missing) ``build()`` runs uncached: the loader says precisely what is missing."""
+    if not files or not all(f.is_file() for f in files):
+        return build()
     return cached(
         root, source_key(key, files), build, mmap=mmap,
         source={"dataset": dataset, "data_dir": str(d.resolve())},
@@ -339,11 +327,9 @@ def load_shakespeare_leaf(
     """LEAF's Shakespeare JSON (``train/``, ``test/`` shards) in ``data_dir``, cached
     (see :func:`fedp13n.data.shakespeare.leaf_window_to_example` for the mapping)."""
     d = Path(data_dir)
-    shards = _json_shards(d)
-    if not shards:
-        return load_shakespeare_leaf_dir(d)  # raises the precise error
     return _cached_files(
-        resolve_cache_dir(cache_dir), d, f"{_shakespeare_key(sequence_length)}-leaf", shards,
+        resolve_cache_dir(cache_dir), d, f"{_shakespeare_key(sequence_length)}-leaf",
+        _json_shards(d),
         lambda: load_shakespeare_leaf_dir(d, sequence_length=sequence_length),
         "shakespeare-leaf", mmap,
     )  # fmt: skip
@@ -378,41 +364,12 @@ def fetch_emnist_sqlite(
             )
         key = source_key(f"sqlite-{_variant(only_digits)}", [src])
     else:
-        tag = _url_tag(url, EMNIST_SQLITE_URL)
-        src = root / "downloads" / f"emnist_all{tag}.sqlite.lzma"
-        key = f"emnist-sqlite-{_variant(only_digits)}{tag}"
-        url = url or EMNIST_SQLITE_URL
+        url, src, key = _sqlite_download(root, url, only_digits)
 
     def build() -> tuple[ClientData, ClientData]:
         if data_dir is None and not src.is_file():
             download_file(url, src, progress=progress)
-        db, tmp_db = src, None
-        if src.suffix == ".lzma":
-            tmp_db = root / f".{SQLITE_NAME}.{os.getpid()}"
-            try:
-                root.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise storage_error(
-                    e, "create the cache directory", root, "Choose a writable --cache-dir."
-                ) from None
-            try:
-                db = decompress_lzma(src, tmp_db, progress=progress)
-            except DownloadError:  # corrupt (a full disk is a StorageError: keep src)
-                if data_dir is None:
-                    src.unlink(missing_ok=True)
-                raise
-        try:
-            train, test = load_sqlite(db, only_digits=only_digits)
-            try:
-                check_counts(train, test, counts, source=str(src))
-            except DataError:
-                if data_dir is None:
-                    src.unlink(missing_ok=True)  # a wrong download: fetch afresh next time
-                raise
-            return train, test
-        finally:
-            if tmp_db is not None:
-                tmp_db.unlink(missing_ok=True)
+        return _read_sqlite(root, src, only_digits, counts, progress, ours=data_dir is None)
 
     return cached(
         root,
@@ -421,6 +378,55 @@ def fetch_emnist_sqlite(
         mmap=mmap,
         source={"dataset": "emnist-sqlite", "from": str(src), "only_digits": only_digits},
     )
+
+
+def _sqlite_download(root: Path, url: str | None, only_digits: bool) -> tuple[str, Path, str]:
+    """``(url, where its download is kept, cache key)`` of TFF's SQLite file (or ``url``'s)."""
+    tag = _url_tag(url, EMNIST_SQLITE_URL)
+    where = root / "downloads" / f"emnist_all{tag}.sqlite.lzma"
+    return url or EMNIST_SQLITE_URL, where, f"emnist-sqlite-{_variant(only_digits)}{tag}"
+
+
+def _read_sqlite(
+    root: Path,
+    src: Path,
+    only_digits: bool,
+    counts: tuple[int, int, int] | None,
+    progress: bool,
+    *,
+    ours: bool,
+) -> tuple[ClientData, ClientData]:
+    """``(train, test)`` of the SQLite file ``src`` (an ``.lzma`` one decompressed into a
+    temporary file under ``root``), checked against ``counts``. ``ours``: ``src`` is our
+    download, deleted when corrupt or not the expected data, so the next run fetches it
+    afresh (a full disk is a StorageError: ``src`` is kept)."""
+    db, tmp_db = src, None
+    if src.suffix == ".lzma":
+        tmp_db = root / f".{SQLITE_NAME}.{os.getpid()}"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(
+                e, "create the cache directory", root, "Choose a writable --cache-dir."
+            ) from None
+        try:
+            db = decompress_lzma(src, tmp_db, progress=progress)
+        except DownloadError:
+            if ours:
+                src.unlink(missing_ok=True)
+            raise
+    try:
+        train, test = load_sqlite(db, only_digits=only_digits)
+        try:
+            check_counts(train, test, counts, source=str(src))
+        except DataError:
+            if ours:
+                src.unlink(missing_ok=True)
+            raise
+        return train, test
+    finally:
+        if tmp_db is not None:
+            tmp_db.unlink(missing_ok=True)
 
 
 def select_clients(
@@ -458,24 +464,16 @@ def download_notice(
     root = resolve_cache_dir(cache_dir)
     variant = _variant(only_digits)
     if dataset == "shakespeare":
-        pub = SHAKESPEARE_H5
-        tag = _url_tag(url, pub.url, pub.sha256 if url is None else None)
-        key = _shakespeare_key(SEQUENCE_LENGTH) + tag
-        archive = root / "downloads" / f"shakespeare{tag}.tar.bz2"
-        what, source = "Shakespeare", url or pub.url
+        source, _, tag, archive = _pinned(SHAKESPEARE_H5, url, "published", root, "shakespeare")
+        key, what = _shakespeare_key(SEQUENCE_LENGTH) + tag, "Shakespeare"
     elif dataset == "emnist":
-        pub = EMNIST_H5[only_digits]
-        tag = _url_tag(url, pub.url, pub.sha256 if url is None else None)
+        pub, stem = EMNIST_H5[only_digits], H5_PREFIX[only_digits]
+        source, _, tag, archive = _pinned(pub, url, "published", root, stem)
         key = f"emnist-{variant}{tag}"
-        archive = root / "downloads" / f"{H5_PREFIX[only_digits]}{tag}.tar.bz2"
         what = f"EMNIST-{variant}" + (" (~200 MB)" if not only_digits and not tag else "")
-        source = url or pub.url
     else:
-        tag = _url_tag(url, EMNIST_SQLITE_URL)
-        key = f"emnist-sqlite-{variant}{tag}"
-        archive = root / "downloads" / f"emnist_all{tag}.sqlite.lzma"
+        source, archive, key = _sqlite_download(root, url, only_digits)
         what = "EMNIST (TFF's SQLite file)"
-        source = url or EMNIST_SQLITE_URL
     cached = all((root / key / part / "meta.json").is_file() for part in ("train", "test"))
     if cached or archive.is_file():
         return None
@@ -570,15 +568,8 @@ def _emnist_h5_dir(
     root: Path, d: Path, only_digits: bool, mmap: bool
 ) -> tuple[ClientData, ClientData]:
     """TFF's EMNIST HDF5 files in ``d`` (cached under ``root``)."""
-    files = [d / n for n in h5_file_names(only_digits)]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise DataNotFoundError(
-            f"missing {', '.join(missing)}: --data-dir must hold TFF's "
-            f"{' and '.join(h5_file_names(only_digits))}."
-        )
     return _cached_files(
-        root, d, f"h5-{_variant(only_digits)}", files,
+        root, d, f"h5-{_variant(only_digits)}", [d / n for n in h5_file_names(only_digits)],
         lambda: load_h5_dir(d, only_digits=only_digits), "emnist", mmap,
     )  # fmt: skip
 
@@ -598,8 +589,4 @@ def _leaf(
             "use 'emnist' or 'emnist-sqlite'."
         )
     d = Path(data_dir)
-    shards = _json_shards(d)
-    if not shards:
-        # Let the loader produce its precise error (missing directories or shards).
-        return load_leaf_dir(d)
-    return _cached_files(root, d, "leaf", shards, lambda: load_leaf_dir(d), "leaf", mmap)
+    return _cached_files(root, d, "leaf", _json_shards(d), lambda: load_leaf_dir(d), "leaf", mmap)

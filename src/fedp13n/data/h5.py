@@ -21,10 +21,11 @@ from fedp13n.data.validate import (
     NUM_CLASSES,
     NUM_DIGIT_CLASSES,
     DataFormatError,
-    DataNotFoundError,
     PixelAccumulator,
     align_train_test,
     check_client,
+    check_data_file,
+    tff_pair,
 )
 
 #: File name prefix of each variant inside TFF's archives.
@@ -40,35 +41,38 @@ def h5_file_names(only_digits: bool = False) -> tuple[str, str]:
 def load_h5_file(path: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> ClientData:
     """Load one TFF h5 file (all clients, in the file's sorted key order)."""
     path = Path(path)
-    if path.is_dir():
-        raise DataNotFoundError(f"{path}: is a directory; expected an h5 file.")
-    if not path.is_file():
-        raise DataNotFoundError(f"{path}: no such file.")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataFormatError(f"{path}: not a readable HDF5 file ({e}).") from None
-    # No client can hold more bytes than its compressed bytes inflate to (deflate peaks at
-    # ~1032:1); a dataset declaring more is corrupt or hostile, refused before reading.
-    limit = MAX_INFLATION * path.stat().st_size + (64 << 20)
+    f, group, limit = open_examples(path, "{pixels,label}")
     with f:
-        if "examples" not in f or not isinstance(f.get("examples"), h5py.Group):
-            raise DataFormatError(
-                f"{path}: no 'examples' group; expected TFF's layout "
-                "examples/<client_id>/{pixels,label}."
-            )
-        group = f["examples"]
         # All clients' rows first (h5 metadata, nothing read), so that each client's pixels
         # go straight into its rows of one array: no second copy of the data.
         ids = list(group)
         acc = PixelAccumulator(rows=_total_rows(group, ids, path=path, limit=limit))
         for cid in ids:
-            _, pixels, label = _client(group, cid, path=path, limit=limit)
+            pixels, label = _client(group, cid, path=path, limit=limit)
             x = _read(pixels, f"examples/{cid}/pixels", path=path, cid=cid)
             y = _read(label, f"examples/{cid}/label", path=path, cid=cid)
             check_client(x, y, source=str(path), client_id=cid, num_classes=num_classes)
             acc.add(cid, x, y, source=str(path))
     return acc.build(source=str(path))
+
+
+def open_examples(path: Path, layout: str) -> tuple[h5py.File, h5py.Group, int]:
+    """A TFF h5 file opened: ``(file, its examples group, the most bytes a dataset may
+    hold)``, or a one-line error; ``layout``: the datasets of each client (for messages)."""
+    check_data_file(path, "an h5 file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataFormatError(f"{path}: not a readable HDF5 file ({e}).") from None
+    group = f.get("examples")
+    if not isinstance(group, h5py.Group):
+        f.close()
+        raise DataFormatError(
+            f"{path}: no 'examples' group; expected TFF's layout examples/<client_id>/{layout}."
+        )
+    # No client can hold more bytes than its compressed bytes inflate to (deflate peaks at
+    # ~1032:1); a dataset declaring more is corrupt or hostile, refused before reading.
+    return f, group, MAX_INFLATION * path.stat().st_size + (64 << 20)
 
 
 def _total_rows(group: h5py.Group, ids: list[str], *, path: Path, limit: int) -> int:
@@ -79,7 +83,7 @@ def _total_rows(group: h5py.Group, ids: list[str], *, path: Path, limit: int) ->
         try:
             shape = group[cid]["pixels"].shape
         except (KeyError, TypeError, ValueError, OSError, AttributeError):
-            shape = _client(group, cid, path=path, limit=limit)[1].shape  # says what is wrong
+            shape = _client(group, cid, path=path, limit=limit)[0].shape  # says what is wrong
         rows += shape[0] if shape else 0
     if rows * 28 * 28 > limit:  # uint8: a quarter of the pixels' float32 bytes
         for cid in ids:
@@ -92,21 +96,23 @@ def _total_rows(group: h5py.Group, ids: list[str], *, path: Path, limit: int) ->
 
 
 def _client(group: h5py.Group, cid: str, *, path: Path, limit: int):
-    """``(cid, pixels, label)``: the client's two h5 datasets, checked but not read."""
-    client = _member(group, cid, path=path, cid=cid, where=f"examples/{cid}")
-    if not isinstance(client, h5py.Group):
-        raise DataFormatError(
-            f"{path}: client {cid!r}: examples/{cid} is not a group with 'pixels' and 'label'."
-        )
-    return (
-        cid,
-        _dataset(client, "pixels", path=path, cid=cid, limit=limit),
-        _dataset(client, "label", path=path, cid=cid, limit=limit),
-    )
+    """``(pixels, label)``: the client's two h5 datasets, checked but not read."""
+    client = client_group(group, cid, path=path, wants="'pixels' and 'label'")
+    return tuple(_dataset(client, k, path=path, cid=cid, limit=limit) for k in ("pixels", "label"))
 
 
 #: The most an h5 dataset may inflate relative to the whole file (deflate's bound, ~1032).
 MAX_INFLATION = 1100
+
+
+def client_group(group: h5py.Group, cid: str, *, path: Path, wants: str) -> h5py.Group:
+    """``examples/<cid>``, or a DataFormatError unless it is a group (holding ``wants``)."""
+    client = _member(group, cid, path=path, cid=cid, where=f"examples/{cid}")
+    if not isinstance(client, h5py.Group):
+        raise DataFormatError(
+            f"{path}: client {cid!r}: examples/{cid} is not a group with {wants}."
+        )
+    return client
 
 
 def _member(group: h5py.Group, name: str, *, path: Path, cid: str, where: str):
@@ -180,14 +186,7 @@ def load_h5_dir(
     data_dir: str | os.PathLike, *, only_digits: bool = False
 ) -> tuple[ClientData, ClientData]:
     """Load ``fed_emnist[_digitsonly]_{train,test}.h5`` from a directory."""
-    data_dir = Path(data_dir)
-    names = h5_file_names(only_digits)
-    paths = [data_dir / n for n in names]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise DataNotFoundError(
-            f"missing {', '.join(missing)}: --data-dir must hold TFF's {names[0]} and "
-            f"{names[1]} (extracted from {H5_PREFIX[only_digits]}.tar.bz2)."
-        )
+    archive = f"{H5_PREFIX[only_digits]}.tar.bz2"
+    paths = tff_pair(Path(data_dir), h5_file_names(only_digits), archive, "--data-dir")
     num_classes = NUM_DIGIT_CLASSES if only_digits else NUM_CLASSES
     return load_h5_pair(*paths, num_classes=num_classes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +61,37 @@ def _read_shard(path: Path) -> dict:
     return data
 
 
-def _as_array(value, dtype, *, path: Path, cid: str, key: str, what: str) -> np.ndarray:
-    """``value`` (a JSON list) as an array, or a DataFormatError naming the problem."""
+def leaf_shards(split_dir: str | os.PathLike) -> Iterator[tuple[Path, dict]]:
+    """Every ``*.json`` shard of a LEAF split directory, in name order: ``(path, its
+    checked content)`` (:func:`_read_shard`); none is a DataNotFoundError."""
+    split_dir = Path(split_dir)
+    files = sorted(split_dir.glob("*.json"))
+    if not files:
+        raise DataNotFoundError(f"{split_dir}: no *.json LEAF shards found.")
+    for path in files:
+        yield path, _read_shard(path)
+
+
+def leaf_entry(data: dict, user: str | int, path: Path) -> tuple[str, dict]:
+    """``(client id, its {"x", "y"} entry)`` of a shard's ``user``, or a DataFormatError."""
+    cid = str(user)
+    if cid not in data["user_data"]:
+        raise DataFormatError(
+            f"{path}: client {cid!r}: listed in 'users' but has no entry in 'user_data'."
+        )
+    entry = data["user_data"][cid]
+    if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
+        raise DataFormatError(f"{path}: client {cid!r}: user_data needs 'x' and 'y'.")
+    return cid, entry
+
+
+#: What a FEMNIST client's ``x`` and ``y`` must be, for messages.
+_EXPECTED = {"x": "a list of equal-length pixel lists", "y": "a list of labels"}
+
+
+def _as_array(value, dtype, *, path: Path, cid: str, key: str) -> np.ndarray:
+    """``entry[key]`` (a JSON list) as an array, or a DataFormatError naming the problem."""
+    what = _EXPECTED[key]
     if not isinstance(value, list):
         raise DataFormatError(
             f"{path}: client {cid!r}: {key!r} is a {type(value).__name__}, expected {what}."
@@ -96,38 +125,18 @@ def _check_labels(labels, *, path: Path, cid: str) -> None:
 
 def load_leaf_split(split_dir: str | os.PathLike, *, num_classes: int = NUM_CLASSES) -> ClientData:
     """Load every ``*.json`` shard of one LEAF split directory (files in name order)."""
-    split_dir = Path(split_dir)
-    files = sorted(split_dir.glob("*.json"))
-    if not files:
-        raise DataNotFoundError(f"{split_dir}: no *.json LEAF shards found.")
     acc = PixelAccumulator()
-    for path in files:
-        data = _read_shard(path)
-        users, user_data = data["users"], data["user_data"]
-        num_samples = data.get("num_samples")
+    for path, data in leaf_shards(split_dir):
+        users, num_samples = data["users"], data.get("num_samples")
         if num_samples is not None and len(num_samples) != len(users):
             raise DataFormatError(
                 f"{path}: {len(users)} users but {len(num_samples)} num_samples entries."
             )
         for i, user in enumerate(users):
-            cid = str(user)
-            if cid not in user_data:
-                raise DataFormatError(
-                    f"{path}: client {cid!r}: listed in 'users' but has no entry in 'user_data'."
-                )
-            entry = user_data[cid]
-            if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
-                raise DataFormatError(f"{path}: client {cid!r}: user_data needs 'x' and 'y'.")
-            x = _as_array(
-                entry["x"],
-                np.float32,
-                path=path,
-                cid=cid,
-                key="x",
-                what="a list of equal-length pixel lists",
-            )
+            cid, entry = leaf_entry(data, user, path)
+            x = _as_array(entry["x"], np.float32, path=path, cid=cid, key="x")
             _check_labels(entry["y"], path=path, cid=cid)
-            y = _as_array(entry["y"], None, path=path, cid=cid, key="y", what="a list of labels")
+            y = _as_array(entry["y"], None, path=path, cid=cid, key="y")
             if y.dtype == object:
                 raise DataFormatError(f"{path}: client {cid!r}: 'y' must be a flat list of labels.")
             if x.ndim != 2 or x.shape[1] != 784:
@@ -148,7 +157,7 @@ def load_leaf_split(split_dir: str | os.PathLike, *, num_classes: int = NUM_CLAS
                     f"{len(y)} examples."
                 )
             acc.add(cid, x, y, source=str(path))
-    return acc.build(source=str(split_dir))
+    return acc.build(source=str(Path(split_dir)))
 
 
 def load_leaf_dir(

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from fedp13n.data.client_data import ClientData
+from fedp13n.data.client_data import ClientData, as_numpy
 from fedp13n.utils.checks import check_fraction, check_positive_int
 from fedp13n.utils.checks import check_seed as _int_seed
 from fedp13n.utils.seeding import derive_rng
@@ -70,12 +70,6 @@ DEFAULT_TEST_FRACTION = 0.2
 
 
 # -- input checks --------------------------------------------------------------------------------
-def _as_array(a: Any) -> np.ndarray:
-    if hasattr(a, "detach") and hasattr(a, "numpy"):  # a torch tensor
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
-
-
 def _check_seed(seed: Any) -> int:
     """``seed`` as an int >= 0 (what ``numpy.random.default_rng`` takes), or a one-line
     error naming it (numpy's own says only "expected non-negative integer")."""
@@ -99,7 +93,7 @@ def _check_clients(num_clients: Any, num_examples: int) -> int:
 
 def _class_labels(y: Any) -> np.ndarray:
     """``y`` as 1-D integer class labels (what a label-based scheme splits by)."""
-    y = _as_array(y)
+    y = as_numpy(y)
     if y.ndim != 1:
         raise ValueError(
             f"labels must be 1-D (one class per example), got shape {y.shape}; e.g. y.ravel()."
@@ -262,7 +256,7 @@ def federate(
     both, each client's examples split at random (:func:`num_test_examples` of them for
     test) by a generator derived from ``seed`` and ``"test-split"``; both parts keep the
     examples' original order."""
-    x, y = _as_array(x), _as_array(y)
+    x, y = as_numpy(x), as_numpy(y)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}; they must match.")
     test_fraction = check_fraction("test_fraction", test_fraction)
@@ -304,7 +298,7 @@ def partition(
     labels (integers for the label-based schemes). A setting of another scheme is a
     ``ValueError``.
     """
-    x, y = _as_array(x), _as_array(y)
+    x, y = as_numpy(x), as_numpy(y)
     if x.ndim == 0 or y.ndim == 0:
         raise ValueError(
             f"x and y need one row per example, got shapes {x.shape} and {y.shape} (a "
@@ -319,28 +313,13 @@ def partition(
     own = {"iid": (), "dirichlet": ("alpha", "min_size"), "shards": ("shards_per_client",)}
     for key, value in given.items():
         if value is not None and key not in own[scheme]:
-            raise ValueError(f"{key} applies to scheme {_scheme_of(key)!r}, not {scheme!r}.")
+            owner = next(s for s, keys in own.items() if key in keys)
+            raise ValueError(f"{key} applies to scheme {owner!r}, not {scheme!r}.")
+    settings = {k: v for k, v in given.items() if v is not None}  # the rest: the defaults
     if scheme == "iid":
         parts = partition_iid(len(y), num_clients, seed=seed)
     elif scheme == "dirichlet":
-        parts = partition_dirichlet(
-            y,
-            num_clients,
-            alpha=DEFAULT_ALPHA if alpha is None else alpha,
-            min_size=DEFAULT_MIN_SIZE if min_size is None else min_size,
-            seed=seed,
-        )
+        parts = partition_dirichlet(y, num_clients, **settings, seed=seed)
     else:
-        parts = partition_shards(
-            y,
-            num_clients,
-            shards_per_client=(
-                DEFAULT_SHARDS_PER_CLIENT if shards_per_client is None else shards_per_client
-            ),
-            seed=seed,
-        )
+        parts = partition_shards(y, num_clients, **settings, seed=seed)
     return federate(x, y, parts, test_fraction=test_fraction, seed=seed)
-
-
-def _scheme_of(key: str) -> str:
-    return "shards" if key == "shards_per_client" else "dirichlet"

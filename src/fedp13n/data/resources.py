@@ -30,10 +30,6 @@ class MemoryLimitError(DataError):
     """The data would not fit in the memory available; refused before allocating it."""
 
 
-def is_disk_full(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
-
-
 def _blocking_file(path: Path) -> Path | None:
     """The first existing ancestor (or ``path`` itself) that is not a directory."""
     for p in (path, *path.parents):
@@ -45,7 +41,7 @@ def _blocking_file(path: Path) -> Path | None:
 def os_error_reason(e: OSError, path: str | os.PathLike | None = None) -> str:
     """A short reason for an OSError, in words a user can act on."""
     text = e.strerror or str(e)
-    if is_disk_full(e):
+    if e.errno in DISK_FULL_ERRNOS:
         return f"the disk is full ({text})"
     if e.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied ({text})"

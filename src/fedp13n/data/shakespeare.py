@@ -43,13 +43,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from fedp13n.data.client_data import ClientData
-from fedp13n.data.h5 import MAX_INFLATION, _member, _read_dataset
-from fedp13n.data.leaf import load_leaf_splits
-from fedp13n.data.validate import DataFormatError, DataNotFoundError, align_train_test
+from fedp13n.data.h5 import _read_dataset, client_group, open_examples
+from fedp13n.data.leaf import leaf_entry, leaf_shards, load_leaf_splits
+from fedp13n.data.validate import DataFormatError, align_train_test, tff_pair
 
 #: TFF's ``CHAR_VOCAB`` (``char_prediction_preprocessing.py``), in TFF's order: the
 #: character ``VOCAB[i]`` has id ``i + 1``.
@@ -115,17 +114,9 @@ def snippets_to_examples(
     """TFF's preprocessing of one client's snippets, in order: ``(x, y)``, both int32
     ``(n, sequence_length)``, ``x`` the first ``sequence_length`` ids of each chunk of
     ``to_ids`` and ``y`` the last (the next-character targets)."""
-    split = _check_length(sequence_length) + 1
-    encoded = [_as_bytes(s) for s in snippets]
-    chunks = np.array([-(-(len(b) + 2) // split) for b in encoded], dtype=np.int64)
-    tokens = np.zeros(int(chunks.sum()) * split, dtype=np.int32)
-    start = 0
-    for b, k in zip(encoded, chunks, strict=True):
-        tokens[start] = BOS_ID
-        tokens[start + 1 : start + 1 + len(b)] = _BYTE_IDS[np.frombuffer(b, dtype=np.uint8)]
-        tokens[start + 1 + len(b)] = EOS_ID
-        start += int(k) * split
-    seqs = tokens.reshape(-1, split)
+    length = _check_length(sequence_length)
+    tokens = np.concatenate([np.zeros(0, np.int32), *(to_ids(s, length) for s in snippets)])
+    seqs = tokens.reshape(-1, length + 1)
     return np.ascontiguousarray(seqs[:, :-1]), np.ascontiguousarray(seqs[:, 1:])
 
 
@@ -160,26 +151,11 @@ def load_shakespeare_h5(
     """One TFF Shakespeare h5 file, preprocessed: ``(ClientData, number of snippets)``;
     clients in the file's (sorted) key order."""
     path = Path(path)
-    if not path.is_file():
-        raise DataNotFoundError(f"{path}: no such file.")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataFormatError(f"{path}: not a readable HDF5 file ({e}).") from None
-    limit = MAX_INFLATION * path.stat().st_size + (64 << 20)
+    f, group, limit = open_examples(path, "snippets")
     clients, num_snippets = [], 0
     with f:
-        group = f.get("examples")
-        if not isinstance(group, h5py.Group):
-            raise DataFormatError(
-                f"{path}: no 'examples' group; expected TFF's layout examples/<client_id>/snippets."
-            )
         for cid in group:
-            client = _member(group, cid, path=path, cid=cid, where=f"examples/{cid}")
-            if not isinstance(client, h5py.Group):
-                raise DataFormatError(
-                    f"{path}: client {cid!r}: examples/{cid} is not a group with 'snippets'."
-                )
+            client = client_group(group, cid, path=path, wants="'snippets'")
             raw = _read_dataset(client, "snippets", path=path, cid=cid, limit=limit)
             snippets = _snippet_list(raw, path=path, cid=cid)
             num_snippets += len(snippets)
@@ -192,14 +168,7 @@ def read_shakespeare_dir(
 ) -> tuple[ClientData, ClientData, tuple[int, int]]:
     """``shakespeare_{train,test}.h5`` in ``data_dir`` (uncached): ``(train, test,
     (train snippets, test snippets))``, both listing the same clients in the same order."""
-    data_dir = Path(data_dir)
-    paths = [data_dir / n for n in H5_NAMES]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise DataNotFoundError(
-            f"missing {', '.join(missing)}: the directory must hold TFF's {H5_NAMES[0]} and "
-            f"{H5_NAMES[1]} (extracted from shakespeare.tar.bz2)."
-        )
+    paths = tff_pair(Path(data_dir), H5_NAMES, "shakespeare.tar.bz2", "the directory")
     train, n_train = load_shakespeare_h5(paths[0], sequence_length=sequence_length)
     test, n_test = load_shakespeare_h5(paths[1], sequence_length=sequence_length)
     train, test = align_train_test(train, test, source=f"{paths[0]} + {paths[1]}")
@@ -222,9 +191,7 @@ def leaf_window_to_example(
     return ids, np.append(ids[1:], np.int32(nxt))
 
 
-def _leaf_client(entry, *, path: Path, cid: str, sequence_length: int):
-    if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
-        raise DataFormatError(f"{path}: client {cid!r}: user_data needs 'x' and 'y'.")
+def _leaf_client(entry: dict, *, path: Path, cid: str, sequence_length: int):
     xs, ys = entry["x"], entry["y"]
     if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys):
         raise DataFormatError(
@@ -259,28 +226,16 @@ def load_shakespeare_leaf_split(
     in each file's ``users`` order): ``{"users": [...], "user_data": {uid: {"x":
     [windows], "y": [next characters]}}}``, each sample one example
     (:func:`leaf_window_to_example`)."""
-    from fedp13n.data.leaf import _read_shard
-
-    split_dir = Path(split_dir)
-    files = sorted(split_dir.glob("*.json"))
-    if not files:
-        raise DataNotFoundError(f"{split_dir}: no *.json LEAF shards found.")
     length = _check_length(sequence_length)
     clients, seen = [], set()
-    for path in files:
-        data = _read_shard(path)
+    for path, data in leaf_shards(split_dir):
         for user in data["users"]:
-            cid = str(user)
-            if cid in seen:
-                raise DataFormatError(f"{path}: client {cid!r} appears twice in the split.")
-            if cid not in data["user_data"]:
-                raise DataFormatError(
-                    f"{path}: client {cid!r}: listed in 'users' but has no entry in 'user_data'."
-                )
+            if str(user) in seen:
+                raise DataFormatError(f"{path}: client {str(user)!r} appears twice in the split.")
+            cid, entry = leaf_entry(data, user, path)
             seen.add(cid)
-            entry = data["user_data"][cid]
             clients.append((cid, *_leaf_client(entry, path=path, cid=cid, sequence_length=length)))
-    return _from_clients(clients, str(split_dir))
+    return _from_clients(clients, str(Path(split_dir)))
 
 
 def load_shakespeare_leaf_dir(

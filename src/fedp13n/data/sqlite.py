@@ -10,6 +10,7 @@ decoded by :mod:`fedp13n.data.tf_example`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from pathlib import Path
@@ -22,10 +23,10 @@ from fedp13n.data.validate import (
     NUM_CLASSES,
     NUM_DIGIT_CLASSES,
     DataFormatError,
-    DataNotFoundError,
     PixelAccumulator,
     align_train_test,
     check_client,
+    check_data_file,
 )
 
 #: ``(train, test)`` split names for the 62-class data and the digits-only variant.
@@ -41,34 +42,37 @@ def sqlite_uri(path: str | os.PathLike, mode: str = "ro") -> str:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    if path.is_dir():
-        raise DataNotFoundError(f"{path}: is a directory; expected TFF's emnist_all.sqlite file.")
-    if not path.is_file():
-        raise DataNotFoundError(f"{path}: no such file.")
+    check_data_file(path, "TFF's emnist_all.sqlite file")
     try:
         con = sqlite3.connect(sqlite_uri(path), uri=True)
     except sqlite3.Error as e:
         raise DataFormatError(f"{path}: cannot open the SQLite database ({e}).") from None
     try:
+        _check_layout(con, path)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _check_layout(con: sqlite3.Connection, path: Path) -> None:
+    """A DataFormatError unless the database has TFF's tables and columns."""
+    try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.Error as e:
-        con.close()
         raise DataFormatError(f"{path}: not a SQLite database, or unreadable ({e}).") from None
     missing = [t for t in REQUIRED_TABLES if t not in tables]
     if missing:
-        con.close()
         raise DataFormatError(
             f"{path}: missing table(s) {missing}; TFF's layout has tables {list(REQUIRED_TABLES)}."
         )
     cols = {r[1] for r in con.execute("PRAGMA table_info(examples)")}
     missing = [c for c in REQUIRED_COLUMNS if c not in cols]
     if missing:
-        con.close()
         raise DataFormatError(
             f"{path}: table 'examples' lacks column(s) {missing}; expected "
             f"{list(REQUIRED_COLUMNS)}."
         )
-    return con
 
 
 def _decode_row(blob: bytes, *, source: str, client_id: str) -> tuple[np.ndarray, int]:
@@ -116,27 +120,12 @@ def load_sqlite_split(
             "WHERE split_name = ? ORDER BY client_id, rowid",
             (split_name,),
         )
-        current: str | None = None
-        xs: list[np.ndarray] = []
-        ys: list[int] = []
-
-        def flush() -> None:
-            x = np.stack(xs)
-            y = np.asarray(ys, dtype=np.int64)
-            check_client(x, y, source=source, client_id=current, num_classes=num_classes)
-            acc.add(current, x, y, source=source)
-
-        for cid, blob in rows:
-            cid = str(cid)
-            if cid != current:
-                if current is not None:
-                    flush()
-                current, xs, ys = cid, [], []
-            x, y = _decode_row(blob, source=source, client_id=cid)
-            xs.append(x)
-            ys.append(y)
-        if current is not None:
-            flush()
+        for cid, client_rows in itertools.groupby(rows, key=lambda row: str(row[0])):
+            pairs = [_decode_row(blob, source=source, client_id=cid) for _, blob in client_rows]
+            x = np.stack([p[0] for p in pairs])
+            y = np.asarray([p[1] for p in pairs], dtype=np.int64)
+            check_client(x, y, source=source, client_id=cid, num_classes=num_classes)
+            acc.add(cid, x, y, source=source)
     except sqlite3.Error as e:
         raise DataFormatError(f"{source}: SQLite error while reading ({e}).") from None
     finally:

@@ -65,16 +65,12 @@ def _fields(buf: bytes, pos: int, end: int):
                 raise ProtoDecodeError("length-delimited field runs past the end")
             yield field, wire, pos, pos + n
             pos += n
-        elif wire == _I32:
-            if pos + 4 > end:
-                raise ProtoDecodeError("truncated 32-bit field")
-            yield field, wire, int.from_bytes(buf[pos : pos + 4], "little"), -1
-            pos += 4
-        elif wire == _I64:
-            if pos + 8 > end:
-                raise ProtoDecodeError("truncated 64-bit field")
-            yield field, wire, int.from_bytes(buf[pos : pos + 8], "little"), -1
-            pos += 8
+        elif wire in (_I32, _I64):
+            n = 4 if wire == _I32 else 8
+            if pos + n > end:
+                raise ProtoDecodeError(f"truncated {8 * n}-bit field")
+            yield field, wire, int.from_bytes(buf[pos : pos + n], "little"), -1
+            pos += n
         else:
             raise ProtoDecodeError(f"unsupported wire type {wire}")
 

@@ -15,7 +15,7 @@ reproduces bit for bit, so the model sees the very numbers TFF feeds it.
 from __future__ import annotations
 
 import string
-from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -53,11 +53,26 @@ class CacheStaleError(DataError):
     """A cache entry was written by an older cache format."""
 
 
-def label_char(label: int) -> str:
-    """The character an EMNIST-62 label stands for (``11 -> 'B'``, ``37 -> 'b'``)."""
-    if not 0 <= label < NUM_CLASSES:
-        raise ValueError(f"EMNIST labels are 0..{NUM_CLASSES - 1}, got {label}.")
-    return LABEL_CHARS[label]
+def check_data_file(path: Path, expected: str) -> None:
+    """A :class:`DataNotFoundError` unless ``path`` is a file (``expected``: what it should be)."""
+    if path.is_dir():
+        raise DataNotFoundError(f"{path}: is a directory; expected {expected}.")
+    if not path.is_file():
+        raise DataNotFoundError(f"{path}: no such file.")
+
+
+def tff_pair(data_dir: Path, names: tuple[str, str], archive: str, holder: str) -> list[Path]:
+    """The paths of TFF's train and test files ``names`` in ``data_dir``, or a
+    DataNotFoundError naming the missing ones, what must hold them (``holder``) and the
+    ``archive`` they come from."""
+    paths = [data_dir / n for n in names]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataNotFoundError(
+            f"missing {', '.join(missing)}: {holder} must hold TFF's {names[0]} and "
+            f"{names[1]} (extracted from {archive})."
+        )
+    return paths
 
 
 def check_client(
@@ -200,9 +215,9 @@ def align_train_test(
     if only_train or only_test:
         parts = []
         if only_train:
-            parts.append(f"{len(only_train)} only in train (e.g. {_few(only_train)})")
+            parts.append(f"{len(only_train)} only in train (e.g. {only_train[:3]})")
         if only_test:
-            parts.append(f"{len(only_test)} only in test (e.g. {_few(only_test)})")
+            parts.append(f"{len(only_test)} only in test (e.g. {only_test[:3]})")
         raise DataFormatError(
             f"{source}: every client must have both a train and a test part, but "
             f"{' and '.join(parts)}. Fix the files (each writer needs both parts)."
@@ -214,25 +229,25 @@ def align_train_test(
     return train, test.subset(common)
 
 
-def _few(ids: Iterable[str], k: int = 3) -> list[str]:
-    return list(ids)[:k]
-
-
 def check_counts(
     train: ClientData,
     test: ClientData,
     expected: tuple[int, int, int] | None,
     *,
     source: str,
+    sizes: tuple[int, int] | None = None,
+    unit: str = "examples",
 ) -> None:
-    """Integrity check against the published (clients, train examples, test examples)."""
+    """Integrity check against the published (clients, train ``unit``, test ``unit``);
+    ``sizes``: the train and test counts when they are not the examples (Shakespeare's
+    snippets: a snippet gives one or more examples)."""
     if expected is None:
         return
-    got = (len(train), train.num_examples, test.num_examples)
+    got = (len(train), *(sizes or (train.num_examples, test.num_examples)))
     if got != tuple(expected):
         raise DataFormatError(
             f"{source}: expected {expected[0]} clients, {expected[1]} train and "
-            f"{expected[2]} test examples, found {got[0]}, {got[1]} and {got[2]}. "
+            f"{expected[2]} test {unit}, found {got[0]}, {got[1]} and {got[2]}. "
             "The download is incomplete or not the expected data set: delete it and "
             "download again."
         )

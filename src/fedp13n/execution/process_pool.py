@@ -230,11 +230,14 @@ class _Worker:
             return int(a[_TASK]), a[_SINCE]
         return sent.start, max(sent.at, a[_SINCE])  # sent, not started yet
 
-    def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self.process.kill()
+    def end(self) -> int | None:
+        """Kill the process if it still runs, close the pipe; returns its exit code."""
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.process.kill()
         self.process.join(timeout=5)
         self.conn.close()
+        return self.process.exitcode
 
 
 def _check_gpus(gpus: Any) -> tuple[int, ...]:
@@ -418,16 +421,12 @@ class LocalProcessExecutor(Executor):
     def _replace(self, w: _Worker, fn: tuple[int, bytes] | None = None) -> int | None:
         """Start a worker in ``w``'s slot (sent ``fn``, a map's ``(id, function)``, if
         given); returns ``w``'s exit code."""
-        if w.process.is_alive():
-            w.kill()
-        else:
-            w.process.join(timeout=5)
-            w.conn.close()
+        code = w.end()
         slot = self._workers.index(w)
         new = self._workers[slot] = self._start_worker(slot)
         if fn is not None:
             new.send(("fn", *fn))
-        return w.process.exitcode
+        return code
 
     def _wait_timeout(self) -> float | None:
         """Seconds until the next task deadline or liveness check."""
