@@ -1093,17 +1093,7 @@ class ExperimentConfig(TrainingSettings):
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
         path = Path(path)
-        try:
-            # utf-8-sig: a byte-order mark (Windows Notepad writes one) is not part of the TOML
-            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist.") from None
-        except IsADirectoryError:
-            raise ConfigError(f"config file {path} is a directory, not a TOML file.") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {path} is not text (not UTF-8).") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        data = read_toml(path, "config file")
         if isinstance(data.get("sweep"), dict):
             raise ConfigError(
                 f"{path} is a sweep file (it has a [sweep] table): run it with "
@@ -1120,6 +1110,26 @@ class ExperimentConfig(TrainingSettings):
 EXPERIMENT_KEYS = tuple(
     f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in (*TRAINING_KEYS, "task")
 )
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The TOML file ``path`` as a dict; what keeps it from being read is a one-line
+    ConfigError naming it as ``what`` (``"config file"``)."""
+    try:
+        # utf-8-sig: a byte-order mark (Windows Notepad writes one) is not part of the TOML
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a directory, not a TOML file.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not text (not UTF-8).") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(
+            f"{what} {path} cannot be read: {e.strerror or e}; give a readable TOML file."
+        ) from None
 
 
 #: What each kind of client state (:func:`fedp13n.algorithms.fedper.state_kind`) is, in words.
