@@ -91,11 +91,9 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
 
 
 def config_options() -> list[tuple[dataclasses.Field, str, Any, Any]]:
-    """(field, parameter name, annotation, typer.Option) for every CLI-reachable setting."""
+    """(field, parameter name, annotation, typer.Option) for every setting."""
     out = []
     for f in dataclasses.fields(ExperimentConfig):
-        if not f.metadata.get("cli", True):
-            continue
         meta = f.metadata
         tp = base_type(f)
         help_text = meta["help"]

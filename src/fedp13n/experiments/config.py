@@ -86,7 +86,6 @@ def setting(
     negative_flag: str | None = None,
     default_text: str | None = None,
     default_factory: Any = dataclasses.MISSING,
-    cli: bool = True,
 ) -> Any:
     """A config field with its help, CLI panel and choices (what the CLI is generated from).
 
@@ -101,7 +100,6 @@ def setting(
         "flag": flag,
         "negative_flag": negative_flag,
         "default_text": default_text,
-        "cli": cli,
     }
     return field(default=default, default_factory=default_factory, metadata=meta)
 
@@ -398,7 +396,7 @@ class StrategyConfig:
     """
 
     name: str
-    optimizer: str | None = None
+    optimizer: str | None = field(default=None, metadata={"choices": OPTIMIZERS})
     learning_rate: float | None = None
     batch_size: int | None = None
     epochs: int | None = None
@@ -462,18 +460,8 @@ class StrategyConfig:
                 f"strategy name {self.name!r} is reserved (the personalization result uses it); "
                 "choose another name."
             )
-        if self.optimizer is not None:
-            _check_choice(f"strategy {self.name!r} optimizer", self.optimizer, OPTIMIZERS)
-        if self.learning_rate is not None:
-            check_positive_number(
-                f"strategy {self.name!r} learning_rate", self.learning_rate, ConfigError
-            )
-        for key in ("batch_size", "epochs"):
-            if getattr(self, key) is not None:
-                check_positive_int(f"strategy {self.name!r} {key}", getattr(self, key), ConfigError)
-        check_positive_int(
-            f"strategy {self.name!r} epochs_per_eval", self.epochs_per_eval, ConfigError
-        )
+        keys = ("optimizer", "learning_rate", "batch_size", "epochs", "epochs_per_eval")
+        _check_values(self, keys, f"strategy {self.name!r} ")
         self._check_tunable()
         for key, values in self.tune.items():
             if not isinstance(values, list) or not values:
@@ -748,11 +736,10 @@ class ExperimentConfig(TrainingSettings):
         diverge (:func:`fedp13n.algorithms.pfedme.unstable_note`)."""
         users = {k: (m,) for m, keys in METHOD_SETTINGS.items() for k in keys}
         users["personal_layers"] = PERSONAL_LAYERS_METHODS
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainingSettings)}
         stages = self.resolved_stages()
         notes = []
         for key, methods in users.items():
-            set_in = [s for s in stages if getattr(s, key) != defaults[key]]
+            set_in = [s for s in stages if getattr(s, key) != _default(key)]
             used = [s for s in set_in if s.method in methods and s.resolved_kind == "fedavg"]
             if set_in and not used:
                 runs = sorted({s.method if s.resolved_kind == "fedavg" else "centralized"
@@ -770,8 +757,7 @@ class ExperimentConfig(TrainingSettings):
                 )  # fmt: skip
                 if note and f"warning: {note}" not in notes:
                     notes.append(f"warning: {note}")
-        default = next(f.default for f in dataclasses.fields(self) if f.name == "synthetic_clients")
-        if self.synthetic_clients != default and self.dataset != "synthetic":
+        if self.synthetic_clients != _default("synthetic_clients") and self.dataset != "synthetic":
             notes.append(
                 f"synthetic_clients = {self.synthetic_clients} applies to dataset 'synthetic' "
                 f"only: ignored (this run reads {self.dataset!r})"
@@ -1043,10 +1029,7 @@ class ExperimentConfig(TrainingSettings):
             {
                 k: v
                 for k, v in s.items()
-                if v is not None
-                and k != "options"
-                and not (k == "tune" and not v)
-                and not (k == "select_epoch" and not v)
+                if v is not None and k != "options" and (v or k not in ("tune", "select_epoch"))
             }
             | s["options"]
             for s in d["strategies"]
@@ -1246,7 +1229,8 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key} {value!r} is not one of {choices}.")
 
 
-#: The range of each numeric setting (its type is checked by :func:`_check_type`).
+#: The range of each numeric setting, and of a strategy's (its type is checked by
+#: :func:`_check_type`).
 _RANGES: dict[str, Any] = {
     **dict.fromkeys(
         ("rounds", "eval_every", "checkpoint_every", "keep_checkpoints", "num_val_clients",
@@ -1254,14 +1238,16 @@ _RANGES: dict[str, Any] = {
         check_non_negative_int,
     ),
     **dict.fromkeys(
-        ("clients_per_round", "local_epochs", "local_steps", "batch_size", "head_epochs",
+        ("clients_per_round", "local_epochs", "local_steps", "batch_size", "epochs",
+         "epochs_per_eval", "head_epochs",
          "pfedme_k", "num_classes", "num_eval_clients", "synthetic_clients",
          "num_global_eval_clients", "p13n_epochs", "p13n_batch_size", "num_train_clients",
          "num_p13n_clients", "workers", "engine_clients", "workers_per_gpu"),
         check_positive_int,
     ),
     **dict.fromkeys(
-        ("client_learning_rate", "server_learning_rate", "server_epsilon", "per_fedavg_alpha",
+        ("client_learning_rate", "server_learning_rate", "server_epsilon", "learning_rate",
+         "per_fedavg_alpha",
          "pfedme_lambda", "pfedme_personal_lr", "pfedme_beta", "task_timeout"),
         check_positive_number,
     ),
@@ -1288,6 +1274,11 @@ def _check_values(config: Any, keys: tuple[str, ...], where: str = "") -> None:
             _RANGES[key](f"{where}{key}", value, error=ConfigError)
         elif fields[key].metadata.get("choices"):
             _check_choice(f"{where}{key}", value, fields[key].metadata["choices"])
+
+
+def _default(key: str) -> Any:
+    """The default of setting ``key``."""
+    return next(f.default for f in dataclasses.fields(ExperimentConfig) if f.name == key)
 
 
 def _check_type(f: dataclasses.Field, value: Any, source: str = "config") -> None:

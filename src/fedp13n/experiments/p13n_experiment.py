@@ -42,10 +42,9 @@ from fedp13n.experiments.callbacks import (
     Checkpointer,
     ClientProgress,
     CommitClientState,
-    GlobalEvaluation,
+    Evaluation,
     LogLines,
     MetricsCsv,
-    PersonalizationCurve,
     ProgressBar,
     TensorBoardLogger,
 )
@@ -532,16 +531,21 @@ class Run:
         return ClientStateStore.create(folder, self.data.train_ids, spec)
 
     def _evaluation_callbacks(self, total: int) -> list[Callback]:
-        """The global model's test metrics and, when asked for, the personalization curve:
-        before the callbacks that record the round's row (they add to it)."""
+        """The global model's test metrics and, when asked for, the personalization curve
+        (``p13n_accuracy``): before the callbacks that record the round's row (they add to
+        it)."""
+
+        def global_columns(weights: Mapping[str, Any]) -> dict[str, float]:
+            ev = self.evaluate_global(weights)
+            return {"eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]}
+
+        def curve(weights: Mapping[str, Any]) -> dict[str, float]:
+            return {"p13n_accuracy": self.personalized_accuracy(weights)}
+
         config = self.config
-        callbacks: list[Callback] = [
-            GlobalEvaluation(self.evaluate_global, config.eval_every, total)
-        ]
+        callbacks = [Evaluation(global_columns, config.eval_every, total)]
         if config.p13n_eval_every:
-            callbacks.append(
-                PersonalizationCurve(self.personalized_accuracy, config.p13n_eval_every, total)
-            )
+            callbacks.append(Evaluation(curve, config.p13n_eval_every, total))
         return callbacks
 
     def _recording_callbacks(
