@@ -150,9 +150,6 @@ def resolve_config(
         changes["strategies"] = [StrategyConfig.parse(s) for s in changes["strategies"]]
     if "stages" in changes:
         changes["stages"] = [StageConfig.parse(s, config) for s in changes["stages"]]
-    for key in ("data_dir", "cache_dir", "tensorboard"):
-        if key in changes:
-            changes[key] = str(changes[key])
     config = config.replace(**changes)
     config.validate()
     return config

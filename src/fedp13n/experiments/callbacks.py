@@ -295,14 +295,9 @@ class TensorBoardLogger(Callback):
             rows = [r for r in summary.rows if r.strategy == strategy]
             points = [(0, b)] + [(epoch_number(r.epoch), r) for r in rows]
             for epoch, r in points:
-                for what, value in (
-                    ("mean", r.mean),
-                    ("ci_low", r.ci_low),
-                    ("ci_high", r.ci_high),
-                ):
-                    self.writer.add_scalar(
-                        f"personalization/{strategy}/accuracy_{what}", float(value), epoch
-                    )
+                for what in ("mean", "ci_low", "ci_high"):
+                    tag = f"personalization/{strategy}/accuracy_{what}"
+                    self.writer.add_scalar(tag, float(getattr(r, what)), epoch)
         self.log_hparams(
             settings, {f"personalization/{k}": float(v) for k, v in summary.headline.items()}
         )

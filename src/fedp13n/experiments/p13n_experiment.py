@@ -144,14 +144,9 @@ def model_fn_for(config: ExperimentConfig) -> Callable[[], Any]:
 def task_settings(config: ExperimentConfig, progress: bool = False) -> dict[str, Any]:
     """The settings a task's loader, notice and num_classes may take
     (:data:`fedp13n.tasks.build.SETTINGS`)."""
-    return {
-        "data_dir": config.data_dir,
-        "cache_dir": config.cache_dir,
-        "only_digits": config.only_digits,
-        "synthetic_clients": config.synthetic_clients,
-        "seed": config.seed,
-        "progress": progress,
-    }
+    from fedp13n.tasks.build import SETTINGS
+
+    return {**{k: getattr(config, k) for k in SETTINGS if k != "progress"}, "progress": progress}
 
 
 def build_stage_process(
@@ -196,14 +191,9 @@ def build_stage_process(
         beta2=stage.server_beta2,
         epsilon=stage.server_epsilon,
     )
-    extra: dict[str, Any] = {"client_pipeline": stage.client_pipeline}
-    if stage.local_steps is not None:
-        extra["max_steps"] = stage.local_steps
-    extra["method"] = stage.method
+    extra = {key: getattr(stage, key) for key in METHOD_SETTINGS.get(stage.method, ())}
     if stage.keeps_state:
         extra.update(personal_layers=stage.personal_layers, client_state=client_state)
-    for key in METHOD_SETTINGS.get(stage.method, ()):
-        extra[key] = getattr(stage, key)
     return build_weighted_fed_avg(
         model_fn_for(config),
         client_optimizer_fn=client,
@@ -215,7 +205,10 @@ def build_stage_process(
         seed=config.seed,
         executor=executor,
         compute=compute,
+        client_pipeline=stage.client_pipeline,
+        max_steps=stage.local_steps,
         proximal_mu=stage.proximal_mu,
+        method=stage.method,
         **extra,
     )
 

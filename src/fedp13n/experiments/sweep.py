@@ -242,14 +242,11 @@ def check_output_dir(out: Path) -> None:
         raise ConfigError(
             f"--output-dir {out} is a file, not a directory; choose another --output-dir."
         )
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(
-                    f"--output-dir {out}: {parent} is a file, not a directory; choose another "
-                    "--output-dir."
-                )
-            break
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(
+            f"--output-dir {out}: {parent} is a file, not a directory; choose another --output-dir."
+        )
 
 
 def check_not_a_run_dir(out: Path) -> None:
