@@ -85,7 +85,6 @@ class ExperimentResult:
     round_metrics: list[dict[str, Any]]
     personalization: OrderedDict
     summary: Any = None  # fedp13n.reporting.Summary, computed once
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
