@@ -22,3 +22,14 @@ def given_path(value: str | None, name: str, example: str) -> Path | None:
     if not value.strip():
         fail(f"{name} is empty; give {example}.")
     return Path(value)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """What a command reports as one ``error:`` line, not a traceback: a refused setting,
+    bad data or files (fedp13n's ValueErrors: ConfigError, DataError, ReportError), a
+    missing module, a failed round or client task, a file system error (imported when a
+    command runs, so that ``fedp13n --help`` starts fast)."""
+    from fedp13n.algorithms.loop import TrainingError
+    from fedp13n.execution.base import ClientWorkError
+
+    return (ValueError, ImportError, OSError, TrainingError, ClientWorkError)

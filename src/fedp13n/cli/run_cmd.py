@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from fedp13n.cli.errors import fail
+from fedp13n.cli.errors import fail, given_path, user_errors
 from fedp13n.experiments.config import (
     PANELS,
     ConfigError,
@@ -91,11 +91,9 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
 
 
 def config_options() -> list[tuple[dataclasses.Field, str, Any, Any]]:
-    """(field, parameter name, annotation, typer.Option) for every CLI-reachable setting."""
+    """(field, parameter name, annotation, typer.Option) for every setting."""
     out = []
     for f in dataclasses.fields(ExperimentConfig):
-        if not f.metadata.get("cli", True):
-            continue
         meta = f.metadata
         tp = base_type(f)
         help_text = meta["help"]
@@ -152,9 +150,6 @@ def resolve_config(
         changes["strategies"] = [StrategyConfig.parse(s) for s in changes["strategies"]]
     if "stages" in changes:
         changes["stages"] = [StageConfig.parse(s, config) for s in changes["stages"]]
-    for key in ("data_dir", "cache_dir", "tensorboard"):
-        if key in changes:
-            changes[key] = str(changes[key])
     config = config.replace(**changes)
     config.validate()
     return config
@@ -163,77 +158,29 @@ def resolve_config(
 def run(**kwargs: Any) -> None:
     """Train a global model with FedAvg, then evaluate personalization strategies."""
     run_args = {k: kwargs.pop(k) for k in _RUN_OPTIONS}
-    output_dir = run_args["output_dir"]
-    if output_dir is not None:
-        if not output_dir.strip():
-            fail("--output-dir is empty; give the run directory (e.g. --output-dir runs/exp1).")
-        output_dir = Path(output_dir)
-
-    from fedp13n.algorithms.loop import TrainingError
-    from fedp13n.data.validate import DataError
-    from fedp13n.execution.base import ClientWorkError
-    from fedp13n.experiments.p13n_experiment import default_run_dir, run_experiment
-    from fedp13n.rundir import layout as rd
-    from fedp13n.rundir.integrity import NoSpaceError
-
+    example = "the run directory (e.g. --output-dir runs/exp1)"
+    output_dir = given_path(run_args["output_dir"], "--output-dir", example)
     if run_args["resume"] and output_dir is None:
         fail("--resume needs --output-dir: the run directory to continue.")
     if run_args["repeats"] is not None:
         run_repeated(run_args, kwargs, output_dir)
         return
-    if run_args["resume"] and output_dir is not None:
-        from fedp13n.experiments.repeats import REPEATS_FILE
-
-        if (output_dir / REPEATS_FILE).is_file() and not (output_dir / rd.CONFIG).is_file():
-            fail(
-                f"{output_dir} holds repeats over seeds ({REPEATS_FILE}), not one run; "
-                "continue them with --repeats N --resume."
-            )
-    try:
-        saved = None
-        if run_args["resume"]:
-            if not (output_dir / rd.CONFIG).is_file():
-                fail(
-                    f"nothing to resume in {output_dir}: it has no {rd.CONFIG}; drop --resume "
-                    "to start a new run there."
-                )
-            saved = ExperimentConfig.from_toml(output_dir / rd.CONFIG)
-        config = resolve_config(run_args["config_file"], kwargs, base=saved)
-    except ConfigError as e:
-        fail(str(e))
+    config = _run_config(run_args, kwargs, output_dir)
     if run_args["print_config"]:
         typer.echo(config.to_toml(), nl=False)
         return
-    run_dir = output_dir or default_run_dir("runs", config.dataset)
-    typer.echo(f"run directory: {run_dir}")
-    try:
-        result = run_experiment(
-            config,
-            run_dir,
-            resume=run_args["resume"],
-            progress=run_args["progress"] and sys.stderr.isatty(),
-        )
-    except KeyboardInterrupt as e:
-        interrupted(e, run_dir)
-    except NoSpaceError as e:  # what was complete is kept: the run resumes
-        fail(str(e))
-    except (
-        ConfigError,
-        DataError,
-        FileExistsError,
-        FileNotFoundError,
-        ImportError,
-        TrainingError,
-        ClientWorkError,
-    ) as e:
-        fail(str(e).splitlines()[0] if isinstance(e, ClientWorkError) else str(e))
-    except ValueError as e:  # e.g. an unreadable checkpoint; fedp13n's own message
-        fail(str(e))
-    except OSError as e:  # the run directory on a full disk, unwritable, ...
-        what = e.strerror or str(e)
-        fail(f"cannot write the run directory {run_dir}: {what} ({e.filename or run_dir}).")
+    from fedp13n.experiments.p13n_experiment import default_run_dir, run_experiment
     from fedp13n.reporting.summary import print_run_summary
 
+    run_dir = output_dir or default_run_dir("runs", config.dataset)
+    typer.echo(f"run directory: {run_dir}")
+    progress = run_args["progress"] and sys.stderr.isatty()
+    try:
+        result = run_experiment(config, run_dir, resume=run_args["resume"], progress=progress)
+    except KeyboardInterrupt as e:
+        interrupted(e, run_dir)
+    except user_errors() as e:
+        fail(_error_line(e, run_dir))
     print_run_summary(result.run_dir, summary=result.summary)
     if run_args["report"]:
         from fedp13n.reporting import write_report
@@ -243,14 +190,53 @@ def run(**kwargs: Any) -> None:
     typer.echo(f"results: {result.run_dir}")
 
 
+def _run_config(
+    run_args: dict[str, Any], options: dict[str, Any], out: Path | None
+) -> ExperimentConfig:
+    """The configuration of the run (with ``--resume``: the one saved in ``out`` <
+    ``--config`` < options); a bad one: one line, exit 2."""
+    from fedp13n.experiments.repeats import REPEATS_FILE
+    from fedp13n.rundir import layout as rd
+
+    saved = None
+    try:
+        if run_args["resume"]:
+            if not (out / rd.CONFIG).is_file():
+                if (out / REPEATS_FILE).is_file():
+                    fail(
+                        f"{out} holds repeats over seeds ({REPEATS_FILE}), not one run; "
+                        "continue them with --repeats N --resume."
+                    )
+                fail(
+                    f"nothing to resume in {out}: it has no {rd.CONFIG}; drop --resume "
+                    "to start a new run there."
+                )
+            saved = ExperimentConfig.from_toml(out / rd.CONFIG)
+        return resolve_config(run_args["config_file"], options, base=saved)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def _error_line(e: Exception, run_dir: Path) -> str:
+    """The one line that says why the run failed: fedp13n's own message (a client task's
+    first line), or for another file system error, which file of the run it hit."""
+    from fedp13n.execution.base import ClientWorkError
+    from fedp13n.rundir.integrity import NoSpaceError
+
+    if isinstance(e, ClientWorkError):
+        return str(e).splitlines()[0]
+    if isinstance(e, OSError) and not isinstance(
+        e, NoSpaceError | FileExistsError | FileNotFoundError
+    ):  # the run directory unwritable, ... (a full disk: what was complete is kept)
+        what = e.strerror or str(e)
+        return f"cannot write the run directory {run_dir}: {what} ({e.filename or run_dir})."
+    return str(e)
+
+
 def run_repeated(run_args: dict[str, Any], options: dict[str, Any], out: Path | None) -> None:
     """``--repeats N``: the configuration over N seeds into ``out``, then the table of mean
     +- std over the seeds (:mod:`fedp13n.experiments.repeats`)."""
-    from fedp13n.algorithms.loop import TrainingError
-    from fedp13n.data.validate import DataError
-    from fedp13n.execution.base import ClientWorkError
     from fedp13n.experiments.repeats import run_repeats, saved_config, seeds_of
-    from fedp13n.reporting.summary import ReportError
 
     if run_args["repeats"] < 1:
         fail(f"--repeats must be at least 1 (the number of seeds), got {run_args['repeats']}.")
@@ -276,18 +262,7 @@ def run_repeated(run_args: dict[str, Any], options: dict[str, Any], out: Path | 
         typer.secho(f"interrupted; {how}{run_args['repeats']} --resume", err=True,
                     fg=typer.colors.YELLOW)  # fmt: skip
         raise typer.Exit(130) from None
-    except (
-        ConfigError,
-        DataError,
-        FileExistsError,
-        FileNotFoundError,
-        ImportError,
-        TrainingError,
-        ClientWorkError,
-        ReportError,
-        ValueError,
-        OSError,
-    ) as e:
+    except user_errors() as e:
         fail(str(e).splitlines()[0])
     typer.echo(md.read_text())
     typer.echo(f"repeats: {md} (and {md.with_suffix('.json').name})")

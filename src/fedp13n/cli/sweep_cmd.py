@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import typer
 
-from fedp13n.cli.errors import fail, given_path
+from fedp13n.cli.errors import fail, given_path, user_errors
 
 
 def sweep(
@@ -35,27 +35,13 @@ def sweep(
 ) -> None:
     """Run every combination of a sweep grid as a normal run, then tabulate them."""
     out = given_path(output_dir, "--output-dir", "the sweep directory (e.g. --output-dir runs/s1)")
-    from fedp13n.algorithms.loop import TrainingError
-    from fedp13n.data.validate import DataError
-    from fedp13n.execution.base import ClientWorkError
-    from fedp13n.experiments.config import ConfigError
     from fedp13n.experiments.examples import config_path
     from fedp13n.experiments.sweep import SweepConfig, run_sweep
-    from fedp13n.reporting.summary import ReportError
 
     try:
         config = SweepConfig.from_toml(config_path(config_file, "sweep file"))
         table = run_sweep(config, out, resume=resume, parallel=parallel, log=typer.echo)
-    except (
-        ConfigError,
-        DataError,
-        FileExistsError,
-        FileNotFoundError,
-        TrainingError,
-        ReportError,
-        ClientWorkError,
-        OSError,
-    ) as e:
+    except user_errors() as e:
         fail(str(e).splitlines()[0])
     except KeyboardInterrupt:
         interrupted_sweep(config_file, out)

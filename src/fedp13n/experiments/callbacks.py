@@ -1,8 +1,8 @@
 """The experiment's round-loop callbacks: global evaluation, CSV rows, checkpoints,
 TensorBoard and progress (see :mod:`fedp13n.algorithms.loop`).
 
-Order matters: :class:`GlobalEvaluation` adds ``eval_loss`` / ``eval_accuracy`` to the
-round's row, so it comes before the callbacks that record the row.
+Order matters: an :class:`Evaluation` adds ``eval_loss`` / ``eval_accuracy`` (or
+``p13n_accuracy``) to the round's row, so it comes before the callbacks that record the row.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def round_info(row: Mapping[str, Any]) -> str:
     return info
 
 
-class GlobalEvaluation(Callback):
-    """Every ``every`` rounds and after ``last_round``: the global model on held-out data."""
+class Evaluation(Callback):
+    """After ``last_round`` and every ``every`` rounds (0: only after it): the columns
+    ``evaluate(weights)`` gives for the global model (``eval_loss``, ``p13n_accuracy``,
+    ...), added to the round's row."""
 
     def __init__(
         self, evaluate: Callable[[dict], Mapping[str, float]], every: int, last_round: int
@@ -51,21 +53,7 @@ class GlobalEvaluation(Callback):
     def on_round_end(self, process, state, row) -> None:
         r = state.round_num
         if r == self.last_round or (self.every and r % self.every == 0):
-            ev = self.evaluate(process.get_model_weights(state))
-            row["eval_loss"], row["eval_accuracy"] = ev["loss"], ev["accuracy"]
-
-
-class PersonalizationCurve(Callback):
-    """Every ``every`` rounds and after ``last_round``: the mean personalized accuracy
-    (``p13n_accuracy``) given by ``evaluate(weights)``."""
-
-    def __init__(self, evaluate: Callable[[dict], float], every: int, last_round: int) -> None:
-        self.evaluate, self.every, self.last_round = evaluate, every, last_round
-
-    def on_round_end(self, process, state, row) -> None:
-        r = state.round_num
-        if self.every and (r == self.last_round or r % self.every == 0):
-            row["p13n_accuracy"] = self.evaluate(process.get_model_weights(state))
+            row.update(self.evaluate(process.get_model_weights(state)))
 
 
 class MetricsCsv(Callback):
@@ -307,14 +295,9 @@ class TensorBoardLogger(Callback):
             rows = [r for r in summary.rows if r.strategy == strategy]
             points = [(0, b)] + [(epoch_number(r.epoch), r) for r in rows]
             for epoch, r in points:
-                for what, value in (
-                    ("mean", r.mean),
-                    ("ci_low", r.ci_low),
-                    ("ci_high", r.ci_high),
-                ):
-                    self.writer.add_scalar(
-                        f"personalization/{strategy}/accuracy_{what}", float(value), epoch
-                    )
+                for what in ("mean", "ci_low", "ci_high"):
+                    tag = f"personalization/{strategy}/accuracy_{what}"
+                    self.writer.add_scalar(tag, float(getattr(r, what)), epoch)
         self.log_hparams(
             settings, {f"personalization/{k}": float(v) for k, v in summary.headline.items()}
         )

@@ -23,6 +23,7 @@ resolved configuration is saved with the results, so every run can be repeated.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import tomllib
@@ -85,7 +86,6 @@ def setting(
     negative_flag: str | None = None,
     default_text: str | None = None,
     default_factory: Any = dataclasses.MISSING,
-    cli: bool = True,
 ) -> Any:
     """A config field with its help, CLI panel and choices (what the CLI is generated from).
 
@@ -100,7 +100,6 @@ def setting(
         "flag": flag,
         "negative_flag": negative_flag,
         "default_text": default_text,
-        "cli": cli,
     }
     return field(default=default, default_factory=default_factory, metadata=meta)
 
@@ -276,42 +275,10 @@ class TrainingSettings:
         return keeps_state(self.method)
 
     def validate_training(self, where: str) -> None:
-        check_non_negative_int(f"{where}rounds", self.rounds, ConfigError)
-        for key in ("clients_per_round", "local_epochs", "batch_size"):
-            check_positive_int(f"{where}{key}", getattr(self, key), ConfigError)
-        if self.local_steps is not None:
-            check_positive_int(f"{where}local_steps", self.local_steps, ConfigError)
-        for key, choices in (
-            ("client_pipeline", PIPELINES),
-            ("client_optimizer", OPTIMIZERS),
-            ("server_optimizer", OPTIMIZERS),
-        ):
-            _check_choice(f"{where}{key}", getattr(self, key), choices)
-        for key in ("client_learning_rate", "server_learning_rate", "server_epsilon"):
-            check_positive_number(f"{where}{key}", getattr(self, key), ConfigError)
-        for key in ("client_momentum", "server_momentum", "server_beta1", "server_beta2"):
-            check_fraction(f"{where}{key}", getattr(self, key), error=ConfigError)
-        check_non_negative_number(
-            f"{where}proximal_mu", self.proximal_mu, ConfigError, " (FedProx's mu; 0 = FedAvg)"
-        )
-        _check_choice(f"{where}method", self.method, tuple(METHODS))
-        if self.head_epochs is not None:
-            check_positive_int(f"{where}head_epochs", self.head_epochs, ConfigError)
-        if self.ditto_lambda is not None:
-            check_non_negative_number(f"{where}ditto_lambda", self.ditto_lambda, ConfigError)
+        _check_values(self, TRAINING_KEYS, where)
         if self.per_fedavg_variant is not None:
             variants = per_fedavg.VARIANTS
             _check_choice(f"{where}per_fedavg_variant", self.per_fedavg_variant, variants)
-        if self.per_fedavg_alpha is not None:
-            check_positive_number(f"{where}per_fedavg_alpha", self.per_fedavg_alpha, ConfigError)
-        values = [getattr(self, f"pfedme_{k}") for k in ("lambda", "k", "personal_lr", "beta")]
-        try:
-            pfedme.check_settings(*values)
-        except ValueError as e:
-            raise ConfigError(f"{where}{e}") from None
-        if self.apfl_alpha is not None:
-            check_fraction(f"{where}apfl_alpha", self.apfl_alpha, closed_right=True,
-                           error=ConfigError)  # fmt: skip
         try:
             parse_personal_layers(self.personal_layers)
         except ValueError as e:
@@ -429,7 +396,7 @@ class StrategyConfig:
     """
 
     name: str
-    optimizer: str | None = None
+    optimizer: str | None = field(default=None, metadata={"choices": OPTIMIZERS})
     learning_rate: float | None = None
     batch_size: int | None = None
     epochs: int | None = None
@@ -493,18 +460,8 @@ class StrategyConfig:
                 f"strategy name {self.name!r} is reserved (the personalization result uses it); "
                 "choose another name."
             )
-        if self.optimizer is not None:
-            _check_choice(f"strategy {self.name!r} optimizer", self.optimizer, OPTIMIZERS)
-        if self.learning_rate is not None:
-            check_positive_number(
-                f"strategy {self.name!r} learning_rate", self.learning_rate, ConfigError
-            )
-        for key in ("batch_size", "epochs"):
-            if getattr(self, key) is not None:
-                check_positive_int(f"strategy {self.name!r} {key}", getattr(self, key), ConfigError)
-        check_positive_int(
-            f"strategy {self.name!r} epochs_per_eval", self.epochs_per_eval, ConfigError
-        )
+        keys = ("optimizer", "learning_rate", "batch_size", "epochs", "epochs_per_eval")
+        _check_values(self, keys, f"strategy {self.name!r} ")
         self._check_tunable()
         for key, values in self.tune.items():
             if not isinstance(values, list) or not values:
@@ -779,11 +736,10 @@ class ExperimentConfig(TrainingSettings):
         diverge (:func:`fedp13n.algorithms.pfedme.unstable_note`)."""
         users = {k: (m,) for m, keys in METHOD_SETTINGS.items() for k in keys}
         users["personal_layers"] = PERSONAL_LAYERS_METHODS
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainingSettings)}
         stages = self.resolved_stages()
         notes = []
         for key, methods in users.items():
-            set_in = [s for s in stages if getattr(s, key) != defaults[key]]
+            set_in = [s for s in stages if getattr(s, key) != _default(key)]
             used = [s for s in set_in if s.method in methods and s.resolved_kind == "fedavg"]
             if set_in and not used:
                 runs = sorted({s.method if s.resolved_kind == "fedavg" else "centralized"
@@ -801,8 +757,7 @@ class ExperimentConfig(TrainingSettings):
                 )  # fmt: skip
                 if note and f"warning: {note}" not in notes:
                     notes.append(f"warning: {note}")
-        default = next(f.default for f in dataclasses.fields(self) if f.name == "synthetic_clients")
-        if self.synthetic_clients != default and self.dataset != "synthetic":
+        if self.synthetic_clients != _default("synthetic_clients") and self.dataset != "synthetic":
             notes.append(
                 f"synthetic_clients = {self.synthetic_clients} applies to dataset 'synthetic' "
                 f"only: ignored (this run reads {self.dataset!r})"
@@ -837,10 +792,9 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(
                 f"dataset {self.dataset!r} needs data_dir (a folder with train/ and test/)."
             )
-        _check_choice("executor", self.executor, EXECUTOR_KINDS)
+        _check_values(self, EXPERIMENT_KEYS)
         self.validate_training("")
         self._validate_stages()
-        self._validate_counts()
         self._validate_execution()
         self._validate_strategies()
         if self.dataset == "synthetic":  # its size is known: a split that cannot fit fails now
@@ -893,8 +847,6 @@ class ExperimentConfig(TrainingSettings):
                         f"{key} {value!r} is {'an' if what[0] in 'aeiou' else 'a'} {what}, not a "
                         "function; name a function of the module."
                     )
-        if self.num_classes is not None:
-            check_positive_int("num_classes", self.num_classes, ConfigError)
         if is_import_path(self.dataset):
             if self.data_dir is not None:
                 raise ConfigError(
@@ -982,38 +934,10 @@ class ExperimentConfig(TrainingSettings):
             "fedper)."
         )
 
-    def _validate_counts(self) -> None:
-        for key in (
-            "eval_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-            "num_val_clients",
-            "p13n_eval_every",
-        ):
-            check_non_negative_int(key, getattr(self, key), ConfigError)
-        for key in (
-            "num_eval_clients",
-            "synthetic_clients",
-            "num_global_eval_clients",
-            "p13n_epochs",
-            "p13n_batch_size",
-        ):
-            check_positive_int(key, getattr(self, key), ConfigError)
-        for key in ("num_train_clients", "num_p13n_clients", "workers"):
-            if getattr(self, key) is not None:
-                check_positive_int(key, getattr(self, key), ConfigError)
-        check_non_negative_int("max_retries", self.max_retries, ConfigError)
-        check_positive_int("engine_clients", self.engine_clients, ConfigError)
-        check_positive_int("workers_per_gpu", self.workers_per_gpu, ConfigError)
-
     def _validate_execution(self) -> None:
-        _check_choice("precision", self.precision, ("fp32", "bf16", "tf32"))
-        _check_choice("engine", self.engine, ("auto", "on", "off"))
         device = self.device.split(":")[0] if isinstance(self.device, str) else None
         if device not in ("auto", "cpu", "cuda", "mps"):
             raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps.")
-        if self.task_timeout is not None:
-            check_positive_number("task_timeout", self.task_timeout, ConfigError)
         if self.executor == "in-process" and self.workers not in (None, 1):
             raise ConfigError(
                 f"executor 'in-process' runs one task at a time, so workers must be 1, got "
@@ -1105,10 +1029,7 @@ class ExperimentConfig(TrainingSettings):
             {
                 k: v
                 for k, v in s.items()
-                if v is not None
-                and k != "options"
-                and not (k == "tune" and not v)
-                and not (k == "select_epoch" and not v)
+                if v is not None and k != "options" and (v or k not in ("tune", "select_epoch"))
             }
             | s["options"]
             for s in d["strategies"]
@@ -1155,17 +1076,7 @@ class ExperimentConfig(TrainingSettings):
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
         path = Path(path)
-        try:
-            # utf-8-sig: a byte-order mark (Windows Notepad writes one) is not part of the TOML
-            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist.") from None
-        except IsADirectoryError:
-            raise ConfigError(f"config file {path} is a directory, not a TOML file.") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {path} is not text (not UTF-8).") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        data = read_toml(path, "config file")
         if isinstance(data.get("sweep"), dict):
             raise ConfigError(
                 f"{path} is a sweep file (it has a [sweep] table): run it with "
@@ -1175,6 +1086,33 @@ class ExperimentConfig(TrainingSettings):
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         return dataclasses.replace(self, **changes)
+
+
+#: The experiment's own settings (not a stage's) checked by :func:`_check_values` (the
+#: task by ``get_task``).
+EXPERIMENT_KEYS = tuple(
+    f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in (*TRAINING_KEYS, "task")
+)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The TOML file ``path`` as a dict; what keeps it from being read is a one-line
+    ConfigError naming it as ``what`` (``"config file"``)."""
+    try:
+        # utf-8-sig: a byte-order mark (Windows Notepad writes one) is not part of the TOML
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a directory, not a TOML file.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not text (not UTF-8).") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(
+            f"{what} {path} cannot be read: {e.strerror or e}; give a readable TOML file."
+        ) from None
 
 
 #: What each kind of client state (:func:`fedp13n.algorithms.fedper.state_kind`) is, in words.
@@ -1289,6 +1227,58 @@ def check_name(kind: str, name: Any, example: str, where: str = "") -> None:
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} {value!r} is not one of {choices}.")
+
+
+#: The range of each numeric setting, and of a strategy's (its type is checked by
+#: :func:`_check_type`).
+_RANGES: dict[str, Any] = {
+    **dict.fromkeys(
+        ("rounds", "eval_every", "checkpoint_every", "keep_checkpoints", "num_val_clients",
+         "p13n_eval_every", "max_retries"),
+        check_non_negative_int,
+    ),
+    **dict.fromkeys(
+        ("clients_per_round", "local_epochs", "local_steps", "batch_size", "epochs",
+         "epochs_per_eval", "head_epochs",
+         "pfedme_k", "num_classes", "num_eval_clients", "synthetic_clients",
+         "num_global_eval_clients", "p13n_epochs", "p13n_batch_size", "num_train_clients",
+         "num_p13n_clients", "workers", "engine_clients", "workers_per_gpu"),
+        check_positive_int,
+    ),
+    **dict.fromkeys(
+        ("client_learning_rate", "server_learning_rate", "server_epsilon", "learning_rate",
+         "per_fedavg_alpha",
+         "pfedme_lambda", "pfedme_personal_lr", "pfedme_beta", "task_timeout"),
+        check_positive_number,
+    ),
+    **dict.fromkeys(
+        ("client_momentum", "server_momentum", "server_beta1", "server_beta2"), check_fraction
+    ),
+    "proximal_mu": functools.partial(
+        check_non_negative_number, hint=" (FedProx's mu; 0 = FedAvg)"
+    ),
+    "ditto_lambda": check_non_negative_number,
+    "apfl_alpha": functools.partial(check_fraction, closed_right=True),
+}  # fmt: skip
+
+
+def _check_values(config: Any, keys: tuple[str, ...], where: str = "") -> None:
+    """Each of ``keys`` of ``config`` in its range (:data:`_RANGES`) or one of its field's
+    choices (unset optional values, None, are their defaults: not checked)."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    for key in keys:
+        value = getattr(config, key)
+        if value is None:
+            continue
+        if key in _RANGES:
+            _RANGES[key](f"{where}{key}", value, error=ConfigError)
+        elif fields[key].metadata.get("choices"):
+            _check_choice(f"{where}{key}", value, fields[key].metadata["choices"])
+
+
+def _default(key: str) -> Any:
+    """The default of setting ``key``."""
+    return next(f.default for f in dataclasses.fields(ExperimentConfig) if f.name == key)
 
 
 def _check_type(f: dataclasses.Field, value: Any, source: str = "config") -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import math
 import re
@@ -41,10 +42,9 @@ from fedp13n.experiments.callbacks import (
     Checkpointer,
     ClientProgress,
     CommitClientState,
-    GlobalEvaluation,
+    Evaluation,
     LogLines,
     MetricsCsv,
-    PersonalizationCurve,
     ProgressBar,
     TensorBoardLogger,
 )
@@ -85,7 +85,6 @@ class ExperimentResult:
     round_metrics: list[dict[str, Any]]
     personalization: OrderedDict
     summary: Any = None  # fedp13n.reporting.Summary, computed once
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,13 +106,6 @@ def resolve_compute(config: ExperimentConfig) -> Compute:
         return Compute.resolve(config.device, config.precision, config.deterministic)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
-
-
-def executor_gpus(compute: Compute) -> list[int] | None:
-    """The GPUs the executor's worker processes are pinned to (None: not on CUDA)."""
-    from fedp13n.utils.device import cuda_indices
-
-    return cuda_indices(compute.device) or None
 
 
 def default_run_dir(root: str | Path = "runs", dataset: str = "run") -> Path:
@@ -151,19 +143,9 @@ def model_fn_for(config: ExperimentConfig) -> Callable[[], Any]:
 def task_settings(config: ExperimentConfig, progress: bool = False) -> dict[str, Any]:
     """The settings a task's loader, notice and num_classes may take
     (:data:`fedp13n.tasks.build.SETTINGS`)."""
-    return {
-        "data_dir": config.data_dir,
-        "cache_dir": config.cache_dir,
-        "only_digits": config.only_digits,
-        "synthetic_clients": config.synthetic_clients,
-        "seed": config.seed,
-        "progress": progress,
-    }
+    from fedp13n.tasks.build import SETTINGS
 
-
-def personalize_fn_dict_for(config: ExperimentConfig) -> OrderedDict:
-    """TFF's ``personalize_fn_dict``: strategy name -> no-argument strategy builder."""
-    return OrderedDict((s.name, config.strategy_builder(s)) for s in config.strategies)
+    return {**{k: getattr(config, k) for k in SETTINGS if k != "progress"}, "progress": progress}
 
 
 def build_stage_process(
@@ -208,14 +190,9 @@ def build_stage_process(
         beta2=stage.server_beta2,
         epsilon=stage.server_epsilon,
     )
-    extra: dict[str, Any] = {"client_pipeline": stage.client_pipeline}
-    if stage.local_steps is not None:
-        extra["max_steps"] = stage.local_steps
-    extra["method"] = stage.method
+    extra = {key: getattr(stage, key) for key in METHOD_SETTINGS.get(stage.method, ())}
     if stage.keeps_state:
         extra.update(personal_layers=stage.personal_layers, client_state=client_state)
-    for key in METHOD_SETTINGS.get(stage.method, ()):
-        extra[key] = getattr(stage, key)
     return build_weighted_fed_avg(
         model_fn_for(config),
         client_optimizer_fn=client,
@@ -227,7 +204,10 @@ def build_stage_process(
         seed=config.seed,
         executor=executor,
         compute=compute,
+        client_pipeline=stage.client_pipeline,
+        max_steps=stage.local_steps,
         proximal_mu=stage.proximal_mu,
+        method=stage.method,
         **extra,
     )
 
@@ -279,11 +259,8 @@ def _centralized_note(stage: StageConfig, data: ExperimentData) -> str:
 # -- the run --------------------------------------------------------------------------------------
 def stage_bounds(stages: list[StageConfig]) -> list[tuple[StageConfig, int, int]]:
     """Each stage with its first round - 1 and its last round, counted over all stages."""
-    out, start = [], 0
-    for s in stages:
-        out.append((s, start, start + s.rounds))
-        start += s.rounds
-    return out
+    ends = itertools.accumulate(s.rounds for s in stages)
+    return [(s, end - s.rounds, end) for s, end in zip(stages, ends, strict=True)]
 
 
 class Run:
@@ -315,7 +292,7 @@ class Run:
 
     def execute(self) -> ExperimentResult:
         """Every step, in order (:func:`run_experiment` holds the run directory's lock)."""
-        self.config = _open_run_dir(self.config, self.run_dir, resume=self.resume, log=self.log)
+        _open_run_dir(self.config, self.run_dir, resume=self.resume, log=self.log)
         self.prepare_data()
         for note in self.config.unused_settings():  # said, as settings a stage ignores are
             self.log(note)
@@ -367,6 +344,7 @@ class Run:
 
     def _make_executor(self) -> Any:
         from fedp13n.execution.factory import make_executor
+        from fedp13n.utils.device import cuda_indices
 
         config = self.config
         try:
@@ -376,7 +354,7 @@ class Run:
                 ray_address=config.ray_address,
                 task_timeout=config.task_timeout,
                 max_retries=config.max_retries,
-                gpus=executor_gpus(self.compute),
+                gpus=cuda_indices(self.compute.device) or None,  # pinned workers on CUDA
                 workers_per_gpu=config.workers_per_gpu,
             )
         except ValueError as e:
@@ -545,16 +523,21 @@ class Run:
         return ClientStateStore.create(folder, self.data.train_ids, spec)
 
     def _evaluation_callbacks(self, total: int) -> list[Callback]:
-        """The global model's test metrics and, when asked for, the personalization curve:
-        before the callbacks that record the round's row (they add to it)."""
+        """The global model's test metrics and, when asked for, the personalization curve
+        (``p13n_accuracy``): before the callbacks that record the round's row (they add to
+        it)."""
+
+        def global_columns(weights: Mapping[str, Any]) -> dict[str, float]:
+            ev = self.evaluate_global(weights)
+            return {"eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]}
+
+        def curve(weights: Mapping[str, Any]) -> dict[str, float]:
+            return {"p13n_accuracy": self.personalized_accuracy(weights)}
+
         config = self.config
-        callbacks: list[Callback] = [
-            GlobalEvaluation(self.evaluate_global, config.eval_every, total)
-        ]
+        callbacks = [Evaluation(global_columns, config.eval_every, total)]
         if config.p13n_eval_every:
-            callbacks.append(
-                PersonalizationCurve(self.personalized_accuracy, config.p13n_eval_every, total)
-            )
+            callbacks.append(Evaluation(curve, config.p13n_eval_every, total))
         return callbacks
 
     def _recording_callbacks(
@@ -746,9 +729,9 @@ class Run:
             + ", ".join(f"{s.name} ({_describe(s)})" for s in config.strategies)
         )
         t0 = time.perf_counter()
-        result = self._evaluate(
-            personalize_fn_dict_for(config), weights, eval_ids, "personalization"
-        )
+        # TFF's personalize_fn_dict: strategy name -> no-argument strategy builder
+        fn_dict = OrderedDict((s.name, config.strategy_builder(s)) for s in config.strategies)
+        result = self._evaluate(fn_dict, weights, eval_ids, "personalization")
         seconds = time.perf_counter() - t0
         self.log(
             f"personalization took {seconds:.1f} s "
@@ -1305,63 +1288,10 @@ def _resumed_client_state(folder: Path, round_num: int, train_ids: Any, spec: An
     return store
 
 
-def _open_run_dir(
-    config: ExperimentConfig, run_dir: Path, *, resume: bool, log: Log
-) -> ExperimentConfig:
-    """Create (or reopen, with ``resume``) the run directory; the config to run with."""
+def _open_run_dir(config: ExperimentConfig, run_dir: Path, *, resume: bool, log: Log) -> None:
+    """Create (or reopen, with ``resume``) the run directory and save ``config`` in it."""
     if resume:
-        if not (run_dir / rd.CONFIG).is_file():
-            raise FileNotFoundError(
-                f"nothing to resume in {run_dir}: it has no {rd.CONFIG} (is it the run "
-                "directory of a 'fedp13n run'?); drop --resume to start a new run."
-            )
-        started = _holds_results(run_dir)
-        if started and config_edited(run_dir / rd.CONFIG):
-            raise ConfigError(
-                f"{run_dir / rd.CONFIG} was edited after the run wrote it, so --resume cannot "
-                "trust it; undo the edit, or start a new run with the edited settings: "
-                f"fedp13n run --config {run_dir / rd.CONFIG} --output-dir <new folder>."
-            )
-        # folders compare as absolute paths (runs saved before they were stored so)
-        saved = ExperimentConfig.from_toml(run_dir / rd.CONFIG).with_absolute_paths()
-        changed = config.differences(saved)
-        if not started:  # refused or failed before its first round: nothing to keep
-            if changed:
-                log(f"no round of the run in {run_dir} finished: starting it afresh with "
-                    f"the settings given ({', '.join(changed)} changed)")  # fmt: skip
-            changed = []
-        refused = [k for k in changed if k not in RESUMABLE_CHANGES]
-        if refused:
-            raise ConfigError(
-                f"--resume continues the run saved in {run_dir / rd.CONFIG}, but these "
-                f"settings differ from it: {refused}; drop them (a resumed run may change "
-                f"only {list(RESUMABLE_CHANGES)}) or start a new run in another --output-dir."
-            )
-        if "rounds" in changed and config.total_rounds == saved.total_rounds:
-            raise ConfigError(
-                f"--rounds {config.rounds} changes nothing: every stage of this run sets its own "
-                f"rounds ({saved.total_rounds} in all), so a staged run cannot be extended this "
-                "way; start a new run with more rounds in its last stage."
-            )
-        from fedp13n.algorithms.checkpoint import checkpoint_rounds
-
-        for folder in (rd.CHECKPOINTS, rd.CLIENT_STATE):
-            if (run_dir / folder).exists() and not (run_dir / folder).is_dir():
-                raise ConfigError(
-                    f"{run_dir / folder} is a file, not the run's {folder}/ folder; --resume "
-                    "cannot read the run from it: move the file away, or start a new run."
-                )
-        done = max(checkpoint_rounds(run_dir), default=0)
-        if done > config.total_rounds:
-            raise ConfigError(
-                f"{run_dir} has a checkpoint of round {done}, beyond the "
-                f"{config.total_rounds} rounds of this configuration; resume with at least "
-                f"that many rounds (--rounds {done})."
-            )
-        for key in changed:
-            log(f"resuming with {key} = {getattr(config, key)!r} (was {getattr(saved, key)!r})")
-        if "rounds" in changed:
-            _set_aside_results(run_dir, saved.total_rounds, log)
+        _check_resume(config, run_dir, log)
     elif _holds_results(run_dir):
         raise FileExistsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another "
@@ -1371,4 +1301,66 @@ def _open_run_dir(
         remove_stale_temporaries(folder)
     with writing(run_dir / rd.CONFIG):
         atomic_write(run_dir / rd.CONFIG, config_text_with_digest(config.to_toml()))
-    return config
+
+
+def _check_resume(config: ExperimentConfig, run_dir: Path, log: Log) -> None:
+    """``resume`` with ``config`` continues the run saved in ``run_dir``: a one-line error
+    when it cannot (no saved run, an edited ``config.toml``, settings changed that change
+    the numbers, checkpoints past the rounds); the changes it makes are logged."""
+    if not (run_dir / rd.CONFIG).is_file():
+        raise FileNotFoundError(
+            f"nothing to resume in {run_dir}: it has no {rd.CONFIG} (is it the run "
+            "directory of a 'fedp13n run'?); drop --resume to start a new run."
+        )
+    started = _holds_results(run_dir)
+    if started and config_edited(run_dir / rd.CONFIG):
+        raise ConfigError(
+            f"{run_dir / rd.CONFIG} was edited after the run wrote it, so --resume cannot "
+            "trust it; undo the edit, or start a new run with the edited settings: "
+            f"fedp13n run --config {run_dir / rd.CONFIG} --output-dir <new folder>."
+        )
+    # folders compare as absolute paths (runs saved before they were stored so)
+    saved = ExperimentConfig.from_toml(run_dir / rd.CONFIG).with_absolute_paths()
+    changed = config.differences(saved)
+    if not started:  # refused or failed before its first round: nothing to keep
+        if changed:
+            log(f"no round of the run in {run_dir} finished: starting it afresh with "
+                f"the settings given ({', '.join(changed)} changed)")  # fmt: skip
+        changed = []
+    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if refused:
+        raise ConfigError(
+            f"--resume continues the run saved in {run_dir / rd.CONFIG}, but these "
+            f"settings differ from it: {refused}; drop them (a resumed run may change "
+            f"only {list(RESUMABLE_CHANGES)}) or start a new run in another --output-dir."
+        )
+    if "rounds" in changed and config.total_rounds == saved.total_rounds:
+        raise ConfigError(
+            f"--rounds {config.rounds} changes nothing: every stage of this run sets its own "
+            f"rounds ({saved.total_rounds} in all), so a staged run cannot be extended this "
+            "way; start a new run with more rounds in its last stage."
+        )
+    _check_resumed_files(config, run_dir)
+    for key in changed:
+        log(f"resuming with {key} = {getattr(config, key)!r} (was {getattr(saved, key)!r})")
+    if "rounds" in changed:
+        _set_aside_results(run_dir, saved.total_rounds, log)
+
+
+def _check_resumed_files(config: ExperimentConfig, run_dir: Path) -> None:
+    """The run's folders are folders and its checkpoints within ``config``'s rounds."""
+    from fedp13n.algorithms.checkpoint import checkpoint_rounds
+
+    for folder in (rd.CHECKPOINTS, rd.CLIENT_STATE):
+        if (run_dir / folder).exists() and not (run_dir / folder).is_dir():
+            raise ConfigError(
+                f"{run_dir / folder} is a file, not the run's {folder}/ folder; --resume "
+                "cannot read the run from it: move the file away, or start a new run."
+            )
+    done = max(checkpoint_rounds(run_dir), default=0)
+    if done > config.total_rounds:
+        raise ConfigError(
+            f"{run_dir} has a checkpoint of round {done}, beyond the "
+            f"{config.total_rounds} rounds of this configuration; resume with at least "
+            f"that many rounds (--rounds {done})."
+        )

@@ -73,8 +73,7 @@ def saved_config(out: Path, resume: bool) -> ExperimentConfig | None:
     folder of repeats to continue, or (without ``resume``) one to start."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output-dir {out} is a file, not a directory; choose another.")
-    single = (out / rd.CONFIG).is_file()
-    if single:
+    if (out / rd.CONFIG).is_file():
         raise ConfigError(
             f"--output-dir {out} is the run directory of a single run (it has {rd.CONFIG}); "
             + ("drop --repeats to resume it." if resume else "give the repeats their own folder.")

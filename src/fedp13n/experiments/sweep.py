@@ -33,7 +33,6 @@ import itertools
 import json
 import os
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any
 
 import tomli_w
 
-from fedp13n.experiments.config import ConfigError, ExperimentConfig
+from fedp13n.experiments.config import ConfigError, ExperimentConfig, read_toml
 from fedp13n.reporting.repeats import (
     REPEATS_JSON,
     REPEATS_MD,
@@ -81,11 +80,7 @@ class SweepConfig:
     @classmethod
     def from_toml(cls, path: str | Path) -> SweepConfig:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-        except FileNotFoundError:
-            raise ConfigError(f"sweep file {path} does not exist.") from None
-        except IsADirectoryError:
+        if path.is_dir():
             saved = path / SWEEP_FILE
             raise ConfigError(
                 f"sweep file {path} is a directory; give the sweep's TOML file"
@@ -95,13 +90,8 @@ class SweepConfig:
                     if saved.is_file()
                     else "."
                 )
-            ) from None
-        except OSError as e:
-            raise ConfigError(
-                f"sweep file {path} cannot be read: {e.strerror or e}; give a readable TOML file."
-            ) from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"sweep file {path} is not valid TOML: {e}") from None
+            )
+        data = read_toml(path, "sweep file")
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -113,64 +103,15 @@ class SweepConfig:
                 f"{source}: a sweep needs a [sweep] table with a grid, e.g. "
                 "[sweep] grid = { local_epochs = [2, 5] }."
             )
-        known = {"grid", "rows", "columns", "target_accuracy", "report_strategy", "report_epoch"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"base", "raw"}
         unknown = sorted(set(sweep) - known)
         if unknown:
             raise ConfigError(
                 f"{source}: [sweep] has unknown key(s) {unknown}; valid: {sorted(known)}."
             )
         base = ExperimentConfig.from_dict(data, source=source)
-        fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
-        grid = sweep["grid"]
-        if not grid:
-            raise ConfigError(
-                f"{source}: the sweep grid is empty; give at least one setting and its values, "
-                "e.g. [sweep] grid = { local_epochs = [2, 5] } (for a single run: fedp13n run)."
-            )
-        for key, values in grid.items():
-            if key not in fields:
-                raise ConfigError(
-                    f"{source}: sweep grid key {key!r} is not a setting of 'fedp13n run'."
-                )
-            if not isinstance(values, list) or not values:
-                raise ConfigError(
-                    f"{source}: sweep grid {key!r} must be a non-empty list of values."
-                )
-            repeated = _repeated(values)
-            if repeated is not None:  # two runs would share one run directory
-                raise ConfigError(
-                    f"{source}: grid {key!r} repeats {_label(repeated)}; give each value once."
-                )
-        for axis in ("rows", "columns"):
-            if sweep.get(axis) is not None and sweep[axis] not in grid:
-                raise ConfigError(f"{source}: [sweep] {axis} = {sweep[axis]!r} is not a grid key.")
-        if sweep.get("rows") is not None and sweep.get("rows") == sweep.get("columns"):
-            raise ConfigError(
-                f"{source}: [sweep] rows and columns are both {sweep['rows']!r}; give two "
-                "different grid keys (or only one of them)."
-            )
-        target = sweep.get("target_accuracy")
-        if target is not None and not (
-            isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1
-        ):
-            raise ConfigError(f"{source}: target_accuracy must be in (0, 1], got {target!r}.")
-        config = cls(
-            base,
-            grid,
-            sweep.get("rows"),
-            sweep.get("columns"),
-            target,
-            sweep.get("report_strategy"),
-            sweep.get("report_epoch"),
-            raw={**data, "sweep": sweep},
-        )
-        epoch = sweep.get("report_epoch")
-        if epoch is not None and not (
-            isinstance(epoch, str) and re.fullmatch(r"epoch_[1-9][0-9]*", epoch)
-        ):
-            raise ConfigError(
-                f"{source}: report_epoch must be an evaluation key like 'epoch_3', got {epoch!r}."
-            )
+        _check_sweep_table(sweep, source)
+        config = cls(base, **sweep, raw={**data, "sweep": sweep})
         for name, run_config in config.runs():  # every run's config is valid, before any runs
             try:
                 run_config.validate()
@@ -211,6 +152,50 @@ class SweepConfig:
             base = self.base.to_dict() | combo
             out.append((name, ExperimentConfig.from_dict(base, source=f"sweep run {name}")))
         return out
+
+
+def _check_sweep_table(sweep: dict[str, Any], source: str) -> None:
+    """The ``[sweep]`` table's grid (settings of ``fedp13n run``, each with distinct
+    values), its table axes (grid keys), ``target_accuracy`` and ``report_epoch``."""
+    fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    grid = sweep["grid"]
+    if not grid:
+        raise ConfigError(
+            f"{source}: the sweep grid is empty; give at least one setting and its values, "
+            "e.g. [sweep] grid = { local_epochs = [2, 5] } (for a single run: fedp13n run)."
+        )
+    for key, values in grid.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: sweep grid key {key!r} is not a setting of 'fedp13n run'."
+            )
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: sweep grid {key!r} must be a non-empty list of values.")
+        repeated = _repeated(values)
+        if repeated is not None:  # two runs would share one run directory
+            raise ConfigError(
+                f"{source}: grid {key!r} repeats {_label(repeated)}; give each value once."
+            )
+    for axis in ("rows", "columns"):
+        if sweep.get(axis) is not None and sweep[axis] not in grid:
+            raise ConfigError(f"{source}: [sweep] {axis} = {sweep[axis]!r} is not a grid key.")
+    if sweep.get("rows") is not None and sweep.get("rows") == sweep.get("columns"):
+        raise ConfigError(
+            f"{source}: [sweep] rows and columns are both {sweep['rows']!r}; give two "
+            "different grid keys (or only one of them)."
+        )
+    target = sweep.get("target_accuracy")
+    if target is not None and not (
+        isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1
+    ):
+        raise ConfigError(f"{source}: target_accuracy must be in (0, 1], got {target!r}.")
+    epoch = sweep.get("report_epoch")
+    if epoch is not None and not (
+        isinstance(epoch, str) and re.fullmatch(r"epoch_[1-9][0-9]*", epoch)
+    ):
+        raise ConfigError(
+            f"{source}: report_epoch must be an evaluation key like 'epoch_3', got {epoch!r}."
+        )
 
 
 #: Characters a run folder's name keeps; any other run of characters becomes ``_``.
@@ -257,14 +242,11 @@ def check_output_dir(out: Path) -> None:
         raise ConfigError(
             f"--output-dir {out} is a file, not a directory; choose another --output-dir."
         )
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(
-                    f"--output-dir {out}: {parent} is a file, not a directory; choose another "
-                    "--output-dir."
-                )
-            break
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(
+            f"--output-dir {out}: {parent} is a file, not a directory; choose another --output-dir."
+        )
 
 
 def check_not_a_run_dir(out: Path) -> None:
@@ -320,6 +302,20 @@ def max_parallel() -> int:
 
 
 # -- running ------------------------------------------------------------------------------------
+def _capped_parallel(parallel: int, left: int, log: Log) -> int:
+    """``--parallel`` capped at the runs left to do and at one run per core (said)."""
+    cap = min(max(left, 1), max_parallel())
+    if parallel <= 1 or parallel <= cap:
+        return parallel
+    why = (
+        f"{left} run{'' if left == 1 else 's'} left to do"
+        if cap == max(left, 1)
+        else f"one run per core, {cap} core{'' if cap == 1 else 's'}"
+    )
+    log(f"--parallel {parallel} capped at {cap} ({why}).")
+    return cap
+
+
 def _run_one(job: tuple[str, ExperimentConfig, str, bool]) -> str:
     """Run (or resume, or skip if finished) one run of the sweep; returns its state."""
     from fedp13n.experiments.p13n_experiment import run_experiment
@@ -365,15 +361,7 @@ def run_sweep(
         runs = sweep.runs()
         _set_aside_unreadable_summaries(out, [name for name, _ in runs], log)
         left = sum(not (run_dir_of(out, name) / rd.SUMMARY).is_file() for name, _ in runs)
-        if parallel > 1 and parallel > min(max(left, 1), max_parallel()):
-            cap = min(max(left, 1), max_parallel())
-            why = (
-                f"{left} run{'' if left == 1 else 's'} left to do"
-                if cap == max(left, 1)
-                else f"one run per core, {cap} core{'' if cap == 1 else 's'}"
-            )
-            log(f"--parallel {parallel} capped at {cap} ({why}).")
-            parallel = cap
+        parallel = _capped_parallel(parallel, left, log)
         jobs = []
         for name, config in runs:
             if parallel > 1:  # one run per worker process, each single-threaded
