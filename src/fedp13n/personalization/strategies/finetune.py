@@ -200,6 +200,28 @@ class FineTune:
         )
 
 
+def tff_builder(cls: type[FineTune]) -> Callable[..., PersonalizeFn]:
+    """``build_..._personalize_fn(optimizer_fn, batch_size, num_epochs,
+    num_epochs_per_eval, shuffle=True, *, loss_fn=..., eval_batch_size=..., **fields)``:
+    the strategy of ``cls`` from TFF's ``build_personalize_fn`` arguments
+    (:meth:`FineTune.from_tff`) and the class's own ``fields`` (at its defaults unless given)."""
+
+    def build(
+        optimizer_fn: OptimizerFn,
+        batch_size: int,
+        num_epochs: int,
+        num_epochs_per_eval: int,
+        shuffle: bool = True,
+        **fields: Any,
+    ) -> PersonalizeFn:
+        return cls.from_tff(
+            optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, shuffle, **fields
+        )()
+
+    build.__doc__ = f":class:`{cls.__name__}` with TFF's ``build_personalize_fn`` arguments."
+    return build
+
+
 #: The methods that decide what a strategy trains and reports.
 PROGRAM_METHODS = ("personalize", "run", "train", "hooks", "evaluate", "build_optimizer_fn")
 
