@@ -135,16 +135,9 @@ class RoundMetrics:
         return self.num_examples / self.seconds if self.seconds > 0 else math.nan
 
     def as_dict(self) -> dict[str, float | int]:
-        return {
-            "round": self.round_num,
-            "loss": self.loss,
-            "accuracy": self.accuracy,
-            "num_examples": self.num_examples,
-            "num_clients": self.num_clients,
-            "num_skipped_clients": self.num_skipped_clients,
-            "seconds": self.seconds,
-            "examples_per_second": self.examples_per_second,
-        }
+        fields = dataclasses.asdict(self)
+        del fields["round_num"]
+        return {"round": self.round_num, **fields, "examples_per_second": self.examples_per_second}
 
 
 @dataclass(frozen=True)
@@ -388,18 +381,16 @@ class WeightedFedAvg:
     ) -> list[ClientTask]:
         store = self.client_state
         states = [store.get(k) if store is not None else None for k in keys]
-        if isinstance(client_datasets, ClientSelection):
+        data: list[ClientDataset | SharedRef] = list(datasets)
+        if isinstance(client_datasets, ClientSelection):  # tasks carry a reference and an id
             cd = client_datasets.client_data
             ref = self._shared_data.get(cd)
             if ref is None:
                 ref = self._shared_data[cd] = self.executor.share(cd)
-            return [
-                ClientTask(weights_ref, ref, c, round_num, s, server_ref)
-                for c, s in zip(keys, states, strict=True)
-            ]
+            data = [ref] * len(keys)
         return [
             ClientTask(weights_ref, d, k, round_num, s, server_ref)
-            for d, k, s in zip(datasets, keys, states, strict=True)
+            for d, k, s in zip(data, keys, states, strict=True)
         ]
 
     @staticmethod

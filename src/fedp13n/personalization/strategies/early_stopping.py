@@ -16,9 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from fedp13n.client.program import generator_from_torch
 from fedp13n.data.client_data import ClientDataset
-from fedp13n.personalization.strategies._common import HeldOut, holdout_split, monitored, pick
+from fedp13n.personalization.strategies._common import HeldOut, monitored, pick
 from fedp13n.personalization.strategies.finetune import tff_builder
 from fedp13n.utils.checks import check_bool
 
@@ -57,7 +56,7 @@ class EarlyStopping(HeldOut):
         check_bool("include_epoch_0", self.include_epoch_0)
 
     def run(self, model: nn.Module, train: ClientDataset, test: ClientDataset) -> OrderedDict:
-        rest, holdout = holdout_split(train, self.holdout_fraction, generator_from_torch())
+        rest, holdout = self.split(train)
         tests: OrderedDict[int, Any] = OrderedDict()
         validation: OrderedDict[int, Any] = OrderedDict()
 

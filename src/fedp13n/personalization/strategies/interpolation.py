@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedp13n.client.program import generator_from_torch
 from fedp13n.data.client_data import ClientDataset
-from fedp13n.personalization.strategies._common import HeldOut, holdout_split, monitored, pick
+from fedp13n.personalization.strategies._common import HeldOut, monitored, pick
 from fedp13n.personalization.strategies.finetune import tff_builder
 from fedp13n.utils.checks import check_fraction
 
@@ -88,7 +87,7 @@ class Interpolation(HeldOut):
         object.__setattr__(self, "alphas", grid)
 
     def run(self, model: nn.Module, train: ClientDataset, test: ClientDataset) -> OrderedDict:
-        rest, holdout = holdout_split(train, self.holdout_fraction, generator_from_torch())
+        rest, holdout = self.split(train)
         global_state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
         mixed_model = copy.deepcopy(model)
         alphas, monitor = self.alphas, self.monitor
