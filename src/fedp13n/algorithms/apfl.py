@@ -155,5 +155,6 @@ build_apfl = method_builder(
     ``method="apfl"``: the global model is the average of the clients' ``w``; each
     client's ``v`` and ``alpha`` are kept in ``client_state`` (a
     :class:`~fedp13n.state.ClientStateStore` made with ``fedper_state_spec(model_fn, None,
-    "apfl")``). Commit the store after each round.""",
+    "apfl")``), alpha starting at ``apfl_alpha`` (default :data:`DEFAULT_APFL_ALPHA`) and
+    learned unless ``apfl_adaptive=False``. Commit the store after each round.""",
 )

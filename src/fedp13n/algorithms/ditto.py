@@ -51,5 +51,6 @@ build_ditto = method_builder(
     """Ditto: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="ditto"``: the global model is FedAvg's; each client's personal model is kept
     in ``client_state`` (a :class:`~fedp13n.state.ClientStateStore` made with
-    ``fedper_state_spec(model_fn, None, "ditto")``). Commit the store after each round.""",
+    ``fedper_state_spec(model_fn, None, "ditto")``), pulled by ``ditto_lambda`` (default
+    :data:`DEFAULT_DITTO_LAMBDA`). Commit the store after each round.""",
 )

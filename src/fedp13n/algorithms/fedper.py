@@ -228,8 +228,9 @@ def client_model_weights(
 
 def method_builder(method: str, doc: str) -> Callable[..., Any]:
     """``build_<method>(model_fn, client_state=None, **settings)``: the shortcut for
-    :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with ``method`` (its
-    ``settings``, unset ones at that builder's defaults), documented by ``doc``."""
+    :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with ``method``, documented
+    by ``doc``: ``settings`` are that builder's keywords (the method's own among them,
+    :data:`METHOD_SETTINGS`), each unset one at its default there (declared once)."""
 
     def build(model_fn: Callable[[], nn.Module], client_state: Any = None, **settings: Any):
         from fedp13n.algorithms.fed_avg import build_weighted_fed_avg

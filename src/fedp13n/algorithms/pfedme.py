@@ -148,5 +148,8 @@ build_pfedme = method_builder(
     """pFedMe: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="pfedme"``: each client's ``theta`` in ``client_state`` (a
     :class:`~fedp13n.state.ClientStateStore` made with ``fedper_state_spec(model_fn, None,
-    "pfedme")``); eta is the client optimizer. Commit the store after each round.""",
+    "pfedme")``); eta is the client optimizer; ``pfedme_lambda``, ``pfedme_k``,
+    ``pfedme_personal_lr``, ``pfedme_beta`` default to :data:`DEFAULT_LAMBDA`,
+    :data:`DEFAULT_K`, :data:`DEFAULT_PERSONAL_LR`, :data:`DEFAULT_BETA`. Commit the store
+    after each round.""",
 )
