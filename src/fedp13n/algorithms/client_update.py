@@ -70,13 +70,12 @@ def buffer_names(model: nn.Module) -> list[str]:
 
 
 def _on_device(
-    data: ClientDataset | SharedRef, client_key: int | str, device: torch.device
+    data: ClientDataset | SharedRef, client_key: int | str, on_device: torch.device | None
 ) -> ClientDataset:
-    """The client's examples resident on ``device``: ``data`` itself (a dataset) or the
-    client's of a shared ClientData."""
-    on_device = None if device.type == "cpu" else device
+    """The client's examples (``data`` itself, a dataset, or the client's of a shared
+    ClientData), resident on ``on_device`` (None: where they are)."""
     if isinstance(data, ClientDataset):
-        return data if on_device is None else data.to(device)
+        return data if on_device is None else data.to(on_device)
     return data.get().create_dataset(client_key, device=on_device)
 
 
@@ -200,7 +199,8 @@ class ClientWork:
                 local.run(model, dataset, self._generator(task), device)
             else:
                 self._fit(model, weights, dataset, task, device)
-            return evaluate(model, _on_device(test, task.client_key, device), loss_fn)
+            on_device = None if device.type == "cpu" else device
+            return evaluate(model, _on_device(test, task.client_key, on_device), loss_fn)
 
         return self._in_context(task, then)
 
@@ -208,7 +208,8 @@ class ClientWork:
         """``then(model, weights, dataset, task, device)`` with the client's data on its
         device, the worker's model, the task's seed and the run's precision."""
         device = self.compute.placed()
-        dataset = _on_device(task.data, task.client_key, device)
+        on_device = None if self.compute.device == "cpu" else device
+        dataset = _on_device(task.data, task.client_key, on_device)
         with torch.random.fork_rng(devices=[]):
             # Build (or reuse) the model *before* seeding: building draws random numbers,
             # and only the first task of a worker builds it.
