@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fedp13n.algorithms.fedper import method_builder
 from fedp13n.utils.checks import check_fraction
 
 if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads this module
@@ -148,26 +149,12 @@ def apfl_local(
     return stats, trained, new
 
 
-def build_apfl(
-    model_fn: Callable[[], nn.Module],
-    client_state: Any,
-    *,
-    apfl_alpha: float = DEFAULT_APFL_ALPHA,
-    apfl_adaptive: bool = True,
-    **fedavg_settings: Any,
-) -> Any:
+build_apfl = method_builder(
+    "apfl",
     """APFL: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="apfl"``: the global model is the average of the clients' ``w``; each
     client's ``v`` and ``alpha`` are kept in ``client_state`` (a
     :class:`~fedp13n.state.ClientStateStore` made with ``fedper_state_spec(model_fn, None,
-    "apfl")``). Commit the store after each round."""
-    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
-
-    return build_weighted_fed_avg(
-        model_fn,
-        method="apfl",
-        client_state=client_state,
-        apfl_alpha=apfl_alpha,
-        apfl_adaptive=apfl_adaptive,
-        **fedavg_settings,
-    )
+    "apfl")``), alpha starting at ``apfl_alpha`` (default :data:`DEFAULT_APFL_ALPHA`) and
+    learned unless ``apfl_adaptive=False``. Commit the store after each round.""",
+)

@@ -51,6 +51,8 @@ from fedp13n.algorithms.fed_avg import (
     _check_state,
     _clone_tree,
     check_data_fits,
+    load_model_weights,
+    load_optimizer_state,
 )
 from fedp13n.algorithms.loop import TrainingError
 from fedp13n.client.program import LocalTraining
@@ -161,13 +163,7 @@ class CentralizedTraining:
     def _optimizer(self, params: Any, state: ServerState) -> torch.optim.Optimizer:
         """``optimizer_fn(params)`` holding the state's optimizer state (momentum, ...)."""
         optimizer = self.optimizer_fn(params)
-        try:
-            optimizer.load_state_dict(_clone_tree(state.optimizer_state))
-        except (ValueError, KeyError) as e:
-            raise ValueError(
-                f"the state's optimizer state does not fit optimizer_fn's optimizer ({e}); "
-                "resume with the optimizer settings the run started with."
-            ) from None
+        load_optimizer_state(optimizer, state.optimizer_state)
         return optimizer
 
     def _load_model(self, state: ServerState, device: torch.device) -> nn.Module:
@@ -175,14 +171,7 @@ class CentralizedTraining:
             with torch.random.fork_rng(devices=[]):
                 self._model = _check_model(self.model_fn()).to(device)
             self._model_device = device
-        try:
-            self._model.load_state_dict(state.model)
-        except RuntimeError as e:
-            raise ValueError(
-                "the state's model weights do not fit model_fn()'s model; was the state "
-                f"made with another model? ({str(e).splitlines()[0]})"
-            ) from None
-        return self._model
+        return load_model_weights(self._model, state.model)
 
     def _pool(
         self,

@@ -69,6 +69,16 @@ def buffer_names(model: nn.Module) -> list[str]:
     return [n for n in model.state_dict() if n not in params]
 
 
+def _on_device(
+    data: ClientDataset | SharedRef, client_key: int | str, on_device: torch.device | None
+) -> ClientDataset:
+    """The client's examples (``data`` itself, a dataset, or the client's of a shared
+    ClientData), resident on ``on_device`` (None: where they are)."""
+    if isinstance(data, ClientDataset):
+        return data if on_device is None else data.to(on_device)
+    return data.get().create_dataset(client_key, device=on_device)
+
+
 @dataclass(frozen=True)
 class ClientTask:
     """One client's work in one round: small and cheap to pickle.
@@ -178,24 +188,19 @@ class ClientWork:
         def then(model, weights, dataset, task, device):
             if self.per_fedavg is not None:  # its personalization: one step with alpha
                 model.load_state_dict(weights)
-                generator = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
                 adapt(
                     model, dataset, self.loss_fn, self.per_fedavg_alpha, self.batch_size,
-                    self.shuffle, generator, device,
+                    self.shuffle, self._generator(task), device,
                 )  # fmt: skip
             elif self.head_epochs:  # FedRep: a new client learns its head, the body stays
                 model.load_state_dict(with_personal_state(weights, task.state))
                 head = [n for n in trainable_names(model) if n in self.personal]
-                rng = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
-                self._local(self.head_epochs, None, head, None).run(model, dataset, rng, device)
+                local = self._local(self.head_epochs, None, head, None)
+                local.run(model, dataset, self._generator(task), device)
             else:
                 self._fit(model, weights, dataset, task, device)
-            if isinstance(test, ClientDataset):
-                data = test if device.type == "cpu" else test.to(device)
-            else:
-                on = None if device.type == "cpu" else device
-                data = test.get().create_dataset(task.client_key, device=on)
-            return evaluate(model, data, loss_fn)
+            on_device = None if device.type == "cpu" else device
+            return evaluate(model, _on_device(test, task.client_key, on_device), loss_fn)
 
         return self._in_context(task, then)
 
@@ -204,10 +209,7 @@ class ClientWork:
         device, the worker's model, the task's seed and the run's precision."""
         device = self.compute.placed()
         on_device = None if self.compute.device == "cpu" else device
-        if isinstance(task.data, ClientDataset):
-            dataset = task.data if on_device is None else task.data.to(device)
-        else:
-            dataset = task.data.get().create_dataset(task.client_key, device=on_device)
+        dataset = _on_device(task.data, task.client_key, on_device)
         with torch.random.fork_rng(devices=[]):
             # Build (or reuse) the model *before* seeding: building draws random numbers,
             # and only the first task of a worker builds it.
@@ -240,7 +242,7 @@ class ClientWork:
             penalty = proximal_penalty(model, weights, self.proximal_mu, shared)
         if self.scaffold and task.server is not None:  # (a new client: no correction)
             penalty = control_penalty(model, task.server.get(), task.state, shared)
-        generator = derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
+        generator = self._generator(task)
         if self.apfl_alpha is not None:  # APFL: w, v and alpha in one client program
 
             def run(module, loss_fn, mixed_loss):
@@ -273,6 +275,9 @@ class ClientWork:
             local = self._local(self.epochs, self.max_steps, names, pull)
             local.run(model, dataset, generator=generator, device=device)
         return weights, shared, stats, trained, None
+
+    def _generator(self, task: ClientTask):  # the example order (see the module docstring)
+        return derive_rng(self.seed, "fedavg-shuffle", task.round_num, task.client_key)
 
     def _local(self, epochs, max_steps, trainable, penalty) -> LocalTraining:
         """The client program with this client's settings, for these epochs / steps of

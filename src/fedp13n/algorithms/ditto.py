@@ -30,13 +30,10 @@ phases from ``w`` and is evaluated with its ``v``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fedp13n.algorithms.fedper import method_builder
 from fedp13n.utils.checks import check_non_negative_number
-
-if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads this module
-    from torch import nn
 
 #: Ditto's lambda when unset: FL-bench's default (the paper tunes it per data set).
 DEFAULT_DITTO_LAMBDA = 1.0
@@ -49,23 +46,11 @@ def check_ditto_lambda(value: Any, error: type[Exception] = ValueError) -> float
     )
 
 
-def build_ditto(
-    model_fn: Callable[[], nn.Module],
-    client_state: Any,
-    *,
-    ditto_lambda: float = DEFAULT_DITTO_LAMBDA,
-    **fedavg_settings: Any,
-) -> Any:
+build_ditto = method_builder(
+    "ditto",
     """Ditto: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="ditto"``: the global model is FedAvg's; each client's personal model is kept
     in ``client_state`` (a :class:`~fedp13n.state.ClientStateStore` made with
-    ``fedper_state_spec(model_fn, None, "ditto")``). Commit the store after each round."""
-    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
-
-    return build_weighted_fed_avg(
-        model_fn,
-        method="ditto",
-        client_state=client_state,
-        ditto_lambda=ditto_lambda,
-        **fedavg_settings,
-    )
+    ``fedper_state_spec(model_fn, None, "ditto")``), pulled by ``ditto_lambda`` (default
+    :data:`DEFAULT_DITTO_LAMBDA`). Commit the store after each round.""",
+)

@@ -135,16 +135,9 @@ class RoundMetrics:
         return self.num_examples / self.seconds if self.seconds > 0 else math.nan
 
     def as_dict(self) -> dict[str, float | int]:
-        return {
-            "round": self.round_num,
-            "loss": self.loss,
-            "accuracy": self.accuracy,
-            "num_examples": self.num_examples,
-            "num_clients": self.num_clients,
-            "num_skipped_clients": self.num_skipped_clients,
-            "seconds": self.seconds,
-            "examples_per_second": self.examples_per_second,
-        }
+        fields = dataclasses.asdict(self)
+        del fields["round_num"]
+        return {"round": self.round_num, **fields, "examples_per_second": self.examples_per_second}
 
 
 @dataclass(frozen=True)
@@ -227,14 +220,12 @@ class WeightedFedAvg:
         #: the clients' local training, with the method's settings (built and checked by
         #: :func:`build_weighted_fed_avg`)
         self.client_work = client_work
-        self.model_fn = client_work.model_fn
         #: FedPer's per-client personal parameters (:mod:`fedp13n.algorithms.fedper`), in a
         #: ClientStateStore that the caller commits (None: no state is kept)
         self.client_state = client_state
         self.personal = client_work.personal
         self.engine = engine
         self.server_optimizer_fn = server_optimizer_fn
-        self.seed = client_work.seed
         self.executor = executor if executor is not None else InProcessExecutor()
         self.buffer_aggregation = buffer_aggregation
         #: the averaged delta's factor before the server optimizer (pFedMe's beta)
@@ -250,8 +241,8 @@ class WeightedFedAvg:
     def initialize(self) -> ServerState:
         """Round-0 state: ``model_fn()``'s initial weights under ``derive_seed(seed, "init")``."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, "init"))
-            model = _check_model(self.model_fn())
+            torch.manual_seed(derive_seed(self.client_work.seed, "init"))
+            model = _check_model(self.client_work.model_fn())
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         optimizer = self.server_optimizer_fn(self._trainable(model))
         controls = {}
@@ -274,15 +265,9 @@ class WeightedFedAvg:
         model = self._load_server_model(state)  # checks the state fits model_fn first
         optimizer = self.server_optimizer_fn(self._trainable(model))
         _check_optimizer_state_fits(state.optimizer_state, optimizer)
-        try:
-            optimizer.load_state_dict(_clone_tree(state.optimizer_state))
-        except (ValueError, KeyError) as e:
-            raise ValueError(
-                f"the state's server optimizer state does not fit server_optimizer_fn's "
-                f"optimizer ({e}); resume with the optimizer settings the run started with."
-            ) from None
+        load_optimizer_state(optimizer, state.optimizer_state, "server_")
         datasets, keys = self._round_clients(client_datasets)
-        self._check_data_fits(model, datasets, keys)
+        check_data_fits(model, datasets, keys, self._classes)
         controls = _clone_tree(state.method_state)
         if self.engine is not None:
             outputs = self._engine_outputs(client_datasets, datasets, keys, state, round_num)
@@ -385,9 +370,6 @@ class WeightedFedAvg:
                 )
         return list(client_datasets), list(range(len(client_datasets)))
 
-    def _check_data_fits(self, model: nn.Module, datasets: list[ClientDataset], keys: list) -> None:
-        check_data_fits(model, datasets, keys, self._classes)
-
     def _tasks(
         self,
         client_datasets: Sequence[ClientDataset] | ClientSelection,
@@ -399,18 +381,16 @@ class WeightedFedAvg:
     ) -> list[ClientTask]:
         store = self.client_state
         states = [store.get(k) if store is not None else None for k in keys]
-        if isinstance(client_datasets, ClientSelection):
+        data: list[ClientDataset | SharedRef] = list(datasets)
+        if isinstance(client_datasets, ClientSelection):  # tasks carry a reference and an id
             cd = client_datasets.client_data
             ref = self._shared_data.get(cd)
             if ref is None:
                 ref = self._shared_data[cd] = self.executor.share(cd)
-            return [
-                ClientTask(weights_ref, ref, c, round_num, s, server_ref)
-                for c, s in zip(keys, states, strict=True)
-            ]
+            data = [ref] * len(keys)
         return [
             ClientTask(weights_ref, d, k, round_num, s, server_ref)
-            for d, k, s in zip(datasets, keys, states, strict=True)
+            for d, k, s in zip(data, keys, states, strict=True)
         ]
 
     @staticmethod
@@ -446,16 +426,8 @@ class WeightedFedAvg:
     def _load_server_model(self, state: ServerState) -> nn.Module:
         if self._server_model is None:
             with torch.random.fork_rng(devices=[]):
-                self._server_model = _check_model(self.model_fn())
-        model = self._server_model
-        try:
-            model.load_state_dict(state.model)
-        except RuntimeError as e:
-            raise ValueError(
-                "the state's model weights do not fit model_fn()'s model; was the state "
-                f"made with another model? ({str(e).splitlines()[0]})"
-            ) from None
-        return model
+                self._server_model = _check_model(self.client_work.model_fn())
+        return load_model_weights(self._server_model, state.model)
 
     def _apply(
         self,
@@ -526,6 +498,31 @@ def check_data_fits(
                 f"shape {tuple(d.y.shape)}; e.g. y.ravel()."
             )
         check_labels_fit(classes, d.y, f"client {key!r}")
+
+
+def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """``model`` holding a state's ``weights``; a one-line ValueError when they do not fit."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(
+            "the state's model weights do not fit model_fn()'s model; was the state "
+            f"made with another model? ({str(e).splitlines()[0]})"
+        ) from None
+    return model
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, prefix: str = "") -> None:
+    """``optimizer`` holding a copy of a state's optimizer state ``saved``; a one-line
+    ValueError naming ``{prefix}optimizer_fn`` when it does not fit."""
+    try:
+        optimizer.load_state_dict(_clone_tree(saved))
+    except (ValueError, KeyError) as e:
+        raise ValueError(
+            f"the state's {prefix.replace('_', ' ')}optimizer state does not fit "
+            f"{prefix}optimizer_fn's optimizer ({e}); resume with the optimizer settings the "
+            "run started with."
+        ) from None
 
 
 def _check_model_fn_builds(model_fn: ModelFn) -> None:
@@ -715,13 +712,8 @@ def build_weighted_fed_avg(
     :data:`~fedp13n.algorithms.apfl.DEFAULT_APFL_ALPHA`; learned unless ``apfl_adaptive``
     is False), trained beside the averaged global copy at every local step.
     """
-    check_model_fn(model_fn)
-    check_seed(seed)
-    check_bool("shuffle", shuffle)
-    for name, fn in (("client_optimizer_fn", client_optimizer_fn),
-                     ("server_optimizer_fn", server_optimizer_fn),
-                     ("loss_fn", loss_fn), ("metrics_fn", metrics_fn)):  # fmt: skip
-        check_callable(name, fn)
+    fns = (model_fn, client_optimizer_fn, loss_fn, metrics_fn)
+    _check_functions(fns, server_optimizer_fn, seed, shuffle)
     _check_local_steps(client_epochs, batch_size, client_pipeline, shuffle_buffer, max_steps)
     _check_server_side(buffer_aggregation, executor)
     _check_model_fn_builds(model_fn)
@@ -735,9 +727,7 @@ def build_weighted_fed_avg(
              pfedme_lambda=pfedme_lambda, pfedme_k=pfedme_k, pfedme_beta=pfedme_beta,
              pfedme_personal_lr=pfedme_personal_lr, apfl_adaptive=apfl_adaptive),
     )  # fmt: skip
-    if compute.engine is not None:
-        fns = (model_fn, client_optimizer_fn, loss_fn, metrics_fn)
-        compute = _engine_compute(compute, fns, method, options, client_state)
+    compute = _engine_compute(compute, fns, method, options, client_state)
     work = ClientWork(
         model_fn=model_fn,
         optimizer_fn=client_optimizer_fn,
@@ -764,22 +754,41 @@ def build_weighted_fed_avg(
     )
 
 
+def _check_functions(fns: tuple, server_optimizer_fn: Any, seed: Any, shuffle: Any) -> None:
+    """The model, optimizer, loss and metric functions (``fns``: model, client optimizer,
+    loss, metrics), the seed and shuffle."""
+    model_fn, client_optimizer_fn, loss_fn, metrics_fn = fns
+    check_model_fn(model_fn)
+    check_seed(seed)
+    check_bool("shuffle", shuffle)
+    for name, fn in (("client_optimizer_fn", client_optimizer_fn),
+                     ("server_optimizer_fn", server_optimizer_fn),
+                     ("loss_fn", loss_fn), ("metrics_fn", metrics_fn)):  # fmt: skip
+        check_callable(name, fn)
+
+
 def _engine_compute(
     compute: Compute, fns: tuple, method: Any, options: dict[str, Any], client_state: Any
 ) -> Compute:
     """``compute`` with its engine when the engine can batch this FedAvg's client work
     (``fns``: model, client optimizer, loss and metric functions; ``options``: the
     method's ClientWork settings), else without it (why said once)."""
+    if compute.engine is None:
+        return compute
+    from fedp13n.engine import can_batch, note_fallback
+
     why = "FedProx's proximal term (proximal_mu > 0)" if options["proximal_mu"] else None
     why = f"{method}'s per-client state" if client_state is not None else why
     why = "Per-FedAvg's meta steps" if "per_fedavg" in options else why
-    engine = _usable_engine(compute.engine, *fns)
-    if engine is not None and why:
-        from fedp13n.engine import note_fallback
-
-        note_fallback(f"the engine does not batch {why}")
-        engine = None
-    return compute if engine is not None else compute.without_engine()
+    model_fn, optimizer_fn, loss_fn, metrics_fn = fns
+    if engine_ignore_ids(loss_fn, metrics_fn) is None:
+        note_fallback("the engine computes cross-entropy and accuracy only")
+        return compute.without_engine()
+    ok, refusal = can_batch(model_fn, optimizer_fn)
+    if ok and not why:
+        return compute
+    note_fallback(refusal if not ok else f"the engine does not batch {why}")
+    return compute.without_engine()
 
 
 #: Methods whose local steps are their own, with why FedProx's term does not join them.
@@ -939,17 +948,3 @@ def _check_local_steps(
             )
     else:
         check_positive_int("client_epochs", client_epochs)
-
-
-def _usable_engine(engine: Any, model_fn, optimizer_fn, loss_fn, metrics_fn) -> Any:
-    """``engine`` when it can batch this FedAvg's client work, else ``None`` (said once)."""
-    from fedp13n.engine import can_batch, note_fallback
-
-    if engine_ignore_ids(loss_fn, metrics_fn) is None:
-        note_fallback("the engine computes cross-entropy and accuracy only")
-        return None
-    ok, why = can_batch(model_fn, optimizer_fn)
-    if not ok:
-        note_fallback(why)
-        return None
-    return engine

@@ -23,8 +23,9 @@ Needs a model with batch norms, e.g. ``model = "conv_bn"``
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fedp13n.algorithms.fedper import method_builder
 
 if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads fedper
     from torch import nn
@@ -46,14 +47,11 @@ def batch_norm_names(model: nn.Module) -> tuple[str, ...]:
     return names
 
 
-def build_fedbn(model_fn: Callable[[], nn.Module], client_state: Any, **fedavg_settings: Any):
+build_fedbn = method_builder(
+    "fedbn",
     """FedBN: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="fedbn"``: each client's batch-norm parameters and statistics in
     ``client_state`` (a :class:`~fedp13n.state.ClientStateStore` made with
     ``fedper_state_spec(model_fn, None, "fedbn")``), everything else averaged. Commit the
-    store after each round."""
-    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
-
-    return build_weighted_fed_avg(
-        model_fn, method="fedbn", client_state=client_state, **fedavg_settings
-    )
+    store after each round.""",
+)

@@ -226,24 +226,29 @@ def client_model_weights(
     return with_personal_state(weights, state)
 
 
-def build_fedper(
-    model_fn: Callable[[], nn.Module],
-    client_state: Any,
-    *,
-    personal_layers: str | Sequence[str] | None = None,
-    **fedavg_settings: Any,
-) -> Any:
+def method_builder(method: str, doc: str) -> Callable[..., Any]:
+    """``build_<method>(model_fn, client_state=None, **settings)``: the shortcut for
+    :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with ``method``, documented
+    by ``doc``: ``settings`` are that builder's keywords (the method's own among them,
+    :data:`METHOD_SETTINGS`), each unset one at its default there (declared once)."""
+
+    def build(model_fn: Callable[[], nn.Module], client_state: Any = None, **settings: Any):
+        from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
+
+        return build_weighted_fed_avg(
+            model_fn, method=method, client_state=client_state, **settings
+        )
+
+    build.__name__ = build.__qualname__ = f"build_{method}"
+    build.__doc__ = doc
+    return build
+
+
+build_fedper = method_builder(
+    "fedper",
     """FedPer: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="fedper"`` (every other setting is FedAvg's), keeping ``personal_layers`` of
     each client in ``client_state``, a :class:`~fedp13n.state.ClientStateStore` made
     with :func:`fedper_state_spec`. Commit the store after each round (before a
-    checkpoint of that round): ``client_state.commit(state.round_num)``."""
-    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
-
-    return build_weighted_fed_avg(
-        model_fn,
-        method="fedper",
-        personal_layers=personal_layers,
-        client_state=client_state,
-        **fedavg_settings,
-    )
+    checkpoint of that round): ``client_state.commit(state.round_num)``.""",
+)

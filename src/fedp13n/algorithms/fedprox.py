@@ -21,12 +21,9 @@ Wiring: :func:`proximal_penalty` is the client program's ``penalty`` hook
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
-from torch import nn
-
+from fedp13n.client.program import proximal_penalty  # noqa: F401 (FedProx's term)
 from fedp13n.utils.checks import check_non_negative_number
 
 #: How an error names FedProx's mu (the library's and the configuration's name).
@@ -36,19 +33,3 @@ MU_HINT = " (FedProx's mu; 0 = FedAvg)"
 def check_proximal_mu(value: Any, error: type[Exception] = ValueError) -> float:
     """``value`` as a finite float >= 0 (0: FedAvg)."""
     return check_non_negative_number("proximal_mu", value, error, MU_HINT)
-
-
-def proximal_penalty(
-    model: nn.Module, anchor: Mapping[str, torch.Tensor], mu: float, names: Sequence[str]
-) -> Callable[[], torch.Tensor]:
-    """``() -> mu/2 * sum_n ||p_n - anchor_n||^2`` over the parameters ``names`` of
-    ``model`` (the anchor, the round's global weights, is copied to each parameter's
-    device and dtype once, here; it carries no gradient)."""
-    params = dict(model.named_parameters())
-    pairs = [(params[n], anchor[n].detach().to(params[n].device, params[n].dtype)) for n in names]
-    half_mu = mu / 2.0
-
-    def penalty() -> torch.Tensor:
-        return half_mu * sum((p - a).pow(2).sum() for p, a in pairs)
-
-    return penalty

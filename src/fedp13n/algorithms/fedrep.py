@@ -31,37 +31,18 @@ evaluation); FL-bench's FedRep also fine-tunes the classifier only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads this module
-    from torch import nn
+from fedp13n.algorithms.fedper import method_builder
 
 #: Local epochs of the head before the body in each of a FedRep client's rounds: the
 #: paper's experiments' 10 (Collins et al. 2021, Section 5).
 DEFAULT_HEAD_EPOCHS = 10
 
 
-def build_fedrep(
-    model_fn: Callable[[], nn.Module],
-    client_state: Any,
-    *,
-    personal_layers: str | Sequence[str] | None = None,
-    head_epochs: int = DEFAULT_HEAD_EPOCHS,
-    **fedavg_settings: Any,
-) -> Any:
+build_fedrep = method_builder(
+    "fedrep",
     """FedRep: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="fedrep"``: ``personal_layers`` of each client kept in ``client_state`` (a
     :class:`~fedp13n.state.ClientStateStore` made with
     :func:`~fedp13n.algorithms.fedper.fedper_state_spec`), trained ``head_epochs`` epochs
-    before the body's ``client_epochs``. Commit the store after each round."""
-    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
-
-    return build_weighted_fed_avg(
-        model_fn,
-        method="fedrep",
-        personal_layers=personal_layers,
-        client_state=client_state,
-        head_epochs=head_epochs,
-        **fedavg_settings,
-    )
+    before the body's ``client_epochs``. Commit the store after each round.""",
+)

@@ -26,31 +26,13 @@ With ``proximal_mu > 0`` FedProx's term pulls the head towards the global head.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from fedp13n.algorithms.fedper import method_builder
 
-if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads this module
-    from torch import nn
-
-
-def build_lg_fedavg(
-    model_fn: Callable[[], nn.Module],
-    client_state: Any,
-    *,
-    personal_layers: str | Sequence[str] | None = None,
-    **fedavg_settings: Any,
-) -> Any:
+build_lg_fedavg = method_builder(
+    "lg_fedavg",
     """LG-FedAvg: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="lg_fedavg"``: ``personal_layers`` (default: all but the head) of each
     client kept in ``client_state`` (a :class:`~fedp13n.state.ClientStateStore` made with
     ``fedper_state_spec(model_fn, personal_layers, "lg_fedavg")``), the rest averaged.
-    Commit the store after each round."""
-    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
-
-    return build_weighted_fed_avg(
-        model_fn,
-        method="lg_fedavg",
-        personal_layers=personal_layers,
-        client_state=client_state,
-        **fedavg_settings,
-    )
+    Commit the store after each round.""",
+)

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from fedp13n.algorithms.fedper import method_builder
 from fedp13n.utils.checks import check_positive_number
 
 if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads this module
@@ -176,23 +177,10 @@ def adapt(
     _shift(params, g, -alpha)
 
 
-def build_per_fedavg(
-    model_fn: Any,
-    *,
-    per_fedavg_variant: str = DEFAULT_VARIANT,
-    per_fedavg_alpha: float = DEFAULT_ALPHA,
-    **fedavg_settings: Any,
-) -> Any:
+build_per_fedavg = method_builder(
+    "per_fedavg",
     """Per-FedAvg: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="per_fedavg"``: FedAvg's server, the clients' local steps Per-FedAvg's
     (``per_fedavg_variant`` "fo" or "hf", inner rate ``per_fedavg_alpha``; beta is the
-    client optimizer's learning rate). No client state."""
-    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
-
-    return build_weighted_fed_avg(
-        model_fn,
-        method="per_fedavg",
-        per_fedavg_variant=per_fedavg_variant,
-        per_fedavg_alpha=per_fedavg_alpha,
-        **fedavg_settings,
-    )
+    client optimizer's learning rate). No client state.""",
+)

@@ -38,9 +38,9 @@ add to step 1; Algorithm 1 has none.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fedp13n.algorithms.fedper import method_builder
 from fedp13n.utils.checks import check_positive_int, check_positive_number
 
 if TYPE_CHECKING:  # torch is imported where it is used: the configuration reads this module
@@ -143,29 +143,13 @@ def pfedme_train(
     return TrainStats(seen, loss_sum, metric_sum, steps), out
 
 
-def build_pfedme(
-    model_fn: Callable[[], nn.Module],
-    client_state: Any,
-    *,
-    pfedme_lambda: float = DEFAULT_LAMBDA,
-    pfedme_k: int = DEFAULT_K,
-    pfedme_personal_lr: float = DEFAULT_PERSONAL_LR,
-    pfedme_beta: float = DEFAULT_BETA,
-    **fedavg_settings: Any,
-) -> Any:
+build_pfedme = method_builder(
+    "pfedme",
     """pFedMe: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="pfedme"``: each client's ``theta`` in ``client_state`` (a
     :class:`~fedp13n.state.ClientStateStore` made with ``fedper_state_spec(model_fn, None,
-    "pfedme")``); eta is the client optimizer. Commit the store after each round."""
-    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
-
-    return build_weighted_fed_avg(
-        model_fn,
-        method="pfedme",
-        client_state=client_state,
-        pfedme_lambda=pfedme_lambda,
-        pfedme_k=pfedme_k,
-        pfedme_personal_lr=pfedme_personal_lr,
-        pfedme_beta=pfedme_beta,
-        **fedavg_settings,
-    )
+    "pfedme")``); eta is the client optimizer; ``pfedme_lambda``, ``pfedme_k``,
+    ``pfedme_personal_lr``, ``pfedme_beta`` default to :data:`DEFAULT_LAMBDA`,
+    :data:`DEFAULT_K`, :data:`DEFAULT_PERSONAL_LR`, :data:`DEFAULT_BETA`. Commit the store
+    after each round.""",
+)

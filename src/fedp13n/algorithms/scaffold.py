@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from fedp13n.algorithms.fedper import method_builder
+
 
 def control_penalty(
     model: nn.Module,
@@ -77,14 +79,11 @@ def learning_rate(optimizer_fn: Callable) -> float:
     return float(optimizer_fn([nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"])
 
 
-def build_scaffold(model_fn: Callable[[], nn.Module], client_state, **fedavg_settings):
+build_scaffold = method_builder(
+    "scaffold",
     """SCAFFOLD: :func:`~fedp13n.algorithms.fed_avg.build_weighted_fed_avg` with
     ``method="scaffold"``: each client's control variate in ``client_state`` (a
     :class:`~fedp13n.state.ClientStateStore` made with ``fedper_state_spec(model_fn, None,
     "scaffold")``), the server's in ``ServerState.method_state``. Commit the store after
-    each round."""
-    from fedp13n.algorithms.fed_avg import build_weighted_fed_avg
-
-    return build_weighted_fed_avg(
-        model_fn, method="scaffold", client_state=client_state, **fedavg_settings
-    )
+    each round.""",
+)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,12 +128,8 @@ class LocalTraining:
 
     def segments(self, n: int, generator: np.random.Generator | None) -> Iterator[list]:
         """The batch plan of ``n`` examples, one list of index arrays per epoch (or one
-        for the whole plan): for methods whose step is not one batch's (Per-FedAvg,
-        pFedMe), which run their own loop over it."""
-        return self._segments(n, generator)
-
-    def _segments(self, n: int, generator: np.random.Generator | None) -> Iterator[list]:
-        """The batch plan, one list of index arrays per epoch (or one for the whole plan)."""
+        for the whole plan): this program's loop, and that of the methods whose step is
+        not one batch's (Per-FedAvg, pFedMe)."""
         if self.per_epoch:
             for _ in range(self.epochs):
                 yield batch_plan(n, self.batch_size, shuffle=self.shuffle, generator=generator)
@@ -161,7 +157,7 @@ class LocalTraining:
         loss_sum: float | torch.Tensor = 0.0
         metric_sum: float | torch.Tensor = 0.0
         seen = steps = 0
-        for epoch, plan in enumerate(self._segments(len(data), generator), start=1):
+        for epoch, plan in enumerate(self.segments(len(data), generator), start=1):
             model.train()
             if self.after_train_mode is not None:
                 self.after_train_mode()
@@ -190,6 +186,24 @@ def _add(total: float | torch.Tensor, value: object, n: int) -> float | torch.Te
     if isinstance(value, torch.Tensor):
         return total + value.detach().double() * n
     return total + float(value) * n
+
+
+def proximal_penalty(
+    model: nn.Module, anchor: Mapping[str, torch.Tensor], mu: float, names: Sequence[str]
+) -> Callable[[], torch.Tensor]:
+    """``() -> mu/2 * sum_n ||p_n - anchor_n||^2`` over the parameters ``names`` of
+    ``model`` (the anchor, e.g. the round's global weights, is copied to each parameter's
+    device and dtype once, here; it carries no gradient): the ``penalty`` of FedProx,
+    Ditto (:mod:`fedp13n.algorithms.fedprox`, :mod:`fedp13n.algorithms.ditto`) and the
+    proximal personalization strategy."""
+    params = dict(model.named_parameters())
+    pairs = [(params[n], anchor[n].detach().to(params[n].device, params[n].dtype)) for n in names]
+    half_mu = mu / 2.0
+
+    def penalty() -> torch.Tensor:
+        return half_mu * sum((p - a).pow(2).sum() for p, a in pairs)
+
+    return penalty
 
 
 def evaluate(

@@ -143,13 +143,8 @@ def can_batch(model_fn: ModelFn, optimizer: Any, *, device: Any = "cpu") -> tupl
     ``(False, reason)``. Builds one model (under a forked RNG: the caller's random state is
     left alone) and, when it declares an ``input_spec``, dry-runs it batched on one example
     (without, the engine dry-runs on the first data it gets)."""
-    why = refusal(model_fn, torch.device(device))
-    if why:
-        return False, why
-    spec, why = optimizer_spec(optimizer)
-    if spec is None:
-        return False, why
-    return True, ""
+    why = refusal(model_fn, torch.device(device)) or optimizer_spec(optimizer)[1]
+    return not why, why
 
 
 _NOTED: set[str] = set()

@@ -176,14 +176,7 @@ def build_personalization_eval(
             f"{baseline_evaluate_fn!r} (e.g. fedp13n.personalization.evaluate_fn)."
         )
     strategies = _check_strategies(personalize_fn_dict)
-    if max_num_clients is not None:
-        if max_num_samples not in (100, max_num_clients):
-            raise TypeError(
-                f"max_num_samples={max_num_samples!r} and max_num_clients={max_num_clients!r} "
-                "name the same setting (max_num_clients is TFF 0.87's name); give one."
-            )
-        max_num_samples = max_num_clients
-    max_num_samples = _check_eval_settings(max_num_samples, seed, executor)
+    max_num_samples = _check_eval_settings(max_num_samples, max_num_clients, seed, executor)
     compute = Compute.given(
         compute, device=device, precision=precision, deterministic=deterministic, engine=engine
     )
@@ -203,9 +196,7 @@ def build_personalization_eval(
         model_weights: Mapping[str, torch.Tensor], client_inputs: Iterable[Mapping[str, Any]]
     ) -> PersonalizationResult:
         weights = _check_weights(probe, model_weights)
-        inputs = _check_client_inputs(client_inputs)
-        for ci in inputs:
-            _check_fits(probe, ci)
+        inputs = _check_client_inputs(client_inputs, probe)
         run_seed = secrets.randbits(63) if seed is None else int(seed)
         if not inputs:
             if not empty_structure:
@@ -225,8 +216,17 @@ def build_personalization_eval(
     return personalization_eval
 
 
-def _check_eval_settings(max_num_samples: Any, seed: Any, executor: Any) -> int:
-    """``build_personalization_eval``'s settings checked; ``max_num_samples`` as an int."""
+def _check_eval_settings(
+    max_num_samples: Any, max_num_clients: Any, seed: Any, executor: Any
+) -> int:
+    """``build_personalization_eval``'s settings checked; the sample size as an int."""
+    if max_num_clients is not None:
+        if max_num_samples not in (100, max_num_clients):
+            raise TypeError(
+                f"max_num_samples={max_num_samples!r} and max_num_clients={max_num_clients!r} "
+                "name the same setting (max_num_clients is TFF 0.87's name); give one."
+            )
+        max_num_samples = max_num_clients
     if not isinstance(max_num_samples, numbers.Integral) or isinstance(max_num_samples, bool):
         raise TypeError(f"max_num_samples must be an int, got {max_num_samples!r}.")
     if max_num_samples < 1:
@@ -238,13 +238,6 @@ def _check_eval_settings(max_num_samples: Any, seed: Any, executor: Any) -> int:
             f"executor must be a fedp13n Executor (or None for in-process), got {executor!r}."
         )
     return int(max_num_samples)
-
-
-def _check_fits(probe: nn.Module, client_input: Mapping[str, Any]) -> None:
-    """A TypeError when a client's train or test data does not fit the model."""
-    where = f"client {client_input['client_id']!r}"
-    check_fits_model(probe, client_input["train_data"], f"train_data of {where}")
-    check_fits_model(probe, client_input["test_data"], f"test_data of {where}")
 
 
 def _client_tasks(inputs: list[Mapping[str, Any]], weights: Any, run_seed: int) -> list:
@@ -475,23 +468,15 @@ def _takes_context(fn: Callable[..., Any], name: str) -> bool:
     except (TypeError, ValueError):  # not inspectable (e.g. a C callable): the 4-arg form
         return True
     variadic = any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
-    try:
-        sig.bind()
-    except TypeError:  # it needs arguments, as a strategy does
-        pass
-    else:
-        if not variadic:  # callable with no arguments: the builder returned a builder
-            raise TypeError(
-                f"personalize_fn_dict[{name!r}]() returned a no-argument callable (a strategy "
-                "builder?), not the strategy: the builder must return personalize_fn(model, "
-                f"train_data, test_data[, context]); pass that builder itself as [{name!r}]."
-            )
+    if _binds(sig, 0) and not variadic:  # no arguments needed: the builder returned a builder
+        raise TypeError(
+            f"personalize_fn_dict[{name!r}]() returned a no-argument callable (a strategy "
+            "builder?), not the strategy: the builder must return personalize_fn(model, "
+            f"train_data, test_data[, context]); pass that builder itself as [{name!r}]."
+        )
     for nargs in (4, 3):
-        try:
-            sig.bind(*([None] * nargs))
-        except TypeError:
-            continue
-        return nargs == 4
+        if _binds(sig, nargs):
+            return nargs == 4
     raise TypeError(
         f"the strategy personalize_fn_dict[{name!r}]() has signature {sig}; it must take "
         "(model, train_data, test_data) (TFF's) or (model, train_data, test_data, context)."
@@ -505,16 +490,23 @@ def _check_no_argument_builder(builder: Callable[..., Any], name: str) -> None:
         sig = inspect.signature(builder)
     except (TypeError, ValueError):  # not inspectable: the call decides
         return
-    try:
-        sig.bind()
-    except TypeError:
+    if not _binds(sig, 0):
         raise TypeError(
             f"personalize_fn_dict[{name!r}] takes arguments ({', '.join(sig.parameters)}): "
             "it is a built strategy "
             "(a personalize_fn), but a no-argument builder is expected; pass the builder, "
             "e.g. functools.partial(build_personalize_fn, ...) or "
             "fedp13n.personalization.registry.build_strategy(...), not its result."
-        ) from None
+        )
+
+
+def _binds(sig: inspect.Signature, nargs: int) -> bool:
+    """Whether a callable of signature ``sig`` takes ``nargs`` positional arguments."""
+    try:
+        sig.bind(*([None] * nargs))
+    except TypeError:
+        return False
+    return True
 
 
 def _check_strategies(
@@ -586,7 +578,9 @@ def _check_weights(probe: nn.Module, weights: Any) -> OrderedDict[str, torch.Ten
     return out
 
 
-def _check_client_inputs(client_inputs: Any) -> list[dict[str, Any]]:
+def _check_client_inputs(client_inputs: Any, probe: nn.Module) -> list[dict[str, Any]]:
+    """The client inputs, checked: their keys, unique ids, and data that fits the model
+    (a TypeError naming the client otherwise)."""
     if isinstance(client_inputs, Mapping | str | bytes) or not isinstance(client_inputs, Iterable):
         raise TypeError(
             f"client_inputs must be a list of per-client mappings (train_data, test_data), "
@@ -601,6 +595,10 @@ def _check_client_inputs(client_inputs: Any) -> list[dict[str, Any]]:
                 f"and {i}); client ids must be unique so results can be joined by id."
             )
         seen[ci["client_id"]] = i
+    for ci in inputs:
+        where = f"client {ci['client_id']!r}"
+        check_fits_model(probe, ci["train_data"], f"train_data of {where}")
+        check_fits_model(probe, ci["test_data"], f"test_data of {where}")
     return inputs
 
 

@@ -140,8 +140,14 @@ def check_fits_model(model: nn.Module, data: ClientDataset, what: str) -> None:
         if len(data) and not y_dtype.is_floating_point:
             check_labels_fit(_classes(model, data), data.y, what)
         return
-    if len(data) == 0:
-        return
+    if len(data):
+        _check_by_forward(model, data, what, shapes)
+
+
+def _check_by_forward(model: nn.Module, data: ClientDataset, what: str, shapes: str) -> None:
+    """:func:`check_fits_model` for a model without an ``input_spec``: a dry forward of
+    one example, its output against the labels."""
+    x_shape, y_shape = tuple(data.x.shape[1:]), tuple(data.y.shape[1:])
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         was_training = model.training
         model.eval()
@@ -166,10 +172,9 @@ def check_fits_model(model: nn.Module, data: ClientDataset, what: str) -> None:
             "already batched? Pass one row per example (or declare model.input_spec)."
         )
     per_example = out_shape[1:]
-    integer = not y_dtype.is_floating_point
     if y_shape == per_example:
         return
-    if integer and y_shape == per_example[1:]:
+    if not labels_to_tensor(data.y[:0]).dtype.is_floating_point and y_shape == per_example[1:]:
         check_labels_fit(per_example[0], data.y, what)
         return
     raise TypeError(

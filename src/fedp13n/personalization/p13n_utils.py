@@ -144,14 +144,6 @@ def build_personalize_fn(
     :class:`~fedp13n.personalization.strategies.FineTune` (the registry's kind
     ``"finetune"``) with these settings, so a batched engine recognises it.
     """
-    if not callable(optimizer_fn):
-        raise TypeError(
-            f"optimizer_fn must be a callable params -> torch.optim.Optimizer, got "
-            f"{type(optimizer_fn).__name__} (e.g. functools.partial(torch.optim.SGD, lr=0.02))."
-        )
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable (outputs, targets) -> loss, got {loss_fn!r}.")
-
     from fedp13n.personalization.strategies.finetune import FineTune  # it builds on this module
 
     return FineTune.from_tff(

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +65,7 @@ from fedp13n.personalization.strategies import (
     Proximal,
 )
 from fedp13n.personalization.strategies.finetune import is_strategy_class, strategy_keys
+from fedp13n.utils.imports import resolve_import_path
 from fedp13n.utils.optimizers import DEFAULT_LEARNING_RATES, make_optimizer_fn
 from fedp13n.utils.types import PersonalizeFn
 
@@ -206,37 +206,11 @@ def resolve_factory(kind: str) -> StrategyFactory:
             f"unknown strategy kind {kind!r}; known kinds: {strategy_kinds()}, or "
             "'package.module:function' for your own factory."
         )
-    module_name, _, attr = kind.partition(":")
-    if not module_name or not attr or ":" in attr:
-        raise ValueError(
-            f"strategy kind {kind!r} is not of the form 'package.module:function' "
-            "(e.g. 'my_strategies:build_my_strategy')."
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise ValueError(
-            f"strategy kind {kind!r}: cannot import module {module_name!r} ({e}); check the "
-            "name and that its directory is on PYTHONPATH."
-        ) from None
-    except Exception as e:  # the user's module itself fails as it runs (NameError, ...)
-        raise ValueError(
-            f"strategy kind {kind!r}: importing module {module_name!r} raised "
-            f"{_exception_text(e)}; fix the module."
-        ) from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            names = [n for n in dir(module) if not n.startswith("_")][:20]
-            raise ValueError(
-                f"strategy kind {kind!r}: module {module_name!r} has no attribute {attr!r}; "
-                f"it has {names}."
-            )
-        obj = getattr(obj, part)
+    obj = resolve_import_path(kind, "strategy kind")
     if not callable(obj):
         raise TypeError(
-            f"strategy kind {kind!r}: {attr!r} is a {type(obj).__name__}, not callable; it "
-            "must be a factory (keyword hyperparameters -> personalize_fn)."
+            f"strategy kind {kind!r}: {kind.partition(':')[2]!r} is a {type(obj).__name__}, not "
+            "callable; it must be a factory (keyword hyperparameters -> personalize_fn)."
         )
     return obj
 

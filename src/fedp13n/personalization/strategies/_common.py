@@ -11,29 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from fedp13n.client.program import generator_from_torch
 from fedp13n.data.client_data import ClientDataset
 from fedp13n.personalization.strategies.finetune import FineTune
 from fedp13n.utils.checks import check_fraction
 
 #: What the validation metric of a held-out split may be, and whether larger is better.
 MONITORS = {"loss": False, "accuracy": True}
-
-
-def check_holdout_fraction(value: Any) -> float:
-    """A fraction in (0, 1)."""
-    fraction = check_fraction("holdout_fraction", value)
-    if fraction == 0.0:
-        raise ValueError(
-            "holdout_fraction must be in (0, 1), got 0; the strategy chooses on held-out "
-            "train examples (e.g. 0.2)."
-        )
-    return fraction
-
-
-def check_monitor(value: Any) -> str:
-    if value not in MONITORS:
-        raise ValueError(f"monitor must be one of {sorted(MONITORS)}, got {value!r}.")
-    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,8 +31,20 @@ class HeldOut(FineTune):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "holdout_fraction", check_holdout_fraction(self.holdout_fraction))
-        check_monitor(self.monitor)
+        fraction = check_fraction("holdout_fraction", self.holdout_fraction)
+        if fraction == 0.0:
+            raise ValueError(
+                "holdout_fraction must be in (0, 1), got 0; the strategy chooses on held-out "
+                "train examples (e.g. 0.2)."
+            )
+        object.__setattr__(self, "holdout_fraction", fraction)
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}.")
+
+    def split(self, train: ClientDataset) -> tuple[ClientDataset, ClientDataset]:
+        """``(rest, holdout)`` of ``train`` (:func:`holdout_split`), drawn from a generator
+        seeded by one draw of torch's global RNG."""
+        return holdout_split(train, self.holdout_fraction, generator_from_torch())
 
 
 def num_holdout(num_examples: int, fraction: float) -> int:
@@ -69,11 +65,7 @@ def holdout_split(
     order = generator.permutation(n)
     held = np.sort(order[:k])
     rest = np.sort(order[k:])
-    return subset(data, rest), subset(data, held)
-
-
-def subset(data: ClientDataset, index: np.ndarray) -> ClientDataset:
-    return data.subset(index)
+    return data.subset(rest), data.subset(held)
 
 
 def pick(values: Iterable[float], monitor: str) -> int:

@@ -14,14 +14,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.client.program import EVAL_BATCH_SIZE, generator_from_torch
 from fedp13n.data.client_data import ClientDataset
-from fedp13n.personalization.strategies._common import HeldOut, holdout_split, monitored, pick
+from fedp13n.personalization.strategies._common import HeldOut, monitored, pick
+from fedp13n.personalization.strategies.finetune import tff_builder
 from fedp13n.utils.checks import check_bool
-from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +56,7 @@ class EarlyStopping(HeldOut):
         check_bool("include_epoch_0", self.include_epoch_0)
 
     def run(self, model: nn.Module, train: ClientDataset, test: ClientDataset) -> OrderedDict:
-        rest, holdout = holdout_split(train, self.holdout_fraction, generator_from_torch())
+        rest, holdout = self.split(train)
         tests: OrderedDict[int, Any] = OrderedDict()
         validation: OrderedDict[int, Any] = OrderedDict()
 
@@ -86,22 +84,4 @@ class EarlyStopping(HeldOut):
         return metrics
 
 
-def build_early_stopping_personalize_fn(
-    optimizer_fn: OptimizerFn,
-    batch_size: int,
-    num_epochs: int,
-    num_epochs_per_eval: int,
-    shuffle: bool = True,
-    *,
-    holdout_fraction: float = 0.2,
-    monitor: str = "loss",
-    include_epoch_0: bool = True,
-    loss_fn: LossFn = F.cross_entropy,
-    eval_batch_size: int = EVAL_BATCH_SIZE,
-) -> PersonalizeFn:
-    """:class:`EarlyStopping` with TFF's ``build_personalize_fn`` arguments."""
-    return EarlyStopping.from_tff(
-        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, shuffle,
-        holdout_fraction=holdout_fraction, monitor=monitor, include_epoch_0=include_epoch_0,
-        loss_fn=loss_fn, eval_batch_size=eval_batch_size,
-    )()  # fmt: skip
+build_early_stopping_personalize_fn = tff_builder(EarlyStopping)

@@ -38,27 +38,7 @@ from fedp13n.utils.optimizers import make_optimizer_fn
 from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
 _CODE_ONLY = {"config": False}
-
-
-def check_loop_args(
-    optimizer_fn: Any,
-    batch_size: Any,
-    num_epochs: Any,
-    num_epochs_per_eval: Any,
-    loss_fn: Any,
-    eval_batch_size: Any,
-) -> None:
-    """The checks of TFF's ``build_personalize_fn`` arguments, under their names."""
-    check_callable(
-        "optimizer_fn",
-        optimizer_fn,
-        "params -> torch.optim.Optimizer, e.g. functools.partial(torch.optim.SGD, lr=0.02)",
-    )
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("num_epochs", num_epochs)
-    check_positive_int("num_epochs_per_eval", num_epochs_per_eval)
-    check_positive_int("eval_batch_size", eval_batch_size)
-    check_callable("loss_fn", loss_fn, "(outputs, targets) -> mean loss")
+_OPTIMIZER_FN = "params -> torch.optim.Optimizer, e.g. functools.partial(torch.optim.SGD, lr=0.02)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +70,7 @@ class FineTune:
         if self.optimizer_fn is None:
             make_optimizer_fn(self.optimizer, self.learning_rate, self.momentum)
         else:
-            check_callable("optimizer_fn", self.optimizer_fn, "params -> torch.optim.Optimizer")
+            check_callable("optimizer_fn", self.optimizer_fn, _OPTIMIZER_FN)
             given = [k for k in ("optimizer", "learning_rate", "momentum") if _set_here(self, k)]
             if given:
                 raise ValueError(f"optimizer_fn replaces {given}; give one or the other.")
@@ -112,11 +92,10 @@ class FineTune:
         eval_batch_size: int = EVAL_BATCH_SIZE,
         **fields: Any,
     ) -> FineTune:
-        """This strategy from TFF's ``build_personalize_fn`` arguments (checked under
-        those names) and the class's own ``fields``."""
-        check_loop_args(
-            optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, loss_fn, eval_batch_size
-        )
+        """This strategy from TFF's ``build_personalize_fn`` arguments (those named
+        otherwise here checked under TFF's names) and the class's own ``fields``."""
+        check_positive_int("num_epochs", num_epochs)
+        check_positive_int("num_epochs_per_eval", num_epochs_per_eval)
         return cls(
             optimizer_fn=optimizer_fn,
             batch_size=batch_size,
@@ -198,6 +177,28 @@ class FineTune:
             loss_fn=self.loss_fn,
             eval_batch_size=self.eval_batch_size,
         )
+
+
+def tff_builder(cls: type[FineTune]) -> Callable[..., PersonalizeFn]:
+    """``build_..._personalize_fn(optimizer_fn, batch_size, num_epochs,
+    num_epochs_per_eval, shuffle=True, *, loss_fn=..., eval_batch_size=..., **fields)``:
+    the strategy of ``cls`` from TFF's ``build_personalize_fn`` arguments
+    (:meth:`FineTune.from_tff`) and the class's own ``fields`` (at its defaults unless given)."""
+
+    def build(
+        optimizer_fn: OptimizerFn,
+        batch_size: int,
+        num_epochs: int,
+        num_epochs_per_eval: int,
+        shuffle: bool = True,
+        **fields: Any,
+    ) -> PersonalizeFn:
+        return cls.from_tff(
+            optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, shuffle, **fields
+        )()
+
+    build.__doc__ = f":class:`{cls.__name__}` with TFF's ``build_personalize_fn`` arguments."
+    return build
 
 
 #: The methods that decide what a strategy trains and reports.

@@ -12,13 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.client.program import EVAL_BATCH_SIZE
 from fedp13n.models.heads import default_head, head_parameter_names
-from fedp13n.personalization.strategies.finetune import FineTune
-from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
+from fedp13n.personalization.strategies.finetune import FineTune, tff_builder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,22 +68,7 @@ class HeadOnly(FineTune):
         )
 
 
-def build_head_only_personalize_fn(
-    optimizer_fn: OptimizerFn,
-    batch_size: int,
-    num_epochs: int,
-    num_epochs_per_eval: int,
-    shuffle: bool = True,
-    *,
-    head: str | Sequence[str] | None = None,
-    loss_fn: LossFn = F.cross_entropy,
-    eval_batch_size: int = EVAL_BATCH_SIZE,
-) -> PersonalizeFn:
-    """:class:`HeadOnly` with TFF's ``build_personalize_fn`` arguments."""
-    return HeadOnly.from_tff(
-        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, shuffle,
-        head=head, loss_fn=loss_fn, eval_batch_size=eval_batch_size,
-    )()  # fmt: skip
+build_head_only_personalize_fn = tff_builder(HeadOnly)
 
 
 def _frozen_stateful_modules(

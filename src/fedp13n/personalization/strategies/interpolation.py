@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.client.program import EVAL_BATCH_SIZE, generator_from_torch
 from fedp13n.data.client_data import ClientDataset
-from fedp13n.personalization.strategies._common import HeldOut, holdout_split, monitored, pick
+from fedp13n.personalization.strategies._common import HeldOut, monitored, pick
+from fedp13n.personalization.strategies.finetune import tff_builder
 from fedp13n.utils.checks import check_fraction
-from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
 
 #: 0, 0.1, ..., 1: from the global model to the fine-tuned one.
 DEFAULT_ALPHAS = tuple(i / 10 for i in range(11))
@@ -89,7 +87,7 @@ class Interpolation(HeldOut):
         object.__setattr__(self, "alphas", grid)
 
     def run(self, model: nn.Module, train: ClientDataset, test: ClientDataset) -> OrderedDict:
-        rest, holdout = holdout_split(train, self.holdout_fraction, generator_from_torch())
+        rest, holdout = self.split(train)
         global_state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
         mixed_model = copy.deepcopy(model)
         alphas, monitor = self.alphas, self.monitor
@@ -115,22 +113,4 @@ class Interpolation(HeldOut):
         return metrics
 
 
-def build_interpolation_personalize_fn(
-    optimizer_fn: OptimizerFn,
-    batch_size: int,
-    num_epochs: int,
-    num_epochs_per_eval: int,
-    shuffle: bool = True,
-    *,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    holdout_fraction: float = 0.2,
-    monitor: str = "loss",
-    loss_fn: LossFn = F.cross_entropy,
-    eval_batch_size: int = EVAL_BATCH_SIZE,
-) -> PersonalizeFn:
-    """:class:`Interpolation` with TFF's ``build_personalize_fn`` arguments."""
-    return Interpolation.from_tff(
-        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, shuffle,
-        alphas=alphas, holdout_fraction=holdout_fraction, monitor=monitor,
-        loss_fn=loss_fn, eval_batch_size=eval_batch_size,
-    )()  # fmt: skip
+build_interpolation_personalize_fn = tff_builder(Interpolation)

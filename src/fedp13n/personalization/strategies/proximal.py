@@ -9,18 +9,14 @@ model. Here ``w_global`` is the weights the model holds when the strategy is cal
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fedp13n.client.program import EVAL_BATCH_SIZE
-from fedp13n.personalization.strategies.finetune import FineTune
-from fedp13n.utils.types import LossFn, OptimizerFn, PersonalizeFn
+from fedp13n.client.program import proximal_penalty
+from fedp13n.personalization.strategies.finetune import FineTune, tff_builder
+from fedp13n.utils.checks import check_non_negative_number
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,43 +34,14 @@ class Proximal(FineTune):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        lam = self.lam
-        if (
-            isinstance(lam, bool)
-            or not isinstance(lam, numbers.Real)
-            or not math.isfinite(lam)
-            or lam < 0
-        ):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}.")
-        object.__setattr__(self, "lam", float(lam))
+        object.__setattr__(self, "lam", check_non_negative_number("lam", self.lam))
 
     def hooks(self, model: nn.Module) -> dict[str, Any]:
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not (self.lam > 0 and params):
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        if not (self.lam > 0 and names):
             return {}
-        anchors = [p.detach().clone() for p in params]
-        lam = self.lam
-
-        def penalty() -> torch.Tensor:
-            total = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
-            return (lam / 2.0) * total
-
-        return dict(penalty=penalty)
+        anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return dict(penalty=proximal_penalty(model, anchor, self.lam, names))
 
 
-def build_proximal_personalize_fn(
-    optimizer_fn: OptimizerFn,
-    batch_size: int,
-    num_epochs: int,
-    num_epochs_per_eval: int,
-    shuffle: bool = True,
-    *,
-    lam: float,
-    loss_fn: LossFn = F.cross_entropy,
-    eval_batch_size: int = EVAL_BATCH_SIZE,
-) -> PersonalizeFn:
-    """:class:`Proximal` with TFF's ``build_personalize_fn`` arguments."""
-    return Proximal.from_tff(
-        optimizer_fn, batch_size, num_epochs, num_epochs_per_eval, shuffle,
-        lam=lam, loss_fn=loss_fn, eval_batch_size=eval_batch_size,
-    )()  # fmt: skip
+build_proximal_personalize_fn = tff_builder(Proximal)
