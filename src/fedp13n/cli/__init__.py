@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 
-def main() -> None:
+def entry() -> None:
     """The ``fedp13n`` console script: the command, and a Ctrl-C while it starts (loading
     torch takes a second or more, before any handler of the command exists) as one line
     and exit code 130 instead of a traceback of the import it stopped."""

@@ -69,6 +69,8 @@ class ConfigError(ValueError):
 MAX_SPLIT_SEED = 2**32 - 1
 #: The largest ``seed`` (a TOML integer is 64-bit signed: config.toml must hold it).
 MAX_SEED = 2**63 - 1
+#: The largest learning rate: torch's optimizers apply one as a float32 factor.
+MAX_RATE = 3.4028234663852886e38
 
 
 # -- how a field describes itself ---------------------------------------------------------------
@@ -289,6 +291,13 @@ class TrainingSettings:
             _check_choice(f"{where}{key}", getattr(self, key), choices)
         for key in ("client_learning_rate", "server_learning_rate", "server_epsilon"):
             check_positive_number(f"{where}{key}", getattr(self, key), ConfigError)
+        for key in ("client_learning_rate", "server_learning_rate", "per_fedavg_alpha"):
+            if (getattr(self, key) or 0) > MAX_RATE:  # torch's optimizer step: a float32 alpha
+                raise ConfigError(
+                    f"{where}{key} is {getattr(self, key)!r}, beyond float32's largest number "
+                    f"({MAX_RATE:.4g}): the optimizer cannot apply it; give a rate a model "
+                    "can learn with (e.g. 0.02)."
+                )
         for key in ("client_momentum", "server_momentum", "server_beta1", "server_beta2"):
             check_fraction(f"{where}{key}", getattr(self, key), error=ConfigError)
         check_non_negative_number(
