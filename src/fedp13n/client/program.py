@@ -259,9 +259,9 @@ def evaluate(
         with torch.no_grad():
             for x, y in data.batches(batch_size, device=module_device(model)):
                 out = model(x)
-                if classification is None:  # the first batch: a loss of the model's output
-                    checked_loss(loss_fn, out, y, train=False)
-                loss_sum += float(loss_fn(out, y)) * len(y)
+                first = classification is None  # the first batch: a loss of the model's output
+                loss = checked_loss(loss_fn, out, y, train=False) if first else loss_fn(out, y)
+                loss_sum += float(loss) * len(y)
                 if classification is None:
                     classification = not y.is_floating_point() and out.dim() == y.dim() + 1
                 if classification:
