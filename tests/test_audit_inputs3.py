@@ -248,3 +248,50 @@ def test_more_local_workers_than_a_machine_can_start_is_refused():
     with pytest.raises(ValueError) as e:
         make_executor("processes", num_workers=2**63 - 1)
     _one_line(e, "local worker processes is more than 1024")
+
+
+def _fedp13n(*args, prelude=""):
+    """The command in a fresh process (a hang fails the test instead of the suite)."""
+    import subprocess
+
+    script = (
+        f"import sys\n{prelude}\nfrom fedp13n.cli.main import app\nsys.argv[0] = 'fedp13n'\napp()"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_data_info_on_nan_pixels_is_one_line_and_ends(tmp_path):
+    # before: the error line, then numpy's "All-NaN slice" warning re-issued inside the
+    # recording of warnings, recorded again, forever: `fedp13n data info` never ended
+    import h5py
+
+    for part in ("train", "test"):
+        with h5py.File(tmp_path / f"fed_emnist_{part}.h5", "w") as f:
+            for cid in ("f0000_00", "f0001_00"):
+                c = f.create_group(f"examples/{cid}")
+                c.create_dataset("pixels", data=np.full((3, 28, 28), np.nan, np.float32))
+                c.create_dataset("label", data=np.zeros(3, np.int32))
+    res = _fedp13n(
+        "data", "info", "--dataset", "emnist", "--data-dir", str(tmp_path),
+        "--cache-dir", str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'fed_emnist_train.h5'}: client 'f0000_00': pixel values outside "
+        "[0, 1] (min nan, max nan, or NaN); TFF's convention is [0, 1] with 1.0 background."
+    ]
+
+
+def test_a_warning_while_data_loads_is_shown_once_and_the_command_ends(tmp_path):
+    # before: any warning other than a rebuilt cache entry made `fedp13n data` loop forever
+    prelude = (
+        "import warnings\nimport fedp13n.data.datasets as d\nfrom fedp13n.data.validate "
+        "import DataError\ndef load(*a, **k):\n    warnings.warn('odd data')\n"
+        "    raise DataError('bad data')\nd.load_dataset = load"
+    )
+    res = _fedp13n("data", "info", "--dataset", "synthetic", prelude=prelude)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[0] == "error: bad data" and sum("odd data" in line for line in lines) == 1, lines
