@@ -39,6 +39,11 @@ _ROUND_FILE = re.compile(r"^round_(\d+)\.pt$")
 
 def save_checkpoint(path: str | os.PathLike, state: ServerState) -> Path:
     """Write ``state`` to ``path`` atomically; returns the path."""
+    if not isinstance(state, ServerState):
+        raise TypeError(
+            f"save_checkpoint needs a ServerState (what process.initialize() / next() "
+            f"return), got {type(state).__name__}."
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {

@@ -486,7 +486,15 @@ def check_data_fits(
         if not np.issubdtype(d.y.dtype, np.integer):
             continue
         if x_shape not in classes_by_shape:
-            classes_by_shape[x_shape] = num_classes(model, features_to_tensor(d.x[:1]))
+            try:
+                classes_by_shape[x_shape] = num_classes(model, features_to_tensor(d.x[:1]))
+            except (RuntimeError, TypeError, ValueError, IndexError) as e:
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise TypeError(
+                    f"client {key!r}: its examples (features of shape {x_shape}, "
+                    f"{d.x.dtype}) do not fit the model: a forward pass of one example failed "
+                    f"with {type(e).__name__}: {first}; give features the model takes."
+                ) from None
         classes = classes_by_shape[x_shape]
         if classes is not None and spec is not None and spec.y_shape:  # e.g. a label per position
             why = spec.y_mismatch(tuple(d.y.shape[1:]), labels_to_tensor(d.y[:0]).dtype)
@@ -530,7 +538,12 @@ def _check_model_fn_builds(model_fn: ModelFn) -> None:
     calls it (its ``fed_avg_test.py``: a callable that returns no model is a ``TypeError``
     there, not at ``initialize``); the caller's RNG is untouched."""
     with torch.random.fork_rng(devices=[]):
-        _check_model(model_fn())
+        model = _check_model(model_fn())
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(
+            f"model_fn()'s model ({type(model).__name__}) has no trainable parameters (none "
+            "with requires_grad): FedAvg would have nothing to train or average."
+        )
 
 
 def _check_model(model: Any) -> nn.Module:

@@ -80,27 +80,29 @@ def _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, con
     notice = download_notice(dataset, data_dir, cache_dir, url, only_digits)
     if notice is not None:  # a large download must not start unannounced
         typer.echo(notice, err=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CacheRebuiltWarning)
-        try:
-            return load_dataset(
-                dataset,
-                data_dir=data_dir,
-                cache_dir=cache_dir,
-                url=url,
-                only_digits=only_digits,
-                num_clients=num_clients,
-                seed=seed,
-                progress=console.is_terminal,
-            )
-        except DataError as e:
-            fail(" ".join(str(e).split()))
-        finally:
-            for w in caught:  # a rebuilt cache entry: one line, not a warning's traceback
-                if issubclass(w.category, CacheRebuiltWarning):
-                    typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CacheRebuiltWarning)
+            try:
+                return load_dataset(
+                    dataset,
+                    data_dir=data_dir,
+                    cache_dir=cache_dir,
+                    url=url,
+                    only_digits=only_digits,
+                    num_clients=num_clients,
+                    seed=seed,
+                    progress=console.is_terminal,
+                )
+            except DataError as e:
+                fail(" ".join(str(e).split()))
+    finally:  # after the recording ends: a warning re-issued inside it was recorded again,
+        for w in caught:  # an endless loop (a NaN pixel's numpy warning hung `data info`)
+            if issubclass(w.category, CacheRebuiltWarning):  # one line, not a traceback
+                typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _label_chars(dataset: str, only_digits: bool) -> list[str]:

@@ -113,11 +113,16 @@ class LocalTraining:
             )
         named = list(model.named_parameters())
         if self.trainable is None:
-            optimizer = self.optimizer_fn(model.parameters())
+            if not any(p.requires_grad for _, p in named):
+                raise ValueError(
+                    f"the model ({type(model).__name__}) has no trainable parameters (none "
+                    "with requires_grad), so there is nothing to train; give it some."
+                )
+            optimizer = _checked_optimizer(self.optimizer_fn(model.parameters()))
             return self._loop(model, data, optimizer, generator, device)
         chosen = set(self.trainable)
         was = {n: p.requires_grad for n, p in named}
-        optimizer = self.optimizer_fn([p for n, p in named if n in chosen])
+        optimizer = _checked_optimizer(self.optimizer_fn([p for n, p in named if n in chosen]))
         try:
             for n, p in named:
                 p.requires_grad_(n in chosen)
@@ -165,7 +170,7 @@ class LocalTraining:
                 x, y = data.batch(idx, device)
                 optimizer.zero_grad(set_to_none=True)
                 outputs = model(x)
-                loss = self.loss_fn(outputs, y)
+                loss = self.loss_fn(outputs, y) if steps else checked_loss(self.loss_fn, outputs, y)
                 objective = loss if self.penalty is None else loss + self.penalty()
                 objective.backward()
                 optimizer.step()
@@ -178,6 +183,53 @@ class LocalTraining:
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch)
         return TrainStats(seen, float(loss_sum), float(metric_sum), steps)
+
+
+def _checked_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer_fn returned {type(optimizer).__name__}, not a torch.optim.Optimizer; "
+            "pass params -> optimizer, e.g. functools.partial(torch.optim.SGD, lr=0.02)."
+        )
+    return optimizer
+
+
+def checked_loss(loss_fn: LossFn, outputs: Any, y: torch.Tensor, train: bool = True) -> Any:
+    """``loss_fn(outputs, y)`` of a client's first batch, or a ``TypeError``/``ValueError``
+    naming what does not fit: a model output that is no float tensor (a tuple, a dict,
+    arg-max classes), a loss that fails on it or is no one-element tensor (with a gradient
+    when training): user models and losses fail here, not deep inside torch."""
+    what = f"labels {tuple(y.shape)} {str(y.dtype).replace('torch.', '')}"
+    if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
+        got = (f"a {str(outputs.dtype).replace('torch.', '')} tensor"
+               if isinstance(outputs, torch.Tensor) else f"a {type(outputs).__name__}")  # fmt: skip
+        raise TypeError(
+            f"the model's forward returned {got} for a batch with {what}; it must return "
+            "one float tensor, the logits (batch, classes) (or the loss_fn's predictions)."
+        )
+    try:
+        loss = loss_fn(outputs, y)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise TypeError(
+            f"the loss failed on the model's output {tuple(outputs.shape)} and {what}: "
+            f"{type(e).__name__}: {first}; the model must output logits (batch, classes) "
+            "for integer labels, or pass a loss_fn that takes its output."
+        ) from None
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        got = (
+            f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+        )
+        raise ValueError(
+            f"loss_fn returned {got}, not one number as a tensor: it must return the "
+            "batch's mean loss (e.g. reduction='mean')."
+        )
+    if train and not loss.requires_grad:
+        raise ValueError(
+            "loss_fn's value has no gradient (computed without the model's output, or "
+            "detached); it must be a differentiable function of the output."
+        )
+    return loss
 
 
 def _add(total: float | torch.Tensor, value: object, n: int) -> float | torch.Tensor:
@@ -221,7 +273,9 @@ def evaluate(
         with torch.no_grad():
             for x, y in data.batches(batch_size, device=module_device(model)):
                 out = model(x)
-                loss_sum += float(loss_fn(out, y)) * len(y)
+                first = classification is None  # the first batch: a loss of the model's output
+                loss = checked_loss(loss_fn, out, y, train=False) if first else loss_fn(out, y)
+                loss_sum += float(loss) * len(y)
                 if classification is None:
                     classification = not y.is_floating_point() and out.dim() == y.dim() + 1
                 if classification:

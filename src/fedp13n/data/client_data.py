@@ -439,7 +439,7 @@ class ClientData:
         each with its examples in their order. Any features and labels are taken
         (``check``: as :meth:`from_mapping`)."""
         x, y, owner = as_numpy(x), as_numpy(y), as_numpy(client_ids)
-        if not (len(x) == len(y) == len(owner)) or owner.ndim != 1:
+        if owner.ndim != 1 or not (len(x) == len(y) == len(owner)):
             raise ValueError(
                 f"ClientData.from_arrays: x has {len(x)} rows, y {len(y)} and client_ids "
                 f"shape {owner.shape}; give one client id per example."

@@ -15,6 +15,7 @@ reproduces bit for bit, so the model sees the very numbers TFF feeds it.
 from __future__ import annotations
 
 import string
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -113,10 +114,13 @@ def check_client(
         )
     # NaN fails both comparisons, so it is reported too.
     if np.issubdtype(x.dtype, np.floating) and not (np.all(x >= 0.0) and np.all(x <= 1.0)):
+        with warnings.catch_warnings():  # all NaN: nanmin is nan, said in the message
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo, hi = np.nanmin(x), np.nanmax(x)
         raise DataFormatError(
-            f"{where}: pixel values outside [0, 1] (min {np.nanmin(x)}, max "
-            f"{np.nanmax(x)}, or NaN); TFF's convention is [0, 1] with 1.0 background"
-            + (": 0..255 intensities must be divided by 255." if np.nanmax(x) > 1 else ".")
+            f"{where}: pixel values outside [0, 1] (min {lo}, max {hi}, or NaN); TFF's "
+            "convention is [0, 1] with 1.0 background"
+            + (": 0..255 intensities must be divided by 255." if hi > 1 else ".")
         )
 
 

@@ -10,6 +10,9 @@ from fedp13n.execution.in_process import InProcessExecutor
 from fedp13n.execution.process_pool import LocalProcessExecutor, _check_gpus, usable_cores
 from fedp13n.utils.checks import check_positive_int
 
+#: The most local worker processes one machine is given (each a Python process with torch).
+MAX_LOCAL_WORKERS = 1024
+
 
 def make_executor(
     kind: str = "auto",
@@ -107,6 +110,11 @@ def _check(
     threads_per_worker = check_positive_int("threads_per_worker", threads_per_worker)
     if num_workers is not None:
         num_workers = check_positive_int("num_workers", num_workers)
+        if kind in ("auto", "processes") and num_workers > MAX_LOCAL_WORKERS:
+            raise ValueError(
+                f"num_workers={num_workers} local worker processes is more than "
+                f"{MAX_LOCAL_WORKERS}; give about one per core (or use executor 'ray')."
+            )
     check_positive_int("workers_per_gpu", workers_per_gpu)
     if task_timeout is not None and (
         isinstance(task_timeout, bool) or not isinstance(task_timeout, numbers.Real)

@@ -70,6 +70,8 @@ class ConfigError(ValueError):
 MAX_SPLIT_SEED = 2**32 - 1
 #: The largest ``seed`` (a TOML integer is 64-bit signed: config.toml must hold it).
 MAX_SEED = 2**63 - 1
+#: The largest learning rate: torch's optimizers apply one as a float32 factor.
+MAX_RATE = 3.4028234663852886e38
 
 
 # -- how a field describes itself ---------------------------------------------------------------
@@ -1229,6 +1231,16 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key} {value!r} is not one of {choices}.")
 
 
+def _check_rate(name: str, value: Any, error: type[Exception] = ConfigError) -> None:
+    """A positive step size that torch's optimizers can apply (a float32 ``alpha``)."""
+    check_positive_number(name, value, error)
+    if value > MAX_RATE:
+        raise error(
+            f"{name} is {value!r}, beyond float32's largest number ({MAX_RATE:.4g}): the "
+            "optimizer cannot apply it; give a rate a model can learn with (e.g. 0.02)."
+        )
+
+
 #: The range of each numeric setting, and of a strategy's (its type is checked by
 #: :func:`_check_type`).
 _RANGES: dict[str, Any] = {
@@ -1246,10 +1258,13 @@ _RANGES: dict[str, Any] = {
         check_positive_int,
     ),
     **dict.fromkeys(
-        ("client_learning_rate", "server_learning_rate", "server_epsilon", "learning_rate",
-         "per_fedavg_alpha",
-         "pfedme_lambda", "pfedme_personal_lr", "pfedme_beta", "task_timeout"),
+        ("server_epsilon", "pfedme_lambda", "pfedme_beta", "task_timeout"),
         check_positive_number,
+    ),
+    **dict.fromkeys(
+        ("client_learning_rate", "server_learning_rate", "learning_rate", "per_fedavg_alpha",
+         "pfedme_personal_lr"),
+        _check_rate,
     ),
     **dict.fromkeys(
         ("client_momentum", "server_momentum", "server_beta1", "server_beta2"), check_fraction

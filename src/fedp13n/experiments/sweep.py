@@ -177,6 +177,11 @@ def _check_sweep_table(sweep: dict[str, Any], source: str) -> None:
                 f"{source}: grid {key!r} repeats {_label(repeated)}; give each value once."
             )
     for axis in ("rows", "columns"):
+        if sweep.get(axis) is not None and not isinstance(sweep[axis], str):
+            raise ConfigError(
+                f"{source}: [sweep] {axis} must be one grid key as a string (e.g. "
+                f"{axis} = 'local_epochs'), got {sweep[axis]!r}."
+            )
         if sweep.get(axis) is not None and sweep[axis] not in grid:
             raise ConfigError(f"{source}: [sweep] {axis} = {sweep[axis]!r} is not a grid key.")
     if sweep.get("rows") is not None and sweep.get("rows") == sweep.get("columns"):

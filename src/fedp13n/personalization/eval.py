@@ -519,8 +519,8 @@ def _check_strategies(
         )
     strategies: OrderedDict[str, tuple[Callable[[], Any], bool]] = OrderedDict()
     for name, builder in personalize_fn_dict.items():
-        if not isinstance(name, str):
-            raise TypeError(f"strategy names must be strings, got {name!r}.")
+        if not isinstance(name, str) or not name.strip():
+            raise TypeError(f"strategy names must be strings, not empty, got {name!r}.")
         if name == BASELINE_KEY or name in META_KEYS:
             raise ValueError(
                 f"{name!r} cannot be a strategy name: the result uses it for "

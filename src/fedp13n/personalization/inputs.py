@@ -125,6 +125,7 @@ def check_fits_model(model: nn.Module, data: ClientDataset, what: str) -> None:
     regression target) or, for integer labels, that shape without the class axis
     (``out[1:] == (C, *y[1:])``), so that no loss is silently broadcast.
     """
+    _check_values(data, what)
     x_shape, y_shape = tuple(data.x.shape[1:]), tuple(data.y.shape[1:])
     x_dtype = features_to_tensor(data.x[:0]).dtype
     y_dtype = labels_to_tensor(data.y[:0]).dtype
@@ -183,6 +184,22 @@ def _check_by_forward(model: nn.Module, data: ClientDataset, what: str, shapes: 
         "the loss would broadcast the two. Give labels of the output's shape (integer class "
         "labels: without the class axis), or declare model.input_spec."
     )
+
+
+def _check_values(data: ClientDataset, what: str) -> None:
+    """Labels that are no numbers (bool, text) and features or labels that are not finite
+    are refused: they would train or score silently wrong (True as class 1, a NaN loss)."""
+    if data.y.dtype == np.bool_ or data.y.dtype.kind in "USO":
+        raise TypeError(
+            f"{what}: its labels are {data.y.dtype}, not numbers; give integer class "
+            "indices 0..K-1 (e.g. y.astype(np.int64)) or float regression targets."
+        )
+    for name, a in (("features", data.x), ("labels", data.y)):
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise ValueError(
+                f"{what}: its {name} hold NaN or infinite values; remove or impute them "
+                "before evaluating."
+            )
 
 
 #: Classes of the models checked here, by per-example feature shape (one dry forward each).
