@@ -252,3 +252,17 @@ def test_personal_layers_the_model_lacks_stop_the_run_before_training(tmp_path):
     assert res.exit_code == 2
     assert "personal_layers: 'fc9' names no layer of EmnistConvDropout" in res.output
     assert not (tmp_path / rd.FEDAVG_METRICS).exists()
+
+
+def test_every_method_builder_pickles_by_its_name():
+    """The nine ``build_<method>`` shortcuts are made by one factory; each is found again
+    under its own module and name (what pickle, and so a worker process, looks up)."""
+    import pickle
+
+    import fedp13n.algorithms as algorithms
+
+    for method in ("fedper", "fedrep", "lg_fedavg", "ditto", "apfl", "pfedme", "per_fedavg",
+                   "fedbn", "scaffold"):  # fmt: skip
+        builder = getattr(algorithms, f"build_{method}")
+        assert builder.__name__ == f"build_{method}"
+        assert pickle.loads(pickle.dumps(builder)) is builder

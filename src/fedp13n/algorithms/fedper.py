@@ -240,6 +240,7 @@ def method_builder(method: str, doc: str) -> Callable[..., Any]:
         )
 
     build.__name__ = build.__qualname__ = f"build_{method}"
+    build.__module__ = f"fedp13n.algorithms.{method}"  # where it is bound: pickles by name
     build.__doc__ = doc
     return build
 
