@@ -179,3 +179,16 @@ def test_the_engine_batches_plain_fine_tuning_only():
             assert spec is None and "is not TFF's fine-tuning" in why, name
     finally:
         unregister_strategy("noisy")
+
+
+def test_tff_style_strategy_builders_pickle_by_their_names():
+    """The four ``build_<strategy>_personalize_fn`` made by one factory are found again
+    under their own module and name (what pickle, and a worker process, looks up)."""
+    import pickle
+
+    from fedp13n.personalization import strategies
+
+    for name in ("interpolation", "early_stopping", "proximal", "head_only"):
+        builder = getattr(strategies, f"build_{name}_personalize_fn")
+        assert builder.__name__ == f"build_{name}_personalize_fn"
+        assert pickle.loads(pickle.dumps(builder)) is builder

@@ -198,6 +198,11 @@ def tff_builder(cls: type[FineTune]) -> Callable[..., PersonalizeFn]:
         )()
 
     build.__doc__ = f":class:`{cls.__name__}` with TFF's ``build_personalize_fn`` arguments."
+    # bound as build_<module>_personalize_fn in cls's module: pickle finds it by that name
+    build.__module__ = cls.__module__
+    build.__name__ = build.__qualname__ = (
+        f"build_{cls.__module__.rpartition('.')[2]}_personalize_fn"
+    )
     return build
 
 
