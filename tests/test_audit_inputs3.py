@@ -295,3 +295,16 @@ def test_a_warning_while_data_loads_is_shown_once_and_the_command_ends(tmp_path)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert lines[0] == "error: bad data" and sum("odd data" in line for line in lines) == 1, lines
+
+
+def test_from_arrays_refuses_ids_that_differ_only_as_text_kinds():
+    """1 and "1" are two ids in Python but one client as text (the form ClientData keeps):
+    refused, not silently merged; ids of one kind, and numbers equal as values, still work."""
+    x = np.zeros((4, 3), np.float32)
+    y = np.array([0, 1, 0, 1])
+    for ids in ([1, 1, "1", "1"], np.array([1, 1, "1", "1"], dtype=object)):
+        with pytest.raises(ValueError, match=r"client ids 1 and '1' are both client '1'"):
+            ClientData.from_arrays(x, y, ids)
+    assert ClientData.from_arrays(x, y, ["a", "b", "a", "b"]).client_ids == ("a", "b")
+    assert ClientData.from_arrays(x, y, np.array([3, 4, 3, 4])).client_ids == ("3", "4")
+    assert len(ClientData.from_arrays(x, y, [1.0, 1.0, 1, 1])) == 1  # equal values: one client

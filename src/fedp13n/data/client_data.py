@@ -445,6 +445,8 @@ class ClientData:
                 f"shape {owner.shape}; give one client id per example."
             )
         names = owner.astype(str)
+        if not isinstance(client_ids, np.ndarray) or owner.dtype == object:
+            _check_distinct_names(client_ids)
         _, first = np.unique(names, return_index=True)
         order = names[np.sort(first)]
         return cls.from_mapping({c: (x[names == c], y[names == c]) for c in order}, check=check)
@@ -654,3 +656,17 @@ class ClientData:
 def as_numpy(a: Any) -> np.ndarray:
     """An array-like (numpy array, torch tensor, list) as a numpy array."""
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _check_distinct_names(client_ids: Any) -> None:
+    """Distinct client ids given as Python values (a list, an object array) stay distinct
+    as the text ids a ClientData keeps: 1 and "1" would silently become one client."""
+    values = client_ids.tolist() if isinstance(client_ids, np.ndarray) else client_ids
+    seen: dict[str, Any] = {}
+    for cid in dict.fromkeys(values):  # each distinct value once
+        if str(cid) in seen:
+            raise ValueError(
+                f"ClientData.from_arrays: client ids {seen[str(cid)]!r} and {cid!r} are both "
+                f"client '{cid}' as text, the form client ids take; give each client one id."
+            )
+        seen[str(cid)] = cid
