@@ -751,6 +751,7 @@ class ExperimentConfig(TrainingSettings):
                     f"{' or '.join(map(repr, methods))} only: ignored (this run trains "
                     f"{', '.join(runs)})"
                 )
+        notes += _optimizer_notes(stages)
         for s in stages:
             if s.method == "pfedme" and s.resolved_kind == "fedavg":
                 note = pfedme.unstable_note(
@@ -944,6 +945,12 @@ class ExperimentConfig(TrainingSettings):
             raise ConfigError(
                 f"executor 'in-process' runs one task at a time, so workers must be 1, got "
                 f"{self.workers}; use executor 'processes' for more workers."
+            )
+        if self.executor == "in-process" and self.max_retries != _default("max_retries"):
+            raise ConfigError(
+                f"max_retries re-runs the tasks of a worker process that died; executor "
+                f"'in-process' has none, so max_retries = {self.max_retries} would be ignored: "
+                "choose executor 'processes' or 'ray', or drop max_retries."
             )
         if self.ray_address is not None and self.executor != "ray":
             raise ConfigError(
@@ -1289,6 +1296,35 @@ def _check_values(config: Any, keys: tuple[str, ...], where: str = "") -> None:
             _RANGES[key](f"{where}{key}", value, error=ConfigError)
         elif fields[key].metadata.get("choices"):
             _check_choice(f"{where}{key}", value, fields[key].metadata["choices"])
+
+
+#: Optimizer settings that only one optimizer reads: key -> (the setting that names the
+#: optimizer, the optimizer that reads it). The other optimizer drops them.
+OPTIMIZER_SETTINGS = {
+    "client_momentum": ("client_optimizer", "sgd"),
+    "server_momentum": ("server_optimizer", "sgd"),
+    "server_beta1": ("server_optimizer", "adam"),
+    "server_beta2": ("server_optimizer", "adam"),
+    "server_epsilon": ("server_optimizer", "adam"),
+}
+
+
+def _optimizer_notes(stages: list[StageConfig]) -> list[str]:
+    """A note for each optimizer setting set (not its default) that no stage's optimizer
+    reads (``client_momentum`` with ``client_optimizer = 'adam'``, ``server_beta1`` with a
+    server SGD): the run says it ignores them. A centralized stage has no server."""
+    notes = []
+    for key, (which, reader) in OPTIMIZER_SETTINGS.items():
+        server = which.startswith("server")
+        set_in = [s for s in stages if getattr(s, key) != _default(key)]
+        set_in = [s for s in set_in if not server or s.resolved_kind == "fedavg"]
+        if set_in and not [s for s in set_in if getattr(s, which) == reader]:
+            notes.append(
+                f"{key} = {getattr(set_in[0], key)!r} applies to {which} {reader!r} only: "
+                f"ignored (this run's {which} is {getattr(set_in[0], which)!r}; set "
+                f"{which} = {reader!r} or leave {key} out)"
+            )
+    return notes
 
 
 def _default(key: str) -> Any:

@@ -334,8 +334,17 @@ class Run:
             )
             self.compute = replace(compute, engine=engine)
             self.log(f"engine: up to {config.engine_clients} clients at once on {where}")
-        elif compute.device != "cpu":
-            self.log(f"engine off: client work runs one client per task on {where}")
+        else:
+            if compute.device != "cpu":
+                self.log(f"engine off: client work runs one client per task on {where}")
+            if (
+                config.engine_clients
+                != ExperimentConfig.__dataclass_fields__["engine_clients"].default
+            ):
+                self.log(
+                    f"engine_clients = {config.engine_clients} applies to the multi-client "
+                    f"engine only: ignored (the engine is off here; set --engine on to use it)"
+                )
         if config.workers_per_gpu != 1 and compute.torch_device.type != "cuda":
             self.log(
                 f"workers_per_gpu = {config.workers_per_gpu} applies to CUDA devices only: "
