@@ -69,3 +69,37 @@ def test_engine_clients_with_the_engine_off_is_said_ignored(tmp_path):
     res = CliRunner().invoke(app, [*args, "--engine-clients", "4"])
     assert res.exit_code == 0, res.output
     assert "engine_clients = 4 applies to the multi-client engine only: ignored" in res.output
+
+
+def test_data_info_seed_without_num_clients_is_refused():
+    # --seed chooses the --num-clients subset; without one it was ignored (all clients read)
+    line = _error(["data", "info", "-d", "emnist", "--seed", "5"])
+    assert "--seed 5" in line and "--num-clients" in line
+    # the seed of the synthetic data is used without --num-clients: still accepted
+    res = CliRunner().invoke(app, ["data", "info", "-d", "synthetic", "--seed", "5"])
+    assert res.exit_code == 0, res.output
+
+
+def _options(command, path):
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from _options(sub, [*path, name])
+        return
+    for p in command.params:
+        if p.param_type_name == "option" and p.name != "help":
+            yield " ".join(path), p
+
+
+def test_every_option_of_every_command_states_its_default_in_its_help():
+    import typer
+
+    #: on/off switches without a negative form: absent means off
+    switches = {"--resume", "--print-config", "--version"}
+    missing = []
+    for path, p in _options(typer.main.get_command(app), ["fedp13n"]):
+        if p.required or p.opts[0] in switches or p.opts[0] == "--config":
+            continue
+        shown = p.show_default and p.default is not None and (p.secondary_opts or not p.is_flag)
+        if not shown and "default:" not in (p.help or ""):
+            missing.append(f"{path} {p.opts[0]}")
+    assert missing == []

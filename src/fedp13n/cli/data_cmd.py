@@ -26,21 +26,32 @@ _DATA_DIR = typer.Option(  # folders are str, not Path: Path("") is "." (given_p
     None,
     "--data-dir",
     help="Directory with already-downloaded files (TFF h5 files, LEAF train/ and test/, "
-    "or emnist_all.sqlite).",
+    "or emnist_all.sqlite).  \\[default: download into the cache]",
     metavar="PATH",
 )
 _CACHE_DIR = typer.Option(
     None,
     "--cache-dir",
-    help="Cache root (default $FEDP13N_CACHE or ~/.cache/fedp13n).",
+    help="Cache root.  \\[default: $FEDP13N_CACHE or ~/.cache/fedp13n]",
     metavar="PATH",
 )
-_URL = typer.Option(None, "--url", help="Download from this URL instead of TFF's.")
-_ONLY_DIGITS = typer.Option(False, "--only-digits", help="The 10-class digits-only variant.")
-_NUM_CLIENTS = typer.Option(
-    None, "--num-clients", help="Keep a seeded random subset of this many clients."
+_URL = typer.Option(
+    None, "--url", help="Download from this URL instead of TFF's.  \\[default: TFF's URL]"
 )
-_SEED = typer.Option(0, "--seed", help="Seed of the client subset / synthetic data.")
+_ONLY_DIGITS = typer.Option(
+    False,
+    "--only-digits",
+    help="The 10-class digits-only variant (EMNIST).  \\[default: all 62 classes]",
+    show_default=False,
+)
+_NUM_CLIENTS = typer.Option(
+    None,
+    "--num-clients",
+    help="Keep a seeded random subset of this many clients.  \\[default: all]",
+)
+_SEED = typer.Option(
+    0, "--seed", help="Seed of the client subset (--num-clients) / synthetic data."
+)
 
 
 def _refuse_own(dataset: str, command: str) -> None:
@@ -135,6 +146,11 @@ def info(
     from fedp13n.data.stats import QUANTILES, summarize
 
     _refuse_own(dataset, "info")
+    if seed != 0 and num_clients is None and dataset != "synthetic":
+        fail(
+            f"--seed {seed} chooses the client subset of --num-clients, but none is asked "
+            f"for ({dataset!r} is read whole): add --num-clients N, or drop --seed."
+        )
     console = Console()
     train, test = _load(dataset, data_dir, cache_dir, url, only_digits, num_clients, seed, console)
     chars = _label_chars(dataset, only_digits)

@@ -76,7 +76,8 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
             "--repeats",
             metavar="N",
             help="Run N times, seeds seed..seed+N-1 (one folder each in --output-dir; the "
-            "client split stays split_seed's), then print mean +- std over the seeds.",
+            "client split stays split_seed's), then print mean +- std over the seeds.  "
+            "\\[default: one run]",
             show_default=False,
             rich_help_panel=_RUN,
         ),
