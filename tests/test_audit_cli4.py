@@ -103,3 +103,19 @@ def test_every_option_of_every_command_states_its_default_in_its_help():
         if not shown and "default:" not in (p.help or ""):
             missing.append(f"{path} {p.opts[0]}")
     assert missing == []
+
+
+def test_p13n_epochs_and_batch_size_when_every_strategy_sets_its_own_are_said_ignored():
+    strategies = [{"name": "a", "epochs": 1, "batch_size": 8}]
+    config = ExperimentConfig.from_dict(
+        {"p13n_epochs": 2, "p13n_batch_size": 4, "strategies": strategies}
+    )
+    config.validate()
+    notes = config.unused_settings()
+    assert [n.split(" = ")[0] for n in notes] == ["p13n_epochs", "p13n_batch_size"]
+    assert all("ignored" in n for n in notes)
+    # one strategy without its own epochs reads p13n_epochs: no note for it
+    mixed = [{"name": "a", "epochs": 1}, {"name": "b"}]
+    config = ExperimentConfig.from_dict({"p13n_epochs": 2, "strategies": mixed})
+    config.validate()
+    assert config.unused_settings() == []

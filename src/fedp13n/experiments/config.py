@@ -732,7 +732,9 @@ class ExperimentConfig(TrainingSettings):
     def unused_settings(self) -> list[str]:
         """A note for each method setting set (not its default) that no FedAvg stage's
         method uses (``ditto_lambda`` with ``method = 'fedavg'``), and for
-        ``synthetic_clients`` with another dataset: the run says it ignores them (not an
+        ``synthetic_clients`` with another dataset, for optimizer settings the chosen
+        optimizer does not read and for ``p13n_epochs`` / ``p13n_batch_size`` when every
+        strategy sets its own: the run says it ignores them (not an
         error: a top-level setting is every stage's default, and a sweep may vary the
         method under it); and a warning for pFedMe rates that make its local models
         diverge (:func:`fedp13n.algorithms.pfedme.unstable_note`)."""
@@ -752,6 +754,14 @@ class ExperimentConfig(TrainingSettings):
                     f"{', '.join(runs)})"
                 )
         notes += _optimizer_notes(stages)
+        for key, field_name in (("p13n_epochs", "epochs"), ("p13n_batch_size", "batch_size")):
+            unset = [t for t in self.strategies
+                     if getattr(t, field_name) is None and field_name not in t.tune]  # fmt: skip
+            if getattr(self, key) != _default(key) and not unset:
+                notes.append(
+                    f"{key} = {getattr(self, key)} applies to strategies that set no "
+                    f"{field_name}: ignored (every strategy here sets or tunes its own)"
+                )
         for s in stages:
             if s.method == "pfedme" and s.resolved_kind == "fedavg":
                 note = pfedme.unstable_note(
