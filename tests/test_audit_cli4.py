@@ -119,3 +119,15 @@ def test_p13n_epochs_and_batch_size_when_every_strategy_sets_its_own_are_said_ig
     config = ExperimentConfig.from_dict({"p13n_epochs": 2, "strategies": mixed})
     config.validate()
     assert config.unused_settings() == []
+
+
+def test_print_config_names_the_settings_the_run_would_ignore():
+    import tomllib
+
+    res = CliRunner().invoke(
+        app, ["run", "--task", "shakespeare", "--synthetic-clients", "20", "--print-config"]
+    )
+    assert res.exit_code == 0, res.output
+    first = res.output.splitlines()[0]
+    assert first.startswith("# note: synthetic_clients = 20 applies to dataset 'synthetic'")
+    assert tomllib.loads(res.output)["synthetic_clients"] == 20  # still TOML

@@ -86,9 +86,23 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "progress": (bool, _flag(True, "--progress/--no-progress", "Show progress bars.")),
     "print_config": (
         bool,
-        _flag(False, "--print-config", "Print the resolved configuration as TOML and exit."),
+        _flag(
+            False,
+            "--print-config",
+            "Print the resolved configuration as TOML and exit (settings the run would "
+            "ignore as '# note:' comments above it).",
+        ),
     ),  # fmt: skip
 }
+
+
+def _print_config(config: ExperimentConfig) -> None:
+    """``--print-config``: the config as TOML, after a ``# note:`` comment for each setting
+    the run would say it ignores (:meth:`ExperimentConfig.unused_settings`), so the printed
+    config does not look as if every value in it ran."""
+    for note in config.unused_settings():
+        typer.echo(f"# note: {note}")
+    typer.echo(config.to_toml(), nl=False)
 
 
 def config_options() -> list[tuple[dataclasses.Field, str, Any, Any]]:
@@ -168,7 +182,7 @@ def run(**kwargs: Any) -> None:
         return
     config = _run_config(run_args, kwargs, output_dir)
     if run_args["print_config"]:
-        typer.echo(config.to_toml(), nl=False)
+        _print_config(config)
         return
     from fedp13n.experiments.p13n_experiment import default_run_dir, run_experiment
     from fedp13n.reporting.summary import print_run_summary
@@ -248,7 +262,7 @@ def run_repeated(run_args: dict[str, Any], options: dict[str, Any], out: Path | 
         config = resolve_config(run_args["config_file"], options, base=saved)
         seeds_of(config, run_args["repeats"])
         if run_args["print_config"]:
-            typer.echo(config.to_toml(), nl=False)
+            _print_config(config)
             return
         md, _ = run_repeats(
             config,
