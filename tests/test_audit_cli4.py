@@ -131,3 +131,18 @@ def test_print_config_names_the_settings_the_run_would_ignore():
     first = res.output.splitlines()[0]
     assert first.startswith("# note: synthetic_clients = 20 applies to dataset 'synthetic'")
     assert tomllib.loads(res.output)["synthetic_clients"] == 20  # still TOML
+
+
+def test_data_dir_with_the_generated_synthetic_dataset_is_refused():
+    # the run ignored it (data info already refused it): now the same one-line error
+    line = _error(["run", "--dataset", "synthetic", "--data-dir", "/tmp", "--print-config"])
+    assert "data_dir" in line and "'synthetic' is generated" in line
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "fedp13n.examples.my_task:load"])
+def test_cache_dir_with_data_that_is_not_cached_is_said_ignored(dataset):
+    model = {} if dataset == "synthetic" else {"model": "fedp13n.examples.my_task:build"}
+    notes = _notes(dataset=dataset, cache_dir="/tmp/c", **model)
+    assert len(notes) == 1 and notes[0].startswith("cache_dir = '/tmp/c'"), notes
+    assert "ignored" in notes[0]
+    assert _notes(dataset="emnist", cache_dir="/tmp/c") == []  # read and cached there
