@@ -146,3 +146,17 @@ def test_cache_dir_with_data_that_is_not_cached_is_said_ignored(dataset):
     assert len(notes) == 1 and notes[0].startswith("cache_dir = '/tmp/c'"), notes
     assert "ignored" in notes[0]
     assert _notes(dataset="emnist", cache_dir="/tmp/c") == []  # read and cached there
+
+
+def test_a_top_level_training_setting_every_stage_replaces_is_said_ignored():
+    stages = [
+        {"name": "a", "client_learning_rate": 0.05},
+        {"name": "b", "client_learning_rate": 0.03},
+    ]
+    notes = _notes(client_learning_rate=0.1, stages=stages)
+    assert notes == [
+        "client_learning_rate = 0.1 at the top level is every stage's default, but every "
+        "stage sets its own: ignored"
+    ]
+    # a stage that takes the top-level value: used, no note
+    assert _notes(client_learning_rate=0.1, stages=[stages[0], {"name": "b"}]) == []

@@ -734,7 +734,8 @@ class ExperimentConfig(TrainingSettings):
         method uses (``ditto_lambda`` with ``method = 'fedavg'``), and for
         ``synthetic_clients`` with another dataset, for optimizer settings the chosen
         optimizer does not read and for ``p13n_epochs`` / ``p13n_batch_size`` when every
-        strategy sets its own: the run says it ignores them (not an
+        strategy sets its own, and for a top-level training setting that every stage
+        replaces: the run says it ignores them (not an
         error: a top-level setting is every stage's default, and a sweep may vary the
         method under it); and a warning for pFedMe rates that make its local models
         diverge (:func:`fedp13n.algorithms.pfedme.unstable_note`)."""
@@ -754,6 +755,12 @@ class ExperimentConfig(TrainingSettings):
                     f"{', '.join(runs)})"
                 )
         notes += _optimizer_notes(stages)
+        for key in TRAINING_KEYS if self.stages else ():  # a default every stage replaces
+            if getattr(self, key) != _default(key) and all(key in t for t in self.stages):
+                notes.append(
+                    f"{key} = {getattr(self, key)!r} at the top level is every stage's "
+                    "default, but every stage sets its own: ignored"
+                )
         for key, field_name in (("p13n_epochs", "epochs"), ("p13n_batch_size", "batch_size")):
             unset = [t for t in self.strategies
                      if getattr(t, field_name) is None and field_name not in t.tune]  # fmt: skip
