@@ -160,3 +160,15 @@ def test_a_top_level_training_setting_every_stage_replaces_is_said_ignored():
     ]
     # a stage that takes the top-level value: used, no note
     assert _notes(client_learning_rate=0.1, stages=[stages[0], {"name": "b"}]) == []
+
+
+def test_every_setting_is_named_in_the_readme():
+    import dataclasses
+    from pathlib import Path
+
+    from fedp13n.experiments.config import field_flag
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    unnamed = [f.name for f in dataclasses.fields(ExperimentConfig)
+               if f.name not in readme and field_flag(f) not in readme]  # fmt: skip
+    assert unnamed == []
