@@ -172,3 +172,14 @@ def test_every_setting_is_named_in_the_readme():
     unnamed = [f.name for f in dataclasses.fields(ExperimentConfig)
                if f.name not in readme and field_flag(f) not in readme]  # fmt: skip
     assert unnamed == []
+
+
+def test_nondeterministic_off_cuda_is_said_ignored(tmp_path):
+    # set_deterministic runs on CUDA only: on the CPU --nondeterministic changed nothing
+    args = ["run", *TINY, "--output-dir", str(tmp_path / "r"), "--device", "cpu"]
+    res = CliRunner().invoke(app, [*args, "--nondeterministic"])
+    assert res.exit_code == 0, res.output
+    assert (
+        "deterministic = false (--nondeterministic) switches CUDA kernels only: ignored on cpu"
+        in (res.output)
+    )

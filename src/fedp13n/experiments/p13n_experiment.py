@@ -345,6 +345,11 @@ class Run:
                     f"engine_clients = {config.engine_clients} applies to the multi-client "
                     f"engine only: ignored (the engine is off here; set --engine on to use it)"
                 )
+        if not config.deterministic and compute.torch_device.type != "cuda":
+            self.log(
+                "deterministic = false (--nondeterministic) switches CUDA kernels only: "
+                f"ignored on {compute.device}"
+            )
         if config.workers_per_gpu != 1 and compute.torch_device.type != "cuda":
             self.log(
                 f"workers_per_gpu = {config.workers_per_gpu} applies to CUDA devices only: "
