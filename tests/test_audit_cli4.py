@@ -183,3 +183,11 @@ def test_nondeterministic_off_cuda_is_said_ignored(tmp_path):
         "deterministic = false (--nondeterministic) switches CUDA kernels only: ignored on cpu"
         in (res.output)
     )
+
+
+def test_config_given_twice_is_refused():
+    # click kept the last --config and dropped the first silently: a run reads one file
+    line = _error(["run", "--config", "demo", "--config", "femnist_sample", "--print-config"])
+    assert "--config is given 2 times ('demo', 'femnist_sample')" in line
+    res = CliRunner().invoke(app, ["run", "--config", "demo", "--print-config"])
+    assert res.exit_code == 0 and "rounds = 25\n" in res.output, res.output

@@ -47,7 +47,9 @@ def _flag(default: bool, decl: str, help_text: str) -> Any:
 #: Options of the command itself (not settings of the experiment).
 _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "config_file": (
-        str | None,  # not Path: Path("./demo") is "demo", a shipped example's name
+        # not Path: Path("./demo") is "demo", a shipped example's name; a list, so that a
+        # second --config is refused (click keeps the last and drops the first silently)
+        list[str] | None,
         typer.Option(
             None,
             "--config",
@@ -94,6 +96,20 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
         ),
     ),  # fmt: skip
 }
+
+
+def _one_config(files: list[str] | None) -> str | None:
+    """The one ``--config`` given (None: none); a one-line error for several, which a run
+    does not merge."""
+    if not files:
+        return None
+    if len(files) > 1:
+        fail(
+            f"--config is given {len(files)} times ({', '.join(map(repr, files))}); a run "
+            "reads one TOML file: merge them into one, or give one --config and the other "
+            "settings as options."
+        )
+    return files[0]
 
 
 def _print_config(config: ExperimentConfig) -> None:
@@ -173,6 +189,7 @@ def resolve_config(
 def run(**kwargs: Any) -> None:
     """Train a global model with FedAvg, then evaluate personalization strategies."""
     run_args = {k: kwargs.pop(k) for k in _RUN_OPTIONS}
+    run_args["config_file"] = _one_config(run_args["config_file"])
     example = "the run directory (e.g. --output-dir runs/exp1)"
     output_dir = given_path(run_args["output_dir"], "--output-dir", example)
     if run_args["resume"] and output_dir is None:
