@@ -777,6 +777,11 @@ class ExperimentConfig(TrainingSettings):
                 )  # fmt: skip
                 if note and f"warning: {note}" not in notes:
                     notes.append(f"warning: {note}")
+        if self.data_dir is not None and self.dataset == "synthetic":
+            notes.append(
+                f"data_dir = {self.data_dir!r} reads a data set's files: ignored (dataset "
+                "'synthetic' is generated; read your files with --dataset emnist)"
+            )
         if self.cache_dir is not None and (self.dataset == "synthetic" or self.own_data):
             what = "is generated" if self.dataset == "synthetic" else "loads its own data"
             notes.append(
@@ -814,11 +819,6 @@ class ExperimentConfig(TrainingSettings):
                 flag = field_flag(next(f for f in dataclasses.fields(self) if f.name == key))
                 raise ConfigError(f"{key} is empty; give a folder ({flag} DIR) or leave {key} out.")
         self._validate_task()
-        if self.dataset == "synthetic" and self.data_dir is not None:
-            raise ConfigError(
-                "data_dir reads a data set's files, but dataset 'synthetic' is generated: "
-                "drop data_dir / --data-dir (or read your files with --dataset emnist)."
-            )
         if self.dataset in ("leaf", "shakespeare-leaf") and not self.data_dir:
             raise ConfigError(
                 f"dataset {self.dataset!r} needs data_dir (a folder with train/ and test/)."
