@@ -80,6 +80,7 @@ from fedp13n.utils.checks import (
     check_id_list,
     check_positive_int,
     check_seed,
+    error_line,
 )
 from fedp13n.utils.device import Compute
 from fedp13n.utils.seeding import derive_rng, derive_seed
@@ -489,11 +490,10 @@ def check_data_fits(
             try:
                 classes_by_shape[x_shape] = num_classes(model, features_to_tensor(d.x[:1]))
             except (RuntimeError, TypeError, ValueError, IndexError) as e:
-                first = str(e).splitlines()[0] if str(e) else ""
                 raise TypeError(
                     f"client {key!r}: its examples (features of shape {x_shape}, "
                     f"{d.x.dtype}) do not fit the model: a forward pass of one example failed "
-                    f"with {type(e).__name__}: {first}; give features the model takes."
+                    f"with {error_line(e)}; give features the model takes."
                 ) from None
         classes = classes_by_shape[x_shape]
         if classes is not None and spec is not None and spec.y_shape:  # e.g. a label per position

@@ -29,6 +29,7 @@ from torch import nn
 from fedp13n.data.client_data import ClientDataset
 from fedp13n.data.pipeline import DEFAULT_SHUFFLE_BUFFER, batch_plan
 from fedp13n.models.objectives import accuracy_of
+from fedp13n.utils.checks import error_line
 from fedp13n.utils.device import module_device
 from fedp13n.utils.types import LossFn, MetricFn, OptimizerFn
 
@@ -210,10 +211,9 @@ def checked_loss(loss_fn: LossFn, outputs: Any, y: torch.Tensor, train: bool = T
     try:
         loss = loss_fn(outputs, y)
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        first = str(e).splitlines()[0] if str(e) else ""
         raise TypeError(
             f"the loss failed on the model's output {tuple(outputs.shape)} and {what}: "
-            f"{type(e).__name__}: {first}; the model must output logits (batch, classes) "
+            f"{error_line(e)}; the model must output logits (batch, classes) "
             "for integer labels, or pass a loss_fn that takes its output."
         ) from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:

@@ -24,6 +24,7 @@ from torch import nn
 
 from fedp13n.data.client_data import ClientDataset, features_to_tensor, labels_to_tensor
 from fedp13n.models.spec import InputSpec, check_labels_fit, input_spec_of, num_classes
+from fedp13n.utils.checks import error_line
 
 #: Keys a client input may have. ``train_data``/``test_data`` are required (TFF's names);
 #: ``context`` is handed to every strategy (TFF's optional context); ``client_id`` names
@@ -155,10 +156,9 @@ def _check_by_forward(model: nn.Module, data: ClientDataset, what: str, shapes: 
         try:
             out = model(features_to_tensor(data.x[:1]))
         except Exception as e:  # noqa: BLE001 - any failure means the data does not fit
-            first = str(e).splitlines()[0] if str(e) else ""
             raise TypeError(
                 f"{what} ({shapes}) does not fit the model: a forward pass of one example "
-                f"(features of shape {x_shape}) failed with {type(e).__name__}: {first}; "
+                f"(features of shape {x_shape}) failed with {error_line(e)}; "
                 "pass unbatched examples the model accepts (or declare model.input_spec)."
             ) from None
         finally:

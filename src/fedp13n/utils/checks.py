@@ -95,3 +95,10 @@ def check_id_list(name: str, ids: Any) -> list[Any]:
         return list(ids)
     except TypeError:
         raise TypeError(f"{name} must be a list of client ids, got {type(ids).__name__}.") from None
+
+
+def error_line(e: BaseException) -> str:
+    """``RuntimeError: mat1 and mat2 shapes cannot be multiplied``: an exception's type and
+    the first line of its message, to quote inside a one-line error."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
